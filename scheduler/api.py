@@ -1,0 +1,290 @@
+"""The local API: JSON over HTTP/1.1 on a Unix socket. docs/api.md lists every route.
+
+The caller is whoever the kernel says is on the other end of the socket
+(SO_PEERCRED), never a name the client sends. One handler per command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import socketserver
+import struct
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from scheduler.daemon import Caller, Daemon, DaemonError, user_name
+from scheduler.job import JobState
+from scheduler.store import StoreError, UnknownJob
+
+API_VERSION = 1
+MAX_BODY = 4 * 1024 * 1024
+MAX_LOG_READ = 1024 * 1024
+
+Params = dict[str, str]
+Handler = Callable[[Daemon, Caller, Params, Any], tuple[int, Any]]
+ROUTES: list[tuple[str, re.Pattern[str], Handler]] = []
+
+
+def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
+    def deco(fn: Handler) -> Handler:
+        ROUTES.append((method, re.compile(f"^{pattern}$"), fn))
+        return fn
+
+    return deco
+
+
+def _int(params: Params, key: str, default: int | None = None) -> int:
+    raw = params.get(key)
+    if raw is None:
+        if default is None:
+            raise DaemonError(f"missing {key}")
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise DaemonError(f"{key} must be a whole number, got {raw!r}") from None
+
+
+# -- handlers -------------------------------------------------------------------------------------
+@route("GET", "/v1/health")
+def health(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    return 200, {**d.health(), "caller": c.user, "caller_is_admin": c.admin, "api": API_VERSION}
+
+
+@route("POST", "/v1/jobs")
+def submit(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    if not isinstance(body, dict) or not isinstance(body.get("spec"), dict):
+        raise DaemonError("body must be {\"spec\": {...}}")
+    job_id = d.submit(c, body["spec"])
+    return 201, {"id": job_id}
+
+
+@route("GET", "/v1/jobs")
+def list_jobs(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    states: tuple[JobState, ...] | None
+    if p.get("state"):
+        try:
+            states = tuple(JobState(s.strip().upper()) for s in p["state"].split(","))
+        except ValueError:
+            raise DaemonError(f"unknown state in {p['state']!r}") from None
+    elif p.get("all"):
+        states = None
+    else:
+        states = (JobState.PENDING, JobState.STARTING, JobState.RUNNING, JobState.PREEMPTED)
+    limit = _int(p, "limit", 0) or None
+    rows = d.store.jobs(states=states, user=p.get("user") or None, limit=limit)
+    jobs = [d.job_view(j) for j in rows]
+    order = d.decision.order if d.decision else ()
+    rank = {jid: i for i, jid in enumerate(order)}
+    for j in jobs:
+        j["rank"] = rank.get(j["id"])
+    return 200, {"jobs": jobs, "now": time.time()}
+
+
+@route("GET", r"/v1/jobs/(?P<id>\d+)")
+def show_job(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    return 200, d.job_view(d.store.get(_int(p, "id")), full=True)
+
+
+@route("POST", r"/v1/jobs/(?P<id>\d+)/cancel")
+def cancel_job(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    job_id = _int(p, "id")
+    return 200, {"id": job_id, "result": d.cancel(c, job_id)}
+
+
+@route("GET", r"/v1/jobs/(?P<id>\d+)/log")
+def job_log(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    job = d.store.get(_int(p, "id"))
+    if not c.admin and c.user != job.user:
+        raise DaemonError(f"job {job.id}'s log belongs to {job.user}", 403)
+    offset = max(0, _int(p, "offset", 0))
+    limit = min(MAX_LOG_READ, max(1, _int(p, "limit", MAX_LOG_READ)))
+    path = d.log_path(job.id)
+    data = b""
+    size = 0
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(offset)
+            data = f.read(limit)
+    except FileNotFoundError:
+        pass
+    # Cut at a UTF-8 boundary so a multi-byte character is never split between reads.
+    if offset + len(data) < size:
+        cut = len(data)
+        while cut > 0 and (data[cut - 1] & 0xC0) == 0x80:
+            cut -= 1
+        if cut > 0 and data[cut - 1] >= 0xC0:
+            cut -= 1
+        data = data[:cut] if cut > 0 else data
+    return 200, {
+        "data": data.decode("utf-8", errors="replace"),
+        "offset": offset + len(data),
+        "size": size,
+        "state": job.state.value,
+        "done": job.state.terminal,
+    }
+
+
+@route("GET", "/v1/nodes")
+def list_nodes(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    with d.lock:
+        nodes = [n.public() for n in d.nodes.values()]
+    used: dict[str, int] = {}
+    for j in d.store.jobs(states=(JobState.STARTING, JobState.RUNNING)):
+        used[j.node or ""] = used.get(j.node or "", 0) + j.gpus
+    for n in nodes:
+        n["gpus_used"] = used.get(n["id"], 0)
+    return 200, {"nodes": nodes, "ray": dict(d.ray.__dict__)}
+
+
+@route("GET", "/v1/quotas")
+def show_quotas(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    decision = d.decision
+    users = set(d.quotas.known_users())
+    if decision:
+        users |= set(decision.shares)
+    out = []
+    for u in sorted(users):
+        q = d.quotas.for_user(u)
+        share = decision.shares.get(u) if decision else None
+        out.append(
+            {
+                "user": u,
+                **q.__dict__,
+                "usage_gpu_s": share.usage if share else 0.0,
+                "factor": share.factor if share else 1.0,
+                "held_gpus": share.held_gpus if share else 0,
+                "running_jobs": share.running_jobs if share else 0,
+                "pending_jobs": share.pending_jobs if share else 0,
+            }
+        )
+    return 200, {"quotas": out, "defaults": d.quotas.defaults.__dict__}
+
+
+@route("PUT", r"/v1/quotas/(?P<user>[^/]+)")
+def set_quota(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    if not isinstance(body, dict):
+        raise DaemonError("body must be a mapping of quota fields")
+    return 200, d.set_quota(c, p["user"], body)
+
+
+@route("GET", "/v1/audit")
+def audit(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    rows = d.store.audit_log(_int(p, "limit", 200))
+    if not c.admin:
+        rows = [r for r in rows if r["actor"] == c.user or r["target"] == c.user]
+    return 200, {"audit": rows}
+
+
+@route("POST", "/v1/shutdown")
+def shutdown(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    mode = (body or {}).get("mode", "refuse") if isinstance(body, dict) else "refuse"
+    if mode not in ("refuse", "drain", "kill"):
+        raise DaemonError("mode must be refuse, drain or kill")
+    return 202, d.request_shutdown(c, mode)
+
+
+# -- the server -------------------------------------------------------------------------------------
+def peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: ApiServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
+        pass
+
+    def address_string(self) -> str:
+        return "unix"
+
+    def _reply(self, status: int, payload: Any) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _handle(self, method: str) -> None:
+        daemon = self.server.daemon
+        try:
+            uid = peer_uid(self.request)
+            user = user_name(uid)
+            caller = Caller(uid, user, user in daemon.admins or uid == 0 or uid == daemon.uid)
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                self.close_connection = True
+                raise DaemonError(f"request body over {MAX_BODY} bytes", 413)
+            raw = self.rfile.read(length) if length else b""
+            body = None
+            if raw:
+                try:
+                    body = json.loads(raw)
+                except (ValueError, UnicodeDecodeError):
+                    raise DaemonError("request body is not valid JSON") from None
+            url = urlparse(self.path)
+            params: Params = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            for m, pattern, fn in ROUTES:
+                match = pattern.match(url.path)
+                if match and m == method:
+                    params.update(match.groupdict())
+                    status, payload = fn(daemon, caller, params, body)
+                    self._reply(status, payload)
+                    return
+            raise DaemonError(f"no such endpoint: {method} {url.path}", 404)
+        except DaemonError as e:
+            self._reply(e.status, {"error": str(e)})
+        except UnknownJob as e:
+            self._reply(404, {"error": str(e)})
+        except StoreError as e:
+            self._reply(503, {"error": str(e)})
+        except Exception as e:  # noqa: BLE001 - a bug must not kill the daemon
+            import logging
+
+            logging.getLogger("labq.api").exception("internal error")
+            self._reply(500, {"error": f"internal error in the labq daemon: {type(e).__name__}: {e}"})
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+
+class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, path: Path, daemon: Daemon) -> None:
+        self.daemon = daemon
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(path))
+            except OSError:
+                path.unlink()  # left behind by a daemon that died
+            else:
+                raise DaemonError(f"another labq daemon already answers on {path}", 409)
+            finally:
+                probe.close()
+        super().__init__(str(path), _RequestHandler)
+        # Every local user reaches the same daemon; who they are comes from the kernel.
+        os.chmod(path, 0o666)
+        if os.geteuid() == 0:
+            os.chmod(path.parent, 0o755)

@@ -1,0 +1,486 @@
+"""`labq`: the command line. Each subcommand is one small function over the Client.
+
+Exit codes: 0 ok, 1 refused or failed (one line on stderr), 2 bad usage,
+3 no daemon running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+from scheduler.client import Client, ClientError, NoDaemon
+from scheduler.units import UnitError, format_duration
+
+# The submitter's environment that a job inherits by default (as Slurm does), so that
+# `labq submit -- python train.py` finds the same python. `--env` adds or overrides.
+INHERITED_ENV = (
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "SHELL", "TERM", "PYTHONPATH",
+    "VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV", "LD_LIBRARY_PATH", "TZ",
+)
+SPEC_FIELDS = ("command", "gpus", "cpus", "memory", "time", "workdir", "env", "name", "priority", "grace")
+
+
+class UsageError(Exception):
+    pass
+
+
+def die(msg: str, code: int = 1) -> NoReturn:
+    print(f"labq: {msg}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _emit_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+# -- job files --------------------------------------------------------------------------------------
+def load_job_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """The mapping in a job YAML, and the line of each top-level key (for error messages)."""
+    import yaml
+
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UsageError(f"{path}{where}: not valid YAML: {problem}") from None
+    if not isinstance(data, dict) or node is None:
+        raise UsageError(f"{path}: a job file is a mapping of {', '.join(SPEC_FIELDS)}")
+    lines = {str(k.value): k.start_mark.line + 1 for k, _ in node.value}
+    for key in data:
+        if key not in SPEC_FIELDS:
+            raise UsageError(
+                f"{path} line {lines.get(str(key), '?')}: unknown field {key!r} "
+                f"(known: {', '.join(SPEC_FIELDS)})"
+            )
+    return data, lines
+
+
+def _parse_env(items: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--env takes KEY=VALUE, got {item!r}")
+        env[key] = value
+    return env
+
+
+def build_spec(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None, dict[str, int]]:
+    command: list[str] = list(args.command or [])
+    if command and command[0] == "--":
+        command = command[1:]
+    spec: dict[str, Any] = {}
+    job_file: Path | None = None
+    lines: dict[str, int] = {}
+    if len(command) == 1 and command[0].endswith((".yaml", ".yml")) and not args.dashdash:
+        job_file = Path(command[0])
+        spec, lines = load_job_file(job_file)
+        if isinstance(spec.get("workdir"), str) and not os.path.isabs(spec["workdir"]):
+            spec["workdir"] = str((job_file.parent / spec["workdir"]).resolve())
+    elif command:
+        spec["command"] = command
+    for field in ("gpus", "cpus", "memory", "time", "workdir", "name", "priority", "grace"):
+        value = getattr(args, field)
+        if value is not None:
+            spec[field] = value
+    if "command" not in spec:
+        raise UsageError("no command: `labq submit [options] -- COMMAND ARGS...` or `labq submit job.yaml`")
+    env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+    file_env = spec.get("env") or {}
+    if not isinstance(file_env, dict):
+        raise UsageError(f"{job_file} line {lines.get('env', '?')}: env must be a mapping")
+    env.update({str(k): str(v) for k, v in file_env.items()})
+    env.update(_parse_env(args.env or []))
+    spec["env"] = env
+    if args.workdir is None and "workdir" not in spec:
+        spec["workdir"] = os.getcwd()
+    elif isinstance(spec.get("workdir"), str) and spec["workdir"] and not os.path.isabs(spec["workdir"]):
+        spec["workdir"] = os.path.abspath(spec["workdir"])
+    return spec, job_file, lines
+
+
+# -- commands ------------------------------------------------------------------------------------------
+def cmd_submit(c: Client, args: argparse.Namespace) -> int:
+    spec, job_file, lines = build_spec(args)
+    try:
+        job_id = c.submit(spec)
+    except ClientError as e:
+        msg = str(e)
+        if job_file is not None and e.status == 400:
+            field = msg.split(":", 1)[0].split(".", 1)[0]
+            if field in lines:
+                msg = f"{job_file} line {lines[field]}: {msg}"
+        raise ClientError(msg, e.status) from None
+    if args.json:
+        _emit_json({"id": job_id})
+    else:
+        print(f"submitted job {job_id}")
+    return 0
+
+
+def _first_reason(j: dict[str, Any]) -> str:
+    if j["state"] in ("RUNNING", "STARTING"):
+        where = j.get("node_name") or "-"
+        gpus = f" [{j['gpu_ids']}]" if j.get("gpu_ids") else ""
+        extra = f" ({j['reasons'][0]})" if j.get("reasons") else ""
+        return f"{where}{gpus}{extra}"
+    reasons = j.get("reasons") or []
+    return reasons[0] if reasons else ""
+
+
+def _time_col(j: dict[str, Any], now: float) -> str:
+    if j["state"] == "PENDING":
+        eta = j.get("eta")
+        wait = format_duration(j.get("wait_s"))
+        if eta:
+            return f"{wait} (eta {time.strftime('%H:%M', time.localtime(eta))})" if eta > now else f"{wait} (eta now)"
+        return wait
+    return format_duration(j.get("runtime_s"))
+
+
+def cmd_queue(c: Client, args: argparse.Namespace) -> int:
+    jobs = c.jobs(all=args.all, user=args.user, state=args.state)
+    if args.mine:
+        me = c.health()["caller"]
+        jobs = [j for j in jobs if j["user"] == me]
+    if args.json:
+        _emit_json(jobs)
+        return 0
+    now = time.time()
+    rows = [("ID", "USER", "NAME", "GPUS", "STATE", "TIME", "REASON / NODE")]
+    for j in jobs:
+        rows.append((
+            str(j["id"]), j["user"], j["name"][:24], str(j["gpus"]), j["state"],
+            _time_col(j, now), _first_reason(j),
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    for r in rows:
+        print("  ".join(r[i].ljust(widths[i]) for i in range(6)) + "  " + r[6])
+    if len(rows) == 1:
+        print("(no jobs)" if args.all else "(no pending or running jobs; --all shows finished ones)")
+    return 0
+
+
+def _ts(t: float | None) -> str:
+    return "-" if not t else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def cmd_show(c: Client, args: argparse.Namespace) -> int:
+    j = c.job(args.job_id)
+    if args.json:
+        _emit_json(j)
+        return 0
+    spec = j["spec"]
+    print(f"job {j['id']}  {j['name']}  ({j['user']})  {j['state']}")
+    print(f"  command:   {' '.join(spec['command'])}")
+    print(f"  gpus:      {j['gpus']}   cpus: {spec.get('cpus', 0):g}   memory: {spec.get('memory') or '-'}")
+    print(f"  time:      {format_duration(j['time_limit']) if j['time_limit'] else 'default limit'}"
+          f"   priority: {j['priority']}")
+    print(f"  workdir:   {spec.get('workdir') or '~'}")
+    print(f"  submitted: {_ts(j['submit_time'])}   started: {_ts(j['start_time'])}   ended: {_ts(j['end_time'])}")
+    if j.get("node_name"):
+        print(f"  node:      {j['node_name']}   GPUs: {j.get('gpu_ids') or '-'}   pid: {j.get('pid') or '-'}"
+              f"   attempt: {j['attempt']}")
+    if j.get("exit_code") is not None or j.get("signal") is not None:
+        print(f"  exit code: {j.get('exit_code')}   signal: {j.get('signal') or '-'}")
+    if j["state"] == "PENDING":
+        print("  waiting because:")
+        for r in j.get("reasons") or []:
+            print(f"    - {r}")
+        eta = j.get("eta")
+        print(f"  estimated start: {_ts(eta) if eta else 'unknown'}")
+    elif j.get("reasons"):
+        print(f"  reason:    {j['reasons'][0]}")
+    print(f"  log:       {j.get('log_path')}")
+    print("  history:")
+    for e in j.get("events", []):
+        arrow = f"{e['old_state']} -> {e['new_state']}" if e["old_state"] else e["new_state"]
+        print(f"    {_ts(e['time'])}  {arrow}  {e['reason']}")
+    return 0
+
+
+def cmd_logs(c: Client, args: argparse.Namespace) -> int:
+    offset = 0
+    while True:
+        chunk = c.log(args.job_id, offset)
+        if chunk["data"]:
+            sys.stdout.write(chunk["data"])
+            sys.stdout.flush()
+        offset = chunk["offset"]
+        if offset < chunk["size"]:
+            continue
+        if not args.follow or chunk["done"]:
+            # One more read after the end: the last bytes may land just after the state flips.
+            if args.follow:
+                last = c.log(args.job_id, offset)
+                sys.stdout.write(last["data"])
+            return 0
+        time.sleep(0.3)
+
+
+def cmd_cancel(c: Client, args: argparse.Namespace) -> int:
+    failed = 0
+    for job_id in args.job_ids:
+        try:
+            out = c.cancel(job_id)
+            print(f"job {job_id}: {out['result']}")
+        except ClientError as e:
+            if isinstance(e, NoDaemon) or len(args.job_ids) == 1:
+                raise
+            print(f"labq: job {job_id}: {e}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
+    out = c.nodes()
+    if args.json:
+        _emit_json(out)
+        return 0
+    for n in out["nodes"]:
+        kind = "simulated" if n["simulated"] else "real"
+        print(f"{n['name']:<24} {n['gpus_used']}/{n['gpus']} GPUs in use ({kind})  "
+              f"{n['cpus']:g} CPUs  {'schedulable' if n['schedulable'] else 'drained'}")
+    if not out["ray"].get("connected"):
+        print(f"Ray: unreachable ({out['ray'].get('error')})")
+    return 0
+
+
+def cmd_quota(c: Client, args: argparse.Namespace) -> int:
+    if args.quota_cmd == "set":
+        fields: dict[str, Any] = {}
+        for name in ("shares", "guaranteed_gpus", "max_gpus", "max_jobs", "gpu_hours_per_week"):
+            raw = getattr(args, name)
+            if raw is None:
+                continue
+            if raw.lower() == "none":
+                fields[name] = None
+                continue
+            try:
+                fields[name] = float(raw) if name in ("shares", "gpu_hours_per_week") else int(raw)
+            except ValueError:
+                raise UsageError(f"--{name.replace('_', '-')} takes a number or 'none', got {raw!r}") from None
+        out = c.set_quota(args.user, fields)
+        changes = ", ".join(f"{k}: {out['old'].get(k)} -> {v}" for k, v in out["new"].items())
+        print(f"{args.user}: {changes}")
+        return 0
+    out = c.quotas()
+    if args.json:
+        _emit_json(out)
+        return 0
+    print(f"{'USER':<16}{'SHARES':>7}{'GUAR':>6}{'MAXGPU':>7}{'MAXJOB':>7}{'GPUH/WK':>9}"
+          f"{'HELD':>6}{'RUN':>5}{'PEND':>6}{'FACTOR':>8}{'USAGE GPU-h':>13}")
+    for q in out["quotas"]:
+        def opt(v: Any) -> str:
+            return "-" if v is None else f"{v:g}"
+        print(f"{q['user']:<16}{q['shares']:>7g}{q['guaranteed_gpus']:>6}{opt(q['max_gpus']):>7}"
+              f"{opt(q['max_jobs']):>7}{opt(q['gpu_hours_per_week']):>9}{q['held_gpus']:>6}"
+              f"{q['running_jobs']:>5}{q['pending_jobs']:>6}{q['factor']:>8.3f}{q['usage_gpu_s'] / 3600:>13.2f}")
+    return 0
+
+
+def cmd_audit(c: Client, args: argparse.Namespace) -> int:
+    rows = c.audit()
+    if args.json:
+        _emit_json(rows)
+        return 0
+    for r in rows:
+        print(f"{_ts(r['time'])}  {r['actor']:<12} {r['action']:<12} {r['target']:<12} {r['detail']}")
+    return 0
+
+
+def cmd_down(c: Client, args: argparse.Namespace) -> int:
+    mode = "kill" if args.kill else "drain" if args.drain else "refuse"
+    out = c.shutdown(mode)
+    if out["active"]:
+        print(f"stopping after {out['active']} active job(s) {'are stopped' if mode == 'kill' else 'finish'}...")
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        try:
+            c.health()
+        except NoDaemon:
+            print("labq daemon stopped")
+            return 0
+        except ClientError:
+            pass
+        time.sleep(0.3)
+    die(f"the daemon is still stopping after {args.timeout:.0f}s; `labq queue` shows what runs")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from scheduler.config import daemon_socket, default_state_dir
+
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    sock = Path(args.socket) if args.socket else daemon_socket()
+    if args.gpus is not None and args.gpus < 0:
+        raise UsageError("--gpus must be >= 0")
+    if args.foreground:
+        return _run_foreground(args, state_dir, sock)
+    c = Client(sock, timeout=5)
+    try:
+        h = c.health()
+        die(f"a labq daemon already runs (pid {h['pid']}, state dir {h['state_dir']}) at {sock}")
+    except NoDaemon:
+        pass
+    import subprocess
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = state_dir / "daemon.log"
+    argv = [sys.executable, "-m", "scheduler.cli", "--socket", str(sock), "up", "--foreground",
+            "--state-dir", str(state_dir)]
+    for opt in ("address", "gpus", "cpus", "config"):
+        v = getattr(args, opt)
+        if v is not None:
+            argv += [f"--{opt}", str(v)]
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.startswith("labq:")]
+            die(lines[-1].removeprefix("labq: ") if lines else f"the daemon exited (see {log_path})")
+        try:
+            h = c.health()
+            gpus = h.get("nvml") or {}
+            print(f"labq daemon up (pid {h['pid']}), Ray at {h['ray']['address']}, socket {sock}")
+            if gpus.get("why_none"):
+                print(f"  no real GPUs: {gpus['why_none']}")
+            return 0
+        except NoDaemon:
+            time.sleep(0.3)
+    die(f"the daemon did not answer within {args.timeout:.0f}s (see {log_path})")
+
+
+def _run_foreground(args: argparse.Namespace, state_dir: Path, sock: Path) -> int:
+    import logging
+
+    from scheduler.config import ConfigError, load_daemon_config
+    from scheduler.daemon import DaemonError, run_daemon
+    from scheduler.raycluster import RayError
+    from scheduler.store import StoreError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config_path = Path(args.config) if args.config else None
+    if config_path is None and (state_dir / "labq.yaml").exists():
+        config_path = state_dir / "labq.yaml"
+    try:
+        config = load_daemon_config(config_path)
+        run_daemon(state_dir, sock, config, args.address, args.gpus, args.cpus)
+    except (ConfigError, DaemonError, RayError, StoreError) as e:
+        die(str(e))
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="labq", description="Fair-share GPU job queue for a research team.")
+    p.add_argument("--socket", help="daemon socket (default: $LABQ_SOCKET, /run/labq/labq.sock or a personal one)")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="start the daemon (embedded Ray unless --address)")
+    up.add_argument("--foreground", action="store_true", help="stay in the foreground (systemd)")
+    up.add_argument("--address", help="join this Ray cluster instead of starting one")
+    up.add_argument("--gpus", type=int, help="logical GPUs to declare on a machine without NVIDIA GPUs")
+    up.add_argument("--cpus", type=int, help="CPUs the embedded Ray advertises")
+    up.add_argument("--state-dir", help="where the database and logs live")
+    up.add_argument("--config", help="daemon config YAML (see configs/labq.yaml)")
+    up.add_argument("--timeout", type=float, default=120.0)
+
+    down = sub.add_parser("down", help="stop the daemon")
+    g = down.add_mutually_exclusive_group()
+    g.add_argument("--drain", action="store_true", help="start nothing new, wait for running jobs")
+    g.add_argument("--kill", action="store_true", help="cancel running jobs (SIGTERM, grace, SIGKILL)")
+    down.add_argument("--timeout", type=float, default=600.0)
+
+    s = sub.add_parser("submit", help="queue a job: labq submit [opts] -- CMD... | labq submit job.yaml")
+    s.add_argument("--gpus", type=int)
+    s.add_argument("--cpus", type=float)
+    s.add_argument("--memory", help="e.g. 16G")
+    s.add_argument("--time", help="time limit, e.g. 4h, 30m, 1-00:00:00")
+    s.add_argument("--workdir")
+    s.add_argument("--env", action="append", metavar="KEY=VALUE")
+    s.add_argument("--name")
+    s.add_argument("--priority", type=int, help="order among your own jobs (higher first)")
+    s.add_argument("--grace", help="seconds between SIGTERM and SIGKILL")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("command", nargs=argparse.REMAINDER)
+
+    q = sub.add_parser("queue", help="pending and running jobs, with why each waits")
+    q.add_argument("--all", action="store_true", help="include finished jobs")
+    q.add_argument("--user")
+    q.add_argument("--mine", action="store_true")
+    q.add_argument("--state", help="comma-separated states")
+    q.add_argument("--json", action="store_true")
+
+    sh = sub.add_parser("show", help="one job in full, with its history")
+    sh.add_argument("job_id", type=int)
+    sh.add_argument("--json", action="store_true")
+
+    lg = sub.add_parser("logs", help="a job's stdout and stderr")
+    lg.add_argument("job_id", type=int)
+    lg.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
+
+    ca = sub.add_parser("cancel", help="cancel jobs (running ones get SIGTERM, then SIGKILL after the grace)")
+    ca.add_argument("job_ids", type=int, nargs="+")
+
+    gp = sub.add_parser("gpus", help="nodes and their GPUs")
+    gp.add_argument("--json", action="store_true")
+
+    qu = sub.add_parser("quota", help="show or (admins) change quotas")
+    qsub = qu.add_subparsers(dest="quota_cmd", required=True)
+    qs = qsub.add_parser("show")
+    qs.add_argument("--json", action="store_true")
+    qset = qsub.add_parser("set")
+    qset.add_argument("user")
+    for name in ("shares", "guaranteed-gpus", "max-gpus", "max-jobs", "gpu-hours-per-week"):
+        qset.add_argument(f"--{name}", dest=name.replace("-", "_"))
+
+    au = sub.add_parser("audit", help="quota changes, cancels and other admin actions")
+    au.add_argument("--json", action="store_true")
+    return p
+
+
+COMMANDS = {
+    "submit": cmd_submit, "queue": cmd_queue, "show": cmd_show, "logs": cmd_logs,
+    "cancel": cmd_cancel, "gpus": cmd_gpus, "quota": cmd_quota, "audit": cmd_audit, "down": cmd_down,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.dashdash = "--" in argv
+    try:
+        if args.cmd == "up":
+            return cmd_up(args)
+        sock = Path(args.socket) if args.socket else None
+        client = Client(sock)
+        return COMMANDS[args.cmd](client, args)
+    except NoDaemon as e:
+        die(str(e), 3)
+    except (ClientError, UsageError, UnitError) as e:
+        die(str(e))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

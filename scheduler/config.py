@@ -1,0 +1,110 @@
+"""Where things live and what the daemon's config file may say.
+
+Imported by the CLI, so it stays stdlib-only (YAML is loaded lazily by the daemon).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ROOT_SOCKET = Path("/run/labq/labq.sock")
+
+
+def personal_socket() -> Path:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return Path(runtime) / "labq" / "labq.sock"
+    return Path(f"/tmp/labq-{os.getuid()}") / "labq.sock"
+
+
+def client_socket() -> Path:
+    """The daemon a client talks to: $LABQ_SOCKET, else the team's, else a personal one."""
+    env = os.environ.get("LABQ_SOCKET")
+    if env:
+        return Path(env)
+    if ROOT_SOCKET.exists():
+        return ROOT_SOCKET
+    return personal_socket()
+
+
+def daemon_socket() -> Path:
+    env = os.environ.get("LABQ_SOCKET")
+    if env:
+        return Path(env)
+    return ROOT_SOCKET if os.geteuid() == 0 else personal_socket()
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("LABQ_STATE_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/labq")
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "labq"
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message is user-facing."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    admins: tuple[str, ...] = ()
+    grace_period_s: float = 30.0
+    default_time_limit_s: float = 24 * 3600.0
+    min_runtime_s: float = 600.0
+    half_life_s: float = 7 * 86400.0
+    preemption: bool = True
+    backfill: bool = True
+    # When the daemon runs as an ordinary user, accept jobs from other users only if
+    # the team really shares that one account.
+    shared_account: bool = False
+    quotas_file: str = ""
+    # Per-job log kept by the daemon; beyond this the middle is dropped, head and tail kept.
+    log_max_bytes: int = 256 * 1024 * 1024
+    pass_interval_s: float = 1.0
+    allow_multi_node: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_DURATION_KEYS = {"grace_period_s", "default_time_limit_s", "min_runtime_s", "half_life_s"}
+
+
+def load_daemon_config(path: Path | None) -> DaemonConfig:
+    if path is None:
+        return DaemonConfig()
+    import yaml  # only the daemon pays for it
+
+    from scheduler.units import UnitError, parse_duration
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping")
+    known = {f.name for f in fields(DaemonConfig)} - {"extra"}
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if k not in known:
+            raise ConfigError(f"config {path}: unknown key {k!r} (known: {', '.join(sorted(known))})")
+        if k in _DURATION_KEYS:
+            try:
+                # Zero is meaningful here (no grace, no minimum runtime), unlike a job's limit.
+                v = 0.0 if v in (0, "0", "0s") else parse_duration(v)
+            except UnitError as e:
+                raise ConfigError(f"config {path}: {k}: {e}") from None
+        if k == "admins":
+            if not isinstance(v, list) or not all(isinstance(a, str) for a in v):
+                raise ConfigError(f"config {path}: admins must be a list of user names")
+            v = tuple(v)
+        out[k] = v
+    if out.get("quotas_file") and not os.path.isabs(out["quotas_file"]):
+        out["quotas_file"] = str(path.parent / out["quotas_file"])
+    return DaemonConfig(**out)

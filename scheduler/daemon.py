@@ -1,0 +1,802 @@
+"""The labq daemon: the one owner of the state.
+
+Threads, each with one job:
+- the API server (api.py) answers clients and turns commands into store writes;
+- the scheduler loop builds a Snapshot, calls policy.schedule() and applies the
+  Decision (launch on Ray, ask jobs to stop);
+- the event pump long-polls the Executor actor and stores what it reports
+  (started, log bytes, finished), then acknowledges it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import pwd
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduler import raycluster
+from scheduler.config import DaemonConfig
+from scheduler.gpu import GpuInventory, detect
+from scheduler.job import JobSpec, JobState
+from scheduler.policy import (
+    Decision,
+    NodeInfo,
+    PendingJob,
+    PolicyConfig,
+    RunningJob,
+    Snapshot,
+    Waiting,
+    schedule,
+)
+from scheduler.quota import (
+    WEEK_S,
+    Interval,
+    QuotaBook,
+    QuotaError,
+    quota_book_from_dict,
+    usage_by_user,
+    validate_quota_fields,
+)
+from scheduler.store import JobRow, Store, UnknownJob
+
+log = logging.getLogger("labq.daemon")
+
+NAMESPACE = "labq"
+ACTIVE = (JobState.STARTING, JobState.RUNNING)
+
+
+class DaemonError(Exception):
+    """Refusal of a request; `status` is the HTTP status the API answers with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AlreadyRunning(DaemonError):
+    pass
+
+
+@dataclass(frozen=True)
+class Caller:
+    uid: int
+    user: str
+    admin: bool
+
+
+@dataclass
+class NodeView:
+    id: str
+    name: str
+    address: str
+    gpus: int
+    cpus: float
+    memory: float
+    simulated: bool
+    alive: bool = True
+    schedulable: bool = True
+    nvml_gpus: int | None = None
+    note: str = ""
+
+    def public(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class RayStatus:
+    address: str = ""
+    embedded: bool = False
+    connected: bool = False
+    error: str = ""
+    since: float = field(default_factory=time.time)
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+class Daemon:
+    def __init__(
+        self,
+        state_dir: Path,
+        socket_path: Path,
+        config: DaemonConfig,
+        ray_address: str | None = None,
+        gpus: int | None = None,
+        cpus: int | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.socket_path = socket_path
+        self.config = config
+        self.requested_address = ray_address
+        self.requested_gpus = gpus
+        self.requested_cpus = cpus
+        self.uid = os.geteuid()
+        self.user = user_name(self.uid)
+        self.admins = frozenset(config.admins) | {"root", self.user}
+        self.logs_dir = state_dir / "logs"
+        self.stop_event = threading.Event()
+        self.wake = threading.Event()
+        self.lock = threading.RLock()  # guards the in-memory views below
+        self.nodes: dict[str, NodeView] = {}
+        self.decision: Decision | None = None
+        self.last_pass: float = 0.0
+        self.ray = RayStatus()
+        self.inventory: GpuInventory | None = None
+        self.executor: Any = None
+        self.executor_id = ""
+        self.draining = False
+        self.shutdown_mode: str | None = None
+        self._finished_runs: list[Interval] = []
+        self._runs_loaded = False
+        self._lock_fd: int | None = None
+        self.quota_base = QuotaBook()
+        self.quotas = QuotaBook()
+        self.started_at = time.time()
+
+    # -- start-up ----------------------------------------------------------------------------------
+    def acquire_lock(self) -> None:
+        """One daemon per state dir: a second one would corrupt the bookkeeping."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.state_dir / "daemon.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise AlreadyRunning(
+                f"another labq daemon (pid {other}) already runs on {self.state_dir}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def open_store(self) -> None:
+        self.store = Store(self.state_dir / "labq.db")
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.load_quotas()
+
+    def load_quotas(self) -> None:
+        data: Any = None
+        if self.config.quotas_file:
+            import yaml
+
+            try:
+                data = yaml.safe_load(Path(self.config.quotas_file).read_text())
+            except (OSError, yaml.YAMLError) as e:
+                raise DaemonError(f"cannot read quotas file {self.config.quotas_file}: {e}") from None
+        try:
+            self.quota_base = quota_book_from_dict(data)
+        except QuotaError as e:
+            raise DaemonError(f"{self.config.quotas_file}: {e}") from None
+        book = self.quota_base
+        for user, fields in self.store.quota_overrides().items():
+            book = book.with_override(user, fields)
+        self.quotas = book
+
+    def start_ray(self) -> None:
+        from scheduler.raycluster import RayError
+
+        self.inventory = detect()
+        if self.requested_address:
+            self.ray = RayStatus(address=self.requested_address, embedded=False)
+            raycluster.connect(self.requested_address, NAMESPACE)
+        else:
+            head = raycluster.find_embedded(self.state_dir)
+            if head is None:
+                gpus, simulated = self._embedded_gpus()
+                head = raycluster.start_embedded(
+                    self.state_dir, gpus, simulated, cpus=self.requested_cpus
+                )
+            elif self.requested_gpus is not None and self.requested_gpus != head.gpus:
+                raise RayError(
+                    f"the embedded Ray from an earlier daemon still runs with {head.gpus} GPUs; "
+                    f"stop it with `labq down` before asking for --gpus {self.requested_gpus}"
+                )
+            self.head = head
+            self.ray = RayStatus(address=head.address, embedded=True)
+            raycluster.connect(head.address, NAMESPACE)
+        self.ray.connected = True
+        self.refresh_nodes()
+        self._attach_executor()
+
+    def _embedded_gpus(self) -> tuple[int, bool]:
+        inv = self.inventory
+        assert inv is not None
+        if inv.count > 0:
+            if self.requested_gpus is not None and self.requested_gpus > inv.count:
+                from scheduler.raycluster import RayError
+
+                raise RayError(
+                    f"this machine has {inv.count} NVIDIA GPUs (NVML); --gpus {self.requested_gpus} "
+                    f"would advertise GPUs that do not exist"
+                )
+            return (self.requested_gpus if self.requested_gpus is not None else inv.count), False
+        if self.requested_gpus:
+            log.warning("no real GPUs (%s): serving %d simulated GPUs", inv.why_none, self.requested_gpus)
+            return self.requested_gpus, True
+        log.warning("no real GPUs (%s) and no --gpus N: starting with 0 GPUs", inv.why_none)
+        return 0, False
+
+    def _attach_executor(self) -> None:
+        import ray
+
+        from scheduler.executor import EXECUTOR_NAME, Executor
+
+        node_id = ray.get_runtime_context().get_node_id()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        self.executor = Executor.options(  # type: ignore[attr-defined]
+            name=EXECUTOR_NAME,
+            namespace=NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=True),
+        ).remote()
+        info = ray.get(self.executor.ping.remote(), timeout=60)
+        self.executor_id = str(info["id"])
+        if self.store.get_meta("executor_id") != self.executor_id:
+            # A new Executor: its event numbering starts again.
+            self.store.set_meta("executor_id", self.executor_id)
+            self.store.set_meta("executor_ack", "0")
+        self.reconcile()
+
+    def reconcile(self) -> None:
+        """After a (re)start: adopt jobs the Executor still runs; explain the rest."""
+        import ray
+
+        known = ray.get(self.executor.known.remote(), timeout=60)
+        for job in self.store.jobs(states=ACTIVE):
+            key = f"{job.id}.{job.attempt}"
+            if key in known:
+                continue
+            if job.state is JobState.STARTING:
+                # The launch may not have reached Ray before we stopped: a launch is
+                # idempotent per attempt, so sending it again cannot start it twice.
+                self._launch(job)
+            else:
+                self.store.transition(
+                    job.id,
+                    JobState.LOST,
+                    "Ray no longer runs this job: the executor that owned it is gone "
+                    "(was the Ray head restarted?)",
+                    end_time=time.time(),
+                )
+
+    def refresh_nodes(self) -> None:
+        try:
+            raw = raycluster.nodes()
+        except Exception as e:  # noqa: BLE001
+            self._ray_down(f"cannot list Ray nodes: {e}")
+            return
+        names: dict[str, int] = {}
+        for n in raw:
+            names[n.get("NodeManagerHostname", "")] = names.get(n.get("NodeManagerHostname", ""), 0) + 1
+        head_addr = self.ray.address.rpartition(":")[0]
+        views: dict[str, NodeView] = {}
+        for n in raw:
+            res = n.get("Resources", {})
+            host = n.get("NodeManagerHostname", "") or n["NodeID"][:8]
+            name = host if names.get(host, 0) <= 1 else f"{host}-{n['NodeID'][:6]}"
+            old = self.nodes.get(n["NodeID"])
+            is_head = "node:__internal_head__" in res
+            simulated = bool(self.ray.embedded and is_head and getattr(self, "head", None) and self.head.simulated)
+            views[n["NodeID"]] = NodeView(
+                id=n["NodeID"],
+                name=name,
+                address=n.get("NodeManagerAddress", head_addr),
+                gpus=int(res.get("GPU", 0)),
+                cpus=float(res.get("CPU", 0)),
+                memory=float(res.get("memory", 0)),
+                simulated=simulated,
+                schedulable=old.schedulable if old else True,
+            )
+        with self.lock:
+            self.nodes = views
+
+    def _ray_down(self, why: str) -> None:
+        if self.ray.connected:
+            log.error("Ray unreachable: %s", why)
+            self.ray.since = time.time()
+        self.ray.connected = False
+        self.ray.error = why
+
+    # -- commands (called by api.py, one per request kind) ---------------------------------------
+    def submit(self, caller: Caller, spec_data: dict[str, Any]) -> int:
+        from pydantic import ValidationError
+
+        from scheduler.job import first_error
+
+        if self.draining:
+            raise DaemonError("the daemon is shutting down and accepts no new jobs", 503)
+        if self.uid != 0 and caller.uid != self.uid and not self.config.shared_account:
+            raise DaemonError(
+                f"this labq daemon runs as {self.user} and only takes {self.user}'s jobs "
+                "(set shared_account: true in its config if the team shares that account)",
+                403,
+            )
+        try:
+            spec = JobSpec.model_validate(spec_data)
+        except ValidationError as e:
+            field_name, msg = first_error(e)
+            raise DaemonError(f"{field_name}: {msg}" if field_name else msg) from None
+        self._check_fits(spec)
+        if spec.workdir and not os.path.isdir(spec.workdir):
+            raise DaemonError(f"workdir {spec.workdir} does not exist")
+        job_id = self.store.add_job(caller.user, caller.uid, spec)
+        self.wake.set()
+        return job_id
+
+    def _check_fits(self, spec: JobSpec) -> None:
+        with self.lock:
+            sizes = [n.gpus for n in self.nodes.values()]
+        if not sizes:
+            return  # Ray unreachable right now: queue it and decide when it is back
+        largest = max(sizes)
+        if spec.gpus > largest and not self.config.allow_multi_node:
+            if largest == 0:
+                raise DaemonError(
+                    f"asks for {spec.gpus} GPU{'s' if spec.gpus != 1 else ''} but no node has any "
+                    "(start with `labq up --gpus N` on a machine without NVIDIA GPUs)"
+                )
+            raise DaemonError(
+                f"asks for {spec.gpus} GPUs but the largest node has {largest} "
+                "(multi-node jobs are off)"
+            )
+        if spec.gpus > sum(sizes):
+            raise DaemonError(f"asks for {spec.gpus} GPUs but the whole cluster has {sum(sizes)}")
+
+    def cancel(self, caller: Caller, job_id: int) -> str:
+        job = self.store.get(job_id)
+        if not caller.admin and caller.user != job.user:
+            raise DaemonError(f"job {job_id} belongs to {job.user}; only they or an admin may cancel it", 403)
+        reason = f"cancelled by {caller.user}"
+        if job.state.terminal:
+            raise DaemonError(f"job {job_id} already ended ({job.state.value})", 409)
+        if job.state in (JobState.PENDING, JobState.PREEMPTED):
+            self.store.transition(job_id, JobState.CANCELLED, reason, expect=(job.state,), end_time=time.time())
+            now_state = self.store.get(job_id).state
+            if now_state is JobState.CANCELLED:
+                self._audit(caller, "job.cancel", str(job_id), reason)
+                self.wake.set()
+                return "cancelled"
+            job = self.store.get(job_id)  # it started meanwhile: stop it like a running one
+        self._request_stop(job, "cancelled", reason, self._grace(job))
+        self._audit(caller, "job.cancel", str(job_id), reason)
+        return "stopping"
+
+    def _grace(self, job: JobRow) -> float:
+        g = job.spec.get("grace")
+        return float(g) if g is not None else self.config.grace_period_s
+
+    def _request_stop(self, job: JobRow, outcome: str, reason: str, grace: float) -> None:
+        if job.stop_outcome is None:
+            self.store.set_fields(
+                job.id, stop_deadline=time.time() + grace, stop_outcome=outcome, stop_reason=reason
+            )
+        if self.executor is not None:
+            self.executor.stop.remote(job.id, job.attempt, outcome, reason, grace)
+
+    def _audit(self, caller: Caller, action: str, target: str, detail: str) -> None:
+        self.store.audit(caller.user, action, target, detail, time.time())
+
+    def set_quota(self, caller: Caller, user: str, values: dict[str, Any]) -> dict[str, Any]:
+        if not caller.admin:
+            raise DaemonError(f"only admins may change quotas ({', '.join(sorted(self.admins))})", 403)
+        if not user or len(user) > 64 or any(c in user for c in "\x00/\n"):
+            raise DaemonError("bad user name")
+        try:
+            clean = validate_quota_fields(values)
+        except QuotaError as e:
+            raise DaemonError(str(e)) from None
+        if not clean:
+            raise DaemonError("nothing to change: give at least one field")
+        with self.lock:
+            current = self.quotas.for_user(user)
+            old = {k: getattr(current, k) for k in clean}
+            self.store.set_quota_override(caller.user, user, old, clean, time.time())
+            self.quotas = self.quotas.with_override(user, clean)
+        self.wake.set()
+        return {"user": user, "old": old, "new": clean}
+
+    def request_shutdown(self, caller: Caller, mode: str) -> dict[str, Any]:
+        if not caller.admin:
+            raise DaemonError("only admins may stop the daemon", 403)
+        active = self.store.jobs(states=ACTIVE)
+        if mode == "refuse" and active:
+            raise DaemonError(
+                f"{len(active)} job{'s' if len(active) != 1 else ''} still running: "
+                "`labq down --drain` waits for them, `labq down --kill` stops them",
+                409,
+            )
+        self.draining = True
+        self.shutdown_mode = mode
+        if mode == "kill":
+            for job in active:
+                self._request_stop(job, "cancelled", f"labq down --kill by {caller.user}", self._grace(job))
+        self._audit(caller, "daemon.down", mode, f"{len(active)} jobs active")
+        self.wake.set()
+        return {"stopping": True, "active": len(active)}
+
+    # -- views for the API --------------------------------------------------------------------------
+    def waiting_for(self, job_id: int) -> Waiting | None:
+        d = self.decision
+        return None if d is None else d.waiting.get(job_id)
+
+    def job_view(self, job: JobRow, full: bool = False) -> dict[str, Any]:
+        d = job.public()
+        now = time.time()
+        if job.state is JobState.PENDING:
+            w = self.waiting_for(job.id)
+            d["reasons"] = list(w.reasons) if w else (["scheduling: not yet considered"])
+            d["eta"] = w.eta if w else None
+            d["wait_s"] = now - job.submit_time
+        elif job.state in ACTIVE:
+            d["reasons"] = [job.stop_reason] if job.stop_reason else []
+            d["runtime_s"] = now - (job.start_time or now)
+        else:
+            d["reasons"] = [job.reason] if job.reason else []
+            if job.start_time and job.end_time:
+                d["runtime_s"] = job.end_time - job.start_time
+        if full:
+            d["events"] = self.store.events(job.id)
+            d["log_path"] = str(self.log_path(job.id))
+        return d
+
+    def log_path(self, job_id: int) -> Path:
+        return self.logs_dir / f"{int(job_id)}.log"
+
+    def health(self) -> dict[str, Any]:
+        inv = self.inventory
+        return {
+            "pid": os.getpid(),
+            "user": self.user,
+            "state_dir": str(self.state_dir),
+            "socket": str(self.socket_path),
+            "started_at": self.started_at,
+            "draining": self.draining,
+            "ray": dict(self.ray.__dict__),
+            "nvml": None
+            if inv is None
+            else {"gpus": inv.count, "names": list(inv.names), "driver": inv.driver, "why_none": inv.why_none},
+            "last_pass": self.last_pass,
+            "counts": self.store.count_by_state(),
+            "schema_version": self.store.schema_version(),
+        }
+
+    # -- the scheduler loop -------------------------------------------------------------------------
+    def policy_config(self) -> PolicyConfig:
+        c = self.config
+        return PolicyConfig(
+            default_time_limit=c.default_time_limit_s,
+            min_runtime=c.min_runtime_s,
+            grace_period=c.grace_period_s,
+            preemption=c.preemption,
+            backfill=c.backfill,
+        )
+
+    def usage(self, now: float, active: list[JobRow]) -> tuple[dict[str, float], dict[str, float]]:
+        horizon = max(WEEK_S, 8 * self.config.half_life_s)
+        if not self._runs_loaded:
+            self._finished_runs = [
+                Interval(r["user"], r["gpus"], r["start_time"], r["end_time"])
+                for r in self.store.runs_since(now - horizon)
+                if r["end_time"] is not None
+            ]
+            self._runs_loaded = True
+        running = [
+            Interval(j.user, j.gpus, j.start_time or now, now) for j in active if j.start_time
+        ]
+        return usage_by_user([*self._finished_runs, *running], now, self.config.half_life_s)
+
+    def snapshot(self, now: float) -> Snapshot:
+        pending_rows = self.store.jobs(states=(JobState.PENDING,))
+        active = self.store.jobs(states=ACTIVE)
+        decayed, week = self.usage(now, active)
+        with self.lock:
+            nodes = tuple(
+                NodeInfo(
+                    id=n.id,
+                    name=n.name,
+                    gpus=n.gpus,
+                    cpus=n.cpus,
+                    memory=n.memory,
+                    schedulable=n.schedulable and n.alive and not self.draining,
+                )
+                for n in self.nodes.values()
+            )
+            quotas = self.quotas
+        return Snapshot(
+            now=now,
+            pending=tuple(
+                PendingJob(
+                    id=j.id,
+                    user=j.user,
+                    gpus=j.gpus,
+                    submit_time=j.submit_time,
+                    priority=j.priority,
+                    time_limit=j.time_limit,
+                    requeued=j.requeued,
+                    cpus=float(j.spec.get("cpus", 0)),
+                    memory=int(j.spec.get("memory", 0)),
+                )
+                for j in pending_rows
+            ),
+            running=tuple(
+                RunningJob(
+                    id=j.id,
+                    user=j.user,
+                    gpus=j.gpus,
+                    node=j.node or "",
+                    start_time=j.start_time or now,
+                    time_limit=j.time_limit,
+                    stop_deadline=j.stop_deadline,
+                    cpus=float(j.spec.get("cpus", 0)),
+                    memory=int(j.spec.get("memory", 0)),
+                )
+                for j in active
+            ),
+            nodes=nodes,
+            usage=decayed,
+            week_usage=week,
+            quotas=quotas,
+            config=self.policy_config(),
+        )
+
+    def one_pass(self) -> Decision:
+        now = time.time()
+        snap = self.snapshot(now)
+        decision = schedule(snap)
+        for start in decision.starts:
+            row = self.store.get(start.job_id)
+            if row.state is not JobState.PENDING:
+                continue  # cancelled while we were deciding
+            node = self.nodes.get(start.node)
+            row = self.store.transition(
+                row.id,
+                JobState.STARTING,
+                f"placed on {node.name if node else start.node}",
+                now=now,
+                expect=(JobState.PENDING,),
+                node=start.node,
+                node_name=node.name if node else start.node,
+                attempt=row.attempt + 1,
+                start_time=now,
+                stop_deadline=None,
+                stop_outcome=None,
+                stop_reason=None,
+                exit_code=None,
+                signal=None,
+            )
+            if row.state is JobState.STARTING:
+                self._launch(row)
+        for pre in decision.preemptions:
+            row = self.store.get(pre.job_id)
+            if row.state in ACTIVE and row.stop_outcome is None:
+                self.store.note(row.id, f"preemption requested: {pre.reason}", now)
+                self._request_stop(row, "preempted", pre.reason, self._grace(row))
+        with self.lock:
+            self.decision = decision
+            self.last_pass = now
+        return decision
+
+    def _launch(self, job: JobRow) -> None:
+        from scheduler.runner import Launch
+
+        spec = job.spec
+        grace = self._grace(job)
+        launch = Launch(
+            job_id=job.id,
+            attempt=job.attempt,
+            argv=list(spec["command"]),
+            workdir=spec.get("workdir", ""),
+            env=dict(spec.get("env", {})),
+            uid=job.uid,
+            time_limit=job.time_limit,
+            grace=grace,
+            log_path=str(self._node_log_dir() / f"{job.id}.{job.attempt}.log"),
+            preempt_file=str(self._node_log_dir() / f"{job.id}.{job.attempt}.deadline"),
+        )
+        resources: dict[str, float] = {"GPU": job.gpus, "CPU": float(spec.get("cpus", 0))}
+        if spec.get("memory"):
+            resources["memory"] = float(spec["memory"])
+        self.executor.launch.remote(job.id, job.attempt, launch, job.node, resources)
+
+    def _node_log_dir(self) -> Path:
+        # Node-local scratch for the live log; the daemon keeps the real copy.
+        return Path(f"/tmp/labq-jobs-{self.uid}") / self.executor_id[:8]
+
+    def scheduler_loop(self) -> None:
+        last_nodes = 0.0
+        while not self.stop_event.is_set():
+            self.wake.wait(timeout=self.config.pass_interval_s)
+            self.wake.clear()
+            try:
+                if time.monotonic() - last_nodes > 2.0:
+                    self.refresh_nodes()
+                    last_nodes = time.monotonic()
+                if self.ray.connected:
+                    self.one_pass()
+                if self.draining and not self.store.jobs(states=ACTIVE):
+                    self.stop_event.set()
+            except Exception:  # noqa: BLE001 - the loop must survive any one bad pass
+                log.exception("scheduling pass failed")
+                time.sleep(0.5)
+
+    # -- the event pump ------------------------------------------------------------------------------
+    def event_pump(self) -> None:
+        import ray
+
+        ack = int(self.store.get_meta("executor_ack") or 0)
+        while not self.stop_event.is_set():
+            try:
+                reply = ray.get(self.executor.poll.remote(ack, 0.5), timeout=30)
+            except Exception as e:  # noqa: BLE001
+                self._ray_down(f"the executor does not answer: {str(e).splitlines()[0]}")
+                time.sleep(1.0)
+                continue
+            if not self.ray.connected:
+                self.ray.connected = True
+                self.ray.error = ""
+            if not reply:
+                continue
+            for seq, event in reply:
+                try:
+                    self.apply_event(event)
+                except UnknownJob:
+                    log.warning("event for unknown job %s", event.get("job_id"))
+                ack = seq
+            self.store.set_meta("executor_ack", str(ack))
+            self.wake.set()
+
+    def apply_event(self, ev: dict[str, Any]) -> None:
+        job = self.store.get(int(ev["job_id"]))
+        if job.attempt != ev["attempt"]:
+            return  # a late report from an older attempt
+        kind = ev["type"]
+        if kind == "started":
+            base = self._open_attempt_log(job, ev)
+            self.store.transition(
+                job.id,
+                JobState.RUNNING,
+                f"running on {job.node_name} with GPUs {','.join(ev['gpu_ids']) or '-'} (pid {ev['pid']})",
+                expect=(JobState.STARTING,),
+                start_time=ev["start_time"],
+                pid=ev["pid"],
+                gpu_ids=",".join(ev["gpu_ids"]),
+                log_base=base,
+            )
+        elif kind == "log":
+            self._write_log(job, int(ev["offset"]), ev["data"])
+        elif kind == "finished":
+            self._finish(job, ev)
+
+    def _open_attempt_log(self, job: JobRow, ev: dict[str, Any]) -> int:
+        path = self.log_path(job.id)
+        if job.attempt <= 1:
+            path.touch()
+            return 0
+        with open(path, "ab") as f:
+            f.write(f"\n--- labq: attempt {job.attempt} on {job.node_name} ---\n".encode())
+            return f.tell()
+
+    def _write_log(self, job: JobRow, offset: int, data: bytes) -> None:
+        pos = job.log_base + offset
+        if pos >= self.config.log_max_bytes:
+            return
+        data = data[: self.config.log_max_bytes - pos]
+        fd = os.open(self.log_path(job.id), os.O_WRONLY | os.O_CREAT, 0o640)
+        try:
+            # Written at its offset: a report delivered twice lands on itself.
+            os.pwrite(fd, data, pos)
+        finally:
+            os.close(fd)
+
+    def _finish(self, job: JobRow, ev: dict[str, Any]) -> None:
+        outcome = str(ev["outcome"])
+        now = time.time()
+        fields = {"exit_code": ev.get("exit_code"), "signal": ev.get("signal"), "end_time": now}
+        reason = str(ev.get("reason") or "")
+        expect = ACTIVE
+        if outcome == "preempted":
+            self.store.transition(job.id, JobState.PREEMPTED, reason, expect=expect, **fields)
+            self.store.transition(
+                job.id,
+                JobState.PENDING,
+                "requeued after preemption",
+                expect=(JobState.PREEMPTED,),
+                requeued=1,
+                node=None,
+                pid=None,
+                stop_deadline=None,
+                stop_outcome=None,
+                stop_reason=None,
+            )
+        else:
+            state = {
+                "succeeded": JobState.SUCCEEDED,
+                "failed": JobState.FAILED,
+                "cancelled": JobState.CANCELLED,
+                "timeout": JobState.TIMEOUT,
+            }.get(outcome, JobState.LOST)
+            if state is JobState.LOST and not reason:
+                reason = "lost"
+            self.store.transition(job.id, state, reason, expect=expect, **fields)
+        if job.start_time is not None and job.state in ACTIVE:
+            self._finished_runs.append(Interval(job.user, job.gpus, job.start_time, now))
+
+    # -- run and stop -----------------------------------------------------------------------------
+    def serve(self) -> None:
+        from scheduler.api import ApiServer
+
+        self.server = ApiServer(self.socket_path, self)
+        threads = [
+            threading.Thread(target=self.server.serve_forever, name="labq-api", daemon=True),
+            threading.Thread(target=self.scheduler_loop, name="labq-sched", daemon=True),
+            threading.Thread(target=self.event_pump, name="labq-events", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        self.wake.set()
+        while not self.stop_event.wait(0.5):
+            pass
+        self.server.shutdown()
+        self.server.server_close()
+        self.socket_path.unlink(missing_ok=True)
+        self.teardown()
+
+    def teardown(self) -> None:
+        import ray
+
+        if self.shutdown_mode is None:
+            return  # a signal, not `labq down`: leave Ray and the jobs running
+        try:
+            if self.executor is not None:
+                ray.kill(self.executor)
+        except Exception:  # noqa: BLE001
+            log.exception("could not stop the executor")
+        ray.shutdown()
+        if self.ray.embedded:
+            raycluster.stop_embedded(self.state_dir)
+
+    def install_signal_handlers(self) -> None:
+        def stop(signum: int, _frame: Any) -> None:
+            log.info("signal %d: stopping the daemon; jobs keep running", signum)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+
+def run_daemon(
+    state_dir: Path,
+    socket_path: Path,
+    config: DaemonConfig,
+    ray_address: str | None,
+    gpus: int | None,
+    cpus: int | None,
+) -> None:
+    """Start everything and serve until `labq down` or a signal."""
+    daemon = Daemon(state_dir, socket_path, config, ray_address, gpus, cpus)
+    daemon.acquire_lock()
+    daemon.open_store()
+    daemon.start_ray()
+    daemon.install_signal_handlers()
+    (state_dir / "daemon.json").write_text(
+        json.dumps({"pid": os.getpid(), "socket": str(socket_path), "ray": daemon.ray.address})
+    )
+    daemon.serve()
+
+

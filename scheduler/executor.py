@@ -1,0 +1,211 @@
+"""Ray side of labq: a detached Executor actor that owns one Ray task per job attempt.
+
+Why not one actor per job, nor the Ray Jobs API: a new actor costs a fresh worker
+process (~0.9 s on a 2-core box), and Ray Jobs have a global 3 s kill grace and
+vanish with the head. A GPU task with `max_calls=0` reuses warm workers (~3 ms to
+start) and Ray still picks its GPUs and sets CUDA_VISIBLE_DEVICES. Tasks are owned
+by whoever submits them and die with their owner, so the owner is this detached
+actor, not the daemon: a daemon crash or restart leaves every job running.
+
+The daemon talks to the Executor with three calls: `launch` (idempotent per job
+attempt), `stop`, and `poll` (a cursor over an event list: started, log, finished),
+acknowledging what it has stored so nothing is lost or applied twice.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+import time
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from scheduler.runner import Launch, run
+
+EXECUTOR_NAME = "labq-executor"
+MAX_EVENTS_PER_POLL = 2000
+
+
+def key_of(job_id: int, attempt: int) -> str:
+    return f"{job_id}.{attempt}"
+
+
+@ray.remote(max_calls=0, max_retries=0, num_cpus=0)
+def run_job(executor: Any, key: str, launch: Launch) -> dict[str, Any]:
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    node = ray.get_runtime_context().get_node_id()
+
+    def report(
+        info: dict[str, Any] | None, offset: int, data: bytes, result: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        if info is not None:
+            info = dict(info, node=node)
+        out: dict[str, Any] | None = ray.get(executor.heartbeat.remote(key, info, offset, data, result))
+        return out
+
+    return run(launch, gpu_ids, node, report)
+
+
+@ray.remote(num_cpus=0, max_concurrency=256, max_restarts=0)
+class Executor:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._events: list[tuple[int, dict[str, Any]]] = []
+        self._seq = 0
+        self._acked = 0
+        # key -> {"ref", "stop", "started", "finished"}
+        self._jobs: dict[str, dict[str, Any]] = {}
+        self._me = ray.get_runtime_context().current_actor
+        self._id = uuid.uuid4().hex
+        threading.Thread(target=self._watch, name="labq-watch", daemon=True).start()
+
+    def ping(self) -> dict[str, Any]:
+        return {"id": self._id, "pid": os.getpid(), "jobs": len(self._jobs), "seq": self._seq}
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        # Caller holds self._cond.
+        self._seq += 1
+        self._events.append((self._seq, event))
+        self._cond.notify_all()
+
+    def launch(
+        self, job_id: int, attempt: int, launch: Launch, node_id: str, resources: dict[str, float]
+    ) -> bool:
+        key = key_of(job_id, attempt)
+        with self._cond:
+            if key in self._jobs:
+                return False  # a retried launch after a daemon restart: already running
+            strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+            ref = run_job.options(
+                num_gpus=resources.get("GPU", 0),
+                num_cpus=resources.get("CPU", 0),
+                memory=resources.get("memory") or None,
+                scheduling_strategy=strategy,
+            ).remote(self._me, key, launch)
+            self._jobs[key] = {
+                "ref": ref,
+                "stop": None,
+                "started": False,
+                "finished": False,
+                "job_id": job_id,
+                "attempt": attempt,
+                "node": node_id,
+            }
+            self._cond.notify_all()
+        return True
+
+    def stop(self, job_id: int, attempt: int, outcome: str, reason: str, grace: float) -> bool:
+        key = key_of(job_id, attempt)
+        with self._cond:
+            job = self._jobs.get(key)
+            if job is None or job["finished"]:
+                return False
+            if job["stop"] is None:
+                job["stop"] = {"outcome": outcome, "reason": reason, "grace": grace}
+            started = job["started"]
+            ref = job["ref"]
+        if not started:
+            # Still waiting inside Ray: nothing runs yet, so cancelling loses nothing.
+            ray.cancel(ref, force=False)
+        return True
+
+    def heartbeat(
+        self,
+        key: str,
+        info: dict[str, Any] | None,
+        offset: int,
+        data: bytes,
+        result: dict[str, Any] | None,
+    ) -> dict[str, Any] | None:
+        with self._cond:
+            job = self._jobs.get(key)
+            if job is None:
+                # Unknown to us (we were restarted): tell the job to stop rather than run unseen.
+                return {"outcome": "lost", "reason": "executor no longer knows this job", "grace": 5}
+            ids = {"job_id": job["job_id"], "attempt": job["attempt"]}
+            if info is not None:
+                job["started"] = True
+                self._emit({"type": "started", **ids, **info})
+            if data:
+                self._emit({"type": "log", **ids, "offset": offset, "data": data})
+            if result is not None and not job["finished"]:
+                job["finished"] = True
+                self._emit({"type": "finished", **ids, **result})
+            stop: dict[str, Any] | None = job["stop"]
+            return stop
+
+    def _watch(self) -> None:
+        """Turn tasks that ended without reporting (node died, cancelled) into events."""
+        while True:
+            with self._cond:
+                refs = {j["ref"]: k for k, j in self._jobs.items() if not j.get("reaped")}
+                if not refs:
+                    self._cond.wait(timeout=1.0)
+                    continue
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5, fetch_local=False)
+            for ref in ready:
+                key = refs[ref]
+                error: str | None = None
+                try:
+                    ray.get(ref)
+                except ray.exceptions.TaskCancelledError:
+                    error = "cancelled"
+                except Exception as e:  # noqa: BLE001 - every task failure becomes an event
+                    error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                with self._cond:
+                    job = self._jobs[key]
+                    job["reaped"] = True
+                    if not job["finished"]:
+                        job["finished"] = True
+                        ids = {"job_id": job["job_id"], "attempt": job["attempt"]}
+                        if error == "cancelled" and job["stop"] is not None:
+                            outcome, reason = job["stop"]["outcome"], job["stop"]["reason"]
+                        else:
+                            outcome = "lost"
+                            reason = f"the Ray task ended without a result ({error})"
+                        self._emit(
+                            {
+                                "type": "finished",
+                                **ids,
+                                "outcome": outcome,
+                                "exit_code": None,
+                                "signal": None,
+                                "reason": reason,
+                            }
+                        )
+
+    def poll(self, ack: int, timeout: float) -> list[tuple[int, dict[str, Any]]]:
+        """Events after `ack`; forget everything up to `ack` (the daemon has stored it)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            if ack > self._acked:
+                self._acked = ack
+                drop = 0
+                while drop < len(self._events) and self._events[drop][0] <= ack:
+                    drop += 1
+                del self._events[:drop]
+                # Jobs whose end the daemon has stored are forgotten too.
+                done = {
+                    k for k, j in self._jobs.items() if j["finished"] and j.get("reaped")
+                }
+                pending_keys = {
+                    key_of(e["job_id"], e["attempt"]) for _, e in self._events
+                }
+                for k in done - pending_keys:
+                    del self._jobs[k]
+            while not self._events:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(timeout=left)
+            return self._events[:MAX_EVENTS_PER_POLL]
+
+    def known(self) -> dict[str, dict[str, Any]]:
+        with self._cond:
+            return {
+                k: {"started": j["started"], "finished": j["finished"], "node": j["node"]}
+                for k, j in self._jobs.items()
+            }

@@ -1,0 +1,210 @@
+"""A job: what a researcher asked for (JobSpec) and the states it moves through.
+
+State machine (docs/architecture.md draws it)::
+
+    PENDING -> STARTING -> RUNNING -> SUCCEEDED | FAILED | CANCELLED | TIMEOUT
+       |          |           |
+       |          |           +-> PREEMPTED -> PENDING      (reclaimed by fair share; runs again)
+       |          +-> PENDING                               (launch never reached Ray)
+       +-> CANCELLED
+    STARTING | RUNNING -> LOST                              (node or Ray gone; reason required)
+
+Only `transition()` changes a state, and it refuses anything not in TRANSITIONS.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from scheduler.units import UnitError, parse_duration, parse_size
+
+
+class JobState(str, Enum):
+    PENDING = "PENDING"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMEOUT = "TIMEOUT"
+    PREEMPTED = "PREEMPTED"
+    LOST = "LOST"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+    @property
+    def active(self) -> bool:
+        """Holding (or about to hold) GPUs."""
+        return self in (JobState.STARTING, JobState.RUNNING)
+
+
+TERMINAL = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT, JobState.LOST}
+)
+
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.STARTING, JobState.CANCELLED}),
+    JobState.STARTING: frozenset(
+        {
+            JobState.RUNNING,
+            JobState.PENDING,
+            JobState.CANCELLED,
+            JobState.FAILED,
+            JobState.LOST,
+            # A job so short that its end is reported with its start.
+            JobState.SUCCEEDED,
+            JobState.TIMEOUT,
+            JobState.PREEMPTED,
+        }
+    ),
+    JobState.RUNNING: frozenset(
+        {
+            JobState.SUCCEEDED,
+            JobState.FAILED,
+            JobState.CANCELLED,
+            JobState.TIMEOUT,
+            JobState.PREEMPTED,
+            JobState.LOST,
+        }
+    ),
+    JobState.PREEMPTED: frozenset({JobState.PENDING, JobState.CANCELLED}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+    JobState.TIMEOUT: frozenset(),
+    JobState.LOST: frozenset(),
+}
+
+
+class IllegalTransition(Exception):
+    def __init__(self, job_id: int, old: JobState, new: JobState) -> None:
+        super().__init__(f"job {job_id}: illegal transition {old.value} -> {new.value}")
+        self.job_id, self.old, self.new = job_id, old, new
+
+
+def transition(job_id: int, old: JobState, new: JobState, reason: str = "") -> JobState:
+    """Return `new` if the move is legal, else raise IllegalTransition."""
+    if new not in TRANSITIONS[old]:
+        raise IllegalTransition(job_id, old, new)
+    if new is JobState.LOST and not reason:
+        raise ValueError(f"job {job_id}: LOST needs a reason")
+    return new
+
+
+# Limits that keep one request from hurting the daemon (issue 7 fuzzes these).
+MAX_ARGV = 4096
+MAX_ARG_LEN = 65536
+MAX_ENV = 512
+MAX_NAME = 128
+
+
+class JobSpec(BaseModel):
+    """What a job asks for. Same fields on the command line and in a job YAML."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    command: list[str] = Field(min_length=1, max_length=MAX_ARGV)
+    gpus: int = Field(default=1, ge=1, le=1024)
+    cpus: float = Field(default=0, ge=0, le=4096)
+    memory: int = Field(default=0, ge=0, description="bytes reserved in Ray; 0 = none")
+    time: float | None = Field(default=None, description="time limit in seconds")
+    workdir: str = ""
+    env: dict[str, str] = Field(default_factory=dict)
+    name: str = Field(default="", max_length=MAX_NAME)
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    grace: float | None = Field(
+        default=None, description="seconds between SIGTERM and SIGKILL; default from config"
+    )
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _command(cls, v: Any) -> Any:
+        # A single string is run by the user's shell explicitly, never split by us.
+        if isinstance(v, str):
+            if not v.strip():
+                raise ValueError("command is empty")
+            return ["/bin/sh", "-c", v]
+        return v
+
+    @field_validator("command")
+    @classmethod
+    def _command_items(cls, v: list[str]) -> list[str]:
+        if not v or not v[0].strip():
+            raise ValueError("command is empty")
+        for arg in v:
+            if len(arg) > MAX_ARG_LEN or "\x00" in arg:
+                raise ValueError("command argument too long or contains a NUL byte")
+        return v
+
+    @field_validator("time", "grace", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        try:
+            return parse_duration(v)
+        except UnitError as e:
+            raise ValueError(str(e)) from None
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, v: Any) -> Any:
+        if v is None:
+            return 0
+        try:
+            return parse_size(v)
+        except UnitError as e:
+            raise ValueError(str(e)) from None
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > MAX_ENV:
+            raise ValueError(f"at most {MAX_ENV} environment variables")
+        for k, val in v.items():
+            if not k or "=" in k or "\x00" in k or "\x00" in val or len(val) > MAX_ARG_LEN:
+                raise ValueError(f"bad environment variable {k!r}")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if any(ord(c) < 32 for c in v):
+            raise ValueError("name contains control characters")
+        return v
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, v: str) -> str:
+        if v and not os.path.isabs(v):
+            raise ValueError("workdir must be an absolute path")
+        if "\x00" in v:
+            raise ValueError("workdir contains a NUL byte")
+        return v
+
+    @model_validator(mode="after")
+    def _default_name(self) -> JobSpec:
+        if not self.name:
+            object.__setattr__(self, "name", os.path.basename(self.command[0])[:MAX_NAME] or "job")
+        return self
+
+
+def first_error(exc: Exception) -> tuple[str, str]:
+    """(field, message) of the first pydantic validation error, for a one-line refusal."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        errs = errors()
+        if errs:
+            loc = ".".join(str(p) for p in errs[0].get("loc", ()))
+            msg = str(errs[0].get("msg", "invalid"))
+            if errs[0].get("type") == "extra_forbidden":
+                msg = "unknown field"
+            msg = msg.removeprefix("Value error, ")
+            return loc, msg
+    return "", str(exc)

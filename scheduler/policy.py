@@ -1,0 +1,541 @@
+"""The scheduling policy: one pure function from a Snapshot to a Decision.
+
+No Ray, no SQLite, no clock: time is `Snapshot.now`. The daemon calls `schedule()`
+on every pass and the simulator replays traces through the very same function.
+docs/fairshare.md explains the ordering with a worked example.
+
+One pass, in words:
+1. Work out who holds what: free GPUs per node, GPUs and jobs held per researcher,
+   and each researcher's effective usage = decayed past usage + the expected rest
+   of their running jobs (the entry penalty).
+2. Rank researchers: those still under their guaranteed GPUs first, then by the
+   fair-share factor F = 2^(-U/S) plus a small age bonus. Take the best
+   researcher's next job (their own order: requeued first, then priority, then age),
+   place it or record why not, recompute that researcher's rank, repeat.
+3. Placement is gang and best-fit: the node with the fewest free GPUs that still fits.
+4. The first job blocked on resources gets a reservation (EASY backfill): later jobs
+   start only if they cannot delay it.
+5. A researcher below `guaranteed_gpus` whose job cannot start reclaims borrowed
+   GPUs: least work lost first, never a job younger than `min_runtime`, never
+   taking a victim's owner below their own guarantee (so nobody preempts back).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from scheduler.quota import Quota, QuotaBook, fair_share_factor
+
+INF = float("inf")
+
+
+@dataclass(frozen=True)
+class PendingJob:
+    id: int
+    user: str
+    gpus: int
+    submit_time: float
+    priority: int = 0
+    time_limit: float | None = None
+    requeued: bool = False
+    cpus: float = 0.0
+    memory: int = 0
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    id: int
+    user: str
+    gpus: int
+    node: str
+    start_time: float
+    time_limit: float | None = None
+    # Set once the job was asked to stop (preempted or cancelled): its GPUs free up by then.
+    stop_deadline: float | None = None
+    cpus: float = 0.0
+    memory: int = 0
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    id: str
+    gpus: int
+    name: str = ""
+    cpus: float = INF
+    memory: float = INF
+    schedulable: bool = True  # False while drained or unhealthy
+
+    @property
+    def label(self) -> str:
+        return self.name or self.id[:12]
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    default_time_limit: float = 24 * 3600.0
+    min_runtime: float = 600.0
+    grace_period: float = 30.0
+    preemption: bool = True
+    backfill: bool = True
+    # Age adds up to `age_weight` to a researcher's rank after `age_max` seconds of waiting,
+    # so a job is never starved forever by others with lower usage.
+    age_weight: float = 0.1
+    age_max: float = 7 * 86400.0
+    # Estimated start times are computed for this many waiting jobs per pass; deeper in
+    # the queue an estimate is more noise than information and costs time.
+    eta_depth: int = 100
+    # Full reason texts (with who ranks ahead) for this many waiting jobs.
+    reason_depth: int = 1000
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    now: float
+    pending: tuple[PendingJob, ...]
+    running: tuple[RunningJob, ...]
+    nodes: tuple[NodeInfo, ...]
+    usage: Mapping[str, float] = field(default_factory=dict)  # decayed GPU-seconds
+    week_usage: Mapping[str, float] = field(default_factory=dict)  # GPU-seconds, last 7 days
+    quotas: QuotaBook = QuotaBook()
+    config: PolicyConfig = PolicyConfig()
+
+
+@dataclass(frozen=True)
+class Start:
+    job_id: int
+    node: str
+
+
+@dataclass(frozen=True)
+class Preempt:
+    job_id: int
+    for_job: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Waiting:
+    reasons: tuple[str, ...]
+    eta: float | None = None  # None: cannot be estimated (quota, budget, too deep)
+
+
+@dataclass(frozen=True)
+class UserShare:
+    user: str
+    shares: float
+    usage: float  # effective (decayed + entry penalty), GPU-seconds
+    factor: float
+    held_gpus: int
+    running_jobs: int
+    pending_jobs: int
+    quota: Quota
+
+
+@dataclass(frozen=True)
+class Decision:
+    starts: tuple[Start, ...]
+    preemptions: tuple[Preempt, ...]
+    waiting: Mapping[int, Waiting]
+    shares: Mapping[str, UserShare]
+    order: tuple[int, ...]  # pending job ids in rank order
+
+
+def _job_key(j: PendingJob) -> tuple[bool, int, float, int]:
+    # Within one researcher: requeued (preempted) jobs first, then priority, then age.
+    return (not j.requeued, -j.priority, j.submit_time, j.id)
+
+
+@dataclass
+class _Node:
+    info: NodeInfo
+    free: int
+    cpus: float
+    memory: float
+    # (end time, gpus) of what runs here now, including jobs started in this pass.
+    releases: list[tuple[float, int]]
+
+
+@dataclass
+class _Reservation:
+    job_id: int
+    node: str
+    at: float
+    gpus: int
+
+
+class _Pass:
+    """Mutable working state of one `schedule()` call; never escapes it."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self.cfg = snap.config
+        self.now = snap.now
+        self.nodes: dict[str, _Node] = {}
+        for n in sorted(snap.nodes, key=lambda n: n.id):
+            self.nodes[n.id] = _Node(n, n.gpus, n.cpus, n.memory, [])
+        self.held: Counter[str] = Counter()
+        self.jobs_held: Counter[str] = Counter()
+        self.penalty: Counter[str] = Counter()
+        self.running_by_node: dict[str, list[RunningJob]] = {}
+        for r in sorted(snap.running, key=lambda r: r.id):
+            self.held[r.user] += r.gpus
+            self.jobs_held[r.user] += 1
+            self.penalty[r.user] += r.gpus * self._remaining(r)
+            node = self.nodes.get(r.node)
+            if node is None:
+                continue  # a node that left: its jobs are being reported lost elsewhere
+            node.free -= r.gpus
+            node.cpus -= r.cpus
+            node.memory -= r.memory
+            node.releases.append((self._end(r), r.gpus))
+            self.running_by_node.setdefault(r.node, []).append(r)
+        # Free-GPU buckets make best-fit O(GPUs per node) instead of O(nodes).
+        self.max_per_node = max((n.gpus for n in snap.nodes), default=0)
+        self.buckets: list[dict[str, None]] = [dict() for _ in range(self.max_per_node + 1)]
+        for nid, node in self.nodes.items():
+            if node.info.schedulable and node.free > 0:
+                self.buckets[min(node.free, self.max_per_node)][nid] = None
+        self.reservations: list[_Reservation] = []
+        self.starts: list[Start] = []
+        self.preemptions: list[Preempt] = []
+        self.waiting: dict[int, Waiting] = {}
+        self.stopping_for: set[int] = set()
+        self.quota_cache: dict[str, Quota] = {}
+
+    # -- time helpers -------------------------------------------------------------
+    def _limit(self, limit: float | None) -> float:
+        return limit if limit is not None else self.cfg.default_time_limit
+
+    def _end(self, r: RunningJob) -> float:
+        end = r.start_time + self._limit(r.time_limit)
+        if r.stop_deadline is not None:
+            end = min(end, r.stop_deadline)
+        return max(end, self.now)
+
+    def _remaining(self, r: RunningJob) -> float:
+        return max(0.0, self._end(r) - self.now)
+
+    def quota(self, user: str) -> Quota:
+        q = self.quota_cache.get(user)
+        if q is None:
+            q = self.quota_cache[user] = self.snap.quotas.for_user(user)
+        return q
+
+    # -- placement ------------------------------------------------------------------
+    def _fits(self, node: _Node, j: PendingJob) -> bool:
+        return node.free >= j.gpus and node.cpus >= j.cpus and node.memory >= j.memory
+
+    def best_fit(self, j: PendingJob) -> _Node | None:
+        if j.gpus > self.max_per_node:
+            return None
+        for k in range(j.gpus, self.max_per_node + 1):
+            for nid in self.buckets[k]:
+                node = self.nodes[nid]
+                if self._fits(node, j):
+                    return node
+        return None
+
+    def largest_free(self) -> int:
+        for k in range(self.max_per_node, 0, -1):
+            if self.buckets[k]:
+                return k
+        return 0
+
+    def take(self, node: _Node, j: PendingJob) -> None:
+        old = min(node.free, self.max_per_node)
+        if old > 0:
+            self.buckets[old].pop(node.info.id, None)
+        node.free -= j.gpus
+        node.cpus -= j.cpus
+        node.memory -= j.memory
+        node.releases.append((self.now + self._limit(j.time_limit), j.gpus))
+        if node.free > 0:
+            self.buckets[min(node.free, self.max_per_node)][node.info.id] = None
+
+    def earliest(self, node: _Node, gpus: int) -> float:
+        """When `gpus` GPUs will be free on `node` if every job runs to its limit."""
+        free = node.free
+        if free >= gpus:
+            return self.now
+        for end, g in sorted(node.releases):
+            free += g
+            if free >= gpus:
+                return end
+        return INF
+
+    def conflicts(self, node: _Node, j: PendingJob) -> _Reservation | None:
+        """A reservation that starting `j` on `node` now would delay, if any."""
+        end = self.now + self._limit(j.time_limit)
+        for res in self.reservations:
+            if res.node != node.info.id or end <= res.at:
+                continue
+            # Would the reserved job still find its GPUs at its reserved time?
+            free_then = node.free - j.gpus + sum(g for e, g in node.releases if e <= res.at)
+            if free_then < res.gpus:
+                return res
+        return None
+
+    def reserve(self, j: PendingJob) -> _Reservation | None:
+        best: tuple[float, str] | None = None
+        for nid, node in self.nodes.items():
+            if not node.info.schedulable or node.info.gpus < j.gpus:
+                continue
+            t = self.earliest(node, j.gpus)
+            if t < INF and (best is None or (t, nid) < best):
+                best = (t, nid)
+        if best is None:
+            return None
+        res = _Reservation(j.id, best[1], best[0], j.gpus)
+        self.reservations.append(res)
+        return res
+
+    # -- reclaim ------------------------------------------------------------------------
+    def reclaim(self, j: PendingJob) -> tuple[list[RunningJob], _Node] | None:
+        """Borrowed jobs to preempt so that `j` (within its owner's guarantee) can start."""
+        cfg = self.cfg
+        best: tuple[float, str, list[RunningJob]] | None = None
+        for nid, node in self.nodes.items():
+            if not node.info.schedulable or node.info.gpus < j.gpus:
+                continue
+            running = self.running_by_node.get(nid, [])
+            available = node.free + sum(
+                r.gpus for r in running if r.stop_deadline is not None or r.id in self.stopping_for
+            )
+            if available >= j.gpus:
+                # Enough is already on its way out; wait for it rather than preempt more.
+                return [], node
+            taken: Counter[str] = Counter()
+            victims: list[RunningJob] = []
+            lost = 0.0
+            candidates = sorted(
+                (
+                    r
+                    for r in running
+                    if r.stop_deadline is None
+                    and r.id not in self.stopping_for
+                    and r.user != j.user
+                    and self.now - r.start_time >= cfg.min_runtime
+                ),
+                key=lambda r: (r.gpus * (self.now - r.start_time), r.id),
+            )
+            for r in candidates:
+                if available >= j.gpus:
+                    break
+                # Only borrowed GPUs are taken back: the owner keeps their own guarantee.
+                if self.held[r.user] - taken[r.user] - r.gpus < self.quota(r.user).guaranteed_gpus:
+                    continue
+                victims.append(r)
+                taken[r.user] += r.gpus
+                available += r.gpus
+                lost += r.gpus * (self.now - r.start_time)
+            if available >= j.gpus and (best is None or (lost, nid) < (best[0], best[1])):
+                best = (lost, nid, victims)
+        if best is None:
+            return None
+        return best[2], self.nodes[best[1]]
+
+
+def _format_ahead(ahead: Counter[str], total: int) -> str:
+    top = sorted(ahead.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    who = ", ".join(f"{u} x{c}" if c > 1 else u for u, c in top)
+    more = "" if len(ahead) <= 3 else ", ..."
+    plural = "job ranks" if total == 1 else "jobs rank"
+    return f"fair share: {total} {plural} ahead ({who}{more})"
+
+
+def schedule(snap: Snapshot) -> Decision:
+    """Decide what starts, what is preempted, and why everything else waits."""
+    p = _Pass(snap)
+    cfg = snap.config
+
+    by_user: dict[str, list[PendingJob]] = {}
+    for j in snap.pending:
+        by_user.setdefault(j.user, []).append(j)
+    for jobs in by_user.values():
+        jobs.sort(key=_job_key, reverse=True)  # pop() from the end gives the next job
+
+    active = sorted(set(by_user) | set(p.held))
+    total_shares = sum(p.quota(u).shares for u in active)
+    eff_usage = {u: snap.usage.get(u, 0.0) + p.penalty[u] for u in active}
+    total_usage = sum(eff_usage.values())
+
+    def factor(u: str) -> float:
+        return fair_share_factor(eff_usage[u], total_usage, p.quota(u).shares, total_shares)
+
+    def rank(u: str) -> tuple[int, float, float, int, str]:
+        head = by_user[u][-1]
+        q = p.quota(u)
+        under_guarantee = p.held[u] + head.gpus <= q.guaranteed_gpus
+        age = min(1.0, max(0.0, snap.now - head.submit_time) / cfg.age_max)
+        score = factor(u) + cfg.age_weight * age
+        return (0 if under_guarantee else 1, -score, head.submit_time, head.id, u)
+
+    heap = [rank(u) for u in by_user]
+    heapq.heapify(heap)
+
+    order: list[int] = []
+    ahead: Counter[str] = Counter()  # waiting jobs ranked ahead, by owner
+    n_ahead = 0
+    eta_budget = cfg.eta_depth
+
+    def wait(j: PendingJob, reasons: list[str], eta: float | None) -> None:
+        nonlocal n_ahead, eta_budget
+        if n_ahead:
+            if len(p.waiting) < cfg.reason_depth:
+                reasons.append(_format_ahead(ahead, n_ahead))
+            else:
+                reasons.append(f"fair share: {n_ahead} jobs rank ahead")
+        p.waiting[j.id] = Waiting(tuple(reasons), eta)
+        ahead[j.user] += 1
+        n_ahead += 1
+
+    def shadow_eta(j: PendingJob) -> float | None:
+        nonlocal eta_budget
+        if eta_budget <= 0:
+            return None
+        eta_budget -= 1
+        best = INF
+        for node in p.nodes.values():
+            if node.info.schedulable and node.info.gpus >= j.gpus:
+                best = min(best, p.earliest(node, j.gpus))
+        return None if best == INF else best
+
+    while heap:
+        u = heapq.heappop(heap)[-1]
+        j = by_user[u].pop()
+        order.append(j.id)
+        q = p.quota(u)
+
+        blocked: list[str] = []
+        if q.max_jobs is not None and p.jobs_held[u] >= q.max_jobs:
+            blocked.append(f"quota: {u} runs {p.jobs_held[u]}/{q.max_jobs} jobs")
+        if q.max_gpus is not None and p.held[u] + j.gpus > q.max_gpus:
+            blocked.append(
+                f"quota: {u} holds {p.held[u]}/{q.max_gpus} GPUs, this job needs {j.gpus} more"
+                if p.held[u]
+                else f"quota: needs {j.gpus} GPUs, {u}'s limit is {q.max_gpus}"
+            )
+        if q.gpu_hours_per_week is not None:
+            used_h = snap.week_usage.get(u, 0.0) / 3600.0
+            if used_h >= q.gpu_hours_per_week:
+                blocked.append(
+                    f"budget: {used_h:.1f}/{q.gpu_hours_per_week:g} GPU-hours used this week"
+                )
+
+        if blocked:
+            wait(j, blocked, None)
+        else:
+            node = p.best_fit(j)
+            conflict = p.conflicts(node, j) if node is not None else None
+            if node is not None and conflict is None:
+                p.take(node, j)
+                p.starts.append(Start(j.id, node.info.id))
+                p.held[u] += j.gpus
+                p.jobs_held[u] += 1
+                added = j.gpus * p._limit(j.time_limit)
+                eff_usage[u] += added
+                total_usage += added
+            elif conflict is not None:
+                when = conflict.at - snap.now
+                wait(
+                    j,
+                    [
+                        f"backfill: would delay job {conflict.job_id}, reserved to start in "
+                        f"{_short(when)} on {p.nodes[conflict.node].info.label}"
+                    ],
+                    shadow_eta(j),
+                )
+            else:
+                reasons = [_resource_reason(p, j)]
+                eta: float | None = None
+                claim = None
+                if (
+                    cfg.preemption
+                    and q.guaranteed_gpus > 0
+                    and p.held[u] + j.gpus <= q.guaranteed_gpus
+                ):
+                    claim = p.reclaim(j)
+                if claim is not None:
+                    victims, cnode = claim
+                    deadline = snap.now + cfg.grace_period
+                    for r in victims:
+                        p.stopping_for.add(r.id)
+                        p.preemptions.append(
+                            Preempt(
+                                r.id,
+                                j.id,
+                                f"reclaimed for {u}'s job {j.id} ({u} is below "
+                                f"{q.guaranteed_gpus} guaranteed GPUs)",
+                            )
+                        )
+                    stopping = [
+                        r
+                        for r in p.running_by_node.get(cnode.info.id, [])
+                        if r.id in p.stopping_for or r.stop_deadline is not None
+                    ]
+                    ends = [r.stop_deadline or deadline for r in stopping] or [snap.now]
+                    eta = max(ends)
+                    names = ", ".join(f"job {r.id} ({r.user})" for r in stopping)
+                    reasons.insert(
+                        0,
+                        f"reclaim: {u} is below {q.guaranteed_gpus} guaranteed GPUs; "
+                        f"waiting for {names or 'GPUs'} to stop on {cnode.info.label}",
+                    )
+                    p.reservations.append(_Reservation(j.id, cnode.info.id, eta, j.gpus))
+                elif cfg.backfill and not p.reservations:
+                    res = p.reserve(j)
+                    eta = res.at if res is not None else None
+                    eta_budget -= 1
+                else:
+                    eta = shadow_eta(j)
+                wait(j, reasons, eta)
+
+        if by_user[u]:
+            heapq.heappush(heap, rank(u))
+
+    shares = {
+        u: UserShare(
+            user=u,
+            shares=p.quota(u).shares,
+            usage=eff_usage[u],
+            factor=factor(u),
+            held_gpus=p.held[u],
+            running_jobs=p.jobs_held[u],
+            pending_jobs=sum(1 for j in snap.pending if j.user == u),
+            quota=p.quota(u),
+        )
+        for u in active
+    }
+    return Decision(
+        starts=tuple(p.starts),
+        preemptions=tuple(p.preemptions),
+        waiting=p.waiting,
+        shares=shares,
+        order=tuple(order),
+    )
+
+
+def _short(seconds: float) -> str:
+    s = int(max(0, seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+def _resource_reason(p: _Pass, j: PendingJob) -> str:
+    schedulable = [n for n in p.nodes.values() if n.info.schedulable]
+    if not schedulable:
+        return "resources: no schedulable node (all drained, unhealthy or gone)"
+    biggest = max(n.info.gpus for n in schedulable)
+    if j.gpus > biggest:
+        return f"resources: needs {j.gpus} GPUs on one node, the largest node has {biggest}"
+    largest = p.largest_free()
+    if largest >= j.gpus:
+        # GPUs are there but CPUs or memory are not.
+        return f"resources: needs {j.cpus:g} CPUs and {j.memory} bytes of memory beside its GPUs"
+    return f"resources: needs {j.gpus} GPU{'s' if j.gpus > 1 else ''} on one node, largest free block is {largest}"

@@ -1,0 +1,193 @@
+"""Finding, starting and stopping the Ray cluster the daemon hands jobs to.
+
+The embedded head runs `ray start --head --block` in its own process session, so a
+crashed daemon leaves it (and the jobs on it) running; its address and pid are kept
+in the state dir, where the next `labq up` finds them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+class RayError(Exception):
+    """Ray cannot be started or reached; the message is user-facing."""
+
+
+@dataclass(frozen=True)
+class EmbeddedHead:
+    address: str
+    pid: int
+    gpus: int
+    simulated: bool
+    temp_dir: str
+
+
+def ray_env(embedded: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    # A stray CUDA_VISIBLE_DEVICES in the daemon's shell would hide GPUs from Ray.
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    # Ray 2.52+ may create an auth token on its own; the embedded head listens on
+    # loopback only, so authentication is explicitly off there. For an external
+    # cluster the operator's RAY_AUTH_MODE (and token) pass through untouched.
+    if embedded:
+        env["RAY_AUTH_MODE"] = "disabled"
+    else:
+        env.setdefault("RAY_AUTH_MODE", "disabled")
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _temp_dir(state_dir: Path) -> str:
+    # Ray puts Unix sockets under its temp dir; keep the path short (108-byte limit).
+    digest = hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:10]
+    return f"/tmp/labq-ray-{digest}"
+
+
+def _head_file(state_dir: Path) -> Path:
+    return state_dir / "ray-head.json"
+
+
+def reachable(address: str, timeout: float = 1.0) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def find_embedded(state_dir: Path) -> EmbeddedHead | None:
+    """The embedded head a previous daemon started, if it still runs."""
+    try:
+        data = json.loads(_head_file(state_dir).read_text())
+        head = EmbeddedHead(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+    if _alive(head.pid) and reachable(head.address):
+        return head
+    return None
+
+
+def start_embedded(
+    state_dir: Path, gpus: int, simulated: bool, cpus: int | None = None, timeout: float = 90.0
+) -> EmbeddedHead:
+    port = _free_port()
+    temp_dir = _temp_dir(state_dir)
+    ray_bin = Path(sys.executable).parent / "ray"
+    cmd = [
+        str(ray_bin),
+        "start",
+        "--head",
+        "--block",
+        f"--port={port}",
+        "--node-ip-address=127.0.0.1",
+        f"--num-gpus={gpus}",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+    ]
+    if cpus is not None:
+        cmd.append(f"--num-cpus={cpus}")
+    log_path = state_dir / "ray-head.log"
+    log = open(log_path, "wb")
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=ray_env(embedded=True),
+            start_new_session=True,
+        )
+    except OSError as e:
+        raise RayError(f"cannot start Ray ({ray_bin}): {e.strerror}") from None
+    finally:
+        log.close()
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+            raise RayError(
+                f"Ray failed to start (exit {proc.returncode}): {' '.join(tail)} (see {log_path})"
+            )
+        if b"Ray runtime started" in log_path.read_bytes() and reachable(address):
+            head = EmbeddedHead(address, proc.pid, gpus, simulated, temp_dir)
+            _head_file(state_dir).write_text(json.dumps(asdict(head)))
+            return head
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise RayError(f"Ray did not start within {timeout:.0f}s (see {log_path})")
+
+
+def stop_embedded(state_dir: Path, timeout: float = 3.0) -> None:
+    """Stop the embedded head and every process of its session."""
+    try:
+        head = EmbeddedHead(**json.loads(_head_file(state_dir).read_text()))
+    except (OSError, ValueError, TypeError):
+        return
+    if _alive(head.pid):
+        try:
+            os.killpg(head.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while _alive(head.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        try:
+            # `ray start --block` can take a minute to stop its children; the session
+            # is ours alone, so take it down at once.
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _head_file(state_dir).unlink(missing_ok=True)
+
+
+def connect(address: str, namespace: str) -> None:
+    import ray
+
+    os.environ.update({k: v for k, v in ray_env(embedded=False).items() if k.startswith("RAY_")})
+    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    try:
+        ray.init(
+            address=address,
+            namespace=namespace,
+            logging_level="ERROR",
+            log_to_driver=False,
+            configure_logging=True,
+        )
+    except Exception as e:  # noqa: BLE001 - Ray raises many kinds here
+        raise RayError(f"cannot reach Ray at {address}: {str(e).splitlines()[0]}") from None
+
+
+def nodes() -> list[dict[str, Any]]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]

@@ -1,0 +1,186 @@
+"""Runs one job attempt as a subprocess on the node Ray picked, and watches it.
+
+No Ray here: the Ray task in executor.py calls `run()` with a `report` callback that
+carries log bytes and status to the Executor actor and brings back stop requests.
+That keeps the process handling (signals, grace, time limit, logs) testable alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+CHUNK = 1 << 20  # log bytes carried per report
+HEARTBEAT_S = 0.25  # how often a running job asks whether it should stop
+
+# report(info, offset, data, result) -> stop request or None.
+Report = Callable[[dict[str, Any] | None, int, bytes, dict[str, Any] | None], dict[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class Launch:
+    job_id: int
+    attempt: int
+    argv: list[str]
+    workdir: str
+    env: dict[str, str]
+    uid: int
+    time_limit: float | None
+    grace: float
+    log_path: str
+    preempt_file: str
+
+
+def _child_setup() -> None:
+    # Die with the Ray worker that watches us: a crashed worker must not leave a job
+    # holding GPUs that Ray believes are free.
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _user_kwargs(uid: int, env: dict[str, str]) -> tuple[dict[str, Any], str]:
+    """Popen arguments that run the job as `uid` when we are root; and its home."""
+    try:
+        pw = pwd.getpwuid(uid)
+    except KeyError:
+        return {}, env.get("HOME", "/")
+    env.setdefault("HOME", pw.pw_dir)
+    env.setdefault("USER", pw.pw_name)
+    env.setdefault("LOGNAME", pw.pw_name)
+    if os.geteuid() != 0 or uid == 0:
+        return {}, pw.pw_dir
+    groups = os.getgrouplist(pw.pw_name, pw.pw_gid)
+    return {"user": uid, "group": pw.pw_gid, "extra_groups": groups}, pw.pw_dir
+
+
+def run(launch: Launch, gpu_ids: list[str], node: str, report: Report) -> dict[str, Any]:
+    """Start the job, stream its log through `report`, enforce limits, return its result."""
+    os.makedirs(os.path.dirname(launch.log_path), exist_ok=True)
+    env = dict(launch.env)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+    env["LABQ_JOB_ID"] = str(launch.job_id)
+    env["LABQ_ATTEMPT"] = str(launch.attempt)
+    env["LABQ_GPUS"] = str(len(gpu_ids))
+    env["LABQ_NODE"] = node
+    env["LABQ_GRACE_SECONDS"] = f"{launch.grace:g}"
+    env["LABQ_PREEMPT_DEADLINE"] = launch.preempt_file
+    user_kw, home = _user_kwargs(launch.uid, env)
+    cwd = launch.workdir or home
+    host = socket.gethostname()
+
+    open(launch.preempt_file, "w").close()
+    with open(launch.log_path, "wb") as log:
+        if not os.path.isdir(cwd):
+            result = _result("failed", None, None, f"workdir {cwd} does not exist on node {host}")
+            report(None, 0, f"labq: {result['reason']}\n".encode(), result)
+            return result
+        try:
+            proc = subprocess.Popen(
+                launch.argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_child_setup,
+                **user_kw,
+            )
+        except OSError as e:
+            result = _result("failed", 127, None, f"cannot run {launch.argv[0]!r}: {e.strerror or e}")
+            report(None, 0, f"labq: {result['reason']}\n".encode(), result)
+            return result
+
+    started = time.time()
+    info = {"pid": proc.pid, "gpu_ids": gpu_ids, "host": host, "start_time": started}
+    offset = 0
+    outcome: str | None = None
+    reason = ""
+    kill_at: float | None = None
+    deadline = started + launch.time_limit if launch.time_limit else None
+    stop = report(info, 0, b"", None)
+
+    with open(launch.log_path, "rb") as reader:
+        while True:
+            now = time.time()
+            if outcome is None and stop is not None:
+                outcome, reason = str(stop["outcome"]), str(stop.get("reason", ""))
+                grace = float(stop.get("grace", launch.grace))
+                kill_at = now + grace
+                _write_deadline(launch.preempt_file, kill_at)
+                _signal_group(proc.pid, signal.SIGTERM)
+            elif outcome is None and deadline is not None and now >= deadline:
+                outcome, reason = "timeout", f"time limit of {launch.time_limit:g}s reached"
+                kill_at = now + launch.grace
+                _write_deadline(launch.preempt_file, kill_at)
+                _signal_group(proc.pid, signal.SIGTERM)
+            if kill_at is not None and now >= kill_at:
+                _signal_group(proc.pid, signal.SIGKILL)
+            wait_s = HEARTBEAT_S
+            if kill_at is not None:
+                wait_s = min(wait_s, max(0.01, kill_at - now))
+            if deadline is not None and outcome is None:
+                wait_s = min(wait_s, max(0.01, deadline - now))
+            try:
+                proc.wait(timeout=wait_s)
+            except subprocess.TimeoutExpired:
+                pass
+            data = reader.read(CHUNK)
+            if proc.returncode is not None:
+                break
+            stop = report(None, offset, data, None) or stop
+            offset += len(data)
+
+        # Whatever the job left behind in its process group goes too: nothing may
+        # keep GPUs after labq records the job as ended.
+        _signal_group(proc.pid, signal.SIGKILL)
+        rc = proc.returncode
+        exit_code = rc if rc >= 0 else None
+        sig = -rc if rc < 0 else None
+        if outcome is None:
+            outcome = "succeeded" if rc == 0 else "failed"
+            reason = "" if rc == 0 else (
+                f"exit code {rc}" if rc > 0 else f"killed by {signal.Signals(-rc).name}"
+            )
+        result = _result(outcome, exit_code, sig, reason)
+        while True:
+            more = reader.read(CHUNK)
+            if not more:
+                break
+            data += more
+            if len(data) >= CHUNK:
+                report(None, offset, data, None)
+                offset += len(data)
+                data = b""
+        report(None, offset, data, result)
+    return result
+
+
+def _write_deadline(path: str, kill_at: float) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(f"{kill_at:.3f}\n")
+    except OSError:
+        pass
+
+
+def _result(outcome: str, exit_code: int | None, sig: int | None, reason: str) -> dict[str, Any]:
+    return {"outcome": outcome, "exit_code": exit_code, "signal": sig, "reason": reason}

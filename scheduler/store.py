@@ -1,0 +1,435 @@
+"""The daemon's SQLite state: jobs, their append-only event history, runs, quotas, audit.
+
+Only the daemon opens it for writing. WAL mode lets API threads read while the
+scheduler writes; every state change goes through `transition()`, which checks the
+state machine and appends an event in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scheduler.job import JobSpec, JobState, transition
+
+SCHEMA_VERSION = 2
+
+# Each entry migrates from version i to i+1. Never edit a shipped entry: append one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user TEXT NOT NULL,
+        uid INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        gpus INTEGER NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        time_limit REAL,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        submit_time REAL NOT NULL,
+        start_time REAL,
+        end_time REAL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        node TEXT,
+        node_name TEXT,
+        gpu_ids TEXT,
+        pid INTEGER,
+        exit_code INTEGER,
+        signal INTEGER,
+        stop_deadline REAL,
+        stop_outcome TEXT,
+        stop_reason TEXT,
+        requeued INTEGER NOT NULL DEFAULT 0,
+        log_base INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX jobs_state ON jobs(state);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        time REAL NOT NULL,
+        old_state TEXT,
+        new_state TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX events_job ON events(job_id);
+    CREATE TABLE runs (
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        attempt INTEGER NOT NULL,
+        user TEXT NOT NULL,
+        gpus INTEGER NOT NULL,
+        node TEXT,
+        start_time REAL NOT NULL,
+        end_time REAL,
+        PRIMARY KEY (job_id, attempt)
+    );
+    CREATE INDEX runs_end ON runs(end_time);
+    """,
+    """
+    CREATE TABLE quota_overrides (user TEXT PRIMARY KEY, fields TEXT NOT NULL);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    """,
+]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+class StoreError(Exception):
+    """The database cannot be used (locked, unwritable, full, newer schema)."""
+
+
+class UnknownJob(KeyError):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return f"no job {self.job_id}"
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    user: str
+    uid: int
+    name: str
+    spec: dict[str, Any]
+    gpus: int
+    priority: int
+    time_limit: float | None
+    state: JobState
+    reason: str
+    submit_time: float
+    start_time: float | None
+    end_time: float | None
+    attempt: int
+    node: str | None
+    node_name: str | None
+    gpu_ids: str | None
+    pid: int | None
+    exit_code: int | None
+    signal: int | None
+    stop_deadline: float | None
+    stop_outcome: str | None
+    stop_reason: str | None
+    requeued: bool
+    log_base: int
+
+    @classmethod
+    def from_row(cls, r: sqlite3.Row) -> JobRow:
+        d = dict(r)
+        d["spec"] = json.loads(d["spec"])
+        d["state"] = JobState(d["state"])
+        d["requeued"] = bool(d["requeued"])
+        return cls(**d)
+
+    def public(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["state"] = self.state.value
+        return d
+
+
+class Store:
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._write_lock = threading.RLock()
+        self._local = threading.local()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._w = self._connect()
+            self._migrate()
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open the database {path}: {e}") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def close(self) -> None:
+        self._w.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._write_lock:
+            try:
+                self._w.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise StoreError(f"database {self.path} is not writable: {e}") from None
+            try:
+                yield self._w
+            except BaseException:
+                self._w.execute("ROLLBACK")
+                raise
+            try:
+                self._w.execute("COMMIT")
+            except sqlite3.Error as e:
+                self._w.execute("ROLLBACK")
+                raise StoreError(f"could not save to {self.path}: {e}") from None
+
+    def _migrate(self) -> None:
+        with self._tx() as c:
+            has_meta = c.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+            ).fetchone()
+            version = 0
+            if has_meta:
+                row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has schema version {version}, newer than this labq "
+                    f"({SCHEMA_VERSION}): upgrade labq"
+                )
+            for i in range(version, SCHEMA_VERSION):
+                for stmt in MIGRATIONS[i].split(";"):
+                    if stmt.strip():
+                        c.execute(stmt)
+            c.execute(
+                "INSERT INTO meta(key, value) VALUES('schema_version', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def schema_version(self) -> int:
+        row = self._reader().execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row[0])
+
+    # -- meta ---------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self._reader().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO meta(key, value) VALUES(?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (key, value),
+            )
+
+    # -- jobs ---------------------------------------------------------------------------------
+    def add_job(self, user: str, uid: int, spec: JobSpec, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO jobs(user, uid, name, spec, gpus, priority, time_limit, state, "
+                "submit_time) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    user,
+                    uid,
+                    spec.name,
+                    spec.model_dump_json(),
+                    spec.gpus,
+                    spec.priority,
+                    spec.time,
+                    JobState.PENDING.value,
+                    now,
+                ),
+            )
+            job_id = int(cur.lastrowid or 0)
+            c.execute(
+                "INSERT INTO events(job_id, time, old_state, new_state, reason) VALUES (?,?,?,?,?)",
+                (job_id, now, None, JobState.PENDING.value, f"submitted by {user}"),
+            )
+        return job_id
+
+    def get(self, job_id: int) -> JobRow:
+        row = self._reader().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise UnknownJob(job_id)
+        return JobRow.from_row(row)
+
+    def jobs(
+        self,
+        states: tuple[JobState, ...] | None = None,
+        user: str | None = None,
+        limit: int | None = None,
+    ) -> list[JobRow]:
+        sql = "SELECT * FROM jobs"
+        where: list[str] = []
+        args: list[Any] = []
+        if states:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            args.extend(s.value for s in states)
+        if user:
+            where.append("user=?")
+            args.append(user)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id"
+        if limit:
+            sql = f"SELECT * FROM ({sql} DESC LIMIT {int(limit)}) ORDER BY id"
+        return [JobRow.from_row(r) for r in self._reader().execute(sql, args)]
+
+    def events(self, job_id: int) -> list[dict[str, Any]]:
+        rows = self._reader().execute(
+            "SELECT time, old_state, new_state, reason FROM events WHERE job_id=? ORDER BY id",
+            (job_id,),
+        )
+        return [dict(r) for r in rows]
+
+    def transition(
+        self,
+        job_id: int,
+        new: JobState,
+        reason: str = "",
+        now: float | None = None,
+        expect: tuple[JobState, ...] | None = None,
+        **fields: Any,
+    ) -> JobRow:
+        """Move a job to `new`, checked against the state machine, with an event.
+
+        `expect`: only act if the job is currently in one of these states; else
+        return the row unchanged (used where a race with another event is normal).
+        """
+        now = time.time() if now is None else now
+        with self._tx() as c:
+            row = c.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise UnknownJob(job_id)
+            old = JobState(row["state"])
+            if expect is not None and old not in expect:
+                return JobRow.from_row(row)
+            transition(job_id, old, new, reason)
+            fields = dict(fields)
+            fields["state"] = new.value
+            fields["reason"] = reason
+            self._record_run(c, row, old, new, now, fields)
+            sets = ", ".join(f"{k}=?" for k in fields)
+            c.execute(f"UPDATE jobs SET {sets} WHERE id=?", (*fields.values(), job_id))
+            c.execute(
+                "INSERT INTO events(job_id, time, old_state, new_state, reason) VALUES (?,?,?,?,?)",
+                (job_id, now, old.value, new.value, reason),
+            )
+            out = c.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return JobRow.from_row(out)
+
+    @staticmethod
+    def _record_run(
+        c: sqlite3.Connection,
+        row: sqlite3.Row,
+        old: JobState,
+        new: JobState,
+        now: float,
+        fields: dict[str, Any],
+    ) -> None:
+        """Keep `runs` (the usage ledger) in step: one row per attempt that held GPUs."""
+        if new is JobState.STARTING:
+            attempt = fields.get("attempt", row["attempt"])
+            c.execute(
+                "INSERT OR REPLACE INTO runs(job_id, attempt, user, gpus, node, start_time) "
+                "VALUES (?,?,?,?,?,?)",
+                (row["id"], attempt, row["user"], row["gpus"], fields.get("node"), now),
+            )
+        elif new is JobState.RUNNING and fields.get("start_time") is not None:
+            c.execute(
+                "UPDATE runs SET start_time=? WHERE job_id=? AND attempt=?",
+                (fields["start_time"], row["id"], row["attempt"]),
+            )
+        elif old.active and not new.active:
+            end = fields.get("end_time") or now
+            if new is JobState.PENDING:
+                # The launch never reached Ray: nothing was used.
+                c.execute(
+                    "DELETE FROM runs WHERE job_id=? AND attempt=?", (row["id"], row["attempt"])
+                )
+            else:
+                c.execute(
+                    "UPDATE runs SET end_time=? WHERE job_id=? AND attempt=? AND end_time IS NULL",
+                    (end, row["id"], row["attempt"]),
+                )
+
+    def note(self, job_id: int, text: str, now: float | None = None) -> None:
+        """Append a history line that is not a state change (e.g. a stop request)."""
+        now = time.time() if now is None else now
+        with self._tx() as c:
+            row = c.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise UnknownJob(job_id)
+            c.execute(
+                "INSERT INTO events(job_id, time, old_state, new_state, reason) VALUES (?,?,?,?,?)",
+                (job_id, now, row[0], row[0], text),
+            )
+
+    def set_fields(self, job_id: int, **fields: Any) -> None:
+        """Update non-state fields (pid, gpu ids, stop request). Never the state."""
+        assert "state" not in fields
+        sets = ", ".join(f"{k}=?" for k in fields)
+        with self._tx() as c:
+            c.execute(f"UPDATE jobs SET {sets} WHERE id=?", (*fields.values(), job_id))
+
+    def runs_since(self, since: float) -> list[dict[str, Any]]:
+        rows = self._reader().execute(
+            "SELECT job_id, attempt, user, gpus, node, start_time, end_time FROM runs "
+            "WHERE end_time IS NULL OR end_time >= ?",
+            (since,),
+        )
+        return [dict(r) for r in rows]
+
+    def count_by_state(self) -> dict[str, int]:
+        rows = self._reader().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    # -- quotas and audit ----------------------------------------------------------------------
+    def quota_overrides(self) -> dict[str, dict[str, Any]]:
+        rows = self._reader().execute("SELECT user, fields FROM quota_overrides")
+        return {str(r[0]): json.loads(r[1]) for r in rows}
+
+    def set_quota_override(
+        self, actor: str, user: str, old: Mapping[str, Any], new: Mapping[str, Any], now: float
+    ) -> None:
+        """Persist a quota change and its audit record in one transaction."""
+        with self._tx() as c:
+            row = c.execute("SELECT fields FROM quota_overrides WHERE user=?", (user,)).fetchone()
+            merged = json.loads(row[0]) if row else {}
+            merged.update(new)
+            c.execute(
+                "INSERT INTO quota_overrides(user, fields) VALUES (?, ?) "
+                "ON CONFLICT(user) DO UPDATE SET fields=excluded.fields",
+                (user, json.dumps(merged, sort_keys=True)),
+            )
+            detail = json.dumps({"old": dict(old), "new": dict(new)}, sort_keys=True)
+            c.execute(
+                "INSERT INTO audit(time, actor, action, target, detail) VALUES (?,?,?,?,?)",
+                (now, actor, "quota.set", user, detail),
+            )
+
+    def audit(self, actor: str, action: str, target: str, detail: str, now: float) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO audit(time, actor, action, target, detail) VALUES (?,?,?,?,?)",
+                (now, actor, action, target, detail),
+            )
+
+    def audit_log(self, limit: int = 200) -> list[dict[str, Any]]:
+        rows = self._reader().execute(
+            "SELECT time, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [dict(r) for r in rows]

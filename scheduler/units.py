@@ -1,0 +1,87 @@
+"""Parsing and printing of durations and sizes, shared by the CLI and the daemon.
+
+Kept free of third-party imports: the CLI imports it and must start fast.
+"""
+
+from __future__ import annotations
+
+import re
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+class UnitError(ValueError):
+    """A duration or size that cannot be understood; the message is user-facing."""
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Seconds from '90', '90s', '30m', '4h', '1d12h', '1-02:00:00' or 'HH:MM:SS'."""
+    if isinstance(text, bool):
+        raise UnitError(f"not a duration: {text!r}")
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        s = text.strip().lower()
+        value = _parse_duration_str(s)
+    if not (value > 0) or value != value or value > 10 * 365 * 86400:
+        raise UnitError(f"duration must be between 1s and 10 years, got {text!r}")
+    return value
+
+
+def _parse_duration_str(s: str) -> float:
+    if not s:
+        raise UnitError("empty duration")
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        return float(s)
+    # Slurm's D-HH:MM:SS and HH:MM:SS forms, familiar to cluster users.
+    m = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", s)
+    if m:
+        days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
+        return float(days * 86400 + hours * 3600 + minutes * 60 + seconds)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhdw])", s)
+    if parts and "".join(f"{n}{u}" for n, u in parts) == s.replace(" ", ""):
+        return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    raise UnitError(f"not a duration: {s!r} (use e.g. 90s, 30m, 4h, 1d or HH:MM:SS)")
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from '512M', '16G', '16GiB' or a plain integer of bytes."""
+    if isinstance(text, bool):
+        raise UnitError(f"not a size: {text!r}")
+    if isinstance(text, int):
+        value = text
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
+        if not m:
+            raise UnitError(f"not a size: {text!r} (use e.g. 512M or 16G)")
+        value = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    if value < 0 or value > 1024**5:
+        raise UnitError(f"size out of range: {text!r}")
+    return value
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(max(0.0, seconds))
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d}d{h:02d}h"
+    if h:
+        return f"{h}h{m:02d}m"
+    if m:
+        return f"{m}m{s:02d}s"
+    return f"{s}s"
+
+
+def format_size(n: int | None) -> str:
+    if not n:
+        return "-"
+    for unit in ("", "K", "M", "G", "T"):
+        if n < 1024 or unit == "T":
+            return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
+        n = n / 1024  # type: ignore[assignment]
+    return str(n)

@@ -1,0 +1,130 @@
+"""Shared fixtures: a real labq daemon on a real local Ray with logical GPUs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Labq:
+    """A daemon under test and a way to run the real `labq` command against it."""
+
+    root: Path
+    state_dir: Path
+    socket: Path
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["LABQ_SOCKET"] = str(self.socket)
+        env["LABQ_STATE_DIR"] = str(self.state_dir)
+        env["PYTHONPATH"] = str(REPO)
+        return env
+
+    def run(
+        self, *args: str, check: bool = True, user: int | None = None, timeout: float = 180,
+        cwd: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        preexec: Callable[[], None] | None = None
+        if user is not None:
+            uid = user
+
+            def preexec() -> None:
+                os.setgid(uid)
+                os.setuid(uid)
+
+        proc = subprocess.run(
+            [sys.executable, "-m", "scheduler.cli", *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=preexec,
+            cwd=cwd or str(self.root),
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"labq {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "--json").stdout)
+
+    def submit(self, *args: str, **kw: Any) -> int:
+        out = self.run("submit", "--json", *args, **kw)
+        return int(json.loads(out.stdout)["id"])
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return dict(self.json("show", str(job_id)))
+
+    def wait(self, job_id: int, states: tuple[str, ...], timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            j = self.job(job_id)
+            if j["state"] in states:
+                return j
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} is {j['state']}, not {states}, after {timeout}s")
+            time.sleep(0.2)
+
+    def wait_all(self, ids: list[int], states: tuple[str, ...], timeout: float = 120) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            jobs = [j for j in self.json("queue", "--all") if j["id"] in ids]
+            if all(j["state"] in states for j in jobs) and len(jobs) == len(ids):
+                return jobs
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not all {states}: {[(j['id'], j['state']) for j in jobs]}")
+            time.sleep(0.3)
+
+    def log(self, job_id: int) -> str:
+        return self.run("logs", str(job_id)).stdout
+
+    def daemon_pid(self) -> int:
+        return int(json.loads((self.state_dir / "daemon.json").read_text())["pid"])
+
+    def up(self, *args: str) -> None:
+        self.run("up", "--state-dir", str(self.state_dir), *args)
+
+    def down(self) -> None:
+        self.run("down", "--kill", "--timeout", "120", check=False)
+        # Whatever is left of the embedded Ray goes too, so tests never leak clusters.
+        from scheduler import raycluster
+
+        raycluster.stop_embedded(self.state_dir, timeout=5)
+
+
+def make_labq(config: str | None = None) -> Labq:
+    root = Path(tempfile.mkdtemp(prefix="lq", dir="/tmp"))
+    os.chmod(root, 0o755)
+    lq = Labq(root=root, state_dir=root / "state", socket=root / "labq.sock")
+    lq.state_dir.mkdir()
+    if config is not None:
+        (lq.state_dir / "labq.yaml").write_text(config)
+    return lq
+
+
+def cleanup(lq: Labq) -> None:
+    lq.down()
+    shutil.rmtree(lq.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def labq4() -> Iterator[Labq]:
+    """A daemon with 4 logical GPUs, shared by the tests of one module."""
+    lq = make_labq("grace_period_s: 3\nmin_runtime_s: 0\n")
+    lq.up("--gpus", "4")
+    yield lq
+    cleanup(lq)

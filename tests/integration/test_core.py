@@ -1,0 +1,174 @@
+"""The core queue end to end: real daemon, real local Ray (4 logical GPUs), real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.conftest import Labq, cleanup, make_labq
+
+pytestmark = pytest.mark.integration
+
+DONE = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT", "LOST")
+
+
+def test_six_one_gpu_jobs_on_four_gpus(labq4: Labq) -> None:
+    script = "echo cvd=$CUDA_VISIBLE_DEVICES; sleep 4; echo bye"
+    ids = [labq4.submit("--gpus", "1", "--name", f"six{i}", "--", "sh", "-c", script) for i in range(6)]
+    deadline = time.monotonic() + 30
+    while True:
+        jobs = [j for j in labq4.json("queue") if j["id"] in ids]
+        running = [j for j in jobs if j["state"] == "RUNNING"]
+        if len(running) == 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(running) == 4, jobs
+    assert len({j["gpu_ids"] for j in running}) == 4
+    pending = [j for j in jobs if j["state"] == "PENDING"]
+    assert len(pending) == 2
+    for j in pending:
+        assert j["reasons"] and j["reasons"][0].startswith("resources:"), j
+        assert j["eta"] is not None
+    done = labq4.wait_all(ids, DONE)
+    assert all(j["state"] == "SUCCEEDED" and j["exit_code"] == 0 for j in done), done
+    seen = set()
+    for job_id in ids:
+        log = labq4.log(job_id)
+        assert log.endswith("bye\n"), log
+        seen.add(log.splitlines()[0])
+    # Every job saw exactly one GPU, and all four GPUs were used.
+    assert seen == {f"cvd={i}" for i in range(4)}
+
+
+def test_failing_command_records_exit_code(labq4: Labq) -> None:
+    job_id = labq4.submit("--", "sh", "-c", "echo oops >&2; exit 3")
+    j = labq4.wait(job_id, DONE)
+    assert j["state"] == "FAILED"
+    assert j["exit_code"] == 3
+    assert "oops" in labq4.log(job_id)
+
+
+def test_command_not_found_fails_with_reason(labq4: Labq) -> None:
+    job_id = labq4.submit("--", "/nonexistent/binary")
+    j = labq4.wait(job_id, DONE)
+    assert j["state"] == "FAILED"
+    assert "cannot run" in j["reasons"][0]
+
+
+def test_time_limit_is_enforced(labq4: Labq) -> None:
+    job_id = labq4.submit("--time", "2s", "--grace", "1", "--", "sleep", "60")
+    j = labq4.wait(job_id, DONE, timeout=30)
+    assert j["state"] == "TIMEOUT"
+    assert j["end_time"] - j["start_time"] < 10
+    assert j["signal"] == signal.SIGTERM
+
+
+def test_cancel_pending_job(labq4: Labq) -> None:
+    blockers = [labq4.submit("--gpus", "4", "--", "sleep", "30")]
+    waiting = labq4.submit("--gpus", "4", "--", "true")
+    labq4.wait(blockers[0], ("RUNNING",))
+    assert labq4.job(waiting)["state"] == "PENDING"
+    out = labq4.run("cancel", str(waiting))
+    assert "cancelled" in out.stdout
+    j = labq4.job(waiting)
+    assert j["state"] == "CANCELLED"
+    assert j["start_time"] is None  # never ran
+    labq4.run("cancel", *map(str, blockers))
+    labq4.wait(blockers[0], DONE)
+
+
+def test_cancel_running_job_sigterm_then_sigkill_after_grace(labq4: Labq) -> None:
+    # The job ignores SIGTERM (it says so) and must be SIGKILLed after the 2 s grace.
+    script = "trap 'echo got TERM' TERM; echo ready; while true; do sleep 0.1; done"
+    job_id = labq4.submit("--grace", "2", "--", "sh", "-c", script)
+    labq4.wait(job_id, ("RUNNING",))
+    deadline = time.monotonic() + 10
+    while "ready" not in labq4.log(job_id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    t0 = time.time()
+    labq4.run("cancel", str(job_id))
+    j = labq4.wait(job_id, DONE, timeout=30)
+    assert j["state"] == "CANCELLED"
+    assert j["signal"] == signal.SIGKILL
+    assert j["end_time"] - t0 >= 1.9  # not before the grace ran out
+    assert "got TERM" in labq4.log(job_id)
+
+
+def test_cancel_running_job_that_exits_on_sigterm(labq4: Labq) -> None:
+    job_id = labq4.submit("--grace", "20", "--", "sleep", "60")
+    labq4.wait(job_id, ("RUNNING",))
+    t0 = time.time()
+    labq4.run("cancel", str(job_id))
+    j = labq4.wait(job_id, DONE, timeout=30)
+    assert j["state"] == "CANCELLED"
+    assert j["signal"] == signal.SIGTERM
+    assert j["end_time"] - t0 < 10  # did not wait for the grace
+
+
+def test_cancel_finished_and_unknown_jobs_are_clear_errors(labq4: Labq) -> None:
+    job_id = labq4.submit("--", "true")
+    labq4.wait(job_id, DONE)
+    out = labq4.run("cancel", str(job_id), check=False)
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"labq: job {job_id} already ended (SUCCEEDED)"
+    out = labq4.run("cancel", "99999", check=False)
+    assert out.returncode == 1 and out.stderr.strip() == "labq: no job 99999"
+    out = labq4.run("show", "99999", check=False)
+    assert out.returncode == 1 and "no job 99999" in out.stderr
+
+
+def test_job_yaml_file(labq4: Labq, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        "name: from-yaml\ncommand: [sh, -c, 'echo $GREETING $CUDA_VISIBLE_DEVICES']\n"
+        "gpus: 2\ntime: 10m\nenv:\n  GREETING: hello\npriority: 5\n"
+    )
+    job_id = labq4.submit(str(spec))
+    j = labq4.wait(job_id, DONE)
+    assert j["state"] == "SUCCEEDED" and j["name"] == "from-yaml"
+    assert j["time_limit"] == 600 and j["priority"] == 5
+    greeting, gpus = labq4.log(job_id).split()
+    assert greeting == "hello" and len(gpus.split(",")) == 2
+
+
+def test_job_runs_in_submit_directory_by_default(labq4: Labq, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    os.chmod(tmp_path, 0o755)
+    job_id = labq4.submit("--", "pwd", cwd=str(tmp_path))
+    labq4.wait(job_id, DONE)
+    assert labq4.log(job_id).strip() == str(tmp_path)
+
+
+def test_follow_logs_until_the_job_ends(labq4: Labq) -> None:
+    job_id = labq4.submit("--", "sh", "-c", "for i in 1 2 3 4 5; do echo line $i; sleep 0.4; done")
+    out = labq4.run("logs", "-f", str(job_id), timeout=60)
+    assert out.stdout.splitlines() == [f"line {i}" for i in range(1, 6)]
+
+
+def test_daemon_killed_and_restarted_keeps_jobs_running() -> None:
+    lq = make_labq("grace_period_s: 2\n")
+    try:
+        lq.up("--gpus", "2")
+        script = "echo start $LABQ_ATTEMPT; for i in $(seq 1 30); do echo tick $i; sleep 0.2; done; echo end"
+        running = lq.submit("--", "sh", "-c", script)
+        queued = lq.submit("--gpus", "2", "--", "sh", "-c", "echo second")
+        lq.wait(running, ("RUNNING",))
+        time.sleep(1.0)
+        os.kill(lq.daemon_pid(), signal.SIGKILL)
+        time.sleep(1.0)
+        out = lq.run("queue", check=False)
+        assert out.returncode == 3 and "no labq daemon" in out.stderr
+        lq.up()
+        j = lq.job(running)
+        assert j["state"] == "RUNNING", j  # re-adopted, not restarted
+        done = lq.wait_all([running, queued], DONE, timeout=60)
+        assert all(j["state"] == "SUCCEEDED" for j in done), done
+        log = lq.log(running).splitlines()
+        assert log[0] == "start 1" and log[-1] == "end"
+        assert log.count("start 1") == 1 and len(log) == 32  # nothing lost, nothing twice
+        assert [j["attempt"] for j in done] == [1, 1]
+        assert lq.log(queued) == "second\n"
+    finally:
+        cleanup(lq)

@@ -20,8 +20,20 @@ from scheduler.units import UnitError, format_duration
 # The submitter's environment that a job inherits by default (as Slurm does), so that
 # `labq submit -- python train.py` finds the same python. `--env` adds or overrides.
 INHERITED_ENV = (
-    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "SHELL", "TERM", "PYTHONPATH",
-    "VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV", "LD_LIBRARY_PATH", "TZ",
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "SHELL",
+    "TERM",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+    "CONDA_DEFAULT_ENV",
+    "LD_LIBRARY_PATH",
+    "TZ",
 )
 SPEC_FIELDS = ("command", "gpus", "cpus", "memory", "time", "workdir", "env", "name", "priority", "grace")
 
@@ -147,13 +159,17 @@ def _time_col(j: dict[str, Any], now: float) -> str:
         eta = j.get("eta")
         wait = format_duration(j.get("wait_s"))
         if eta:
-            return f"{wait} (eta {time.strftime('%H:%M', time.localtime(eta))})" if eta > now else f"{wait} (eta now)"
+            return (
+                f"{wait} (eta {time.strftime('%H:%M', time.localtime(eta))})"
+                if eta > now
+                else f"{wait} (eta now)"
+            )
         return wait
     return format_duration(j.get("runtime_s"))
 
 
 def cmd_queue(c: Client, args: argparse.Namespace) -> int:
-    jobs = c.jobs(all=args.all, user=args.user, state=args.state)
+    jobs = c.jobs(include_finished=args.all, user=args.user, state=args.state)
     if args.mine:
         me = c.health()["caller"]
         jobs = [j for j in jobs if j["user"] == me]
@@ -163,10 +179,17 @@ def cmd_queue(c: Client, args: argparse.Namespace) -> int:
     now = time.time()
     rows = [("ID", "USER", "NAME", "GPUS", "STATE", "TIME", "REASON / NODE")]
     for j in jobs:
-        rows.append((
-            str(j["id"]), j["user"], j["name"][:24], str(j["gpus"]), j["state"],
-            _time_col(j, now), _first_reason(j),
-        ))
+        rows.append(
+            (
+                str(j["id"]),
+                j["user"],
+                j["name"][:24],
+                str(j["gpus"]),
+                j["state"],
+                _time_col(j, now),
+                _first_reason(j),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(6)]
     for r in rows:
         print("  ".join(r[i].ljust(widths[i]) for i in range(6)) + "  " + r[6])
@@ -188,13 +211,19 @@ def cmd_show(c: Client, args: argparse.Namespace) -> int:
     print(f"job {j['id']}  {j['name']}  ({j['user']})  {j['state']}")
     print(f"  command:   {' '.join(spec['command'])}")
     print(f"  gpus:      {j['gpus']}   cpus: {spec.get('cpus', 0):g}   memory: {spec.get('memory') or '-'}")
-    print(f"  time:      {format_duration(j['time_limit']) if j['time_limit'] else 'default limit'}"
-          f"   priority: {j['priority']}")
+    print(
+        f"  time:      {format_duration(j['time_limit']) if j['time_limit'] else 'default limit'}"
+        f"   priority: {j['priority']}"
+    )
     print(f"  workdir:   {spec.get('workdir') or '~'}")
-    print(f"  submitted: {_ts(j['submit_time'])}   started: {_ts(j['start_time'])}   ended: {_ts(j['end_time'])}")
+    print(
+        f"  submitted: {_ts(j['submit_time'])}   started: {_ts(j['start_time'])}   ended: {_ts(j['end_time'])}"
+    )
     if j.get("node_name"):
-        print(f"  node:      {j['node_name']}   GPUs: {j.get('gpu_ids') or '-'}   pid: {j.get('pid') or '-'}"
-              f"   attempt: {j['attempt']}")
+        print(
+            f"  node:      {j['node_name']}   GPUs: {j.get('gpu_ids') or '-'}   pid: {j.get('pid') or '-'}"
+            f"   attempt: {j['attempt']}"
+        )
     if j.get("exit_code") is not None or j.get("signal") is not None:
         print(f"  exit code: {j.get('exit_code')}   signal: {j.get('signal') or '-'}")
     if j["state"] == "PENDING":
@@ -253,8 +282,10 @@ def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
         return 0
     for n in out["nodes"]:
         kind = "simulated" if n["simulated"] else "real"
-        print(f"{n['name']:<24} {n['gpus_used']}/{n['gpus']} GPUs in use ({kind})  "
-              f"{n['cpus']:g} CPUs  {'schedulable' if n['schedulable'] else 'drained'}")
+        print(
+            f"{n['name']:<24} {n['gpus_used']}/{n['gpus']} GPUs in use ({kind})  "
+            f"{n['cpus']:g} CPUs  {'schedulable' if n['schedulable'] else 'drained'}"
+        )
     if not out["ray"].get("connected"):
         print(f"Ray: unreachable ({out['ray'].get('error')})")
     return 0
@@ -273,7 +304,9 @@ def cmd_quota(c: Client, args: argparse.Namespace) -> int:
             try:
                 fields[name] = float(raw) if name in ("shares", "gpu_hours_per_week") else int(raw)
             except ValueError:
-                raise UsageError(f"--{name.replace('_', '-')} takes a number or 'none', got {raw!r}") from None
+                raise UsageError(
+                    f"--{name.replace('_', '-')} takes a number or 'none', got {raw!r}"
+                ) from None
         out = c.set_quota(args.user, fields)
         changes = ", ".join(f"{k}: {out['old'].get(k)} -> {v}" for k, v in out["new"].items())
         print(f"{args.user}: {changes}")
@@ -282,14 +315,20 @@ def cmd_quota(c: Client, args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(out)
         return 0
-    print(f"{'USER':<16}{'SHARES':>7}{'GUAR':>6}{'MAXGPU':>7}{'MAXJOB':>7}{'GPUH/WK':>9}"
-          f"{'HELD':>6}{'RUN':>5}{'PEND':>6}{'FACTOR':>8}{'USAGE GPU-h':>13}")
+    print(
+        f"{'USER':<16}{'SHARES':>7}{'GUAR':>6}{'MAXGPU':>7}{'MAXJOB':>7}{'GPUH/WK':>9}"
+        f"{'HELD':>6}{'RUN':>5}{'PEND':>6}{'FACTOR':>8}{'USAGE GPU-h':>13}"
+    )
     for q in out["quotas"]:
+
         def opt(v: Any) -> str:
             return "-" if v is None else f"{v:g}"
-        print(f"{q['user']:<16}{q['shares']:>7g}{q['guaranteed_gpus']:>6}{opt(q['max_gpus']):>7}"
-              f"{opt(q['max_jobs']):>7}{opt(q['gpu_hours_per_week']):>9}{q['held_gpus']:>6}"
-              f"{q['running_jobs']:>5}{q['pending_jobs']:>6}{q['factor']:>8.3f}{q['usage_gpu_s'] / 3600:>13.2f}")
+
+        print(
+            f"{q['user']:<16}{q['shares']:>7g}{q['guaranteed_gpus']:>6}{opt(q['max_gpus']):>7}"
+            f"{opt(q['max_jobs']):>7}{opt(q['gpu_hours_per_week']):>9}{q['held_gpus']:>6}"
+            f"{q['running_jobs']:>5}{q['pending_jobs']:>6}{q['factor']:>8.3f}{q['usage_gpu_s'] / 3600:>13.2f}"
+        )
     return 0
 
 
@@ -307,7 +346,9 @@ def cmd_down(c: Client, args: argparse.Namespace) -> int:
     mode = "kill" if args.kill else "drain" if args.drain else "refuse"
     out = c.shutdown(mode)
     if out["active"]:
-        print(f"stopping after {out['active']} active job(s) {'are stopped' if mode == 'kill' else 'finish'}...")
+        print(
+            f"stopping after {out['active']} active job(s) {'are stopped' if mode == 'kill' else 'finish'}..."
+        )
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         try:
@@ -340,15 +381,25 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / "daemon.log"
-    argv = [sys.executable, "-m", "scheduler.cli", "--socket", str(sock), "up", "--foreground",
-            "--state-dir", str(state_dir)]
+    argv = [
+        sys.executable,
+        "-m",
+        "scheduler.cli",
+        "--socket",
+        str(sock),
+        "up",
+        "--foreground",
+        "--state-dir",
+        str(state_dir),
+    ]
     for opt in ("address", "gpus", "cpus", "config"):
         v = getattr(args, opt)
         if v is not None:
             argv += [f"--{opt}", str(v)]
     with open(log_path, "ab") as logf:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+        )
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -389,7 +440,9 @@ def _run_foreground(args: argparse.Namespace, state_dir: Path, sock: Path) -> in
 # -- parser --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="labq", description="Fair-share GPU job queue for a research team.")
-    p.add_argument("--socket", help="daemon socket (default: $LABQ_SOCKET, /run/labq/labq.sock or a personal one)")
+    p.add_argument(
+        "--socket", help="daemon socket (default: $LABQ_SOCKET, /run/labq/labq.sock or a personal one)"
+    )
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="start the daemon (embedded Ray unless --address)")
@@ -456,8 +509,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {
-    "submit": cmd_submit, "queue": cmd_queue, "show": cmd_show, "logs": cmd_logs,
-    "cancel": cmd_cancel, "gpus": cmd_gpus, "quota": cmd_quota, "audit": cmd_audit, "down": cmd_down,
+    "submit": cmd_submit,
+    "queue": cmd_queue,
+    "show": cmd_show,
+    "logs": cmd_logs,
+    "cancel": cmd_cancel,
+    "gpus": cmd_gpus,
+    "quota": cmd_quota,
+    "audit": cmd_audit,
+    "down": cmd_down,
 }
 
 

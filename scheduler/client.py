@@ -6,7 +6,6 @@ import Ray, Textual or pydantic (tests/unit/test_boundaries.py checks it).
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 from pathlib import Path
@@ -28,27 +27,59 @@ class NoDaemon(ClientError):
     pass
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+class _Connection:
+    """A kept-alive HTTP/1.1 connection over a Unix socket.
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
+    Hand-rolled rather than http.client: that module (and the email parser it pulls
+    in) costs ~45 ms of import, a third of `labq submit`'s budget. The daemon always
+    answers with Content-Length, so this is all the protocol we need.
+    """
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
         try:
-            sock.connect(self._path)
+            self.sock.connect(path)
         except OSError:
-            sock.close()
+            self.sock.close()
             raise
-        self.sock = sock
+        self.buf = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _fill(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionResetError("daemon closed the connection")
+        self.buf += data
+
+    def roundtrip(self, method: str, url: str, body: bytes | None) -> tuple[int, bytes]:
+        head = f"{method} {url} HTTP/1.1\r\nHost: labq\r\nContent-Length: {len(body or b'')}\r\n"
+        if body is not None:
+            head += "Content-Type: application/json\r\n"
+        self.sock.sendall(head.encode() + b"\r\n" + (body or b""))
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        header, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = header.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+        while len(self.buf) < length:
+            self._fill()
+        payload, self.buf = self.buf[:length], self.buf[length:]
+        return status, payload
 
 
 class Client:
     def __init__(self, socket_path: Path | None = None, timeout: float = 30.0) -> None:
         self.socket_path = socket_path or client_socket()
         self.timeout = timeout
-        self._conn: _UnixConnection | None = None
+        self._conn: _Connection | None = None
 
     def close(self) -> None:
         if self._conn is not None:
@@ -59,21 +90,16 @@ class Client:
         q = {k: v for k, v in query.items() if v is not None and v is not False}
         url = path + ("?" + urlencode(q) if q else "")
         data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if data is not None else {}
         for attempt in (0, 1):
-            if self._conn is None:
-                self._conn = _UnixConnection(str(self.socket_path), self.timeout)
             try:
-                self._conn.request(method, url, body=data, headers=headers)
-                resp = self._conn.getresponse()
-                raw = resp.read()
+                if self._conn is None:
+                    self._conn = _Connection(str(self.socket_path), self.timeout)
+                status, raw = self._conn.roundtrip(method, url, data)
                 break
             except (FileNotFoundError, ConnectionRefusedError):
                 self.close()
-                raise NoDaemon(
-                    f"no labq daemon at {self.socket_path}: start one with `labq up`"
-                ) from None
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                raise NoDaemon(f"no labq daemon at {self.socket_path}: start one with `labq up`") from None
+            except (BrokenPipeError, ConnectionResetError):
                 # A kept-alive connection the daemon closed: one fresh try.
                 self.close()
                 if attempt:
@@ -86,13 +112,16 @@ class Client:
             except PermissionError:
                 self.close()
                 raise ClientError(f"no permission to use {self.socket_path}") from None
+            except (OSError, ValueError, IndexError) as e:
+                self.close()
+                raise ClientError(f"cannot talk to the labq daemon at {self.socket_path}: {e}") from None
         try:
             payload = json.loads(raw) if raw else None
         except ValueError:
-            raise ClientError(f"the daemon sent something that is not JSON (HTTP {resp.status})") from None
-        if resp.status >= 400:
+            raise ClientError(f"the daemon sent something that is not JSON (HTTP {status})") from None
+        if status >= 400:
             msg = payload.get("error") if isinstance(payload, dict) else None
-            raise ClientError(msg or f"HTTP {resp.status}", resp.status)
+            raise ClientError(msg or f"HTTP {status}", status)
         return payload
 
     # One method per command, mirroring the routes in api.py.
@@ -103,10 +132,15 @@ class Client:
     def submit(self, spec: dict[str, Any]) -> int:
         return int(self.request("POST", "/v1/jobs", {"spec": spec})["id"])
 
-    def jobs(self, all: bool = False, user: str | None = None, state: str | None = None,
-             limit: int | None = None) -> list[dict[str, Any]]:  # noqa: A002
+    def jobs(
+        self,
+        include_finished: bool = False,
+        user: str | None = None,
+        state: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = self.request(
-            "GET", "/v1/jobs", all=1 if all else None, user=user, state=state, limit=limit
+            "GET", "/v1/jobs", all=1 if include_finished else None, user=user, state=state, limit=limit
         )["jobs"]
         return out
 
@@ -119,9 +153,7 @@ class Client:
         return out
 
     def log(self, job_id: int, offset: int = 0, limit: int | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = self.request(
-            "GET", f"/v1/jobs/{int(job_id)}/log", offset=offset, limit=limit
-        )
+        out: dict[str, Any] = self.request("GET", f"/v1/jobs/{int(job_id)}/log", offset=offset, limit=limit)
         return out
 
     def nodes(self) -> dict[str, Any]:

@@ -197,9 +197,7 @@ class Daemon:
             head = raycluster.find_embedded(self.state_dir)
             if head is None:
                 gpus, simulated = self._embedded_gpus()
-                head = raycluster.start_embedded(
-                    self.state_dir, gpus, simulated, cpus=self.requested_cpus
-                )
+                head = raycluster.start_embedded(self.state_dir, gpus, simulated, cpus=self.requested_cpus)
             elif self.requested_gpus is not None and self.requested_gpus != head.gpus:
                 raise RayError(
                     f"the embedded Ray from an earlier daemon still runs with {head.gpus} GPUs; "
@@ -292,7 +290,9 @@ class Daemon:
             name = host if names.get(host, 0) <= 1 else f"{host}-{n['NodeID'][:6]}"
             old = self.nodes.get(n["NodeID"])
             is_head = "node:__internal_head__" in res
-            simulated = bool(self.ray.embedded and is_head and getattr(self, "head", None) and self.head.simulated)
+            simulated = bool(
+                self.ray.embedded and is_head and getattr(self, "head", None) and self.head.simulated
+            )
             views[n["NodeID"]] = NodeView(
                 id=n["NodeID"],
                 name=name,
@@ -352,8 +352,7 @@ class Daemon:
                     "(start with `labq up --gpus N` on a machine without NVIDIA GPUs)"
                 )
             raise DaemonError(
-                f"asks for {spec.gpus} GPUs but the largest node has {largest} "
-                "(multi-node jobs are off)"
+                f"asks for {spec.gpus} GPUs but the largest node has {largest} (multi-node jobs are off)"
             )
         if spec.gpus > sum(sizes):
             raise DaemonError(f"asks for {spec.gpus} GPUs but the whole cluster has {sum(sizes)}")
@@ -366,7 +365,9 @@ class Daemon:
         if job.state.terminal:
             raise DaemonError(f"job {job_id} already ended ({job.state.value})", 409)
         if job.state in (JobState.PENDING, JobState.PREEMPTED):
-            self.store.transition(job_id, JobState.CANCELLED, reason, expect=(job.state,), end_time=time.time())
+            self.store.transition(
+                job_id, JobState.CANCELLED, reason, expect=(job.state,), end_time=time.time()
+            )
             now_state = self.store.get(job_id).state
             if now_state is JobState.CANCELLED:
                 self._audit(caller, "job.cancel", str(job_id), reason)
@@ -470,7 +471,12 @@ class Daemon:
             "ray": dict(self.ray.__dict__),
             "nvml": None
             if inv is None
-            else {"gpus": inv.count, "names": list(inv.names), "driver": inv.driver, "why_none": inv.why_none},
+            else {
+                "gpus": inv.count,
+                "names": list(inv.names),
+                "driver": inv.driver,
+                "why_none": inv.why_none,
+            },
             "last_pass": self.last_pass,
             "counts": self.store.count_by_state(),
             "schema_version": self.store.schema_version(),
@@ -496,9 +502,7 @@ class Daemon:
                 if r["end_time"] is not None
             ]
             self._runs_loaded = True
-        running = [
-            Interval(j.user, j.gpus, j.start_time or now, now) for j in active if j.start_time
-        ]
+        running = [Interval(j.user, j.gpus, j.start_time or now, now) for j in active if j.start_time]
         return usage_by_user([*self._finished_runs, *running], now, self.config.half_life_s)
 
     def snapshot(self, now: float) -> Snapshot:
@@ -798,5 +802,3 @@ def run_daemon(
         json.dumps({"pid": os.getpid(), "socket": str(socket_path), "ray": daemon.ray.address})
     )
     daemon.serve()
-
-

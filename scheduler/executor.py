@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 import time
+import uuid
 from typing import Any
 
 import ray
@@ -49,7 +49,7 @@ def run_job(executor: Any, key: str, launch: Launch) -> dict[str, Any]:
     return run(launch, gpu_ids, node, report)
 
 
-@ray.remote(num_cpus=0, max_concurrency=256, max_restarts=0)
+@ray.remote(num_cpus=0, max_concurrency=256, max_restarts=0)  # type: ignore[call-overload]
 class Executor:
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -188,12 +188,8 @@ class Executor:
                     drop += 1
                 del self._events[:drop]
                 # Jobs whose end the daemon has stored are forgotten too.
-                done = {
-                    k for k, j in self._jobs.items() if j["finished"] and j.get("reaped")
-                }
-                pending_keys = {
-                    key_of(e["job_id"], e["attempt"]) for _, e in self._events
-                }
+                done = {k for k, j in self._jobs.items() if j["finished"] and j.get("reaped")}
+                pending_keys = {key_of(e["job_id"], e["attempt"]) for _, e in self._events}
                 for k in done - pending_keys:
                     del self._jobs[k]
             while not self._events:

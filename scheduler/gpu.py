@@ -25,7 +25,8 @@ def _load_pynvml() -> ModuleType | None:
         import pynvml
     except ImportError:
         return None
-    return pynvml
+    module: ModuleType = pynvml
+    return module
 
 
 def detect(nvml: ModuleType | None = None) -> GpuInventory:

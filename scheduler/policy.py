@@ -178,12 +178,12 @@ class _Pass:
             self.nodes[n.id] = _Node(n, n.gpus, n.cpus, n.memory, [])
         self.held: Counter[str] = Counter()
         self.jobs_held: Counter[str] = Counter()
-        self.penalty: Counter[str] = Counter()
+        self.penalty: dict[str, float] = {}
         self.running_by_node: dict[str, list[RunningJob]] = {}
         for r in sorted(snap.running, key=lambda r: r.id):
             self.held[r.user] += r.gpus
             self.jobs_held[r.user] += 1
-            self.penalty[r.user] += r.gpus * self._remaining(r)
+            self.penalty[r.user] = self.penalty.get(r.user, 0.0) + r.gpus * self._remaining(r)
             node = self.nodes.get(r.node)
             if node is None:
                 continue  # a node that left: its jobs are being reported lost elsewhere
@@ -359,7 +359,7 @@ def schedule(snap: Snapshot) -> Decision:
 
     active = sorted(set(by_user) | set(p.held))
     total_shares = sum(p.quota(u).shares for u in active)
-    eff_usage = {u: snap.usage.get(u, 0.0) + p.penalty[u] for u in active}
+    eff_usage = {u: snap.usage.get(u, 0.0) + p.penalty.get(u, 0.0) for u in active}
     total_usage = sum(eff_usage.values())
 
     def factor(u: str) -> float:
@@ -421,9 +421,7 @@ def schedule(snap: Snapshot) -> Decision:
         if q.gpu_hours_per_week is not None:
             used_h = snap.week_usage.get(u, 0.0) / 3600.0
             if used_h >= q.gpu_hours_per_week:
-                blocked.append(
-                    f"budget: {used_h:.1f}/{q.gpu_hours_per_week:g} GPU-hours used this week"
-                )
+                blocked.append(f"budget: {used_h:.1f}/{q.gpu_hours_per_week:g} GPU-hours used this week")
 
         if blocked:
             wait(j, blocked, None)
@@ -452,11 +450,7 @@ def schedule(snap: Snapshot) -> Decision:
                 reasons = [_resource_reason(p, j)]
                 eta: float | None = None
                 claim = None
-                if (
-                    cfg.preemption
-                    and q.guaranteed_gpus > 0
-                    and p.held[u] + j.gpus <= q.guaranteed_gpus
-                ):
+                if cfg.preemption and q.guaranteed_gpus > 0 and p.held[u] + j.gpus <= q.guaranteed_gpus:
                     claim = p.reclaim(j)
                 if claim is not None:
                     victims, cnode = claim

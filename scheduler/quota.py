@@ -118,9 +118,7 @@ def quota_book_from_dict(data: Mapping[str, Any] | None) -> QuotaBook:
     return QuotaBook(defaults=defaults, researchers=people, groups=groups, members=members)
 
 
-def decayed_gpu_seconds(
-    gpus: int, start: float, end: float, now: float, half_life: float
-) -> float:
+def decayed_gpu_seconds(gpus: int, start: float, end: float, now: float, half_life: float) -> float:
     """GPU-seconds of one interval [start, end] as seen at `now`, decayed."""
     if end <= start:
         return 0.0

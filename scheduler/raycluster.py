@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -116,28 +117,24 @@ def start_embedded(
     if cpus is not None:
         cmd.append(f"--num-cpus={cpus}")
     log_path = state_dir / "ray-head.log"
-    log = open(log_path, "wb")
-    try:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=ray_env(embedded=True),
-            start_new_session=True,
-        )
-    except OSError as e:
-        raise RayError(f"cannot start Ray ({ray_bin}): {e.strerror}") from None
-    finally:
-        log.close()
+    with open(log_path, "wb") as log:
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=ray_env(embedded=True),
+                start_new_session=True,
+            )
+        except OSError as e:
+            raise RayError(f"cannot start Ray ({ray_bin}): {e.strerror}") from None
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
-            raise RayError(
-                f"Ray failed to start (exit {proc.returncode}): {' '.join(tail)} (see {log_path})"
-            )
+            raise RayError(f"Ray failed to start (exit {proc.returncode}): {' '.join(tail)} (see {log_path})")
         if b"Ray runtime started" in log_path.read_bytes() and reachable(address):
             head = EmbeddedHead(address, proc.pid, gpus, simulated, temp_dir)
             _head_file(state_dir).write_text(json.dumps(asdict(head)))
@@ -179,7 +176,7 @@ def connect(address: str, namespace: str) -> None:
         ray.init(
             address=address,
             namespace=namespace,
-            logging_level="ERROR",
+            logging_level=logging.ERROR,
             log_to_driver=False,
             configure_logging=True,
         )
@@ -190,4 +187,4 @@ def connect(address: str, namespace: str) -> None:
 def nodes() -> list[dict[str, Any]]:
     import ray
 
-    return [n for n in ray.nodes() if n.get("Alive")]
+    return [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]

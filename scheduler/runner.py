@@ -157,8 +157,8 @@ def run(launch: Launch, gpu_ids: list[str], node: str, report: Report) -> dict[s
         sig = -rc if rc < 0 else None
         if outcome is None:
             outcome = "succeeded" if rc == 0 else "failed"
-            reason = "" if rc == 0 else (
-                f"exit code {rc}" if rc > 0 else f"killed by {signal.Signals(-rc).name}"
+            reason = (
+                "" if rc == 0 else (f"exit code {rc}" if rc > 0 else f"killed by {signal.Signals(-rc).name}")
             )
         result = _result(outcome, exit_code, sig, reason)
         while True:

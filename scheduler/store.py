@@ -194,9 +194,7 @@ class Store:
 
     def _migrate(self) -> None:
         with self._tx() as c:
-            has_meta = c.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
-            ).fetchone()
+            has_meta = c.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
             version = 0
             if has_meta:
                 row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -356,9 +354,7 @@ class Store:
             end = fields.get("end_time") or now
             if new is JobState.PENDING:
                 # The launch never reached Ray: nothing was used.
-                c.execute(
-                    "DELETE FROM runs WHERE job_id=? AND attempt=?", (row["id"], row["attempt"])
-                )
+                c.execute("DELETE FROM runs WHERE job_id=? AND attempt=?", (row["id"], row["attempt"]))
             else:
                 c.execute(
                     "UPDATE runs SET end_time=? WHERE job_id=? AND attempt=? AND end_time IS NULL",

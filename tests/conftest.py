@@ -17,6 +17,9 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+SYSTEM_PYTHON = "/usr/bin/python3"
+# Everything `labq` needs on the client side; stdlib only (see test_boundaries.py).
+CLIENT_MODULES = ("__init__.py", "cli.py", "client.py", "config.py", "units.py")
 
 
 @dataclass
@@ -35,11 +38,19 @@ class Labq:
         return env
 
     def run(
-        self, *args: str, check: bool = True, user: int | None = None, timeout: float = 180,
+        self,
+        *args: str,
+        check: bool = True,
+        user: int | None = None,
+        timeout: float = 180,
         cwd: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         preexec: Callable[[], None] | None = None
+        python, env = sys.executable, self.env()
         if user is not None:
+            # Another user cannot run this venv's python (it may live under /root), so
+            # the stdlib-only client runs from a world-readable copy under the system python.
+            python, env["PYTHONPATH"] = SYSTEM_PYTHON, str(self.client_copy())
             uid = user
 
             def preexec() -> None:
@@ -47,8 +58,8 @@ class Labq:
                 os.setuid(uid)
 
         proc = subprocess.run(
-            [sys.executable, "-m", "scheduler.cli", *args],
-            env=self.env(),
+            [python, "-m", "scheduler.cli", *args],
+            env=env,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -58,6 +69,16 @@ class Labq:
         if check and proc.returncode != 0:
             raise AssertionError(f"labq {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
         return proc
+
+    def client_copy(self) -> Path:
+        dest = self.root / "client"
+        if not dest.exists():
+            (dest / "scheduler").mkdir(parents=True)
+            for name in CLIENT_MODULES:
+                shutil.copy(REPO / "scheduler" / name, dest / "scheduler" / name)
+            for p in (dest, dest / "scheduler", *dest.joinpath("scheduler").iterdir()):
+                os.chmod(p, 0o755)
+        return dest
 
     def json(self, *args: str) -> Any:
         return json.loads(self.run(*args, "--json").stdout)

@@ -1,0 +1,142 @@
+"""User mistakes get one clear line on stderr, a non-zero exit, and lose nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, SYSTEM_PYTHON, Labq
+
+pytestmark = pytest.mark.integration
+
+
+def refused(lq: Labq, *args: str, code: int = 1) -> str:
+    out = lq.run(*args, check=False)
+    assert out.returncode == code, (out.returncode, out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr  # one line, no traceback
+    assert "Traceback" not in out.stderr
+    return lines[0]
+
+
+def test_bad_submissions_are_refused_and_nothing_is_queued(labq4: Labq, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    before = len(labq4.json("queue", "--all"))
+    assert "gpus" in refused(labq4, "submit", "--gpus", "0", "--", "true")
+    msg = refused(labq4, "submit", "--gpus", "9", "--", "true")
+    assert "largest node has 4" in msg
+    assert "no command" in refused(labq4, "submit", "--gpus", "1")
+    assert "command is empty" in refused(labq4, "submit", "--", "")
+    assert "workdir /no/such/dir does not exist" in refused(
+        labq4, "submit", "--workdir", "/no/such/dir", "--", "true"
+    )
+    assert "not a duration" in refused(labq4, "submit", "--time", "soon", "--", "true")
+    assert "KEY=VALUE" in refused(labq4, "submit", "--env", "NOEQUALS", "--", "true")
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("command: [python, train.py]\ngpus: 1\ngpu: 2\n")
+    assert refused(labq4, "submit", str(bad)).startswith(f"labq: {bad} line 3: unknown field 'gpu'")
+    bad.write_text("command: [python, train.py]\nname: x\ngpus: two\n")
+    msg = refused(labq4, "submit", str(bad))
+    assert msg.startswith(f"labq: {bad} line 3: gpus:"), msg
+    bad.write_text("command: [python\n")
+    assert "not valid YAML" in refused(labq4, "submit", str(bad))
+    missing = tmp_path / "missing.yaml"
+    assert "cannot read" in refused(labq4, "submit", str(missing))
+    assert len(labq4.json("queue", "--all")) == before
+
+
+def test_no_daemon_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = dict(os.environ, LABQ_SOCKET=str(tmp_path / "none.sock"), PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, "-m", "scheduler.cli", "queue"], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 3
+    assert out.stderr.strip() == (
+        f"labq: no labq daemon at {tmp_path / 'none.sock'}: start one with `labq up`"
+    )
+
+
+def test_second_daemon_on_same_state_dir_is_refused(labq4: Labq) -> None:
+    # Same state dir, another socket: the state-dir lock must refuse it.
+    env_sock = labq4.root / "other.sock"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scheduler.cli",
+            "--socket",
+            str(env_sock),
+            "up",
+            "--state-dir",
+            str(labq4.state_dir),
+            "--timeout",
+            "60",
+        ],
+        env=labq4.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1
+    assert "already runs on" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    # And the same socket: `labq up` sees the running daemon.
+    assert "already runs" in refused(labq4, "up")
+    # The first daemon is unharmed.
+    assert labq4.json("queue") is not None
+
+
+def test_down_refuses_while_jobs_run(labq4: Labq) -> None:
+    job_id = labq4.submit("--", "sleep", "30")
+    labq4.wait(job_id, ("RUNNING",))
+    msg = refused(labq4, "down")
+    assert "still running" in msg and "--drain" in msg and "--kill" in msg
+    labq4.run("cancel", str(job_id))
+    labq4.wait(job_id, ("CANCELLED",))
+
+
+def test_client_never_imports_heavy_modules(labq4: Labq) -> None:
+    code = (
+        "import sys\n"
+        "from scheduler.cli import main\n"
+        "rc = main(['submit', '--json', '--', 'true'])\n"
+        "rc2 = main(['queue'])\n"
+        "heavy = sorted(m for m in ('ray', 'textual', 'pydantic', 'psutil', 'pynvml', 'yaml') if m in sys.modules)\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=labq4.env(), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+def _make_user(name: str) -> int:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", name], check=True, capture_output=True)
+        return pwd.getpwnam(name).pw_uid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a second Unix user")
+@pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="needs a system python3 other users can run")
+def test_other_user_cannot_cancel_but_admin_can(labq4: Labq) -> None:
+    alice = _make_user("labqtest-alice")
+    bob = _make_user("labqtest-bob")
+    job_id = labq4.submit("--", "sh", "-c", "id -un; sleep 30", user=alice, cwd="/tmp")
+    j = labq4.wait(job_id, ("RUNNING",))
+    assert j["user"] == "labqtest-alice"
+    out = labq4.run("cancel", str(job_id), check=False, user=bob)
+    assert out.returncode == 1
+    assert "belongs to labqtest-alice" in out.stderr
+    assert labq4.job(job_id)["state"] == "RUNNING"
+    # Reads stay open to everyone; logs belong to their owner.
+    assert any(q["id"] == job_id for q in json.loads(labq4.run("queue", "--json", user=bob).stdout))
+    assert labq4.run("logs", str(job_id), check=False, user=bob).returncode == 1
+    # The job runs as alice, not as root.
+    assert labq4.log(job_id).splitlines()[0] == "labqtest-alice"
+    labq4.run("cancel", str(job_id))  # root is an admin
+    assert labq4.wait(job_id, ("CANCELLED",))["state"] == "CANCELLED"

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from pydantic import ValidationError
+
+from scheduler.job import TERMINAL, TRANSITIONS, IllegalTransition, JobSpec, JobState, transition
+
+
+def test_every_state_has_a_rule_and_terminal_states_are_final() -> None:
+    assert set(TRANSITIONS) == set(JobState)
+    for s in TERMINAL:
+        assert TRANSITIONS[s] == frozenset()
+
+
+@pytest.mark.parametrize("old,new", list(itertools.product(JobState, JobState)))
+def test_transition_allows_exactly_the_table(old: JobState, new: JobState) -> None:
+    if new in TRANSITIONS[old]:
+        assert transition(1, old, new, reason="why") is new
+    else:
+        with pytest.raises(IllegalTransition):
+            transition(1, old, new, reason="why")
+
+
+def test_lost_needs_a_reason() -> None:
+    with pytest.raises(ValueError):
+        transition(1, JobState.RUNNING, JobState.LOST)
+
+
+def test_preempted_jobs_go_back_to_pending_only() -> None:
+    assert TRANSITIONS[JobState.PREEMPTED] == {JobState.PENDING, JobState.CANCELLED}
+
+
+def test_spec_parses_units_and_defaults() -> None:
+    s = JobSpec.model_validate({"command": ["python", "train.py"], "time": "4h", "memory": "16G"})
+    assert s.time == 4 * 3600 and s.memory == 16 * 1024**3 and s.gpus == 1 and s.name == "python"
+
+
+def test_spec_string_command_runs_through_the_shell_explicitly() -> None:
+    s = JobSpec.model_validate({"command": "echo $HOME"})
+    assert s.command == ["/bin/sh", "-c", "echo $HOME"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"command": []},
+        {"command": [""]},
+        {"command": ["x"], "gpus": 0},
+        {"command": ["x"], "gpus": -1},
+        {"command": ["x"], "gpu": 1},
+        {"command": ["x"], "time": "forever"},
+        {"command": ["x"], "workdir": "relative/dir"},
+        {"command": ["x"], "env": {"A=B": "c"}},
+        {"command": ["x"], "name": "bad\nname"},
+        {"command": ["x\x00y"]},
+    ],
+)
+def test_spec_rejects_bad_input(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        JobSpec.model_validate(bad)

@@ -1,0 +1,115 @@
+"""The process side of a job attempt, without Ray: signals, grace, limits, logs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from scheduler.runner import Launch, run
+
+
+class Recorder:
+    def __init__(self, stop_after: float | None = None, grace: float = 1.0) -> None:
+        self.info: dict[str, Any] | None = None
+        self.data = bytearray()
+        self.result: dict[str, Any] | None = None
+        self.stop_after = stop_after
+        self.grace = grace
+        self.t0 = time.monotonic()
+
+    def __call__(self, info: Any, offset: int, data: bytes, result: Any) -> dict[str, Any] | None:
+        if info is not None:
+            self.info = info
+        assert offset == len(self.data) or not data  # reports arrive in order, no gaps
+        self.data += data
+        if result is not None:
+            self.result = result
+        if self.stop_after is not None and time.monotonic() - self.t0 > self.stop_after:
+            return {"outcome": "cancelled", "reason": "test", "grace": self.grace}
+        return None
+
+
+def launch(tmp_path: Path, argv: list[str], **kw: Any) -> Launch:
+    base = dict(
+        job_id=1,
+        attempt=1,
+        argv=argv,
+        workdir=str(tmp_path),
+        env={"PATH": os.environ["PATH"]},
+        uid=os.getuid(),
+        time_limit=None,
+        grace=1.0,
+        log_path=str(tmp_path / "1.log"),
+        preempt_file=str(tmp_path / "1.deadline"),
+    )
+    base.update(kw)
+    return Launch(**base)
+
+
+def test_success_streams_the_whole_log(tmp_path: Path) -> None:
+    rec = Recorder()
+    res = run(
+        launch(tmp_path, ["sh", "-c", "echo $CUDA_VISIBLE_DEVICES $LABQ_JOB_ID; seq 1 20000"]),
+        ["2", "3"],
+        "node-a",
+        rec,
+    )
+    assert res == {"outcome": "succeeded", "exit_code": 0, "signal": None, "reason": ""}
+    lines = rec.data.decode().splitlines()
+    assert lines[0] == "2,3 1" and lines[-1] == "20000" and len(lines) == 20001
+    assert rec.info is not None and rec.info["pid"] > 0
+
+
+def test_failure_exit_code(tmp_path: Path) -> None:
+    res = run(launch(tmp_path, ["sh", "-c", "exit 7"]), [], "n", Recorder())
+    assert res["outcome"] == "failed" and res["exit_code"] == 7
+
+
+def test_stop_request_terms_then_kills_after_grace(tmp_path: Path) -> None:
+    rec = Recorder(stop_after=0.5, grace=1.0)
+    script = "trap 'echo term' TERM; while true; do sleep 0.05; done"
+    t0 = time.monotonic()
+    res = run(launch(tmp_path, ["sh", "-c", script]), [], "n", rec)
+    took = time.monotonic() - t0
+    assert res["outcome"] == "cancelled" and res["signal"] == signal.SIGKILL
+    assert 1.4 < took < 6
+    assert b"term" in rec.data
+    # The job was told when it would be killed.
+    assert float((tmp_path / "1.deadline").read_text()) > 0
+
+
+def test_time_limit(tmp_path: Path) -> None:
+    res = run(launch(tmp_path, ["sleep", "30"], time_limit=0.5, grace=5), [], "n", Recorder())
+    assert res["outcome"] == "timeout" and res["signal"] == signal.SIGTERM
+
+
+def test_missing_command_and_workdir(tmp_path: Path) -> None:
+    rec = Recorder()
+    res = run(launch(tmp_path, ["/no/such/prog"]), [], "n", rec)
+    assert res["outcome"] == "failed" and res["exit_code"] == 127 and rec.result == res
+    res = run(launch(tmp_path, ["true"], workdir=str(tmp_path / "gone")), [], "n", Recorder())
+    assert res["outcome"] == "failed" and "does not exist" in res["reason"]
+
+
+def test_leftover_children_are_killed(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    res = run(launch(tmp_path, ["sh", "-c", f"sleep 60 & echo $! > {pidfile}; exit 0"]), [], "n", Recorder())
+    assert res["outcome"] == "succeeded"
+    pid = int(pidfile.read_text())
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        # A zombie until reaped by init is gone for our purposes.
+        try:
+            if "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+                break
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("background child survived its job")

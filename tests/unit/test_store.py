@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from scheduler.job import IllegalTransition, JobSpec, JobState
+from scheduler.store import SCHEMA_VERSION, Store, StoreError, UnknownJob
+
+
+def spec(**kw: object) -> JobSpec:
+    return JobSpec.model_validate({"command": ["true"], **kw})
+
+
+def test_jobs_and_events_round_trip(tmp_path: Path) -> None:
+    st = Store(tmp_path / "db.sqlite")
+    jid = st.add_job("alice", 1000, spec(gpus=2, name="bert"), now=10.0)
+    st.transition(jid, JobState.STARTING, "placed", now=11.0, node="n1", attempt=1, start_time=11.0)
+    st.transition(jid, JobState.RUNNING, "running", now=12.0, start_time=12.0)
+    st.transition(jid, JobState.SUCCEEDED, "", now=20.0, end_time=20.0, exit_code=0)
+    job = st.get(jid)
+    assert job.state is JobState.SUCCEEDED and job.gpus == 2 and job.name == "bert"
+    assert [e["new_state"] for e in st.events(jid)] == ["PENDING", "STARTING", "RUNNING", "SUCCEEDED"]
+    runs = st.runs_since(0)
+    assert runs == [
+        {
+            "job_id": jid,
+            "attempt": 1,
+            "user": "alice",
+            "gpus": 2,
+            "node": "n1",
+            "start_time": 12.0,
+            "end_time": 20.0,
+        }
+    ]
+
+
+def test_illegal_transition_changes_nothing(tmp_path: Path) -> None:
+    st = Store(tmp_path / "db.sqlite")
+    jid = st.add_job("alice", 1000, spec())
+    with pytest.raises(IllegalTransition):
+        st.transition(jid, JobState.SUCCEEDED)
+    assert st.get(jid).state is JobState.PENDING
+    assert len(st.events(jid)) == 1
+
+
+def test_expect_makes_racing_transitions_harmless(tmp_path: Path) -> None:
+    st = Store(tmp_path / "db.sqlite")
+    jid = st.add_job("alice", 1000, spec())
+    st.transition(jid, JobState.CANCELLED, "by alice")
+    row = st.transition(jid, JobState.STARTING, "placed", expect=(JobState.PENDING,))
+    assert row.state is JobState.CANCELLED
+
+
+def test_unknown_job(tmp_path: Path) -> None:
+    st = Store(tmp_path / "db.sqlite")
+    with pytest.raises(UnknownJob):
+        st.get(42)
+
+
+def test_reopen_keeps_data_and_schema_version(tmp_path: Path) -> None:
+    st = Store(tmp_path / "db.sqlite")
+    jid = st.add_job("alice", 1000, spec())
+    st.close()
+    st2 = Store(tmp_path / "db.sqlite")
+    assert st2.get(jid).user == "alice"
+    assert st2.schema_version() == SCHEMA_VERSION
+    conn = sqlite3.connect(tmp_path / "db.sqlite")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_migrates_from_version_1(tmp_path: Path) -> None:
+    from scheduler.store import MIGRATIONS
+
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    for stmt in MIGRATIONS[0].split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    conn.commit()
+    conn.close()
+    st = Store(path)
+    assert st.schema_version() == SCHEMA_VERSION
+    assert st.quota_overrides() == {}
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    st = Store(tmp_path / "db.sqlite")
+    st.set_meta("schema_version", str(SCHEMA_VERSION + 1))
+    st.close()
+    with pytest.raises(StoreError, match="newer than this labq"):
+        Store(tmp_path / "db.sqlite")
+
+
+def test_quota_override_is_audited(tmp_path: Path) -> None:
+    st = Store(tmp_path / "db.sqlite")
+    st.set_quota_override("root", "alice", {"max_gpus": None}, {"max_gpus": 4}, now=5.0)
+    assert st.quota_overrides() == {"alice": {"max_gpus": 4}}
+    (entry,) = st.audit_log()
+    assert entry["actor"] == "root" and entry["action"] == "quota.set" and entry["target"] == "alice"

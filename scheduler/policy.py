@@ -203,6 +203,11 @@ class _Pass:
         self.preemptions: list[Preempt] = []
         self.waiting: dict[int, Waiting] = {}
         self.stopping_for: set[int] = set()
+        # Claims by researchers under their guarantee, made in this pass.
+        self.claimed: Counter[str] = Counter()
+        self.node_claimed: Counter[str] = Counter()
+        self.reclaimed: Counter[str] = Counter()  # GPUs being taken back from each borrower
+        self.easy_reserved = False
         self.quota_cache: dict[str, Quota] = {}
 
     # -- time helpers -------------------------------------------------------------
@@ -294,19 +299,26 @@ class _Pass:
 
     # -- reclaim ------------------------------------------------------------------------
     def reclaim(self, j: PendingJob) -> tuple[list[RunningJob], _Node] | None:
-        """Borrowed jobs to preempt so that `j` (within its owner's guarantee) can start."""
+        """Borrowed jobs to preempt so that `j` (within its owner's guarantee) can start.
+
+        GPUs already on their way out (jobs told to stop) count first, minus what
+        earlier claims in this pass took of them; only the rest is preempted.
+        """
         cfg = self.cfg
         best: tuple[float, str, list[RunningJob]] | None = None
         for nid, node in self.nodes.items():
             if not node.info.schedulable or node.info.gpus < j.gpus:
                 continue
             running = self.running_by_node.get(nid, [])
-            available = node.free + sum(
-                r.gpus for r in running if r.stop_deadline is not None or r.id in self.stopping_for
+            available = (
+                node.free
+                + sum(r.gpus for r in running if r.stop_deadline is not None or r.id in self.stopping_for)
+                - self.node_claimed[nid]
             )
             if available >= j.gpus:
                 # Enough is already on its way out; wait for it rather than preempt more.
-                return [], node
+                best = (0.0, nid, [])
+                break
             taken: Counter[str] = Counter()
             victims: list[RunningJob] = []
             lost = 0.0
@@ -325,7 +337,8 @@ class _Pass:
                 if available >= j.gpus:
                     break
                 # Only borrowed GPUs are taken back: the owner keeps their own guarantee.
-                if self.held[r.user] - taken[r.user] - r.gpus < self.quota(r.user).guaranteed_gpus:
+                keeps = self.held[r.user] - self.reclaimed[r.user] - taken[r.user] - r.gpus
+                if keeps < self.quota(r.user).guaranteed_gpus:
                     continue
                 victims.append(r)
                 taken[r.user] += r.gpus
@@ -335,7 +348,13 @@ class _Pass:
                 best = (lost, nid, victims)
         if best is None:
             return None
-        return best[2], self.nodes[best[1]]
+        _, nid, victims = best
+        self.node_claimed[nid] += j.gpus
+        self.claimed[j.user] += j.gpus
+        for r in victims:
+            self.stopping_for.add(r.id)
+            self.reclaimed[r.user] += r.gpus
+        return victims, self.nodes[nid]
 
 
 def _format_ahead(ahead: Counter[str], total: int) -> str:
@@ -362,13 +381,19 @@ def schedule(snap: Snapshot) -> Decision:
     eff_usage = {u: snap.usage.get(u, 0.0) + p.penalty.get(u, 0.0) for u in active}
     total_usage = sum(eff_usage.values())
 
-    def factor(u: str) -> float:
-        return fair_share_factor(eff_usage[u], total_usage, p.quota(u).shares, total_shares)
+    # Ranks use the usage total as it stood when the pass began: a start changes only
+    # its owner's usage, so only that researcher's heap entry goes stale, and ordering
+    # by F is ordering by usage/share either way.
+    ref_usage = total_usage if total_usage > 0 else cfg.default_time_limit
+
+    def factor(u: str, total: float | None = None) -> float:
+        t = ref_usage if total is None else total
+        return fair_share_factor(eff_usage[u], t, p.quota(u).shares, total_shares)
 
     def rank(u: str) -> tuple[int, float, float, int, str]:
         head = by_user[u][-1]
         q = p.quota(u)
-        under_guarantee = p.held[u] + head.gpus <= q.guaranteed_gpus
+        under_guarantee = p.held[u] + p.claimed[u] + head.gpus <= q.guaranteed_gpus
         age = min(1.0, max(0.0, snap.now - head.submit_time) / cfg.age_max)
         score = factor(u) + cfg.age_weight * age
         return (0 if under_guarantee else 1, -score, head.submit_time, head.id, u)
@@ -450,13 +475,16 @@ def schedule(snap: Snapshot) -> Decision:
                 reasons = [_resource_reason(p, j)]
                 eta: float | None = None
                 claim = None
-                if cfg.preemption and q.guaranteed_gpus > 0 and p.held[u] + j.gpus <= q.guaranteed_gpus:
+                if (
+                    cfg.preemption
+                    and q.guaranteed_gpus > 0
+                    and p.held[u] + p.claimed[u] + j.gpus <= q.guaranteed_gpus
+                ):
                     claim = p.reclaim(j)
                 if claim is not None:
                     victims, cnode = claim
                     deadline = snap.now + cfg.grace_period
                     for r in victims:
-                        p.stopping_for.add(r.id)
                         p.preemptions.append(
                             Preempt(
                                 r.id,
@@ -479,7 +507,8 @@ def schedule(snap: Snapshot) -> Decision:
                         f"waiting for {names or 'GPUs'} to stop on {cnode.info.label}",
                     )
                     p.reservations.append(_Reservation(j.id, cnode.info.id, eta, j.gpus))
-                elif cfg.backfill and not p.reservations:
+                elif cfg.backfill and not p.easy_reserved:
+                    p.easy_reserved = True
                     res = p.reserve(j)
                     eta = res.at if res is not None else None
                     eta_budget -= 1
@@ -495,7 +524,7 @@ def schedule(snap: Snapshot) -> Decision:
             user=u,
             shares=p.quota(u).shares,
             usage=eff_usage[u],
-            factor=factor(u),
+            factor=factor(u, total_usage),
             held_gpus=p.held[u],
             running_jobs=p.jobs_held[u],
             pending_jobs=sum(1 for j in snap.pending if j.user == u),
@@ -532,4 +561,9 @@ def _resource_reason(p: _Pass, j: PendingJob) -> str:
     if largest >= j.gpus:
         # GPUs are there but CPUs or memory are not.
         return f"resources: needs {j.cpus:g} CPUs and {j.memory} bytes of memory beside its GPUs"
-    return f"resources: needs {j.gpus} GPU{'s' if j.gpus > 1 else ''} on one node, largest free block is {largest}"
+    need = f"needs {j.gpus} GPU{'s' if j.gpus > 1 else ''} on one node"
+    if largest == 0:
+        total = sum(n.info.gpus for n in schedulable)
+        used = sum(n.info.gpus - max(0, n.free) for n in schedulable)
+        return f"resources: {need}, none is free ({used}/{total} in use)"
+    return f"resources: {need}, largest free block is {largest}"

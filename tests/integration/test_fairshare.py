@@ -1,0 +1,108 @@
+"""Fair share on a real daemon and real Ray: two researchers split 4 GPUs, a third reclaims."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import SYSTEM_PYTHON, Labq, cleanup, make_labq
+from tests.integration.test_bad_input import _make_user
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create researchers as Unix users"),
+    pytest.mark.skipif(
+        not os.path.exists(SYSTEM_PYTHON), reason="needs a system python3 other users can run"
+    ),
+]
+
+GRACE = 3.0
+PASS = 1.0
+
+
+@pytest.fixture(scope="module")
+def lq() -> Iterator[Labq]:
+    lab = make_labq(f"grace_period_s: {GRACE:g}\nmin_runtime_s: 0\npass_interval_s: {PASS:g}\n")
+    lab.up("--gpus", "4")
+    yield lab
+    cleanup(lab)
+
+
+def held(lq: Labq) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for j in lq.json("queue"):
+        if j["state"] in ("RUNNING", "STARTING"):
+            out[j["user"]] = out.get(j["user"], 0) + j["gpus"]
+    return out
+
+
+def test_equal_shares_split_the_gpus_and_a_guarantee_is_reclaimed(lq: Labq) -> None:
+    alice, bob, carol = (_make_user(f"labqtest-{n}") for n in ("alice", "bob", "carol"))
+    # Hold the cluster so both researchers' jobs are queued before anything starts.
+    blocker = lq.submit("--gpus", "4", "--", "sleep", "600")
+    lq.wait(blocker, ("RUNNING",))
+    job = ["--time", "10m", "--", "sleep", "600"]
+    ids = {
+        u: [lq.submit(*job, user=uid, cwd="/tmp") for _ in range(10)] for u, uid in (("a", alice), ("b", bob))
+    }
+    lq.run("cancel", str(blocker))
+    deadline = time.monotonic() + 30
+    while held(lq) != {"labqtest-alice": 2, "labqtest-bob": 2} and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert held(lq) == {"labqtest-alice": 2, "labqtest-bob": 2}
+    # It stays that way pass after pass.
+    time.sleep(3 * PASS)
+    assert held(lq) == {"labqtest-alice": 2, "labqtest-bob": 2}
+    pending = [j for j in lq.json("queue") if j["state"] == "PENDING"]
+    assert len(pending) == 16 and all(j["reasons"] for j in pending)
+
+    # carol is guaranteed 2 GPUs; she arrives and takes them back by preemption.
+    out = lq.run("quota", "set", "labqtest-carol", "--guaranteed-gpus", "2")
+    assert "guaranteed_gpus: 0 -> 2" in out.stdout
+    t0 = time.monotonic()
+    mine = [lq.submit("--", "sleep", "600", user=carol, cwd="/tmp") for _ in range(2)]
+    while held(lq).get("labqtest-carol", 0) < 2 and time.monotonic() - t0 < 30:
+        time.sleep(0.1)
+    took = time.monotonic() - t0
+    assert held(lq) == {"labqtest-alice": 1, "labqtest-bob": 1, "labqtest-carol": 2}
+    # sleep exits on SIGTERM at once; the bound is what the policy promises.
+    assert took <= GRACE + 2 * PASS + 2.0, took
+    # The preempted jobs went back to the queue ahead of their owners' other jobs.
+    preempted = [
+        j
+        for j in lq.json("queue", "--all")
+        if any(e["new_state"] == "PREEMPTED" for e in lq.job(j["id"])["events"])
+    ]
+    assert sorted(j["user"] for j in preempted) == ["labqtest-alice", "labqtest-bob"]
+    for j in preempted:
+        assert j["state"] == "PENDING" and j["requeued"]
+        assert j["rank"] is not None
+    # Nobody preempts carol back: a few more passes change nothing.
+    time.sleep(3 * PASS)
+    assert held(lq) == {"labqtest-alice": 1, "labqtest-bob": 1, "labqtest-carol": 2}
+    for jid in [*ids["a"], *ids["b"], *mine]:
+        lq.run("cancel", str(jid), check=False)
+
+
+def test_quota_changes_are_admin_only_persisted_and_audited(lq: Labq) -> None:
+    bob = _make_user("labqtest-bob")
+    out = lq.run("quota", "set", "labqtest-alice", "--max-gpus", "3", user=bob, check=False)
+    assert out.returncode == 1 and "only admins may change quotas" in out.stderr
+    lq.run("quota", "set", "labqtest-alice", "--max-gpus", "3", "--shares", "2")
+    out = lq.run("quota", "set", "labqtest-alice", "--shares", "-1", check=False)
+    assert out.returncode == 1 and "shares must be > 0" in out.stderr
+    q = {r["user"]: r for r in lq.json("quota", "show")["quotas"]}
+    assert q["labqtest-alice"]["max_gpus"] == 3 and q["labqtest-alice"]["shares"] == 2
+    audit = lq.json("audit")
+    assert any(
+        a["action"] == "quota.set" and a["target"] == "labqtest-alice" and '"max_gpus": 3' in a["detail"]
+        for a in audit
+    )
+    # Survives a daemon restart: it is stored, not only in memory.
+    lq.run("down", "--kill")
+    lq.up()
+    q = {r["user"]: r for r in lq.json("quota", "show")["quotas"]}
+    assert q["labqtest-alice"]["max_gpus"] == 3

@@ -1,0 +1,447 @@
+"""The pure scheduling policy: examples first, then properties over random snapshots."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scheduler.policy import (
+    Decision,
+    NodeInfo,
+    PendingJob,
+    PolicyConfig,
+    RunningJob,
+    Snapshot,
+    schedule,
+)
+from scheduler.quota import Quota, QuotaBook, fair_share_factor
+
+NOW = 1_000_000.0
+H = 3600.0
+
+
+def nodes(*sizes: int) -> tuple[NodeInfo, ...]:
+    return tuple(NodeInfo(id=f"n{i}", gpus=g, name=f"node-{i}") for i, g in enumerate(sizes))
+
+
+def pend(jid: int, user: str, gpus: int = 1, age: float = 60, **kw: object) -> PendingJob:
+    return PendingJob(id=jid, user=user, gpus=gpus, submit_time=NOW - age, **kw)  # type: ignore[arg-type]
+
+
+def run(jid: int, user: str, node: str, gpus: int = 1, age: float = 3 * H, **kw: object) -> RunningJob:
+    return RunningJob(id=jid, user=user, gpus=gpus, node=node, start_time=NOW - age, **kw)  # type: ignore[arg-type]
+
+
+def snap(pending=(), running=(), node_sizes=(4,), quotas=None, usage=None, week=None, **cfg) -> Snapshot:  # type: ignore[no-untyped-def]
+    return Snapshot(
+        now=NOW,
+        pending=tuple(pending),
+        running=tuple(running),
+        nodes=nodes(*node_sizes),
+        usage=usage or {},
+        week_usage=week or {},
+        quotas=quotas or QuotaBook(),
+        config=PolicyConfig(**cfg),
+    )
+
+
+def book(defaults: Quota | None = None, **people: dict[str, object]) -> QuotaBook:
+    return QuotaBook(defaults=defaults or Quota(), researchers=people)
+
+
+def started(d: Decision) -> list[int]:
+    return [s.job_id for s in d.starts]
+
+
+# -- examples -------------------------------------------------------------------------------------
+def test_fair_share_factor_is_slurm_classic() -> None:
+    assert fair_share_factor(0, 0, 1, 2) == 1.0
+    assert fair_share_factor(50, 100, 1, 2) == 0.5  # used exactly the share
+    assert fair_share_factor(100, 100, 1, 2) == 0.25
+
+
+def test_interleaves_equal_researchers_on_one_node() -> None:
+    pending = [pend(i, "alice", age=100 - i) for i in range(10)] + [
+        pend(100 + i, "bob", age=90 - i) for i in range(10)
+    ]
+    d = schedule(snap(pending))
+    owners = sorted(j.user for j in pending if j.id in started(d))
+    assert owners == ["alice", "alice", "bob", "bob"]
+
+
+def test_lower_usage_goes_first() -> None:
+    d = schedule(
+        snap(
+            [pend(1, "alice", age=1000), pend(2, "bob")],
+            node_sizes=(1,),
+            usage={"alice": 100 * H, "bob": 1 * H},
+        )
+    )
+    assert started(d) == [2]
+    assert d.waiting[1].reasons == ("resources: needs 1 GPU on one node, none is free (1/1 in use)",)
+
+
+def test_requeued_and_priority_order_within_a_researcher() -> None:
+    pending = [pend(1, "a", age=300), pend(2, "a", age=200, priority=5), pend(3, "a", age=100, requeued=True)]
+    d = schedule(snap(pending, node_sizes=(1,)))
+    assert started(d) == [3]
+    assert list(d.order) == [3, 2, 1]
+
+
+def test_gang_best_fit_placement() -> None:
+    d = schedule(snap([pend(1, "a", gpus=2)], running=[run(9, "b", "n0", gpus=2)], node_sizes=(4, 8)))
+    # Node 0 has exactly 2 free: the tightest fit, leaving node 1's 8 GPUs whole.
+    assert [(s.job_id, s.node) for s in d.starts] == [(1, "n0")]
+
+
+def test_resources_reason_with_numbers() -> None:
+    d = schedule(snap([pend(1, "a", gpus=2)], running=[run(9, "b", "n0", gpus=3)]))
+    assert d.waiting[1].reasons[0] == "resources: needs 2 GPUs on one node, largest free block is 1"
+    d = schedule(snap([pend(1, "a", gpus=8)]))
+    assert d.waiting[1].reasons[0] == "resources: needs 8 GPUs on one node, the largest node has 4"
+
+
+def test_hard_caps_and_budget_reasons() -> None:
+    q = book(alice={"max_gpus": 4}, bob={"max_jobs": 1}, carol={"gpu_hours_per_week": 40})
+    running = [run(1, "alice", "n0", gpus=4), run(2, "bob", "n1", gpus=1)]
+    pending = [pend(10, "alice"), pend(11, "bob"), pend(12, "carol")]
+    d = schedule(snap(pending, running, node_sizes=(4, 8), quotas=q, week={"carol": 40 * H}))
+    assert started(d) == []
+    assert d.waiting[10].reasons[0] == "quota: alice holds 4/4 GPUs, this job needs 1 more"
+    assert d.waiting[11].reasons[0] == "quota: bob runs 1/1 jobs"
+    assert d.waiting[12].reasons[0] == "budget: 40.0/40 GPU-hours used this week"
+
+
+def test_fair_share_reason_names_who_ranks_ahead() -> None:
+    running = [run(1, "x", "n0", gpus=4)]
+    pending = [pend(2, "bob"), pend(3, "bob", age=50), pend(4, "carol", age=40), pend(5, "dave", age=30)]
+    d = schedule(snap(pending, running, usage={"dave": 1000 * H}))
+    assert d.waiting[5].reasons[-1] == "fair share: 3 jobs rank ahead (bob x2, carol)"
+
+
+def test_eta_from_running_limits() -> None:
+    running = [run(1, "x", "n0", gpus=4, age=600, time_limit=3600)]
+    d = schedule(snap([pend(2, "a")], running))
+    assert d.waiting[2].eta == NOW + 3000
+
+
+def test_easy_backfill_only_when_it_cannot_delay_the_reservation() -> None:
+    # 4 GPUs: 2 busy for another hour. Job 10 (4 GPUs) is blocked and reserved at +1h.
+    running = [run(1, "x", "n0", gpus=2, age=0, time_limit=3600)]
+    pending = [
+        pend(10, "a", gpus=4, age=500),
+        pend(11, "b", gpus=1, age=400, time_limit=1800),  # ends before the reservation: backfills
+        pend(12, "c", gpus=1, age=300, time_limit=7200),  # would delay it: waits
+    ]
+    d = schedule(snap(pending, running, usage={"b": 1, "c": 2, "a": 0}))
+    assert started(d) == [11]
+    assert d.waiting[10].eta == NOW + 3600
+    assert d.waiting[12].reasons[0].startswith("backfill: would delay job 10")
+
+
+def test_reclaim_preempts_borrowers_least_work_first() -> None:
+    q = book(carol={"guaranteed_gpus": 2})
+    running = [
+        run(1, "alice", "n0", age=5 * H),
+        run(2, "alice", "n0", age=1 * H),
+        run(3, "bob", "n0", age=2 * H),
+        run(4, "bob", "n0", age=0.5 * H),
+    ]
+    d = schedule(snap([pend(10, "carol", gpus=2)], running, quotas=q))
+    assert sorted(p.job_id for p in d.preemptions) == [2, 4]  # the youngest: least work lost
+    assert all(p.for_job == 10 for p in d.preemptions)
+    assert d.waiting[10].reasons[0].startswith("reclaim: carol is below 2 guaranteed GPUs")
+    assert d.waiting[10].eta == NOW + PolicyConfig().grace_period
+
+
+def test_reclaim_respects_min_runtime_and_victims_guarantee() -> None:
+    q = book(carol={"guaranteed_gpus": 2}, alice={"guaranteed_gpus": 2})
+    running = [
+        run(1, "alice", "n0", age=H),
+        run(2, "alice", "n0", age=H),
+        run(3, "bob", "n0", age=60),
+        run(4, "bob", "n0", age=60),
+    ]
+    d = schedule(snap([pend(10, "carol", gpus=1)], running, quotas=q))
+    # alice is within her guarantee, bob's jobs are younger than the 10-minute minimum.
+    assert d.preemptions == ()
+    assert d.waiting[10].reasons[0].startswith("resources:")
+
+
+def test_no_second_preemption_while_victims_stop() -> None:
+    q = book(carol={"guaranteed_gpus": 1})
+    running = [run(1, "alice", "n0", age=H, stop_deadline=NOW + 10), run(2, "alice", "n0", age=H)]
+    d = schedule(snap([pend(10, "carol")], running, node_sizes=(2,), quotas=q))
+    assert d.preemptions == ()
+    assert "waiting for job 1 (alice)" in d.waiting[10].reasons[0]
+
+
+def test_claims_in_one_pass_do_not_exceed_the_guarantee() -> None:
+    q = book(carol={"guaranteed_gpus": 2})
+    running = [run(i, "alice", "n0", age=H * i) for i in range(1, 5)]
+    pending = [pend(10 + i, "carol", age=100 - i) for i in range(4)]
+    d = schedule(snap(pending, running, quotas=q))
+    assert len(d.preemptions) == 2
+
+
+def test_preemption_can_be_turned_off() -> None:
+    q = book(carol={"guaranteed_gpus": 2})
+    running = [run(i, "alice", "n0") for i in range(1, 5)]
+    d = schedule(snap([pend(10, "carol")], running, quotas=q, preemption=False))
+    assert d.preemptions == ()
+
+
+def test_entry_penalty_stops_a_burst_from_winning_everything() -> None:
+    # alice's 100 jobs arrive first; bob's one job must not wait behind all of them.
+    pending = [pend(i, "alice", age=1000) for i in range(100)] + [pend(500, "bob", age=10)]
+    d = schedule(snap(pending, node_sizes=(2,)))
+    assert 500 in started(d)
+
+
+def test_drained_node_gets_nothing() -> None:
+    s = snap([pend(1, "a")], node_sizes=(4,))
+    s = replace(s, nodes=(replace(s.nodes[0], schedulable=False),))
+    d = schedule(s)
+    assert started(d) == []
+    assert d.waiting[1].reasons[0] == "resources: no schedulable node (all drained, unhealthy or gone)"
+
+
+def test_no_ping_pong_between_two_guaranteed_researchers() -> None:
+    """Replay passes with both wanting more than their guarantee: nobody preempts back."""
+    q = book(alice={"guaranteed_gpus": 2}, bob={"guaranteed_gpus": 2})
+    cfg = PolicyConfig(min_runtime=0, grace_period=10, default_time_limit=400)
+    rng = random.Random(7)
+    pending = [PendingJob(i, "alice" if i % 2 else "bob", 1, 0.0) for i in range(40)]
+    running: list[RunningJob] = []
+    pairs: set[tuple[str, str]] = set()
+    now = 0.0
+    owners = {j.id: j.user for j in pending}
+    next_id = 1000
+    for _ in range(200):
+        s = Snapshot(now, tuple(pending), tuple(running), nodes(4), quotas=q, config=cfg)
+        d = schedule(s)
+        for p in d.preemptions:
+            claimant = owners[p.for_job]
+            victim = next(r.user for r in running if r.id == p.job_id)
+            pairs.add((claimant, victim))
+            running = [replace(r, stop_deadline=now + 5) if r.id == p.job_id else r for r in running]
+        by_id = {j.id: j for j in pending}
+        for st_ in d.starts:
+            j = by_id[st_.job_id]
+            running.append(RunningJob(j.id, j.user, j.gpus, st_.node, now, time_limit=rng.choice([60, 300])))
+        pending = [j for j in pending if j.id not in {s_.job_id for s_ in d.starts}]
+        now += 20
+        still = []
+        for r in running:
+            if (r.stop_deadline is not None and r.stop_deadline <= now) or now >= r.start_time + (
+                r.time_limit or 0
+            ):
+                if r.stop_deadline is not None:
+                    pending.append(PendingJob(next_id, r.user, r.gpus, now, requeued=True))
+                    owners[next_id] = r.user
+                    next_id += 1
+            else:
+                still.append(r)
+        running = still
+    assert not any((b, a) in pairs for a, b in pairs), pairs
+
+
+# -- properties -------------------------------------------------------------------------------------
+USERS = ["alice", "bob", "carol", "dave", "erin"]
+
+
+@st.composite
+def snapshots(draw: st.DrawFn) -> Snapshot:
+    sizes = draw(st.lists(st.sampled_from([1, 2, 4, 8]), min_size=1, max_size=5))
+    ns = nodes(*sizes)
+    running: list[RunningJob] = []
+    jid = 0
+    for n in ns:
+        free = n.gpus
+        for _ in range(draw(st.integers(0, 4))):
+            if free == 0:
+                break
+            g = draw(st.integers(1, free))
+            free -= g
+            jid += 1
+            running.append(
+                RunningJob(
+                    jid,
+                    draw(st.sampled_from(USERS)),
+                    g,
+                    n.id,
+                    start_time=NOW - draw(st.floats(0, 5 * H)),
+                    time_limit=draw(st.one_of(st.none(), st.floats(60, 10 * H))),
+                    stop_deadline=draw(st.one_of(st.none(), st.just(NOW + 30))),
+                )
+            )
+    pending = []
+    for _ in range(draw(st.integers(0, 30))):
+        jid += 1
+        pending.append(
+            PendingJob(
+                jid,
+                draw(st.sampled_from(USERS)),
+                draw(st.sampled_from([1, 1, 1, 2, 4, 8])),
+                submit_time=NOW - draw(st.floats(0, 10 * H)),
+                priority=draw(st.integers(-2, 2)),
+                time_limit=draw(st.one_of(st.none(), st.floats(60, 10 * H))),
+                requeued=draw(st.booleans()),
+            )
+        )
+    total = sum(sizes)
+    people: dict[str, dict[str, object]] = {}
+    guar_left = total
+    for u in USERS:
+        fields: dict[str, object] = {"shares": draw(st.sampled_from([1, 1, 2, 4]))}
+        g = draw(st.integers(0, min(4, guar_left)))
+        guar_left -= g
+        fields["guaranteed_gpus"] = g
+        if draw(st.booleans()):
+            fields["max_gpus"] = draw(st.integers(1, 16))
+        if draw(st.booleans()):
+            fields["max_jobs"] = draw(st.integers(1, 6))
+        if draw(st.booleans()):
+            fields["gpu_hours_per_week"] = draw(st.floats(0, 100))
+        people[u] = fields
+    usage = {u: draw(st.floats(0, 1000 * H)) for u in USERS}
+    week = {u: draw(st.floats(0, 200 * H)) for u in USERS}
+    cfg = PolicyConfig(min_runtime=draw(st.sampled_from([0.0, 600.0])))
+    return Snapshot(NOW, tuple(pending), tuple(running), ns, usage, week, QuotaBook(researchers=people), cfg)
+
+
+PROPS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPS
+@given(snapshots())
+def test_no_gpu_given_twice(s: Snapshot) -> None:
+    d = schedule(s)
+    used = {n.id: 0 for n in s.nodes}
+    for r in s.running:
+        used[r.node] += r.gpus
+    gpus = {j.id: j.gpus for j in s.pending}
+    for st_ in d.starts:
+        used[st_.node] += gpus[st_.job_id]
+    for n in s.nodes:
+        assert used[n.id] <= n.gpus
+    assert len({st_.job_id for st_ in d.starts}) == len(d.starts)
+
+
+@PROPS
+@given(snapshots())
+def test_no_cap_exceeded(s: Snapshot) -> None:
+    d = schedule(s)
+    gpus = {j.id: j for j in s.pending}
+    for u in USERS:
+        q = s.quotas.for_user(u)
+        mine = [gpus[x.job_id] for x in d.starts if gpus[x.job_id].user == u]
+        if not mine:
+            continue
+        held = sum(r.gpus for r in s.running if r.user == u)
+        jobs = sum(1 for r in s.running if r.user == u)
+        if q.max_gpus is not None:
+            assert held + sum(j.gpus for j in mine) <= max(q.max_gpus, held)
+        if q.max_jobs is not None:
+            assert jobs + len(mine) <= max(q.max_jobs, jobs)
+        if q.gpu_hours_per_week is not None:
+            assert s.week_usage.get(u, 0) / 3600 < q.gpu_hours_per_week
+
+
+@PROPS
+@given(snapshots())
+def test_startable_job_never_waits_while_gpus_idle(s: Snapshot) -> None:
+    d = schedule(s)
+    free = {n.id: n.gpus for n in s.nodes}
+    for r in s.running:
+        free[r.node] -= r.gpus
+    by_id = {j.id: j for j in s.pending}
+    for st_ in d.starts:
+        free[st_.node] -= by_id[st_.job_id].gpus
+    largest = max(free.values())
+    for jid, w in d.waiting.items():
+        if any(r.startswith(("quota:", "budget:", "backfill:", "reclaim:")) for r in w.reasons):
+            continue
+        assert by_id[jid].gpus > largest, (jid, w.reasons, free)
+
+
+@PROPS
+@given(snapshots(), st.randoms())
+def test_same_input_same_output_in_any_order(s: Snapshot, rnd: random.Random) -> None:
+    d1 = schedule(s)
+    shuffled = replace(
+        s,
+        pending=tuple(rnd.sample(s.pending, len(s.pending))),
+        running=tuple(rnd.sample(s.running, len(s.running))),
+        nodes=tuple(rnd.sample(s.nodes, len(s.nodes))),
+    )
+    d2 = schedule(shuffled)
+    assert d1.starts == d2.starts
+    assert d1.preemptions == d2.preemptions
+    assert d1.waiting == d2.waiting
+    assert d1.order == d2.order
+
+
+@PROPS
+@given(snapshots())
+def test_every_pending_job_is_started_or_explained(s: Snapshot) -> None:
+    d = schedule(s)
+    started_ids = {x.job_id for x in d.starts}
+    for j in s.pending:
+        assert (j.id in started_ids) != (j.id in d.waiting)
+        if j.id in d.waiting:
+            assert d.waiting[j.id].reasons
+
+
+@st.composite
+def guarantee_cases(draw: st.DrawFn) -> Snapshot:
+    """A researcher under guarantee with 1-GPU jobs; every other GPU is borrowed."""
+    sizes = draw(st.lists(st.sampled_from([2, 4, 8]), min_size=1, max_size=4))
+    ns = nodes(*sizes)
+    total = sum(sizes)
+    guar = draw(st.integers(1, min(4, total)))
+    running = []
+    jid = 0
+    for n in ns:
+        left = n.gpus
+        while left:
+            g = draw(st.integers(1, left))
+            left -= g
+            jid += 1
+            running.append(
+                RunningJob(
+                    jid,
+                    draw(st.sampled_from(["alice", "bob"])),
+                    g,
+                    n.id,
+                    start_time=NOW - draw(st.floats(700, 5 * H)),
+                )
+            )
+    pending = [PendingJob(100 + i, "carol", 1, NOW - 10 * i) for i in range(draw(st.integers(1, 6)))]
+    pending += [PendingJob(200 + i, draw(st.sampled_from(["alice", "bob"])), 1, NOW - 1000) for i in range(5)]
+    q = QuotaBook(researchers={"carol": {"guaranteed_gpus": guar}})
+    return Snapshot(NOW, tuple(pending), tuple(running), ns, quotas=q)
+
+
+@PROPS
+@given(guarantee_cases())
+def test_guarantee_met_within_one_pass_plus_grace(s: Snapshot) -> None:
+    d = schedule(s)
+    victims = {p.job_id for p in d.preemptions}
+    by_id = {j.id: j for j in s.pending}
+    running = [r for r in s.running if r.id not in victims]  # they stopped within the grace
+    running += [
+        RunningJob(x.job_id, by_id[x.job_id].user, by_id[x.job_id].gpus, x.node, s.now) for x in d.starts
+    ]
+    started_ids = {x.job_id for x in d.starts}
+    pending = tuple(j for j in s.pending if j.id not in started_ids)
+    later = replace(s, now=s.now + s.config.grace_period, running=tuple(running), pending=pending)
+    d2 = schedule(later)
+    carol = sum(r.gpus for r in running if r.user == "carol") + sum(
+        by_id[x.job_id].gpus for x in d2.starts if by_id[x.job_id].user == "carol"
+    )
+    want = min(s.quotas.for_user("carol").guaranteed_gpus, sum(1 for j in s.pending if j.user == "carol"))
+    assert carol >= want

@@ -26,6 +26,7 @@ import heapq
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from scheduler.quota import Quota, QuotaBook, fair_share_factor
 
@@ -87,8 +88,9 @@ class PolicyConfig:
     # Estimated start times are computed for this many waiting jobs per pass; deeper in
     # the queue an estimate is more noise than information and costs time.
     eta_depth: int = 100
-    # Full reason texts (with who ranks ahead) for this many waiting jobs.
-    reason_depth: int = 1000
+    # Full reason texts (with who ranks ahead) for this many waiting jobs; deeper ones
+    # say how many rank ahead without naming them, which keeps a pass O(n log n).
+    reason_depth: int = 200
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,9 @@ class Preempt:
     reason: str
 
 
-@dataclass(frozen=True)
-class Waiting:
+class Waiting(NamedTuple):
+    # A NamedTuple rather than a frozen dataclass: one is built per waiting job per
+    # pass, and this is several times cheaper to construct.
     reasons: tuple[str, ...]
     eta: float | None = None  # None: cannot be estimated (quota, budget, too deep)
 
@@ -156,6 +159,12 @@ class _Node:
     memory: float
     # (end time, gpus) of what runs here now, including jobs started in this pass.
     releases: list[tuple[float, int]]
+    sorted_releases: list[tuple[float, int]] | None = None
+
+    def release_order(self) -> list[tuple[float, int]]:
+        if self.sorted_releases is None:
+            self.sorted_releases = sorted(self.releases)
+        return self.sorted_releases
 
 
 @dataclass
@@ -199,6 +208,10 @@ class _Pass:
             if node.info.schedulable and node.free > 0:
                 self.buckets[min(node.free, self.max_per_node)][nid] = None
         self.reservations: list[_Reservation] = []
+        self._largest: int | None = None
+        schedulable = [n.gpus for n in snap.nodes if n.schedulable]
+        self.biggest_node: int | None = max(schedulable) if schedulable else None
+        self.schedulable_gpus = sum(schedulable)
         self.starts: list[Start] = []
         self.preemptions: list[Preempt] = []
         self.waiting: dict[int, Waiting] = {}
@@ -234,7 +247,7 @@ class _Pass:
         return node.free >= j.gpus and node.cpus >= j.cpus and node.memory >= j.memory
 
     def best_fit(self, j: PendingJob) -> _Node | None:
-        if j.gpus > self.max_per_node:
+        if j.gpus > self.largest_free():
             return None
         for k in range(j.gpus, self.max_per_node + 1):
             for nid in self.buckets[k]:
@@ -244,10 +257,9 @@ class _Pass:
         return None
 
     def largest_free(self) -> int:
-        for k in range(self.max_per_node, 0, -1):
-            if self.buckets[k]:
-                return k
-        return 0
+        if self._largest is None:
+            self._largest = next((k for k in range(self.max_per_node, 0, -1) if self.buckets[k]), 0)
+        return self._largest
 
     def take(self, node: _Node, j: PendingJob) -> None:
         old = min(node.free, self.max_per_node)
@@ -257,6 +269,8 @@ class _Pass:
         node.cpus -= j.cpus
         node.memory -= j.memory
         node.releases.append((self.now + self._limit(j.time_limit), j.gpus))
+        node.sorted_releases = None
+        self._largest = None
         if node.free > 0:
             self.buckets[min(node.free, self.max_per_node)][node.info.id] = None
 
@@ -265,7 +279,7 @@ class _Pass:
         free = node.free
         if free >= gpus:
             return self.now
-        for end, g in sorted(node.releases):
+        for end, g in node.release_order():
             free += g
             if free >= gpus:
                 return end
@@ -373,6 +387,7 @@ def schedule(snap: Snapshot) -> Decision:
     by_user: dict[str, list[PendingJob]] = {}
     for j in snap.pending:
         by_user.setdefault(j.user, []).append(j)
+    pending_count = {u: len(js) for u, js in by_user.items()}
     for jobs in by_user.values():
         jobs.sort(key=_job_key, reverse=True)  # pop() from the end gives the next job
 
@@ -386,9 +401,15 @@ def schedule(snap: Snapshot) -> Decision:
     # by F is ordering by usage/share either way.
     ref_usage = total_usage if total_usage > 0 else cfg.default_time_limit
 
+    factors: dict[str, float] = {}  # per pass, dropped for a researcher when they start a job
+
     def factor(u: str, total: float | None = None) -> float:
-        t = ref_usage if total is None else total
-        return fair_share_factor(eff_usage[u], t, p.quota(u).shares, total_shares)
+        if total is not None:
+            return fair_share_factor(eff_usage[u], total, p.quota(u).shares, total_shares)
+        f = factors.get(u)
+        if f is None:
+            f = factors[u] = fair_share_factor(eff_usage[u], ref_usage, p.quota(u).shares, total_shares)
+        return f
 
     def rank(u: str) -> tuple[int, float, float, int, str]:
         head = by_user[u][-1]
@@ -402,6 +423,9 @@ def schedule(snap: Snapshot) -> Decision:
     heapq.heapify(heap)
 
     order: list[int] = []
+    # Free space changes only when a job starts, so the same request gets the same text.
+    resource_reasons: dict[tuple[int, float, int], str] = {}
+    etas: dict[int, float | None] = {}
     ahead: Counter[str] = Counter()  # waiting jobs ranked ahead, by owner
     n_ahead = 0
     eta_budget = cfg.eta_depth
@@ -418,15 +442,22 @@ def schedule(snap: Snapshot) -> Decision:
         n_ahead += 1
 
     def shadow_eta(j: PendingJob) -> float | None:
+        """When enough GPUs free up on some node if running jobs use their full limits.
+
+        A lower bound: it ignores the jobs ranked ahead that will take GPUs first.
+        """
         nonlocal eta_budget
         if eta_budget <= 0:
             return None
         eta_budget -= 1
+        if j.gpus in etas:
+            return etas[j.gpus]
         best = INF
         for node in p.nodes.values():
             if node.info.schedulable and node.info.gpus >= j.gpus:
                 best = min(best, p.earliest(node, j.gpus))
-        return None if best == INF else best
+        etas[j.gpus] = None if best == INF else best
+        return etas[j.gpus]
 
     while heap:
         u = heapq.heappop(heap)[-1]
@@ -461,6 +492,9 @@ def schedule(snap: Snapshot) -> Decision:
                 added = j.gpus * p._limit(j.time_limit)
                 eff_usage[u] += added
                 total_usage += added
+                factors.pop(u, None)
+                resource_reasons.clear()
+                etas.clear()
             elif conflict is not None:
                 when = conflict.at - snap.now
                 wait(
@@ -472,7 +506,11 @@ def schedule(snap: Snapshot) -> Decision:
                     shadow_eta(j),
                 )
             else:
-                reasons = [_resource_reason(p, j)]
+                key = (j.gpus, j.cpus, j.memory)
+                text = resource_reasons.get(key)
+                if text is None:
+                    text = resource_reasons[key] = _resource_reason(p, j)
+                reasons = [text]
                 eta: float | None = None
                 claim = None
                 if (
@@ -527,7 +565,7 @@ def schedule(snap: Snapshot) -> Decision:
             factor=factor(u, total_usage),
             held_gpus=p.held[u],
             running_jobs=p.jobs_held[u],
-            pending_jobs=sum(1 for j in snap.pending if j.user == u),
+            pending_jobs=pending_count.get(u, 0),
             quota=p.quota(u),
         )
         for u in active
@@ -551,10 +589,9 @@ def _short(seconds: float) -> str:
 
 
 def _resource_reason(p: _Pass, j: PendingJob) -> str:
-    schedulable = [n for n in p.nodes.values() if n.info.schedulable]
-    if not schedulable:
+    biggest = p.biggest_node
+    if biggest is None:
         return "resources: no schedulable node (all drained, unhealthy or gone)"
-    biggest = max(n.info.gpus for n in schedulable)
     if j.gpus > biggest:
         return f"resources: needs {j.gpus} GPUs on one node, the largest node has {biggest}"
     largest = p.largest_free()
@@ -563,7 +600,5 @@ def _resource_reason(p: _Pass, j: PendingJob) -> str:
         return f"resources: needs {j.cpus:g} CPUs and {j.memory} bytes of memory beside its GPUs"
     need = f"needs {j.gpus} GPU{'s' if j.gpus > 1 else ''} on one node"
     if largest == 0:
-        total = sum(n.info.gpus for n in schedulable)
-        used = sum(n.info.gpus - max(0, n.free) for n in schedulable)
-        return f"resources: {need}, none is free ({used}/{total} in use)"
+        return f"resources: {need}, none is free ({p.schedulable_gpus}/{p.schedulable_gpus} in use)"
     return f"resources: {need}, largest free block is {largest}"

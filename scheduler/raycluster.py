@@ -168,6 +168,9 @@ def stop_embedded(state_dir: Path, timeout: float = 3.0) -> None:
 
 
 def connect(address: str, namespace: str) -> None:
+    # ray.init retries an unreachable GCS for a long time; answer at once instead.
+    if ":" in address and not address.startswith(("ray://", "auto")) and not reachable(address, 3.0):
+        raise RayError(f"cannot reach Ray at {address}: nothing answers there (is the head running?)")
     import ray
 
     os.environ.update({k: v for k, v in ray_env(embedded=False).items() if k.startswith("RAY_")})

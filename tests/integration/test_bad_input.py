@@ -140,3 +140,17 @@ def test_other_user_cannot_cancel_but_admin_can(labq4: Labq) -> None:
     assert labq4.log(job_id).splitlines()[0] == "labqtest-alice"
     labq4.run("cancel", str(job_id))  # root is an admin
     assert labq4.wait(job_id, ("CANCELLED",))["state"] == "CANCELLED"
+
+
+def test_unreachable_ray_is_a_clear_error() -> None:
+    from tests.conftest import cleanup, make_labq
+
+    lq = make_labq()
+    try:
+        out = lq.run("up", "--address", "127.0.0.1:1", "--state-dir", str(lq.state_dir), check=False)
+        assert out.returncode == 1
+        assert out.stderr.strip() == (
+            "labq: cannot reach Ray at 127.0.0.1:1: nothing answers there (is the head running?)"
+        )
+    finally:
+        cleanup(lq)

@@ -172,3 +172,22 @@ def test_daemon_killed_and_restarted_keeps_jobs_running() -> None:
         assert lq.log(queued) == "second\n"
     finally:
         cleanup(lq)
+
+
+def test_down_drain_waits_for_running_jobs_and_keeps_the_queue() -> None:
+    lq = make_labq()
+    try:
+        lq.up("--gpus", "1")
+        running = lq.submit("--", "sh", "-c", "sleep 3; echo finished")
+        waiting = lq.submit("--", "sh", "-c", "echo later")
+        lq.wait(running, ("RUNNING",))
+        t0 = time.monotonic()
+        out = lq.run("down", "--drain", "--timeout", "60")
+        assert "labq daemon stopped" in out.stdout
+        assert time.monotonic() - t0 >= 1.5  # it waited for the running job
+        lq.up("--gpus", "1")
+        assert lq.job(running)["state"] == "SUCCEEDED"
+        assert lq.wait(waiting, DONE)["state"] == "SUCCEEDED"  # kept, and run after restart
+        assert lq.log(waiting) == "later\n"
+    finally:
+        cleanup(lq)

@@ -38,18 +38,37 @@ def make_snapshot(pending: int, nodes: int = 125, gpus: int = 8, users: int = 10
             if g <= 0:
                 break
             jid += 1
-            running.append(RunningJob(jid, rng.choice(names), g, n.id, NOW - rng.uniform(0, 86400),
-                                      time_limit=rng.choice([3600.0, 4 * 3600.0, 86400.0, None])))
+            running.append(
+                RunningJob(
+                    jid,
+                    rng.choice(names),
+                    g,
+                    n.id,
+                    NOW - rng.uniform(0, 86400),
+                    time_limit=rng.choice([3600.0, 4 * 3600.0, 86400.0, None]),
+                )
+            )
             free -= g
     jobs = []
     for _ in range(pending):
         jid += 1
-        jobs.append(PendingJob(jid, rng.choice(names), rng.choice([1, 1, 1, 1, 2, 4, 8]),
-                               NOW - rng.uniform(0, 7 * 86400), priority=rng.randint(-1, 1),
-                               time_limit=rng.choice([3600.0, 4 * 3600.0, None])))
-    people = {u: {"shares": rng.choice([1, 1, 2]), "guaranteed_gpus": rng.choice([0, 0, 0, 4])} for u in names}
+        jobs.append(
+            PendingJob(
+                jid,
+                rng.choice(names),
+                rng.choice([1, 1, 1, 1, 2, 4, 8]),
+                NOW - rng.uniform(0, 7 * 86400),
+                priority=rng.randint(-1, 1),
+                time_limit=rng.choice([3600.0, 4 * 3600.0, None]),
+            )
+        )
+    people = {
+        u: {"shares": rng.choice([1, 1, 2]), "guaranteed_gpus": rng.choice([0, 0, 0, 4])} for u in names
+    }
     usage = {u: rng.uniform(0, 500 * 3600) for u in names}
-    return Snapshot(NOW, tuple(jobs), tuple(running), ns, usage, {}, QuotaBook(researchers=people), PolicyConfig())
+    return Snapshot(
+        NOW, tuple(jobs), tuple(running), ns, usage, {}, QuotaBook(researchers=people), PolicyConfig()
+    )
 
 
 def measure(n: int, repeats: int) -> list[float]:

@@ -1,0 +1,192 @@
+"""Reading the GPUs of one node through NVML, and saying plainly what failed.
+
+`GpuSampler` takes the `pynvml` module (or `fakenvml.FakeNVML`) and turns each poll
+into plain `GpuSample`s: unsupported fields are None ("n/a"), a lost GPU or rising
+uncorrected ECC errors mark the GPU unhealthy, and NVML's NotFound from per-process
+utilization means "no new sample", not a failure.
+
+Still to build on this (issue 4): the per-node monitor actor, history in the daemon,
+idle detection, `labq usage` and the Prometheus endpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    pid: int
+    used_memory: int | None  # bytes
+    sm_util: int | None  # percent, None until NVML has a sample for this pid
+    mem_util: int | None
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    index: int
+    uuid: str | None
+    name: str | None
+    memory_total: int | None  # bytes
+    memory_used: int | None
+    util_gpu: int | None  # percent
+    util_memory: int | None
+    temperature_c: int | None
+    power_mw: int | None
+    power_limit_mw: int | None
+    ecc_uncorrected: int | None
+    mig_mode: tuple[int, int] | None  # (current, pending)
+    fan_speed: int | None  # None on data-centre GPUs: NVML says NotSupported
+    processes: tuple[ProcessSample, ...]
+    healthy: bool
+    problem: str = ""
+
+
+class GpuSampler:
+    def __init__(self, nvml: Any) -> None:
+        self.nvml = nvml
+        nvml.nvmlInit()
+        self.count = int(nvml.nvmlDeviceGetCount())
+        self.last_seen_us: dict[int, int] = {}
+        self.proc_util: dict[tuple[int, int], tuple[int, int]] = {}  # (gpu, pid) -> (sm, mem)
+        self.ecc_baseline: dict[int, int] = {}
+        self.lost: dict[int, str] = {}
+
+    def close(self) -> None:
+        try:
+            self.nvml.nvmlShutdown()
+        except self.nvml.NVMLError:
+            pass
+
+    def _get(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call one NVML query; None when this GPU does not support it."""
+        try:
+            return fn(*args)
+        except self.nvml.NVMLError_NotSupported:
+            return None
+
+    def sample(self) -> list[GpuSample]:
+        return [self._sample_one(i) for i in range(self.count)]
+
+    def _sample_one(self, index: int) -> GpuSample:
+        nv = self.nvml
+        if index in self.lost:
+            return _dead(index, self.lost[index])
+        try:
+            h = nv.nvmlDeviceGetHandleByIndex(index)
+            mem = self._get(nv.nvmlDeviceGetMemoryInfo, h)
+            util = self._get(nv.nvmlDeviceGetUtilizationRates, h)
+            ecc = self._get(
+                nv.nvmlDeviceGetTotalEccErrors, h, nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nv.NVML_VOLATILE_ECC
+            )
+            mig = self._get(nv.nvmlDeviceGetMigMode, h)
+            procs = self._processes(index, h)
+            sample = GpuSample(
+                index=index,
+                uuid=_text(self._get(nv.nvmlDeviceGetUUID, h)),
+                name=_text(self._get(nv.nvmlDeviceGetName, h)),
+                memory_total=None if mem is None else int(mem.total),
+                memory_used=None if mem is None else int(mem.used),
+                util_gpu=None if util is None else int(util.gpu),
+                util_memory=None if util is None else int(util.memory),
+                temperature_c=self._get(nv.nvmlDeviceGetTemperature, h, nv.NVML_TEMPERATURE_GPU),
+                power_mw=self._get(nv.nvmlDeviceGetPowerUsage, h),
+                power_limit_mw=self._get(nv.nvmlDeviceGetEnforcedPowerLimit, h),
+                ecc_uncorrected=None if ecc is None else int(ecc),
+                mig_mode=None if mig is None else (int(mig[0]), int(mig[1])),
+                fan_speed=self._get(nv.nvmlDeviceGetFanSpeed, h),
+                processes=procs,
+                healthy=True,
+            )
+        except (nv.NVMLError_GpuIsLost, nv.NVMLError_Unknown) as e:
+            # A GPU that fell off the bus stays lost until the node restarts.
+            self.lost[index] = f"GPU {index} is lost ({e}); no new jobs are placed on it"
+            return _dead(index, self.lost[index])
+        if sample.ecc_uncorrected is not None:
+            base = self.ecc_baseline.setdefault(index, sample.ecc_uncorrected)
+            if sample.ecc_uncorrected > base:
+                return _replace_health(
+                    sample,
+                    f"uncorrected ECC errors rose from {base} to {sample.ecc_uncorrected}",
+                )
+        return sample
+
+    def _processes(self, index: int, h: Any) -> tuple[ProcessSample, ...]:
+        nv = self.nvml
+        running = self._get(nv.nvmlDeviceGetComputeRunningProcesses, h) or []
+        try:
+            samples = nv.nvmlDeviceGetProcessUtilization(h, self.last_seen_us.get(index, 0))
+        except nv.NVMLError_NotFound:
+            samples = []  # no sample newer than the last one: keep what we knew
+        except nv.NVMLError_NotSupported:
+            samples = []
+        for s in samples:
+            self.proc_util[(index, int(s.pid))] = (int(s.smUtil), int(s.memUtil))
+            self.last_seen_us[index] = max(self.last_seen_us.get(index, 0), int(s.timeStamp))
+        pids = {int(p.pid) for p in running}
+        for key in [k for k in self.proc_util if k[0] == index and k[1] not in pids]:
+            del self.proc_util[key]
+        out = []
+        for p in running:
+            util = self.proc_util.get((index, int(p.pid)))
+            used = getattr(p, "usedGpuMemory", None)
+            out.append(
+                ProcessSample(
+                    pid=int(p.pid),
+                    used_memory=None if used is None else int(used),
+                    sm_util=None if util is None else util[0],
+                    mem_util=None if util is None else util[1],
+                )
+            )
+        return tuple(out)
+
+
+def _text(v: object) -> str | None:
+    if v is None:
+        return None
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _dead(index: int, problem: str) -> GpuSample:
+    return GpuSample(
+        index,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        (),
+        healthy=False,
+        problem=problem,
+    )
+
+
+def _replace_health(s: GpuSample, problem: str) -> GpuSample:
+    from dataclasses import replace
+
+    return replace(s, healthy=False, problem=problem)
+
+
+def job_for_pid(pid: int, job_roots: Mapping[int, int], parent: Callable[[int], int | None]) -> int | None:
+    """The labq job whose process tree holds `pid`, walking up through `parent`.
+
+    `job_roots` maps each running job's top process to its job id. None means a GPU
+    process started outside the scheduler.
+    """
+    seen = 0
+    current: int | None = pid
+    while current is not None and current > 1 and seen < 64:
+        if current in job_roots:
+            return job_roots[current]
+        current = parent(current)
+        seen += 1
+    return None

@@ -18,6 +18,7 @@ import pwd
 import signal
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,7 @@ class Daemon:
         self.draining = False
         self.shutdown_mode: str | None = None
         self._finished_runs: list[Interval] = []
+        self.head: raycluster.EmbeddedHead | None = None
         self._runs_loaded = False
         self._lock_fd: int | None = None
         self.quota_base = QuotaBook()
@@ -279,9 +281,7 @@ class Daemon:
         except Exception as e:  # noqa: BLE001
             self._ray_down(f"cannot list Ray nodes: {e}")
             return
-        names: dict[str, int] = {}
-        for n in raw:
-            names[n.get("NodeManagerHostname", "")] = names.get(n.get("NodeManagerHostname", ""), 0) + 1
+        names = Counter(n.get("NodeManagerHostname", "") for n in raw)
         head_addr = self.ray.address.rpartition(":")[0]
         views: dict[str, NodeView] = {}
         for n in raw:
@@ -290,9 +290,7 @@ class Daemon:
             name = host if names.get(host, 0) <= 1 else f"{host}-{n['NodeID'][:6]}"
             old = self.nodes.get(n["NodeID"])
             is_head = "node:__internal_head__" in res
-            simulated = bool(
-                self.ray.embedded and is_head and getattr(self, "head", None) and self.head.simulated
-            )
+            simulated = bool(self.ray.embedded and is_head and self.head is not None and self.head.simulated)
             views[n["NodeID"]] = NodeView(
                 id=n["NodeID"],
                 name=name,
@@ -496,12 +494,19 @@ class Daemon:
     def usage(self, now: float, active: list[JobRow]) -> tuple[dict[str, float], dict[str, float]]:
         horizon = max(WEEK_S, 8 * self.config.half_life_s)
         if not self._runs_loaded:
-            self._finished_runs = [
-                Interval(r["user"], r["gpus"], r["start_time"], r["end_time"])
-                for r in self.store.runs_since(now - horizon)
-                if r["end_time"] is not None
-            ]
+            self._finished_runs = sorted(
+                (
+                    Interval(r["user"], r["gpus"], r["start_time"], r["end_time"])
+                    for r in self.store.runs_since(now - horizon)
+                    if r["end_time"] is not None
+                ),
+                key=lambda iv: iv.end,
+            )
             self._runs_loaded = True
+        # Runs that ended before the horizon no longer weigh anything: drop them so the
+        # per-pass usage sum does not grow with the daemon's age.
+        if self._finished_runs and self._finished_runs[0].end < now - horizon:
+            self._finished_runs = [r for r in self._finished_runs if r.end >= now - horizon]
         running = [Interval(j.user, j.gpus, j.start_time or now, now) for j in active if j.start_time]
         return usage_by_user([*self._finished_runs, *running], now, self.config.half_life_s)
 

@@ -12,7 +12,7 @@ idle detection, `labq usage` and the Prometheus endpoint.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -26,21 +26,22 @@ class ProcessSample:
 
 @dataclass(frozen=True)
 class GpuSample:
+    # None everywhere means "n/a": unsupported by this GPU, or the GPU is lost.
     index: int
-    uuid: str | None
-    name: str | None
-    memory_total: int | None  # bytes
-    memory_used: int | None
-    util_gpu: int | None  # percent
-    util_memory: int | None
-    temperature_c: int | None
-    power_mw: int | None
-    power_limit_mw: int | None
-    ecc_uncorrected: int | None
-    mig_mode: tuple[int, int] | None  # (current, pending)
-    fan_speed: int | None  # None on data-centre GPUs: NVML says NotSupported
-    processes: tuple[ProcessSample, ...]
-    healthy: bool
+    uuid: str | None = None
+    name: str | None = None
+    memory_total: int | None = None  # bytes
+    memory_used: int | None = None
+    util_gpu: int | None = None  # percent
+    util_memory: int | None = None
+    temperature_c: int | None = None
+    power_mw: int | None = None
+    power_limit_mw: int | None = None
+    ecc_uncorrected: int | None = None
+    mig_mode: tuple[int, int] | None = None  # (current, pending)
+    fan_speed: int | None = None  # None on data-centre GPUs: NVML says NotSupported
+    processes: tuple[ProcessSample, ...] = ()
+    healthy: bool = True
     problem: str = ""
 
 
@@ -107,10 +108,8 @@ class GpuSampler:
         if sample.ecc_uncorrected is not None:
             base = self.ecc_baseline.setdefault(index, sample.ecc_uncorrected)
             if sample.ecc_uncorrected > base:
-                return _replace_health(
-                    sample,
-                    f"uncorrected ECC errors rose from {base} to {sample.ecc_uncorrected}",
-                )
+                problem = f"uncorrected ECC errors rose from {base} to {sample.ecc_uncorrected}"
+                return replace(sample, healthy=False, problem=problem)
         return sample
 
     def _processes(self, index: int, h: Any) -> tuple[ProcessSample, ...]:
@@ -150,30 +149,7 @@ def _text(v: object) -> str | None:
 
 
 def _dead(index: int, problem: str) -> GpuSample:
-    return GpuSample(
-        index,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        (),
-        healthy=False,
-        problem=problem,
-    )
-
-
-def _replace_health(s: GpuSample, problem: str) -> GpuSample:
-    from dataclasses import replace
-
-    return replace(s, healthy=False, problem=problem)
+    return GpuSample(index, healthy=False, problem=problem)
 
 
 def job_for_pid(pid: int, job_roots: Mapping[int, int], parent: Callable[[int], int | None]) -> int | None:

@@ -135,14 +135,22 @@ def job_log(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
 
 @route("GET", "/v1/nodes")
 def list_nodes(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
-    with d.lock:
-        nodes = [n.public() for n in d.nodes.values()]
-    used: dict[str, int] = {}
-    for j in d.store.jobs(states=(JobState.STARTING, JobState.RUNNING)):
-        used[j.node or ""] = used.get(j.node or "", 0) + j.gpus
-    for n in nodes:
-        n["gpus_used"] = used.get(n["id"], 0)
-    return 200, {"nodes": nodes, "ray": dict(d.ray.__dict__)}
+    history = p.get("history", "") in ("1", "true", "yes")
+    return 200, {"nodes": d.node_views(history=history), "ray": dict(d.ray.__dict__), "time": time.time()}
+
+
+@route("GET", "/v1/usage")
+def usage(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    from scheduler.units import UnitError, parse_duration
+
+    try:
+        since_s = parse_duration(p.get("since", "7d"))
+    except UnitError as e:
+        raise DaemonError(f"since: {e}") from None
+    by = p.get("by", "user")
+    if by not in ("user", "job"):
+        raise DaemonError(f"by must be user or job, got {by!r}")
+    return 200, d.usage_report(since_s, by)
 
 
 @route("GET", "/v1/quotas")

@@ -149,7 +149,8 @@ def _first_reason(j: dict[str, Any]) -> str:
         where = j.get("node_name") or "-"
         gpus = f" [{j['gpu_ids']}]" if j.get("gpu_ids") else ""
         extra = f" ({j['reasons'][0]})" if j.get("reasons") else ""
-        return f"{where}{gpus}{extra}"
+        flags = "".join(f" [{f}]" for f in j.get("flags") or [])
+        return f"{where}{gpus}{flags}{extra}"
     reasons = j.get("reasons") or []
     return reasons[0] if reasons else ""
 
@@ -226,6 +227,16 @@ def cmd_show(c: Client, args: argparse.Namespace) -> int:
         )
     if j.get("exit_code") is not None or j.get("signal") is not None:
         print(f"  exit code: {j.get('exit_code')}   signal: {j.get('signal') or '-'}")
+    gpu = j.get("gpu")
+    if gpu:
+        util = "n/a" if gpu.get("util_mean") is None else f"{gpu['util_mean']:.0f}%"
+        now_util = "" if gpu.get("util_now") is None else f"   now: {gpu['util_now']:.0f}%"
+        print(
+            f"  GPU use:   mean {util}{now_util}   peak memory {_gib(gpu.get('mem_peak'))} GiB   "
+            f"busy {gpu['busy_gpu_s'] / 3600:.2f} GPU-h   idle {gpu['idle_gpu_s'] / 3600:.2f} GPU-h"
+        )
+    for flag in j.get("flags") or []:
+        print(f"  flag:      {flag}")
     if j["state"] == "PENDING":
         print("  waiting because:")
         for r in j.get("reasons") or []:
@@ -275,19 +286,128 @@ def cmd_cancel(c: Client, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.0f}%"
+
+
+def _gib(v: Any) -> str:
+    return "n/a" if v is None else f"{v / 2**30:.1f}"
+
+
 def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
     out = c.nodes()
     if args.json:
         _emit_json(out)
         return 0
     for n in out["nodes"]:
-        kind = "simulated" if n["simulated"] else "real"
+        kind = "SIMULATED" if n["simulated"] else "real"
+        state = "schedulable" if n["schedulable"] else "drained"
+        if not n.get("alive", True):
+            state = "LOST"
+        print(f"{n['name']}  {n['gpus_used']}/{n['gpus']} GPUs in use  ({kind}, {state})")
+        host = n.get("host")
+        if host:
+            print(
+                f"  host: CPU {host['cpu_percent']:.0f}% of {host['cpus']}   "
+                f"memory {_gib(host['memory_used'])}/{_gib(host['memory_total'])} GiB"
+            )
+        if n.get("note"):
+            print(f"  note: {n['note']}")
+        if n.get("stale"):
+            print(
+                f"  STALE: the GPU monitor last answered {format_duration(n.get('age_s'))} ago; values below are that old"
+            )
+        if n.get("monitor_error"):
+            print(f"  monitor: {n['monitor_error']}")
+        if not n.get("gpu_list"):
+            if n["gpus"]:
+                print("  (no GPU report from this node yet)")
+            continue
         print(
-            f"{n['name']:<24} {n['gpus_used']}/{n['gpus']} GPUs in use ({kind})  "
-            f"{n['cpus']:g} CPUs  {'schedulable' if n['schedulable'] else 'drained'}"
+            f"  {'GPU':<4}{'NAME':<14}{'UTIL':>5}{'MEM GiB':>14}{'TEMP':>6}{'POWER W':>12}  "
+            f"{'HEALTH':<9}JOB / USER"
         )
+        for g in n["gpu_list"]:
+            mem = f"{_gib(g['memory_used'])}/{_gib(g['memory_total'])}"
+            temp = "n/a" if g["temperature_c"] is None else f"{g['temperature_c']}C"
+            power = (
+                "n/a"
+                if g["power_mw"] is None
+                else f"{g['power_mw'] / 1000:.0f}/{(g['power_limit_mw'] or 0) / 1000:.0f}"
+            )
+            health = "ok" if g["healthy"] else "UNHEALTHY"
+            holder = f"job {g['job_id']} ({g['user']})" if g.get("job_id") else "-"
+            print(
+                f"  {g['index']:<4}{(g['name'] or 'n/a')[:13]:<14}{_pct(g['util_gpu']):>5}{mem:>14}"
+                f"{temp:>6}{power:>12}  {health:<9}{holder}"
+            )
+            if not g["healthy"]:
+                print(f"      {g['problem']}")
+            for proc in g.get("processes", []):
+                who = (
+                    f"job {proc['job_id']} ({proc['user']})"
+                    if proc.get("job_id")
+                    else "OUTSIDE labq (not started by the scheduler)"
+                )
+                print(
+                    f"      pid {proc['pid']:<8} {_gib(proc['used_memory'])} GiB  SM {_pct(proc['sm_util'])}  {who}"
+                )
     if not out["ray"].get("connected"):
         print(f"Ray: unreachable ({out['ray'].get('error')})")
+    return 0
+
+
+def cmd_usage(c: Client, args: argparse.Namespace) -> int:
+    out = c.usage(since=args.since, by=args.by)
+    rows = out["rows"]
+    if args.json:
+        _emit_json(out)
+        return 0
+    cols = ["user", "allocated_gpu_h", "busy_gpu_h", "idle_gpu_h", "util_mean", "jobs"]
+    if args.by == "job":
+        cols = ["job_id", "name", "user", "gpus", "state", *cols[1:5]]
+    if args.csv:
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(cols)
+        for r in rows:
+            w.writerow(["" if r.get(k) is None else r.get(k) for k in cols])
+        return 0
+    head = {
+        "user": "USER",
+        "job_id": "JOB",
+        "name": "NAME",
+        "gpus": "GPUS",
+        "state": "STATE",
+        "allocated_gpu_h": "GPU-h ALLOC",
+        "busy_gpu_h": "GPU-h BUSY",
+        "idle_gpu_h": "GPU-h IDLE",
+        "util_mean": "MEAN UTIL",
+        "jobs": "JOBS",
+    }
+
+    def cell(k: str, v: Any) -> str:
+        if v is None:
+            return "n/a"
+        if k.endswith("_gpu_h"):
+            return f"{v:.2f}"
+        if k == "util_mean":
+            return f"{v:.0f}%"
+        return str(v)[:24]
+
+    table = [[head[k] for k in cols]] + [[cell(k, r.get(k)) for k in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    print(f"GPU usage since {_ts(out['since'])}")
+    for row in table:
+        print(
+            "  ".join(
+                v.rjust(widths[i]) if i and cols[i] not in ("name", "user", "state") else v.ljust(widths[i])
+                for i, v in enumerate(row)
+            )
+        )
+    if not rows:
+        print("(no GPU time in this window)")
     return 0
 
 
@@ -307,6 +427,8 @@ def cmd_quota(c: Client, args: argparse.Namespace) -> int:
                 raise UsageError(
                     f"--{name.replace('_', '-')} takes a number or 'none', got {raw!r}"
                 ) from None
+        if args.idle_action is not None:
+            fields["idle_action"] = args.idle_action
         out = c.set_quota(args.user, fields)
         changes = ", ".join(f"{k}: {out['old'].get(k)} -> {v}" for k, v in out["new"].items())
         print(f"{args.user}: {changes}")
@@ -369,6 +491,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     sock = Path(args.socket) if args.socket else daemon_socket()
     if args.gpus is not None and args.gpus < 0:
         raise UsageError("--gpus must be >= 0")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise UsageError("--metrics-port must be between 1 and 65535 (0 turns it off)")
     if args.foreground:
         return _run_foreground(args, state_dir, sock)
     c = Client(sock, timeout=5)
@@ -392,10 +516,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         "--state-dir",
         str(state_dir),
     ]
-    for opt in ("address", "gpus", "cpus", "config"):
+    for opt in ("address", "gpus", "cpus", "config", "metrics_port"):
         v = getattr(args, opt)
         if v is not None:
-            argv += [f"--{opt}", str(v)]
+            argv += [f"--{opt.replace('_', '-')}", str(v)]
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
@@ -431,6 +555,10 @@ def _run_foreground(args: argparse.Namespace, state_dir: Path, sock: Path) -> in
         config_path = state_dir / "labq.yaml"
     try:
         config = load_daemon_config(config_path)
+        if args.metrics_port is not None:
+            import dataclasses
+
+            config = dataclasses.replace(config, metrics_port=args.metrics_port)
         run_daemon(state_dir, sock, config, args.address, args.gpus, args.cpus)
     except (ConfigError, DaemonError, RayError, StoreError) as e:
         die(str(e))
@@ -450,6 +578,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--address", help="join this Ray cluster instead of starting one")
     up.add_argument("--gpus", type=int, help="logical GPUs to declare on a machine without NVIDIA GPUs")
     up.add_argument("--cpus", type=int, help="CPUs the embedded Ray advertises")
+    up.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus /metrics on this port (loopback unless the config says)",
+    )
     up.add_argument("--state-dir", help="where the database and logs live")
     up.add_argument("--config", help="daemon config YAML (see configs/labq.yaml)")
     up.add_argument("--timeout", type=float, default=120.0)
@@ -491,8 +624,15 @@ def build_parser() -> argparse.ArgumentParser:
     ca = sub.add_parser("cancel", help="cancel jobs (running ones get SIGTERM, then SIGKILL after the grace)")
     ca.add_argument("job_ids", type=int, nargs="+")
 
-    gp = sub.add_parser("gpus", help="nodes and their GPUs")
+    gp = sub.add_parser("gpus", help="every node and GPU: utilization, memory, health, who holds it")
     gp.add_argument("--json", action="store_true")
+
+    us = sub.add_parser("usage", help="GPU-hours allocated and really used, per researcher or job")
+    us.add_argument("--since", default="7d", help="window, e.g. 24h, 7d, 30d (default 7d)")
+    us.add_argument("--by", choices=("user", "job"), default="user")
+    fmt = us.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true")
+    fmt.add_argument("--json", action="store_true")
 
     qu = sub.add_parser("quota", help="show or (admins) change quotas")
     qsub = qu.add_subparsers(dest="quota_cmd", required=True)
@@ -502,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     qset.add_argument("user")
     for name in ("shares", "guaranteed-gpus", "max-gpus", "max-jobs", "gpu-hours-per-week"):
         qset.add_argument(f"--{name}", dest=name.replace("-", "_"))
+    qset.add_argument("--idle-action", help="notify, cancel or requeue jobs whose GPUs sit idle")
 
     au = sub.add_parser("audit", help="quota changes, cancels and other admin actions")
     au.add_argument("--json", action="store_true")
@@ -515,6 +656,7 @@ COMMANDS = {
     "logs": cmd_logs,
     "cancel": cmd_cancel,
     "gpus": cmd_gpus,
+    "usage": cmd_usage,
     "quota": cmd_quota,
     "audit": cmd_audit,
     "down": cmd_down,

@@ -156,8 +156,12 @@ class Client:
         out: dict[str, Any] = self.request("GET", f"/v1/jobs/{int(job_id)}/log", offset=offset, limit=limit)
         return out
 
-    def nodes(self) -> dict[str, Any]:
-        out: dict[str, Any] = self.request("GET", "/v1/nodes")
+    def nodes(self, history: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = self.request("GET", "/v1/nodes", history=1 if history else None)
+        return out
+
+    def usage(self, since: str = "7d", by: str = "user") -> dict[str, Any]:
+        out: dict[str, Any] = self.request("GET", "/v1/usage", since=since, by=by)
         return out
 
     def quotas(self) -> dict[str, Any]:

@@ -68,10 +68,44 @@ class DaemonConfig:
     log_max_bytes: int = 256 * 1024 * 1024
     pass_interval_s: float = 1.0
     allow_multi_node: bool = False
+    # GPU monitoring (issue 4): how often each node agent polls NVML, how much history
+    # the daemon keeps per GPU, and when a running job counts as idle.
+    monitor_interval_s: float = 1.0
+    gpu_history_s: float = 600.0
+    idle_threshold_pct: float = 2.0
+    idle_window_s: float = 1800.0
+    # For quotas whose idle_action is cancel/requeue: how long after being flagged idle.
+    idle_action_after_s: float = 1800.0
+    # Prometheus /metrics; 0 = off. Loopback unless metrics_host says otherwise.
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-_DURATION_KEYS = {"grace_period_s", "default_time_limit_s", "min_runtime_s", "half_life_s"}
+_DURATION_KEYS = {
+    "grace_period_s",
+    "default_time_limit_s",
+    "min_runtime_s",
+    "half_life_s",
+    "monitor_interval_s",
+    "gpu_history_s",
+    "idle_window_s",
+    "idle_action_after_s",
+}
+
+
+def _typed(path: Path, key: str, v: Any) -> Any:
+    """Check a plain config value against the type of its default."""
+    default = getattr(DaemonConfig(), key)
+    ok = {
+        bool: isinstance(v, bool),
+        int: isinstance(v, int) and not isinstance(v, bool),
+        float: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: isinstance(v, str),
+    }.get(type(default), True)
+    if not ok:
+        raise ConfigError(f"config {path}: {key} must be a {type(default).__name__}, got {v!r}")
+    return float(v) if isinstance(default, float) else v
 
 
 def load_daemon_config(path: Path | None) -> DaemonConfig:
@@ -100,6 +134,8 @@ def load_daemon_config(path: Path | None) -> DaemonConfig:
                 v = 0.0 if v in (0, "0", "0s") else parse_duration(v)
             except UnitError as e:
                 raise ConfigError(f"config {path}: {k}: {e}") from None
+        elif k != "admins":
+            v = _typed(path, k, v)
         if k == "admins":
             if not isinstance(v, list) or not all(isinstance(a, str) for a in v):
                 raise ConfigError(f"config {path}: admins must be a list of user names")

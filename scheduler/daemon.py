@@ -5,7 +5,9 @@ Threads, each with one job:
 - the scheduler loop builds a Snapshot, calls policy.schedule() and applies the
   Decision (launch on Ray, ask jobs to stop);
 - the event pump long-polls the Executor actor and stores what it reports
-  (started, log bytes, finished), then acknowledges it.
+  (started, log bytes, finished), then acknowledges it;
+- the GPU loop keeps one monitor per node (fleet.py), feeds their reports to
+  Telemetry, marks unhealthy GPUs unusable and acts on idle jobs.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from scheduler.quota import (
     validate_quota_fields,
 )
 from scheduler.store import JobRow, Store, UnknownJob
+from scheduler.telemetry import Holder, Telemetry, idle_verdicts, usage_report
+from scheduler.units import format_duration
 
 log = logging.getLogger("labq.daemon")
 
@@ -146,6 +150,13 @@ class Daemon:
         self.quota_base = QuotaBook()
         self.quotas = QuotaBook()
         self.started_at = time.time()
+        self.telemetry = Telemetry(
+            interval=config.monitor_interval_s,
+            history_s=config.gpu_history_s,
+            idle_threshold_pct=config.idle_threshold_pct,
+            stale_after_s=max(5.0, 3 * config.monitor_interval_s),
+        )
+        self.fleet: Any = None  # fleet.Fleet once Ray is up
 
     # -- start-up ----------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
@@ -211,6 +222,9 @@ class Daemon:
         self.ray.connected = True
         self.refresh_nodes()
         self._attach_executor()
+        from scheduler.fleet import Fleet
+
+        self.fleet = Fleet(NAMESPACE, self.telemetry, self.config.monitor_interval_s)
 
     def _embedded_gpus(self) -> tuple[int, bool]:
         inv = self.inventory
@@ -298,8 +312,10 @@ class Daemon:
                 gpus=int(res.get("GPU", 0)),
                 cpus=float(res.get("CPU", 0)),
                 memory=float(res.get("memory", 0)),
-                simulated=simulated,
+                simulated=old.simulated if old and old.nvml_gpus is not None else simulated,
                 schedulable=old.schedulable if old else True,
+                nvml_gpus=old.nvml_gpus if old else None,
+                note=old.note if old else "",
             )
         with self.lock:
             self.nodes = views
@@ -445,10 +461,22 @@ class Daemon:
         elif job.state in ACTIVE:
             d["reasons"] = [job.stop_reason] if job.stop_reason else []
             d["runtime_s"] = now - (job.start_time or now)
+            d["flags"] = self.gpu_flags(job, now)
+            ju = self.telemetry.jobs.get(job.id)
+            if ju is not None:
+                idle_for = self.telemetry.idle_for(job.id, now)
+                d["gpu"] = {
+                    **ju.totals(),
+                    "util_now": ju.util_now,
+                    "mem_now": ju.mem_now,
+                    "idle_for_s": idle_for,
+                }
         else:
             d["reasons"] = [job.reason] if job.reason else []
             if job.start_time and job.end_time:
                 d["runtime_s"] = job.end_time - job.start_time
+            if full:
+                d["gpu"] = self.store.job_gpu_totals(job.id)
         if full:
             d["events"] = self.store.events(job.id)
             d["log_path"] = str(self.log_path(job.id))
@@ -476,6 +504,9 @@ class Daemon:
                 "why_none": inv.why_none,
             },
             "last_pass": self.last_pass,
+            "metrics": f"http://{self.config.metrics_host}:{self.config.metrics_port}/metrics"
+            if self.config.metrics_port
+            else None,
             "counts": self.store.count_by_state(),
             "schema_version": self.store.schema_version(),
         }
@@ -514,12 +545,14 @@ class Daemon:
         pending_rows = self.store.jobs(states=(JobState.PENDING,))
         active = self.store.jobs(states=ACTIVE)
         decayed, week = self.usage(now, active)
+        held = self.held_gpus(active)
         with self.lock:
             nodes = tuple(
                 NodeInfo(
                     id=n.id,
                     name=n.name,
-                    gpus=n.gpus,
+                    # An unhealthy GPU nobody holds is not offered to new jobs.
+                    gpus=n.gpus - len(set(self.telemetry.unhealthy(n.id)) - held.get(n.id, set())),
                     cpus=n.cpus,
                     memory=n.memory,
                     schedulable=n.schedulable and n.alive and not self.draining,
@@ -564,15 +597,46 @@ class Daemon:
             config=self.policy_config(),
         )
 
+    def held_gpus(self, active: list[JobRow]) -> dict[str, set[int]]:
+        """GPU indices each node's active jobs hold (as labq assigned them)."""
+        held: dict[str, set[int]] = {}
+        for j in active:
+            if j.node and j.gpu_ids:
+                held.setdefault(j.node, set()).update(int(g) for g in j.gpu_ids.split(",") if g.isdigit())
+        return held
+
+    def pick_gpus(self, node_id: str, count: int, held: dict[str, set[int]]) -> tuple[int, ...] | None:
+        """Healthy free GPU indices for a job on this node; None = let Ray choose.
+
+        labq picks the indices itself so that a GPU NVML calls unhealthy is never
+        handed out; Ray still counts them. Where Ray and NVML disagree on the count
+        (e.g. the raylet was started with CUDA_VISIBLE_DEVICES), the indices would not
+        mean the same thing, so Ray chooses.
+        """
+        node = self.nodes.get(node_id)
+        if node is None or node.nvml_gpus is None:
+            return None
+        if not node.simulated and node.nvml_gpus != node.gpus:
+            return None
+        bad = set(self.telemetry.unhealthy(node_id))
+        free = [i for i in range(node.gpus) if i not in held.get(node_id, set()) and i not in bad]
+        if len(free) < count:
+            return None
+        return tuple(free[:count])
+
     def one_pass(self) -> Decision:
         now = time.time()
         snap = self.snapshot(now)
         decision = schedule(snap)
+        held = self.held_gpus(self.store.jobs(states=ACTIVE)) if decision.starts else {}
         for start in decision.starts:
             row = self.store.get(start.job_id)
             if row.state is not JobState.PENDING:
                 continue  # cancelled while we were deciding
             node = self.nodes.get(start.node)
+            picked = self.pick_gpus(start.node, row.gpus, held)
+            if picked is not None:
+                held.setdefault(start.node, set()).update(picked)
             row = self.store.transition(
                 row.id,
                 JobState.STARTING,
@@ -582,6 +646,7 @@ class Daemon:
                 node=start.node,
                 node_name=node.name if node else start.node,
                 attempt=row.attempt + 1,
+                gpu_ids=None if picked is None else ",".join(map(str, picked)),
                 start_time=now,
                 stop_deadline=None,
                 stop_outcome=None,
@@ -617,6 +682,7 @@ class Daemon:
             grace=grace,
             log_path=str(self._node_log_dir() / f"{job.id}.{job.attempt}.log"),
             preempt_file=str(self._node_log_dir() / f"{job.id}.{job.attempt}.deadline"),
+            gpu_indices=tuple(int(g) for g in job.gpu_ids.split(",")) if job.gpu_ids else None,
         )
         resources: dict[str, float] = {"GPU": job.gpus, "CPU": float(spec.get("cpus", 0))}
         if spec.get("memory"):
@@ -719,8 +785,11 @@ class Daemon:
         fields = {"exit_code": ev.get("exit_code"), "signal": ev.get("signal"), "end_time": now}
         reason = str(ev.get("reason") or "")
         expect = ACTIVE
+        stats = self.telemetry.finish_job(job.id)
         if outcome == "preempted":
-            self.store.transition(job.id, JobState.PREEMPTED, reason, expect=expect, **fields)
+            self.store.transition(
+                job.id, JobState.PREEMPTED, reason, expect=expect, run_stats=stats, **fields
+            )
             self.store.transition(
                 job.id,
                 JobState.PENDING,
@@ -742,19 +811,184 @@ class Daemon:
             }.get(outcome, JobState.LOST)
             if state is JobState.LOST and not reason:
                 reason = "lost"
-            self.store.transition(job.id, state, reason, expect=expect, **fields)
+            self.store.transition(job.id, state, reason, expect=expect, run_stats=stats, **fields)
         if job.start_time is not None and job.state in ACTIVE:
             self._finished_runs.append(Interval(job.user, job.gpus, job.start_time, now))
+
+    # -- the GPU loop ---------------------------------------------------------------------------------
+    def gpu_loop(self) -> None:
+        interval = self.config.monitor_interval_s
+        while not self.stop_event.wait(interval):
+            if self.fleet is None or not self.ray.connected:
+                continue
+            try:
+                self.gpu_tick(time.time())
+            except Exception:  # noqa: BLE001 - monitoring must never stop scheduling
+                log.exception("GPU monitoring pass failed")
+
+    def holders(self, active: list[JobRow]) -> list[Holder]:
+        return [
+            Holder(j.id, j.user, j.node, tuple(int(g) for g in j.gpu_ids.split(",") if g.isdigit()), j.pid)
+            for j in active
+            if j.state is JobState.RUNNING and j.node and j.gpu_ids and j.pid
+        ]
+
+    def gpu_tick(self, now: float) -> None:
+        with self.lock:
+            alive = {n.id: n.gpus for n in self.nodes.values() if n.alive}
+        self.fleet.sync(alive)
+        active = self.store.jobs(states=ACTIVE)
+        before = {n: set(self.telemetry.unhealthy(n)) for n in alive}
+        self.fleet.poll(self.holders(active), now, timeout=max(0.5, self.config.monitor_interval_s))
+        changed = False
+        with self.lock:
+            for node in self.nodes.values():
+                st = self.telemetry.nodes.get(node.id)
+                if st is None:
+                    continue
+                r = st.report
+                node.simulated = bool(r.get("simulated"))
+                node.nvml_gpus = int(r.get("nvml_gpus") or 0)
+                node.note = self._cross_check(node, r)
+                if set(self.telemetry.unhealthy(node.id)) != before.get(node.id, set()):
+                    changed = True
+        if changed:
+            self._flag_unhealthy(active, now)
+            self.wake.set()
+        self.apply_idle(now)
+
+    @staticmethod
+    def _cross_check(node: NodeView, report: dict[str, Any]) -> str:
+        if report.get("simulated"):
+            return f"simulated GPUs (no NVIDIA GPU here: {report.get('why_none') or 'NVML sees none'})"
+        nvml = int(report.get("nvml_gpus") or 0)
+        if nvml != node.gpus:
+            return f"Ray advertises {node.gpus} GPUs but NVML counts {nvml}"
+        if node.gpus == 0 and report.get("why_none"):
+            return f"no GPUs: {report['why_none']}"
+        return ""
+
+    def _flag_unhealthy(self, active: list[JobRow], now: float) -> None:
+        for h in self.holders(active):
+            bad = self.telemetry.unhealthy(h.node)
+            hit = sorted(set(h.gpus) & set(bad))
+            if hit:
+                self.store.note(h.job_id, "; ".join(f"GPU {i} unhealthy: {bad[i]}" for i in hit), now)
+
+    def apply_idle(self, now: float) -> None:
+        c = self.config
+        verdicts = idle_verdicts(
+            self.telemetry,
+            lambda user: self.quotas.for_user(user).idle_action,
+            c.idle_window_s,
+            c.idle_action_after_s,
+            now,
+        )
+        for v in verdicts:
+            row = self.store.get(v.job_id)
+            if row.state not in ACTIVE:
+                continue
+            idle = f"its GPUs have been under {c.idle_threshold_pct:g}% utilization for {format_duration(v.idle_for)}"
+            if v.action == "flag":
+                self.store.note(row.id, f"idle: {idle}", now)
+            elif v.action == "cancel":
+                self._request_stop(
+                    row, "cancelled", f"cancelled because {idle} (idle_action: cancel)", self._grace(row)
+                )
+            elif v.action == "requeue":
+                self._request_stop(
+                    row, "preempted", f"requeued because {idle} (idle_action: requeue)", self._grace(row)
+                )
+
+    def node_views(self, history: bool = False) -> list[dict[str, Any]]:
+        """Every node with its GPUs as the agents last saw them, and who holds each."""
+        now = time.time()
+        active = self.store.jobs(states=ACTIVE)
+        holder: dict[tuple[str, int], JobRow] = {}
+        used: dict[str, int] = {}
+        for j in active:
+            used[j.node or ""] = used.get(j.node or "", 0) + j.gpus
+            for idx in (j.gpu_ids or "").split(","):
+                if j.node and idx.isdigit():
+                    holder[(j.node, int(idx))] = j
+        by_id = {j.id: j for j in active}
+        with self.lock:
+            nodes = [n.public() for n in self.nodes.values()]
+        for n in nodes:
+            n["gpus_used"] = used.get(n["id"], 0)
+            st = self.telemetry.nodes.get(n["id"])
+            age = self.telemetry.age(n["id"], now)
+            n["age_s"] = age
+            n["stale"] = self.telemetry.stale(n["id"], now)
+            n["monitor_error"] = self.fleet.errors.get(n["id"], "") if self.fleet else ""
+            report = st.report if st else {}
+            n["host"] = report.get("host")
+            n["driver"] = report.get("driver")
+            gpus = []
+            for raw in report.get("gpus", []):
+                g: dict[str, Any] = dict(raw)
+                held_by = holder.get((n["id"], int(g["index"])))
+                g["job_id"] = held_by.id if held_by else None
+                g["user"] = held_by.user if held_by else None
+                procs = []
+                for proc in raw.get("processes", []):
+                    owner = by_id.get(proc.get("job_id") or -1)
+                    procs.append(
+                        {
+                            **proc,
+                            "user": owner.user if owner else None,
+                            "outside_labq": proc.get("job_id") is None,
+                        }
+                    )
+                g["processes"] = procs
+                if history:
+                    g["history"] = self.telemetry.gpu_history(n["id"], int(g["index"]))
+                gpus.append(g)
+            n["gpu_list"] = gpus
+        return nodes
+
+    def usage_report(self, since_s: float, by: str) -> dict[str, Any]:
+        now = time.time()
+        live = {j: ju.totals() for j, ju in list(self.telemetry.jobs.items())}
+        rows = usage_report(self.store.usage_rows(now - since_s), live, now - since_s, now, by)
+        return {"since": now - since_s, "until": now, "by": by, "rows": rows}
+
+    def gpu_flags(self, job: JobRow, now: float) -> list[str]:
+        flags: list[str] = []
+        idle_for = self.telemetry.idle_for(job.id, now)
+        if idle_for is not None and idle_for >= self.config.idle_window_s:
+            flags.append(f"idle {format_duration(idle_for)}")
+        if job.node and job.gpu_ids:
+            bad = self.telemetry.unhealthy(job.node)
+            for g in job.gpu_ids.split(","):
+                if g.isdigit() and int(g) in bad:
+                    flags.append(f"GPU {g} unhealthy")
+        return flags
 
     # -- run and stop -----------------------------------------------------------------------------
     def serve(self) -> None:
         from scheduler.api import ApiServer
 
         self.server = ApiServer(self.socket_path, self)
+        self.metrics: Any = None
+        if self.config.metrics_port:
+            from scheduler.metrics import serve_metrics
+
+            try:
+                self.metrics = serve_metrics(self, self.config.metrics_host, self.config.metrics_port)
+            except OSError as e:
+                # Metrics are a convenience: say so loudly, keep scheduling.
+                log.error(
+                    "cannot serve /metrics on %s:%d: %s",
+                    self.config.metrics_host,
+                    self.config.metrics_port,
+                    e,
+                )
         threads = [
             threading.Thread(target=self.server.serve_forever, name="labq-api", daemon=True),
             threading.Thread(target=self.scheduler_loop, name="labq-sched", daemon=True),
             threading.Thread(target=self.event_pump, name="labq-events", daemon=True),
+            threading.Thread(target=self.gpu_loop, name="labq-gpus", daemon=True),
         ]
         for t in threads:
             t.start()
@@ -763,6 +997,8 @@ class Daemon:
             pass
         self.server.shutdown()
         self.server.server_close()
+        if self.metrics is not None:
+            self.metrics[0].shutdown()
         self.socket_path.unlink(missing_ok=True)
         self.teardown()
 
@@ -772,6 +1008,8 @@ class Daemon:
         if self.shutdown_mode is None:
             return  # a signal, not `labq down`: leave Ray and the jobs running
         try:
+            if self.fleet is not None:
+                self.fleet.stop_all()
             if self.executor is not None:
                 ray.kill(self.executor)
         except Exception:  # noqa: BLE001

@@ -35,7 +35,10 @@ def key_of(job_id: int, attempt: int) -> str:
 
 @ray.remote(max_calls=0, max_retries=0, num_cpus=0)
 def run_job(executor: Any, key: str, launch: Launch) -> dict[str, Any]:
-    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    if launch.gpu_indices is not None:
+        gpu_ids = [str(g) for g in launch.gpu_indices]
+    else:
+        gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     node = ray.get_runtime_context().get_node_id()
 
     def report(

@@ -9,7 +9,10 @@ from per-process utilization when there is no new sample). It serves:
   every view shows them alive, with utilization that follows the jobs on them.
 
 Each simulated GPU is busy while `load(index)` returns pids (the job processes
-holding it) and idle otherwise; `lose(index)` makes it fall off the bus.
+holding it) and idle otherwise. How busy follows `activity(pid)` (0..1; the node
+agent feeds it the CPU use of the job's process tree, so a job that sleeps shows an
+idle GPU and a job that computes shows a busy one). `lose(index)` makes a GPU fall
+off the bus; `add_ecc_errors` makes its uncorrected ECC count rise.
 """
 
 from __future__ import annotations
@@ -73,12 +76,14 @@ class FakeNVML:
         count: int,
         load: Callable[[int], list[int]] | None = None,
         clock: Callable[[], float] | None = None,
+        activity: Callable[[int], float] | None = None,
     ) -> None:
         self.idle = _load("nvml_idle.json")
         self.busy = _load("nvml_busy.json")
         self.count = count
         self.load = load or (lambda index: [])
         self.clock = clock or (lambda: 0.0)
+        self.activity = activity or (lambda pid: 1.0)
         self.lost: set[int] = set()
         self.ecc: dict[int, int] = {}
         self.initialized = False
@@ -102,6 +107,13 @@ class FakeNVML:
         pids = self.load(handle.index)
         dev: dict[str, Any] = (self.busy if pids else self.idle)["devices"][0]
         return dev
+
+    def _busy_fraction(self, index: int) -> float:
+        pids = self.load(index)
+        return min(1.0, max([max(0.0, self.activity(p)) for p in pids], default=0.0))
+
+    def _scaled(self, busy: int | float, idle: int | float, fraction: float) -> int:
+        return int(round(idle + (busy - idle) * fraction))
 
     # -- the pynvml API -------------------------------------------------------------------------
     def nvmlInit(self) -> None:
@@ -137,16 +149,27 @@ class FakeNVML:
         return h.index
 
     def nvmlDeviceGetMemoryInfo(self, h: _Handle) -> SimpleNamespace:
-        return SimpleNamespace(**self._dev(h)["memory_info"])
+        total = int(self._dev(h)["memory_info"]["total"])
+        base = int(self.idle["devices"][0]["memory_info"]["used"])
+        # The driver's own reservation plus what each process holds, as on the real GPU.
+        used = min(
+            total, base + sum(int(p.usedGpuMemory) for p in self.nvmlDeviceGetComputeRunningProcesses(h))
+        )
+        return SimpleNamespace(total=total, free=total - used, used=used)
 
     def nvmlDeviceGetUtilizationRates(self, h: _Handle) -> SimpleNamespace:
-        return SimpleNamespace(**self._dev(h)["utilization_rates"])
+        busy = self._dev(h)["utilization_rates"]
+        idle = self.idle["devices"][0]["utilization_rates"]
+        f = self._busy_fraction(h.index)
+        return SimpleNamespace(**{k: self._scaled(busy[k], idle[k], f) for k in busy})
 
     def nvmlDeviceGetTemperature(self, h: _Handle, sensor: int) -> int:
-        return int(self._dev(h)["temperature_gpu"])
+        busy = self._dev(h)["temperature_gpu"]
+        return self._scaled(busy, self.idle["devices"][0]["temperature_gpu"], self._busy_fraction(h.index))
 
     def nvmlDeviceGetPowerUsage(self, h: _Handle) -> int:
-        return int(self._dev(h)["power_usage_mw"])
+        busy = self._dev(h)["power_usage_mw"]
+        return self._scaled(busy, self.idle["devices"][0]["power_usage_mw"], self._busy_fraction(h.index))
 
     def nvmlDeviceGetEnforcedPowerLimit(self, h: _Handle) -> int:
         return int(self._dev(h)["power_limit_mw"])
@@ -179,11 +202,19 @@ class FakeNVML:
         self._dev(h)
         pids = self.load(h.index)
         now_us = int(self.clock() * 1e6)
-        if not pids or now_us <= last_seen_us:
+        # A process that ran no kernel since last_seen_us leaves no sample.
+        active = [(i, pid, self.activity(pid)) for i, pid in enumerate(pids)]
+        active = [(i, pid, a) for i, pid, a in active if a > 0]
+        if not active or now_us <= last_seen_us:
             # What NVML says when there is no sample newer than last_seen_us.
             _raise(self.idle["devices"][0]["process_utilization"])
         recorded = self.busy["process_utilization_last_2s"]
-        return [
-            SimpleNamespace(**{**recorded[i % len(recorded)], "pid": pid, "timeStamp": now_us})
-            for i, pid in enumerate(pids)
-        ]
+        out = []
+        for i, pid, a in active:
+            rec = recorded[i % len(recorded)]
+            scaled = {
+                "smUtil": self._scaled(rec["smUtil"], 0, min(a, 1.0)),
+                "memUtil": self._scaled(rec["memUtil"], 0, min(a, 1.0)),
+            }
+            out.append(SimpleNamespace(**{**rec, **scaled, "pid": pid, "timeStamp": now_us}))
+        return out

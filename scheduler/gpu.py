@@ -1,13 +1,14 @@
 """What NVML says about this machine's GPUs, in plain words when it says nothing.
 
-`pynvml` comes from the `nvidia-ml-py` distribution. Tests swap the module for the
-fake in tests/fake_nvml.py, built from a real H200 recording.
+`pynvml` comes from the `nvidia-ml-py` distribution. Tests pass `fakenvml.FakeNVML`
+(built from a real H200 recording) or an object whose nvmlInit raises, in its place.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ def _load_pynvml() -> ModuleType | None:
     return module
 
 
-def detect(nvml: ModuleType | None = None) -> GpuInventory:
+def detect(nvml: Any = None) -> GpuInventory:
     """Count the NVIDIA GPUs on this machine through NVML. Never raises."""
     nvml = nvml if nvml is not None else _load_pynvml()
     if nvml is None:

@@ -5,12 +5,13 @@ into plain `GpuSample`s: unsupported fields are None ("n/a"), a lost GPU or risi
 uncorrected ECC errors mark the GPU unhealthy, and NVML's NotFound from per-process
 utilization means "no new sample", not a failure.
 
-Still to build on this (issue 4): the per-node monitor actor, history in the daemon,
-idle detection, `labq usage` and the Prometheus endpoint.
+The per-node Ray actor that runs it is in agent.py; the daemon-side history and
+per-job accounting in telemetry.py.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -45,13 +46,20 @@ class GpuSample:
     problem: str = ""
 
 
+# NVML gives a per-process sample only when the process ran kernels since the last
+# query; one that has given none for this long is idle, not "as busy as last time".
+PROC_UTIL_TTL_S = 5.0
+
+
 class GpuSampler:
-    def __init__(self, nvml: Any) -> None:
+    def __init__(self, nvml: Any, clock: Callable[[], float] = time.monotonic) -> None:
         self.nvml = nvml
+        self.clock = clock
         nvml.nvmlInit()
         self.count = int(nvml.nvmlDeviceGetCount())
         self.last_seen_us: dict[int, int] = {}
-        self.proc_util: dict[tuple[int, int], tuple[int, int]] = {}  # (gpu, pid) -> (sm, mem)
+        # (gpu, pid) -> (sm, mem, when we got it)
+        self.proc_util: dict[tuple[int, int], tuple[int, int, float]] = {}
         self.ecc_baseline: dict[int, int] = {}
         self.lost: dict[int, str] = {}
 
@@ -121,8 +129,9 @@ class GpuSampler:
             samples = []  # no sample newer than the last one: keep what we knew
         except nv.NVMLError_NotSupported:
             samples = []
+        now = self.clock()
         for s in samples:
-            self.proc_util[(index, int(s.pid))] = (int(s.smUtil), int(s.memUtil))
+            self.proc_util[(index, int(s.pid))] = (int(s.smUtil), int(s.memUtil), now)
             self.last_seen_us[index] = max(self.last_seen_us.get(index, 0), int(s.timeStamp))
         pids = {int(p.pid) for p in running}
         for key in [k for k in self.proc_util if k[0] == index and k[1] not in pids]:
@@ -130,6 +139,8 @@ class GpuSampler:
         out = []
         for p in running:
             util = self.proc_util.get((index, int(p.pid)))
+            if util is not None and now - util[2] > PROC_UTIL_TTL_S:
+                util = (0, 0, util[2])
             used = getattr(p, "usedGpuMemory", None)
             out.append(
                 ProcessSample(

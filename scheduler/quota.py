@@ -22,12 +22,16 @@ class Quota:
     max_gpus: int | None = None
     max_jobs: int | None = None
     gpu_hours_per_week: float | None = None
+    # What happens to this researcher's jobs whose GPUs sit idle past the idle window:
+    # "notify" (flag only), "cancel" or "requeue" after a further window.
+    idle_action: str = "notify"
 
     def merged(self, overrides: Mapping[str, Any]) -> Quota:
         return replace(self, **dict(overrides))
 
 
 QUOTA_FIELDS = tuple(f.name for f in fields(Quota))
+IDLE_ACTIONS = ("notify", "cancel", "requeue")
 
 
 class QuotaError(ValueError):
@@ -41,7 +45,12 @@ def validate_quota_fields(values: Mapping[str, Any], where: str = "") -> dict[st
     for key, v in values.items():
         if key not in QUOTA_FIELDS:
             raise QuotaError(f"{prefix}unknown quota field {key!r} (known: {', '.join(QUOTA_FIELDS)})")
-        if v is None and key != "shares" and key != "guaranteed_gpus":
+        if key == "idle_action":
+            if v not in IDLE_ACTIONS:
+                raise QuotaError(f"{prefix}idle_action must be one of {', '.join(IDLE_ACTIONS)}, got {v!r}")
+            out[key] = v
+            continue
+        if v is None and key not in ("shares", "guaranteed_gpus"):
             out[key] = None
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)):

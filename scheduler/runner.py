@@ -37,6 +37,9 @@ class Launch:
     grace: float
     log_path: str
     preempt_file: str
+    # GPU indices labq chose (NVML order), so it can steer around unhealthy GPUs;
+    # None leaves Ray's own choice (a node whose Ray and NVML GPU counts disagree).
+    gpu_indices: tuple[int, ...] | None = None
 
 
 def _child_setup() -> None:
@@ -76,6 +79,8 @@ def run(launch: Launch, gpu_ids: list[str], node: str, report: Report) -> dict[s
     os.makedirs(os.path.dirname(launch.log_path), exist_ok=True)
     env = dict(launch.env)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+    # CUDA numbers GPUs fastest-first unless told otherwise; NVML (and labq) by PCI bus.
+    env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     env["LABQ_JOB_ID"] = str(launch.job_id)
     env["LABQ_ATTEMPT"] = str(launch.attempt)
     env["LABQ_GPUS"] = str(len(gpu_ids))

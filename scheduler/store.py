@@ -19,7 +19,7 @@ from typing import Any
 
 from scheduler.job import JobSpec, JobState, transition
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each entry migrates from version i to i+1. Never edit a shipped entry: append one.
 MIGRATIONS: list[str] = [
@@ -85,8 +85,19 @@ MIGRATIONS: list[str] = [
         detail TEXT NOT NULL
     );
     """,
+    # What each attempt did with its GPUs, sampled by the node agents (issue 4).
+    """
+    ALTER TABLE runs ADD COLUMN sampled_s REAL;
+    ALTER TABLE runs ADD COLUMN busy_gpu_s REAL;
+    ALTER TABLE runs ADD COLUMN idle_gpu_s REAL;
+    ALTER TABLE runs ADD COLUMN util_mean REAL;
+    ALTER TABLE runs ADD COLUMN mem_peak INTEGER;
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+RUN_STATS = ("sampled_s", "busy_gpu_s", "idle_gpu_s", "util_mean", "mem_peak")
 
 
 class StoreError(Exception):
@@ -299,12 +310,14 @@ class Store:
         reason: str = "",
         now: float | None = None,
         expect: tuple[JobState, ...] | None = None,
+        run_stats: Mapping[str, Any] | None = None,
         **fields: Any,
     ) -> JobRow:
         """Move a job to `new`, checked against the state machine, with an event.
 
         `expect`: only act if the job is currently in one of these states; else
         return the row unchanged (used where a race with another event is normal).
+        `run_stats`: the GPU accounting of the attempt that ends here, saved with it.
         """
         now = time.time() if now is None else now
         with self._tx() as c:
@@ -318,7 +331,7 @@ class Store:
             fields = dict(fields)
             fields["state"] = new.value
             fields["reason"] = reason
-            self._record_run(c, row, old, new, now, fields)
+            self._record_run(c, row, old, new, now, fields, run_stats)
             sets = ", ".join(f"{k}=?" for k in fields)
             c.execute(f"UPDATE jobs SET {sets} WHERE id=?", (*fields.values(), job_id))
             c.execute(
@@ -336,6 +349,7 @@ class Store:
         new: JobState,
         now: float,
         fields: dict[str, Any],
+        run_stats: Mapping[str, Any] | None = None,
     ) -> None:
         """Keep `runs` (the usage ledger) in step: one row per attempt that held GPUs."""
         if new is JobState.STARTING:
@@ -360,6 +374,12 @@ class Store:
                     "UPDATE runs SET end_time=? WHERE job_id=? AND attempt=? AND end_time IS NULL",
                     (end, row["id"], row["attempt"]),
                 )
+                if run_stats:
+                    st = {k: run_stats.get(k) for k in RUN_STATS}
+                    c.execute(
+                        f"UPDATE runs SET {', '.join(f'{k}=?' for k in st)} WHERE job_id=? AND attempt=?",
+                        (*st.values(), row["id"], row["attempt"]),
+                    )
 
     def note(self, job_id: int, text: str, now: float | None = None) -> None:
         """Append a history line that is not a state change (e.g. a stop request)."""
@@ -387,6 +407,40 @@ class Store:
             (since,),
         )
         return [dict(r) for r in rows]
+
+    def usage_rows(self, since: float) -> list[dict[str, Any]]:
+        """Every attempt that overlaps [since, now], with its job's name and GPU accounting."""
+        rows = self._reader().execute(
+            "SELECT r.job_id, r.attempt, r.user, r.gpus, r.node, r.start_time, r.end_time, "
+            "r.sampled_s, r.busy_gpu_s, r.idle_gpu_s, r.util_mean, r.mem_peak, j.name, j.state "
+            "FROM runs r JOIN jobs j ON j.id = r.job_id "
+            "WHERE r.end_time IS NULL OR r.end_time >= ? ORDER BY r.start_time",
+            (since,),
+        )
+        return [dict(r) for r in rows]
+
+    def job_gpu_totals(self, job_id: int) -> dict[str, Any] | None:
+        """GPU accounting summed over a job's attempts; None when nothing was sampled."""
+        rows = [
+            dict(r)
+            for r in self._reader().execute(
+                "SELECT sampled_s, busy_gpu_s, idle_gpu_s, mem_peak, gpus FROM runs "
+                "WHERE job_id=? AND sampled_s IS NOT NULL",
+                (job_id,),
+            )
+        ]
+        if not rows:
+            return None
+        sampled = sum(r["sampled_s"] or 0.0 for r in rows)
+        busy = sum(r["busy_gpu_s"] or 0.0 for r in rows)
+        gpu_s = sum((r["sampled_s"] or 0.0) * r["gpus"] for r in rows)
+        return {
+            "sampled_s": sampled,
+            "busy_gpu_s": busy,
+            "idle_gpu_s": sum(r["idle_gpu_s"] or 0.0 for r in rows),
+            "util_mean": 100.0 * busy / gpu_s if gpu_s > 0 else None,
+            "mem_peak": max(r["mem_peak"] or 0 for r in rows),
+        }
 
     def count_by_state(self) -> dict[str, int]:
         rows = self._reader().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")

@@ -1,0 +1,125 @@
+"""Prometheus `/metrics`, read from the daemon's state at scrape time.
+
+GPU series use the DCGM exporter's names and units (DCGM_FI_DEV_GPU_UTIL in %,
+DCGM_FI_DEV_FB_USED in MiB, DCGM_FI_DEV_POWER_USAGE in W, ...) and its labels
+(`gpu`, `UUID`, `modelName`, `Hostname`), plus labq's own (`node`, `job`, `user`), so
+Grafana dashboards built for DCGM work unchanged. Queue and fair-share series are
+`labq_*`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from scheduler.job import JobState
+
+if TYPE_CHECKING:
+    from scheduler.daemon import Daemon
+
+GPU_LABELS = ["gpu", "UUID", "modelName", "Hostname", "node", "job", "user", "simulated"]
+
+# (metric, help, field in the GPU report, scale)
+GPU_SERIES: list[tuple[str, str, str, float]] = [
+    ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", "util_gpu", 1.0),
+    ("DCGM_FI_DEV_MEM_COPY_UTIL", "Memory utilization (in %).", "util_memory", 1.0),
+    ("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", "memory_used", 1 / 2**20),
+    ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", "temperature_c", 1.0),
+    ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", "power_mw", 1e-3),
+    ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "Volatile uncorrected ECC errors.", "ecc_uncorrected", 1.0),
+]
+
+
+class DaemonCollector(Collector):
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        d = self.daemon
+        families = {
+            name: GaugeMetricFamily(name, help_, labels=GPU_LABELS) for name, help_, _, _ in GPU_SERIES
+        }
+        free = GaugeMetricFamily(
+            "DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", labels=GPU_LABELS
+        )
+        healthy = GaugeMetricFamily(
+            "labq_gpu_healthy", "1 if NVML reports the GPU healthy.", labels=GPU_LABELS
+        )
+        stale = GaugeMetricFamily(
+            "labq_node_report_age_seconds",
+            "Seconds since the node's GPU monitor last answered.",
+            labels=["node"],
+        )
+        for n in d.node_views():
+            if n.get("age_s") is not None:
+                stale.add_metric([n["name"]], float(n["age_s"]))
+            for g in n.get("gpu_list", []):
+                labels = [
+                    str(g["index"]),
+                    g.get("uuid") or "",
+                    g.get("name") or "",
+                    n["name"],
+                    n["name"],
+                    "" if g.get("job_id") is None else str(g["job_id"]),
+                    g.get("user") or "",
+                    "true" if n.get("simulated") else "false",
+                ]
+                for name, _, key, scale in GPU_SERIES:
+                    v = g.get(key)
+                    if v is not None:  # "n/a" on this GPU: no series rather than a fake 0
+                        families[name].add_metric(labels, float(v) * scale)
+                if g.get("memory_total") is not None and g.get("memory_used") is not None:
+                    free.add_metric(labels, (g["memory_total"] - g["memory_used"]) / 2**20)
+                healthy.add_metric(labels, 1.0 if g.get("healthy") else 0.0)
+        yield from families.values()
+        yield free
+        yield healthy
+        yield stale
+        yield from self._queue()
+
+    def _queue(self) -> Iterator[GaugeMetricFamily]:
+        d = self.daemon
+        pending = GaugeMetricFamily("labq_jobs_pending", "Jobs waiting, per user.", labels=["user"])
+        running = GaugeMetricFamily("labq_jobs_running", "Jobs running, per user.", labels=["user"])
+        gpus = GaugeMetricFamily("labq_gpus_running", "GPUs held by running jobs, per user.", labels=["user"])
+        factor = GaugeMetricFamily(
+            "labq_fair_share_factor", "Fair-share factor F = 2^(-U/S), 1 = no recent usage.", labels=["user"]
+        )
+        usage = GaugeMetricFamily(
+            "labq_usage_gpu_seconds", "Decayed GPU-seconds used, per user.", labels=["user"]
+        )
+        counts: dict[str, list[int]] = {}
+        for j in d.store.jobs(states=(JobState.PENDING, JobState.STARTING, JobState.RUNNING)):
+            c = counts.setdefault(j.user, [0, 0, 0])
+            if j.state.active:
+                c[1] += 1
+                c[2] += j.gpus
+            else:
+                c[0] += 1
+        for user, (p, r, g) in sorted(counts.items()):
+            pending.add_metric([user], p)
+            running.add_metric([user], r)
+            gpus.add_metric([user], g)
+        decision = d.decision
+        if decision is not None:
+            for user, share in sorted(decision.shares.items()):
+                factor.add_metric([user], share.factor)
+                usage.add_metric([user], share.usage)
+        yield pending
+        yield running
+        yield gpus
+        yield factor
+        yield usage
+
+
+def serve_metrics(daemon: Daemon, host: str, port: int) -> Any:
+    """Start the /metrics HTTP server in a thread; returns the server (for shutdown)."""
+    from prometheus_client import start_http_server
+
+    registry = CollectorRegistry()
+    registry.register(DaemonCollector(daemon))
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    return server, thread

@@ -1,0 +1,153 @@
+"""GPU monitoring end to end: a real daemon, real Ray, node agents, simulated GPUs.
+
+This machine has no NVIDIA GPU, so the agents serve `--gpus 3` from the fake NVML
+built from the H200 recording; utilization follows what each job really does.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import Labq, cleanup, make_labq
+
+BUSY = [
+    sys.executable,
+    "-c",
+    "import time\nend=time.time()+float(__import__('sys').argv[1])\nwhile time.time()<end: pass",
+    "8",
+]
+SLEEPY = ["sleep", "300"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def gpulq() -> Iterator[tuple[Labq, int]]:
+    port = free_port()
+    lq = make_labq(
+        "grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 0.5\n"
+        "idle_window_s: 3\nidle_action_after_s: 3\n"
+    )
+    lq.up("--gpus", "3", "--metrics-port", str(port))
+    yield lq, port
+    cleanup(lq)
+
+
+def gpus_of(lq: Labq) -> dict[int, dict[str, Any]]:
+    nodes = lq.json("gpus")["nodes"]
+    assert len(nodes) == 1
+    return {g["index"]: g for g in nodes[0]["gpu_list"]}
+
+
+def wait_for(what: str, check: Any, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        out = check()
+        if out:
+            return out
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.3)
+
+
+def test_gpus_follow_the_jobs_holding_them(gpulq: tuple[Labq, int]) -> None:
+    lq, port = gpulq
+    busy = lq.submit("--gpus", "1", "--name", "busy", "--", *BUSY)
+    sleepy = lq.submit("--gpus", "1", "--name", "sleepy", "--", *SLEEPY)
+    lq.wait_all([busy, sleepy], ("RUNNING",))
+    jobs = {j["id"]: j for j in lq.json("queue")}
+    g_busy, g_sleepy = int(jobs[busy]["gpu_ids"]), int(jobs[sleepy]["gpu_ids"])
+
+    def seen() -> dict[int, dict[str, Any]] | None:
+        gpus = gpus_of(lq)
+        if (gpus[g_busy]["util_gpu"] or 0) >= 30 and gpus[g_sleepy]["util_gpu"] == 0:
+            return gpus
+        return None
+
+    gpus = wait_for("the busy job's GPU to look busy", seen)
+    node = lq.json("gpus")["nodes"][0]
+    assert node["simulated"] and "simulated" in node["note"] and not node["stale"]
+    assert gpus[g_busy]["job_id"] == busy and gpus[g_sleepy]["job_id"] == sleepy
+    user = jobs[busy]["user"]
+    assert gpus[g_busy]["user"] == user
+    assert [p["job_id"] for p in gpus[g_busy]["processes"]] == [busy]
+    free = ({0, 1, 2} - {g_busy, g_sleepy}).pop()
+    assert gpus[free]["job_id"] is None and gpus[free]["processes"] == [] and gpus[free]["util_gpu"] == 0
+    assert gpus[free]["fan_speed"] is None and gpus[free]["healthy"]
+
+    text = lq.run("gpus").stdout
+    assert "SIMULATED" in text and f"job {busy} ({user})" in text and "NVIDIA H200" in text
+
+    # Prometheus: DCGM names, the job and user as labels.
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    util = [
+        ln for ln in body.splitlines() if ln.startswith("DCGM_FI_DEV_GPU_UTIL{") and f'job="{busy}"' in ln
+    ]
+    assert len(util) == 1 and f'user="{user}"' in util[0] and f'gpu="{g_busy}"' in util[0]
+    assert f'labq_jobs_running{{user="{user}"}} 2.0' in body
+    assert f'labq_fair_share_factor{{user="{user}"}}' in body
+    health = lq.json("show", str(busy))
+    assert health["gpu"]["util_now"] is not None
+
+    # The sleeper is flagged idle (window 3 s here), in the queue and in its history.
+    def flagged() -> dict[str, Any] | None:
+        j = lq.job(sleepy)
+        return j if any(f.startswith("idle") for f in j.get("flags", [])) else None
+
+    j = wait_for("the idle flag", flagged)
+    assert any(e["reason"].startswith("idle: its GPUs have been under 2% utilization") for e in j["events"])
+    assert "[idle " in lq.run("queue").stdout
+
+    # The busy job ends by itself; what it did is stored with it.
+    done = lq.wait(busy, ("SUCCEEDED",), timeout=60)
+    assert done["gpu"]["util_mean"] > 20 and done["gpu"]["mem_peak"] > 10 * 2**30
+    lq.run("cancel", str(sleepy))
+    lq.wait(sleepy, ("CANCELLED",))
+
+    rows = {r["user"]: r for r in lq.json("usage")["rows"]}
+    mine = rows[user]
+    assert mine["jobs"] >= 2 and mine["allocated_gpu_h"] > 0 and mine["busy_gpu_h"] > 0
+    assert mine["idle_gpu_h"] > 0 and 0 < mine["util_mean"] < 100
+    by_job = {r["job_id"]: r for r in lq.json("usage", "--by", "job")["rows"]}
+    assert by_job[busy]["util_mean"] > by_job[sleepy]["util_mean"] == 0
+    csv_out = lq.run("usage", "--by", "job", "--csv", "--since", "1h").stdout.splitlines()
+    assert csv_out[0].startswith("job_id,name,user,gpus,state,allocated_gpu_h")
+    assert any(line.startswith(f"{busy},busy,{user},1,SUCCEEDED,") for line in csv_out)
+
+
+def test_idle_action_cancel_from_the_quota(gpulq: tuple[Labq, int]) -> None:
+    lq, _ = gpulq
+    me = _caller(lq)
+    lq.run("quota", "set", me, "--idle-action", "cancel")
+    try:
+        job = lq.submit("--gpus", "1", "--", *SLEEPY)
+        j = lq.wait(job, ("CANCELLED",), timeout=60)
+        assert "idle_action: cancel" in j["reasons"][0] and "under 2% utilization" in j["reasons"][0]
+    finally:
+        lq.run("quota", "set", me, "--idle-action", "notify")
+
+
+def _caller(lq: Labq) -> str:
+    from scheduler.client import Client
+
+    return str(Client(lq.socket).health()["caller"])
+
+
+def test_bad_usage_input_is_one_line(gpulq: tuple[Labq, int]) -> None:
+    lq, _ = gpulq
+    r = lq.run("usage", "--since", "yesterday", check=False)
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "since" in r.stderr
+    r = lq.run("quota", "set", _caller(lq), "--idle-action", "delete", check=False)
+    assert r.returncode != 0 and "idle_action must be one of notify, cancel, requeue" in r.stderr
+    assert lq.json("quota", "show")["defaults"]["idle_action"] == "notify"

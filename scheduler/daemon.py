@@ -923,6 +923,8 @@ class Daemon:
             n["monitor_error"] = self.fleet.errors.get(n["id"], "") if self.fleet else ""
             report = st.report if st else {}
             n["host"] = report.get("host")
+            n["monitor_pid"] = report.get("pid")
+            n["sampled_at"] = report.get("time")
             n["driver"] = report.get("driver")
             gpus = []
             for raw in report.get("gpus", []):

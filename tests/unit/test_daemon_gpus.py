@@ -1,0 +1,92 @@
+"""The daemon's use of GPU health: unhealthy GPUs are not offered, jobs on them flagged.
+
+Runs the real Daemon methods over a real SQLite store; no Ray is needed for these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from scheduler.config import DaemonConfig
+from scheduler.daemon import Daemon, NodeView
+from scheduler.job import JobSpec, JobState
+from scheduler.policy import schedule
+
+
+def report(gpus: int, bad: dict[int, str], seq: int = 1) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "pid": 1,
+        "simulated": True,
+        "nvml_gpus": 0,
+        "gpus": [
+            {
+                "index": i,
+                "util_gpu": None if i in bad else 0,
+                "memory_used": 0,
+                "healthy": i not in bad,
+                "problem": bad.get(i, ""),
+                "processes": [],
+            }
+            for i in range(gpus)
+        ],
+    }
+
+
+def make(tmp_path: Path) -> Daemon:
+    d = Daemon(tmp_path / "state", tmp_path / "sock", DaemonConfig(min_runtime_s=0))
+    d.open_store()
+    d.nodes = {
+        "n1": NodeView(id="n1", name="box", address="", gpus=4, cpus=8, memory=0, simulated=True, nvml_gpus=0)
+    }
+    return d
+
+
+def running(d: Daemon, gpus: str, user: str = "ana") -> int:
+    job = d.store.add_job(
+        user, 1000, JobSpec.model_validate({"command": ["x"], "gpus": len(gpus.split(","))})
+    )
+    d.store.transition(job, JobState.STARTING, "placed", node="n1", node_name="box", attempt=1, gpu_ids=gpus)
+    d.store.transition(job, JobState.RUNNING, "running", pid=4242, start_time=1.0)
+    return job
+
+
+def test_an_unhealthy_free_gpu_is_not_offered(tmp_path: Path) -> None:
+    d = make(tmp_path)
+    d.telemetry.ingest("n1", report(4, {1: "GPU 1 is lost"}), 10.0, [])
+    snap = d.snapshot(10.0)
+    assert snap.nodes[0].gpus == 3
+    assert d.pick_gpus("n1", 3, {}) == (0, 2, 3)
+    assert d.pick_gpus("n1", 4, {}) is None
+    # A 4-GPU job waits, and says why in GPUs.
+    job = d.store.add_job("bo", 1001, JobSpec.model_validate({"command": ["x"], "gpus": 4}))
+    decision = schedule(d.snapshot(10.0))
+    assert decision.starts == () and job in decision.waiting
+
+
+def test_a_job_on_a_gpu_that_turns_bad_is_flagged_and_the_gpu_not_reused(tmp_path: Path) -> None:
+    d = make(tmp_path)
+    d.telemetry.ingest("n1", report(4, {}), 10.0, [])
+    job = running(d, "2")
+    held = d.held_gpus(d.store.jobs(states=(JobState.RUNNING,)))
+    assert held == {"n1": {2}} and d.pick_gpus("n1", 3, held) == (0, 1, 3)
+    d.telemetry.ingest("n1", report(4, {2: "uncorrected ECC errors rose from 0 to 3"}, seq=2), 11.0, [])
+    d._flag_unhealthy(d.store.jobs(states=(JobState.RUNNING,)), 11.0)
+    row = d.store.get(job)
+    assert d.gpu_flags(row, 11.0) == ["GPU 2 unhealthy"]
+    assert d.store.events(job)[-1]["reason"] == "GPU 2 unhealthy: uncorrected ECC errors rose from 0 to 3"
+    # Held by the job it still counts once (as used); once the job ends it is unusable.
+    assert d.snapshot(11.0).nodes[0].gpus == 4
+    d.store.transition(job, JobState.FAILED, "ended", end_time=12.0)
+    assert d.snapshot(12.0).nodes[0].gpus == 3
+    assert d.pick_gpus("n1", 3, {}) == (0, 1, 3)
+
+
+def test_ray_and_nvml_disagree_leaves_the_choice_to_ray(tmp_path: Path) -> None:
+    d = make(tmp_path)
+    d.nodes["n1"].simulated = False
+    d.nodes["n1"].nvml_gpus = 8  # e.g. the raylet started with CUDA_VISIBLE_DEVICES=0,1,2,3
+    assert d.pick_gpus("n1", 1, {}) is None
+    note = d._cross_check(d.nodes["n1"], {"simulated": False, "nvml_gpus": 8})
+    assert note == "Ray advertises 4 GPUs but NVML counts 8"

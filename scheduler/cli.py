@@ -411,6 +411,79 @@ def cmd_usage(c: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Replay a trace through labq's policy and the baselines; no daemon needed."""
+    import json as _json
+
+    from scheduler import simulator as sim
+    from scheduler.config import default_state_dir
+
+    try:
+        if args.from_history:
+            state = Path(args.state_dir) if args.state_dir else default_state_dir()
+            jobs = sim.history_trace(state / "labq.db")
+        elif args.trace:
+            jobs = sim.load_trace(Path(args.trace), args.limit)
+        else:
+            raise UsageError("give a trace CSV, or --from-history")
+        tenants = {j.tenant for j in jobs}
+        if args.shares:
+            shares = sim.shares_from_sizes(Path(args.shares), tenants)
+        elif args.quotas:
+            import yaml
+
+            from scheduler.quota import QuotaError, quota_book_from_dict
+
+            try:
+                book = quota_book_from_dict(yaml.safe_load(Path(args.quotas).read_text()))
+            except (OSError, yaml.YAMLError, QuotaError) as e:
+                raise sim.TraceError(f"{args.quotas}: {e}") from None
+            shares = {t: book.for_user(t).shares for t in tenants}
+        else:
+            shares = dict.fromkeys(tenants, 1.0)
+        names = list(sim.POLICIES) if args.policy == "all" else args.policy.split(",")
+        for n in names:
+            if n not in sim.POLICIES:
+                raise UsageError(f"unknown policy {n!r} (known: {', '.join(sim.POLICIES)}, all)")
+        if args.nodes < 1 or args.gpus_per_node < 1:
+            raise UsageError("--nodes and --gpus-per-node must be >= 1")
+        results: dict[str, Any] = {}
+        for n in names:
+            t0 = time.perf_counter()
+            r = sim.replay(jobs, args.nodes, args.gpus_per_node, n, shares, alone=not args.no_rho)
+            r["simulate_s"] = time.perf_counter() - t0
+            r["jobs_per_s"] = len(jobs) / r["simulate_s"] if r["simulate_s"] > 0 else 0.0
+            results[n] = r
+            if not args.quiet:
+                print(_sim_line(r), file=sys.stderr if args.json == "-" else sys.stdout, flush=True)
+    except sim.TraceError as e:
+        die(str(e))
+    out: Any = results[names[0]] if len(names) == 1 else {"policies": results}
+    if args.json:
+        text = _json.dumps(out, indent=2, sort_keys=True)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    if args.plot:
+        src = "daemon history" if args.from_history else Path(args.trace).name
+        sim.plot(
+            results, Path(args.plot), f"{src}: {len(jobs)} jobs on {args.nodes}x{args.gpus_per_node} GPUs"
+        )
+    return 0
+
+
+def _sim_line(r: dict[str, Any]) -> str:
+    rho = "n/a" if r.get("max_rho") is None else f"{r['max_rho']:.2f}"
+    jain = "n/a" if r.get("jain_index") is None else f"{r['jain_index']:.3f}"
+    return (
+        f"{r['policy']:<20} mean JCT {r['mean_jct_s'] / 3600:7.2f} h  median {r['median_jct_s'] / 3600:6.2f} h  "
+        f"p99 {r['p99_jct_s'] / 3600:7.1f} h  wait {r['mean_wait_s'] / 3600:6.2f} h  "
+        f"util {r['utilization']:.3f}  max rho {rho}  jain {jain}  "
+        f"preempted {r['preempted_gpu_hours']:.1f} GPU-h  ({r['simulate_s']:.1f} s, {r['jobs_per_s']:.0f} jobs/s)"
+    )
+
+
 def cmd_quota(c: Client, args: argparse.Namespace) -> int:
     if args.quota_cmd == "set":
         fields: dict[str, Any] = {}
@@ -644,6 +717,22 @@ def build_parser() -> argparse.ArgumentParser:
         qset.add_argument(f"--{name}", dest=name.replace("-", "_"))
     qset.add_argument("--idle-action", help="notify, cancel or requeue jobs whose GPUs sit idle")
 
+    sm = sub.add_parser("simulate", help="replay a job trace through labq's policy and baselines")
+    sm.add_argument("trace", nargs="?", help="CSV with job_id,vc,submit_s,num_gpus,duration_s")
+    sm.add_argument("--from-history", action="store_true", help="replay this daemon's own finished jobs")
+    sm.add_argument("--state-dir", help="the daemon's state dir (for --from-history)")
+    sm.add_argument("--nodes", type=int, default=80)
+    sm.add_argument("--gpus-per-node", type=int, default=8)
+    sm.add_argument("--policy", default="fairshare", help="one, a comma list, or all")
+    shares = sm.add_mutually_exclusive_group()
+    shares.add_argument("--quotas", help="quotas.yaml: shares per researcher/tenant")
+    shares.add_argument("--shares", help="CSV of tenant sizes (helios_philly_vc_sizes.csv)")
+    sm.add_argument("--limit", type=int, help="only the first N jobs")
+    sm.add_argument("--no-rho", action="store_true", help="skip the per-tenant replays alone (faster)")
+    sm.add_argument("--json", metavar="FILE", help="write the report as JSON ('-' for stdout)")
+    sm.add_argument("--plot", metavar="PNG", help="write a plot")
+    sm.add_argument("--quiet", action="store_true")
+
     au = sub.add_parser("audit", help="quota changes, cancels and other admin actions")
     au.add_argument("--json", action="store_true")
     return p
@@ -671,6 +760,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "up":
             return cmd_up(args)
+        if args.cmd == "simulate":
+            return cmd_simulate(args)
         sock = Path(args.socket) if args.socket else None
         client = Client(sock)
         return COMMANDS[args.cmd](client, args)

@@ -58,6 +58,8 @@ class RunningJob:
     stop_deadline: float | None = None
     cpus: float = 0.0
     memory: int = 0
+    # A job larger than one node: these whole nodes too (its remainder is on `node`).
+    more_nodes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,13 @@ class PolicyConfig:
     # Full reason texts (with who ranks ahead) for this many waiting jobs; deeper ones
     # say how many rank ahead without naming them, which keeps a pass O(n log n).
     reason_depth: int = 200
+    # Jobs larger than a node take whole free nodes plus a best-fit remainder. The
+    # simulator turns it on (the traces have 32-GPU jobs); the daemon cannot launch
+    # across nodes yet.
+    multi_node: bool = False
+    # False skips the reason texts and ETAs (the simulator needs only the decisions,
+    # which are the same either way) and stops a pass once nothing more can start.
+    explain: bool = True
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,7 @@ class Snapshot:
 class Start:
     job_id: int
     node: str
+    more_nodes: tuple[str, ...] = ()  # whole nodes, for a multi-node job
 
 
 @dataclass(frozen=True)
@@ -173,6 +183,7 @@ class _Reservation:
     node: str
     at: float
     gpus: int
+    more_nodes: tuple[str, ...] = ()
 
 
 class _Pass:
@@ -185,22 +196,52 @@ class _Pass:
         self.nodes: dict[str, _Node] = {}
         for n in sorted(snap.nodes, key=lambda n: n.id):
             self.nodes[n.id] = _Node(n, n.gpus, n.cpus, n.memory, [])
-        self.held: Counter[str] = Counter()
-        self.jobs_held: Counter[str] = Counter()
-        self.penalty: dict[str, float] = {}
-        self.running_by_node: dict[str, list[RunningJob]] = {}
-        for r in sorted(snap.running, key=lambda r: r.id):
-            self.held[r.user] += r.gpus
-            self.jobs_held[r.user] += 1
-            self.penalty[r.user] = self.penalty.get(r.user, 0.0) + r.gpus * self._remaining(r)
-            node = self.nodes.get(r.node)
+        # The hottest loop of a pass (every running job, every pass): plain locals and
+        # dicts rather than helper calls, the same arithmetic as _end().
+        held: dict[str, int] = {}
+        jobs_held: dict[str, int] = {}
+        penalty: dict[str, float] = {}
+        running_by_node: dict[str, list[RunningJob]] = {}
+        nodes = self.nodes
+        now = self.now
+        default_limit = self.cfg.default_time_limit
+        for r in snap.running:
+            end = r.start_time + (default_limit if r.time_limit is None else r.time_limit)
+            if r.stop_deadline is not None and r.stop_deadline < end:
+                end = r.stop_deadline
+            if end < now:
+                end = now
+            u = r.user
+            g = r.gpus
+            held[u] = held.get(u, 0) + g
+            jobs_held[u] = jobs_held.get(u, 0) + 1
+            penalty[u] = penalty.get(u, 0.0) + g * (end - now)
+            rest = g
+            for nid in r.more_nodes:
+                whole = nodes.get(nid)
+                if whole is not None:
+                    whole.free -= whole.info.gpus
+                    rest -= whole.info.gpus
+                    whole.releases.append((end, whole.info.gpus))
+            node = nodes.get(r.node)
             if node is None:
                 continue  # a node that left: its jobs are being reported lost elsewhere
-            node.free -= r.gpus
-            node.cpus -= r.cpus
-            node.memory -= r.memory
-            node.releases.append((self._end(r), r.gpus))
-            self.running_by_node.setdefault(r.node, []).append(r)
+            node.free -= rest
+            if r.cpus:
+                node.cpus -= r.cpus
+            if r.memory:
+                node.memory -= r.memory
+            node.releases.append((end, rest))
+            if not r.more_nodes:
+                lst = running_by_node.get(r.node)
+                if lst is None:
+                    running_by_node[r.node] = [r]
+                else:
+                    lst.append(r)
+        self.held: Counter[str] = Counter(held)
+        self.jobs_held: Counter[str] = Counter(jobs_held)
+        self.penalty = penalty
+        self.running_by_node = running_by_node
         # Free-GPU buckets make best-fit O(GPUs per node) instead of O(nodes).
         self.max_per_node = max((n.gpus for n in snap.nodes), default=0)
         self.buckets: list[dict[str, None]] = [dict() for _ in range(self.max_per_node + 1)]
@@ -246,29 +287,52 @@ class _Pass:
     def _fits(self, node: _Node, j: PendingJob) -> bool:
         return node.free >= j.gpus and node.cpus >= j.cpus and node.memory >= j.memory
 
-    def best_fit(self, j: PendingJob) -> _Node | None:
-        if j.gpus > self.largest_free():
+    def best_fit(self, j: PendingJob, gpus: int | None = None, skip: tuple[str, ...] = ()) -> _Node | None:
+        need = j.gpus if gpus is None else gpus
+        if need > self.largest_free():
             return None
-        for k in range(j.gpus, self.max_per_node + 1):
+        for k in range(need, self.max_per_node + 1):
             for nid in self.buckets[k]:
                 node = self.nodes[nid]
-                if self._fits(node, j):
+                if nid not in skip and node.free >= need and node.cpus >= j.cpus and node.memory >= j.memory:
                     return node
         return None
+
+    def split(self, gpus: int) -> tuple[int, int]:
+        """(whole nodes, remainder on one more node) for a job larger than a node."""
+        whole, rest = divmod(gpus, self.max_per_node)
+        return whole, rest
+
+    def multi_fit(self, j: PendingJob) -> tuple[_Node, tuple[str, ...]] | None:
+        """Whole free nodes plus a best-fit node for the remainder; None if it does not fit now."""
+        whole, rest = self.split(j.gpus)
+        full = [
+            nid
+            for nid in self.buckets[self.max_per_node]
+            if self.nodes[nid].free == self.nodes[nid].info.gpus
+        ]
+        if len(full) < whole + (1 if rest == 0 else 0):
+            return None
+        if rest == 0:
+            return self.nodes[full[whole - 1]], tuple(full[: whole - 1])
+        taken = tuple(full[:whole])
+        node = self.best_fit(j, rest, skip=taken)
+        return None if node is None else (node, taken)
 
     def largest_free(self) -> int:
         if self._largest is None:
             self._largest = next((k for k in range(self.max_per_node, 0, -1) if self.buckets[k]), 0)
         return self._largest
 
-    def take(self, node: _Node, j: PendingJob) -> None:
+    def take(self, node: _Node, j: PendingJob, gpus: int | None = None) -> None:
+        need = j.gpus if gpus is None else gpus
         old = min(node.free, self.max_per_node)
         if old > 0:
             self.buckets[old].pop(node.info.id, None)
-        node.free -= j.gpus
+        node.free -= need
         node.cpus -= j.cpus
         node.memory -= j.memory
-        node.releases.append((self.now + self._limit(j.time_limit), j.gpus))
+        node.releases.append((self.now + self._limit(j.time_limit), need))
         node.sorted_releases = None
         self._largest = None
         if node.free > 0:
@@ -285,19 +349,29 @@ class _Pass:
                 return end
         return INF
 
-    def conflicts(self, node: _Node, j: PendingJob) -> _Reservation | None:
+    def conflicts(self, node: _Node, j: PendingJob, gpus: int | None = None) -> _Reservation | None:
         """A reservation that starting `j` on `node` now would delay, if any."""
         end = self.now + self._limit(j.time_limit)
+        need = j.gpus if gpus is None else gpus
+        nid = node.info.id
         for res in self.reservations:
-            if res.node != node.info.id or end <= res.at:
+            if end <= res.at:
+                continue
+            if res.node == nid:
+                wanted = res.gpus - len(res.more_nodes) * self.max_per_node
+            elif nid in res.more_nodes:
+                wanted = node.info.gpus
+            else:
                 continue
             # Would the reserved job still find its GPUs at its reserved time?
-            free_then = node.free - j.gpus + sum(g for e, g in node.releases if e <= res.at)
-            if free_then < res.gpus:
+            free_then = node.free - need + sum(g for e, g in node.releases if e <= res.at)
+            if free_then < wanted:
                 return res
         return None
 
     def reserve(self, j: PendingJob) -> _Reservation | None:
+        if j.gpus > self.max_per_node:
+            return self._reserve_multi(j)
         best: tuple[float, str] | None = None
         for nid, node in self.nodes.items():
             if not node.info.schedulable or node.info.gpus < j.gpus:
@@ -308,6 +382,34 @@ class _Pass:
         if best is None:
             return None
         res = _Reservation(j.id, best[1], best[0], j.gpus)
+        self.reservations.append(res)
+        return res
+
+    def _reserve_multi(self, j: PendingJob) -> _Reservation | None:
+        whole, rest = self.split(j.gpus)
+        usable = [n for n in self.nodes.values() if n.info.schedulable and n.info.gpus == self.max_per_node]
+        free_at = sorted((self.earliest(n, n.info.gpus), n.info.id) for n in usable)
+        if len(free_at) < whole + (1 if rest else 0):
+            return None
+        chosen = free_at[:whole]
+        at = chosen[-1][0] if chosen else self.now
+        taken = {nid for _, nid in chosen}
+        if rest:
+            rest_at = min(
+                ((self.earliest(n, rest), n.info.id) for n in usable if n.info.id not in taken),
+                default=None,
+            )
+            if rest_at is None:
+                return None
+            at = max(at, rest_at[0])
+            node = rest_at[1]
+            more = tuple(nid for _, nid in chosen)
+        else:
+            node = chosen[-1][1]
+            more = tuple(nid for _, nid in chosen[:-1])
+        if at == INF:
+            return None
+        res = _Reservation(j.id, node, at, j.gpus, more)
         self.reservations.append(res)
         return res
 
@@ -430,8 +532,13 @@ def schedule(snap: Snapshot) -> Decision:
     n_ahead = 0
     eta_budget = cfg.eta_depth
 
+    explain = cfg.explain
+
     def wait(j: PendingJob, reasons: list[str], eta: float | None) -> None:
         nonlocal n_ahead, eta_budget
+        if not explain:
+            p.waiting[j.id] = Waiting((), None)
+            return
         if n_ahead:
             if len(p.waiting) < cfg.reason_depth:
                 reasons.append(_format_ahead(ahead, n_ahead))
@@ -447,7 +554,7 @@ def schedule(snap: Snapshot) -> Decision:
         A lower bound: it ignores the jobs ranked ahead that will take GPUs first.
         """
         nonlocal eta_budget
-        if eta_budget <= 0:
+        if eta_budget <= 0 or not explain:
             return None
         eta_budget -= 1
         if j.gpus in etas:
@@ -460,7 +567,11 @@ def schedule(snap: Snapshot) -> Decision:
         return etas[j.gpus]
 
     while heap:
-        u = heapq.heappop(heap)[-1]
+        top = heapq.heappop(heap)
+        if not explain and top[0] == 1 and p.largest_free() == 0:
+            # No GPU free and nobody left under a guarantee: nothing else can start.
+            break
+        u = top[-1]
         j = by_user[u].pop()
         order.append(j.id)
         q = p.quota(u)
@@ -482,11 +593,22 @@ def schedule(snap: Snapshot) -> Decision:
         if blocked:
             wait(j, blocked, None)
         else:
-            node = p.best_fit(j)
-            conflict = p.conflicts(node, j) if node is not None else None
+            multi = cfg.multi_node and j.gpus > p.max_per_node
+            more: tuple[str, ...] = ()
+            if multi:
+                fit = p.multi_fit(j)
+                node, more = fit if fit is not None else (None, ())
+            else:
+                node = p.best_fit(j)
+            rest = j.gpus - len(more) * p.max_per_node
+            conflict = p.conflicts(node, j, rest) if node is not None else None
+            for nid in more:
+                conflict = conflict or p.conflicts(p.nodes[nid], j, p.nodes[nid].free)
             if node is not None and conflict is None:
-                p.take(node, j)
-                p.starts.append(Start(j.id, node.info.id))
+                for nid in more:
+                    p.take(p.nodes[nid], j, p.nodes[nid].free)
+                p.take(node, j, rest)
+                p.starts.append(Start(j.id, node.info.id, more))
                 p.held[u] += j.gpus
                 p.jobs_held[u] += 1
                 added = j.gpus * p._limit(j.time_limit)
@@ -502,12 +624,14 @@ def schedule(snap: Snapshot) -> Decision:
                     [
                         f"backfill: would delay job {conflict.job_id}, reserved to start in "
                         f"{_short(when)} on {p.nodes[conflict.node].info.label}"
-                    ],
+                    ]
+                    if explain
+                    else [],
                     shadow_eta(j),
                 )
             else:
                 key = (j.gpus, j.cpus, j.memory)
-                text = resource_reasons.get(key)
+                text = resource_reasons.get(key) if explain else ""
                 if text is None:
                     text = resource_reasons[key] = _resource_reason(p, j)
                 reasons = [text]
@@ -515,6 +639,7 @@ def schedule(snap: Snapshot) -> Decision:
                 claim = None
                 if (
                     cfg.preemption
+                    and not multi
                     and q.guaranteed_gpus > 0
                     and p.held[u] + p.claimed[u] + j.gpus <= q.guaranteed_gpus
                 ):
@@ -593,6 +718,13 @@ def _resource_reason(p: _Pass, j: PendingJob) -> str:
     if biggest is None:
         return "resources: no schedulable node (all drained, unhealthy or gone)"
     if j.gpus > biggest:
+        if p.cfg.multi_node:
+            whole, rest = p.split(j.gpus)
+            full = len(p.buckets[p.max_per_node])
+            return (
+                f"resources: needs {whole} whole free node{'s' if whole != 1 else ''}"
+                f"{f' and {rest} GPUs on another' if rest else ''}; {full} node{'s are' if full != 1 else ' is'} fully free"
+            )
         return f"resources: needs {j.gpus} GPUs on one node, the largest node has {biggest}"
     largest = p.largest_free()
     if largest >= j.gpus:

@@ -1,0 +1,826 @@
+"""Replay a GPU-cluster trace, event by event, through a scheduling policy.
+
+labq's own policies ("fairshare", "fairshare-nopreempt") call `policy.schedule()`,
+the very function the daemon runs, on a Snapshot built from the simulated cluster.
+The baselines (FIFO, oracle SJF/SRTF, Tiresias-style 2D-LAS, static partitions) live
+here only; they exist to be compared against.
+
+Time is simulated: events are arrivals, completions and the ends of preemption grace
+periods. After the events of one instant the policy gets a pass if anything could
+change (a job waits and a GPU is free, or someone under their guarantee waits).
+No clock is read here; the result is the same on every run.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import heapq
+import math
+import statistics
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduler.policy import NodeInfo, PendingJob, PolicyConfig, RunningJob, Snapshot, schedule
+from scheduler.quota import QuotaBook, quota_book_from_dict
+
+POLICIES = ("fifo", "sjf", "srtf", "tiresias", "partition", "fairshare", "fairshare-nopreempt")
+TRACE_COLUMNS = ("job_id", "vc", "submit_s", "num_gpus", "duration_s")
+
+
+class TraceError(ValueError):
+    """A trace or quota table that cannot be replayed; the message is user-facing."""
+
+
+@dataclass(frozen=True)
+class TraceJob:
+    id: int  # row number; the trace's own id is kept in `name`
+    name: str
+    tenant: str
+    submit: float
+    gpus: int
+    duration: float
+
+
+def load_trace(path: Path, limit: int | None = None) -> list[TraceJob]:
+    """Jobs from a CSV with the columns of ../shared/traces (`job_id, vc, submit_s, num_gpus, duration_s`)."""
+    try:
+        f = path.open(newline="")
+    except OSError as e:
+        raise TraceError(f"cannot read trace {path}: {e.strerror}") from None
+    jobs: list[TraceJob] = []
+    with f:
+        reader = csv.DictReader(f)
+        missing = [c for c in TRACE_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise TraceError(
+                f"{path}: missing column(s) {', '.join(missing)} (need {', '.join(TRACE_COLUMNS)})"
+            )
+        for line, row in enumerate(reader, start=2):
+            try:
+                gpus = int(row["num_gpus"])
+                submit = float(row["submit_s"])
+                duration = float(row["duration_s"])
+            except (TypeError, ValueError):
+                raise TraceError(
+                    f"{path}:{line}: num_gpus, submit_s and duration_s must be numbers"
+                ) from None
+            if gpus < 1 or duration < 0 or submit < 0 or not math.isfinite(submit + duration):
+                raise TraceError(f"{path}:{line}: needs num_gpus >= 1, submit_s >= 0 and duration_s >= 0")
+            jobs.append(TraceJob(len(jobs) + 1, row["job_id"], row["vc"], submit, gpus, duration))
+            if limit is not None and len(jobs) >= limit:
+                break
+    if not jobs:
+        raise TraceError(f"{path}: no jobs")
+    jobs.sort(key=lambda j: (j.submit, j.id))
+    return jobs
+
+
+def shares_from_sizes(path: Path, tenants: Iterable[str]) -> dict[str, float]:
+    """Shares proportional to a `vc,node num` table; tenants not in it get the smallest share."""
+    try:
+        rows = list(csv.reader(path.open()))
+    except OSError as e:
+        raise TraceError(f"cannot read {path}: {e.strerror}") from None
+    sizes: dict[str, float] = {}
+    for row in rows[1:]:
+        if len(row) >= 2 and row[1].strip():
+            try:
+                sizes[row[0].strip()] = float(row[1])
+            except ValueError:
+                raise TraceError(f"{path}: size of {row[0]!r} is not a number") from None
+    if not sizes:
+        raise TraceError(f"{path}: no tenant sizes")
+    smallest = min(sizes.values())
+    return {t: sizes.get(t, smallest) for t in sorted(set(tenants))}
+
+
+def quotas_from_shares(shares: Mapping[str, float], total_gpus: int, guarantee: bool = True) -> QuotaBook:
+    """Each tenant's share of the pool, and (for reclaim) a guarantee of that many GPUs."""
+    total = sum(shares.values())
+    people: dict[str, dict[str, Any]] = {}
+    for t, s in shares.items():
+        q: dict[str, Any] = {"shares": s}
+        if guarantee:
+            q["guaranteed_gpus"] = int(total_gpus * s / total)
+        people[t] = q
+    return quota_book_from_dict({"researchers": people})
+
+
+def checkpoint_cost(gpus: int) -> float:
+    """Seconds to save and restore a preempted job, as Helios models it."""
+    return 7.0 if gpus <= 1 else 30.0 if gpus <= 8 else 60.0
+
+
+# -- the simulated cluster ---------------------------------------------------------------------------
+
+
+@dataclass
+class SimJob:
+    trace: TraceJob
+    work_left: float  # seconds of the job's own work still to do
+    restore: float = 0.0  # seconds of restoring a checkpoint, paid first at the next start
+    first_start: float | None = None
+    end: float | None = None
+    start: float | None = None  # current attempt
+    placement: tuple[tuple[str, int], ...] = ()
+    stop_at: float | None = None  # preemption requested: GPUs free at this time
+    attained: float = 0.0  # GPU-seconds of service so far (Tiresias)
+    preemptions: int = 0
+    requeued: bool = False
+    run_gpu_s: float = 0.0  # GPU-seconds of useful work done (conservation check)
+
+    @property
+    def id(self) -> int:
+        return self.trace.id
+
+    @property
+    def remaining(self) -> float:
+        return self.work_left + self.restore
+
+
+@dataclass
+class Cluster:
+    nodes: list[NodeInfo]
+    free: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.free = {n.id: n.gpus for n in self.nodes}
+
+    @property
+    def gpus(self) -> int:
+        return sum(n.gpus for n in self.nodes)
+
+    def best_fit(self, gpus: int) -> tuple[tuple[str, int], ...] | None:
+        """Single node with the fewest free GPUs that fits; for big jobs, whole nodes + remainder."""
+        per = max(n.gpus for n in self.nodes)
+        if gpus <= per:
+            best = None
+            for nid, f in self.free.items():
+                if f >= gpus and (best is None or f < best[1]):
+                    best = (nid, f)
+                    if f == gpus:
+                        break
+            return None if best is None else ((best[0], gpus),)
+        whole, rest = divmod(gpus, per)
+        full = [nid for nid, f in self.free.items() if f == per]
+        if len(full) < whole:
+            return None
+        out = [(nid, per) for nid in full[:whole]]
+        if rest:
+            taken = set(full[:whole])
+            cands = [(f, nid) for nid, f in self.free.items() if nid not in taken and f >= rest]
+            if not cands:
+                return None
+            out.append((min(cands)[1], rest))
+        return tuple(out)
+
+    def take(self, placement: Iterable[tuple[str, int]]) -> None:
+        for nid, g in placement:
+            self.free[nid] -= g
+            assert self.free[nid] >= 0
+
+    def give(self, placement: Iterable[tuple[str, int]]) -> None:
+        for nid, g in placement:
+            self.free[nid] += g
+
+
+def make_nodes(count: int, gpus_per_node: int) -> list[NodeInfo]:
+    return [NodeInfo(id=f"n{i:03d}", gpus=gpus_per_node, name=f"node-{i}") for i in range(count)]
+
+
+# -- policies ------------------------------------------------------------------------------------------
+# A policy looks at the simulation at time `now` and returns
+# (starts: [(job, placement)], preemptions: [job]).
+Starts = list[tuple[SimJob, tuple[tuple[str, int], ...]]]
+Decide = Callable[["Simulation", float], tuple[Starts, list[SimJob]]]
+
+
+def _greedy(sim: Simulation, order: Iterable[SimJob], strict: bool) -> Starts:
+    free = dict(sim.cluster.free)
+    scratch = Cluster(sim.cluster.nodes)
+    scratch.free = free
+    out: Starts = []
+    for j in order:
+        place = scratch.best_fit(j.trace.gpus)
+        if place is None:
+            if strict:
+                break
+            if not any(free.values()):
+                break
+            continue
+        scratch.take(place)
+        out.append((j, place))
+    return out
+
+
+def fifo(sim: Simulation, now: float) -> tuple[Starts, list[SimJob]]:
+    return _greedy(sim, sim.queued(), strict=True), []
+
+
+def sjf(sim: Simulation, now: float) -> tuple[Starts, list[SimJob]]:
+    return _greedy(sim, sim.queued(), strict=False), []
+
+
+def _preemptive(sim: Simulation, now: float, key: Callable[[SimJob], Any]) -> tuple[Starts, list[SimJob]]:
+    """Run the best-keyed jobs that fit; preempt running ones that are no longer among them.
+
+    The waiting jobs' keys do not change while they wait, so they come from the
+    simulation's sorted queue; only the running ones are keyed and sorted per pass.
+    """
+    running = sorted((key(j), j.id) for j in sim.active())
+    candidates = (sim.sim_jobs[i] for _, i in heapq.merge(sim.queue, running))
+    scratch = Cluster(sim.cluster.nodes)
+    keep: set[int] = set()
+    chosen: list[SimJob] = []
+    for j in candidates:
+        if not any(scratch.free.values()):
+            break
+        place = scratch.best_fit(j.trace.gpus)
+        if place is None:
+            continue
+        scratch.take(place)
+        keep.add(j.id)
+        chosen.append(j)
+    preempt = [j for j in sim.active() if j.id not in keep and j.stop_at is None]
+    # Start only what fits now, among GPUs that are free or being given up.
+    free_now = Cluster(sim.cluster.nodes)
+    free_now.free = dict(sim.cluster.free)
+    starts: Starts = []
+    for j in chosen:
+        if j.id in sim.pending:
+            place = free_now.best_fit(j.trace.gpus)
+            if place is not None:
+                free_now.take(place)
+                starts.append((j, place))
+    return starts, preempt
+
+
+def srtf(sim: Simulation, now: float) -> tuple[Starts, list[SimJob]]:
+    return _preemptive(sim, now, lambda j: (sim.remaining(j, now), j.trace.submit, j.id))
+
+
+# Tiresias (NSDI'19) discretized 2D-LAS: queues by attained GPU-seconds, FIFO within one.
+LAS_THRESHOLDS = (3600.0 * 1, 3600.0 * 10)
+
+
+def _las_queue(attained: float) -> int:
+    return sum(1 for t in LAS_THRESHOLDS if attained >= t)
+
+
+def tiresias(sim: Simulation, now: float) -> tuple[Starts, list[SimJob]]:
+    return _preemptive(sim, now, lambda j: (_las_queue(sim.attained(j, now)), j.trace.submit, j.id))
+
+
+def partition(sim: Simulation, now: float) -> tuple[Starts, list[SimJob]]:
+    """Static partitions: each tenant may hold at most its share of the GPUs, no borrowing.
+
+    A job larger than its tenant's partition may run only when the tenant holds nothing
+    (else it could never run at all).
+    """
+    held: dict[str, int] = {}
+    for j in sim.active():
+        held[j.trace.tenant] = held.get(j.trace.tenant, 0) + j.trace.gpus
+    free = Cluster(sim.cluster.nodes)
+    free.free = dict(sim.cluster.free)
+    blocked: set[str] = set()
+    out: Starts = []
+    for j in sim.queued():
+        t = j.trace.tenant
+        if t in blocked:
+            continue  # FIFO within a partition
+        cap = sim.partition_size.get(t, 0)
+        h = held.get(t, 0)
+        if h + j.trace.gpus > cap and h > 0:
+            blocked.add(t)
+            continue
+        place = free.best_fit(j.trace.gpus)
+        if place is None:
+            blocked.add(t)
+            continue
+        free.take(place)
+        held[t] = h + j.trace.gpus
+        out.append((j, place))
+    return out, []
+
+
+def fairshare(sim: Simulation, now: float) -> tuple[Starts, list[SimJob]]:
+    """labq's own policy: the daemon's `schedule()` on a Snapshot of the simulation."""
+    decision = schedule(sim.snapshot(now))
+    starts: Starts = []
+    for s in decision.starts:
+        j = sim.pending[s.job_id]
+        per = {n.id: n.gpus for n in sim.cluster.nodes}
+        rest = j.trace.gpus - sum(per[n] for n in s.more_nodes)
+        starts.append((j, ((s.node, rest), *((n, per[n]) for n in s.more_nodes))))
+    preempt = [sim.running[p.job_id] for p in decision.preemptions]
+    return starts, preempt
+
+
+# The order each baseline keeps its waiting jobs in. Stable while a job waits: a
+# waiting job's remaining time and attained service do not change.
+ORDER_KEYS: dict[str, Callable[[Simulation, SimJob], Any]] = {
+    "fifo": lambda sim, j: (not j.requeued, j.trace.submit, j.id),
+    "partition": lambda sim, j: (not j.requeued, j.trace.submit, j.id),
+    "sjf": lambda sim, j: (j.trace.duration, j.trace.submit, j.id),
+    "srtf": lambda sim, j: (j.remaining, j.trace.submit, j.id),
+    "tiresias": lambda sim, j: (_las_queue(j.attained), j.trace.submit, j.id),
+}
+
+POLICY_FUNCS: dict[str, Decide] = {
+    "fifo": fifo,
+    "sjf": sjf,
+    "srtf": srtf,
+    "tiresias": tiresias,
+    "partition": partition,
+    "fairshare": fairshare,
+    "fairshare-nopreempt": fairshare,
+}
+
+
+# -- the simulation ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Simulation:
+    jobs: list[TraceJob]
+    nodes: list[NodeInfo]
+    policy: str
+    quotas: QuotaBook = QuotaBook()
+    config: PolicyConfig = PolicyConfig()
+    shares: Mapping[str, float] = field(default_factory=dict)
+    grace: float = 30.0
+    half_life: float = 7 * 86400.0
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICY_FUNCS:
+            raise TraceError(f"unknown policy {self.policy!r} (known: {', '.join(POLICIES)})")
+        self.cluster = Cluster(self.nodes)
+        too_big = [j for j in self.jobs if j.gpus > self.cluster.gpus]
+        if too_big:
+            j = too_big[0]
+            raise TraceError(
+                f"job {j.name} asks for {j.gpus} GPUs but the simulated cluster has {self.cluster.gpus}"
+            )
+        self.decide = POLICY_FUNCS[self.policy]
+        self.order_key = ORDER_KEYS.get(self.policy)
+        self.queue: list[tuple[Any, int]] = []  # (order key, job id) of waiting jobs, sorted
+        self.held: dict[str, int] = {}
+        self.waiting_by_tenant: dict[str, int] = {}
+        self.sim_jobs = {j.id: SimJob(j, j.duration) for j in self.jobs}
+        self.overhead_gpu_s = 0.0
+        self.pending: dict[int, SimJob] = {}
+        self.running: dict[int, SimJob] = {}
+        self._pending_objs: dict[int, PendingJob] = {}
+        self._running_objs: dict[int, RunningJob] = {}
+        self.events: list[tuple[float, int, int, int]] = []  # (time, kind, seq, job id)
+        self._seq = 0
+        self.busy_gpu_s = 0.0
+        self.passes = 0
+        total = sum(self.shares.values()) or 1.0
+        self.partition_size = {t: max(1, int(self.cluster.gpus * s / total)) for t, s in self.shares.items()}
+        # Decayed usage, kept incrementally: finished work decays as a whole; running
+        # jobs contribute g/k * (1 - e^{-k (now - start)}) = (A - e^{-k now} B) / k.
+        self._k = math.log(2) / self.half_life
+        self._done_usage: dict[str, float] = {}
+        self._done_at = 0.0
+        self._run_a: dict[str, float] = {}
+        self._run_b: dict[str, float] = {}
+        self._t0 = self.jobs[0].submit if self.jobs else 0.0
+        self._guarantees: dict[str, int] = {}
+
+    # -- views the policies use ---------------------------------------------------------------------
+    def queued(self) -> Iterator[SimJob]:
+        """Waiting jobs in the policy's order (kept sorted as jobs come and go)."""
+        return (self.sim_jobs[i] for _, i in self.queue)
+
+    def active(self) -> list[SimJob]:
+        return list(self.running.values())
+
+    def remaining(self, j: SimJob, now: float) -> float:
+        if j.start is not None and j.id in self.running:
+            return max(0.0, j.remaining - (now - j.start))
+        return j.remaining
+
+    def attained(self, j: SimJob, now: float) -> float:
+        run = (now - j.start) * j.trace.gpus if j.start is not None and j.id in self.running else 0.0
+        return j.attained + run
+
+    def usage(self, now: float) -> dict[str, float]:
+        decay = math.exp(-self._k * (now - self._done_at))
+        out = {u: v * decay for u, v in self._done_usage.items()}
+        e = math.exp(-self._k * (now - self._t0))
+        for u, a in self._run_a.items():
+            out[u] = out.get(u, 0.0) + max(0.0, (a - e * self._run_b[u]) / self._k)
+        return out
+
+    def snapshot(self, now: float) -> Snapshot:
+        return Snapshot(
+            now=now,
+            pending=tuple(self._pending_objs.values()),
+            running=tuple(self._running_objs.values()),
+            nodes=tuple(self.nodes),
+            usage=self.usage(now),
+            quotas=self.quotas,
+            config=self.config,
+        )
+
+    # -- events ------------------------------------------------------------------------------------------
+    ARRIVE, FINISH, STOPPED = 0, 1, 2
+
+    def _push(self, t: float, kind: int, job_id: int) -> None:
+        self._seq += 1
+        heapq.heappush(self.events, (t, kind, self._seq, job_id))
+
+    def _usage_start(self, j: SimJob, now: float) -> None:
+        u, g = j.trace.tenant, j.trace.gpus
+        self._run_a[u] = self._run_a.get(u, 0.0) + g
+        self._run_b[u] = self._run_b.get(u, 0.0) + g * math.exp(self._k * (now - self._t0))
+
+    def _usage_end(self, j: SimJob, now: float) -> None:
+        assert j.start is not None
+        u, g = j.trace.tenant, j.trace.gpus
+        self._run_a[u] -= g
+        self._run_b[u] -= g * math.exp(self._k * (j.start - self._t0))
+        decay = math.exp(-self._k * (now - self._done_at))
+        for k in self._done_usage:
+            self._done_usage[k] *= decay
+        self._done_at = now
+        self._done_usage[u] = (
+            self._done_usage.get(u, 0.0) + g * (1 - math.exp(-self._k * (now - j.start))) / self._k
+        )
+
+    def _enqueue(self, j: SimJob) -> None:
+        self.pending[j.id] = j
+        t = j.trace.tenant
+        self.waiting_by_tenant[t] = self.waiting_by_tenant.get(t, 0) + 1
+        if self.order_key is not None:
+            bisect.insort(self.queue, (self.order_key(self, j), j.id))
+        self._pending_objs[j.id] = PendingJob(
+            id=j.id, user=j.trace.tenant, gpus=j.trace.gpus, submit_time=j.trace.submit, requeued=j.requeued
+        )
+
+    def _start(self, j: SimJob, placement: tuple[tuple[str, int], ...], now: float) -> None:
+        del self.pending[j.id]
+        t = j.trace.tenant
+        self.waiting_by_tenant[t] -= 1
+        self.held[t] = self.held.get(t, 0) + j.trace.gpus
+        if self.order_key is not None:
+            entry = (self.order_key(self, j), j.id)
+            i = bisect.bisect_left(self.queue, entry)
+            assert self.queue[i] == entry
+            del self.queue[i]
+        self._pending_objs.pop(j.id, None)
+        self.cluster.take(placement)
+        j.start, j.placement, j.stop_at = now, placement, None
+        if j.first_start is None:
+            j.first_start = now
+        self.running[j.id] = j
+        self._running_objs[j.id] = RunningJob(
+            id=j.id,
+            user=j.trace.tenant,
+            gpus=j.trace.gpus,
+            node=placement[0][0],
+            start_time=now,
+            more_nodes=tuple(n for n, _ in placement[1:]),
+        )
+        self._usage_start(j, now)
+        self._push(now + j.remaining, self.FINISH, j.id)
+
+    def _preempt(self, j: SimJob, now: float) -> None:
+        if j.stop_at is not None:
+            return
+        j.stop_at = now + self.grace
+        r = self._running_objs[j.id]
+        self._running_objs[j.id] = RunningJob(
+            id=r.id,
+            user=r.user,
+            gpus=r.gpus,
+            node=r.node,
+            start_time=r.start_time,
+            stop_deadline=j.stop_at,
+            more_nodes=r.more_nodes,
+        )
+        self._push(j.stop_at, self.STOPPED, j.id)
+
+    def _stop(self, j: SimJob, now: float, finished: bool, lost_s: float = 0.0) -> None:
+        """End the current attempt; its first `lost_s` seconds... are the grace period, lost."""
+        assert j.start is not None
+        ran = now - j.start
+        g = j.trace.gpus
+        self.busy_gpu_s += ran * g
+        self._usage_end(j, now)
+        self.cluster.give(j.placement)
+        self.held[j.trace.tenant] -= j.trace.gpus
+        del self.running[j.id]
+        del self._running_objs[j.id]
+        j.attained += ran * g
+        # An attempt first restores its checkpoint, then works; the grace period after a
+        # SIGTERM (the job saves its checkpoint) does no work.
+        effective = max(0.0, ran - lost_s)
+        paid = min(j.restore, effective)
+        done = min(j.work_left, effective - paid)
+        j.restore -= paid
+        j.work_left -= done
+        j.run_gpu_s += done * g
+        self.overhead_gpu_s += (ran - done) * g
+        if finished:
+            j.work_left, j.restore = 0.0, 0.0
+            j.end = now
+        else:
+            j.restore += checkpoint_cost(g)
+            j.preemptions += 1
+            j.requeued = True
+            j.start = None
+            self._enqueue(j)
+
+    def run(self) -> SimResult:
+        arrivals = iter(self.jobs)
+        nxt = next(arrivals, None)
+        while nxt is not None or self.events:
+            t = min(
+                nxt.submit if nxt is not None else math.inf, self.events[0][0] if self.events else math.inf
+            )
+            while nxt is not None and nxt.submit <= t:
+                self._enqueue(self.sim_jobs[nxt.id])
+                nxt = next(arrivals, None)
+            while self.events and self.events[0][0] <= t:
+                _, kind, _, jid = heapq.heappop(self.events)
+                j = self.sim_jobs[jid]
+                if jid not in self.running:
+                    continue
+                if kind == self.FINISH and j.start is not None and abs(j.start + j.remaining - t) < 1e-6:
+                    self._stop(j, t, finished=True)
+                elif kind == self.STOPPED and j.stop_at == t:
+                    self._stop(j, t, finished=False, lost_s=self.grace)
+            if self.pending and self._worth_a_pass():
+                self.passes += 1
+                starts, preempts = self.decide(self, t)
+                for j, place in starts:
+                    self._start(j, place, t)
+                for j in preempts:
+                    if self.policy in ("srtf", "tiresias"):
+                        # Baselines stop at once; their checkpoint cost models the rest.
+                        j.stop_at = t
+                        self._stop(j, t, finished=False)
+                    else:
+                        self._preempt(j, t)
+                if preempts and self.policy in ("srtf", "tiresias") and self.pending:
+                    for j, place in self.decide(self, t)[0]:
+                        self._start(j, place, t)
+        return self.result()
+
+    def _worth_a_pass(self) -> bool:
+        if any(self.cluster.free.values()):
+            return True
+        # Full cluster: only a reclaim or a preemptive baseline can change anything.
+        if self.policy in ("srtf", "tiresias"):
+            return True
+        if self.policy != "fairshare" or not self.config.preemption:
+            return False
+        # A reclaim needs someone waiting who holds less than their guarantee.
+        return any(
+            n > 0 and self.held.get(t, 0) < self._guaranteed(t) for t, n in self.waiting_by_tenant.items()
+        )
+
+    def _guaranteed(self, tenant: str) -> int:
+        g = self._guarantees.get(tenant)
+        if g is None:
+            g = self._guarantees[tenant] = self.quotas.for_user(tenant).guaranteed_gpus
+        return g
+
+    def result(self) -> SimResult:
+        return SimResult.from_jobs(
+            self.policy,
+            list(self.sim_jobs.values()),
+            self.cluster.gpus,
+            self.overhead_gpu_s,
+            self.busy_gpu_s,
+            self.passes,
+        )
+
+
+@dataclass
+class SimResult:
+    policy: str
+    jobs: int
+    finished: int
+    gpus: int
+    jct: list[float]
+    wait: list[float]
+    makespan: float
+    busy_gpu_s: float
+    demand_gpu_s: float
+    preempted_gpu_s: float
+    per_tenant_jct: dict[str, float]
+    passes: int
+    preemptions: int
+
+    @classmethod
+    def from_jobs(
+        cls,
+        policy: str,
+        jobs: list[SimJob],
+        gpus: int,
+        preempted_gpu_s: float,
+        busy_gpu_s: float,
+        passes: int,
+    ) -> SimResult:
+        done = [j for j in jobs if j.end is not None]
+        jct = [j.end - j.trace.submit for j in done if j.end is not None]
+        # Queueing delay: everything that was not running the job's own work.
+        wait = [(j.end - j.trace.submit) - j.trace.duration for j in done if j.end is not None]
+        first = min((j.trace.submit for j in jobs), default=0.0)
+        last = max((j.end for j in done if j.end is not None), default=first)
+        per: dict[str, list[float]] = {}
+        for j in done:
+            if j.end is not None:
+                per.setdefault(j.trace.tenant, []).append(j.end - j.trace.submit)
+        return cls(
+            policy=policy,
+            jobs=len(jobs),
+            finished=len(done),
+            gpus=gpus,
+            jct=jct,
+            wait=wait,
+            makespan=last - first,
+            busy_gpu_s=busy_gpu_s,
+            demand_gpu_s=sum(j.trace.gpus * j.trace.duration for j in jobs),
+            preempted_gpu_s=preempted_gpu_s,
+            per_tenant_jct={t: statistics.fmean(v) for t, v in sorted(per.items())},
+            passes=passes,
+            preemptions=sum(j.preemptions for j in jobs),
+        )
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return 0.0
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def jain(xs: Sequence[float]) -> float:
+    """Jain's fairness index: 1 when all equal, 1/n when one gets everything."""
+    if not xs:
+        return 1.0
+    sq = sum(x * x for x in xs)
+    return (sum(xs) ** 2) / (len(xs) * sq) if sq > 0 else 1.0
+
+
+def summarize(res: SimResult, alone: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """The report: the keys the issue names, plus per-tenant detail and rho."""
+    rho = {t: res.per_tenant_jct[t] / alone[t] for t in res.per_tenant_jct if alone and alone.get(t)}
+    return {
+        "policy": res.policy,
+        "jobs": res.jobs,
+        "finished": res.finished,
+        "gpus": res.gpus,
+        "mean_jct_s": statistics.fmean(res.jct) if res.jct else 0.0,
+        "median_jct_s": statistics.median(res.jct) if res.jct else 0.0,
+        "p99_jct_s": _pct(res.jct, 0.99),
+        "mean_wait_s": statistics.fmean(res.wait) if res.wait else 0.0,
+        "p99_wait_s": _pct(res.wait, 0.99),
+        "makespan_s": res.makespan,
+        "utilization": res.busy_gpu_s / (res.gpus * res.makespan) if res.makespan > 0 else 0.0,
+        "max_rho": max(rho.values()) if rho else None,
+        "rho_p50": statistics.median(rho.values()) if rho else None,
+        "jain_index": jain([1 / r for r in rho.values()]) if rho else None,
+        "preempted_gpu_hours": res.preempted_gpu_s / 3600,
+        "preempted_fraction": res.preempted_gpu_s / res.busy_gpu_s if res.busy_gpu_s else 0.0,
+        "preemptions": res.preemptions,
+        "passes": res.passes,
+        "per_tenant": {t: {"mean_jct_s": v, "rho": rho.get(t)} for t, v in res.per_tenant_jct.items()},
+    }
+
+
+# -- running a comparison ---------------------------------------------------------------------------------
+
+
+def policy_config(policy: str, base: PolicyConfig | None = None) -> PolicyConfig:
+    from dataclasses import replace
+
+    cfg = base or PolicyConfig()
+    return replace(cfg, multi_node=True, explain=False, preemption=policy == "fairshare")
+
+
+def replay(
+    jobs: list[TraceJob],
+    nodes: int,
+    gpus_per_node: int,
+    policy: str,
+    shares: Mapping[str, float],
+    base: PolicyConfig | None = None,
+    half_life: float = 7 * 86400.0,
+    alone: bool = True,
+) -> dict[str, Any]:
+    """Replay `jobs` under `policy`; with `alone`, also each tenant on its own slice, for rho."""
+    node_list = make_nodes(nodes, gpus_per_node)
+    total = nodes * gpus_per_node
+    quotas = quotas_from_shares(shares, total)
+    cfg = policy_config(policy, base)
+    sim = Simulation(jobs, node_list, policy, quotas, cfg, shares, cfg.grace_period, half_life)
+    res = sim.run()
+    alone_jct: dict[str, float] = {}
+    if alone:
+        alone_jct = alone_jcts(jobs, nodes, gpus_per_node, policy, shares, cfg, half_life)
+    out = summarize(res, alone_jct)
+    out["nodes"], out["gpus_per_node"] = nodes, gpus_per_node
+    out["conservation_error_gpu_s"] = sum(j.run_gpu_s for j in sim.sim_jobs.values()) - res.demand_gpu_s
+    return out
+
+
+def slice_nodes(share: float, total_shares: float, nodes: int, biggest_job: int, gpus_per_node: int) -> int:
+    """A dedicated slice the size of a tenant's share (whole nodes; big enough for its largest job)."""
+    by_share = round(nodes * share / total_shares) if total_shares > 0 else nodes
+    return max(1, by_share, math.ceil(biggest_job / gpus_per_node))
+
+
+def alone_jcts(
+    jobs: list[TraceJob],
+    nodes: int,
+    gpus_per_node: int,
+    policy: str,
+    shares: Mapping[str, float],
+    cfg: PolicyConfig,
+    half_life: float,
+) -> dict[str, float]:
+    by_tenant: dict[str, list[TraceJob]] = {}
+    for j in jobs:
+        by_tenant.setdefault(j.tenant, []).append(j)
+    total_shares = sum(shares.get(t, 0.0) for t in by_tenant) or 1.0
+    out: dict[str, float] = {}
+    for t, tj in sorted(by_tenant.items()):
+        n = slice_nodes(shares.get(t, 0.0), total_shares, nodes, max(j.gpus for j in tj), gpus_per_node)
+        quotas = quotas_from_shares({t: 1.0}, n * gpus_per_node)
+        sim = Simulation(
+            tj, make_nodes(n, gpus_per_node), policy, quotas, cfg, {t: 1.0}, cfg.grace_period, half_life
+        )
+        r = sim.run()
+        out[t] = r.per_tenant_jct.get(t, 0.0)
+    return out
+
+
+def history_trace(db: Path) -> list[TraceJob]:
+    """The daemon's own past jobs as a trace: user, GPUs, submit time, GPU run time."""
+    import sqlite3
+
+    if not db.exists():
+        raise TraceError(f"no labq database at {db} (give --state-dir)")
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        rows = conn.execute(
+            "SELECT j.id, j.user, j.gpus, j.submit_time, SUM(r.end_time - r.start_time) "
+            "FROM jobs j JOIN runs r ON r.job_id = j.id "
+            "WHERE r.end_time IS NOT NULL AND j.state IN ('SUCCEEDED','FAILED','TIMEOUT','CANCELLED') "
+            "GROUP BY j.id ORDER BY j.submit_time"
+        ).fetchall()
+        conn.close()
+    except sqlite3.Error as e:
+        raise TraceError(f"cannot read {db}: {e}") from None
+    if not rows:
+        raise TraceError(f"{db} has no finished jobs to replay")
+    t0 = rows[0][3]
+    return [
+        TraceJob(i + 1, str(jid), str(user), float(submit - t0), int(gpus), max(0.0, float(dur)))
+        for i, (jid, user, gpus, submit, dur) in enumerate(rows)
+    ]
+
+
+def plot(results: Mapping[str, Mapping[str, Any]], path: Path, title: str) -> None:
+    """Mean JCT and queueing delay per policy, and each tenant's rho per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    jct = [results[n]["mean_jct_s"] / 3600 for n in names]
+    wait = [results[n]["mean_wait_s"] / 3600 for n in names]
+    xs = range(len(names))
+    ax1.bar([x - 0.2 for x in xs], jct, 0.4, label="mean JCT")
+    ax1.bar([x + 0.2 for x in xs], wait, 0.4, label="mean queueing delay")
+    ax1.set_xticks(list(xs), names, rotation=30, ha="right")
+    ax1.set_ylabel("hours")
+    ax1.set_title("Job completion time")
+    ax1.legend()
+    tenants = sorted({t for n in names for t in results[n].get("per_tenant", {})})
+    for i, n in enumerate(names):
+        rhos = [results[n]["per_tenant"].get(t, {}).get("rho") for t in tenants]
+        pts = [(i, r) for r in rhos if r is not None]
+        if pts:
+            ax2.scatter([p[0] for p in pts], [p[1] for p in pts], alpha=0.7)
+    ax2.axhline(2.0, color="red", linestyle="--", linewidth=1, label="rho = 2")
+    ax2.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+    ax2.set_yscale("log")
+    ax2.set_xticks(list(xs), names, rotation=30, ha="right")
+    ax2.set_ylabel("rho = JCT shared / JCT alone on its share")
+    ax2.set_title("Finish-time fairness per tenant")
+    ax2.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -141,13 +141,23 @@ class SimJob:
         return self.work_left + self.restore
 
 
-@dataclass
 class Cluster:
-    nodes: list[NodeInfo]
-    free: dict[str, int] = field(init=False)
+    """Free GPUs per node, bucketed by free count so best fit costs O(GPUs per node)."""
 
-    def __post_init__(self) -> None:
-        self.free = {n.id: n.gpus for n in self.nodes}
+    def __init__(self, nodes: list[NodeInfo]) -> None:
+        self.nodes = nodes
+        self.per = max(n.gpus for n in nodes)
+        self.free = {n.id: n.gpus for n in nodes}
+        self.total_free = sum(self.free.values())
+        self.buckets: list[dict[str, None]] = [{} for _ in range(self.per + 1)]
+        for nid, f in self.free.items():
+            self.buckets[f][nid] = None
+
+    def copy(self) -> Cluster:
+        c = Cluster.__new__(Cluster)
+        c.nodes, c.per, c.free, c.total_free = self.nodes, self.per, dict(self.free), self.total_free
+        c.buckets = [dict(b) for b in self.buckets]
+        return c
 
     @property
     def gpus(self) -> int:
@@ -155,36 +165,40 @@ class Cluster:
 
     def best_fit(self, gpus: int) -> tuple[tuple[str, int], ...] | None:
         """Single node with the fewest free GPUs that fits; for big jobs, whole nodes + remainder."""
-        per = max(n.gpus for n in self.nodes)
-        if gpus <= per:
-            best = None
-            for nid, f in self.free.items():
-                if f >= gpus and (best is None or f < best[1]):
-                    best = (nid, f)
-                    if f == gpus:
-                        break
-            return None if best is None else ((best[0], gpus),)
-        whole, rest = divmod(gpus, per)
-        full = [nid for nid, f in self.free.items() if f == per]
+        if gpus > self.total_free:
+            return None
+        if gpus <= self.per:
+            for k in range(gpus, self.per + 1):
+                for nid in self.buckets[k]:
+                    return ((nid, gpus),)
+            return None
+        whole, rest = divmod(gpus, self.per)
+        full = list(self.buckets[self.per])[:whole]
         if len(full) < whole:
             return None
-        out = [(nid, per) for nid in full[:whole]]
+        out = [(nid, self.per) for nid in full]
         if rest:
-            taken = set(full[:whole])
-            cands = [(f, nid) for nid, f in self.free.items() if nid not in taken and f >= rest]
-            if not cands:
-                return None
-            out.append((min(cands)[1], rest))
+            for k in range(rest, self.per + 1):
+                for nid in self.buckets[k]:
+                    if nid not in full:
+                        return (*out, (nid, rest))
+            return None
         return tuple(out)
+
+    def _set(self, nid: str, f: int) -> None:
+        del self.buckets[self.free[nid]][nid]
+        self.total_free += f - self.free[nid]
+        self.free[nid] = f
+        self.buckets[f][nid] = None
 
     def take(self, placement: Iterable[tuple[str, int]]) -> None:
         for nid, g in placement:
-            self.free[nid] -= g
-            assert self.free[nid] >= 0
+            assert self.free[nid] >= g
+            self._set(nid, self.free[nid] - g)
 
     def give(self, placement: Iterable[tuple[str, int]]) -> None:
         for nid, g in placement:
-            self.free[nid] += g
+            self._set(nid, self.free[nid] + g)
 
 
 def make_nodes(count: int, gpus_per_node: int) -> list[NodeInfo]:
@@ -199,16 +213,12 @@ Decide = Callable[["Simulation", float], tuple[Starts, list[SimJob]]]
 
 
 def _greedy(sim: Simulation, order: Iterable[SimJob], strict: bool) -> Starts:
-    free = dict(sim.cluster.free)
-    scratch = Cluster(sim.cluster.nodes)
-    scratch.free = free
+    scratch = sim.cluster.copy()
     out: Starts = []
     for j in order:
         place = scratch.best_fit(j.trace.gpus)
         if place is None:
-            if strict:
-                break
-            if not any(free.values()):
+            if strict or scratch.total_free == 0:
                 break
             continue
         scratch.take(place)
@@ -224,42 +234,48 @@ def sjf(sim: Simulation, now: float) -> tuple[Starts, list[SimJob]]:
     return _greedy(sim, sim.queued(), strict=False), []
 
 
-def _preemptive(sim: Simulation, now: float, key: Callable[[SimJob], Any]) -> tuple[Starts, list[SimJob]]:
-    """Run the best-keyed jobs that fit; preempt running ones that are no longer among them.
+def _preemptive(
+    sim: Simulation, now: float, keys: Callable[[Simulation, float], list[tuple[Any, int]]]
+) -> tuple[Starts, list[SimJob]]:
+    """Preemptive priority: start waiting jobs in key order where they fit; then, if the
+    best job still waiting outranks running ones, preempt the worst-ranked of those
+    (worst first) until it fits, and only if it then fits.
 
-    The waiting jobs' keys do not change while they wait, so they come from the
-    simulation's sorted queue; only the running ones are keyed and sorted per pass.
+    Waiting jobs' keys do not change while they wait, so they come from the
+    simulation's sorted queue; only the running jobs are keyed per pass.
     """
-    running = sorted((key(j), j.id) for j in sim.active())
-    candidates = (sim.sim_jobs[i] for _, i in heapq.merge(sim.queue, running))
-    scratch = Cluster(sim.cluster.nodes)
-    keep: set[int] = set()
-    chosen: list[SimJob] = []
-    for j in candidates:
-        if not any(scratch.free.values()):
-            break
-        place = scratch.best_fit(j.trace.gpus)
-        if place is None:
-            continue
+    starts = _greedy(sim, sim.queued(), strict=False)
+    started = {j.id for j, _ in starts}
+    blocked = next((j for j in sim.queued() if j.id not in started), None)
+    if blocked is None or not sim.running:
+        return starts, []
+    bkey = sim.order_key(sim, blocked) if sim.order_key else None
+    worse = sorted((k for k in keys(sim, now) if bkey is not None and k[0] > bkey), reverse=True)
+    if not worse:
+        return starts, []
+    scratch = sim.cluster.copy()
+    for _, place in starts:
         scratch.take(place)
-        keep.add(j.id)
-        chosen.append(j)
-    preempt = [j for j in sim.active() if j.id not in keep and j.stop_at is None]
-    # Start only what fits now, among GPUs that are free or being given up.
-    free_now = Cluster(sim.cluster.nodes)
-    free_now.free = dict(sim.cluster.free)
-    starts: Starts = []
-    for j in chosen:
-        if j.id in sim.pending:
-            place = free_now.best_fit(j.trace.gpus)
-            if place is not None:
-                free_now.take(place)
-                starts.append((j, place))
-    return starts, preempt
+    victims: list[SimJob] = []
+    for _, jid in worse:
+        j = sim.running[jid]
+        scratch.give(j.placement)
+        victims.append(j)
+        if scratch.best_fit(blocked.trace.gpus) is not None:
+            return starts, victims
+    return starts, []  # even all of them would not make room: preempting is pure loss
+
+
+def _srtf_keys(sim: Simulation, now: float) -> list[tuple[Any, int]]:
+    # Inlined sim.remaining(): this runs for every running job on every pass.
+    return [
+        ((j.start + j.remaining - now if j.start is not None else j.remaining, j.trace.submit, i), i)
+        for i, j in sim.running.items()
+    ]
 
 
 def srtf(sim: Simulation, now: float) -> tuple[Starts, list[SimJob]]:
-    return _preemptive(sim, now, lambda j: (sim.remaining(j, now), j.trace.submit, j.id))
+    return _preemptive(sim, now, _srtf_keys)
 
 
 # Tiresias (NSDI'19) discretized 2D-LAS: queues by attained GPU-seconds, FIFO within one.
@@ -270,8 +286,17 @@ def _las_queue(attained: float) -> int:
     return sum(1 for t in LAS_THRESHOLDS if attained >= t)
 
 
+def _las_keys(sim: Simulation, now: float) -> list[tuple[Any, int]]:
+    t1, t2 = LAS_THRESHOLDS
+    out = []
+    for i, j in sim.running.items():
+        a = j.attained + ((now - j.start) * j.trace.gpus if j.start is not None else 0.0)
+        out.append((((a >= t1) + (a >= t2), j.trace.submit, i), i))
+    return out
+
+
 def tiresias(sim: Simulation, now: float) -> tuple[Starts, list[SimJob]]:
-    return _preemptive(sim, now, lambda j: (_las_queue(sim.attained(j, now)), j.trace.submit, j.id))
+    return _preemptive(sim, now, _las_keys)
 
 
 def partition(sim: Simulation, now: float) -> tuple[Starts, list[SimJob]]:
@@ -283,8 +308,7 @@ def partition(sim: Simulation, now: float) -> tuple[Starts, list[SimJob]]:
     held: dict[str, int] = {}
     for j in sim.active():
         held[j.trace.tenant] = held.get(j.trace.tenant, 0) + j.trace.gpus
-    free = Cluster(sim.cluster.nodes)
-    free.free = dict(sim.cluster.free)
+    free = sim.cluster.copy()
     blocked: set[str] = set()
     out: Starts = []
     for j in sim.queued():
@@ -327,6 +351,12 @@ ORDER_KEYS: dict[str, Callable[[Simulation, SimJob], Any]] = {
     "sjf": lambda sim, j: (j.trace.duration, j.trace.submit, j.id),
     "srtf": lambda sim, j: (j.remaining, j.trace.submit, j.id),
     "tiresias": lambda sim, j: (_las_queue(j.attained), j.trace.submit, j.id),
+}
+
+# Running jobs' keys move with time; these key them all at `now` (preemptive baselines).
+RUNNING_KEYS: dict[str, Callable[[Simulation, float], list[tuple[Any, int]]]] = {
+    "srtf": _srtf_keys,
+    "tiresias": _las_keys,
 }
 
 POLICY_FUNCS: dict[str, Decide] = {
@@ -555,7 +585,7 @@ class Simulation:
                     self._stop(j, t, finished=True)
                 elif kind == self.STOPPED and j.stop_at == t:
                     self._stop(j, t, finished=False, lost_s=self.grace)
-            if self.pending and self._worth_a_pass():
+            if self.pending and self._worth_a_pass(t):
                 self.passes += 1
                 starts, preempts = self.decide(self, t)
                 for j, place in starts:
@@ -567,17 +597,27 @@ class Simulation:
                         self._stop(j, t, finished=False)
                     else:
                         self._preempt(j, t)
-                if preempts and self.policy in ("srtf", "tiresias") and self.pending:
-                    for j, place in self.decide(self, t)[0]:
+                rounds = 0
+                while preempts and self.policy in ("srtf", "tiresias") and self.pending and rounds < 64:
+                    # The stopped jobs' GPUs are free now: place the job they made room for.
+                    rounds += 1
+                    starts, preempts = self.decide(self, t)
+                    for j, place in starts:
                         self._start(j, place, t)
+                    for j in preempts:
+                        j.stop_at = t
+                        self._stop(j, t, finished=False)
         return self.result()
 
-    def _worth_a_pass(self) -> bool:
-        if any(self.cluster.free.values()):
+    def _worth_a_pass(self, now: float) -> bool:
+        if self.cluster.total_free > 0:
             return True
         # Full cluster: only a reclaim or a preemptive baseline can change anything.
-        if self.policy in ("srtf", "tiresias"):
-            return True
+        running_key = RUNNING_KEYS.get(self.policy)
+        if running_key is not None:
+            # Only if the best waiting job outranks the worst running one.
+            worst = max((k for k, _ in running_key(self, now)), default=None)
+            return worst is not None and bool(self.queue) and self.queue[0][0] < worst
         if self.policy != "fairshare" or not self.config.preemption:
             return False
         # A reclaim needs someone waiting who holds less than their guarantee.

@@ -6,6 +6,7 @@ built from the H200 recording; utilization follows what each job really does.
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import time
@@ -103,7 +104,9 @@ def test_gpus_follow_the_jobs_holding_them(gpulq: tuple[Labq, int]) -> None:
     # The sleeper is flagged idle (window 3 s here), in the queue and in its history.
     def flagged() -> dict[str, Any] | None:
         j = lq.job(sleepy)
-        noted = any(e["reason"].startswith("idle: its GPUs have been under 2% utilization") for e in j["events"])
+        noted = any(
+            e["reason"].startswith("idle: its GPUs have been under 2% utilization") for e in j["events"]
+        )
         return j if noted and any(f.startswith("idle") for f in j.get("flags", [])) else None
 
     wait_for("the idle flag and its note in the history", flagged)
@@ -151,3 +154,27 @@ def test_bad_usage_input_is_one_line(gpulq: tuple[Labq, int]) -> None:
     r = lq.run("quota", "set", _caller(lq), "--idle-action", "delete", check=False)
     assert r.returncode != 0 and "idle_action must be one of notify, cancel, requeue" in r.stderr
     assert lq.json("quota", "show")["defaults"]["idle_action"] == "notify"
+
+
+def test_simulate_replays_the_daemons_own_history(gpulq: tuple[Labq, int]) -> None:
+    lq, _ = gpulq
+    r = lq.run(
+        "simulate",
+        "--from-history",
+        "--state-dir",
+        str(lq.state_dir),
+        "--nodes",
+        "1",
+        "--gpus-per-node",
+        "3",
+        "--policy",
+        "fifo,fairshare",
+        "--json",
+        "-",
+    )
+    out = json.loads(r.stdout)["policies"]
+    ended = [
+        j for j in lq.json("queue", "--all") if j["state"] in ("SUCCEEDED", "CANCELLED") and j["start_time"]
+    ]
+    assert out["fairshare"]["jobs"] == out["fifo"]["jobs"] == len(ended) >= 2
+    assert out["fairshare"]["finished"] == len(ended)

@@ -55,7 +55,7 @@ def main() -> None:
                 per[t]["alone_mean_jct_s"] = alone.get(t)
             r["max_rho"] = max(rhos.values())
             r["rho_p50"] = sorted(rhos.values())[len(rhos) // 2]
-            r["jain_index"] = sim.jain([1 / x for x in rhos.values()])
+            r["jain_index"] = sim.jain([min(1.0, 1 / x) for x in rhos.values()])
             r["alone_replays_s"] = time.perf_counter() - t1
             results[name] = r
             print(_sim_line(r), flush=True)

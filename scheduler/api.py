@@ -66,6 +66,13 @@ def submit(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     return 201, {"id": job_id}
 
 
+@route("POST", "/v1/jobs/preview")
+def preview(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    if not isinstance(body, dict) or not isinstance(body.get("spec"), dict):
+        raise DaemonError('body must be {"spec": {...}}')
+    return 200, d.preview(c, body["spec"])
+
+
 @route("GET", "/v1/jobs")
 def list_jobs(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     states: tuple[JobState, ...] | None

@@ -15,26 +15,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from scheduler.client import Client, ClientError, NoDaemon
+from scheduler.config import INHERITED_ENV
 from scheduler.units import UnitError, format_duration
 
 # The submitter's environment that a job inherits by default (as Slurm does), so that
 # `labq submit -- python train.py` finds the same python. `--env` adds or overrides.
-INHERITED_ENV = (
-    "PATH",
-    "HOME",
-    "USER",
-    "LOGNAME",
-    "LANG",
-    "LC_ALL",
-    "SHELL",
-    "TERM",
-    "PYTHONPATH",
-    "VIRTUAL_ENV",
-    "CONDA_PREFIX",
-    "CONDA_DEFAULT_ENV",
-    "LD_LIBRARY_PATH",
-    "TZ",
-)
 SPEC_FIELDS = ("command", "gpus", "cpus", "memory", "time", "workdir", "env", "name", "priority", "grace")
 
 
@@ -129,6 +114,18 @@ def build_spec(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None, d
 def cmd_submit(c: Client, args: argparse.Namespace) -> int:
     spec, job_file, lines = build_spec(args)
     try:
+        if args.dry_run:
+            out = c.preview(spec)
+            if args.json:
+                _emit_json(out)
+            elif out["starts_now"]:
+                print(f"would start now on {out['node']}")
+            else:
+                eta = f" (estimated start {_ts(out['eta'])})" if out.get("eta") else ""
+                print(f"would wait{eta}:")
+                for r in out["reasons"]:
+                    print(f"  - {r}")
+            return 0
         job_id = c.submit(spec)
     except ClientError as e:
         msg = str(e)
@@ -484,6 +481,27 @@ def _sim_line(r: dict[str, Any]) -> str:
     )
 
 
+def exec_tui(args: argparse.Namespace) -> int:
+    """Hand over to the UI package in a fresh interpreter: scheduler/ never imports tui/."""
+    argv = [sys.executable, "-m", "tui"]
+    if args.cmd == "desktop-install":
+        argv.append("desktop-install")
+    else:
+        for flag in ("refresh", "keymap", "port", "remote", "remote_socket"):
+            v = getattr(args, flag, None)
+            if v is not None:
+                argv += [f"--{flag.replace('_', '-')}", str(v)]
+        for flag in ("read_only", "web"):
+            if getattr(args, flag, False):
+                argv.append(f"--{flag.replace('_', '-')}")
+    if getattr(args, "remote", None) and args.cmd == "desktop-install":
+        argv += ["--remote", args.remote]
+    if args.socket:
+        argv += ["--socket", args.socket]
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
 def cmd_quota(c: Client, args: argparse.Namespace) -> int:
     if args.quota_cmd == "set":
         fields: dict[str, Any] = {}
@@ -667,6 +685,9 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--timeout", type=float, default=600.0)
 
     s = sub.add_parser("submit", help="queue a job: labq submit [opts] -- CMD... | labq submit job.yaml")
+    s.add_argument(
+        "--dry-run", action="store_true", help="say whether it would start now, or why it would wait"
+    )
     s.add_argument("--gpus", type=int)
     s.add_argument("--cpus", type=float)
     s.add_argument("--memory", help="e.g. 16G")
@@ -733,6 +754,17 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--plot", metavar="PNG", help="write a plot")
     sm.add_argument("--quiet", action="store_true")
 
+    tu = sub.add_parser("tui", help="the terminal UI: queue, jobs and logs, GPUs, team, quotas")
+    tu.add_argument("--read-only", action="store_true", help="hide every action")
+    tu.add_argument("--refresh", type=float, help="seconds between polls (default 1)")
+    tu.add_argument("--keymap", help="remap keys by binding id: 'labq.new=ctrl+n,labq.quit=ctrl+q'")
+    tu.add_argument("--web", action="store_true", help="serve it to a browser on localhost")
+    tu.add_argument("--port", type=int, help="port for --web (default 8000)")
+    tu.add_argument("--remote", metavar="HOST", help="against HOST's daemon, through an SSH tunnel")
+    tu.add_argument("--remote-socket", help="daemon socket on HOST (default /run/labq/labq.sock)")
+    di = sub.add_parser("desktop-install", help="add labq to the desktop's application menu")
+    di.add_argument("--remote", metavar="HOST", help="an entry that opens HOST's queue")
+
     au = sub.add_parser("audit", help="quota changes, cancels and other admin actions")
     au.add_argument("--json", action="store_true")
     return p
@@ -762,6 +794,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_up(args)
         if args.cmd == "simulate":
             return cmd_simulate(args)
+        if args.cmd in ("tui", "desktop-install"):
+            return exec_tui(args)
         sock = Path(args.socket) if args.socket else None
         client = Client(sock)
         return COMMANDS[args.cmd](client, args)

@@ -132,6 +132,11 @@ class Client:
     def submit(self, spec: dict[str, Any]) -> int:
         return int(self.request("POST", "/v1/jobs", {"spec": spec})["id"])
 
+    def preview(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """What would happen if `spec` were submitted now (nothing is queued)."""
+        out: dict[str, Any] = self.request("POST", "/v1/jobs/preview", {"spec": spec})
+        return out
+
     def jobs(
         self,
         include_finished: bool = False,

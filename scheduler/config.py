@@ -12,6 +12,24 @@ from typing import Any
 
 ROOT_SOCKET = Path("/run/labq/labq.sock")
 
+# What a job inherits from whoever submits it (as Slurm does), unless told otherwise.
+INHERITED_ENV = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "SHELL",
+    "TERM",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+    "CONDA_DEFAULT_ENV",
+    "LD_LIBRARY_PATH",
+    "TZ",
+)
+
 
 def personal_socket() -> Path:
     runtime = os.environ.get("XDG_RUNTIME_DIR")

@@ -329,6 +329,43 @@ class Daemon:
 
     # -- commands (called by api.py, one per request kind) ---------------------------------------
     def submit(self, caller: Caller, spec_data: dict[str, Any]) -> int:
+        spec = self._accept(caller, spec_data)
+        job_id = self.store.add_job(caller.user, caller.uid, spec)
+        self.wake.set()
+        return job_id
+
+    def preview(self, caller: Caller, spec_data: dict[str, Any]) -> dict[str, Any]:
+        """What would happen if this job were submitted now: the policy's own answer."""
+        from dataclasses import replace
+
+        spec = self._accept(caller, spec_data)
+        now = time.time()
+        snap = self.snapshot(now)
+        probe = PendingJob(
+            id=-1,
+            user=caller.user,
+            gpus=spec.gpus,
+            submit_time=now,
+            priority=spec.priority,
+            time_limit=spec.time,
+            cpus=float(spec.cpus),
+            memory=int(spec.memory or 0),
+        )
+        decision = schedule(replace(snap, pending=(*snap.pending, probe)))
+        start = next((s for s in decision.starts if s.job_id == -1), None)
+        if start is not None:
+            node = self.nodes.get(start.node)
+            return {"starts_now": True, "node": node.name if node else start.node, "reasons": [], "eta": now}
+        w = decision.waiting.get(-1)
+        return {
+            "starts_now": False,
+            "node": None,
+            "reasons": list(w.reasons) if w else [],
+            "eta": w.eta if w else None,
+        }
+
+    def _accept(self, caller: Caller, spec_data: dict[str, Any]) -> JobSpec:
+        """Validate a submission: the same checks for a real one and a preview."""
         from pydantic import ValidationError
 
         from scheduler.job import first_error
@@ -349,9 +386,7 @@ class Daemon:
         self._check_fits(spec)
         if spec.workdir and not os.path.isdir(spec.workdir):
             raise DaemonError(f"workdir {spec.workdir} does not exist")
-        job_id = self.store.add_job(caller.user, caller.uid, spec)
-        self.wake.set()
-        return job_id
+        return spec
 
     def _check_fits(self, spec: JobSpec) -> None:
         with self.lock:

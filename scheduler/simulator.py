@@ -703,7 +703,12 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def jain(xs: Sequence[float]) -> float:
-    """Jain's fairness index: 1 when all equal, 1/n when one gets everything."""
+    """Jain's fairness index: 1 when all equal, 1/n when one gets everything.
+
+    Applied to share attainment min(1, 1/rho): a tenant doing at least as well as on
+    its own dedicated slice has attained its share fully (1), so sharing that helps
+    some tenants more than others is not counted as unfair.
+    """
     if not xs:
         return 1.0
     sq = sum(x * x for x in xs)
@@ -727,7 +732,7 @@ def summarize(res: SimResult, alone: Mapping[str, float] | None = None) -> dict[
         "utilization": res.busy_gpu_s / (res.gpus * res.makespan) if res.makespan > 0 else 0.0,
         "max_rho": max(rho.values()) if rho else None,
         "rho_p50": statistics.median(rho.values()) if rho else None,
-        "jain_index": jain([1 / r for r in rho.values()]) if rho else None,
+        "jain_index": jain([min(1.0, 1 / r) for r in rho.values()]) if rho else None,
         "preempted_gpu_hours": res.preempted_gpu_s / 3600,
         "preempted_fraction": res.preempted_gpu_s / res.busy_gpu_s if res.busy_gpu_s else 0.0,
         "preemptions": res.preemptions,

@@ -1,0 +1,223 @@
+"""The labq Textual app: the team's launcher and monitor.
+
+It polls the daemon in a background thread (one poll at a time: a slow daemon never
+queues polls behind each other nor freezes a key press) and keeps the last answers
+in `self.data`; when a poll fails, the screens keep those values and say how old
+they are. Everything goes through `tui.api.Backend`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any, ClassVar
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.command import Hit, Hits, Provider
+
+from tui.api import Backend, BackendError
+from tui.dialogs import Confirm, Help
+from tui.gpus import GpusScreen
+from tui.job import JobScreen
+from tui.model import Data
+from tui.queue import QueueScreen
+from tui.quotas import QuotasScreen
+from tui.submit import SubmitScreen
+from tui.team import TeamScreen
+
+# Quota and usage change slowly; ask for them less often than for jobs and GPUs.
+SLOW_EVERY = 10
+
+
+class Jump(Provider):
+    """ctrl+p: jump to a job, a node or a researcher."""
+
+    async def search(self, query: str) -> Hits:
+        app = self.app
+        assert isinstance(app, LabqApp)
+        matcher = self.matcher(query)
+        for j in app.data.jobs[-2000:]:
+            text = f"job {j['id']} {j.get('name', '')} ({j['user']}, {j['state']})"
+            score = matcher.match(text)
+            if score > 0:
+                yield Hit(
+                    score, matcher.highlight(text), partial(app.open_job, int(j["id"])), help="open the job"
+                )
+        for n in app.data.nodes:
+            text = f"node {n['name']}"
+            score = matcher.match(text)
+            if score > 0:
+                yield Hit(
+                    score, matcher.highlight(text), partial(app.switch_mode, "gpus"), help="GPUs screen"
+                )
+        for user in sorted({j["user"] for j in app.data.jobs}):
+            text = f"user {user}"
+            score = matcher.match(text)
+            if score > 0:
+                yield Hit(score, matcher.highlight(text), partial(app.show_user, user), help="their jobs")
+
+
+class LabqApp(App[None]):
+    TITLE = "labq"
+    MODES: ClassVar[dict[str, Any]] = {
+        "queue": QueueScreen,
+        "gpus": GpusScreen,
+        "team": TeamScreen,
+        "quotas": QuotasScreen,
+    }
+    DEFAULT_MODE = "queue"
+    COMMANDS = App.COMMANDS | {Jump}
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("1", "switch_mode('queue')", "Queue", id="labq.queue"),
+        Binding("2", "switch_mode('gpus')", "GPUs", id="labq.gpus"),
+        Binding("3", "switch_mode('team')", "Team", id="labq.team"),
+        Binding("4", "switch_mode('quotas')", "Quotas", id="labq.quotas"),
+        Binding("n", "new_job", "New job", id="labq.new"),
+        Binding("question_mark", "help", "Help", id="labq.help"),
+        Binding("q", "quit", "Quit", id="labq.quit"),
+    ]
+
+    def __init__(
+        self,
+        backend: Backend,
+        clock: Callable[[], float] = time.time,
+        read_only: bool = False,
+        refresh_s: float = 1.0,
+        keymap: dict[str, str] | None = None,
+        auto_refresh: bool = True,
+    ) -> None:
+        super().__init__()
+        self.backend = backend
+        self.now = clock
+        self.read_only = read_only
+        self.refresh_s = refresh_s
+        self.auto_refresh = auto_refresh
+        self.data = Data()
+        self.polls = 0
+        if keymap:
+            self.set_keymap(keymap)
+
+    def on_mount(self) -> None:
+        self.poll_now()
+        if self.auto_refresh:
+            self.set_interval(self.refresh_s, self.poll_now)
+
+    # -- polling ---------------------------------------------------------------------------------
+    def poll_now(self) -> None:
+        self.poll()
+
+    @work(thread=True, exclusive=True, group="poll")
+    def poll(self) -> None:
+        b = self.backend
+        first = self.polls == 0
+        slow = self.polls % SLOW_EVERY == 0 or not self.data.quotas
+        try:
+            got: dict[str, Any] = {
+                "health": b.health(),
+                "jobs": b.jobs(),
+                # The daemon's own history once, to seed the sparklines; then one sample per poll.
+                "nodes": b.nodes(history=first).get("nodes", []),
+            }
+            if slow:
+                got["quotas"] = b.quotas()
+                got["usage"] = b.usage("7d")
+        except BackendError as e:
+            self.call_from_thread(self.failed, str(e))
+            return
+        self.call_from_thread(self.apply, got)
+
+    def apply(self, got: dict[str, Any]) -> None:
+        self.polls += 1
+        d = self.data
+        d.health = got["health"]
+        d.jobs = got["jobs"]
+        d.nodes = got["nodes"]
+        d.record_history(d.nodes)
+        if "quotas" in got:
+            d.quotas = got["quotas"]
+            d.usage = got["usage"]
+        d.fetched_at = self.now()
+        d.error = ""
+        d.down_since = None
+        self.redraw()
+
+    def failed(self, message: str) -> None:
+        d = self.data
+        if not d.error:
+            d.down_since = self.now()
+        d.error = message
+        self.redraw()
+
+    def redraw(self) -> None:
+        screen = self.screen
+        refresh = getattr(screen, "refresh_data", None)
+        if refresh is not None:
+            refresh()
+        self.refresh_bindings()
+
+    # -- navigation and actions shared by the screens ----------------------------------------------
+    def open_job(self, job_id: int, focus_log: bool = False) -> None:
+        self.push_screen(JobScreen(job_id, focus_log=focus_log))
+
+    def show_user(self, user: str) -> None:
+        self.switch_mode("queue")
+        screen = self.screen
+        if isinstance(screen, QueueScreen):
+            screen.show_user(user)
+
+    def action_new_job(self, spec: dict[str, Any] | None = None) -> None:
+        if self.read_only:
+            return
+
+        def done(job_id: int | None) -> None:
+            if job_id is not None:
+                self.notify(f"submitted job {job_id}", title="labq")
+                self.poll_now()
+
+        self.push_screen(SubmitScreen(spec), done)
+
+    def action_help(self) -> None:
+        self.push_screen(Help())
+
+    def confirm_cancel(self, job: dict[str, Any]) -> None:
+        if self.read_only:
+            return
+        if job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT", "LOST"):
+            self.notify(f"job {job['id']} already ended ({job['state']})", severity="warning")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.cancel_job(int(job["id"]))
+
+        what = (
+            "stop it (SIGTERM, then SIGKILL after its grace period)"
+            if job["state"]
+            in (
+                "RUNNING",
+                "STARTING",
+            )
+            else "remove it from the queue"
+        )
+        self.push_screen(
+            Confirm(f"Cancel job {job['id']} ({job.get('name', '')}, {job['user']})?\nThis will {what}."),
+            answered,
+        )
+
+    @work(thread=True, group="cancel")
+    def cancel_job(self, job_id: int) -> None:
+        try:
+            out = self.backend.cancel(job_id)
+        except BackendError as e:
+            self.call_from_thread(self.notify, str(e), title=f"job {job_id}", severity="error")
+            return
+        self.call_from_thread(self.notify, f"job {job_id}: {out.get('result', 'cancelled')}", title="labq")
+        self.call_from_thread(self.poll_now)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "new_job" and self.read_only:
+            return None
+        return True

@@ -1,0 +1,71 @@
+"""What every screen shares: the status line, the footer, and being told of new data."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+from textual.app import ComposeResult
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Footer
+
+from tui.model import Data, age, clock
+from tui.widgets import StatusLine
+
+if TYPE_CHECKING:
+    from tui.app import LabqApp
+
+
+class DataScreen(Screen[None]):
+    """A screen that redraws from `app.data` after each poll (`refresh_data`)."""
+
+    title_text = ""
+
+    @property
+    def lapp(self) -> LabqApp:
+        return cast("LabqApp", self.app)
+
+    @property
+    def data(self) -> Data:
+        return self.lapp.data
+
+    def compose_status(self) -> ComposeResult:
+        yield StatusLine(id="status")
+
+    def compose_footer(self) -> ComposeResult:
+        yield Footer()
+
+    def on_screen_resume(self) -> None:
+        self.refresh_data()
+
+    def refresh_data(self) -> None:
+        self.update_status()
+
+    def update_status(self) -> None:
+        try:
+            line = self.query_one("#status", StatusLine)
+        except Exception:  # noqa: BLE001 - not composed yet
+            return
+        line.update(status_text(self.data, self.lapp.now(), self.title_text, self.lapp.read_only))
+        line.set_class(bool(self.data.error), "-stale")
+
+
+def status_text(data: Data, now: float, title: str, read_only: bool) -> str:
+    who = data.me or "?"
+    role = " (admin)" if data.admin else ""
+    ro = "  read-only" if read_only else ""
+    if data.error:
+        since = f" since {clock(data.down_since)}" if data.down_since else ""
+        last = f"; showing values from {age(now - data.fetched_at)} ago" if data.fetched_at else ""
+        return f"labq · {title} · {data.error}{since}{last}"
+    h = data.health
+    counts = h.get("counts", {})
+    running = counts.get("RUNNING", 0) + counts.get("STARTING", 0)
+    pending = counts.get("PENDING", 0)
+    ray = "" if (h.get("ray") or {}).get("connected", True) else "  Ray unreachable"
+    return f"labq · {title} · {who}{role} · {running} running, {pending} pending{ray}{ro}"
+
+
+class Modal(ModalScreen[Any]):
+    @property
+    def lapp(self) -> LabqApp:
+        return cast("LabqApp", self.app)

@@ -1,0 +1,216 @@
+"""Quotas: admins edit a researcher's fields; everyone sees them and the audit log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Button, DataTable, Input, Label, Select, Static
+
+from tui.api import BackendError
+from tui.base import DataScreen
+from tui.model import stamp
+from tui.widgets import SyncTable
+
+FIELDS = ("shares", "guaranteed_gpus", "max_gpus", "max_jobs", "gpu_hours_per_week")
+OPTIONAL = ("max_gpus", "max_jobs", "gpu_hours_per_week")  # empty or "none" = no limit
+IDLE_ACTIONS = ("notify", "cancel", "requeue")
+QUOTA_COLUMNS = ("USER", "SHARES", "GUAR", "MAX GPUS", "MAX JOBS", "GPU-h/WEEK", "IDLE ACTION")
+AUDIT_COLUMNS = ("TIME", "WHO", "ACTION", "TARGET", "DETAIL")
+
+
+def parse_field(name: str, raw: str) -> tuple[Any, str]:
+    """(value, error) for one form field, checked the way the daemon will check it."""
+    raw = raw.strip()
+    if name in OPTIONAL and raw.lower() in ("", "none", "-"):
+        return None, ""
+    try:
+        v = float(raw)
+    except ValueError:
+        return None, f"{name} must be a number" + (" or empty for no limit" if name in OPTIONAL else "")
+    if name == "shares":
+        return (v, "") if v > 0 else (None, "shares must be > 0")
+    if name == "gpu_hours_per_week":
+        return (v, "") if v >= 0 else (None, "must be >= 0")
+    if v != int(v) or v < 0:
+        return None, f"{name} must be a whole number >= 0"
+    return int(v), ""
+
+
+def _opt(v: Any) -> str:
+    return "" if v is None else f"{v:g}"
+
+
+class QuotasScreen(DataScreen):
+    title_text = "Quotas"
+    DEFAULT_CSS = """
+    QuotasScreen #top { height: 1fr; }
+    QuotasScreen #quotas { width: 1fr; }
+    QuotasScreen #form { width: 44; padding: 0 1; border-left: solid $primary; }
+    QuotasScreen #form Label { margin-top: 1; color: $text-muted; }
+    QuotasScreen #formerror { color: $error; height: auto; }
+    QuotasScreen #audit { height: 40%; border-top: solid $primary; }
+    """
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Save", id="labq.quotas.save"),
+        Binding("escape", "focus_table", "Back to list", show=False, id="labq.quotas.back"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.user = ""
+        self.audit_rows: list[dict[str, Any]] = []
+
+    def compose(self) -> ComposeResult:
+        yield from self.compose_status()
+        with Horizontal(id="top"):
+            yield SyncTable(QUOTA_COLUMNS, id="quotas")
+            with VerticalScroll(id="form"):
+                yield Static("", id="formtitle")
+                for f in FIELDS:
+                    yield Label(f.replace("_", " ") + (" (empty = none)" if f in OPTIONAL else ""))
+                    yield Input(id=f"q-{f}", compact=True)
+                yield Label("idle action")
+                yield Select(
+                    [(a, a) for a in IDLE_ACTIONS], id="q-idle_action", allow_blank=False, compact=True
+                )
+                yield Static("", id="formerror")
+                yield Button("Save (ctrl+s)", id="save", variant="primary")
+        yield SyncTable(AUDIT_COLUMNS, id="audit")
+        yield from self.compose_footer()
+
+    @property
+    def editable(self) -> bool:
+        return self.data.admin and not self.lapp.read_only
+
+    def on_mount(self) -> None:
+        self.query_one("#quotas", SyncTable).focus()
+        self.refresh_data()
+        self.load_audit()
+
+    @work(thread=True, exclusive=True, group="audit")
+    def load_audit(self) -> None:
+        try:
+            rows = self.lapp.backend.audit()
+        except BackendError:
+            return
+        self.app.call_from_thread(self.show_audit, rows)
+
+    def show_audit(self, rows: list[dict[str, Any]]) -> None:
+        self.audit_rows = rows
+        self.query_one("#audit", SyncTable).sync(
+            [
+                (str(i), (stamp(r["time"]), r["actor"], r["action"], r["target"], str(r["detail"])[:80]))
+                for i, r in enumerate(rows)
+            ]
+        )
+
+    def refresh_data(self) -> None:
+        super().refresh_data()
+        quotas = self.data.quotas.get("quotas", [])
+        self.query_one("#quotas", SyncTable).sync(
+            [
+                (
+                    q["user"],
+                    (
+                        q["user"],
+                        f"{q['shares']:g}",
+                        str(q["guaranteed_gpus"]),
+                        _opt(q.get("max_gpus")) or "-",
+                        _opt(q.get("max_jobs")) or "-",
+                        _opt(q.get("gpu_hours_per_week")) or "-",
+                        str(q.get("idle_action", "notify")),
+                    ),
+                )
+                for q in quotas
+            ]
+        )
+        if not self.user and quotas:
+            self.load_user(quotas[0]["user"])
+        self.set_editable()
+
+    def set_editable(self) -> None:
+        for w in self.query("#form Input, #form Select, #form Button"):
+            w.disabled = not self.editable
+        if not self.editable:
+            why = "read-only mode" if self.lapp.read_only else "only admins may change quotas"
+            self.query_one("#formerror", Static).update(f"read-only: {why}")
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "quotas" and event.row_key.value:
+            self.load_user(str(event.row_key.value))
+
+    def load_user(self, user: str) -> None:
+        q = next((q for q in self.data.quotas.get("quotas", []) if q["user"] == user), None)
+        if q is None:
+            return
+        self.user = user
+        self.query_one("#formtitle", Static).update(f"[b]{user}[/b]")
+        for f in FIELDS:
+            self.query_one(f"#q-{f}", Input).value = _opt(q.get(f))
+        self.query_one("#q-idle_action", Select).value = q.get("idle_action", "notify")
+        self.query_one("#formerror", Static).update("")
+        self.set_editable()
+
+    def form_values(self) -> tuple[dict[str, Any], list[str]]:
+        values: dict[str, Any] = {}
+        errors: list[str] = []
+        for f in FIELDS:
+            v, err = parse_field(f, self.query_one(f"#q-{f}", Input).value)
+            if err:
+                errors.append(err)
+            else:
+                values[f] = v
+        values["idle_action"] = self.query_one("#q-idle_action", Select).value
+        return values, errors
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        _, errors = self.form_values()
+        if self.editable:
+            self.query_one("#formerror", Static).update("\n".join(errors))
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "save":
+            self.action_save()
+
+    def action_save(self) -> None:
+        if not self.editable or not self.user:
+            return
+        values, errors = self.form_values()
+        if errors:
+            self.query_one("#formerror", Static).update("\n".join(errors))
+            return
+        current: dict[str, Any] = next(
+            (q for q in self.data.quotas.get("quotas", []) if q["user"] == self.user), {}
+        )
+        changed = {k: v for k, v in values.items() if current.get(k) != v}
+        if not changed:
+            self.query_one("#formerror", Static).update("nothing changed")
+            return
+        self.save(self.user, changed)
+
+    @work(thread=True, exclusive=True, group="save")
+    def save(self, user: str, changed: dict[str, Any]) -> None:
+        try:
+            self.lapp.backend.set_quota(user, changed)
+        except BackendError as e:
+            self.app.call_from_thread(self.query_one("#formerror", Static).update, str(e))
+            return
+        self.app.call_from_thread(self.saved, user, changed)
+
+    def saved(self, user: str, changed: dict[str, Any]) -> None:
+        self.notify(f"{user}: {', '.join(f'{k} = {v}' for k, v in changed.items())}", title="quota saved")
+        self.query_one("#formerror", Static).update("saved")
+        self.lapp.poll_now()
+        self.load_audit()
+
+    def action_focus_table(self) -> None:
+        self.query_one("#quotas", SyncTable).focus()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "save" and not self.editable:
+            return None
+        return True

@@ -1,0 +1,256 @@
+"""New job: a form checked as you type that says what would happen before you submit."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.timer import Timer
+from textual.widgets import Button, Input, Label, Static
+
+from scheduler.config import INHERITED_ENV
+from scheduler.units import UnitError, parse_duration, parse_size
+from tui.api import BackendError
+from tui.base import Modal
+
+FIELDS = (
+    ("command", "command", "python train.py --lr 3e-4"),
+    ("gpus", "GPUs", "1"),
+    ("cpus", "CPUs", "0"),
+    ("memory", "memory", "e.g. 32G (empty: none)"),
+    ("time", "time limit", "e.g. 4h (empty: the default)"),
+    ("workdir", "workdir", ""),
+    ("env", "env", "KEY=VALUE KEY2=VALUE2"),
+    ("name", "name", ""),
+    ("priority", "priority", "0"),
+)
+
+
+def form_to_spec(values: dict[str, str], base_env: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(spec, errors by field) from the form's text, checked like the daemon checks it."""
+    spec: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    try:
+        argv = shlex.split(values.get("command", ""))
+    except ValueError as e:
+        argv = []
+        errors["command"] = f"cannot split: {e}"
+    if argv:
+        spec["command"] = argv
+    elif "command" not in errors:
+        errors["command"] = "give the command to run"
+    for f, lo in (("gpus", 1), ("priority", -1000)):
+        raw = values.get(f, "").strip()
+        if raw:
+            try:
+                spec[f] = int(raw)
+                if spec[f] < lo:
+                    errors[f] = f"must be >= {lo}"
+            except ValueError:
+                errors[f] = "must be a whole number"
+    raw = values.get("cpus", "").strip()
+    if raw:
+        try:
+            spec["cpus"] = float(raw)
+            if spec["cpus"] < 0:
+                errors["cpus"] = "must be >= 0"
+        except ValueError:
+            errors["cpus"] = "must be a number"
+    for f, parse in (("memory", parse_size), ("time", parse_duration)):
+        raw = values.get(f, "").strip()
+        if raw:
+            try:
+                parse(raw)
+                spec[f] = raw
+            except UnitError as e:
+                errors[f] = str(e)
+    workdir = values.get("workdir", "").strip()
+    if workdir:
+        spec["workdir"] = os.path.abspath(os.path.expanduser(workdir))
+        if not os.path.isdir(spec["workdir"]):
+            errors["workdir"] = "no such directory here"
+    env = dict(base_env)
+    try:
+        for item in shlex.split(values.get("env", "")):
+            k, sep, v = item.partition("=")
+            if not sep or not k:
+                errors["env"] = f"use KEY=VALUE, got {item!r}"
+                break
+            env[k] = v
+    except ValueError as e:
+        errors["env"] = f"cannot split: {e}"
+    spec["env"] = env
+    if values.get("name", "").strip():
+        spec["name"] = values["name"].strip()
+    return spec, errors
+
+
+def spec_to_form(spec: dict[str, Any]) -> dict[str, str]:
+    """The form's text for an existing job's spec (resubmit with changes) or a job YAML."""
+    cmd = spec.get("command", [])
+    out = {
+        "command": cmd if isinstance(cmd, str) else shlex.join(str(a) for a in cmd),
+        "workdir": str(spec.get("workdir") or ""),
+        "name": str(spec.get("name") or ""),
+    }
+    for f in ("gpus", "cpus", "priority"):
+        if spec.get(f) is not None:
+            out[f] = f"{spec[f]:g}" if isinstance(spec[f], float) else str(spec[f])
+    if spec.get("memory"):
+        out["memory"] = str(spec["memory"])
+    if spec.get("time"):
+        t = spec["time"]
+        out["time"] = f"{int(t)}s" if isinstance(t, (int, float)) else str(t)
+    env = {k: v for k, v in (spec.get("env") or {}).items() if k not in INHERITED_ENV}
+    out["env"] = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items())
+    return out
+
+
+class SubmitScreen(Modal):
+    DEFAULT_CSS = """
+    SubmitScreen { align: center middle; }
+    SubmitScreen > Vertical { width: 96; height: 90%; border: thick $primary; background: $surface; padding: 0 1; }
+    SubmitScreen VerticalScroll { height: 1fr; }
+    SubmitScreen .row { height: 1; margin-top: 1; }
+    SubmitScreen .row Label { width: 12; }
+    SubmitScreen .row Input { width: 1fr; }
+    SubmitScreen .err { color: $error; height: auto; padding-left: 12; }
+    SubmitScreen #preview { height: auto; min-height: 3; border: round $accent; padding: 0 1; }
+    SubmitScreen #buttons { height: 3; align-horizontal: right; }
+    SubmitScreen Button { margin-left: 2; }
+    """
+    BINDINGS = [
+        Binding("escape", "close", "Close", id="labq.submit.close"),
+        Binding("ctrl+s", "submit", "Submit", id="labq.submit.submit"),
+    ]
+
+    def __init__(self, spec: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.initial = spec_to_form(spec) if spec else {"gpus": "1", "workdir": os.getcwd()}
+        self.base_env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+        self._debounce: Timer | None = None
+        self.spec: dict[str, Any] = {}
+        self.errors: dict[str, str] = {}
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static("[b]New job[/b]  (checked as you type; the preview asks the scheduler)")
+            with VerticalScroll():
+                with Horizontal(classes="row"):
+                    yield Label("job YAML")
+                    yield Input(placeholder="path to a job.yaml (enter loads it)", id="yaml", compact=True)
+                for key, label, placeholder in FIELDS:
+                    with Horizontal(classes="row"):
+                        yield Label(label)
+                        yield Input(
+                            value=self.initial.get(key, ""),
+                            placeholder=placeholder,
+                            id=f"f-{key}",
+                            compact=True,
+                        )
+                    yield Static("", classes="err", id=f"e-{key}")
+            yield Static("", id="preview")
+            with Horizontal(id="buttons"):
+                yield Button("Cancel", id="cancel")
+                yield Button("Submit (ctrl+s)", id="submit", variant="primary")
+
+    def on_mount(self) -> None:
+        self.query_one("#f-command", Input).focus()
+        self.validate()
+
+    def values(self) -> dict[str, str]:
+        return {key: self.query_one(f"#f-{key}", Input).value for key, _, _ in FIELDS}
+
+    def validate(self) -> None:
+        self.spec, self.errors = form_to_spec(self.values(), self.base_env)
+        for key, _, _ in FIELDS:
+            self.query_one(f"#e-{key}", Static).update(self.errors.get(key, ""))
+        self.query_one("#submit", Button).disabled = bool(self.errors)
+        if self._debounce is not None:
+            self._debounce.stop()
+        if not self.errors:
+            self._debounce = self.set_timer(0.4, self.ask_preview)
+        else:
+            self.query_one("#preview", Static).update("fix the fields above to see what would happen")
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id and event.input.id.startswith("f-"):
+            self.validate()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "yaml" and event.value.strip():
+            self.load_yaml(Path(event.value.strip()).expanduser())
+
+    def load_yaml(self, path: Path) -> None:
+        import yaml
+
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            self.query_one("#preview", Static).update(f"cannot load {path}: {e}")
+            return
+        if not isinstance(data, dict):
+            self.query_one("#preview", Static).update(f"{path}: a job file is a mapping")
+            return
+        if isinstance(data.get("workdir"), str) and not os.path.isabs(data["workdir"]):
+            data["workdir"] = str((path.parent / data["workdir"]).resolve())
+        for key, value in spec_to_form(data).items():
+            self.query_one(f"#f-{key}", Input).value = value
+        self.validate()
+
+    def ask_preview(self) -> None:
+        self.query_one("#preview", Static).update("asking the scheduler…")
+        self.preview(dict(self.spec))
+
+    @work(thread=True, exclusive=True, group="preview")
+    def preview(self, spec: dict[str, Any]) -> None:
+        try:
+            out = self.lapp.backend.preview(spec)
+            text = _preview_text(out)
+        except BackendError as e:
+            text = f"[b]would be refused:[/b] {escape(str(e))}"
+        self.app.call_from_thread(self.query_one("#preview", Static).update, text)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "submit":
+            self.action_submit()
+        else:
+            self.dismiss(None)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    def action_submit(self) -> None:
+        self.validate()
+        if self.errors:
+            return
+        self.send(dict(self.spec))
+
+    @work(thread=True, exclusive=True, group="submit")
+    def send(self, spec: dict[str, Any]) -> None:
+        try:
+            job_id = self.lapp.backend.submit(spec)
+        except BackendError as e:
+            self.app.call_from_thread(
+                self.query_one("#preview", Static).update, f"[b]refused:[/b] {escape(str(e))}"
+            )
+            return
+        self.app.call_from_thread(self.dismiss, job_id)
+
+
+def _preview_text(out: dict[str, Any]) -> str:
+    import time
+
+    if out.get("starts_now"):
+        return f"[b]starts now[/b] on {out.get('node')}"
+    eta = out.get("eta")
+    when = time.strftime("%H:%M", time.localtime(eta)) if eta else "unknown"
+    reasons = "\n".join(f"  • {escape(r)}" for r in out.get("reasons") or [])
+    return f"[b]would wait[/b] (estimated start {when})\n{reasons}"

@@ -19,6 +19,7 @@ from textual.binding import Binding, BindingType
 from textual.command import Hit, Hits, Provider
 
 from tui.api import Backend, BackendError
+from tui.base import Later, run_later
 from tui.dialogs import Confirm, Help
 from tui.gpus import GpusScreen
 from tui.job import JobScreen
@@ -94,7 +95,7 @@ class LabqApp(App[None]):
         self.now = clock
         self.read_only = read_only
         self.refresh_s = refresh_s
-        self.auto_refresh = auto_refresh
+        self.poll_auto = auto_refresh
         self.data = Data()
         self.polls = 0
         if keymap:
@@ -102,7 +103,7 @@ class LabqApp(App[None]):
 
     def on_mount(self) -> None:
         self.poll_now()
-        if self.auto_refresh:
+        if self.poll_auto:
             self.set_interval(self.refresh_s, self.poll_now)
 
     # -- polling ---------------------------------------------------------------------------------
@@ -125,9 +126,16 @@ class LabqApp(App[None]):
                 got["quotas"] = b.quotas()
                 got["usage"] = b.usage("7d")
         except BackendError as e:
-            self.call_from_thread(self.failed, str(e))
+            self.later(self.failed, str(e))
             return
-        self.call_from_thread(self.apply, got)
+        self.later(self.apply, got)
+
+    def later(self, fn: Callable[..., Any], *args: Any) -> None:
+        """From a worker thread: run fn(*args) on the UI loop."""
+        self.post_message(Later(fn, *args))
+
+    def on_later(self, m: Later) -> None:
+        run_later(m)
 
     def apply(self, got: dict[str, Any]) -> None:
         self.polls += 1
@@ -212,10 +220,10 @@ class LabqApp(App[None]):
         try:
             out = self.backend.cancel(job_id)
         except BackendError as e:
-            self.call_from_thread(self.notify, str(e), title=f"job {job_id}", severity="error")
+            self.later(partial(self.notify, str(e), title=f"job {job_id}", severity="error"))
             return
-        self.call_from_thread(self.notify, f"job {job_id}: {out.get('result', 'cancelled')}", title="labq")
-        self.call_from_thread(self.poll_now)
+        self.later(partial(self.notify, f"job {job_id}: {out.get('result', 'cancelled')}", title="labq"))
+        self.later(self.poll_now)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "new_job" and self.read_only:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from textual.app import ComposeResult
+from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer
 
@@ -13,6 +15,24 @@ from tui.widgets import StatusLine
 
 if TYPE_CHECKING:
     from tui.app import LabqApp
+
+
+class Later(Message):
+    """Run `fn(*args)` on the UI's own loop: how worker threads hand results back.
+
+    A message rather than `call_from_thread`, so whatever the callback starts (timers,
+    redraws) lives in the app's context.
+    """
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        super().__init__()
+        self.fn = fn
+        self.args = args
+
+
+def run_later(m: Later) -> None:
+    m.stop()
+    m.fn(*m.args)
 
 
 class DataScreen(Screen[None]):
@@ -36,6 +56,13 @@ class DataScreen(Screen[None]):
 
     def on_screen_resume(self) -> None:
         self.refresh_data()
+
+    def later(self, fn: Callable[..., Any], *args: Any) -> None:
+        """From a worker thread: run fn(*args) on the UI loop."""
+        self.post_message(Later(fn, *args))
+
+    def on_later(self, m: Later) -> None:
+        run_later(m)
 
     def refresh_data(self) -> None:
         self.update_status()
@@ -69,3 +96,9 @@ class Modal(ModalScreen[Any]):
     @property
     def lapp(self) -> LabqApp:
         return cast("LabqApp", self.app)
+
+    def later(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.post_message(Later(fn, *args))
+
+    def on_later(self, m: Later) -> None:
+        run_later(m)

@@ -128,9 +128,9 @@ class JobScreen(DataScreen):
                 if off >= part["size"] or not part["data"]:
                     break
         except BackendError as e:
-            self.app.call_from_thread(self.show_error, str(e))
+            self.later(self.show_error, str(e))
             return
-        self.app.call_from_thread(self.apply, job, chunks)
+        self.later(self.apply, job, chunks)
 
     def show_error(self, message: str) -> None:
         self.query_one("#logbar", Static).update(f"[b]{_escape(message)}[/b]")

@@ -97,7 +97,7 @@ class QuotasScreen(DataScreen):
             rows = self.lapp.backend.audit()
         except BackendError:
             return
-        self.app.call_from_thread(self.show_audit, rows)
+        self.later(self.show_audit, rows)
 
     def show_audit(self, rows: list[dict[str, Any]]) -> None:
         self.audit_rows = rows
@@ -197,9 +197,9 @@ class QuotasScreen(DataScreen):
         try:
             self.lapp.backend.set_quota(user, changed)
         except BackendError as e:
-            self.app.call_from_thread(self.query_one("#formerror", Static).update, str(e))
+            self.later(self.query_one("#formerror", Static).update, str(e))
             return
-        self.app.call_from_thread(self.saved, user, changed)
+        self.later(self.saved, user, changed)
 
     def saved(self, user: str, changed: dict[str, Any]) -> None:
         self.notify(f"{user}: {', '.join(f'{k} = {v}' for k, v in changed.items())}", title="quota saved")

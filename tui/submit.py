@@ -216,7 +216,7 @@ class SubmitScreen(Modal):
             text = _preview_text(out)
         except BackendError as e:
             text = f"[b]would be refused:[/b] {escape(str(e))}"
-        self.app.call_from_thread(self.query_one("#preview", Static).update, text)
+        self.later(self.query_one("#preview", Static).update, text)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "submit":
@@ -238,11 +238,9 @@ class SubmitScreen(Modal):
         try:
             job_id = self.lapp.backend.submit(spec)
         except BackendError as e:
-            self.app.call_from_thread(
-                self.query_one("#preview", Static).update, f"[b]refused:[/b] {escape(str(e))}"
-            )
+            self.later(self.query_one("#preview", Static).update, f"[b]refused:[/b] {escape(str(e))}")
             return
-        self.app.call_from_thread(self.dismiss, job_id)
+        self.later(self.dismiss, job_id)
 
 
 def _preview_text(out: dict[str, Any]) -> str:

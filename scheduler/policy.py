@@ -217,12 +217,13 @@ class _Pass:
             jobs_held[u] = jobs_held.get(u, 0) + 1
             penalty[u] = penalty.get(u, 0.0) + g * (end - now)
             rest = g
-            for nid in r.more_nodes:
-                whole = nodes.get(nid)
-                if whole is not None:
-                    whole.free -= whole.info.gpus
-                    rest -= whole.info.gpus
-                    whole.releases.append((end, whole.info.gpus))
+            if r.more_nodes:
+                for nid in r.more_nodes:
+                    whole = nodes.get(nid)
+                    if whole is not None:
+                        whole.free -= whole.info.gpus
+                        rest -= whole.info.gpus
+                        whole.releases.append((end, whole.info.gpus))
             node = nodes.get(r.node)
             if node is None:
                 continue  # a node that left: its jobs are being reported lost elsewhere

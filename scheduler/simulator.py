@@ -311,7 +311,10 @@ def partition(sim: Simulation, now: float) -> tuple[Starts, list[SimJob]]:
     free = sim.cluster.copy()
     blocked: set[str] = set()
     out: Starts = []
+    waiting = sum(1 for n in sim.waiting_by_tenant.values() if n > 0)
     for j in sim.queued():
+        if len(blocked) >= waiting or free.total_free == 0:
+            break  # every partition is blocked at its head: nothing further can start
         t = j.trace.tenant
         if t in blocked:
             continue  # FIFO within a partition

@@ -35,7 +35,7 @@ class GpusScreen(DataScreen):
     def refresh_data(self) -> None:
         super().refresh_data()
         # Sparklines get what the screen can spare: wide terminals see more history.
-        width = max(10, min(60, (self.size.width - 110) or 10))
+        width = max(10, min(30, self.size.width - 120))
         rows = gpu_rows(self.data, self.lapp.now(), spark_width=width)
         self.query_one("#gpus", SyncTable).sync(rows)
         gpus = [g for n in self.data.nodes for g in n.get("gpu_list", [])]

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich.text import Text
 from textual.widgets import DataTable, Static
 
 Row = tuple[str, tuple[str, ...]]
 
 
-class SyncTable(DataTable[str]):
+class SyncTable(DataTable[Text]):
     """A DataTable fed whole snapshots, that touches only what changed.
 
     With 10,000 jobs a full rebuild per refresh would cost far more than the cells
     that really change (a few states and times), so `sync` updates cells in place
     while the row order stays the same, and rebuilds only when it does not.
+    """
+
+    DEFAULT_CSS = """
+    SyncTable { height: 1fr; }
     """
 
     def __init__(self, columns: Sequence[str], **kw: object) -> None:
@@ -38,14 +43,15 @@ class SyncTable(DataTable[str]):
                     continue
                 for col, (a, b) in zip(self._columns, zip(old, cells, strict=True), strict=True):
                     if a != b:
-                        self.update_cell(key, col, b)
+                        # Text, not str: job names and reasons are data, never markup.
+                        self.update_cell(key, col, Text(b))
                         changed += 1
                 self._rows[key] = cells
             return changed
         selected = self.selected_key()
         self.clear(columns=False)
         for key, cells in rows:
-            self.add_row(*cells, key=key)
+            self.add_row(*(Text(c) for c in cells), key=key)
         self._rows = dict(rows)
         self._order = order
         if selected in self._rows:

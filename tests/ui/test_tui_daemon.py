@@ -1,0 +1,128 @@
+"""The UI against a real daemon (real Ray, 2 logical GPUs): submit, follow a log, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Input
+
+from tests.conftest import REPO, Labq, cleanup, make_labq
+from tui.api import ClientBackend
+from tui.app import LabqApp
+from tui.job import JobScreen
+from tui.queue import QueueScreen
+from tui.submit import SubmitScreen
+
+
+@pytest.fixture(scope="module")
+def lq() -> Iterator[Labq]:
+    lq = make_labq("grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 0.5\n")
+    lq.up("--gpus", "2")
+    yield lq
+    cleanup(lq)
+
+
+async def wait_until(pilot: Pilot[None], what: str, cond: object, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.2)
+
+
+def test_submit_follow_and_cancel_through_the_ui(lq: Labq) -> None:
+    app = LabqApp(ClientBackend(lq.socket), refresh_s=0.5)
+    script = "for i in $(seq 1 400); do echo tick $i; sleep 0.1; done"
+
+    async def go() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await wait_until(pilot, "the first poll", lambda: app.data.fetched_at is not None)
+            await pilot.press("n")
+            assert isinstance(app.screen, SubmitScreen)
+            app.screen.query_one("#f-command", Input).value = f"sh -c '{script}'"
+            app.screen.query_one("#f-name", Input).value = "ui-job"
+            await wait_until(
+                pilot, "the preview", lambda: "starts now" in str(app.screen.query_one("#preview").render())
+            )
+            await pilot.press("ctrl+s")
+            await wait_until(pilot, "the form to close", lambda: isinstance(app.screen, QueueScreen))
+            await wait_until(
+                pilot,
+                "the job to run",
+                lambda: any(j["name"] == "ui-job" and j["state"] == "RUNNING" for j in app.data.jobs),
+            )
+            job = next(j for j in app.data.jobs if j["name"] == "ui-job")
+            app.open_job(int(job["id"]))
+            await pilot.pause()
+            screen = app.screen
+            assert isinstance(screen, JobScreen)
+            await wait_until(pilot, "log lines", lambda: len(screen.lines) >= 5)
+            seen = len(screen.lines)
+            await wait_until(pilot, "the log to grow while following", lambda: len(screen.lines) > seen + 5)
+            assert screen.lines[0] == "tick 1"
+            await pilot.press("c")
+            await pilot.press("y")
+            await wait_until(pilot, "the job to end", lambda: (screen.job or {}).get("state") == "CANCELLED")
+
+    asyncio.run(go())
+    j = lq.job(int(next(j for j in lq.json("queue", "--all") if j["name"] == "ui-job")["id"]))
+    assert j["state"] == "CANCELLED" and j["reasons"][0].startswith("cancelled by")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_web_mode_serves_the_app_on_localhost(lq: Labq) -> None:
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tui", "--web", "--port", str(port), "--socket", str(lq.socket)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                page = urllib.request.urlopen(f"http://localhost:{port}/", timeout=5).read().decode()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "textual-serve did not answer"
+                time.sleep(0.3)
+        assert "labq" in page and "<html" in page.lower()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_desktop_install_writes_an_entry_and_an_icon(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO), XDG_DATA_HOME=str(tmp_path))
+    for extra in ([], ["--remote", "gpu-head"]):
+        r = subprocess.run(
+            [sys.executable, "-m", "scheduler.cli", "desktop-install", *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+    entry = (tmp_path / "applications" / "labq.desktop").read_text()
+    assert "Terminal=true" in entry and "Icon=labq" in entry and entry.splitlines()[0] == "[Desktop Entry]"
+    assert " tui" in next(line for line in entry.splitlines() if line.startswith("Exec="))
+    remote = (tmp_path / "applications" / "labq-gpu-head.desktop").read_text()
+    assert "--remote gpu-head" in remote
+    assert (tmp_path / "icons" / "hicolor" / "scalable" / "apps" / "labq.svg").read_text().startswith("<svg")

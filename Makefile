@@ -24,7 +24,7 @@ test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check scheduler tui tests benchmarks examples
+	$(BIN)/ruff check scheduler tui tests benchmarks examples scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -61,7 +61,9 @@ def main() -> None:
             print(_sim_line(r), flush=True)
         out = Path(args.out)
         (out / f"sim-{nodes * 8}.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-        sim.plot(results, out / f"sim-{nodes * 8}.png", f"Philly 2 months: {len(jobs)} jobs on {nodes * 8} GPUs")
+        sim.plot(
+            results, out / f"sim-{nodes * 8}.png", f"Philly 2 months: {len(jobs)} jobs on {nodes * 8} GPUs"
+        )
         base = {k: results[k]["mean_jct_s"] for k in ("fifo", "sjf", "fairshare") if k in results}
         if len(base) == 3:
             print(

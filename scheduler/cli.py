@@ -424,6 +424,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         else:
             raise UsageError("give a trace CSV, or --from-history")
         tenants = {j.tenant for j in jobs}
+        quotas = None
         if args.shares:
             shares = sim.shares_from_sizes(Path(args.shares), tenants)
         elif args.quotas:
@@ -436,6 +437,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             except (OSError, yaml.YAMLError, QuotaError) as e:
                 raise sim.TraceError(f"{args.quotas}: {e}") from None
             shares = {t: book.for_user(t).shares for t in tenants}
+            quotas = book
         else:
             shares = dict.fromkeys(tenants, 1.0)
         names = list(sim.POLICIES) if args.policy == "all" else args.policy.split(",")
@@ -447,7 +449,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         results: dict[str, Any] = {}
         for n in names:
             t0 = time.perf_counter()
-            r = sim.replay(jobs, args.nodes, args.gpus_per_node, n, shares, alone=not args.no_rho)
+            r = sim.replay(
+                jobs, args.nodes, args.gpus_per_node, n, shares, alone=not args.no_rho, quotas=quotas
+            )
             r["simulate_s"] = time.perf_counter() - t0
             r["jobs_per_s"] = len(jobs) / r["simulate_s"] if r["simulate_s"] > 0 else 0.0
             results[n] = r

@@ -763,11 +763,16 @@ def replay(
     base: PolicyConfig | None = None,
     half_life: float = 7 * 86400.0,
     alone: bool = True,
+    quotas: QuotaBook | None = None,
 ) -> dict[str, Any]:
-    """Replay `jobs` under `policy`; with `alone`, also each tenant on its own slice, for rho."""
+    """Replay `jobs` under `policy`; with `alone`, also each tenant on its own slice, for rho.
+
+    `quotas`: a full quota book (guarantees, caps, budgets: what `--quotas` gives);
+    without one, each tenant is guaranteed the GPUs its share of the pool is worth.
+    """
     node_list = make_nodes(nodes, gpus_per_node)
     total = nodes * gpus_per_node
-    quotas = quotas_from_shares(shares, total)
+    quotas = quotas if quotas is not None else quotas_from_shares(shares, total)
     cfg = policy_config(policy, base)
     sim = Simulation(jobs, node_list, policy, quotas, cfg, shares, cfg.grace_period, half_life)
     res = sim.run()

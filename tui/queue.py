@@ -14,6 +14,9 @@ from tui.model import QUEUE_COLUMNS, STATES, QueueFilter, filter_jobs, job_cells
 from tui.widgets import SyncTable
 
 STATE_CYCLE = ("", "ALL", *STATES)
+# Rows the table holds at once. Nobody scrolls through 10,000 jobs; the filter and
+# ctrl+p find any job, and the UI stays fast however long the queue gets.
+MAX_ROWS = 500
 SORTABLE = ("RANK", "ID", "USER", "NAME", "GPUS", "STATE", "ETA")
 
 
@@ -67,6 +70,8 @@ class QueueScreen(DataScreen):
         now = self.lapp.now()
         jobs = filter_jobs(self.data.jobs, self.filter, self.data.me)
         jobs = sort_jobs(jobs, self.sort_column, self.sort_reverse)
+        total = len(jobs)
+        jobs = jobs[:MAX_ROWS]
         self.shown = jobs
         self.table.sync([(str(j["id"]), job_cells(j, now)) for j in jobs])
         f = self.filter
@@ -77,7 +82,9 @@ class QueueScreen(DataScreen):
             parts.append(f"'{f.text}'")
         arrow = "↓" if self.sort_reverse else "↑"
         self.query_one("#summary", Static).update(
-            f"{len(jobs)} of {len(self.data.jobs)} jobs · {' · '.join(parts)} · sorted by {self.sort_column.lower()} {arrow}"
+            f"{total} of {len(self.data.jobs)} jobs"
+            + (f" (first {MAX_ROWS} shown: / filters)" if total > MAX_ROWS else "")
+            + f" · {' · '.join(parts)} · sorted by {self.sort_column.lower()} {arrow}"
         )
 
     def selected(self) -> dict[str, Any] | None:

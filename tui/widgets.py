@@ -35,28 +35,56 @@ class SyncTable(DataTable[Text]):
     def sync(self, rows: Sequence[Row]) -> int:
         """Show exactly `rows` (key, cells) in this order; returns how many cells changed."""
         order = [k for k, _ in rows]
-        changed = 0
-        if order == self._order:
+        new = dict(rows)
+        selected = self.selected_key()
+        gone = [k for k in self._order if k not in new]
+        if len(gone) + (len(new) - len(self._order) + len(gone)) > max(8, len(new) // 4):
+            # Many rows come and go (a new filter): DataTable.remove_row is linear in the
+            # table, so starting again is cheaper than editing.
+            self.clear(columns=False)
             for key, cells in rows:
-                old = self._rows[key]
-                if old == cells:
-                    continue
-                for col, (a, b) in zip(self._columns, zip(old, cells, strict=True), strict=True):
+                self.add_row(*(Text(c) for c in cells), key=key)
+            self._rows, self._order = new, order
+            if selected in new:
+                self.move_cursor(row=order.index(selected), animate=False)
+            return len(rows) * len(self._columns)
+        changed = 0
+        for key in gone:
+            self.remove_row(key)
+            del self._rows[key]
+            changed += len(self._columns)
+        for key, cells in rows:
+            old = self._rows.get(key)
+            if old is None:
+                # Text, not str: job names and reasons are data, never markup.
+                self.add_row(*(Text(c) for c in cells), key=key)
+                changed += len(cells)
+            elif old != cells:
+                for col, a, b in zip(self._columns, old, cells, strict=True):
                     if a != b:
-                        # Text, not str: job names and reasons are data, never markup.
                         self.update_cell(key, col, Text(b))
                         changed += 1
-                self._rows[key] = cells
-            return changed
-        selected = self.selected_key()
-        self.clear(columns=False)
-        for key, cells in rows:
-            self.add_row(*(Text(c) for c in cells), key=key)
-        self._rows = dict(rows)
-        self._order = order
-        if selected in self._rows:
-            self.move_cursor(row=order.index(selected), animate=False)
-        return len(rows) * len(self._columns)
+            self._rows[key] = cells
+        if order != self._order:
+            self._reorder(order)
+            self._order = order
+            if selected in new:
+                self.move_cursor(row=order.index(selected), animate=False)
+        return changed
+
+    def _reorder(self, order: list[str]) -> None:
+        """Put the rows in `order` without re-adding them (what DataTable.sort does inside)."""
+        try:
+            from textual._two_way_dict import TwoWayDict
+            from textual.widgets._data_table import RowKey
+
+            self._row_locations = TwoWayDict({RowKey(k): i for i, k in enumerate(order)})
+            self._update_count += 1
+            self.refresh()
+        except (ImportError, AttributeError):  # a Textual without these internals: rebuild
+            self.clear(columns=False)
+            for key in order:
+                self.add_row(*(Text(c) for c in self._rows[key]), key=key)
 
     def selected_key(self) -> str | None:
         if not self._order or self.cursor_row < 0 or self.cursor_row >= len(self._order):

@@ -259,3 +259,31 @@ def test_form_helpers_round_trip_a_spec() -> None:
     assert errors == {}
     assert back["command"] == spec["command"] and back["env"] == {"PATH": "/usr/bin", "A": "x y"}
     assert parse_field("max_gpus", "") == (None, "") and parse_field("shares", "0")[1]
+
+
+def test_sync_table_edits_in_place_and_keeps_the_order_it_is_given() -> None:
+    from textual.app import App, ComposeResult
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            yield SyncTable(("A", "B"), id="t")
+
+    async def go() -> None:
+        app = One()
+        async with app.run_test() as pilot:
+            t = app.query_one("#t", SyncTable)
+
+            def shown() -> list[tuple[str, ...]]:
+                return [tuple(str(c) for c in t.get_row_at(i)) for i in range(t.row_count)]
+
+            assert t.sync([("1", ("a", "x")), ("2", ("b", "y")), ("3", ("c", "z"))]) == 6
+            assert t.sync([("1", ("a", "x")), ("2", ("b", "Y")), ("3", ("c", "z"))]) == 1  # one cell
+            t.move_cursor(row=1)
+            t.sync([("3", ("c", "z")), ("1", ("a", "x")), ("4", ("d", "[b]w[/b]")), ("2", ("b", "Y"))])
+            await pilot.pause()
+            assert shown() == [("c", "z"), ("a", "x"), ("d", "[b]w[/b]"), ("b", "Y")]  # markup stays text
+            assert t.selected_key() == "2"  # the cursor follows its row
+            t.sync([("9", ("q", "q"))])
+            assert shown() == [("q", "q")]
+
+    asyncio.run(go())

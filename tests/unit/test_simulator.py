@@ -198,3 +198,49 @@ def test_cli_writes_json_and_a_plot(tmp_path: Path) -> None:
     assert set(data) == {"fifo", "fairshare"} and data["fifo"]["jobs"] == 800
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "fairshare" in r.stdout and "mean JCT" in r.stdout
+
+
+def test_what_if_a_guarantee_from_a_quota_file(tmp_path: Path) -> None:
+    trace = tmp_path / "t.csv"
+    rows = ["job_id,vc,submit_s,num_gpus,duration_s"]
+    rows += [f"a{i},alice,0,1,36000" for i in range(4)]  # alice borrows the whole 4-GPU node
+    rows += ["c1,carol,600,2,600"]
+    trace.write_text("\n".join(rows) + "\n")
+
+    def carol_jct(quotas: str) -> float:
+        q = tmp_path / "q.yaml"
+        q.write_text(quotas)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "scheduler.cli",
+                "simulate",
+                str(trace),
+                "--nodes",
+                "1",
+                "--gpus-per-node",
+                "4",
+                "--quotas",
+                str(q),
+                "--policy",
+                "fairshare",
+                "--no-rho",
+                "--json",
+                "-",
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+        return float(json.loads(r.stdout)["per_tenant"]["carol"]["mean_jct_s"])
+
+    without = carol_jct("researchers:\n  carol: {shares: 1}\n  alice: {shares: 1}\n")
+    with_guarantee = carol_jct(
+        "researchers:\n  carol: {shares: 1, guaranteed_gpus: 2}\n  alice: {shares: 1}\n"
+    )
+    assert without == pytest.approx(36000 - 600 + 600)  # waits for alice's jobs to end
+    assert with_guarantee == pytest.approx(30 + 600)  # one grace period, then runs

@@ -205,6 +205,13 @@ class _Pass:
         nodes = self.nodes
         now = self.now
         default_limit = self.cfg.default_time_limit
+        held_get, jobs_get, pen_get, node_get, rbn_get = (
+            held.get,
+            jobs_held.get,
+            penalty.get,
+            nodes.get,
+            running_by_node.get,
+        )
         for r in snap.running:
             end = r.start_time + (default_limit if r.time_limit is None else r.time_limit)
             if r.stop_deadline is not None and r.stop_deadline < end:
@@ -213,18 +220,18 @@ class _Pass:
                 end = now
             u = r.user
             g = r.gpus
-            held[u] = held.get(u, 0) + g
-            jobs_held[u] = jobs_held.get(u, 0) + 1
-            penalty[u] = penalty.get(u, 0.0) + g * (end - now)
+            held[u] = held_get(u, 0) + g
+            jobs_held[u] = jobs_get(u, 0) + 1
+            penalty[u] = pen_get(u, 0.0) + g * (end - now)
             rest = g
             if r.more_nodes:
                 for nid in r.more_nodes:
-                    whole = nodes.get(nid)
+                    whole = node_get(nid)
                     if whole is not None:
                         whole.free -= whole.info.gpus
                         rest -= whole.info.gpus
                         whole.releases.append((end, whole.info.gpus))
-            node = nodes.get(r.node)
+            node = node_get(r.node)
             if node is None:
                 continue  # a node that left: its jobs are being reported lost elsewhere
             node.free -= rest
@@ -234,7 +241,7 @@ class _Pass:
                 node.memory -= r.memory
             node.releases.append((end, rest))
             if not r.more_nodes:
-                lst = running_by_node.get(r.node)
+                lst = rbn_get(r.node)
                 if lst is None:
                     running_by_node[r.node] = [r]
                 else:

@@ -80,18 +80,26 @@ class QuotaBook:
     researchers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     groups: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     members: Mapping[str, str] = field(default_factory=dict)  # user -> group
+    # Resolved quotas, memoized: the book never changes (with_override makes a new one),
+    # and every scheduling pass asks for every active researcher's.
+    _resolved: dict[str, Quota] = field(default_factory=dict, compare=False, repr=False)
 
     def for_user(self, user: str) -> Quota:
+        q = self._resolved.get(user)
+        if q is not None:
+            return q
         q = self.defaults
         group = self.members.get(user)
         if group is not None:
             q = q.merged(self.groups.get(group, {}))
-        return q.merged(self.researchers.get(user, {}))
+        q = q.merged(self.researchers.get(user, {}))
+        self._resolved[user] = q
+        return q
 
     def with_override(self, user: str, values: Mapping[str, Any]) -> QuotaBook:
         people = {k: dict(v) for k, v in self.researchers.items()}
         people.setdefault(user, {}).update(values)
-        return replace(self, researchers=people)
+        return replace(self, researchers=people, _resolved={})
 
     def known_users(self) -> list[str]:
         return sorted(self.researchers)

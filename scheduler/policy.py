@@ -664,11 +664,15 @@ def schedule(snap: Snapshot) -> Decision:
                                 f"{q.guaranteed_gpus} guaranteed GPUs)",
                             )
                         )
-                    stopping = [
-                        r
-                        for r in p.running_by_node.get(cnode.info.id, [])
-                        if r.id in p.stopping_for or r.stop_deadline is not None
-                    ]
+                    # By id: the snapshot's order of running jobs must not change the text.
+                    stopping = sorted(
+                        (
+                            r
+                            for r in p.running_by_node.get(cnode.info.id, [])
+                            if r.id in p.stopping_for or r.stop_deadline is not None
+                        ),
+                        key=lambda r: r.id,
+                    )
                     ends = [r.stop_deadline or deadline for r in stopping] or [snap.now]
                     eta = max(ends)
                     names = ", ".join(f"job {r.id} ({r.user})" for r in stopping)

@@ -86,6 +86,8 @@ class DaemonConfig:
     log_max_bytes: int = 256 * 1024 * 1024
     pass_interval_s: float = 1.0
     allow_multi_node: bool = False
+    # A job whose node dies ends NODE_LOST and is requeued this many times.
+    node_lost_retries: int = 1
     # GPU monitoring (issue 4): how often each node agent polls NVML, how much history
     # the daemon keeps per GPU, and when a running job counts as idle.
     monitor_interval_s: float = 1.0

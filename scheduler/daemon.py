@@ -135,6 +135,9 @@ class Daemon:
         self.wake = threading.Event()
         self.lock = threading.RLock()  # guards the in-memory views below
         self.nodes: dict[str, NodeView] = {}
+        # Nodes whose death a task reported before Ray's node table caught up: never
+        # place anything there again (a node that comes back has a new id).
+        self.dead_nodes: set[str] = set()
         self.decision: Decision | None = None
         self.last_pass: float = 0.0
         self.ray = RayStatus()
@@ -299,6 +302,8 @@ class Daemon:
         head_addr = self.ray.address.rpartition(":")[0]
         views: dict[str, NodeView] = {}
         for n in raw:
+            if n["NodeID"] in self.dead_nodes:
+                continue
             res = n.get("Resources", {})
             host = n.get("NodeManagerHostname", "") or n["NodeID"][:8]
             name = host if names.get(host, 0) <= 1 else f"{host}-{n['NodeID'][:6]}"
@@ -821,7 +826,9 @@ class Daemon:
         reason = str(ev.get("reason") or "")
         expect = ACTIVE
         stats = self.telemetry.finish_job(job.id)
-        if outcome == "preempted":
+        if outcome == "lost" and self._node_gone(job, reason):
+            self._node_lost(job, reason, stats, fields)
+        elif outcome == "preempted":
             self.store.transition(
                 job.id, JobState.PREEMPTED, reason, expect=expect, run_stats=stats, **fields
             )
@@ -1001,6 +1008,42 @@ class Daemon:
                 if g.isdigit() and int(g) in bad:
                     flags.append(f"GPU {g} unhealthy")
         return flags
+
+    def _node_gone(self, job: JobRow, reason: str) -> bool:
+        """Did this job end because its node died (rather than Ray losing track of it)?"""
+        if job.node and ("NodeDied" in reason or "doesn't exist any more" in reason):
+            self.dead_nodes.add(job.node)
+            with self.lock:
+                self.nodes.pop(job.node, None)
+            return True
+        self.refresh_nodes()
+        with self.lock:
+            return bool(job.node) and self.ray.connected and job.node not in self.nodes
+
+    def _node_lost(
+        self, job: JobRow, detail: str, stats: dict[str, Any] | None, fields: dict[str, Any]
+    ) -> None:
+        now = float(fields["end_time"])
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        reason = f"node {job.node_name or job.node} was lost at {when}"
+        self.store.transition(job.id, JobState.NODE_LOST, reason, expect=ACTIVE, run_stats=stats, **fields)
+        lost_before = sum(1 for e in self.store.events(job.id) if e["new_state"] == JobState.NODE_LOST.value)
+        retries = self.config.node_lost_retries
+        # A job someone asked to cancel stays ended; anything else may run again.
+        if lost_before <= retries and job.stop_outcome != "cancelled":
+            self.store.transition(
+                job.id,
+                JobState.PENDING,
+                f"requeued after its node was lost (retry {lost_before} of {retries})",
+                expect=(JobState.NODE_LOST,),
+                requeued=1,
+                node=None,
+                pid=None,
+                stop_deadline=None,
+                stop_outcome=None,
+                stop_reason=None,
+            )
+        log.warning("job %d: %s (%s)", job.id, reason, detail)
 
     # -- run and stop -----------------------------------------------------------------------------
     def serve(self) -> None:

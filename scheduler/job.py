@@ -7,7 +7,8 @@ State machine (docs/architecture.md draws it)::
        |          |           +-> PREEMPTED -> PENDING      (reclaimed by fair share; runs again)
        |          +-> PENDING                               (launch never reached Ray)
        +-> CANCELLED
-    STARTING | RUNNING -> LOST                              (node or Ray gone; reason required)
+    STARTING | RUNNING -> LOST                              (Ray no longer runs it; reason required)
+    STARTING | RUNNING -> NODE_LOST [-> PENDING]            (its node died; requeued while retries last)
 
 Only `transition()` changes a state, and it refuses anything not in TRANSITIONS.
 """
@@ -33,6 +34,7 @@ class JobState(StrEnum):
     TIMEOUT = "TIMEOUT"
     PREEMPTED = "PREEMPTED"
     LOST = "LOST"
+    NODE_LOST = "NODE_LOST"
 
     @property
     def terminal(self) -> bool:
@@ -45,7 +47,14 @@ class JobState(StrEnum):
 
 
 TERMINAL = frozenset(
-    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT, JobState.LOST}
+    {
+        JobState.SUCCEEDED,
+        JobState.FAILED,
+        JobState.CANCELLED,
+        JobState.TIMEOUT,
+        JobState.LOST,
+        JobState.NODE_LOST,
+    }
 )
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
@@ -61,6 +70,7 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
             JobState.SUCCEEDED,
             JobState.TIMEOUT,
             JobState.PREEMPTED,
+            JobState.NODE_LOST,
         }
     ),
     JobState.RUNNING: frozenset(
@@ -71,6 +81,7 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
             JobState.TIMEOUT,
             JobState.PREEMPTED,
             JobState.LOST,
+            JobState.NODE_LOST,
         }
     ),
     JobState.PREEMPTED: frozenset({JobState.PENDING, JobState.CANCELLED}),
@@ -79,6 +90,8 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.CANCELLED: frozenset(),
     JobState.TIMEOUT: frozenset(),
     JobState.LOST: frozenset(),
+    # Final unless the retry setting requeues it, which the daemon does at once.
+    JobState.NODE_LOST: frozenset({JobState.PENDING}),
 }
 
 
@@ -92,7 +105,7 @@ def transition(job_id: int, old: JobState, new: JobState, reason: str = "") -> J
     """Return `new` if the move is legal, else raise IllegalTransition."""
     if new not in TRANSITIONS[old]:
         raise IllegalTransition(job_id, old, new)
-    if new is JobState.LOST and not reason:
+    if new in (JobState.LOST, JobState.NODE_LOST) and not reason:
         raise ValueError(f"job {job_id}: LOST needs a reason")
     return new
 

@@ -23,7 +23,7 @@ from tui.base import Later, run_later
 from tui.dialogs import Confirm, Help
 from tui.gpus import GpusScreen
 from tui.job import JobScreen
-from tui.model import Data
+from tui.model import TERMINAL_STATES, Data
 from tui.queue import QueueScreen
 from tui.quotas import QuotasScreen
 from tui.submit import SubmitScreen
@@ -193,7 +193,7 @@ class LabqApp(App[None]):
     def confirm_cancel(self, job: dict[str, Any]) -> None:
         if self.read_only:
             return
-        if job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT", "LOST"):
+        if job["state"] in TERMINAL_STATES:
             self.notify(f"job {job['id']} already ended ({job['state']})", severity="warning")
             return
 

@@ -14,7 +14,7 @@ from textual.widgets import Input, RichLog, Static
 
 from tui.api import BackendError
 from tui.base import DataScreen
-from tui.model import age, gib, stamp
+from tui.model import TERMINAL_STATES, age, gib, stamp
 
 MAX_LOG_LINES = 20_000
 
@@ -149,7 +149,7 @@ class JobScreen(DataScreen):
                 log.write(self._line_text(line), scroll_end=self.follow and at_end)
         if len(self.lines) > MAX_LOG_LINES:
             del self.lines[: len(self.lines) - MAX_LOG_LINES]
-        if job.get("state") in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT", "LOST") and not chunks:
+        if job.get("state") in TERMINAL_STATES and not chunks:
             if self.partial:
                 self.lines.append(self.partial)
                 log.write(self._line_text(self.partial), scroll_end=self.follow and at_end)

@@ -17,17 +17,8 @@ from scheduler.units import format_duration
 SPARK = "▁▂▃▄▅▆▇█"
 ACTIVE_STATES = ("STARTING", "RUNNING")
 WAITING_STATES = ("PENDING", "PREEMPTED")
-STATES = (
-    "PENDING",
-    "STARTING",
-    "RUNNING",
-    "PREEMPTED",
-    "SUCCEEDED",
-    "FAILED",
-    "CANCELLED",
-    "TIMEOUT",
-    "LOST",
-)
+TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT", "LOST", "NODE_LOST")
+STATES = ("PENDING", "STARTING", "RUNNING", "PREEMPTED", *TERMINAL_STATES)
 # Samples of GPU history the UI keeps per GPU (one per poll): ~10 minutes at 1 s.
 HISTORY = 600
 

@@ -19,6 +19,9 @@ BUSY = [sys.executable, "-c", "while True: pass"]
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    # Notice a dead node in a couple of seconds rather than the default ~30.
+    os.environ["RAY_health_check_period_ms"] = "500"  # noqa: SIM112 - Ray reads this exact name
+    os.environ["RAY_health_check_failure_threshold"] = "3"  # noqa: SIM112
     from ray.cluster_utils import Cluster
 
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 2})
@@ -77,5 +80,45 @@ def test_each_node_has_its_own_monitor_and_nodes_come_and_go(cluster: Any) -> No
         assert ns[0]["monitor_pid"] in pids
         for j in jobs:
             lq.run("cancel", str(j), check=False)
+    finally:
+        cleanup(lq)
+
+
+def test_a_lost_node_ends_its_jobs_node_lost_and_they_are_retried(cluster: Any) -> None:
+    lq = make_labq("grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 0.5\nnode_lost_retries: 1\n")
+    try:
+        lq.up("--address", cluster.address)
+        worker = cluster.add_node(num_cpus=1, num_gpus=2)
+        wait_nodes(lq, 2)
+        jobs = [lq.submit("--gpus", "2", "--", *BUSY) for _ in range(2)]
+        lq.wait_all(jobs, ("RUNNING",))
+        on_worker = next(j for j in lq.json("queue") if j["node"] == worker.node_id)
+        victim = int(on_worker["id"])
+
+        cluster.remove_node(worker, allow_graceful=False)
+        j = lq.wait(victim, ("PENDING", "NODE_LOST"), timeout=90)  # NODE_LOST, then requeued (retry 1 of 1)
+        assert j["state"] == "PENDING", [e["reason"] for e in j["events"]]
+        lost = [e for e in j["events"] if e["new_state"] == "NODE_LOST"]
+        assert (
+            len(lost) == 1
+            and "was lost at" in lost[0]["reason"]
+            and on_worker["node_name"] in lost[0]["reason"]
+        )
+        assert any("retry 1 of 1" in e["reason"] for e in j["events"])
+        assert len(wait_nodes(lq, 1)) == 1  # its GPUs left the inventory
+        assert j["reasons"] and j["attempt"] == 1
+
+        # The node comes back (a new raylet): its GPUs return and the job runs again.
+        back = cluster.add_node(num_cpus=1, num_gpus=2)
+        wait_nodes(lq, 2, timeout=90)
+        j = lq.wait(victim, ("RUNNING",), timeout=90)
+        assert j["attempt"] == 2 and j["node"] == back.node_id
+
+        # A second loss is past the retry budget: the job stays NODE_LOST.
+        cluster.remove_node(back, allow_graceful=False)
+        j = lq.wait(victim, ("NODE_LOST",), timeout=90)
+        assert j["state"] == "NODE_LOST" and j["reasons"][0].startswith("node ")
+        for other in jobs:
+            lq.run("cancel", str(other), check=False)
     finally:
         cleanup(lq)

@@ -10,8 +10,10 @@ from scheduler.job import TERMINAL, TRANSITIONS, IllegalTransition, JobSpec, Job
 
 def test_every_state_has_a_rule_and_terminal_states_are_final() -> None:
     assert set(TRANSITIONS) == set(JobState)
-    for s in TERMINAL:
+    for s in TERMINAL - {JobState.NODE_LOST}:
         assert TRANSITIONS[s] == frozenset()
+    # A job whose node died may be requeued (retry setting), and only that.
+    assert TRANSITIONS[JobState.NODE_LOST] == {JobState.PENDING}
 
 
 @pytest.mark.parametrize("old,new", list(itertools.product(JobState, JobState)))
@@ -26,6 +28,8 @@ def test_transition_allows_exactly_the_table(old: JobState, new: JobState) -> No
 def test_lost_needs_a_reason() -> None:
     with pytest.raises(ValueError):
         transition(1, JobState.RUNNING, JobState.LOST)
+    with pytest.raises(ValueError):
+        transition(1, JobState.RUNNING, JobState.NODE_LOST)
 
 
 def test_preempted_jobs_go_back_to_pending_only() -> None:

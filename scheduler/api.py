@@ -146,6 +146,18 @@ def list_nodes(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     return 200, {"nodes": d.node_views(history=history), "ray": dict(d.ray.__dict__), "time": time.time()}
 
 
+@route("POST", r"/v1/nodes/(?P<ref>[^/]+)/(?P<verb>drain|resume)")
+def drain_node(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    from urllib.parse import unquote
+
+    return 200, d.set_drained(c, unquote(p["ref"]), p["verb"] == "drain")
+
+
+@route("GET", "/v1/doctor")
+def doctor(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    return 200, {"checks": d.doctor()}
+
+
 @route("GET", "/v1/usage")
 def usage(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     from scheduler.units import UnitError, parse_duration
@@ -195,7 +207,9 @@ def set_quota(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
 def audit(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     rows = d.store.audit_log(_int(p, "limit", 200))
     if not c.admin:
-        rows = [r for r in rows if r["actor"] == c.user or r["target"] == c.user]
+        # What concerns them: their own actions, their quota, their jobs.
+        mine = {str(j.id) for j in d.store.jobs(user=c.user)}
+        rows = [r for r in rows if r["actor"] == c.user or r["target"] == c.user or r["target"] in mine]
     return 200, {"audit": rows}
 
 

@@ -549,6 +549,42 @@ def cmd_quota(c: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_node(c: Client, args: argparse.Namespace) -> int:
+    out = c.drain(args.node, drain=args.node_cmd == "drain")
+    if args.node_cmd == "drain":
+        running = out["running_jobs"]
+        tail = (
+            f"; {len(running)} running job{'s' if len(running) != 1 else ''} will finish there"
+            if running
+            else ""
+        )
+        print(f"{out['node']}: drained, no new jobs{tail}")
+    else:
+        print(f"{out['node']}: schedulable again")
+    return 0
+
+
+def cmd_doctor(c: Client, args: argparse.Namespace) -> int:
+    import platform
+
+    rows: list[tuple[bool, str, str]] = [(sys.version_info >= (3, 11), "python", platform.python_version())]
+    sock = c.socket_path
+    rows.append((sock.exists(), "socket", f"{sock}" + ("" if sock.exists() else " does not exist")))
+    try:
+        checks = c.doctor()
+    except NoDaemon as e:
+        rows.append((False, "daemon", f"{e}"))
+        checks = []
+    for ch in checks:
+        rows.append((bool(ch["ok"]), ch["check"], ch["detail"]))
+    if args.json:
+        _emit_json([{"check": n, "ok": ok, "detail": d} for ok, n, d in rows])
+    else:
+        for ok, name, detail in rows:
+            print(f"{'ok  ' if ok else 'FAIL'}  {name:<18} {detail}")
+    return 0 if all(ok for ok, _, _ in rows) else 1
+
+
 def cmd_audit(c: Client, args: argparse.Namespace) -> int:
     rows = c.audit()
     if args.json:
@@ -769,6 +805,13 @@ def build_parser() -> argparse.ArgumentParser:
     di = sub.add_parser("desktop-install", help="add labq to the desktop's application menu")
     di.add_argument("--remote", metavar="HOST", help="an entry that opens HOST's queue")
 
+    nd = sub.add_parser("node", help="(admins) drain a node: no new jobs, running ones finish; or resume it")
+    ndsub = nd.add_subparsers(dest="node_cmd", required=True)
+    for verb in ("drain", "resume"):
+        ndsub.add_parser(verb).add_argument("node", help="node name (as `labq gpus` shows it) or id")
+    dr = sub.add_parser("doctor", help="check Ray, NVML, the socket, permissions and the database")
+    dr.add_argument("--json", action="store_true")
+
     au = sub.add_parser("audit", help="quota changes, cancels and other admin actions")
     au.add_argument("--json", action="store_true")
     return p
@@ -782,6 +825,8 @@ COMMANDS = {
     "cancel": cmd_cancel,
     "gpus": cmd_gpus,
     "usage": cmd_usage,
+    "node": cmd_node,
+    "doctor": cmd_doctor,
     "quota": cmd_quota,
     "audit": cmd_audit,
     "down": cmd_down,

@@ -169,6 +169,15 @@ class Client:
         out: dict[str, Any] = self.request("GET", "/v1/usage", since=since, by=by)
         return out
 
+    def drain(self, node: str, drain: bool = True) -> dict[str, Any]:
+        verb = "drain" if drain else "resume"
+        out: dict[str, Any] = self.request("POST", f"/v1/nodes/{quote(node, safe='')}/{verb}")
+        return out
+
+    def doctor(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = self.request("GET", "/v1/doctor")["checks"]
+        return out
+
     def quotas(self) -> dict[str, Any]:
         out: dict[str, Any] = self.request("GET", "/v1/quotas")
         return out

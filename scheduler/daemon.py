@@ -138,6 +138,8 @@ class Daemon:
         # Nodes whose death a task reported before Ray's node table caught up: never
         # place anything there again (a node that comes back has a new id).
         self.dead_nodes: set[str] = set()
+        # Node names an admin drained (names, not ids: they survive a node's restart).
+        self.drained: set[str] = set()
         self.decision: Decision | None = None
         self.last_pass: float = 0.0
         self.ray = RayStatus()
@@ -181,6 +183,7 @@ class Daemon:
 
     def open_store(self) -> None:
         self.store = Store(self.state_dir / "labq.db")
+        self.drained = set(json.loads(self.store.get_meta("drained_nodes") or "[]"))
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.load_quotas()
 
@@ -318,7 +321,7 @@ class Daemon:
                 cpus=float(res.get("CPU", 0)),
                 memory=float(res.get("memory", 0)),
                 simulated=old.simulated if old and old.nvml_gpus is not None else simulated,
-                schedulable=old.schedulable if old else True,
+                schedulable=name not in self.drained,
                 nvml_gpus=old.nvml_gpus if old else None,
                 note=old.note if old else "",
             )
@@ -465,6 +468,104 @@ class Daemon:
             self.quotas = self.quotas.with_override(user, clean)
         self.wake.set()
         return {"user": user, "old": old, "new": clean}
+
+    def doctor(self) -> list[dict[str, Any]]:
+        """`labq doctor`: every part the daemon depends on, each with a verdict in words."""
+        import shutil
+
+        checks: list[dict[str, Any]] = []
+
+        def check(name: str, ok: bool, detail: str) -> None:
+            checks.append({"check": name, "ok": ok, "detail": detail})
+
+        try:
+            verdict = self.store.integrity()
+            check(
+                "database",
+                verdict == "ok",
+                f"{self.store.path}: integrity {verdict}, schema v{self.store.schema_version()}",
+            )
+        except Exception as e:  # noqa: BLE001 - the doctor reports, it does not fail
+            check("database", False, f"{self.store.path}: {e}")
+        free = shutil.disk_usage(self.state_dir).free
+        check("disk", free > 1 << 30, f"{free / 2**30:.1f} GiB free in {self.state_dir}")
+        check("logs", os.access(self.logs_dir, os.W_OK), f"{self.logs_dir} writable by {self.user}")
+        mode = oct(self.socket_path.stat().st_mode & 0o777) if self.socket_path.exists() else "missing"
+        check("socket", self.socket_path.exists(), f"{self.socket_path} ({mode})")
+        ray_detail = f"{self.ray.address} ({'embedded' if self.ray.embedded else 'external'})"
+        check(
+            "ray", self.ray.connected, ray_detail if self.ray.connected else f"{ray_detail}: {self.ray.error}"
+        )
+        try:
+            import ray
+
+            ray.get(self.executor.ping.remote(), timeout=5)
+            check("executor", True, f"answers (id {self.executor_id[:8]})")
+        except Exception as e:  # noqa: BLE001
+            check("executor", False, f"does not answer: {type(e).__name__}")
+        with self.lock:
+            nodes = list(self.nodes.values())
+        check(
+            "nodes",
+            bool(nodes),
+            f"{len(nodes)} alive, {sum(n.gpus for n in nodes)} GPUs"
+            + (f", drained: {', '.join(sorted(self.drained))}" if self.drained else ""),
+        )
+        inv = self.inventory
+        if inv is not None:
+            check(
+                "nvml",
+                True,
+                f"{inv.count} NVIDIA GPUs, driver {inv.driver}"
+                if inv.count
+                else f"no real GPUs here: {inv.why_none}",
+            )
+        now = time.time()
+        for n in nodes:
+            err = self.fleet.errors.get(n.id, "") if self.fleet else ""
+            stale = self.telemetry.stale(n.id, now)
+            age = self.telemetry.age(n.id, now)
+            detail = err or (f"last report {age:.0f}s ago" if age is not None else "no report yet")
+            bad = sorted(self.telemetry.unhealthy(n.id).items())
+            if bad:
+                detail += "; " + "; ".join(f"GPU {i}: {why}" for i, why in bad)
+            check(
+                f"monitor {n.name}",
+                not err and not stale and not bad,
+                detail + (f"; {n.note}" if n.note else ""),
+            )
+        return checks
+
+    def set_drained(self, caller: Caller, ref: str, drain: bool) -> dict[str, Any]:
+        """`labq node drain|resume NODE`: no new jobs there; running ones finish."""
+        if not caller.admin:
+            raise DaemonError(f"only admins may {'drain' if drain else 'resume'} nodes", 403)
+        with self.lock:
+            matches = [
+                n
+                for n in self.nodes.values()
+                if ref in (n.name, n.id) or (len(ref) >= 6 and n.id.startswith(ref))
+            ]
+            known = ", ".join(sorted(n.name for n in self.nodes.values())) or "none"
+        if not matches and not (not drain and ref in self.drained):
+            raise DaemonError(f"no node {ref!r} (nodes: {known})", 404)
+        if len(matches) > 1:
+            raise DaemonError(f"{ref!r} matches {len(matches)} nodes; give its full name or id")
+        name = matches[0].name if matches else ref
+        with self.lock:
+            if drain:
+                self.drained.add(name)
+            else:
+                self.drained.discard(name)
+            for n in self.nodes.values():
+                n.schedulable = n.name not in self.drained
+            self.store.set_meta("drained_nodes", json.dumps(sorted(self.drained)))
+        running = [j.id for j in self.store.jobs(states=ACTIVE) if matches and j.node == matches[0].id]
+        self._audit(
+            caller, "node.drain" if drain else "node.resume", name, f"{len(running)} jobs running there"
+        )
+        self.wake.set()
+        return {"node": name, "drained": drain, "running_jobs": running}
 
     def request_shutdown(self, caller: Caller, mode: str) -> dict[str, Any]:
         if not caller.admin:

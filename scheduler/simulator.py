@@ -305,9 +305,7 @@ def partition(sim: Simulation, now: float) -> tuple[Starts, list[SimJob]]:
     A job larger than its tenant's partition may run only when the tenant holds nothing
     (else it could never run at all).
     """
-    held: dict[str, int] = {}
-    for j in sim.active():
-        held[j.trace.tenant] = held.get(j.trace.tenant, 0) + j.trace.gpus
+    held = dict(sim.held)  # kept up to date by the simulation as jobs start and stop
     free = sim.cluster.copy()
     blocked: set[str] = set()
     out: Starts = []

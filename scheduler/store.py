@@ -225,6 +225,11 @@ class Store:
                 (str(SCHEMA_VERSION),),
             )
 
+    def integrity(self) -> str:
+        """SQLite's own verdict on the file ('ok' when sound)."""
+        row = self._reader().execute("PRAGMA quick_check").fetchone()
+        return str(row[0])
+
     def schema_version(self) -> int:
         row = self._reader().execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         return int(row[0])

@@ -62,7 +62,7 @@ def health(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
 def submit(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     if not isinstance(body, dict) or not isinstance(body.get("spec"), dict):
         raise DaemonError('body must be {"spec": {...}}')
-    job_id = d.submit(c, body["spec"])
+    job_id = d.submit(c, body["spec"], body.get("token"))
     return 201, {"id": job_id}
 
 

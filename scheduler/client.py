@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import socket
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -129,8 +131,20 @@ class Client:
         out: dict[str, Any] = self.request("GET", "/v1/health")
         return out
 
-    def submit(self, spec: dict[str, Any]) -> int:
-        return int(self.request("POST", "/v1/jobs", {"spec": spec})["id"])
+    def submit(self, spec: dict[str, Any], token: str | None = None) -> int:
+        """Queue a job. The token makes a retry safe: if the daemon stored the job but the
+        reply was lost, sending the same token again returns that job instead of a second."""
+        token = token or uuid.uuid4().hex
+        for attempt in range(3):
+            try:
+                return int(self.request("POST", "/v1/jobs", {"spec": spec, "token": token})["id"])
+            except NoDaemon:
+                raise
+            except ClientError as e:
+                if e.status or attempt == 2:
+                    raise  # the daemon answered (a refusal), or we tried enough
+                time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("not reached")
 
     def preview(self, spec: dict[str, Any]) -> dict[str, Any]:
         """What would happen if `spec` were submitted now (nothing is queued)."""

@@ -336,9 +336,11 @@ class Daemon:
         self.ray.error = why
 
     # -- commands (called by api.py, one per request kind) ---------------------------------------
-    def submit(self, caller: Caller, spec_data: dict[str, Any]) -> int:
+    def submit(self, caller: Caller, spec_data: dict[str, Any], token: str | None = None) -> int:
+        if token is not None and (not isinstance(token, str) or not 0 < len(token) <= 128):
+            raise DaemonError("token must be a string of 1 to 128 characters")
         spec = self._accept(caller, spec_data)
-        job_id = self.store.add_job(caller.user, caller.uid, spec)
+        job_id = self.store.add_job(caller.user, caller.uid, spec, token=token)
         self.wake.set()
         return job_id
 
@@ -922,7 +924,8 @@ class Daemon:
 
     def _finish(self, job: JobRow, ev: dict[str, Any]) -> None:
         outcome = str(ev["outcome"])
-        now = time.time()
+        # When the process ended, not when we heard of it (we may have been down meanwhile).
+        now = float(ev.get("end_time") or time.time())
         fields = {"exit_code": ev.get("exit_code"), "signal": ev.get("signal"), "end_time": now}
         reason = str(ev.get("reason") or "")
         expect = ACTIVE

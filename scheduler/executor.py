@@ -177,6 +177,7 @@ class Executor:
                                 "exit_code": None,
                                 "signal": None,
                                 "reason": reason,
+                                "end_time": time.time(),
                             }
                         )
 

@@ -188,4 +188,11 @@ def _write_deadline(path: str, kill_at: float) -> None:
 
 
 def _result(outcome: str, exit_code: int | None, sig: int | None, reason: str) -> dict[str, Any]:
-    return {"outcome": outcome, "exit_code": exit_code, "signal": sig, "reason": reason}
+    # The end as the node saw it: the daemon may store it much later (it may be down).
+    return {
+        "outcome": outcome,
+        "exit_code": exit_code,
+        "signal": sig,
+        "reason": reason,
+        "end_time": time.time(),
+    }

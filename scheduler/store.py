@@ -19,7 +19,7 @@ from typing import Any
 
 from scheduler.job import JobSpec, JobState, transition
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Each entry migrates from version i to i+1. Never edit a shipped entry: append one.
 MIGRATIONS: list[str] = [
@@ -92,6 +92,15 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN idle_gpu_s REAL;
     ALTER TABLE runs ADD COLUMN util_mean REAL;
     ALTER TABLE runs ADD COLUMN mem_peak INTEGER;
+    """,
+    # A submission's token: the same request sent again (the reply was lost) is one job.
+    """
+    CREATE TABLE submit_tokens (
+        token TEXT NOT NULL,
+        user TEXT NOT NULL,
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        PRIMARY KEY (user, token)
+    );
     """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -248,9 +257,18 @@ class Store:
             )
 
     # -- jobs ---------------------------------------------------------------------------------
-    def add_job(self, user: str, uid: int, spec: JobSpec, now: float | None = None) -> int:
+    def add_job(
+        self, user: str, uid: int, spec: JobSpec, now: float | None = None, token: str | None = None
+    ) -> int:
+        """Queue a job; with `token`, a repeat of the same user's submission returns the first job."""
         now = time.time() if now is None else now
         with self._tx() as c:
+            if token is not None:
+                row = c.execute(
+                    "SELECT job_id FROM submit_tokens WHERE user=? AND token=?", (user, token)
+                ).fetchone()
+                if row is not None:
+                    return int(row[0])
             cur = c.execute(
                 "INSERT INTO jobs(user, uid, name, spec, gpus, priority, time_limit, state, "
                 "submit_time) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -271,6 +289,10 @@ class Store:
                 "INSERT INTO events(job_id, time, old_state, new_state, reason) VALUES (?,?,?,?,?)",
                 (job_id, now, None, JobState.PENDING.value, f"submitted by {user}"),
             )
+            if token is not None:
+                c.execute(
+                    "INSERT INTO submit_tokens(token, user, job_id) VALUES (?,?,?)", (token, user, job_id)
+                )
         return job_id
 
     def get(self, job_id: int) -> JobRow:

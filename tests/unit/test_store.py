@@ -100,3 +100,18 @@ def test_quota_override_is_audited(tmp_path: Path) -> None:
     assert st.quota_overrides() == {"alice": {"max_gpus": 4}}
     (entry,) = st.audit_log()
     assert entry["actor"] == "root" and entry["action"] == "quota.set" and entry["target"] == "alice"
+
+
+def test_a_repeated_submission_token_is_one_job(tmp_path: Path) -> None:
+    s = Store(tmp_path / "db")
+    spec = JobSpec.model_validate({"command": ["true"]})
+    a = s.add_job("ana", 1000, spec, token="t-1")
+    assert s.add_job("ana", 1000, spec, token="t-1") == a  # the reply was lost; sent again
+    assert s.add_job("bo", 1001, spec, token="t-1") != a  # tokens are per user
+    assert s.add_job("ana", 1000, spec) != s.add_job("ana", 1000, spec)  # no token: new jobs
+    assert len(s.jobs()) == 4
+
+
+def test_integrity_check(tmp_path: Path) -> None:
+    s = Store(tmp_path / "db")
+    assert s.integrity() == "ok"

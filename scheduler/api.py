@@ -238,6 +238,14 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def address_string(self) -> str:
         return "unix"
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """A malformed request gets the same JSON error shape as any refusal, not HTML."""
+        # http.server treats an unparsable request line as HTTP/0.9 and would omit the
+        # status line; answer as HTTP/1.1 and close.
+        self.request_version = "HTTP/1.1"
+        self.close_connection = True
+        self._reply(code, {"error": message or "bad request"})
+
     def _reply(self, status: int, payload: Any) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)

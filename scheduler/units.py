@@ -17,7 +17,8 @@ class UnitError(ValueError):
 
 def parse_duration(text: str | int | float) -> float:
     """Seconds from '90', '90s', '30m', '4h', '1d12h', '1-02:00:00' or 'HH:MM:SS'."""
-    if isinstance(text, bool):
+    # Whatever arrives over the API: anything but a number or a string is refused here.
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
         raise UnitError(f"not a duration: {text!r}")
     if isinstance(text, (int, float)):
         value = float(text)
@@ -45,11 +46,15 @@ def _parse_duration_str(s: str) -> float:
     raise UnitError(f"not a duration: {s!r} (use e.g. 90s, 30m, 4h, 1d or HH:MM:SS)")
 
 
-def parse_size(text: str | int) -> int:
+def parse_size(text: str | int | float) -> int:
     """Bytes from '512M', '16G', '16GiB' or a plain integer of bytes."""
-    if isinstance(text, bool):
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
         raise UnitError(f"not a size: {text!r}")
-    if isinstance(text, int):
+    if isinstance(text, float):
+        if text != text or text in (float("inf"), float("-inf")) or text != int(text):
+            raise UnitError(f"not a whole number of bytes: {text!r}")
+        value = int(text)
+    elif isinstance(text, int):
         value = text
     else:
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())

@@ -18,6 +18,7 @@ import logging
 import os
 import pwd
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -134,6 +135,7 @@ class Daemon:
         self.stop_event = threading.Event()
         self.wake = threading.Event()
         self.lock = threading.RLock()  # guards the in-memory views below
+        self.restart_requested = False
         self.nodes: dict[str, NodeView] = {}
         # Nodes whose death a task reported before Ray's node table caught up: never
         # place anything there again (a node that comes back has a new id).
@@ -286,6 +288,9 @@ class Daemon:
                 # The launch may not have reached Ray before we stopped: a launch is
                 # idempotent per attempt, so sending it again cannot start it twice.
                 self._launch(job)
+            elif job.node and job.node not in self.nodes:
+                # Its node is gone (e.g. the Ray head died with it): requeue per the retry setting.
+                self._node_lost(job, "not running after Ray came back", None, {"end_time": time.time()})
             else:
                 self.store.transition(
                     job.id,
@@ -836,6 +841,19 @@ class Daemon:
         # Node-local scratch for the live log; the daemon keeps the real copy.
         return Path(f"/tmp/labq-jobs-{self.uid}") / self.executor_id[:8]
 
+    def _restart_for_ray(self) -> None:
+        """The embedded head died. A Ray driver cannot re-attach to a new head in the
+        same process, so the daemon starts itself again: the new process starts a new
+        head and reconciles (jobs whose node died are requeued). Until then the API
+        keeps answering and taking submissions."""
+        if self.restart_requested:
+            return
+        log.error(
+            "the embedded Ray head is gone (%s): restarting the daemon to start it again", self.ray.error
+        )
+        self.restart_requested = True
+        self.stop_event.set()
+
     def scheduler_loop(self) -> None:
         last_nodes = 0.0
         while not self.stop_event.is_set():
@@ -858,13 +876,21 @@ class Daemon:
         import ray
 
         ack = int(self.store.get_meta("executor_ack") or 0)
+        failing_since: float | None = None
         while not self.stop_event.is_set():
+            executor = self.executor
             try:
-                reply = ray.get(self.executor.poll.remote(ack, 0.5), timeout=30)
+                reply = ray.get(executor.poll.remote(ack, 0.5), timeout=30)
             except Exception as e:  # noqa: BLE001
-                self._ray_down(f"the executor does not answer: {str(e).splitlines()[0]}")
+                if executor is self.executor:
+                    self._ray_down(f"the executor does not answer: {str(e).splitlines()[0]}")
+                failing_since = failing_since or time.monotonic()
+                # The scheduler thread may be stuck in a Ray call by now; this one is not.
+                if self.ray.embedded and not self.draining and time.monotonic() - failing_since > 5.0:
+                    self._restart_for_ray()
                 time.sleep(1.0)
                 continue
+            failing_since = None
             if not self.ray.connected:
                 self.ray.connected = True
                 self.ray.error = ""
@@ -1229,3 +1255,10 @@ def run_daemon(
         json.dumps({"pid": os.getpid(), "socket": str(socket_path), "ray": daemon.ray.address})
     )
     daemon.serve()
+    if daemon.restart_requested:
+        # Same arguments, fresh process (and fresh Ray driver). Our files close on exec
+        # (Python opens them non-inheritable), which releases the state-dir lock.
+        daemon.store.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "scheduler.cli", *sys.argv[1:]])

@@ -378,7 +378,7 @@ class _Pass:
         return None
 
     def reserve(self, j: PendingJob) -> _Reservation | None:
-        if j.gpus > self.max_per_node:
+        if self.cfg.multi_node and 0 < self.max_per_node < j.gpus:
             return self._reserve_multi(j)
         best: tuple[float, str] | None = None
         for nid, node in self.nodes.items():
@@ -601,7 +601,7 @@ def schedule(snap: Snapshot) -> Decision:
         if blocked:
             wait(j, blocked, None)
         else:
-            multi = cfg.multi_node and j.gpus > p.max_per_node
+            multi = cfg.multi_node and 0 < p.max_per_node < j.gpus
             more: tuple[str, ...] = ()
             if multi:
                 fit = p.multi_fit(j)

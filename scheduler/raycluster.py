@@ -46,6 +46,9 @@ def ray_env(embedded: bool) -> dict[str, str]:
     else:
         env.setdefault("RAY_AUTH_MODE", "disabled")
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # A Ray driver exits by itself when the head stays unreachable for a minute; the
+    # daemon must instead live on, say so, and reconnect when the head is back.
+    env["RAY_gcs_rpc_server_reconnect_timeout_s"] = str(365 * 86400)
     return env
 
 

@@ -445,3 +445,18 @@ def test_guarantee_met_within_one_pass_plus_grace(s: Snapshot) -> None:
     )
     want = min(s.quotas.for_user("carol").guaranteed_gpus, sum(1 for j in s.pending if j.user == "carol"))
     assert carol >= want
+
+
+def test_no_nodes_at_all_is_a_reason_not_a_crash() -> None:
+    from dataclasses import replace as _replace
+
+    for multi in (False, True):
+        snap = Snapshot(
+            now=0.0,
+            pending=(PendingJob(1, "ana", 2, 0.0),),
+            running=(),
+            nodes=(),
+            config=_replace(PolicyConfig(), multi_node=multi),
+        )
+        d = schedule(snap)
+        assert d.starts == () and d.waiting[1].reasons[0].startswith("resources: no schedulable node")

@@ -57,7 +57,9 @@ def test_success_streams_the_whole_log(tmp_path: Path) -> None:
         "node-a",
         rec,
     )
+    end = res.pop("end_time")
     assert res == {"outcome": "succeeded", "exit_code": 0, "signal": None, "reason": ""}
+    assert abs(end - time.time()) < 5  # stamped on the node when the process ended
     lines = rec.data.decode().splitlines()
     assert lines[0] == "2,3 1" and lines[-1] == "20000" and len(lines) == 20001
     assert rec.info is not None and rec.info["pid"] > 0

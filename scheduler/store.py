@@ -174,7 +174,7 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._w = self._connect()
             self._migrate()
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot open the database {path}: {e}") from None
 
     def _connect(self) -> sqlite3.Connection:
@@ -203,8 +203,14 @@ class Store:
                 raise StoreError(f"database {self.path} is not writable: {e}") from None
             try:
                 yield self._w
+            except sqlite3.Error as e:
+                # SQLite may have rolled back already (a full disk does): only if still open.
+                if self._w.in_transaction:
+                    self._w.execute("ROLLBACK")
+                raise StoreError(f"could not save to {self.path}: {e}") from None
             except BaseException:
-                self._w.execute("ROLLBACK")
+                if self._w.in_transaction:
+                    self._w.execute("ROLLBACK")
                 raise
             try:
                 self._w.execute("COMMIT")

@@ -115,3 +115,40 @@ def test_a_repeated_submission_token_is_one_job(tmp_path: Path) -> None:
 def test_integrity_check(tmp_path: Path) -> None:
     s = Store(tmp_path / "db")
     assert s.integrity() == "ok"
+
+
+def test_a_full_disk_is_a_clear_error_and_corrupts_nothing(tmp_path: Path) -> None:
+    s = Store(tmp_path / "db")
+    spec = JobSpec.model_validate({"command": ["echo", "x" * 2000]})
+    first = s.add_job("ana", 1000, spec)
+    # SQLite's own limit stands in for a full disk: the same error path (SQLITE_FULL).
+    pages = s._w.execute("PRAGMA page_count").fetchone()[0]
+    s._w.execute(f"PRAGMA max_page_count={pages + 2}")
+    with pytest.raises(StoreError, match="full"):
+        for _ in range(100):
+            s.add_job("ana", 1000, spec)
+    s.close()
+    again = Store(tmp_path / "db")
+    assert again.integrity() == "ok"
+    assert again.get(first).state is JobState.PENDING
+    assert all(len(again.events(j.id)) == 1 for j in again.jobs())  # no half-written job
+
+
+def test_a_locked_database_is_a_clear_error(tmp_path: Path) -> None:
+    s = Store(tmp_path / "db")
+    other = sqlite3.connect(tmp_path / "db", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreError, match="not writable: database is locked"):
+            s.add_job("ana", 1000, JobSpec.model_validate({"command": ["true"]}))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert s.integrity() == "ok" and s.jobs() == []
+
+
+def test_an_unusable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match="cannot open the database"):
+        Store(blocker / "labq.db")

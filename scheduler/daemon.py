@@ -962,18 +962,7 @@ class Daemon:
             self.store.transition(
                 job.id, JobState.PREEMPTED, reason, expect=expect, run_stats=stats, **fields
             )
-            self.store.transition(
-                job.id,
-                JobState.PENDING,
-                "requeued after preemption",
-                expect=(JobState.PREEMPTED,),
-                requeued=1,
-                node=None,
-                pid=None,
-                stop_deadline=None,
-                stop_outcome=None,
-                stop_reason=None,
-            )
+            self._requeue(job, JobState.PREEMPTED, "requeued after preemption")
         else:
             state = {
                 "succeeded": JobState.SUCCEEDED,
@@ -1139,6 +1128,22 @@ class Daemon:
                     flags.append(f"GPU {g} unhealthy")
         return flags
 
+    def _requeue(self, job: JobRow, ended: JobState, reason: str) -> None:
+        """Back to the queue after an attempt that ended through no fault of the job;
+        `requeued` puts it first among its owner's jobs."""
+        self.store.transition(
+            job.id,
+            JobState.PENDING,
+            reason,
+            expect=(ended,),
+            requeued=1,
+            node=None,
+            pid=None,
+            stop_deadline=None,
+            stop_outcome=None,
+            stop_reason=None,
+        )
+
     def _node_gone(self, job: JobRow, reason: str) -> bool:
         """Did this job end because its node died (rather than Ray losing track of it)?"""
         if job.node and ("NodeDied" in reason or "doesn't exist any more" in reason):
@@ -1161,17 +1166,10 @@ class Daemon:
         retries = self.config.node_lost_retries
         # A job someone asked to cancel stays ended; anything else may run again.
         if lost_before <= retries and job.stop_outcome != "cancelled":
-            self.store.transition(
-                job.id,
-                JobState.PENDING,
+            self._requeue(
+                job,
+                JobState.NODE_LOST,
                 f"requeued after its node was lost (retry {lost_before} of {retries})",
-                expect=(JobState.NODE_LOST,),
-                requeued=1,
-                node=None,
-                pid=None,
-                stop_deadline=None,
-                stop_outcome=None,
-                stop_reason=None,
             )
         log.warning("job %d: %s (%s)", job.id, reason, detail)
 

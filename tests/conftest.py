@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -125,6 +126,15 @@ class Labq:
         from scheduler import raycluster
 
         raycluster.stop_embedded(self.state_dir, timeout=5)
+
+
+def unix_user(name: str) -> int:
+    """The uid of a local test user, created (as root) if it does not exist yet."""
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", name], check=True, capture_output=True)
+        return pwd.getpwnam(name).pw_uid
 
 
 def make_labq(config: str | None = None) -> Labq:

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import subprocess
 import time
 
 import pytest
 
-from tests.conftest import SYSTEM_PYTHON, Labq
+from tests.conftest import SYSTEM_PYTHON, Labq, unix_user
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create Unix users"),
@@ -26,16 +24,8 @@ pytestmark = [
 OWNER, OTHER = "labqtest-alice", "labqtest-bob"
 
 
-def uid(name: str) -> int:
-    try:
-        return pwd.getpwnam(name).pw_uid
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", name], check=True, capture_output=True)
-        return pwd.getpwnam(name).pw_uid
-
-
 def as_(who: str) -> dict[str, int]:
-    return {} if who == "admin" else {"user": uid(OWNER if who == "owner" else OTHER)}
+    return {} if who == "admin" else {"user": unix_user(OWNER if who == "owner" else OTHER)}
 
 
 def node_name(lq: Labq) -> str:
@@ -56,7 +46,7 @@ MATRIX = {
 @pytest.mark.parametrize("who", ["owner", "other", "admin"])
 def test_authorization_matrix(labq4: Labq, action: str, who: str) -> None:
     allowed = MATRIX[action][("owner", "other", "admin").index(who)]
-    job = labq4.submit("--", "sh", "-c", "echo secret-output; sleep 30", user=uid(OWNER), cwd="/tmp")
+    job = labq4.submit("--", "sh", "-c", "echo secret-output; sleep 30", user=unix_user(OWNER), cwd="/tmp")
     labq4.wait(job, ("RUNNING",))
     args = {
         "submit": ["submit", "--", "true"],
@@ -90,10 +80,10 @@ def test_authorization_matrix(labq4: Labq, action: str, who: str) -> None:
 
 
 def test_audit_shows_others_only_what_concerns_them(labq4: Labq) -> None:
-    job = labq4.submit("--", "sleep", "30", user=uid(OWNER), cwd="/tmp")
+    job = labq4.submit("--", "sleep", "30", user=unix_user(OWNER), cwd="/tmp")
     labq4.run("cancel", str(job))  # the admin cancels alice's job
     labq4.run("quota", "set", OTHER, "--shares", "2")
-    mine = json.loads(labq4.run("audit", "--json", user=uid(OWNER)).stdout)
+    mine = json.loads(labq4.run("audit", "--json", user=unix_user(OWNER)).stdout)
     assert any(r["action"] == "job.cancel" and r["target"] == str(job) for r in mine)
     assert not any(r["target"] == OTHER for r in mine)  # bob's quota is bob's business
     everything = labq4.json("audit")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import REPO, SYSTEM_PYTHON, Labq
+from tests.conftest import REPO, SYSTEM_PYTHON, Labq, unix_user
 
 pytestmark = pytest.mark.integration
 
@@ -113,19 +112,11 @@ def test_client_never_imports_heavy_modules(labq4: Labq) -> None:
     assert out.stdout.strip().splitlines()[-1] == "HEAVY="
 
 
-def _make_user(name: str) -> int:
-    try:
-        return pwd.getpwnam(name).pw_uid
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", name], check=True, capture_output=True)
-        return pwd.getpwnam(name).pw_uid
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a second Unix user")
 @pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="needs a system python3 other users can run")
 def test_other_user_cannot_cancel_but_admin_can(labq4: Labq) -> None:
-    alice = _make_user("labqtest-alice")
-    bob = _make_user("labqtest-bob")
+    alice = unix_user("labqtest-alice")
+    bob = unix_user("labqtest-bob")
     job_id = labq4.submit("--", "sh", "-c", "id -un; sleep 30", user=alice, cwd="/tmp")
     j = labq4.wait(job_id, ("RUNNING",))
     assert j["user"] == "labqtest-alice"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import random
 import shutil
 import signal
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SYSTEM_PYTHON, Labq, cleanup, make_labq
+from tests.conftest import SYSTEM_PYTHON, Labq, cleanup, make_labq, unix_user
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create Unix users"),
@@ -62,14 +61,6 @@ print(json.dumps(ids))
 """
 
 
-def uid(name: str) -> int:
-    try:
-        return pwd.getpwnam(name).pw_uid
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", name], check=True, capture_output=True)
-        return pwd.getpwnam(name).pw_uid
-
-
 def wait_unlocked(lock: Path, timeout: float = 30) -> None:
     """Until the killed daemon's lock is released (its files close when it dies)."""
     import fcntl
@@ -96,7 +87,7 @@ def start_submitters(lq: Labq, marks: Path) -> list[subprocess.Popen[str]]:
     env = dict(os.environ, PYTHONPATH=str(lq.client_copy()))
     procs = []
     for k, name in enumerate(USERS):
-        u = uid(name)
+        u = unix_user(name)
 
         def as_user(u: int = u) -> None:
             os.setgid(u)

@@ -8,8 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import SYSTEM_PYTHON, Labq, cleanup, make_labq
-from tests.integration.test_bad_input import _make_user
+from tests.conftest import SYSTEM_PYTHON, Labq, cleanup, make_labq, unix_user
 
 pytestmark = [
     pytest.mark.integration,
@@ -40,7 +39,7 @@ def held(lq: Labq) -> dict[str, int]:
 
 
 def test_equal_shares_split_the_gpus_and_a_guarantee_is_reclaimed(lq: Labq) -> None:
-    alice, bob, carol = (_make_user(f"labqtest-{n}") for n in ("alice", "bob", "carol"))
+    alice, bob, carol = (unix_user(f"labqtest-{n}") for n in ("alice", "bob", "carol"))
     # Hold the cluster so both researchers' jobs are queued before anything starts.
     blocker = lq.submit("--gpus", "4", "--", "sleep", "600")
     lq.wait(blocker, ("RUNNING",))
@@ -91,7 +90,7 @@ def test_equal_shares_split_the_gpus_and_a_guarantee_is_reclaimed(lq: Labq) -> N
 
 
 def test_quota_changes_are_admin_only_persisted_and_audited(lq: Labq) -> None:
-    bob = _make_user("labqtest-bob")
+    bob = unix_user("labqtest-bob")
     out = lq.run("quota", "set", "labqtest-alice", "--max-gpus", "3", user=bob, check=False)
     assert out.returncode == 1 and "only admins may change quotas" in out.stderr
     lq.run("quota", "set", "labqtest-alice", "--max-gpus", "3", "--shares", "2")

@@ -48,6 +48,10 @@ def test_authorization_matrix(labq4: Labq, action: str, who: str) -> None:
     allowed = MATRIX[action][("owner", "other", "admin").index(who)]
     job = labq4.submit("--", "sh", "-c", "echo secret-output; sleep 30", user=unix_user(OWNER), cwd="/tmp")
     labq4.wait(job, ("RUNNING",))
+    deadline = time.monotonic() + 30
+    while "secret-output" not in labq4.log(job):  # log lines reach the daemon a moment later
+        assert time.monotonic() < deadline, "the job's first line never reached the daemon"
+        time.sleep(0.2)
     args = {
         "submit": ["submit", "--", "true"],
         "cancel": ["cancel", str(job)],

@@ -72,6 +72,8 @@ def test_gpus_follow_the_jobs_holding_them(gpulq: tuple[Labq, int]) -> None:
 
     def seen() -> dict[int, dict[str, Any]] | None:
         gpus = gpus_of(lq)
+        if g_busy not in gpus or g_sleepy not in gpus:
+            return None  # the node's monitor has not reported yet
         if (gpus[g_busy]["util_gpu"] or 0) >= 30 and gpus[g_sleepy]["util_gpu"] == 0:
             return gpus
         return None

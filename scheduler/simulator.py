@@ -19,7 +19,7 @@ import heapq
 import math
 import statistics
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -524,20 +524,11 @@ class Simulation:
         if j.stop_at is not None:
             return
         j.stop_at = now + self.grace
-        r = self._running_objs[j.id]
-        self._running_objs[j.id] = RunningJob(
-            id=r.id,
-            user=r.user,
-            gpus=r.gpus,
-            node=r.node,
-            start_time=r.start_time,
-            stop_deadline=j.stop_at,
-            more_nodes=r.more_nodes,
-        )
+        self._running_objs[j.id] = replace(self._running_objs[j.id], stop_deadline=j.stop_at)
         self._push(j.stop_at, self.STOPPED, j.id)
 
     def _stop(self, j: SimJob, now: float, finished: bool, lost_s: float = 0.0) -> None:
-        """End the current attempt; its first `lost_s` seconds... are the grace period, lost."""
+        """End the current attempt; `lost_s` of it (the grace period) did no work."""
         assert j.start is not None
         ran = now - j.start
         g = j.trace.gpus
@@ -746,8 +737,6 @@ def summarize(res: SimResult, alone: Mapping[str, float] | None = None) -> dict[
 
 
 def policy_config(policy: str, base: PolicyConfig | None = None) -> PolicyConfig:
-    from dataclasses import replace
-
     cfg = base or PolicyConfig()
     return replace(cfg, multi_node=True, explain=False, preemption=policy == "fairshare")
 

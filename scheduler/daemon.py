@@ -828,7 +828,7 @@ class Daemon:
             uid=job.uid,
             time_limit=job.time_limit,
             grace=grace,
-            log_path=str(self._node_log_dir() / f"{job.id}.{job.attempt}.log"),
+            log_limit=self._log_room(job),
             preempt_file=str(self._node_log_dir() / f"{job.id}.{job.attempt}.deadline"),
             gpu_indices=tuple(int(g) for g in job.gpu_ids.split(",")) if job.gpu_ids else None,
         )
@@ -838,8 +838,17 @@ class Daemon:
         self.executor.launch.remote(job.id, job.attempt, launch, job.node, resources)
 
     def _node_log_dir(self) -> Path:
-        # Node-local scratch for the live log; the daemon keeps the real copy.
+        # Node-local scratch for the preemption-deadline file (logs stream to the daemon).
         return Path(f"/tmp/labq-jobs-{self.uid}") / self.executor_id[:8]
+
+    def _log_room(self, job: JobRow) -> int:
+        """Bytes this attempt may still add to the job's log (earlier attempts used some)."""
+        try:
+            used = self.log_path(job.id).stat().st_size
+        except OSError:
+            used = 0
+        header = 200  # the "--- labq: attempt N on NODE ---" line
+        return max(0, self.config.log_max_bytes - used - (header if used else 0))
 
     def _restart_for_ray(self) -> None:
         """The embedded head died. A Ray driver cannot re-attach to a new head in the
@@ -956,6 +965,8 @@ class Daemon:
         reason = str(ev.get("reason") or "")
         expect = ACTIVE
         stats = self.telemetry.finish_job(job.id)
+        if ev.get("log_dropped") and job.state in ACTIVE:
+            self.store.note(job.id, f"log limit reached: {ev['log_dropped']} bytes of output discarded", now)
         if outcome == "lost" and self._node_gone(job, reason):
             self._node_lost(job, reason, stats, fields)
         elif outcome == "preempted":

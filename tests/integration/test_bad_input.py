@@ -6,10 +6,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import psutil
 import pytest
 
-from tests.conftest import REPO, SYSTEM_PYTHON, Labq, unix_user
+from tests.conftest import REPO, SYSTEM_PYTHON, Labq, cleanup, make_labq, unix_user
 
 pytestmark = pytest.mark.integration
 
@@ -143,5 +145,36 @@ def test_unreachable_ray_is_a_clear_error() -> None:
         assert out.stderr.strip() == (
             "labq: cannot reach Ray at 127.0.0.1:1: nothing answers there (is the head running?)"
         )
+    finally:
+        cleanup(lq)
+
+
+def test_a_job_flooding_stdout_keeps_a_bounded_log_and_the_daemon_stays_small() -> None:
+    lq = make_labq("log_max_bytes: 1048576\nmin_runtime_s: 0\n")
+    try:
+        lq.up("--gpus", "1")
+        rss_before = psutil.Process(lq.daemon_pid()).memory_info().rss
+        # ~2 GB of output as fast as the node can produce it.
+        flood = lq.submit(
+            "--gpus",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            "dd if=/dev/zero bs=1M count=2000 status=none; echo end",
+            cwd="/tmp",
+        )
+        job = lq.wait(flood, ("SUCCEEDED", "FAILED"), timeout=240)
+        assert job["state"] == "SUCCEEDED", job
+        size = (lq.state_dir / "logs" / f"{flood}.log").stat().st_size
+        assert 1_000_000 < size <= 1048576
+        assert lq.log(flood).endswith("labq: output beyond this point was discarded (log limit reached)\n")
+        notes = [e["reason"] for e in job["events"]]
+        assert any("log limit reached" in n and "bytes of output discarded" in n for n in notes), notes
+        rss_after = psutil.Process(lq.daemon_pid()).memory_info().rss
+        assert rss_after - rss_before < 200 * 1024 * 1024, (rss_before, rss_after)
+        # Nothing spooled on the node either.
+        spool = list(Path(f"/tmp/labq-jobs-{os.getuid()}").rglob("*.log"))
+        assert all(p.stat().st_size < 1 << 20 for p in spool), spool
     finally:
         cleanup(lq)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scheduler.runner import Launch, run
+from scheduler.runner import Launch, _Output, run
 
 
 class Recorder:
@@ -42,7 +42,7 @@ def launch(tmp_path: Path, argv: list[str], **kw: Any) -> Launch:
         uid=os.getuid(),
         time_limit=None,
         grace=1.0,
-        log_path=str(tmp_path / "1.log"),
+        log_limit=1 << 30,
         preempt_file=str(tmp_path / "1.deadline"),
     )
     base.update(kw)
@@ -115,3 +115,30 @@ def test_leftover_children_are_killed(tmp_path: Path) -> None:
         time.sleep(0.05)
     else:
         raise AssertionError("background child survived its job")
+
+
+def test_a_flood_of_output_is_cut_at_the_limit_and_does_not_slow_the_job(tmp_path: Path) -> None:
+    rec = Recorder()
+    t0 = time.monotonic()
+    # 200 MB as fast as dd can write it, against a 1 MB limit.
+    argv = ["sh", "-c", "echo first; dd if=/dev/zero bs=1M count=200 status=none; echo last"]
+    res = run(launch(tmp_path, argv, log_limit=1 << 20), [], "n", rec)
+    took = time.monotonic() - t0
+    assert res["outcome"] == "succeeded"
+    assert len(rec.data) <= 1 << 20
+    assert rec.data.startswith(b"first\n")
+    assert rec.data.endswith(b"labq: output beyond this point was discarded (log limit reached)\n")
+    kept = len(rec.data) - len(_Output.NOTE)
+    assert res["log_dropped"] == 200 * (1 << 20) + len("first\nlast\n") - kept
+    assert took < 30, took  # past the limit output is drained, not throttled
+    assert not list(tmp_path.glob("*.log"))  # nothing spooled on the node's disk
+
+
+def test_output_of_a_leftover_child_does_not_hold_the_end(tmp_path: Path) -> None:
+    # A descendant that left the process group keeps the pipe open; the job still ends.
+    argv = ["sh", "-c", "setsid sh -c 'sleep 20' & echo done"]
+    t0 = time.monotonic()
+    rec = Recorder()
+    res = run(launch(tmp_path, argv), [], "n", rec)
+    assert res["outcome"] == "succeeded" and b"done" in rec.data
+    assert time.monotonic() - t0 < 10

@@ -1,7 +1,9 @@
-"""The local API: JSON over HTTP/1.1 on a Unix socket. docs/api.md lists every route.
+"""The API: JSON over HTTP/1.1. docs/api.md lists every route.
 
-The caller is whoever the kernel says is on the other end of the socket
-(SO_PEERCRED), never a name the client sends. One handler per command.
+On the Unix socket the caller is whoever the kernel says is on the other end
+(SO_PEERCRED), never a name the client sends. The optional TCP listener (config
+`listen`, off by default) knows callers only by the bearer token an admin issued
+them. One handler per command; both listeners share them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import re
 import socket
 import socketserver
+import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from scheduler.config import is_loopback, parse_listen
 from scheduler.daemon import Caller, Daemon, DaemonError, user_name
 from scheduler.job import JobState
 from scheduler.store import StoreError, UnknownJob
@@ -213,6 +217,33 @@ def audit(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     return 200, {"audit": rows}
 
 
+@route("POST", "/v1/tokens")
+def create_token(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    from scheduler.units import UnitError, parse_duration
+
+    if not isinstance(body, dict) or not isinstance(body.get("user"), str):
+        raise DaemonError('body must be {"user": NAME, "expires": DURATION?, "note": TEXT?}')
+    expires = body.get("expires")
+    try:
+        expires_s = parse_duration(expires) if expires not in (None, "", "never") else None
+    except UnitError as e:
+        raise DaemonError(f"expires: {e}") from None
+    note = body.get("note") or ""
+    if not isinstance(note, str):
+        raise DaemonError("note must be text")
+    return 201, d.create_token(c, body["user"], expires_s, note)
+
+
+@route("GET", "/v1/tokens")
+def list_tokens(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    return 200, {"tokens": d.list_tokens(c), "now": time.time()}
+
+
+@route("POST", r"/v1/tokens/(?P<id>[0-9a-f]{1,32})/revoke")
+def revoke_token(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    return 200, d.revoke_token(c, p["id"])
+
+
 @route("POST", "/v1/shutdown")
 def shutdown(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     mode = (body or {}).get("mode", "refuse") if isinstance(body, dict) else "refuse"
@@ -230,13 +261,36 @@ def peer_uid(sock: socket.socket) -> int:
 
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: ApiServer
+    server: ApiServer | TcpApiServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
         pass
 
     def address_string(self) -> str:
-        return "unix"
+        return "unix" if isinstance(self.server, ApiServer) else str(self.client_address[0])
+
+    def setup(self) -> None:
+        if isinstance(self.server, TcpApiServer):
+            # A client that connects and says nothing must not hold a thread forever;
+            # the TLS handshake happens here, in this connection's thread, not in accept().
+            self.request.settimeout(30)
+            if isinstance(self.request, ssl.SSLSocket):
+                try:
+                    self.request.do_handshake()
+                except (ssl.SSLError, OSError):
+                    self.request.close()
+                    raise
+        super().setup()
+
+    def _caller(self) -> Caller:
+        daemon = self.server.daemon
+        if isinstance(self.server, TcpApiServer):
+            auth = self.headers.get("Authorization") or ""
+            scheme, _, raw = auth.partition(" ")
+            return daemon.authenticate(raw.strip() if scheme.lower() == "bearer" else None)
+        uid = peer_uid(self.request)
+        user = user_name(uid)
+        return Caller(uid, user, daemon.is_admin(uid, user))
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """A malformed request gets the same JSON error shape as any refusal, not HTML."""
@@ -257,11 +311,17 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         daemon = self.server.daemon
         try:
-            uid = peer_uid(self.request)
-            user = user_name(uid)
-            caller = Caller(uid, user, user in daemon.admins or uid == 0 or uid == daemon.uid)
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                self.close_connection = True
+                raise DaemonError("Content-Length is not a number") from None
+            try:
+                caller = self._caller()
+            except DaemonError:
+                self.close_connection = True  # the unread body would be taken for the next request
+                raise
+            if length < 0 or length > MAX_BODY:
                 self.close_connection = True
                 raise DaemonError(f"request body over {MAX_BODY} bytes", 413)
             raw = self.rfile.read(length) if length else b""
@@ -301,6 +361,53 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         self._handle("PUT")
+
+
+class TcpApiServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    """The network listener for remote clients: tokens always, TLS beyond loopback."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, listen: str, daemon: Daemon, cert: str = "", key: str = "") -> None:
+        host, port = parse_listen(listen)
+        if bool(cert) != bool(key):
+            raise DaemonError("tls_cert and tls_key go together: give both or neither")
+        if not cert and not is_loopback(host):
+            raise DaemonError(
+                f"listen {listen} reaches the network: give tls_cert and tls_key so tokens never "
+                "cross it in clear, or listen on 127.0.0.1 and reach it through an SSH tunnel"
+            )
+        self.daemon = daemon
+        self.tls: ssl.SSLContext | None = None
+        if cert:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            try:
+                ctx.load_cert_chain(cert, key)
+            except (OSError, ssl.SSLError) as e:
+                raise DaemonError(f"cannot load tls_cert {cert} / tls_key {key}: {e}") from None
+            self.tls = ctx
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        try:
+            super().__init__((host, port), _RequestHandler)
+        except OSError as e:
+            raise DaemonError(f"cannot listen on {listen}: {e.strerror or e}") from None
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = super().get_request()
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    @property
+    def address(self) -> str:
+        host, port = self.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else str(host)
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
 
 class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

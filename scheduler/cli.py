@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from scheduler.client import Client, ClientError, NoDaemon
+from scheduler.client import Client, ClientError, NoDaemon, Remote
 from scheduler.config import INHERITED_ENV
 from scheduler.units import UnitError, format_duration
 
@@ -76,7 +76,9 @@ def _parse_env(items: list[str]) -> dict[str, str]:
     return env
 
 
-def build_spec(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None, dict[str, int]]:
+def build_spec(
+    args: argparse.Namespace, remote: bool = False
+) -> tuple[dict[str, Any], Path | None, dict[str, int]]:
     command: list[str] = list(args.command or [])
     if command and command[0] == "--":
         command = command[1:]
@@ -96,14 +98,16 @@ def build_spec(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None, d
             spec[field] = value
     if "command" not in spec:
         raise UsageError("no command: `labq submit [options] -- COMMAND ARGS...` or `labq submit job.yaml`")
-    env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+    # A remote daemon runs the job on another machine, where this shell's PATH and
+    # directory mean nothing: the job starts in the user's home there unless told.
+    env = {} if remote else {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
     file_env = spec.get("env") or {}
     if not isinstance(file_env, dict):
         raise UsageError(f"{job_file} line {lines.get('env', '?')}: env must be a mapping")
     env.update({str(k): str(v) for k, v in file_env.items()})
     env.update(_parse_env(args.env or []))
     spec["env"] = env
-    if args.workdir is None and "workdir" not in spec:
+    if args.workdir is None and "workdir" not in spec and not remote:
         spec["workdir"] = os.getcwd()
     elif isinstance(spec.get("workdir"), str) and spec["workdir"] and not os.path.isabs(spec["workdir"]):
         spec["workdir"] = os.path.abspath(spec["workdir"])
@@ -112,7 +116,7 @@ def build_spec(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None, d
 
 # -- commands ------------------------------------------------------------------------------------------
 def cmd_submit(c: Client, args: argparse.Namespace) -> int:
-    spec, job_file, lines = build_spec(args)
+    spec, job_file, lines = build_spec(args, remote=c.remote is not None)
     try:
         if args.dry_run:
             out = c.preview(spec)
@@ -569,10 +573,13 @@ def cmd_doctor(c: Client, args: argparse.Namespace) -> int:
 
     rows: list[tuple[bool, str, str]] = [(sys.version_info >= (3, 11), "python", platform.python_version())]
     sock = c.socket_path
-    rows.append((sock.exists(), "socket", f"{sock}" + ("" if sock.exists() else " does not exist")))
+    if c.remote is not None:
+        rows.append((True, "remote", f"{c.where} (token {'given' if c.remote.token else 'MISSING'})"))
+    else:
+        rows.append((sock.exists(), "socket", f"{sock}" + ("" if sock.exists() else " does not exist")))
     try:
         checks = c.doctor()
-    except NoDaemon as e:
+    except ClientError as e:  # no daemon, or it refuses us: that is the diagnosis
         rows.append((False, "daemon", f"{e}"))
         checks = []
     for ch in checks:
@@ -592,6 +599,42 @@ def cmd_audit(c: Client, args: argparse.Namespace) -> int:
         return 0
     for r in rows:
         print(f"{_ts(r['time'])}  {r['actor']:<12} {r['action']:<12} {r['target']:<12} {r['detail']}")
+    return 0
+
+
+def cmd_token(c: Client, args: argparse.Namespace) -> int:
+    if args.token_cmd == "create":
+        out = c.create_token(args.user, args.expires, args.note or "")
+        if args.json:
+            _emit_json(out)
+            return 0
+        until = f", valid until {_ts(out['expires'])}" if out.get("expires") else ", no expiry"
+        print(f"token {out['id']} for {out['user']}{until}. It is shown only this once:\n")
+        print(f"  {out['token']}\n")
+        print("On their machine: put it in ~/.config/labq/token (chmod 600) or LABQ_TOKEN,")
+        print("and set LABQ_URL to this daemon's `listen` address (https://HOST:PORT).")
+        return 0
+    if args.token_cmd == "revoke":
+        out = c.revoke_token(args.token_id)
+        print(f"token {out['id']} of {out['user']} revoked")
+        return 0
+    rows = c.tokens()
+    if args.json:
+        _emit_json(rows)
+        return 0
+    now = time.time()
+    print(f"{'ID':<13} {'USER':<12} {'CREATED':<17} {'BY':<10} {'STATE':<22} {'LAST USED':<17} NOTE")
+    for r in rows:
+        if r["revoked"]:
+            state = f"revoked {_ts(r['revoked'])}"
+        elif r["expires"] and r["expires"] <= now:
+            state = "expired"
+        else:
+            state = f"until {_ts(r['expires'])}" if r["expires"] else "valid"
+        used = _ts(r["last_used"]) if r["last_used"] else "never"
+        print(
+            f"{r['id']:<13} {r['user']:<12} {_ts(r['created']):<17} {r['created_by']:<10} {state:<22} {used:<17} {r['note']}"
+        )
     return 0
 
 
@@ -647,7 +690,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         "--state-dir",
         str(state_dir),
     ]
-    for opt in ("address", "gpus", "cpus", "config", "metrics_port"):
+    for opt in ("address", "gpus", "cpus", "config", "metrics_port", "listen"):
         v = getattr(args, opt)
         if v is not None:
             argv += [f"--{opt.replace('_', '-')}", str(v)]
@@ -686,10 +729,12 @@ def _run_foreground(args: argparse.Namespace, state_dir: Path, sock: Path) -> in
         config_path = state_dir / "labq.yaml"
     try:
         config = load_daemon_config(config_path)
-        if args.metrics_port is not None:
-            import dataclasses
+        import dataclasses
 
+        if args.metrics_port is not None:
             config = dataclasses.replace(config, metrics_port=args.metrics_port)
+        if args.listen is not None:
+            config = dataclasses.replace(config, listen=args.listen)
         run_daemon(state_dir, sock, config, args.address, args.gpus, args.cpus)
     except (ConfigError, DaemonError, RayError, StoreError) as e:
         die(str(e))
@@ -702,6 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--socket", help="daemon socket (default: $LABQ_SOCKET, /run/labq/labq.sock or a personal one)"
     )
+    p.add_argument("--url", help="a remote daemon's listener, https://HOST:PORT (default: $LABQ_URL)")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="start the daemon (embedded Ray unless --address)")
@@ -713,6 +759,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         help="serve Prometheus /metrics on this port (loopback unless the config says)",
+    )
+    up.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="also take remote clients over TCP (token required; TLS from the config beyond loopback)",
     )
     up.add_argument("--state-dir", help="where the database and logs live")
     up.add_argument("--config", help="daemon config YAML (see configs/labq.yaml)")
@@ -812,6 +863,17 @@ def build_parser() -> argparse.ArgumentParser:
     dr = sub.add_parser("doctor", help="check Ray, NVML, the socket, permissions and the database")
     dr.add_argument("--json", action="store_true")
 
+    tk = sub.add_parser("token", help="tokens for remote clients: (admins) create, list, revoke")
+    tksub = tk.add_subparsers(dest="token_cmd", required=True)
+    tc = tksub.add_parser("create", help="issue a token for USER (shown once, stored hashed)")
+    tc.add_argument("user")
+    tc.add_argument("--expires", help="e.g. 90d (default: never)")
+    tc.add_argument("--note", help="what it is for, e.g. 'alice laptop'")
+    tc.add_argument("--json", action="store_true")
+    tl = tksub.add_parser("list", help="tokens (admins: all; others: their own)")
+    tl.add_argument("--json", action="store_true")
+    tksub.add_parser("revoke", help="revoke a token by id").add_argument("token_id")
+
     au = sub.add_parser("audit", help="quota changes, cancels and other admin actions")
     au.add_argument("--json", action="store_true")
     return p
@@ -829,6 +891,7 @@ COMMANDS = {
     "doctor": cmd_doctor,
     "quota": cmd_quota,
     "audit": cmd_audit,
+    "token": cmd_token,
     "down": cmd_down,
 }
 
@@ -846,7 +909,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd in ("tui", "desktop-install"):
             return exec_tui(args)
         sock = Path(args.socket) if args.socket else None
-        client = Client(sock)
+        client = Client(sock, remote=Remote(args.url) if args.url else None)
         return COMMANDS[args.cmd](client, args)
     except NoDaemon as e:
         die(str(e), 3)

@@ -7,12 +7,13 @@ import Ray, Textual or pydantic (tests/unit/test_boundaries.py checks it).
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from scheduler.config import client_socket
 
@@ -29,22 +30,85 @@ class NoDaemon(ClientError):
     pass
 
 
+class Remote:
+    """A daemon's TCP listener and the token that identifies us there.
+
+    From `LABQ_URL` (https://head:7450, or http://127.0.0.1:PORT through an SSH
+    tunnel) and `LABQ_TOKEN` or the file ~/.config/labq/token (which, like an SSH
+    key, must not be readable by others). `LABQ_CA` names a CA bundle for a
+    self-signed certificate.
+    """
+
+    def __init__(self, url: str, token: str | None = None, ca: str | None = None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+            raise ClientError(f"LABQ_URL must look like https://HOST:PORT, got {url!r}")
+        try:
+            self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise ClientError(f"LABQ_URL has a bad port: {url!r}") from None
+        self.url = f"{parts.scheme}://{parts.netloc}"
+        self.host = parts.hostname
+        self.tls = parts.scheme == "https"
+        self.ca = ca if ca is not None else os.environ.get("LABQ_CA") or None
+        self.token = token if token is not None else _find_token()
+
+    def connect(self, timeout: float) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        if not self.tls:
+            return sock
+        import ssl  # only remote clients pay for it
+
+        ctx = ssl.create_default_context(cafile=self.ca)
+        try:
+            return ctx.wrap_socket(sock, server_hostname=self.host)
+        except ssl.SSLCertVerificationError as e:
+            sock.close()
+            hint = "" if self.ca else " (a self-signed certificate? point LABQ_CA at it)"
+            raise ClientError(f"cannot verify {self.url}: {e.verify_message}{hint}") from None
+        except (ssl.SSLError, OSError):
+            sock.close()
+            raise
+
+
+def _find_token() -> str | None:
+    env = os.environ.get("LABQ_TOKEN")
+    if env:
+        return env.strip()
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    path = os.path.join(base, "labq", "token")
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if st.st_mode & 0o077:
+        raise ClientError(f"{path} is readable by others: `chmod 600 {path}` (it is a password)")
+    with open(path) as f:
+        return f.read().strip() or None
+
+
 class _Connection:
-    """A kept-alive HTTP/1.1 connection over a Unix socket.
+    """A kept-alive HTTP/1.1 connection over a Unix socket (or TCP to a remote daemon).
 
     Hand-rolled rather than http.client: that module (and the email parser it pulls
     in) costs ~45 ms of import, a third of `labq submit`'s budget. The daemon always
     answers with Content-Length, so this is all the protocol we need.
     """
 
-    def __init__(self, path: str, timeout: float) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(path)
-        except OSError:
-            self.sock.close()
-            raise
+    def __init__(self, target: str | Remote, timeout: float) -> None:
+        self.auth = ""
+        if isinstance(target, Remote):
+            self.sock = target.connect(timeout)
+            if target.token:
+                self.auth = f"Authorization: Bearer {target.token}\r\n"
+        else:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            try:
+                self.sock.connect(target)
+            except OSError:
+                self.sock.close()
+                raise
         self.buf = b""
 
     def close(self) -> None:
@@ -57,7 +121,7 @@ class _Connection:
         self.buf += data
 
     def roundtrip(self, method: str, url: str, body: bytes | None) -> tuple[int, bytes]:
-        head = f"{method} {url} HTTP/1.1\r\nHost: labq\r\nContent-Length: {len(body or b'')}\r\n"
+        head = f"{method} {url} HTTP/1.1\r\nHost: labq\r\nContent-Length: {len(body or b'')}\r\n{self.auth}"
         if body is not None:
             head += "Content-Type: application/json\r\n"
         self.sock.sendall(head.encode() + b"\r\n" + (body or b""))
@@ -78,8 +142,17 @@ class _Connection:
 
 
 class Client:
-    def __init__(self, socket_path: Path | None = None, timeout: float = 30.0) -> None:
+    """The daemon's API: over its Unix socket, or (`remote`, or `LABQ_URL` when no
+    socket is named) over TCP with a token."""
+
+    def __init__(
+        self, socket_path: Path | None = None, timeout: float = 30.0, remote: Remote | None = None
+    ) -> None:
+        if remote is None and socket_path is None and os.environ.get("LABQ_URL"):
+            remote = Remote(os.environ["LABQ_URL"])
+        self.remote = remote
         self.socket_path = socket_path or client_socket()
+        self.where = remote.url if remote else str(self.socket_path)
         self.timeout = timeout
         self._conn: _Connection | None = None
 
@@ -95,12 +168,13 @@ class Client:
         for attempt in (0, 1):
             try:
                 if self._conn is None:
-                    self._conn = _Connection(str(self.socket_path), self.timeout)
+                    self._conn = _Connection(self.remote or str(self.socket_path), self.timeout)
                 status, raw = self._conn.roundtrip(method, url, data)
                 break
             except (FileNotFoundError, ConnectionRefusedError):
                 self.close()
-                raise NoDaemon(f"no labq daemon at {self.socket_path}: start one with `labq up`") from None
+                hint = "is its `listen` on?" if self.remote else "start one with `labq up`"
+                raise NoDaemon(f"no labq daemon at {self.where}: {hint}") from None
             except (BrokenPipeError, ConnectionResetError):
                 # A kept-alive connection the daemon closed: one fresh try.
                 self.close()
@@ -109,14 +183,14 @@ class Client:
             except TimeoutError:
                 self.close()
                 raise ClientError(
-                    f"the labq daemon at {self.socket_path} did not answer within {self.timeout:.0f}s"
+                    f"the labq daemon at {self.where} did not answer within {self.timeout:.0f}s"
                 ) from None
             except PermissionError:
                 self.close()
-                raise ClientError(f"no permission to use {self.socket_path}") from None
+                raise ClientError(f"no permission to use {self.where}") from None
             except (OSError, ValueError, IndexError) as e:
                 self.close()
-                raise ClientError(f"cannot talk to the labq daemon at {self.socket_path}: {e}") from None
+                raise ClientError(f"cannot talk to the labq daemon at {self.where}: {e}") from None
         try:
             payload = json.loads(raw) if raw else None
         except ValueError:
@@ -202,6 +276,20 @@ class Client:
 
     def audit(self, limit: int = 200) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = self.request("GET", "/v1/audit", limit=limit)["audit"]
+        return out
+
+    def create_token(self, user: str, expires: str | None = None, note: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = self.request(
+            "POST", "/v1/tokens", {"user": user, "expires": expires, "note": note}
+        )
+        return out
+
+    def tokens(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = self.request("GET", "/v1/tokens")["tokens"]
+        return out
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = self.request("POST", f"/v1/tokens/{quote(token_id, safe='')}/revoke")
         return out
 
     def shutdown(self, mode: str) -> dict[str, Any]:

@@ -82,7 +82,7 @@ class DaemonConfig:
     # the team really shares that one account.
     shared_account: bool = False
     quotas_file: str = ""
-    # Per-job log kept by the daemon; beyond this the middle is dropped, head and tail kept.
+    # Per-job log; output beyond this is read and dropped (the log says so).
     log_max_bytes: int = 256 * 1024 * 1024
     pass_interval_s: float = 1.0
     allow_multi_node: bool = False
@@ -99,6 +99,11 @@ class DaemonConfig:
     # Prometheus /metrics; 0 = off. Loopback unless metrics_host says otherwise.
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    # Remote clients over TCP, off by default. Every request there needs a token; a
+    # listener beyond loopback also needs TLS, so no token crosses a network in clear.
+    listen: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -126,6 +131,26 @@ def _typed(path: Path, key: str, v: Any) -> Any:
     if not ok:
         raise ConfigError(f"config {path}: {key} must be a {type(default).__name__}, got {v!r}")
     return float(v) if isinstance(default, float) else v
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """'HOST:PORT' (or '[v6]:PORT') for the TCP listener; ConfigError in words otherwise."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"listen must be HOST:PORT (e.g. 127.0.0.1:7450), got {value!r}")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_daemon_config(path: Path | None) -> DaemonConfig:
@@ -161,6 +186,7 @@ def load_daemon_config(path: Path | None) -> DaemonConfig:
                 raise ConfigError(f"config {path}: admins must be a list of user names")
             v = tuple(v)
         out[k] = v
-    if out.get("quotas_file") and not os.path.isabs(out["quotas_file"]):
-        out["quotas_file"] = str(path.parent / out["quotas_file"])
+    for k in ("quotas_file", "tls_cert", "tls_key"):
+        if out.get(k) and not os.path.isabs(out[k]):
+            out[k] = str(path.parent / out[k])
     return DaemonConfig(**out)

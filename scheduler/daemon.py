@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scheduler import raycluster
+from scheduler import apitoken, raycluster
 from scheduler.config import DaemonConfig
 from scheduler.gpu import GpuInventory, detect
 from scheduler.job import JobSpec, JobState
@@ -49,7 +49,7 @@ from scheduler.quota import (
     usage_by_user,
     validate_quota_fields,
 )
-from scheduler.store import JobRow, Store, UnknownJob
+from scheduler.store import JobRow, Store, StoreError, UnknownJob
 from scheduler.telemetry import Holder, Telemetry, idle_verdicts, usage_report
 from scheduler.units import format_duration
 
@@ -76,6 +76,8 @@ class Caller:
     uid: int
     user: str
     admin: bool
+    # "socket" (the kernel vouched for the uid) or "token <id>" (a remote client).
+    via: str = "socket"
 
 
 @dataclass
@@ -164,6 +166,8 @@ class Daemon:
             stale_after_s=max(5.0, 3 * config.monitor_interval_s),
         )
         self.fleet: Any = None  # fleet.Fleet once Ray is up
+        self._token_seen: dict[str, float] = {}
+        self.tcp: Any = None  # api.TcpApiServer when the config says `listen`
 
     # -- start-up ----------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
@@ -188,6 +192,15 @@ class Daemon:
         self.drained = set(json.loads(self.store.get_meta("drained_nodes") or "[]"))
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.load_quotas()
+
+    def open_listener(self) -> None:
+        """The TCP listener for remote clients, if configured. Before Ray starts, so a
+        config mistake (no TLS beyond loopback, port taken) stops `labq up` at once."""
+        if not self.config.listen:
+            return
+        from scheduler.api import TcpApiServer
+
+        self.tcp = TcpApiServer(self.config.listen, self, self.config.tls_cert, self.config.tls_key)
 
     def load_quotas(self) -> None:
         data: Any = None
@@ -476,11 +489,84 @@ class Daemon:
         self.wake.set()
         return {"user": user, "old": old, "new": clean}
 
+    # -- tokens for remote clients ------------------------------------------------------------------
+    def is_admin(self, uid: int, user: str) -> bool:
+        return user in self.admins or uid == 0 or uid == self.uid
+
+    def create_token(self, caller: Caller, user: str, expires_s: float | None, note: str) -> dict[str, Any]:
+        """`labq token create USER`: admins only; the secret is returned once, kept hashed."""
+        if not caller.admin:
+            raise DaemonError("only admins may issue tokens", 403)
+        if caller.via != "socket":
+            # A stolen token must not mint more tokens: issuing needs a local login.
+            raise DaemonError("tokens are issued on the head node itself (over the Unix socket)", 403)
+        try:
+            pw = pwd.getpwnam(user)
+        except KeyError:
+            raise DaemonError(f"no Unix user {user!r} on this machine: jobs run as that user") from None
+        if pw.pw_uid == 0:
+            raise DaemonError("no tokens for root: a network client never acts as root")
+        if expires_s is not None and expires_s <= 0:
+            raise DaemonError("expires must be a positive duration")
+        if len(note) > 200 or any(ord(ch) < 32 for ch in note):
+            raise DaemonError("note must be one line of at most 200 characters")
+        new = apitoken.generate()
+        now = time.time()
+        expires = now + expires_s if expires_s else None
+        self.store.add_token(new.id, user, new.hash, caller.user, expires, note, now)
+        return {"id": new.id, "user": user, "token": new.text, "expires": expires}
+
+    def list_tokens(self, caller: Caller) -> list[dict[str, Any]]:
+        return self.store.tokens(None if caller.admin else caller.user)
+
+    def revoke_token(self, caller: Caller, token_id: str) -> dict[str, Any]:
+        row = self.store.token(token_id)
+        if row is None or (not caller.admin and row["user"] != caller.user):
+            raise DaemonError(f"no token {token_id!r}", 404)
+        if not self.store.revoke_token(token_id, caller.user, time.time()):
+            raise DaemonError(f"token {token_id} was already revoked", 409)
+        with self.lock:
+            self._token_seen.pop(token_id, None)
+        return {"id": token_id, "user": row["user"], "revoked": True}
+
+    def authenticate(self, raw: str | None) -> Caller:
+        """The caller a network request's bearer token stands for, or a 401."""
+        if not raw:
+            raise DaemonError(
+                "unauthenticated: this listener needs a token (an admin issues one with "
+                "`labq token create USER`; the client reads LABQ_TOKEN)",
+                401,
+            )
+        parsed = apitoken.parse(raw)
+        row = self.store.token(parsed[0]) if parsed else None
+        now = time.time()
+        if parsed is None or row is None or not apitoken.matches(parsed[1], row["hash"]):
+            raise DaemonError("unauthenticated: the token is not valid", 401)
+        if row["revoked"] is not None:
+            raise DaemonError(f"unauthenticated: token {row['id']} was revoked", 401)
+        if row["expires"] is not None and now >= row["expires"]:
+            raise DaemonError(f"unauthenticated: token {row['id']} has expired", 401)
+        try:
+            uid = pwd.getpwnam(row["user"]).pw_uid
+        except KeyError:
+            raise DaemonError(f"unauthenticated: user {row['user']} no longer exists here", 401) from None
+        # last_used is for `labq token list`, not an audit trail: one write a minute is plenty.
+        with self.lock:
+            seen = self._token_seen.get(row["id"], 0.0)
+            if now - seen > 60:
+                self._token_seen[row["id"]] = now
+            else:
+                seen = -1.0
+        if seen >= 0:
+            self.store.token_used(row["id"], now)
+        return Caller(uid, row["user"], self.is_admin(uid, row["user"]), via=f"token {row['id']}")
+
     def doctor(self) -> list[dict[str, Any]]:
         """`labq doctor`: every part the daemon depends on, each with a verdict in words."""
         import shutil
 
         checks: list[dict[str, Any]] = []
+        now0 = time.time()
 
         def check(name: str, ok: bool, detail: str) -> None:
             checks.append({"check": name, "ok": ok, "detail": detail})
@@ -499,6 +585,11 @@ class Daemon:
         check("logs", os.access(self.logs_dir, os.W_OK), f"{self.logs_dir} writable by {self.user}")
         mode = oct(self.socket_path.stat().st_mode & 0o777) if self.socket_path.exists() else "missing"
         check("socket", self.socket_path.exists(), f"{self.socket_path} ({mode})")
+        if self.tcp is not None:
+            live = sum(1 for t in self.store.tokens() if not t["revoked"] and (t["expires"] or now0) >= now0)
+            check("listener", True, f"{self.tcp.address}: token required ({live} valid tokens)")
+        else:
+            check("listener", True, "no network listener (Unix socket only)")
         ray_detail = f"{self.ray.address} ({'embedded' if self.ray.embedded else 'external'})"
         check(
             "ray", self.ray.connected, ray_detail if self.ray.connected else f"{ray_detail}: {self.ray.error}"
@@ -652,6 +743,7 @@ class Daemon:
                 "why_none": inv.why_none,
             },
             "last_pass": self.last_pass,
+            "listen": self.tcp.address if self.tcp is not None else None,
             "metrics": f"http://{self.config.metrics_host}:{self.config.metrics_port}/metrics"
             if self.config.metrics_port
             else None,
@@ -851,15 +943,24 @@ class Daemon:
         return max(0, self.config.log_max_bytes - used - (header if used else 0))
 
     def _restart_for_ray(self) -> None:
-        """The embedded head died. A Ray driver cannot re-attach to a new head in the
-        same process, so the daemon starts itself again: the new process starts a new
-        head and reconciles (jobs whose node died are requeued). Until then the API
-        keeps answering and taking submissions."""
+        """The Ray head is gone. A Ray driver cannot re-attach to a new head in the
+        same process (worse: when a new head appears at the old address, Ray aborts
+        the old driver's process on the cluster-id mismatch), so the daemon starts
+        itself again at once: the new process starts a new embedded head, or waits
+        for the external one to answer before it connects, and reconciles (jobs whose
+        node died are requeued). Meanwhile the API answers and takes submissions."""
         if self.restart_requested:
             return
-        log.error(
-            "the embedded Ray head is gone (%s): restarting the daemon to start it again", self.ray.error
-        )
+        if self.ray.embedded:
+            log.error(
+                "the embedded Ray head is gone (%s): restarting the daemon to start it again", self.ray.error
+            )
+        else:
+            log.error(
+                "the Ray head at %s is gone (%s): restarting the daemon to wait for it and reconnect",
+                self.ray.address,
+                self.ray.error,
+            )
         self.restart_requested = True
         self.stop_event.set()
 
@@ -869,7 +970,8 @@ class Daemon:
             self.wake.wait(timeout=self.config.pass_interval_s)
             self.wake.clear()
             try:
-                if time.monotonic() - last_nodes > 2.0:
+                # No Ray call while it is unreachable: the event pump notices its return.
+                if self.ray.connected and time.monotonic() - last_nodes > 2.0:
                     self.refresh_nodes()
                     last_nodes = time.monotonic()
                 if self.ray.connected:
@@ -884,6 +986,9 @@ class Daemon:
     def event_pump(self) -> None:
         import ray
 
+        while self.executor is None:  # waiting for an external head to come back
+            if self.stop_event.wait(0.5):
+                return
         ack = int(self.store.get_meta("executor_ack") or 0)
         failing_since: float | None = None
         while not self.stop_event.is_set():
@@ -894,8 +999,9 @@ class Daemon:
                 if executor is self.executor:
                     self._ray_down(f"the executor does not answer: {str(e).splitlines()[0]}")
                 failing_since = failing_since or time.monotonic()
+                down_for = time.monotonic() - failing_since
                 # The scheduler thread may be stuck in a Ray call by now; this one is not.
-                if self.ray.embedded and not self.draining and time.monotonic() - failing_since > 5.0:
+                if not self.draining and down_for > 5.0:
                     self._restart_for_ray()
                 time.sleep(1.0)
                 continue
@@ -905,13 +1011,26 @@ class Daemon:
                 self.ray.error = ""
             if not reply:
                 continue
+            applied = ack
             for seq, event in reply:
                 try:
                     self.apply_event(event)
                 except UnknownJob:
                     log.warning("event for unknown job %s", event.get("job_id"))
-                ack = seq
-            self.store.set_meta("executor_ack", str(ack))
+                except Exception as e:  # noqa: BLE001 - e.g. the disk is full
+                    # Not acknowledged, so the Executor keeps it: applied again once the
+                    # store can take it (events are idempotent), never lost.
+                    log.error("cannot record an event of job %s yet: %s", event.get("job_id"), e)
+                    break
+                applied = seq
+            if applied != ack:
+                try:
+                    self.store.set_meta("executor_ack", str(applied))
+                    ack = applied
+                except StoreError as e:
+                    log.error("cannot record event progress yet: %s", e)
+            if ack != (reply[-1][0] if reply else ack):
+                time.sleep(1.0)
             self.wake.set()
 
     def apply_event(self, ev: dict[str, Any]) -> None:
@@ -950,12 +1069,16 @@ class Daemon:
         if pos >= self.config.log_max_bytes:
             return
         data = data[: self.config.log_max_bytes - pos]
-        fd = os.open(self.log_path(job.id), os.O_WRONLY | os.O_CREAT, 0o640)
         try:
-            # Written at its offset: a report delivered twice lands on itself.
-            os.pwrite(fd, data, pos)
-        finally:
-            os.close(fd)
+            fd = os.open(self.log_path(job.id), os.O_WRONLY | os.O_CREAT, 0o640)
+            try:
+                # Written at its offset: a report delivered twice lands on itself.
+                os.pwrite(fd, data, pos)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            # A full disk costs log bytes, not the job's state events behind them.
+            log.error("job %d: %d log bytes lost: %s", job.id, len(data), e.strerror or e)
 
     def _finish(self, job: JobRow, ev: dict[str, Any]) -> None:
         outcome = str(ev["outcome"])
@@ -1185,11 +1308,34 @@ class Daemon:
         log.warning("job %d: %s (%s)", job.id, reason, detail)
 
     # -- run and stop -----------------------------------------------------------------------------
-    def serve(self) -> None:
+    def wait_for_ray(self) -> None:
+        """Started again after losing an external head: serve the API at once, connect
+        (a fresh driver) when the head answers again."""
+        address = self.requested_address or ""
+        self.ray = RayStatus(
+            address=address, embedded=False, error=f"waiting for the Ray head at {address} to answer again"
+        )
+        while not self.stop_event.wait(1.0):
+            if not raycluster.reachable(address):
+                continue
+            try:
+                self.start_ray()
+            except Exception as e:  # noqa: BLE001 - say why and keep waiting
+                self.ray.error = f"cannot connect to {address} yet: {e}"
+                log.error("%s", self.ray.error)
+                continue
+            log.info("reconnected to the Ray head at %s", address)
+            self.wake.set()
+            return
+
+    def serve(self, wait_for_ray: bool = False) -> None:
         from scheduler.api import ApiServer
 
         self.server = ApiServer(self.socket_path, self)
         self.metrics: Any = None
+        if self.tcp is not None:
+            threading.Thread(target=self.tcp.serve_forever, name="labq-tcp", daemon=True).start()
+            log.info("remote clients (token required) at %s", self.tcp.address)
         if self.config.metrics_port:
             from scheduler.metrics import serve_metrics
 
@@ -1209,6 +1355,8 @@ class Daemon:
             threading.Thread(target=self.event_pump, name="labq-events", daemon=True),
             threading.Thread(target=self.gpu_loop, name="labq-gpus", daemon=True),
         ]
+        if wait_for_ray:
+            threads.append(threading.Thread(target=self.wait_for_ray, name="labq-ray-wait", daemon=True))
         for t in threads:
             t.start()
         self.wake.set()
@@ -1216,6 +1364,9 @@ class Daemon:
             pass
         self.server.shutdown()
         self.server.server_close()
+        if self.tcp is not None:
+            self.tcp.shutdown()
+            self.tcp.server_close()
         if self.metrics is not None:
             self.metrics[0].shutdown()
         self.socket_path.unlink(missing_ok=True)
@@ -1257,17 +1408,26 @@ def run_daemon(
     """Start everything and serve until `labq down` or a signal."""
     daemon = Daemon(state_dir, socket_path, config, ray_address, gpus, cpus)
     daemon.acquire_lock()
+    raycluster.prepare_driver_env(None if ray_address else state_dir)
     daemon.open_store()
-    daemon.start_ray()
+    daemon.open_listener()
+    # Set by a daemon that restarted itself because its external Ray head went away.
+    waiting = os.environ.pop("LABQ_WAIT_FOR_RAY", "") == "1" and bool(ray_address)
+    if waiting and ray_address and raycluster.reachable(ray_address):
+        waiting = False
+    if not waiting:
+        daemon.start_ray()
     daemon.install_signal_handlers()
     (state_dir / "daemon.json").write_text(
         json.dumps({"pid": os.getpid(), "socket": str(socket_path), "ray": daemon.ray.address})
     )
-    daemon.serve()
+    daemon.serve(wait_for_ray=waiting)
     if daemon.restart_requested:
         # Same arguments, fresh process (and fresh Ray driver). Our files close on exec
         # (Python opens them non-inheritable), which releases the state-dir lock.
         daemon.store.close()
         sys.stdout.flush()
         sys.stderr.flush()
+        if not daemon.ray.embedded:
+            os.environ["LABQ_WAIT_FOR_RAY"] = "1"
         os.execv(sys.executable, [sys.executable, "-m", "scheduler.cli", *sys.argv[1:]])

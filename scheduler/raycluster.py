@@ -34,15 +34,40 @@ class EmbeddedHead:
     temp_dir: str
 
 
-def ray_env(embedded: bool) -> dict[str, str]:
+def auth_token_path(state_dir: Path) -> Path:
+    return state_dir / "ray-auth-token"
+
+
+def _ensure_auth_token(state_dir: Path) -> Path:
+    """The embedded cluster's Ray token: readable by the daemon's user alone."""
+    path = auth_token_path(state_dir)
+    if not path.exists():
+        import secrets
+
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    os.chmod(path, 0o600)
+    return path
+
+
+def ray_env(embedded_state: Path | None) -> dict[str, str]:
+    """The environment for Ray processes and the daemon's driver.
+
+    The embedded head's servers (GCS, raylet, the Ray Client server on 10001) listen
+    on every interface whatever --node-ip-address says, and anyone who reaches them
+    can run code as the daemon's user: root on a team box. So the embedded cluster
+    always runs with Ray's token authentication, the token in a 0600 file in the
+    state dir; jobs (run as their submitters) cannot read it. For an external cluster
+    the operator's RAY_AUTH_MODE and token pass through untouched.
+    """
     env = dict(os.environ)
     # A stray CUDA_VISIBLE_DEVICES in the daemon's shell would hide GPUs from Ray.
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    # Ray 2.52+ may create an auth token on its own; the embedded head listens on
-    # loopback only, so authentication is explicitly off there. For an external
-    # cluster the operator's RAY_AUTH_MODE (and token) pass through untouched.
-    if embedded:
-        env["RAY_AUTH_MODE"] = "disabled"
+    if embedded_state is not None:
+        env["RAY_AUTH_MODE"] = "token"
+        env["RAY_AUTH_TOKEN_PATH"] = str(_ensure_auth_token(embedded_state))
+        env.pop("RAY_AUTH_TOKEN", None)
     else:
         env.setdefault("RAY_AUTH_MODE", "disabled")
     env["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -127,7 +152,7 @@ def start_embedded(
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=ray_env(embedded=True),
+                env=ray_env(state_dir),
                 start_new_session=True,
             )
         except OSError as e:
@@ -170,14 +195,22 @@ def stop_embedded(state_dir: Path, timeout: float = 3.0) -> None:
     _head_file(state_dir).unlink(missing_ok=True)
 
 
+def prepare_driver_env(embedded_state: Path | None) -> None:
+    """Put Ray's settings in this process's environment. Ray reads some of them (the
+    auth mode) when it is imported, so this runs before anything imports ray."""
+    wanted = {k: v for k, v in ray_env(embedded_state).items() if k.startswith("RAY_")}
+    if "ray" in sys.modules and os.environ.get("RAY_AUTH_MODE") != wanted.get("RAY_AUTH_MODE"):
+        raise RuntimeError("ray was imported before the daemon set its environment")
+    os.environ.update(wanted)
+    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+
+
 def connect(address: str, namespace: str) -> None:
     # ray.init retries an unreachable GCS for a long time; answer at once instead.
     if ":" in address and not address.startswith(("ray://", "auto")) and not reachable(address, 3.0):
         raise RayError(f"cannot reach Ray at {address}: nothing answers there (is the head running?)")
     import ray
 
-    os.environ.update({k: v for k, v in ray_env(embedded=False).items() if k.startswith("RAY_")})
-    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
     try:
         ray.init(
             address=address,

@@ -19,7 +19,7 @@ from typing import Any
 
 from scheduler.job import JobSpec, JobState, transition
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Each entry migrates from version i to i+1. Never edit a shipped entry: append one.
 MIGRATIONS: list[str] = [
@@ -100,6 +100,20 @@ MIGRATIONS: list[str] = [
         user TEXT NOT NULL,
         job_id INTEGER NOT NULL REFERENCES jobs(id),
         PRIMARY KEY (user, token)
+    );
+    """,
+    # Tokens for remote clients over TCP (issue 7): only a hash of the secret is kept.
+    """
+    CREATE TABLE api_tokens (
+        id TEXT PRIMARY KEY,
+        user TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        created REAL NOT NULL,
+        created_by TEXT NOT NULL,
+        expires REAL,
+        revoked REAL,
+        last_used REAL,
+        note TEXT NOT NULL DEFAULT ''
     );
     """,
 ]
@@ -207,7 +221,7 @@ class Store:
                 # SQLite may have rolled back already (a full disk does): only if still open.
                 if self._w.in_transaction:
                     self._w.execute("ROLLBACK")
-                raise StoreError(f"could not save to {self.path}: {e}") from None
+                raise StoreError(self._save_error(e)) from None
             except BaseException:
                 if self._w.in_transaction:
                     self._w.execute("ROLLBACK")
@@ -215,8 +229,22 @@ class Store:
             try:
                 self._w.execute("COMMIT")
             except sqlite3.Error as e:
-                self._w.execute("ROLLBACK")
-                raise StoreError(f"could not save to {self.path}: {e}") from None
+                if self._w.in_transaction:
+                    self._w.execute("ROLLBACK")
+                raise StoreError(self._save_error(e)) from None
+
+    def _save_error(self, e: sqlite3.Error) -> str:
+        msg = f"could not save to {self.path}: {e}"
+        if "disk" in str(e):
+            # SQLite says "disk I/O error" for a file-size limit or a failing disk alike.
+            import shutil
+
+            try:
+                free = shutil.disk_usage(self.path.parent).free
+                msg += f" ({free / 2**20:.0f} MiB free there)"
+            except OSError:
+                pass
+        return msg
 
     def _migrate(self) -> None:
         with self._tx() as c:
@@ -502,6 +530,57 @@ class Store:
                 "INSERT INTO audit(time, actor, action, target, detail) VALUES (?,?,?,?,?)",
                 (now, actor, "quota.set", user, detail),
             )
+
+    # -- API tokens ---------------------------------------------------------------------------------
+    def add_token(
+        self, token_id: str, user: str, hashed: str, actor: str, expires: float | None, note: str, now: float
+    ) -> None:
+        """Store a new token and its audit record in one transaction."""
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO api_tokens(id, user, hash, created, created_by, expires, note) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (token_id, user, hashed, now, actor, expires, note),
+            )
+            detail = f"token {token_id}" + (
+                f", expires {time.strftime('%Y-%m-%d', time.localtime(expires))}" if expires else ""
+            )
+            c.execute(
+                "INSERT INTO audit(time, actor, action, target, detail) VALUES (?,?,?,?,?)",
+                (now, actor, "token.create", user, detail),
+            )
+
+    def token(self, token_id: str) -> dict[str, Any] | None:
+        row = self._reader().execute("SELECT * FROM api_tokens WHERE id=?", (token_id,)).fetchone()
+        return dict(row) if row else None
+
+    def tokens(self, user: str | None = None) -> list[dict[str, Any]]:
+        """Every token (or one user's), newest first, without the hashes."""
+        cols = "id, user, created, created_by, expires, revoked, last_used, note"
+        if user is None:
+            rows = self._reader().execute(f"SELECT {cols} FROM api_tokens ORDER BY created DESC")
+        else:
+            rows = self._reader().execute(
+                f"SELECT {cols} FROM api_tokens WHERE user=? ORDER BY created DESC", (user,)
+            )
+        return [dict(r) for r in rows]
+
+    def revoke_token(self, token_id: str, actor: str, now: float) -> bool:
+        """False when it was already revoked."""
+        with self._tx() as c:
+            row = c.execute("SELECT user, revoked FROM api_tokens WHERE id=?", (token_id,)).fetchone()
+            if row is None or row[1] is not None:
+                return False
+            c.execute("UPDATE api_tokens SET revoked=? WHERE id=?", (now, token_id))
+            c.execute(
+                "INSERT INTO audit(time, actor, action, target, detail) VALUES (?,?,?,?,?)",
+                (now, actor, "token.revoke", row[0], f"token {token_id}"),
+            )
+            return True
+
+    def token_used(self, token_id: str, now: float) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE api_tokens SET last_used=? WHERE id=?", (now, token_id))
 
     def audit(self, actor: str, action: str, target: str, detail: str, now: float) -> None:
         with self._tx() as c:

@@ -6,6 +6,7 @@ import json
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -45,9 +46,10 @@ class Labq:
         user: int | None = None,
         timeout: float = 180,
         cwd: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         preexec: Callable[[], None] | None = None
-        python, env = sys.executable, self.env()
+        python, env = sys.executable, {**self.env(), **(env or {})}
         if user is not None:
             # Another user cannot run this venv's python (it may live under /root), so
             # the stdlib-only client runs from a world-readable copy under the system python.
@@ -126,6 +128,12 @@ class Labq:
         from scheduler import raycluster
 
         raycluster.stop_embedded(self.state_dir, timeout=5)
+
+
+def free_port() -> int:
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        return int(sk.getsockname()[1])
 
 
 def unix_user(name: str) -> int:

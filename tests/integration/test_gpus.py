@@ -7,7 +7,6 @@ built from the H200 recording; utilization follows what each job really does.
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import time
 import urllib.request
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Labq, cleanup, make_labq
+from tests.conftest import Labq, cleanup, free_port, make_labq
 
 BUSY = [
     sys.executable,
@@ -25,12 +24,6 @@ BUSY = [
     "8",
 ]
 SLEEPY = ["sleep", "300"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,19 @@
-"""The embedded Ray head killed under a running job: said plainly, queue kept, Ray back."""
+"""The Ray head (embedded or external) killed under a running job: said plainly, queue kept, Ray back."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+from scheduler import raycluster
 from scheduler.client import Client, NoDaemon
-from tests.conftest import cleanup, make_labq
+from tests.conftest import cleanup, free_port, make_labq
 
 
 def alive(pid: int) -> bool:
@@ -67,3 +72,100 @@ def test_ray_head_lost_is_reported_queued_jobs_wait_and_the_daemon_reconnects() 
         lq.run("cancel", str(victim))
     finally:
         cleanup(lq)
+
+
+def start_external_head(port: int, temp_dir: str) -> subprocess.Popen[bytes]:
+    ray_bin = Path(sys.executable).parent / "ray"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["RAY_AUTH_MODE"] = "disabled"
+    proc = subprocess.Popen(
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-gpus=2",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 90
+    while not raycluster.reachable(f"127.0.0.1:{port}"):
+        assert proc.poll() is None and time.monotonic() < deadline, "the external Ray head did not start"
+        time.sleep(0.3)
+    return proc
+
+
+def test_external_ray_head_lost_and_back_the_daemon_reconnects_and_requeues() -> None:
+    port = free_port()
+    temp_dir = f"/tmp/labq-ext-{port}"
+    head = start_external_head(port, temp_dir)
+    lq = make_labq("grace_period_s: 1\nmin_runtime_s: 0\nnode_lost_retries: 1\n")
+    try:
+        lq.up("--address", f"127.0.0.1:{port}")
+        first_pid = lq.daemon_pid()
+        victim = lq.submit("--gpus", "1", "--", "sleep", "300", cwd="/tmp")
+        pid = int(lq.wait(victim, ("RUNNING",))["pid"])
+
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+        # Said in plain words, and the queue still takes jobs.
+        deadline = time.monotonic() + 60
+        while (h := Client(lq.socket).health())["ray"]["connected"]:
+            assert time.monotonic() < deadline, "the daemon never noticed the head was gone"
+            time.sleep(0.3)
+        assert h["ray"]["error"] and f"127.0.0.1:{port}" == h["ray"]["address"]
+        deadline = time.monotonic() + 30
+        while alive(pid):
+            assert time.monotonic() < deadline, f"job process {pid} outlived its Ray node"
+            time.sleep(0.2)
+        # The daemon restarts itself (a fresh Ray driver) and waits for the head,
+        # answering and queueing meanwhile.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if "waiting for the Ray head" in Client(lq.socket).health()["ray"]["error"]:
+                    break
+            except NoDaemon:
+                pass
+            assert time.monotonic() < deadline, "the daemon did not restart to wait for Ray"
+            time.sleep(0.3)
+        queued = lq.submit("--gpus", "1", "--", "true", cwd="/tmp")
+        time.sleep(2)
+        assert lq.daemon_pid() == first_pid and lq.job(queued)["state"] == "PENDING"
+
+        # The operator brings the head back on the same address: labq reconnects by itself.
+        head = start_external_head(port, temp_dir)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if Client(lq.socket).health()["ray"]["connected"]:
+                    break
+            except NoDaemon:
+                pass  # the daemon is starting itself again, with a new Ray driver
+            assert time.monotonic() < deadline, "the daemon never reconnected"
+            time.sleep(0.3)
+        assert lq.daemon_pid() == first_pid  # the same process, re-executed
+        assert lq.wait(queued, ("SUCCEEDED",), timeout=120)["state"] == "SUCCEEDED"
+        j = lq.wait(victim, ("RUNNING",), timeout=60)
+        assert j["attempt"] == 2 and any(e["new_state"] == "NODE_LOST" for e in j["events"])
+        assert Client(lq.socket).health()["ray"]["connected"]
+        assert (
+            "restarting the daemon to wait for it and reconnect" in (lq.state_dir / "daemon.log").read_text()
+        )
+        lq.run("cancel", str(victim))
+    finally:
+        cleanup(lq)
+        try:
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from tests.conftest import REPO, Labq, cleanup, make_labq
+from tests.conftest import REPO, Labq, cleanup, free_port, make_labq
 from tui.api import ClientBackend
 from tui.app import LabqApp
 from tui.job import JobScreen
@@ -77,12 +76,6 @@ def test_submit_follow_and_cancel_through_the_ui(lq: Labq) -> None:
     asyncio.run(go())
     j = lq.job(int(next(j for j in lq.json("queue", "--all") if j["name"] == "ui-job")["id"]))
     assert j["state"] == "CANCELLED" and j["reasons"][0].startswith("cancelled by")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_web_mode_serves_the_app_on_localhost(lq: Labq) -> None:

@@ -121,7 +121,8 @@ def main() -> None:
         # Baseline: the probe on the same daemon, jobs running, no burst.
         stop = threading.Event()
         base: dict[str, list[float]] = {}
-        t = threading.Thread(target=lambda: base.update(probe(c, stop, busy[0])))
+        base_c = Client(sock, timeout=60)  # a connection per thread, as separate clients have
+        t = threading.Thread(target=lambda: base.update(probe(base_c, stop, busy[0])))
         t.start()
         base_submit = []
         for _ in range(100):

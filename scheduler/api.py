@@ -310,6 +310,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _handle(self, method: str) -> None:
         daemon = self.server.daemon
+        # Tells the scheduler loop to pace itself while requests keep coming.
+        daemon.api_busy_until = time.monotonic() + 0.05
         try:
             try:
                 length = int(self.headers.get("Content-Length") or 0)

@@ -167,6 +167,7 @@ class Daemon:
         )
         self.fleet: Any = None  # fleet.Fleet once Ray is up
         self._token_seen: dict[str, float] = {}
+        self.api_busy_until = 0.0  # monotonic; the API handlers push it forward
         self.tcp: Any = None  # api.TcpApiServer when the config says `listen`
 
     # -- start-up ----------------------------------------------------------------------------------
@@ -966,8 +967,16 @@ class Daemon:
 
     def scheduler_loop(self) -> None:
         last_nodes = 0.0
+        pass_s = 0.0
         while not self.stop_event.is_set():
             self.wake.wait(timeout=self.config.pass_interval_s)
+            # Under a burst of requests, passes over a long queue would run back to back
+            # and starve the API threads of the GIL: while the API is busy, rest twice as
+            # long as the last pass took (a third of the time for scheduling), gathering
+            # the submissions meanwhile. An idle cluster's pass takes ~1 ms, and with a
+            # quiet API a backlog drains at full speed.
+            if pass_s > 0.005 and time.monotonic() < self.api_busy_until:
+                self.stop_event.wait(min(1.0, 2 * pass_s))
             self.wake.clear()
             try:
                 # No Ray call while it is unreachable: the event pump notices its return.
@@ -975,7 +984,9 @@ class Daemon:
                     self.refresh_nodes()
                     last_nodes = time.monotonic()
                 if self.ray.connected:
+                    t0 = time.monotonic()
                     self.one_pass()
+                    pass_s = time.monotonic() - t0
                 if self.draining and not self.store.jobs(states=ACTIVE):
                     self.stop_event.set()
             except Exception:  # noqa: BLE001 - the loop must survive any one bad pass

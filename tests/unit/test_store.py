@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,41 @@ def test_a_repeated_submission_token_is_one_job(tmp_path: Path) -> None:
     assert s.add_job("bo", 1001, spec, token="t-1") != a  # tokens are per user
     assert s.add_job("ana", 1000, spec) != s.add_job("ana", 1000, spec)  # no token: new jobs
     assert len(s.jobs()) == 4
+
+
+def test_concurrent_submissions_are_committed_together_and_none_is_lost(tmp_path: Path) -> None:
+    s = Store(tmp_path / "db")
+    commits = 0
+    real_tx = s._tx
+
+    def counting_tx():  # type: ignore[no-untyped-def]
+        nonlocal commits
+        commits += 1
+        return real_tx()
+
+    s._tx = counting_tx  # type: ignore[method-assign]
+    ids: list[int] = []
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        for i in range(50):
+            # Every client also resends one submission (same token): still one job.
+            token = f"c{n}-{min(i, 48)}"
+            job = s.add_job(f"user{n}", 1000 + n, spec(), token=token)
+            with lock:
+                ids.append(job)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ids) == 500 and len(set(ids)) == 490  # 10 resends answered with the first id
+    rows = s.jobs()
+    assert len(rows) == 490 and {r.id for r in rows} == set(ids)
+    assert all(len(s.events(r.id)) == 1 for r in rows)
+    assert commits < 500  # batched: fewer transactions than submissions
+    assert s.integrity() == "ok"
 
 
 def test_integrity_check(tmp_path: Path) -> None:

@@ -681,7 +681,11 @@ class Daemon:
         if mode == "kill":
             for job in active:
                 self._request_stop(job, "cancelled", f"labq down --kill by {caller.user}", self._grace(job))
-        self._audit(caller, "daemon.down", mode, f"{len(active)} jobs active")
+        try:
+            self._audit(caller, "daemon.down", mode, f"{len(active)} jobs active")
+        except StoreError as e:
+            # A full disk must not keep the admin from stopping the daemon.
+            log.error("labq down by %s not in the audit log: %s", caller.user, e)
         self.wake.set()
         return {"stopping": True, "active": len(active)}
 

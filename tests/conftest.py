@@ -6,6 +6,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -124,7 +125,16 @@ class Labq:
 
     def down(self) -> None:
         self.run("down", "--kill", "--timeout", "120", check=False)
-        # Whatever is left of the embedded Ray goes too, so tests never leak clusters.
+        # A daemon a failed test left unable to stop (and whatever is left of the
+        # embedded Ray) goes too, so tests never leak processes into later ones.
+        try:
+            pid = self.daemon_pid()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                ours = str(self.state_dir).encode() in f.read()
+            if ours:
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
         from scheduler import raycluster
 
         raycluster.stop_embedded(self.state_dir, timeout=5)

@@ -197,6 +197,9 @@ def cmd_queue(c: Client, args: argparse.Namespace) -> int:
         print("  ".join(r[i].ljust(widths[i]) for i in range(6)) + "  " + r[6])
     if len(rows) == 1:
         print("(no jobs)" if args.all else "(no pending or running jobs; --all shows finished ones)")
+    ray = c.health()["ray"]
+    if not ray.get("connected"):
+        print(f"Ray is unreachable, nothing starts until it is back: {str(ray.get('error'))[:200]}")
     return 0
 
 

@@ -124,14 +124,10 @@ def find_embedded(state_dir: Path) -> EmbeddedHead | None:
     return None
 
 
-def start_embedded(
-    state_dir: Path, gpus: int, simulated: bool, cpus: int | None = None, timeout: float = 90.0
-) -> EmbeddedHead:
-    port = _free_port()
-    temp_dir = _temp_dir(state_dir)
-    ray_bin = Path(sys.executable).parent / "ray"
+def head_command(port: int, gpus: int, temp_dir: str, cpus: int | None = None) -> list[str]:
+    """`ray start` for a one-machine head in the foreground (its own session kills it)."""
     cmd = [
-        str(ray_bin),
+        str(Path(sys.executable).parent / "ray"),
         "start",
         "--head",
         "--block",
@@ -144,6 +140,16 @@ def start_embedded(
     ]
     if cpus is not None:
         cmd.append(f"--num-cpus={cpus}")
+    return cmd
+
+
+def start_embedded(
+    state_dir: Path, gpus: int, simulated: bool, cpus: int | None = None, timeout: float = 90.0
+) -> EmbeddedHead:
+    port = _free_port()
+    temp_dir = _temp_dir(state_dir)
+    ray_bin = Path(sys.executable).parent / "ray"
+    cmd = head_command(port, gpus, temp_dir, cpus)
     log_path = state_dir / "ray-head.log"
     with open(log_path, "wb") as log:
         try:

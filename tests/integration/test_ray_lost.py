@@ -7,9 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 from scheduler import raycluster
 from scheduler.client import Client, NoDaemon
@@ -75,23 +73,10 @@ def test_ray_head_lost_is_reported_queued_jobs_wait_and_the_daemon_reconnects() 
 
 
 def start_external_head(port: int, temp_dir: str) -> subprocess.Popen[bytes]:
-    ray_bin = Path(sys.executable).parent / "ray"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["RAY_AUTH_MODE"] = "disabled"
     proc = subprocess.Popen(
-        [
-            str(ray_bin),
-            "start",
-            "--head",
-            "--block",
-            f"--port={port}",
-            "--node-ip-address=127.0.0.1",
-            "--num-gpus=2",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            f"--temp-dir={temp_dir}",
-        ],
+        raycluster.head_command(port, 2, temp_dir, cpus=2),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -139,6 +124,7 @@ def test_external_ray_head_lost_and_back_the_daemon_reconnects_and_requeues() ->
             assert time.monotonic() < deadline, "the daemon did not restart to wait for Ray"
             time.sleep(0.3)
         queued = lq.submit("--gpus", "1", "--", "true", cwd="/tmp")
+        assert "Ray is unreachable" in lq.run("queue").stdout
         time.sleep(2)
         assert lq.daemon_pid() == first_pid and lq.job(queued)["state"] == "PENDING"
 

@@ -115,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         Server(shlex.join(cmd), host="localhost", port=args.port, title="labq").serve()
         return 0
     ssh: subprocess.Popen[bytes] | None = None
-    socket = Path(args.socket) if args.socket else client_socket()
+    # LABQ_URL (a remote daemon's TCP listener, with a token) applies unless a socket is named.
+    socket: Path | None = Path(args.socket) if args.socket else None
+    if socket is None and not os.environ.get("LABQ_URL"):
+        socket = client_socket()
     if args.remote:
         ssh, socket = tunnel(args.remote, args.remote_socket)
     try:

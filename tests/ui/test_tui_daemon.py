@@ -15,7 +15,8 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from tests.conftest import REPO, Labq, cleanup, free_port, make_labq
+from scheduler.client import Client
+from tests.conftest import REPO, Labq, cleanup, free_port, make_labq, unix_user
 from tui.api import ClientBackend
 from tui.app import LabqApp
 from tui.job import JobScreen
@@ -25,7 +26,9 @@ from tui.submit import SubmitScreen
 
 @pytest.fixture(scope="module")
 def lq() -> Iterator[Labq]:
-    lq = make_labq("grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 0.5\n")
+    lq = make_labq(
+        f"grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 0.5\nlisten: 127.0.0.1:{free_port()}\n"
+    )
     lq.up("--gpus", "2")
     yield lq
     cleanup(lq)
@@ -37,6 +40,29 @@ async def wait_until(pilot: Pilot[None], what: str, cond: object, timeout: float
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await pilot.pause(0.2)
+
+
+def test_the_ui_as_a_remote_client_with_a_token(lq: Labq, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A researcher's desktop: no socket, LABQ_URL and a token; the daemon says who they are."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create the Unix user the token is for")
+    unix_user("labqtest-alice")
+    token = lq.json("token", "create", "labqtest-alice")["token"]
+    job = lq.submit("--", "sleep", "30", cwd="/tmp")
+    monkeypatch.setenv("LABQ_URL", Client(lq.socket).health()["listen"])
+    monkeypatch.setenv("LABQ_TOKEN", token)
+    app = LabqApp(ClientBackend(None), refresh_s=0.5)
+
+    async def go() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await wait_until(pilot, "the first poll", lambda: app.data.fetched_at is not None)
+            assert app.data.health["caller"] == "labqtest-alice" and not app.data.health["caller_is_admin"]
+            assert any(j["id"] == job for j in app.data.jobs)
+
+    try:
+        asyncio.run(go())
+    finally:
+        lq.run("cancel", str(job), check=False)
 
 
 def test_submit_follow_and_cancel_through_the_ui(lq: Labq) -> None:

@@ -1044,8 +1044,8 @@ class Daemon:
                     ack = applied
                 except StoreError as e:
                     log.error("cannot record event progress yet: %s", e)
-            if ack != (reply[-1][0] if reply else ack):
-                time.sleep(1.0)
+            if ack != reply[-1][0]:
+                time.sleep(1.0)  # the store refused one: give it a moment
             self.wake.set()
 
     def apply_event(self, ev: dict[str, Any]) -> None:
@@ -1103,8 +1103,6 @@ class Daemon:
         reason = str(ev.get("reason") or "")
         expect = ACTIVE
         stats = self.telemetry.finish_job(job.id)
-        if ev.get("log_dropped") and job.state in ACTIVE:
-            self.store.note(job.id, f"log limit reached: {ev['log_dropped']} bytes of output discarded", now)
         if outcome == "lost" and self._node_gone(job, reason):
             self._node_lost(job, reason, stats, fields)
         elif outcome == "preempted":
@@ -1122,6 +1120,9 @@ class Daemon:
             if state is JobState.LOST and not reason:
                 reason = "lost"
             self.store.transition(job.id, state, reason, expect=expect, run_stats=stats, **fields)
+        if job.state in ACTIVE and ev.get("log_dropped"):
+            # After the transition: an event applied again finds the job ended, no second note.
+            self.store.note(job.id, f"log limit reached: {ev['log_dropped']} bytes of output discarded", now)
         if job.start_time is not None and job.state in ACTIVE:
             self._finished_runs.append(Interval(job.user, job.gpus, job.start_time, now))
 

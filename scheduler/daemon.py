@@ -567,7 +567,7 @@ class Daemon:
         import shutil
 
         checks: list[dict[str, Any]] = []
-        now0 = time.time()
+        now = time.time()
 
         def check(name: str, ok: bool, detail: str) -> None:
             checks.append({"check": name, "ok": ok, "detail": detail})
@@ -587,7 +587,7 @@ class Daemon:
         mode = oct(self.socket_path.stat().st_mode & 0o777) if self.socket_path.exists() else "missing"
         check("socket", self.socket_path.exists(), f"{self.socket_path} ({mode})")
         if self.tcp is not None:
-            live = sum(1 for t in self.store.tokens() if not t["revoked"] and (t["expires"] or now0) >= now0)
+            live = sum(1 for t in self.store.tokens() if not t["revoked"] and (t["expires"] or now) >= now)
             check("listener", True, f"{self.tcp.address}: token required ({live} valid tokens)")
         else:
             check("listener", True, "no network listener (Unix socket only)")
@@ -619,7 +619,6 @@ class Daemon:
                 if inv.count
                 else f"no real GPUs here: {inv.why_none}",
             )
-        now = time.time()
         for n in nodes:
             err = self.fleet.errors.get(n.id, "") if self.fleet else ""
             stale = self.telemetry.stale(n.id, now)

@@ -14,7 +14,6 @@ import re
 import socket
 import socketserver
 import ssl
-import struct
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
@@ -22,14 +21,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from scheduler.auth import AuthError, Caller, peer_uid, socket_caller
 from scheduler.config import is_loopback, parse_listen
-from scheduler.daemon import Caller, Daemon, DaemonError, user_name
+from scheduler.conns import Limits, Watchdog
+from scheduler.daemon import Daemon, DaemonError
 from scheduler.job import JobState
 from scheduler.store import StoreError, UnknownJob
 
 API_VERSION = 1
 MAX_BODY = 4 * 1024 * 1024
 MAX_LOG_READ = 1024 * 1024
+PAGE = 2000  # jobs per page of a paged listing
 
 Params = dict[str, str]
 Handler = Callable[[Daemon, Caller, Params, Any], tuple[int, Any]]
@@ -59,7 +61,7 @@ def _int(params: Params, key: str, default: int | None = None) -> int:
 # -- handlers -------------------------------------------------------------------------------------
 @route("GET", "/v1/health")
 def health(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
-    return 200, {**d.health(), "caller": c.user, "caller_is_admin": c.admin, "api": API_VERSION}
+    return 200, {**d.health(c), "caller": c.user, "caller_is_admin": c.admin, "api": API_VERSION}
 
 
 @route("POST", "/v1/jobs")
@@ -89,32 +91,52 @@ def list_jobs(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
         states = None
     else:
         states = (JobState.PENDING, JobState.STARTING, JobState.RUNNING, JobState.PREEMPTED)
-    limit = _int(p, "limit", 0) or None
-    rows = d.store.jobs(states=states, user=p.get("user") or None, limit=limit)
-    jobs = [d.job_view(j) for j in rows]
+    limit = max(0, _int(p, "limit", 0)) or None
+    after = _int(p, "after", -1)
+    if after >= 0 and limit is None:
+        limit = PAGE
+    # Summaries only: a listing never carries specs (they can be large, and their
+    # command, directory and environment are the owner's business; see `show`).
+    rows = d.store.jobs(
+        states=states,
+        user=p.get("user") or None,
+        limit=limit,
+        after=after if after >= 0 else None,
+        with_spec=False,
+    )
+    jobs = [d.job_view(j, c) for j in rows]
     order = d.decision.order if d.decision else ()
     rank = {jid: i for i, jid in enumerate(order)}
     for j in jobs:
         j["rank"] = rank.get(j["id"])
-    return 200, {"jobs": jobs, "now": time.time()}
+    more = after >= 0 and limit is not None and len(rows) == limit
+    return 200, {"jobs": jobs, "now": time.time(), "next_after": rows[-1].id if more else None}
 
 
 @route("GET", r"/v1/jobs/(?P<id>\d+)")
 def show_job(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
-    return 200, d.job_view(d.store.get(_int(p, "id")), full=True)
+    return 200, d.job_view(d.store.get(_int(p, "id")), c, full=True)
 
 
 @route("POST", r"/v1/jobs/(?P<id>\d+)/cancel")
 def cancel_job(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     job_id = _int(p, "id")
-    return 200, {"id": job_id, "result": d.cancel(c, job_id)}
+    now = isinstance(body, dict) and body.get("now") is True
+    return 200, {"id": job_id, "result": d.cancel(c, job_id, now=now)}
 
 
 @route("GET", r"/v1/jobs/(?P<id>\d+)/log")
 def job_log(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     job = d.store.get(_int(p, "id"))
-    if not c.admin and c.user != job.user:
+    if not c.may_see(job.user):
         raise DaemonError(f"job {job.id}'s log belongs to {job.user}", 403)
+    if job.log_removed is not None:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.log_removed))
+        raise DaemonError(
+            f"job {job.id}'s log was removed on {when}: {job.user}'s logs passed the per-user cap "
+            "(user_log_max_bytes), oldest first",
+            410,
+        )
     offset = max(0, _int(p, "offset", 0))
     limit = min(MAX_LOG_READ, max(1, _int(p, "limit", MAX_LOG_READ)))
     path = d.log_path(job.id)
@@ -141,6 +163,7 @@ def job_log(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
         "size": size,
         "state": job.state.value,
         "done": job.state.terminal,
+        "yours": c.user == job.user,
     }
 
 
@@ -159,7 +182,7 @@ def drain_node(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
 
 @route("GET", "/v1/doctor")
 def doctor(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
-    return 200, {"checks": d.doctor()}
+    return 200, {"checks": d.doctor(c)}
 
 
 @route("GET", "/v1/usage")
@@ -253,12 +276,6 @@ def shutdown(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
 
 
 # -- the server -------------------------------------------------------------------------------------
-def peer_uid(sock: socket.socket) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
-
-
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: ApiServer | TcpApiServer
@@ -270,27 +287,43 @@ class _RequestHandler(BaseHTTPRequestHandler):
         return "unix" if isinstance(self.server, ApiServer) else str(self.client_address[0])
 
     def setup(self) -> None:
-        if isinstance(self.server, TcpApiServer):
-            # A client that connects and says nothing must not hold a thread forever;
-            # the TLS handshake happens here, in this connection's thread, not in accept().
-            self.request.settimeout(30)
-            if isinstance(self.request, ssl.SSLSocket):
-                try:
-                    self.request.do_handshake()
-                except (ssl.SSLError, OSError):
-                    self.request.close()
-                    raise
+        if isinstance(self.server, TcpApiServer) and isinstance(self.request, ssl.SSLSocket):
+            # The TLS handshake happens here, in this connection's thread, not in
+            # accept(); the watchdog bounds it like any read.
+            self.server.watchdog.arm(self.request, self.server.timeout_s)
+            try:
+                self.request.do_handshake()
+            except (ssl.SSLError, OSError):
+                self.server.watchdog.disarm(self.request)
+                self.request.close()
+                raise
         super().setup()
+
+    def handle_one_request(self) -> None:
+        # From here until the request is read: waiting for it (a kept-alive connection
+        # sits here), then reading it, whatever the pace of the bytes.
+        self.server.watchdog.arm(self.request, self.server.timeout_s)
+        try:
+            super().handle_one_request()
+        except OSError:
+            self.close_connection = True
+        finally:
+            self.server.watchdog.disarm(self.request)
 
     def _caller(self) -> Caller:
         daemon = self.server.daemon
         if isinstance(self.server, TcpApiServer):
             auth = self.headers.get("Authorization") or ""
             scheme, _, raw = auth.partition(" ")
-            return daemon.authenticate(raw.strip() if scheme.lower() == "bearer" else None)
-        uid = peer_uid(self.request)
-        user = user_name(uid)
-        return Caller(uid, user, daemon.is_admin(uid, user))
+            caller = daemon.authenticate(raw.strip() if scheme.lower() == "bearer" else None)
+            refusal = self.server.authenticated(self.request, caller.user)
+            if refusal:
+                raise DaemonError(refusal, 503)
+            return caller
+        try:
+            return socket_caller(peer_uid(self.request), daemon.admins)
+        except AuthError as e:
+            raise DaemonError(str(e), e.status) from None
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """A malformed request gets the same JSON error shape as any refusal, not HTML."""
@@ -302,9 +335,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _reply(self, status: int, payload: Any) -> None:
         data = json.dumps(payload).encode()
+        # Writing has a deadline too: a client that stops reading must not hold a thread.
+        self.server.watchdog.arm(self.request, self.server.timeout_s)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
@@ -327,6 +364,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 raise DaemonError(f"request body over {MAX_BODY} bytes", 413)
             raw = self.rfile.read(length) if length else b""
+            # Read: the handler's own work is not the client's to stretch or ours to cut.
+            self.server.watchdog.disarm(self.request)
             body = None
             if raw:
                 try:
@@ -349,6 +388,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self._reply(404, {"error": str(e)})
         except StoreError as e:
             self._reply(503, {"error": str(e)})
+        except OSError:
+            self.close_connection = True  # the client went away, or the watchdog cut it
         except Exception as e:  # noqa: BLE001 - a bug must not kill the daemon
             import logging
 
@@ -365,10 +406,70 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self._handle("PUT")
 
 
-class TcpApiServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    """The network listener for remote clients: tokens always, TLS beyond loopback."""
+class _Limited(socketserver.ThreadingMixIn):
+    """Connection caps and deadlines shared by both listeners (conns.py)."""
 
     daemon_threads = True
+    daemon: Daemon
+    limits: Limits
+    watchdog: Watchdog
+    timeout_s: float
+    _keys: dict[int, str]
+    _keys_lock: Any
+
+    def _setup_limits(self, daemon: Daemon) -> None:
+        import threading
+
+        c = daemon.config
+        self.limits = Limits(c.max_connections_per_user, c.max_connections)
+        self.watchdog = Watchdog()
+        self.timeout_s = c.request_timeout_s
+        self._keys = {}
+        self._keys_lock = threading.Lock()
+
+    def _key(self, request: Any, client_address: Any) -> tuple[str, bool]:
+        raise NotImplementedError
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        key, anon = self._key(request, client_address)
+        refusal = self.limits.acquire(key, request, anon=anon)
+        if refusal:
+            _refuse(request, refusal)
+            self.shutdown_request(request)  # type: ignore[attr-defined]
+            return
+        with self._keys_lock:
+            self._keys[id(request)] = key
+        super().process_request(request, client_address)  # type: ignore[misc]
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)  # type: ignore[misc]
+        finally:
+            self.watchdog.disarm(request)
+            with self._keys_lock:
+                key = self._keys.pop(id(request), "")
+            self.limits.release(key, request)
+
+
+def _refuse(sock: Any, message: str) -> None:
+    """Over a cap: one JSON answer, written without waiting on a slow reader."""
+    data = json.dumps({"error": message}).encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    try:
+        sock.settimeout(0.5)
+        if isinstance(sock, ssl.SSLSocket):
+            return  # no handshake yet: closing is all we can say
+        sock.sendall(head + data)
+    except OSError:
+        pass
+
+
+class TcpApiServer(_Limited, socketserver.TCPServer):
+    """The network listener for remote clients: tokens always, TLS beyond loopback."""
+
     allow_reuse_address = True
 
     def __init__(self, listen: str, daemon: Daemon, cert: str = "", key: str = "") -> None:
@@ -381,6 +482,7 @@ class TcpApiServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 "cross it in clear, or listen on 127.0.0.1 and reach it through an SSH tunnel"
             )
         self.daemon = daemon
+        self._setup_limits(daemon)
         self.tls: ssl.SSLContext | None = None
         if cert:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -397,6 +499,22 @@ class TcpApiServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         except OSError as e:
             raise DaemonError(f"cannot listen on {listen}: {e.strerror or e}") from None
 
+    def _key(self, request: Any, client_address: Any) -> tuple[str, bool]:
+        # Until it shows a token, a connection counts against its address.
+        return f"address {client_address[0]}", True
+
+    def authenticated(self, sock: Any, user: str) -> str:
+        with self._keys_lock:
+            old = self._keys.get(id(sock), "")
+        new = f"user {user}"
+        if old == new:
+            return ""
+        refusal = self.limits.move(old, new, sock)
+        if not refusal:
+            with self._keys_lock:
+                self._keys[id(sock)] = new
+        return refusal
+
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, addr = super().get_request()
         if self.tls is not None:
@@ -412,13 +530,24 @@ class TcpApiServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
 
-class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+class ApiServer(_Limited, socketserver.UnixStreamServer):
     allow_reuse_address = True
 
     def __init__(self, path: Path, daemon: Daemon) -> None:
+        from scheduler import safefs
+
         self.daemon = daemon
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._setup_limits(daemon)
+        if os.geteuid() == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(path.parent, 0o755)
+        else:
+            # A personal daemon's socket directory (e.g. /tmp/labq-UID) must be its
+            # own: one another user made first would let them swap the socket.
+            try:
+                safefs.private_dir(path.parent, 0o700)
+            except safefs.UnsafePath as e:
+                raise DaemonError(f"socket directory: {e}") from None
         if path.exists():
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -432,5 +561,9 @@ class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         super().__init__(str(path), _RequestHandler)
         # Every local user reaches the same daemon; who they are comes from the kernel.
         os.chmod(path, 0o666)
-        if os.geteuid() == 0:
-            os.chmod(path.parent, 0o755)
+
+    def _key(self, request: Any, client_address: Any) -> tuple[str, bool]:
+        try:
+            return f"uid {peer_uid(request)}", False
+        except OSError:
+            return "uid ?", False

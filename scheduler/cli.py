@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, NoReturn
 
 from scheduler.client import Client, ClientError, NoDaemon, Remote
 from scheduler.config import INHERITED_ENV
+from scheduler.present import clean, clean_log
 from scheduler.units import UnitError, format_duration
 
 # The submitter's environment that a job inherits by default (as Slurm does), so that
@@ -27,8 +29,14 @@ class UsageError(Exception):
     pass
 
 
+def say(*parts: object, file: Any = None, end: str = "\n", flush: bool = False) -> None:
+    """print(), except that what other users chose (job names, commands, reasons, notes)
+    is shown with its control characters escaped, never obeyed by the terminal."""
+    print(*(clean(p, keep="\n") for p in parts), file=file or sys.stdout, end=end, flush=flush)
+
+
 def die(msg: str, code: int = 1) -> NoReturn:
-    print(f"labq: {msg}", file=sys.stderr)
+    say(f"labq: {msg}", file=sys.stderr)
     raise SystemExit(code)
 
 
@@ -107,6 +115,11 @@ def build_spec(
     env.update({str(k): str(v) for k, v in file_env.items()})
     env.update(_parse_env(args.env or []))
     spec["env"] = env
+    if "umask" not in spec and not remote:
+        # As Slurm does: the job's files get the permissions this shell would give them.
+        mask = os.umask(0)
+        os.umask(mask)
+        spec["umask"] = mask
     if args.workdir is None and "workdir" not in spec and not remote:
         spec["workdir"] = os.getcwd()
     elif isinstance(spec.get("workdir"), str) and spec["workdir"] and not os.path.isabs(spec["workdir"]):
@@ -123,12 +136,12 @@ def cmd_submit(c: Client, args: argparse.Namespace) -> int:
             if args.json:
                 _emit_json(out)
             elif out["starts_now"]:
-                print(f"would start now on {out['node']}")
+                say(f"would start now on {out['node']}")
             else:
                 eta = f" (estimated start {_ts(out['eta'])})" if out.get("eta") else ""
-                print(f"would wait{eta}:")
+                say(f"would wait{eta}:")
                 for r in out["reasons"]:
-                    print(f"  - {r}")
+                    say(f"  - {r}")
             return 0
         job_id = c.submit(spec)
     except ClientError as e:
@@ -141,7 +154,7 @@ def cmd_submit(c: Client, args: argparse.Namespace) -> int:
     if args.json:
         _emit_json({"id": job_id})
     else:
-        print(f"submitted job {job_id}")
+        say(f"submitted job {job_id}")
     return 0
 
 
@@ -194,12 +207,12 @@ def cmd_queue(c: Client, args: argparse.Namespace) -> int:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(6)]
     for r in rows:
-        print("  ".join(r[i].ljust(widths[i]) for i in range(6)) + "  " + r[6])
+        say("  ".join(r[i].ljust(widths[i]) for i in range(6)) + "  " + r[6])
     if len(rows) == 1:
-        print("(no jobs)" if args.all else "(no pending or running jobs; --all shows finished ones)")
+        say("(no jobs)" if args.all else "(no pending or running jobs; --all shows finished ones)")
     ray = c.health()["ray"]
     if not ray.get("connected"):
-        print(f"Ray is unreachable, nothing starts until it is back: {str(ray.get('error'))[:200]}")
+        say(f"Ray is unreachable, nothing starts until it is back: {str(ray.get('error'))[:200]}")
     return 0
 
 
@@ -213,65 +226,87 @@ def cmd_show(c: Client, args: argparse.Namespace) -> int:
         _emit_json(j)
         return 0
     spec = j["spec"]
-    print(f"job {j['id']}  {j['name']}  ({j['user']})  {j['state']}")
-    print(f"  command:   {' '.join(spec['command'])}")
-    print(f"  gpus:      {j['gpus']}   cpus: {spec.get('cpus', 0):g}   memory: {spec.get('memory') or '-'}")
-    print(
+    say(f"job {j['id']}  {j['name']}  ({j['user']})  {j['state']}")
+    private = "(private: only the owner and admins see it)"
+    if j.get("private"):
+        say(f"  command:   {private}")
+    else:
+        say(f"  command:   {shlex.join(spec['command'])}")
+    say(f"  gpus:      {j['gpus']}   cpus: {spec.get('cpus', 0):g}   memory: {spec.get('memory') or '-'}")
+    say(
         f"  time:      {format_duration(j['time_limit']) if j['time_limit'] else 'default limit'}"
         f"   priority: {j['priority']}"
     )
-    print(f"  workdir:   {spec.get('workdir') or '~'}")
-    print(
+    if j.get("private"):
+        names = spec.get("env_names") or []
+        say(f"  workdir:   {private}")
+        say(f"  env:       {', '.join(names) if names else '-'}  (names only; values are private)")
+    else:
+        say(f"  workdir:   {spec.get('workdir') or '~'}")
+    say(
         f"  submitted: {_ts(j['submit_time'])}   started: {_ts(j['start_time'])}   ended: {_ts(j['end_time'])}"
     )
     if j.get("node_name"):
-        print(
-            f"  node:      {j['node_name']}   GPUs: {j.get('gpu_ids') or '-'}   pid: {j.get('pid') or '-'}"
-            f"   attempt: {j['attempt']}"
-        )
+        pid = f"   pid: {j.get('pid') or '-'}" if "pid" in j else ""
+        say(f"  node:      {j['node_name']}   GPUs: {j.get('gpu_ids') or '-'}{pid}   attempt: {j['attempt']}")
     if j.get("exit_code") is not None or j.get("signal") is not None:
-        print(f"  exit code: {j.get('exit_code')}   signal: {j.get('signal') or '-'}")
+        say(f"  exit code: {j.get('exit_code')}   signal: {j.get('signal') or '-'}")
     gpu = j.get("gpu")
     if gpu:
         util = "n/a" if gpu.get("util_mean") is None else f"{gpu['util_mean']:.0f}%"
         now_util = "" if gpu.get("util_now") is None else f"   now: {gpu['util_now']:.0f}%"
-        print(
+        say(
             f"  GPU use:   mean {util}{now_util}   peak memory {_gib(gpu.get('mem_peak'))} GiB   "
             f"busy {gpu['busy_gpu_s'] / 3600:.2f} GPU-h   idle {gpu['idle_gpu_s'] / 3600:.2f} GPU-h"
         )
     for flag in j.get("flags") or []:
-        print(f"  flag:      {flag}")
+        say(f"  flag:      {flag}")
     if j["state"] == "PENDING":
-        print("  waiting because:")
+        say("  waiting because:")
         for r in j.get("reasons") or []:
-            print(f"    - {r}")
+            say(f"    - {r}")
         eta = j.get("eta")
-        print(f"  estimated start: {_ts(eta) if eta else 'unknown'}")
+        say(f"  estimated start: {_ts(eta) if eta else 'unknown'}")
     elif j.get("reasons"):
-        print(f"  reason:    {j['reasons'][0]}")
-    print(f"  log:       {j.get('log_path')}")
-    print("  history:")
+        say(f"  reason:    {j['reasons'][0]}")
+    log = j.get("log") or {}
+    if log.get("removed"):
+        say(f"  log:       removed {_ts(log['removed'])} (per-user log cap, oldest first)")
+    elif j.get("log_path"):
+        say(f"  log:       {j['log_path']}")
+    elif not log.get("readable", True):
+        say("  log:       private (the owner's and admins' only)")
+    say("  history:")
     for e in j.get("events", []):
         arrow = f"{e['old_state']} -> {e['new_state']}" if e["old_state"] else e["new_state"]
-        print(f"    {_ts(e['time'])}  {arrow}  {e['reason']}")
+        say(f"    {_ts(e['time'])}  {arrow}  {e['reason']}")
     return 0
 
 
 def cmd_logs(c: Client, args: argparse.Namespace) -> int:
     offset = 0
+    tty = sys.stdout.isatty()
+
+    def write(chunk: dict[str, Any]) -> None:
+        data = chunk["data"]
+        # Your own job's output reaches your terminal as it is (colours, progress bars);
+        # someone else's (an admin reading it) has its escape sequences shown, not obeyed.
+        if tty and not args.raw and not chunk.get("yours", True):
+            data = clean_log(data)
+        sys.stdout.write(data)
+        sys.stdout.flush()
+
     while True:
         chunk = c.log(args.job_id, offset)
         if chunk["data"]:
-            sys.stdout.write(chunk["data"])
-            sys.stdout.flush()
+            write(chunk)
         offset = chunk["offset"]
         if offset < chunk["size"]:
             continue
         if not args.follow or chunk["done"]:
             # One more read after the end: the last bytes may land just after the state flips.
             if args.follow:
-                last = c.log(args.job_id, offset)
-                sys.stdout.write(last["data"])
+                write(c.log(args.job_id, offset))
             return 0
         time.sleep(0.3)
 
@@ -280,12 +315,12 @@ def cmd_cancel(c: Client, args: argparse.Namespace) -> int:
     failed = 0
     for job_id in args.job_ids:
         try:
-            out = c.cancel(job_id)
-            print(f"job {job_id}: {out['result']}")
+            out = c.cancel(job_id, now=args.now)
+            say(f"job {job_id}: {out['result']}")
         except ClientError as e:
             if isinstance(e, NoDaemon) or len(args.job_ids) == 1:
                 raise
-            print(f"labq: job {job_id}: {e}", file=sys.stderr)
+            say(f"labq: job {job_id}: {e}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
 
@@ -308,26 +343,26 @@ def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
         state = "schedulable" if n["schedulable"] else "drained"
         if not n.get("alive", True):
             state = "LOST"
-        print(f"{n['name']}  {n['gpus_used']}/{n['gpus']} GPUs in use  ({kind}, {state})")
+        say(f"{n['name']}  {n['gpus_used']}/{n['gpus']} GPUs in use  ({kind}, {state})")
         host = n.get("host")
         if host:
-            print(
+            say(
                 f"  host: CPU {host['cpu_percent']:.0f}% of {host['cpus']}   "
                 f"memory {_gib(host['memory_used'])}/{_gib(host['memory_total'])} GiB"
             )
         if n.get("note"):
-            print(f"  note: {n['note']}")
+            say(f"  note: {n['note']}")
         if n.get("stale"):
-            print(
+            say(
                 f"  STALE: the GPU monitor last answered {format_duration(n.get('age_s'))} ago; values below are that old"
             )
         if n.get("monitor_error"):
-            print(f"  monitor: {n['monitor_error']}")
+            say(f"  monitor: {n['monitor_error']}")
         if not n.get("gpu_list"):
             if n["gpus"]:
-                print("  (no GPU report from this node yet)")
+                say("  (no GPU report from this node yet)")
             continue
-        print(
+        say(
             f"  {'GPU':<4}{'NAME':<14}{'UTIL':>5}{'MEM GiB':>14}{'TEMP':>6}{'POWER W':>12}  "
             f"{'HEALTH':<9}JOB / USER"
         )
@@ -341,23 +376,25 @@ def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
             )
             health = "ok" if g["healthy"] else "UNHEALTHY"
             holder = f"job {g['job_id']} ({g['user']})" if g.get("job_id") else "-"
-            print(
+            say(
                 f"  {g['index']:<4}{(g['name'] or 'n/a')[:13]:<14}{_pct(g['util_gpu']):>5}{mem:>14}"
                 f"{temp:>6}{power:>12}  {health:<9}{holder}"
             )
             if not g["healthy"]:
-                print(f"      {g['problem']}")
+                say(f"      {g['problem']}")
+            if g.get("blocked"):
+                say(f"      {g['blocked']}")
             for proc in g.get("processes", []):
                 who = (
                     f"job {proc['job_id']} ({proc['user']})"
                     if proc.get("job_id")
                     else "OUTSIDE labq (not started by the scheduler)"
                 )
-                print(
+                say(
                     f"      pid {proc['pid']:<8} {_gib(proc['used_memory'])} GiB  SM {_pct(proc['sm_util'])}  {who}"
                 )
     if not out["ray"].get("connected"):
-        print(f"Ray: unreachable ({out['ray'].get('error')})")
+        say(f"Ray: unreachable ({out['ray'].get('error')})")
     return 0
 
 
@@ -402,16 +439,16 @@ def cmd_usage(c: Client, args: argparse.Namespace) -> int:
 
     table = [[head[k] for k in cols]] + [[cell(k, r.get(k)) for k in cols] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    print(f"GPU usage since {_ts(out['since'])}")
+    say(f"GPU usage since {_ts(out['since'])}")
     for row in table:
-        print(
+        say(
             "  ".join(
                 v.rjust(widths[i]) if i and cols[i] not in ("name", "user", "state") else v.ljust(widths[i])
                 for i, v in enumerate(row)
             )
         )
     if not rows:
-        print("(no GPU time in this window)")
+        say("(no GPU time in this window)")
     return 0
 
 
@@ -463,14 +500,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             r["jobs_per_s"] = len(jobs) / r["simulate_s"] if r["simulate_s"] > 0 else 0.0
             results[n] = r
             if not args.quiet:
-                print(_sim_line(r), file=sys.stderr if args.json == "-" else sys.stdout, flush=True)
+                say(_sim_line(r), file=sys.stderr if args.json == "-" else sys.stdout, flush=True)
     except sim.TraceError as e:
         die(str(e))
     out: Any = results[names[0]] if len(names) == 1 else {"policies": results}
     if args.json:
         text = _json.dumps(out, indent=2, sort_keys=True)
         if args.json == "-":
-            print(text)
+            say(text)
         else:
             Path(args.json).write_text(text + "\n")
     if args.plot:
@@ -498,7 +535,7 @@ def exec_tui(args: argparse.Namespace) -> int:
     if args.cmd == "desktop-install":
         argv.append("desktop-install")
     else:
-        for flag in ("refresh", "keymap", "port", "remote", "remote_socket"):
+        for flag in ("refresh", "keymap", "port", "host", "remote", "remote_socket"):
             v = getattr(args, flag, None)
             if v is not None:
                 argv += [f"--{flag.replace('_', '-')}", str(v)]
@@ -533,13 +570,13 @@ def cmd_quota(c: Client, args: argparse.Namespace) -> int:
             fields["idle_action"] = args.idle_action
         out = c.set_quota(args.user, fields)
         changes = ", ".join(f"{k}: {out['old'].get(k)} -> {v}" for k, v in out["new"].items())
-        print(f"{args.user}: {changes}")
+        say(f"{args.user}: {changes}")
         return 0
     out = c.quotas()
     if args.json:
         _emit_json(out)
         return 0
-    print(
+    say(
         f"{'USER':<16}{'SHARES':>7}{'GUAR':>6}{'MAXGPU':>7}{'MAXJOB':>7}{'GPUH/WK':>9}"
         f"{'HELD':>6}{'RUN':>5}{'PEND':>6}{'FACTOR':>8}{'USAGE GPU-h':>13}"
     )
@@ -548,7 +585,7 @@ def cmd_quota(c: Client, args: argparse.Namespace) -> int:
         def opt(v: Any) -> str:
             return "-" if v is None else f"{v:g}"
 
-        print(
+        say(
             f"{q['user']:<16}{q['shares']:>7g}{q['guaranteed_gpus']:>6}{opt(q['max_gpus']):>7}"
             f"{opt(q['max_jobs']):>7}{opt(q['gpu_hours_per_week']):>9}{q['held_gpus']:>6}"
             f"{q['running_jobs']:>5}{q['pending_jobs']:>6}{q['factor']:>8.3f}{q['usage_gpu_s'] / 3600:>13.2f}"
@@ -565,9 +602,9 @@ def cmd_node(c: Client, args: argparse.Namespace) -> int:
             if running
             else ""
         )
-        print(f"{out['node']}: drained, no new jobs{tail}")
+        say(f"{out['node']}: drained, no new jobs{tail}")
     else:
-        print(f"{out['node']}: schedulable again")
+        say(f"{out['node']}: schedulable again")
     return 0
 
 
@@ -591,7 +628,7 @@ def cmd_doctor(c: Client, args: argparse.Namespace) -> int:
         _emit_json([{"check": n, "ok": ok, "detail": d} for ok, n, d in rows])
     else:
         for ok, name, detail in rows:
-            print(f"{'ok  ' if ok else 'FAIL'}  {name:<18} {detail}")
+            say(f"{'ok  ' if ok else 'FAIL'}  {name:<18} {detail}")
     return 0 if all(ok for ok, _, _ in rows) else 1
 
 
@@ -601,7 +638,7 @@ def cmd_audit(c: Client, args: argparse.Namespace) -> int:
         _emit_json(rows)
         return 0
     for r in rows:
-        print(f"{_ts(r['time'])}  {r['actor']:<12} {r['action']:<12} {r['target']:<12} {r['detail']}")
+        say(f"{_ts(r['time'])}  {r['actor']:<12} {r['action']:<12} {r['target']:<12} {r['detail']}")
     return 0
 
 
@@ -612,21 +649,21 @@ def cmd_token(c: Client, args: argparse.Namespace) -> int:
             _emit_json(out)
             return 0
         until = f", valid until {_ts(out['expires'])}" if out.get("expires") else ", no expiry"
-        print(f"token {out['id']} for {out['user']}{until}. It is shown only this once:\n")
-        print(f"  {out['token']}\n")
-        print("On their machine: put it in ~/.config/labq/token (chmod 600) or LABQ_TOKEN,")
-        print("and set LABQ_URL to this daemon's `listen` address (https://HOST:PORT).")
+        say(f"token {out['id']} for {out['user']}{until}. It is shown only this once:\n")
+        say(f"  {out['token']}\n")
+        say("On their machine: put it in ~/.config/labq/token (chmod 600) or LABQ_TOKEN,")
+        say("and set LABQ_URL to this daemon's `listen` address (https://HOST:PORT).")
         return 0
     if args.token_cmd == "revoke":
         out = c.revoke_token(args.token_id)
-        print(f"token {out['id']} of {out['user']} revoked")
+        say(f"token {out['id']} of {out['user']} revoked")
         return 0
     rows = c.tokens()
     if args.json:
         _emit_json(rows)
         return 0
     now = time.time()
-    print(f"{'ID':<13} {'USER':<12} {'CREATED':<17} {'BY':<10} {'STATE':<22} {'LAST USED':<17} NOTE")
+    say(f"{'ID':<13} {'USER':<12} {'CREATED':<17} {'BY':<10} {'STATE':<22} {'LAST USED':<17} NOTE")
     for r in rows:
         if r["revoked"]:
             state = f"revoked {_ts(r['revoked'])}"
@@ -635,7 +672,7 @@ def cmd_token(c: Client, args: argparse.Namespace) -> int:
         else:
             state = f"until {_ts(r['expires'])}" if r["expires"] else "valid"
         used = _ts(r["last_used"]) if r["last_used"] else "never"
-        print(
+        say(
             f"{r['id']:<13} {r['user']:<12} {_ts(r['created']):<17} {r['created_by']:<10} {state:<22} {used:<17} {r['note']}"
         )
     return 0
@@ -645,7 +682,7 @@ def cmd_down(c: Client, args: argparse.Namespace) -> int:
     mode = "kill" if args.kill else "drain" if args.drain else "refuse"
     out = c.shutdown(mode)
     if out["active"]:
-        print(
+        say(
             f"stopping after {out['active']} active job(s) {'are stopped' if mode == 'kill' else 'finish'}..."
         )
     deadline = time.monotonic() + args.timeout
@@ -653,7 +690,7 @@ def cmd_down(c: Client, args: argparse.Namespace) -> int:
         try:
             c.health()
         except NoDaemon:
-            print("labq daemon stopped")
+            say("labq daemon stopped")
             return 0
         except ClientError:
             pass
@@ -675,12 +712,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     c = Client(sock, timeout=5)
     try:
         h = c.health()
-        die(f"a labq daemon already runs (pid {h['pid']}, state dir {h['state_dir']}) at {sock}")
+        where = f" (pid {h['pid']}, state dir {h['state_dir']})" if "pid" in h else ""
+        die(f"a labq daemon already runs{where} at {sock}")
     except NoDaemon:
         pass
     import subprocess
 
-    state_dir.mkdir(parents=True, exist_ok=True)
+    from scheduler import safefs
+
+    os.umask(0o077)  # the state dir and the daemon's log are the daemon's alone
+    try:
+        safefs.private_dir(state_dir, 0o700)
+    except (OSError, safefs.UnsafePath) as e:
+        die(f"state dir: {e}")
     log_path = state_dir / "daemon.log"
     argv = [
         sys.executable,
@@ -709,9 +753,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         try:
             h = c.health()
             gpus = h.get("nvml") or {}
-            print(f"labq daemon up (pid {h['pid']}), Ray at {h['ray']['address']}, socket {sock}")
+            say(f"labq daemon up (pid {h.get('pid', '?')}), Ray at {h['ray']['address']}, socket {sock}")
             if gpus.get("why_none"):
-                print(f"  no real GPUs: {gpus['why_none']}")
+                say(f"  no real GPUs: {gpus['why_none']}")
             return 0
         except NoDaemon:
             time.sleep(0.3)
@@ -808,9 +852,15 @@ def build_parser() -> argparse.ArgumentParser:
     lg = sub.add_parser("logs", help="a job's stdout and stderr")
     lg.add_argument("job_id", type=int)
     lg.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
+    lg.add_argument(
+        "--raw", action="store_true", help="another user's log as it is, escape sequences included"
+    )
 
     ca = sub.add_parser("cancel", help="cancel jobs (running ones get SIGTERM, then SIGKILL after the grace)")
     ca.add_argument("job_ids", type=int, nargs="+")
+    ca.add_argument(
+        "--now", action="store_true", help="no grace period: SIGKILL at once (also for a job already stopping)"
+    )
 
     gp = sub.add_parser("gpus", help="every node and GPU: utilization, memory, health, who holds it")
     gp.add_argument("--json", action="store_true")
@@ -854,6 +904,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--keymap", help="remap keys by binding id: 'labq.new=ctrl+n,labq.quit=ctrl+q'")
     tu.add_argument("--web", action="store_true", help="serve it to a browser on localhost")
     tu.add_argument("--port", type=int, help="port for --web (default 8000)")
+    tu.add_argument("--host", help="address for --web (default 127.0.0.1); the printed URL's token is required")
     tu.add_argument("--remote", metavar="HOST", help="against HOST's daemon, through an SSH tunnel")
     tu.add_argument("--remote-socket", help="daemon socket on HOST (default /run/labq/labq.sock)")
     di = sub.add_parser("desktop-install", help="add labq to the desktop's application menu")

@@ -30,6 +30,10 @@ class NoDaemon(ClientError):
     pass
 
 
+class Untrusted(ClientError):
+    """What answers on the socket is not a daemon we may talk to: never retried."""
+
+
 class Remote:
     """A daemon's TCP listener and the token that identifies us there.
 
@@ -106,28 +110,32 @@ class _Connection:
             self.sock.settimeout(timeout)
             try:
                 self.sock.connect(target)
-            except OSError:
+                _check_peer(self.sock, target)
+            except (OSError, ClientError):
                 self.sock.close()
                 raise
-        self.buf = b""
+        self.buf = bytearray()
 
     def close(self) -> None:
         self.sock.close()
 
     def _fill(self) -> None:
-        data = self.sock.recv(65536)
+        data = self.sock.recv(1 << 20)
         if not data:
             raise ConnectionResetError("daemon closed the connection")
-        self.buf += data
+        self.buf += data  # a bytearray grows in place: reading a large answer stays linear
 
     def roundtrip(self, method: str, url: str, body: bytes | None) -> tuple[int, bytes]:
         head = f"{method} {url} HTTP/1.1\r\nHost: labq\r\nContent-Length: {len(body or b'')}\r\n{self.auth}"
         if body is not None:
             head += "Content-Type: application/json\r\n"
         self.sock.sendall(head.encode() + b"\r\n" + (body or b""))
-        while b"\r\n\r\n" not in self.buf:
+        searched = 0
+        while (end := self.buf.find(b"\r\n\r\n", searched)) < 0:
+            searched = max(0, len(self.buf) - 3)
             self._fill()
-        header, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        header = bytes(self.buf[:end])
+        del self.buf[: end + 4]
         lines = header.decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
         length = 0
@@ -137,8 +145,33 @@ class _Connection:
                 length = int(value.strip())
         while len(self.buf) < length:
             self._fill()
-        payload, self.buf = self.buf[:length], self.buf[length:]
+        payload = bytes(self.buf[:length])
+        del self.buf[:length]
         return status, payload
+
+
+def _check_peer(sock: socket.socket, path: str) -> None:
+    """Talk only to a daemon run by root or by ourselves.
+
+    Anyone can create /tmp/labq-UID/labq.sock for someone else's UID before that user
+    starts a daemon, and would then receive their submissions (environment included).
+    The kernel says who is listening (SO_PEERCRED); nothing is sent before this check.
+    """
+    import struct
+
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    if uid not in (0, os.getuid()):
+        try:
+            import pwd
+
+            who = pwd.getpwuid(uid).pw_name
+        except (KeyError, ImportError):
+            who = f"uid {uid}"
+        raise Untrusted(
+            f"refusing to talk to {path}: it is served by {who}, not by root or you "
+            "(someone else's process; set LABQ_SOCKET to your daemon's socket)"
+        )
 
 
 class Client:
@@ -212,7 +245,7 @@ class Client:
         for attempt in range(3):
             try:
                 return int(self.request("POST", "/v1/jobs", {"spec": spec, "token": token})["id"])
-            except NoDaemon:
+            except (NoDaemon, Untrusted):
                 raise
             except ClientError as e:
                 if e.status or attempt == 2:
@@ -232,17 +265,30 @@ class Client:
         state: str | None = None,
         limit: int | None = None,
     ) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = self.request(
-            "GET", "/v1/jobs", all=1 if include_finished else None, user=user, state=state, limit=limit
-        )["jobs"]
-        return out
+        """Job summaries in id order: the newest `limit`, or (no limit) all of them,
+        fetched a page at a time."""
+        query = {"all": 1 if include_finished else None, "user": user, "state": state}
+        if limit:
+            out: list[dict[str, Any]] = self.request("GET", "/v1/jobs", limit=limit, **query)["jobs"]
+            return out
+        jobs: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            page = self.request("GET", "/v1/jobs", after=after, **query)
+            jobs.extend(page["jobs"])
+            if page.get("next_after") is None:
+                return jobs
+            after = int(page["next_after"])
 
     def job(self, job_id: int) -> dict[str, Any]:
         out: dict[str, Any] = self.request("GET", f"/v1/jobs/{int(job_id)}")
         return out
 
-    def cancel(self, job_id: int) -> dict[str, Any]:
-        out: dict[str, Any] = self.request("POST", f"/v1/jobs/{int(job_id)}/cancel")
+    def cancel(self, job_id: int, now: bool = False) -> dict[str, Any]:
+        """`now`: SIGKILL at once, no grace period (also for a job already stopping)."""
+        out: dict[str, Any] = self.request(
+            "POST", f"/v1/jobs/{int(job_id)}/cancel", {"now": True} if now else None
+        )
         return out
 
     def log(self, job_id: int, offset: int = 0, limit: int | None = None) -> dict[str, Any]:

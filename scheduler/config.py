@@ -35,6 +35,8 @@ def personal_socket() -> Path:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         return Path(runtime) / "labq" / "labq.sock"
+    # Another user could make this directory first: the daemon refuses one that is not
+    # its own, and the client checks who answers on the socket (client.py).
     return Path(f"/tmp/labq-{os.getuid()}") / "labq.sock"
 
 
@@ -104,6 +106,22 @@ class DaemonConfig:
     listen: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    # What one user can do to everyone else (issue 12). A job's --grace is capped, so
+    # no job can make itself unkillable; an admin can always `labq cancel --now`.
+    max_grace_s: float = 300.0
+    # A cgroup (v2) per job where the node allows it: cancel kills every process the
+    # job started, wherever it moved. Off: the runner tracks descendants instead.
+    job_cgroups: bool = True
+    # Queue and request limits a real team never reaches, but a runaway script does.
+    max_pending_jobs_per_user: int = 10000
+    max_spec_bytes: int = 128 * 1024
+    # API connections: per Unix user (or per token user / address over TCP) and in all;
+    # a request (or an idle kept-alive connection) gets this long, however it trickles.
+    max_connections_per_user: int = 64
+    max_connections: int = 1024
+    request_timeout_s: float = 30.0
+    # Logs one user may keep in all; past it their oldest ended jobs' logs are removed.
+    user_log_max_bytes: int = 20 * 1024**3
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -116,7 +134,12 @@ _DURATION_KEYS = {
     "gpu_history_s",
     "idle_window_s",
     "idle_action_after_s",
+    "max_grace_s",
+    "request_timeout_s",
 }
+
+
+_SIZE_KEYS = {"log_max_bytes", "user_log_max_bytes", "max_spec_bytes"}
 
 
 def _typed(path: Path, key: str, v: Any) -> Any:
@@ -158,7 +181,7 @@ def load_daemon_config(path: Path | None) -> DaemonConfig:
         return DaemonConfig()
     import yaml  # only the daemon pays for it
 
-    from scheduler.units import UnitError, parse_duration
+    from scheduler.units import UnitError, parse_duration, parse_size
 
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -177,6 +200,11 @@ def load_daemon_config(path: Path | None) -> DaemonConfig:
             try:
                 # Zero is meaningful here (no grace, no minimum runtime), unlike a job's limit.
                 v = 0.0 if v in (0, "0", "0s") else parse_duration(v)
+            except UnitError as e:
+                raise ConfigError(f"config {path}: {k}: {e}") from None
+        elif k in _SIZE_KEYS:
+            try:
+                v = parse_size(v)
             except UnitError as e:
                 raise ConfigError(f"config {path}: {k}: {e}") from None
         elif k != "admins":

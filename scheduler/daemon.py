@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scheduler import apitoken, raycluster
+from scheduler import apitoken, raycluster, safefs, views
+from scheduler.auth import Admins, Caller, user_name
 from scheduler.config import DaemonConfig
 from scheduler.gpu import GpuInventory, detect
 from scheduler.job import JobSpec, JobState
@@ -51,7 +52,7 @@ from scheduler.quota import (
 )
 from scheduler.store import JobRow, Store, StoreError, UnknownJob
 from scheduler.telemetry import Holder, Telemetry, idle_verdicts, usage_report
-from scheduler.units import format_duration
+from scheduler.units import format_duration, format_size
 
 log = logging.getLogger("labq.daemon")
 
@@ -69,15 +70,6 @@ class DaemonError(Exception):
 
 class AlreadyRunning(DaemonError):
     pass
-
-
-@dataclass(frozen=True)
-class Caller:
-    uid: int
-    user: str
-    admin: bool
-    # "socket" (the kernel vouched for the uid) or "token <id>" (a remote client).
-    via: str = "socket"
 
 
 @dataclass
@@ -107,13 +99,6 @@ class RayStatus:
     since: float = field(default_factory=time.time)
 
 
-def user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
 class Daemon:
     def __init__(
         self,
@@ -132,7 +117,7 @@ class Daemon:
         self.requested_cpus = cpus
         self.uid = os.geteuid()
         self.user = user_name(self.uid)
-        self.admins = frozenset(config.admins) | {"root", self.user}
+        self.admins = Admins(config.admins, self.uid, self.user)
         self.logs_dir = state_dir / "logs"
         self.stop_event = threading.Event()
         self.wake = threading.Event()
@@ -173,9 +158,12 @@ class Daemon:
     # -- start-up ----------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
         """One daemon per state dir: a second one would corrupt the bookkeeping."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        safefs.private_dir(self.state_dir, 0o700)
         path = self.state_dir / "daemon.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # 0600: a lock file others can open is a lock others can hold (and so stop
+        # the daemon from ever starting again).
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -191,7 +179,8 @@ class Daemon:
     def open_store(self) -> None:
         self.store = Store(self.state_dir / "labq.db")
         self.drained = set(json.loads(self.store.get_meta("drained_nodes") or "[]"))
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        safefs.private_dir(self.logs_dir, 0o700)
+        safefs.tighten(self.state_dir, into=("logs",))
         self.load_quotas()
 
     def open_listener(self) -> None:
@@ -359,6 +348,14 @@ class Daemon:
         if token is not None and (not isinstance(token, str) or not 0 < len(token) <= 128):
             raise DaemonError("token must be a string of 1 to 128 characters")
         spec = self._accept(caller, spec_data)
+        cap = self.config.max_pending_jobs_per_user
+        waiting = self.store.count_jobs(caller.user, (JobState.PENDING,))
+        if waiting >= cap:
+            raise DaemonError(
+                f"{caller.user} already has {waiting} jobs waiting, the most this daemon queues for "
+                f"one person (max_pending_jobs_per_user: {cap}); wait for some to start or cancel some",
+                429,
+            )
         job_id = self.store.add_job(caller.user, caller.uid, spec, token=token)
         self.wake.set()
         return job_id
@@ -407,14 +404,26 @@ class Daemon:
                 "(set shared_account: true in its config if the team shares that account)",
                 403,
             )
+        size = len(json.dumps(spec_data, default=str))
+        if size > self.config.max_spec_bytes:
+            raise DaemonError(
+                f"the job's spec is {size // 1024} KiB, over this daemon's max_spec_bytes of "
+                f"{self.config.max_spec_bytes // 1024} KiB (put large inputs in a file the job reads)",
+                413,
+            )
         try:
             spec = JobSpec.model_validate(spec_data)
         except ValidationError as e:
             field_name, msg = first_error(e)
             raise DaemonError(f"{field_name}: {msg}" if field_name else msg) from None
+        cap = self.config.max_grace_s
+        if spec.grace is not None and spec.grace > cap:
+            raise DaemonError(f"grace: at most {format_duration(cap)} on this cluster (max_grace_s)")
         self._check_fits(spec)
-        if spec.workdir and not os.path.isdir(spec.workdir):
-            raise DaemonError(f"workdir {spec.workdir} does not exist")
+        if spec.workdir:
+            problem = safefs.workdir_problem(spec.workdir, caller.uid)
+            if problem:
+                raise DaemonError(f"workdir {spec.workdir} {problem}")
         return spec
 
     def _check_fits(self, spec: JobSpec) -> None:
@@ -435,11 +444,12 @@ class Daemon:
         if spec.gpus > sum(sizes):
             raise DaemonError(f"asks for {spec.gpus} GPUs but the whole cluster has {sum(sizes)}")
 
-    def cancel(self, caller: Caller, job_id: int) -> str:
+    def cancel(self, caller: Caller, job_id: int, now: bool = False) -> str:
+        """`now`: no grace period, SIGKILL at once (also for a job already stopping)."""
         job = self.store.get(job_id)
         if not caller.admin and caller.user != job.user:
             raise DaemonError(f"job {job_id} belongs to {job.user}; only they or an admin may cancel it", 403)
-        reason = f"cancelled by {caller.user}"
+        reason = f"cancelled by {caller.user}" + (" (--now)" if now else "")
         if job.state.terminal:
             raise DaemonError(f"job {job_id} already ended ({job.state.value})", 409)
         if job.state in (JobState.PENDING, JobState.PREEMPTED):
@@ -452,19 +462,23 @@ class Daemon:
                 self.wake.set()
                 return "cancelled"
             job = self.store.get(job_id)  # it started meanwhile: stop it like a running one
-        self._request_stop(job, "cancelled", reason, self._grace(job))
+        self._request_stop(job, "cancelled", reason, 0.0 if now else self._grace(job))
         self._audit(caller, "job.cancel", str(job_id), reason)
-        return "stopping"
+        return "killed" if now else "stopping"
 
     def _grace(self, job: JobRow) -> float:
+        """The job's grace period, never above max_grace_s (a job submitted before the
+        cap existed, or under a larger one, gets the cap)."""
         g = job.spec.get("grace")
-        return float(g) if g is not None else self.config.grace_period_s
+        grace = float(g) if g is not None else self.config.grace_period_s
+        return min(grace, self.config.max_grace_s)
 
     def _request_stop(self, job: JobRow, outcome: str, reason: str, grace: float) -> None:
+        deadline = time.time() + grace
         if job.stop_outcome is None:
-            self.store.set_fields(
-                job.id, stop_deadline=time.time() + grace, stop_outcome=outcome, stop_reason=reason
-            )
+            self.store.set_fields(job.id, stop_deadline=deadline, stop_outcome=outcome, stop_reason=reason)
+        elif job.stop_deadline is not None and deadline < job.stop_deadline:
+            self.store.set_fields(job.id, stop_deadline=deadline)
         if self.executor is not None:
             self.executor.stop.remote(job.id, job.attempt, outcome, reason, grace)
 
@@ -473,7 +487,7 @@ class Daemon:
 
     def set_quota(self, caller: Caller, user: str, values: dict[str, Any]) -> dict[str, Any]:
         if not caller.admin:
-            raise DaemonError(f"only admins may change quotas ({', '.join(sorted(self.admins))})", 403)
+            raise DaemonError(f"only admins may change quotas ({self.admins})", 403)
         if not user or len(user) > 64 or any(c in user for c in "\x00/\n"):
             raise DaemonError("bad user name")
         try:
@@ -492,7 +506,7 @@ class Daemon:
 
     # -- tokens for remote clients ------------------------------------------------------------------
     def is_admin(self, uid: int, user: str) -> bool:
-        return user in self.admins or uid == 0 or uid == self.uid
+        return self.admins(uid, user)
 
     def create_token(self, caller: Caller, user: str, expires_s: float | None, note: str) -> dict[str, Any]:
         """`labq token create USER`: admins only; the secret is returned once, kept hashed."""
@@ -562,14 +576,19 @@ class Daemon:
             self.store.token_used(row["id"], now)
         return Caller(uid, row["user"], self.is_admin(uid, row["user"]), via=f"token {row['id']}")
 
-    def doctor(self) -> list[dict[str, Any]]:
-        """`labq doctor`: every part the daemon depends on, each with a verdict in words."""
+    def doctor(self, caller: Caller) -> list[dict[str, Any]]:
+        """`labq doctor`: every part the daemon depends on, each with a verdict in words.
+        Paths and ids are for admins; others get the verdicts."""
+        import re
         import shutil
 
         checks: list[dict[str, Any]] = []
         now = time.time()
+        paths = re.compile(r"(/[^\s:,;()]+)+")
 
         def check(name: str, ok: bool, detail: str) -> None:
+            if not caller.admin:
+                detail = paths.sub("…", detail)
             checks.append({"check": name, "ok": ok, "detail": detail})
 
         try:
@@ -599,9 +618,18 @@ class Daemon:
             import ray
 
             ray.get(self.executor.ping.remote(), timeout=5)
-            check("executor", True, f"answers (id {self.executor_id[:8]})")
+            check("executor", True, f"answers (id {self.executor_id[:8]})" if caller.admin else "answers")
         except Exception as e:  # noqa: BLE001
             check("executor", False, f"does not answer: {type(e).__name__}")
+        exposed = self.exposed_files()
+        check(
+            "permissions",
+            not exposed,
+            "; ".join(f"{p}: {why}" for p, why in exposed[:5])
+            + (f"; and {len(exposed) - 5} more" if len(exposed) > 5 else "")
+            if exposed
+            else "no other user can read, lock or change labq's files",
+        )
         with self.lock:
             nodes = list(self.nodes.values())
         check(
@@ -693,8 +721,9 @@ class Daemon:
         d = self.decision
         return None if d is None else d.waiting.get(job_id)
 
-    def job_view(self, job: JobRow, full: bool = False) -> dict[str, Any]:
-        d = job.public()
+    def job_view(self, job: JobRow, caller: Caller, full: bool = False) -> dict[str, Any]:
+        """A job as `caller` may see it (views.py decides what is private)."""
+        d = views.summary(job, caller)
         now = time.time()
         if job.state is JobState.PENDING:
             w = self.waiting_for(job.id)
@@ -721,20 +750,53 @@ class Daemon:
             if full:
                 d["gpu"] = self.store.job_gpu_totals(job.id)
         if full:
-            d["events"] = self.store.events(job.id)
-            d["log_path"] = str(self.log_path(job.id))
+            return views.detail(job, caller, d, self.store.events(job.id), str(self.log_path(job.id)))
         return d
+
+    def exposed_files(self) -> list[tuple[str, str]]:
+        """labq's own files another user could read, lock or write: the state dir and
+        everything in it (logs, database, lock, Ray token, Ray's temp dir), the
+        socket's directory, and this node's job dir."""
+        found = safefs.audit_tree(self.state_dir)
+        if self.head is not None and not self.head.temp_dir.startswith(str(self.state_dir) + "/"):
+            found += safefs.audit_tree(Path(self.head.temp_dir))
+        out = [(e.path, e.problem) for e in found]
+        # labq's own files are 0600 even where a closed directory already hides them:
+        # one chmod of that directory would otherwise open them all. (Ray's own tree
+        # inside ray/ is not ours to judge: its 0700 top is.)
+        reported = {p for p, _ in out}
+        for d in (self.state_dir, self.logs_dir):
+            try:
+                entries = sorted(d.iterdir())
+            except OSError:
+                continue
+            for p in entries:
+                if str(p) in reported or p.name == "ray":
+                    continue
+                problem = safefs.exposure(p)
+                if problem and "others can list" not in problem:
+                    out.append((str(p), problem))
+        sock_dir = self.socket_path.parent
+        # Everyone may enter (and list) the socket's directory and the job dir, not write.
+        for d in (sock_dir, safefs.node_job_dir()):
+            problem = safefs.exposure(d)
+            if problem and "others can list" not in problem:
+                out.append((str(d), problem))
+        return out
 
     def log_path(self, job_id: int) -> Path:
         return self.logs_dir / f"{int(job_id)}.log"
 
-    def health(self) -> dict[str, Any]:
+    def health(self, caller: Caller) -> dict[str, Any]:
         inv = self.inventory
+        private = (
+            {"pid": os.getpid(), "state_dir": str(self.state_dir), "socket": str(self.socket_path)}
+            if caller.admin
+            else {}
+        )
         return {
-            "pid": os.getpid(),
+            **private,
             "user": self.user,
-            "state_dir": str(self.state_dir),
-            "socket": str(self.socket_path),
             "started_at": self.started_at,
             "draining": self.draining,
             "ray": dict(self.ray.__dict__),
@@ -795,8 +857,9 @@ class Daemon:
                 NodeInfo(
                     id=n.id,
                     name=n.name,
-                    # An unhealthy GPU nobody holds is not offered to new jobs.
-                    gpus=n.gpus - len(set(self.telemetry.unhealthy(n.id)) - held.get(n.id, set())),
+                    # An unhealthy GPU, or one a stray process holds, is not offered to
+                    # new jobs unless a labq job already has it.
+                    gpus=n.gpus - len(self.unusable(n.id) - held.get(n.id, set())),
                     cpus=n.cpus,
                     memory=n.memory,
                     schedulable=n.schedulable and n.alive and not self.draining,
@@ -849,6 +912,11 @@ class Daemon:
                 held.setdefault(j.node, set()).update(int(g) for g in j.gpu_ids.split(",") if g.isdigit())
         return held
 
+    def unusable(self, node_id: str) -> set[int]:
+        """GPU indices no new job gets on this node: unhealthy, or held by a process
+        that is not a running labq job (e.g. one an ended job left behind)."""
+        return set(self.telemetry.unhealthy(node_id)) | set(self.telemetry.occupied(node_id))
+
     def pick_gpus(self, node_id: str, count: int, held: dict[str, set[int]]) -> tuple[int, ...] | None:
         """Healthy free GPU indices for a job on this node; None = let Ray choose.
 
@@ -862,7 +930,7 @@ class Daemon:
             return None
         if not node.simulated and node.nvml_gpus != node.gpus:
             return None
-        bad = set(self.telemetry.unhealthy(node_id))
+        bad = self.unusable(node_id)
         free = [i for i in range(node.gpus) if i not in held.get(node_id, set()) and i not in bad]
         if len(free) < count:
             return None
@@ -915,6 +983,7 @@ class Daemon:
 
         spec = job.spec
         grace = self._grace(job)
+        umask = spec.get("umask")
         launch = Launch(
             job_id=job.id,
             attempt=job.attempt,
@@ -922,20 +991,20 @@ class Daemon:
             workdir=spec.get("workdir", ""),
             env=dict(spec.get("env", {})),
             uid=job.uid,
-            time_limit=job.time_limit,
+            user=job.user,
+            # The default limit is a limit too: backfill and ETAs count on it.
+            time_limit=job.time_limit or self.config.default_time_limit_s,
             grace=grace,
             log_limit=self._log_room(job),
-            preempt_file=str(self._node_log_dir() / f"{job.id}.{job.attempt}.deadline"),
+            namespace=self.executor_id[:8],
             gpu_indices=tuple(int(g) for g in job.gpu_ids.split(",")) if job.gpu_ids else None,
+            umask=0o022 if umask is None else int(umask),
+            cgroup=self.config.job_cgroups,
         )
         resources: dict[str, float] = {"GPU": job.gpus, "CPU": float(spec.get("cpus", 0))}
         if spec.get("memory"):
             resources["memory"] = float(spec["memory"])
         self.executor.launch.remote(job.id, job.attempt, launch, job.node, resources)
-
-    def _node_log_dir(self) -> Path:
-        # Node-local scratch for the preemption-deadline file (logs stream to the daemon).
-        return Path(f"/tmp/labq-jobs-{self.uid}") / self.executor_id[:8]
 
     def _log_room(self, job: JobRow) -> int:
         """Bytes this attempt may still add to the job's log (earlier attempts used some)."""
@@ -1057,7 +1126,7 @@ class Daemon:
             self.store.transition(
                 job.id,
                 JobState.RUNNING,
-                f"running on {job.node_name} with GPUs {','.join(ev['gpu_ids']) or '-'} (pid {ev['pid']})",
+                f"running on {job.node_name} with GPUs {','.join(ev['gpu_ids']) or '-'}",
                 expect=(JobState.STARTING,),
                 start_time=ev["start_time"],
                 pid=ev["pid"],
@@ -1071,10 +1140,15 @@ class Daemon:
 
     def _open_attempt_log(self, job: JobRow, ev: dict[str, Any]) -> int:
         path = self.log_path(job.id)
+        if job.log_removed is not None:
+            self.store.set_fields(job.id, log_removed=None)
+        # 0600 (the daemon's umask is 077 too): the API, not the file system, decides
+        # who reads a log.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         if job.attempt <= 1:
-            path.touch()
+            os.close(fd)
             return 0
-        with open(path, "ab") as f:
+        with open(fd, "ab") as f:
             f.write(f"\n--- labq: attempt {job.attempt} on {job.node_name} ---\n".encode())
             return f.tell()
 
@@ -1084,7 +1158,7 @@ class Daemon:
             return
         data = data[: self.config.log_max_bytes - pos]
         try:
-            fd = os.open(self.log_path(job.id), os.O_WRONLY | os.O_CREAT, 0o640)
+            fd = os.open(self.log_path(job.id), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
                 # Written at its offset: a report delivered twice lands on itself.
                 os.pwrite(fd, data, pos)
@@ -1124,6 +1198,33 @@ class Daemon:
             self.store.note(job.id, f"log limit reached: {ev['log_dropped']} bytes of output discarded", now)
         if job.start_time is not None and job.state in ACTIVE:
             self._finished_runs.append(Interval(job.user, job.gpus, job.start_time, now))
+            self._keep_logs_within_cap(job, time.time())
+
+    def _keep_logs_within_cap(self, job: JobRow, now: float) -> None:
+        """Record the ended attempt's log size; past the owner's user_log_max_bytes,
+        remove their oldest ended jobs' logs (each job's history says so)."""
+        try:
+            size = self.log_path(job.id).stat().st_size
+        except OSError:
+            size = 0
+        self.store.set_fields(job.id, log_bytes=size)
+        cap = self.config.user_log_max_bytes
+        total = self.store.user_log_bytes(job.user)
+        while total > cap:
+            victims = self.store.oldest_kept_logs(job.user)
+            if not victims:
+                break
+            for victim, n in victims:
+                if total <= cap:
+                    break
+                self.log_path(victim).unlink(missing_ok=True)
+                self.store.log_removed(
+                    victim,
+                    now,
+                    f"log removed: {job.user}'s logs passed the per-user cap of "
+                    f"{format_size(cap)} (user_log_max_bytes), oldest first",
+                )
+                total -= n
 
     # -- the GPU loop ---------------------------------------------------------------------------------
     def gpu_loop(self) -> None:
@@ -1241,6 +1342,8 @@ class Daemon:
                 g: dict[str, Any] = dict(raw)
                 held_by = holder.get((n["id"], int(g["index"])))
                 g["job_id"] = held_by.id if held_by else None
+                stray = self.telemetry.occupied(n["id"]).get(int(g["index"]))
+                g["blocked"] = f"no new jobs: {stray}" if stray and not held_by else None
                 g["user"] = held_by.user if held_by else None
                 procs = []
                 for proc in raw.get("processes", []):
@@ -1412,6 +1515,21 @@ class Daemon:
         signal.signal(signal.SIGINT, stop)
 
 
+def raise_fd_limit() -> None:
+    """Every API connection costs a descriptor: take the hard limit, not the 1,024 a
+    shell or systemd gives by default (the connection caps keep well under it)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > 65536:
+        hard = 65536
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def run_daemon(
     state_dir: Path,
     socket_path: Path,
@@ -1421,6 +1539,11 @@ def run_daemon(
     cpus: int | None,
 ) -> None:
     """Start everything and serve until `labq down` or a signal."""
+    # Nothing the daemon (or the Ray it starts) writes is for other users' eyes: the
+    # database, logs, lock and Ray's sockets are 0600/0700. Jobs get the submitter's
+    # umask back in the runner.
+    os.umask(0o077)
+    raise_fd_limit()
     daemon = Daemon(state_dir, socket_path, config, ray_address, gpus, cpus)
     daemon.acquire_lock()
     raycluster.prepare_driver_env(None if ray_address else state_dir)

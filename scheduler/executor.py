@@ -108,6 +108,9 @@ class Executor:
                 return False
             if job["stop"] is None:
                 job["stop"] = {"outcome": outcome, "reason": reason, "grace": grace}
+            elif grace < job["stop"]["grace"]:
+                # `labq cancel --now` after a cancel: same outcome, the kill comes sooner.
+                job["stop"] = {**job["stop"], "grace": grace}
             started = job["started"]
             ref = job["ref"]
         if not started:

@@ -16,12 +16,26 @@ Only `transition()` changes a state, and it refuses anything not in TRANSITIONS.
 from __future__ import annotations
 
 import os
+import unicodedata
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from scheduler.units import UnitError, parse_duration, parse_size
+
+
+def _is_control(ch: str) -> bool:
+    cat = unicodedata.category(ch)
+    return cat == "Cc" or (cat == "Cf" and ch != "\u00ad") or ch in "\u2028\u2029"
+
+
+def has_controls(text: str) -> bool:
+    return any(_is_control(ch) for ch in text)
+
+
+def strip_controls(text: str) -> str:
+    return "".join(ch for ch in text if not _is_control(ch))
 
 
 class JobState(StrEnum):
@@ -134,6 +148,8 @@ class JobSpec(BaseModel):
     grace: float | None = Field(
         default=None, description="seconds between SIGTERM and SIGKILL; default from config"
     )
+    # The submitter's umask, which the job's files get (as with Slurm); None = 022.
+    umask: int | None = Field(default=None, ge=0, le=0o777)
 
     @field_validator("command", mode="before")
     @classmethod
@@ -188,7 +204,9 @@ class JobSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if any(ord(c) < 32 for c in v):
+        # Printed in everyone's terminal: no C0/C1 controls (ESC, CSI \x9b) nor the
+        # invisible format characters that reorder text (bidi overrides).
+        if has_controls(v):
             raise ValueError("name contains control characters")
         return v
 
@@ -204,7 +222,8 @@ class JobSpec(BaseModel):
     @model_validator(mode="after")
     def _default_name(self) -> JobSpec:
         if not self.name:
-            object.__setattr__(self, "name", os.path.basename(self.command[0])[:MAX_NAME] or "job")
+            name = strip_controls(os.path.basename(self.command[0]))[:MAX_NAME]
+            object.__setattr__(self, "name", name or "job")
         return self
 
 

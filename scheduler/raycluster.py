@@ -83,10 +83,25 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Ray's longest path under its temp dir is a Unix socket,
+# session_YYYY-MM-DD_HH-MM-SS_ffffff_PID/sockets/plasma_store, and a socket path has
+# at most 107 bytes.
+_MAX_TEMP_DIR = 44
+
+
 def _temp_dir(state_dir: Path) -> str:
-    # Ray puts Unix sockets under its temp dir; keep the path short (108-byte limit).
+    """The embedded Ray's temp dir: inside the (0700) state dir, so its session, log
+    and socket directories, which Ray makes 0777, are out of every other user's reach.
+    (In /tmp, anyone could rename the raylet's socket and bind their own in its place.)
+    A state dir too deep for Ray's socket paths gets a private dir in /tmp instead."""
+    from scheduler import safefs
+
+    inside = state_dir.resolve() / "ray"
+    if len(str(inside)) <= _MAX_TEMP_DIR:
+        return str(safefs.private_dir(inside, 0o700))
     digest = hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:10]
-    return f"/tmp/labq-ray-{digest}"
+    mine = safefs.private_dir(Path(f"/tmp/labq-{os.geteuid()}"), 0o700, parents=False)
+    return str(safefs.private_dir(mine / f"ray-{digest}", 0o700))
 
 
 def _head_file(state_dir: Path) -> Path:
@@ -147,7 +162,12 @@ def start_embedded(
     state_dir: Path, gpus: int, simulated: bool, cpus: int | None = None, timeout: float = 90.0
 ) -> EmbeddedHead:
     port = _free_port()
-    temp_dir = _temp_dir(state_dir)
+    from scheduler.safefs import UnsafePath
+
+    try:
+        temp_dir = _temp_dir(state_dir)
+    except (OSError, UnsafePath) as e:
+        raise RayError(f"cannot make Ray's temp dir: {e}") from None
     ray_bin = Path(sys.executable).parent / "ray"
     cmd = head_command(port, gpus, temp_dir, cpus)
     log_path = state_dir / "ray-head.log"

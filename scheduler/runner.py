@@ -7,6 +7,7 @@ That keeps the process handling (signals, grace, time limit, logs) testable alon
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import pwd
@@ -17,7 +18,12 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import psutil
+
+from scheduler import safefs
 
 CHUNK = 1 << 20  # log bytes carried per report
 HEARTBEAT_S = 0.25  # how often a running job asks whether it should stop
@@ -39,20 +45,98 @@ class Launch:
     # Output beyond this many bytes is read and dropped: a job flooding stdout can fill
     # neither the node's disk nor the Executor's memory while the daemon is away.
     log_limit: int
-    preempt_file: str
+    # The owner's name: a root runner starts the job only as the account of that name
+    # and uid on this node, never as root in their place.
+    user: str = ""
+    # Keeps the node-local files of daemons sharing a machine apart (the executor id).
+    namespace: str = "labq"
     # GPU indices labq chose (NVML order), so it can steer around unhealthy GPUs;
     # None leaves Ray's own choice (a node whose Ray and NVML GPU counts disagree).
     gpu_indices: tuple[int, ...] | None = None
+    # The submitter's umask (as Slurm propagates it); the daemon itself runs with 077.
+    umask: int = 0o022
+    # Put the job in a cgroup of its own where the node allows it, so that everything
+    # it started can be killed, whatever process group or session it moved to.
+    cgroup: bool = True
+    # Where the deadline file goes; "" = this node's own (safefs.node_job_dir()).
+    job_dir: str = ""
 
 
-def _child_setup() -> None:
-    # Die with the Ray worker that watches us: a crashed worker must not leave a job
-    # holding GPUs that Ray believes are free.
+class Refused(Exception):
+    """The job cannot start on this node; the message says why (it becomes the reason)."""
+
+
+@dataclass(frozen=True)
+class _Account:
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+    name: str
+
+
+def _account(launch: Launch, host: str) -> _Account | None:
+    """Whom the job runs as: None = as this process (a daemon run by an ordinary user
+    runs only that user's jobs). A root runner needs the owner's account on this node,
+    with the same name and uid; it never falls back to its own uid."""
+    if os.geteuid() != 0:
+        return None
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        pw = pwd.getpwuid(launch.uid)
+    except KeyError:
+        raise Refused(
+            f"user {launch.user or launch.uid} (uid {launch.uid}) has no account on {host}; "
+            "labq never runs a job as root in their place"
+        ) from None
+    if launch.user and pw.pw_name != launch.user:
+        raise Refused(f"uid {launch.uid} is {pw.pw_name} on {host}, not {launch.user}: the accounts differ")
+    if pw.pw_uid == 0 and launch.user not in ("", "root"):
+        raise Refused(f"{launch.user}'s job would run as root on {host}")
+    groups = tuple(os.getgrouplist(pw.pw_name, pw.pw_gid))
+    return _Account(pw.pw_uid, pw.pw_gid, groups, pw.pw_dir, pw.pw_name)
+
+
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
-        pass
+        return None
+
+
+_LIBC = _libc()
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _child_setup(
+    acct: _Account | None, umask: int, cwd: str, cgroup_procs: str, status_fd: int, host: str
+) -> None:
+    """In the child, between fork and exec. Order matters: join the job's cgroup while
+    still root, drop privileges, and only then enter the workdir, so a directory the
+    user cannot reach stays unreachable. No Python locks here (the parent has threads):
+    plain system calls only, and the account was looked up before the fork."""
+    try:
+        if cgroup_procs:
+            fd = os.open(cgroup_procs, os.O_WRONLY)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+        if acct is not None:
+            os.setgroups(list(acct.groups))
+            os.setgid(acct.gid)
+            os.setuid(acct.uid)
+        os.umask(umask)
+        os.chdir(cwd)
+    except OSError as e:
+        who = acct.name if acct is not None else "this user"
+        what = f"enter workdir {cwd}" if e.filename == cwd else "set up the job"
+        os.write(status_fd, f"cannot {what} as {who} on {host}: {e.strerror}".encode())
+        os._exit(126)
+    # Die with the Ray worker that watches us: a crashed worker must not leave a job
+    # holding GPUs that Ray believes are free. (After setuid, which clears it.)
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -62,23 +146,161 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def _user_kwargs(uid: int, env: dict[str, str]) -> tuple[dict[str, Any], str]:
-    """Popen arguments that run the job as `uid` when we are root; and its home."""
+def _cgroup2_mount() -> str:
     try:
-        pw = pwd.getpwuid(uid)
-    except KeyError:
-        return {}, env.get("HOME", "/")
-    env.setdefault("HOME", pw.pw_dir)
-    env.setdefault("USER", pw.pw_name)
-    env.setdefault("LOGNAME", pw.pw_name)
-    if os.geteuid() != 0 or uid == 0:
-        return {}, pw.pw_dir
-    groups = os.getgrouplist(pw.pw_name, pw.pw_gid)
-    return {"user": uid, "group": pw.pw_gid, "extra_groups": groups}, pw.pw_dir
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 2 and parts[2] == "cgroup2":
+                    return parts[1]
+    except OSError:
+        pass
+    return ""
+
+
+class _Tree:
+    """Every process of one job, wherever it went (own session, double fork).
+
+    With cgroup v2 (a root runner on most nodes) the job runs in a cgroup of its own
+    and `cgroup.kill` ends all of it at once. Otherwise this process is a child
+    subreaper: whatever the job orphans is re-parented to us instead of init, so it
+    stays among our descendants, and the sweep kills those that were not ours before.
+    """
+
+    def __init__(self, key: str, want_cgroup: bool) -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1)
+        self.before = self._children()
+        self.cgroup = self._make_cgroup(key) if want_cgroup and os.geteuid() == 0 else ""
+        self.top: int | None = None
+
+    @staticmethod
+    def _make_cgroup(key: str) -> str:
+        mount = _cgroup2_mount()
+        if not mount:
+            return ""
+        path = os.path.join(mount, "labq", key)
+        try:
+            os.makedirs(path, exist_ok=True)
+            if not os.path.exists(os.path.join(path, "cgroup.kill")):
+                os.rmdir(path)  # a kernel before 5.14: the sweep does it
+                return ""
+        except OSError:
+            return ""  # read-only cgroupfs (a container): the sweep does it
+        return path
+
+    @staticmethod
+    def _children() -> set[int]:
+        try:
+            return {p.pid for p in psutil.Process().children()}
+        except psutil.Error:
+            return set()
+
+    def procs(self) -> set[int]:
+        pids: set[int] = set()
+        if self.cgroup:
+            try:
+                with open(os.path.join(self.cgroup, "cgroup.procs")) as f:
+                    pids.update(int(x) for x in f.read().split())
+            except (OSError, ValueError):
+                pass
+        try:
+            me = psutil.Process()
+            for child in me.children():
+                if child.pid in self.before:
+                    continue
+                pids.add(child.pid)
+                pids.update(p.pid for p in child.children(recursive=True))
+        except psutil.Error:
+            pass
+        return pids
+
+    def signal(self, sig: int) -> None:
+        if self.top is not None:
+            _signal_group(self.top, sig)
+        for pid in self.procs():
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def kill_all(self) -> None:
+        """SIGKILL everything the job left; reap what became ours."""
+        if self.cgroup:
+            try:
+                with open(os.path.join(self.cgroup, "cgroup.kill"), "w") as f:
+                    f.write("1")
+            except OSError:
+                pass
+        for _ in range(50):  # a fork loop may add processes while we kill
+            pids = self.procs()
+            if self.top is not None:
+                _signal_group(self.top, signal.SIGKILL)
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            self._reap(pids)
+            time.sleep(0.02)
+
+    def _reap(self, pids: set[int]) -> None:
+        for pid in pids:
+            if pid == self.top:
+                continue  # subprocess.Popen reaps its own child
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+    def close(self) -> None:
+        if not self.cgroup:
+            return
+        for _ in range(50):
+            try:
+                os.rmdir(self.cgroup)
+                return
+            except OSError:
+                time.sleep(0.02)
 
 
 def run(launch: Launch, gpu_ids: list[str], node: str, report: Report) -> dict[str, Any]:
     """Start the job, stream its log through `report`, enforce limits, return its result."""
+    host = socket.gethostname()
+    try:
+        acct = _account(launch, host)
+        base = Path(launch.job_dir) if launch.job_dir else safefs.node_job_dir()
+        safefs.private_dir(base, 0o711 if os.geteuid() == 0 else 0o700)
+    except (Refused, safefs.UnsafePath, OSError) as e:
+        return _refuse(report, str(e))
+    deadline_path = base / f"{launch.namespace}-{launch.job_id}.{launch.attempt}.deadline"
+    dfd = safefs.create_exclusive(deadline_path, 0o644)
+    try:
+        return _run(launch, gpu_ids, node, report, acct, host, deadline_path, dfd)
+    finally:
+        os.close(dfd)
+        with contextlib.suppress(OSError):
+            os.unlink(deadline_path)
+
+
+def _refuse(report: Report, reason: str, exit_code: int | None = None) -> dict[str, Any]:
+    result = _result("failed", exit_code, None, reason)
+    report(None, 0, f"labq: {reason}\n".encode(), result)
+    return result
+
+
+def _run(
+    launch: Launch,
+    gpu_ids: list[str],
+    node: str,
+    report: Report,
+    acct: _Account | None,
+    host: str,
+    deadline_path: Path,
+    dfd: int,
+) -> dict[str, Any]:
     env = dict(launch.env)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
     # CUDA numbers GPUs fastest-first unless told otherwise; NVML (and labq) by PCI bus.
@@ -88,39 +310,40 @@ def run(launch: Launch, gpu_ids: list[str], node: str, report: Report) -> dict[s
     env["LABQ_GPUS"] = str(len(gpu_ids))
     env["LABQ_NODE"] = node
     env["LABQ_GRACE_SECONDS"] = f"{launch.grace:g}"
-    env["LABQ_PREEMPT_DEADLINE"] = launch.preempt_file
-    user_kw, home = _user_kwargs(launch.uid, env)
+    env["LABQ_PREEMPT_DEADLINE"] = str(deadline_path)
+    if acct is not None:
+        env.setdefault("HOME", acct.home)
+        env.setdefault("USER", acct.name)
+        env.setdefault("LOGNAME", acct.name)
+        home = acct.home
+    else:
+        home = env.get("HOME") or os.path.expanduser("~")
     cwd = launch.workdir or home
-    host = socket.gethostname()
 
-    os.makedirs(os.path.dirname(launch.preempt_file), exist_ok=True)
-    open(launch.preempt_file, "w").close()
-    if not os.path.isdir(cwd):
-        result = _result("failed", None, None, f"workdir {cwd} does not exist on node {host}")
-        report(None, 0, f"labq: {result['reason']}\n".encode(), result)
-        return result
+    tree = _Tree(f"{launch.namespace}-{launch.job_id}.{launch.attempt}", launch.cgroup)
+    cgroup_procs = os.path.join(tree.cgroup, "cgroup.procs") if tree.cgroup else ""
     # A pipe, not a file: the job's output streams through us, so it is bounded here
     # and a job that writes faster than we forward it waits, as on a terminal.
     rfd, wfd = os.pipe()
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
     try:
         proc = subprocess.Popen(
             launch.argv,
-            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=wfd,
             stderr=wfd,
             start_new_session=True,
-            preexec_fn=_child_setup,
-            **user_kw,
+            preexec_fn=lambda: _child_setup(acct, launch.umask, cwd, cgroup_procs, status_w, host),
         )
     except OSError as e:
         os.close(rfd)
-        result = _result("failed", 127, None, f"cannot run {launch.argv[0]!r}: {e.strerror or e}")
-        report(None, 0, f"labq: {result['reason']}\n".encode(), result)
-        return result
+        tree.close()
+        return _refuse(report, f"cannot run {launch.argv[0]!r}: {e.strerror or e}", 127)
     finally:
         os.close(wfd)
+        os.close(status_w)
+    tree.top = proc.pid
     os.set_blocking(rfd, False)
     out = _Output(rfd, launch.log_limit)
 
@@ -135,19 +358,24 @@ def run(launch: Launch, gpu_ids: list[str], node: str, report: Report) -> dict[s
 
     while True:
         now = time.time()
-        if outcome is None and stop is not None:
-            outcome, reason = str(stop["outcome"]), str(stop.get("reason", ""))
-            grace = float(stop.get("grace", launch.grace))
-            kill_at = now + grace
-            _write_deadline(launch.preempt_file, kill_at)
-            _signal_group(proc.pid, signal.SIGTERM)
+        if stop is not None:
+            grace = max(0.0, float(stop.get("grace", launch.grace)))
+            if outcome is None:
+                outcome, reason = str(stop["outcome"]), str(stop.get("reason", ""))
+                kill_at = now + grace
+                _write_deadline(dfd, kill_at)
+                tree.signal(signal.SIGTERM)
+            elif kill_at is not None and now + grace < kill_at:
+                # A second, shorter request (`labq cancel --now`) brings the kill forward.
+                kill_at = now + grace
+                _write_deadline(dfd, kill_at)
         elif outcome is None and deadline is not None and now >= deadline:
             outcome, reason = "timeout", f"time limit of {launch.time_limit:g}s reached"
             kill_at = now + launch.grace
-            _write_deadline(launch.preempt_file, kill_at)
-            _signal_group(proc.pid, signal.SIGTERM)
+            _write_deadline(dfd, kill_at)
+            tree.signal(signal.SIGTERM)
         if kill_at is not None and now >= kill_at:
-            _signal_group(proc.pid, signal.SIGKILL)
+            tree.kill_all()
         wait_s = max(0.0, HEARTBEAT_S - (time.monotonic() - last_report))
         if kill_at is not None:
             wait_s = min(wait_s, max(0.01, kill_at - now))
@@ -161,17 +389,23 @@ def run(launch: Launch, gpu_ids: list[str], node: str, report: Report) -> dict[s
             stop = report(None, offset, data, None) or stop
             last_report = time.monotonic()
 
-    # Whatever the job left behind in its process group goes too: nothing may
-    # keep GPUs after labq records the job as ended.
-    _signal_group(proc.pid, signal.SIGKILL)
+    # Whatever the job left behind goes too, wherever it went: nothing may keep GPUs
+    # after labq records the job as ended.
+    tree.kill_all()
+    tree.close()
     rc = proc.returncode
+    failure = _read_status(status_r)
     exit_code = rc if rc >= 0 else None
     sig = -rc if rc < 0 else None
-    if outcome is None:
+    if failure:
+        outcome, reason = "failed", failure
+    elif outcome is None:
         outcome = "succeeded" if rc == 0 else "failed"
         reason = "" if rc == 0 else (f"exit code {rc}" if rc > 0 else f"killed by {signal.Signals(-rc).name}")
     result = _result(outcome, exit_code, sig, reason)
     out.drain()
+    if failure:
+        out.buf += f"labq: {failure}\n".encode()
     while out.pending() > CHUNK:
         offset, data = out.take(CHUNK)
         report(None, offset, data, None)
@@ -180,6 +414,17 @@ def run(launch: Launch, gpu_ids: list[str], node: str, report: Report) -> dict[s
     offset, data = out.take()
     report(None, offset, data, result)
     return result
+
+
+def _read_status(fd: int) -> str:
+    """What the child said before it gave up (empty once it reached exec)."""
+    try:
+        os.set_blocking(fd, False)
+        return os.read(fd, 4096).decode(errors="replace")
+    except BlockingIOError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 class _Output:
@@ -251,10 +496,12 @@ class _Output:
         return offset, data
 
 
-def _write_deadline(path: str, kill_at: float) -> None:
+def _write_deadline(fd: int, kill_at: float) -> None:
+    # Through the descriptor opened at creation: the path is never looked up again.
     try:
-        with open(path, "w") as f:
-            f.write(f"{kill_at:.3f}\n")
+        data = f"{kill_at:.3f}\n".encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
     except OSError:
         pass
 

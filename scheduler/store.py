@@ -19,7 +19,7 @@ from typing import Any
 
 from scheduler.job import JobSpec, JobState, transition
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Each entry migrates from version i to i+1. Never edit a shipped entry: append one.
 MIGRATIONS: list[str] = [
@@ -116,9 +116,23 @@ MIGRATIONS: list[str] = [
         note TEXT NOT NULL DEFAULT ''
     );
     """,
+    # Per-user log cap (issue 12): each ended job's log size, and when the cap removed it.
+    """
+    ALTER TABLE jobs ADD COLUMN log_bytes INTEGER;
+    ALTER TABLE jobs ADD COLUMN log_removed REAL;
+    CREATE INDEX jobs_user_state ON jobs(user, state);
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
+
+SPEC_CACHE = 50_000
+# Every jobs column but the spec, for listings that never show it.
+_COLUMNS_NO_SPEC = (
+    "id, user, uid, name, '{}' AS spec, gpus, priority, time_limit, state, reason, submit_time, "
+    "start_time, end_time, attempt, node, node_name, gpu_ids, pid, exit_code, signal, stop_deadline, "
+    "stop_outcome, stop_reason, requeued, log_base, log_bytes, log_removed"
+)
 
 RUN_STATS = ("sampled_s", "busy_gpu_s", "idle_gpu_s", "util_mean", "mem_peak")
 
@@ -177,19 +191,26 @@ class JobRow:
     stop_reason: str | None
     requeued: bool
     log_base: int
+    log_bytes: int | None = None
+    log_removed: float | None = None
 
     @classmethod
-    def from_row(cls, r: sqlite3.Row) -> JobRow:
+    def from_row(cls, r: sqlite3.Row, specs: dict[int, dict[str, Any]] | None = None) -> JobRow:
         d = dict(r)
-        d["spec"] = json.loads(d["spec"])
+        raw = d["spec"]
+        if specs is None or raw == "{}":
+            d["spec"] = json.loads(raw)
+        else:
+            # A job's spec never changes after submission: parse it once.
+            spec = specs.get(d["id"])
+            if spec is None:
+                if len(specs) > SPEC_CACHE:
+                    specs.clear()
+                spec = specs[d["id"]] = json.loads(raw)
+            d["spec"] = spec
         d["state"] = JobState(d["state"])
         d["requeued"] = bool(d["requeued"])
         return cls(**d)
-
-    def public(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        d["state"] = self.state.value
-        return d
 
 
 class Store:
@@ -200,6 +221,7 @@ class Store:
         self._queue_lock = threading.Lock()
         self._queued: list[_Submission] = []
         self._local = threading.local()
+        self._specs: dict[int, dict[str, Any]] = {}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._w = self._connect()
@@ -376,15 +398,21 @@ class Store:
         row = self._reader().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         if row is None:
             raise UnknownJob(job_id)
-        return JobRow.from_row(row)
+        return JobRow.from_row(row, self._specs)
 
     def jobs(
         self,
         states: tuple[JobState, ...] | None = None,
         user: str | None = None,
         limit: int | None = None,
+        after: int | None = None,
+        with_spec: bool = True,
     ) -> list[JobRow]:
-        sql = "SELECT * FROM jobs"
+        """Jobs in id order. `limit` alone: the newest `limit`; with `after`: the first
+        `limit` whose id is above it (a page). `with_spec=False` skips the specs, which
+        a listing never shows and which can be large."""
+        cols = "*" if with_spec else _COLUMNS_NO_SPEC
+        sql = f"SELECT {cols} FROM jobs"
         where: list[str] = []
         args: list[Any] = []
         if states:
@@ -393,12 +421,25 @@ class Store:
         if user:
             where.append("user=?")
             args.append(user)
+        if after is not None:
+            where.append("id>?")
+            args.append(int(after))
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id"
-        if limit:
-            sql = f"SELECT * FROM ({sql} DESC LIMIT {int(limit)}) ORDER BY id"
-        return [JobRow.from_row(r) for r in self._reader().execute(sql, args)]
+        if limit and after is not None:
+            sql += f" ORDER BY id LIMIT {int(limit)}"
+        elif limit:
+            sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT {int(limit)}) ORDER BY id"
+        else:
+            sql += " ORDER BY id"
+        return [JobRow.from_row(r, self._specs) for r in self._reader().execute(sql, args)]
+
+    def count_jobs(self, user: str, states: tuple[JobState, ...]) -> int:
+        row = self._reader().execute(
+            f"SELECT COUNT(*) FROM jobs WHERE user=? AND state IN ({','.join('?' * len(states))})",
+            (user, *(s.value for s in states)),
+        ).fetchone()
+        return int(row[0])
 
     def events(self, job_id: int) -> list[dict[str, Any]]:
         rows = self._reader().execute(
@@ -430,7 +471,7 @@ class Store:
                 raise UnknownJob(job_id)
             old = JobState(row["state"])
             if expect is not None and old not in expect:
-                return JobRow.from_row(row)
+                return JobRow.from_row(row, self._specs)
             transition(job_id, old, new, reason)
             fields = dict(fields)
             fields["state"] = new.value
@@ -443,7 +484,7 @@ class Store:
                 (job_id, now, old.value, new.value, reason),
             )
             out = c.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
-        return JobRow.from_row(out)
+        return JobRow.from_row(out, self._specs)
 
     @staticmethod
     def _record_run(
@@ -549,6 +590,32 @@ class Store:
     def count_by_state(self) -> dict[str, int]:
         rows = self._reader().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
         return {str(r[0]): int(r[1]) for r in rows}
+
+    # -- per-user log cap ----------------------------------------------------------------------
+    def user_log_bytes(self, user: str) -> int:
+        """Bytes of the user's logs still kept (ended jobs: as measured at their end)."""
+        row = self._reader().execute(
+            "SELECT COALESCE(SUM(log_bytes), 0) FROM jobs WHERE user=? AND log_removed IS NULL", (user,)
+        ).fetchone()
+        return int(row[0])
+
+    def oldest_kept_logs(self, user: str, limit: int = 100) -> list[tuple[int, int]]:
+        """(job id, bytes) of the user's ended jobs whose logs are kept, oldest end first."""
+        rows = self._reader().execute(
+            "SELECT id, log_bytes FROM jobs WHERE user=? AND log_removed IS NULL AND log_bytes > 0 "
+            "AND end_time IS NOT NULL ORDER BY end_time, id LIMIT ?",
+            (user, limit),
+        )
+        return [(int(r[0]), int(r[1])) for r in rows]
+
+    def log_removed(self, job_id: int, now: float, why: str) -> None:
+        with self._tx() as c:
+            row = c.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            c.execute("UPDATE jobs SET log_removed=? WHERE id=?", (now, job_id))
+            c.execute(
+                "INSERT INTO events(job_id, time, old_state, new_state, reason) VALUES (?,?,?,?,?)",
+                (job_id, now, row[0], row[0], why),
+            )
 
     # -- quotas and audit ----------------------------------------------------------------------
     def quota_overrides(self) -> dict[str, dict[str, Any]]:

@@ -167,6 +167,20 @@ class Telemetry:
             if not g.get("healthy", True)
         }
 
+    def occupied(self, node_id: str) -> dict[int, str]:
+        """GPUs with a process on them that belongs to no running labq job: a process
+        started outside labq, or one a job left behind. Nothing new goes there."""
+        st = self.nodes.get(node_id)
+        if st is None:
+            return {}
+        out: dict[int, str] = {}
+        for g in st.report.get("gpus", []):
+            strays = [p for p in g.get("processes", []) if p.get("job_id") is None]
+            if strays:
+                pids = ", ".join(str(p.get("pid")) for p in strays[:3])
+                out[int(g["index"])] = f"in use by pid {pids}, not a running labq job"
+        return out
+
     def idle_for(self, job_id: int, now: float) -> float | None:
         ju = self.jobs.get(job_id)
         if ju is None or ju.idle_since is None:

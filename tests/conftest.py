@@ -22,7 +22,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = "/usr/bin/python3"
 # Everything `labq` needs on the client side; stdlib only (see test_boundaries.py).
-CLIENT_MODULES = ("__init__.py", "cli.py", "client.py", "config.py", "units.py")
+CLIENT_MODULES = ("__init__.py", "cli.py", "client.py", "config.py", "units.py", "present.py")
 
 
 @dataclass
@@ -55,11 +55,7 @@ class Labq:
             # Another user cannot run this venv's python (it may live under /root), so
             # the stdlib-only client runs from a world-readable copy under the system python.
             python, env["PYTHONPATH"] = SYSTEM_PYTHON, str(self.client_copy())
-            uid = user
-
-            def preexec() -> None:
-                os.setgid(uid)
-                os.setuid(uid)
+            preexec = as_user(user) if _has_account(user) else _bare_uid(user)
 
         proc = subprocess.run(
             [python, "-m", "scheduler.cli", *args],
@@ -140,19 +136,72 @@ class Labq:
         raycluster.stop_embedded(self.state_dir, timeout=5)
 
 
+def _has_account(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+        return True
+    except KeyError:
+        return False
+
+
+def _bare_uid(uid: int) -> Callable[[], None]:
+    """For a uid with no account at all (what a user namespace or `setpriv --reuid`
+    reaches): no groups, gid = uid."""
+
+    def drop() -> None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+
+    return drop
+
+
 def free_port() -> int:
     with socket.socket() as sk:
         sk.bind(("127.0.0.1", 0))
         return int(sk.getsockname()[1])
 
 
+# Test users this run created; removed (with their homes and processes) at the end.
+_CREATED_USERS: list[str] = []
+
+
 def unix_user(name: str) -> int:
-    """The uid of a local test user, created (as root) if it does not exist yet."""
+    """The uid of a local test user, created (as root) if it does not exist yet, and
+    removed again when the test session ends."""
     try:
         return pwd.getpwnam(name).pw_uid
     except KeyError:
         subprocess.run(["useradd", "--create-home", name], check=True, capture_output=True)
+        _CREATED_USERS.append(name)
         return pwd.getpwnam(name).pw_uid
+
+
+def remove_unix_user(name: str) -> None:
+    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+    for _ in range(50):
+        if subprocess.run(["pgrep", "-u", name], capture_output=True).returncode != 0:
+            break
+        time.sleep(0.1)
+    subprocess.run(["userdel", "--remove", name], capture_output=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    while _CREATED_USERS:
+        remove_unix_user(_CREATED_USERS.pop())
+
+
+def as_user(uid: int) -> Callable[[], None]:
+    """A preexec_fn that drops to `uid` (and its primary group and groups)."""
+    pw = pwd.getpwuid(uid)
+    groups = os.getgrouplist(pw.pw_name, pw.pw_gid)
+
+    def drop() -> None:
+        os.setgroups(groups)
+        os.setgid(pw.pw_gid)
+        os.setuid(uid)
+
+    return drop
 
 
 def make_labq(config: str | None = None) -> Labq:

@@ -36,6 +36,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--web", action="store_true", help="serve the UI to a browser on localhost")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address for --web (default loopback; the URL's token is required)"
+    )
     p.add_argument("--remote", metavar="HOST", help="open it against HOST's daemon through an SSH tunnel")
     p.add_argument("--remote-socket", default=str(ROOT_SOCKET), help="the daemon socket on HOST")
     p.add_argument("command", nargs="?", choices=["desktop-install"], help=argparse.SUPPRESS)
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return desktop_install(args.remote)
     keymap = parse_keymap(args.keymap)
     if args.web:
-        from textual_serve.server import Server
+        from tui.web import TokenServer
 
         cmd = [sys.executable, "-m", "tui", "--refresh", str(args.refresh)]
         for flag, value in (("--socket", args.socket), ("--keymap", args.keymap), ("--remote", args.remote)):
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 cmd += [flag, value]
         if args.read_only:
             cmd.append("--read-only")
-        Server(shlex.join(cmd), host="localhost", port=args.port, title="labq").serve()
+        TokenServer(shlex.join(cmd), host=args.host, port=args.port, title="labq").serve()
         return 0
     ssh: subprocess.Popen[bytes] | None = None
     # LABQ_URL (a remote daemon's TCP listener, with a token) applies unless a socket is named.

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import shlex
 from typing import Any
 
+from rich.markup import escape
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -12,21 +14,23 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Input, RichLog, Static
 
+from scheduler.present import clean, clean_log
 from tui.api import BackendError
 from tui.base import DataScreen
 from tui.model import TERMINAL_STATES, age, gib, stamp
 
 MAX_LOG_LINES = 20_000
+PRIVATE = "(private: only the owner and admins see it)"
 
 
 def job_details(j: dict[str, Any], now: float) -> str:
     spec = j.get("spec", {})
     lines = [
-        f"[b]job {j['id']}[/b]  {j.get('name', '')}  ({j['user']})  [b]{j['state']}[/b]",
-        f"command   {' '.join(spec.get('command', []))}",
+        f"[b]job {j['id']}[/b]  {_escape(j.get('name', ''))}  ({_escape(j['user'])})  [b]{j['state']}[/b]",
+        f"command   {PRIVATE if j.get('private') else shlex.join(spec.get('command', []))}",
         f"gpus      {j['gpus']}   cpus {spec.get('cpus', 0):g}   memory {spec.get('memory') or '-'}   "
         f"time limit {age(j.get('time_limit')) if j.get('time_limit') else 'default'}   priority {j.get('priority', 0)}",
-        f"workdir   {spec.get('workdir') or '~'}",
+        f"workdir   {PRIVATE if j.get('private') else spec.get('workdir') or '~'}",
         f"submitted {stamp(j.get('submit_time'))}   started {stamp(j.get('start_time'))}   ended {stamp(j.get('end_time'))}",
     ]
     if j.get("node_name"):
@@ -62,7 +66,9 @@ def job_details(j: dict[str, Any], now: float) -> str:
 
 
 def _escape(s: str) -> str:
-    return s.replace("[", r"\[")
+    # Rich markup and terminal controls in what other users chose (names, commands,
+    # reasons) are shown as text.
+    return escape(clean(s))
 
 
 class JobScreen(DataScreen):
@@ -171,7 +177,7 @@ class JobScreen(DataScreen):
         )
 
     def _line_text(self, line: str) -> Text:
-        text = Text(line)
+        text = Text(clean_log(line))
         if self.pattern:
             text.highlight_regex(re.escape(self.pattern), style="black on yellow")
         return text

@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from scheduler.present import clean
 from scheduler.units import format_duration
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -107,6 +108,12 @@ def pct(v: Any) -> str:
     return "n/a" if v is None else f"{v:.0f}%"
 
 
+def safe(text: object) -> str:
+    """A string another user chose, for a table cell: controls shown as escapes, never
+    sent to the terminal. (SyncTable makes each cell a Text: markup is not parsed.)"""
+    return clean(text)
+
+
 # -- the queue ---------------------------------------------------------------------------------------
 QUEUE_COLUMNS = ("ID", "USER", "NAME", "GPUS", "STATE", "WAIT / RUN", "ETA", "UTIL", "REASON / NODE")
 
@@ -116,9 +123,9 @@ def job_status(j: dict[str, Any]) -> str:
     flags = " ".join(f"[{f}]" for f in j.get("flags") or [])
     if j["state"] in ACTIVE_STATES:
         where = f"{j.get('node_name') or '-'} [{j.get('gpu_ids') or '-'}]"
-        return f"{flags} {where}".strip()
+        return safe(f"{flags} {where}".strip())
     reasons = j.get("reasons") or []
-    return reasons[0] if reasons else ""
+    return safe(reasons[0]) if reasons else ""
 
 
 def job_cells(j: dict[str, Any], now: float) -> tuple[str, ...]:
@@ -137,8 +144,8 @@ def job_cells(j: dict[str, Any], now: float) -> tuple[str, ...]:
     util = pct(gpu.get("util_now")) if state in ACTIVE_STATES and gpu else ""
     return (
         str(j["id"]),
-        j["user"],
-        str(j.get("name", ""))[:28],
+        safe(j["user"]),
+        safe(str(j.get("name", ""))[:28]),
         str(j["gpus"]),
         state,
         elapsed,
@@ -279,7 +286,7 @@ def gpu_rows(data: Data, now: float, spark_width: int = 20) -> list[tuple[str, t
             (
                 f"node:{n['id']}",
                 (
-                    n["name"][:24],
+                    safe(n["name"][:24]),
                     kind,
                     mean,
                     f"{n.get('gpus_used', 0)}/{n['gpus']} GPUs held",
@@ -288,7 +295,7 @@ def gpu_rows(data: Data, now: float, spark_width: int = 20) -> list[tuple[str, t
                     "",
                     "",
                     " ".join(x for x in (status, stale) if x),
-                    note,
+                    safe(note),
                 ),
             )
         )
@@ -310,7 +317,7 @@ def gpu_rows(data: Data, now: float, spark_width: int = 20) -> list[tuple[str, t
                     f"gpu:{n['id']}:{g['index']}",
                     (
                         f"  gpu {g['index']}",
-                        str(g.get("name") or "n/a").replace("NVIDIA ", ""),
+                        safe(str(g.get("name") or "n/a").replace("NVIDIA ", "")),
                         pct(g.get("util_gpu")),
                         util_spark,
                         f"{gib(g.get('memory_used'))}/{gib(g.get('memory_total'))}",
@@ -318,7 +325,7 @@ def gpu_rows(data: Data, now: float, spark_width: int = 20) -> list[tuple[str, t
                         "n/a" if g.get("temperature_c") is None else f"{g['temperature_c']}C",
                         power,
                         "ok" if g.get("healthy", True) else "UNHEALTHY",
-                        holder,
+                        safe(holder),
                     ),
                 )
             )

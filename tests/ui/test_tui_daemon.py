@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,25 +103,66 @@ def test_submit_follow_and_cancel_through_the_ui(lq: Labq) -> None:
     assert j["state"] == "CANCELLED" and j["reasons"][0].startswith("cancelled by")
 
 
-def test_web_mode_serves_the_app_on_localhost(lq: Labq) -> None:
+def test_web_mode_serves_the_app_only_to_whoever_has_its_token(lq: Labq) -> None:
+    """Before: textual-serve answered anyone on the machine, who then acted as the user
+    who started it (an admin's web UI let anyone cancel jobs and change quotas)."""
+    import asyncio
+    import re
+    import urllib.error
+
+    import aiohttp
+
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tui", "--web", "--port", str(port), "--socket", str(lq.socket)],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
+        assert proc.stdout is not None
+        url = ""
+        for line in proc.stdout:
+            m = re.search(r"(http://127\.0\.0\.1:\d+/\?token=[\w-]+)", line)
+            if m:
+                url = m.group(1)
+                break
+        assert url, "the URL with its token was not printed"
+        token = url.split("token=")[1]
+        assert len(token) >= 24
         deadline = time.monotonic() + 30
         while True:
             try:
-                page = urllib.request.urlopen(f"http://localhost:{port}/", timeout=5).read().decode()
+                page = urllib.request.urlopen(url, timeout=5).read().decode()
                 break
+            except urllib.error.HTTPError:
+                raise
             except OSError:
                 assert time.monotonic() < deadline, "textual-serve did not answer"
                 time.sleep(0.3)
         assert "labq" in page and "<html" in page.lower()
+        assert f"/ws/{token}" in page  # the page drives the app through the token's path
+        for bad in (f"http://127.0.0.1:{port}/", f"http://127.0.0.1:{port}/?token=wrong"):
+            try:
+                urllib.request.urlopen(bad, timeout=5)
+                raise AssertionError(f"{bad} answered without the token")
+            except urllib.error.HTTPError as e:
+                assert e.code == 403
+
+        async def ws(path: str) -> int:
+            async with aiohttp.ClientSession() as session:
+                try:
+                    async with session.ws_connect(f"ws://127.0.0.1:{port}{path}") as sock:
+                        await sock.close()
+                        return 101
+                except aiohttp.WSServerHandshakeError as e:
+                    return e.status
+
+        assert asyncio.run(ws("/ws/wrong")) == 403
+        assert asyncio.run(ws("/ws")) in (403, 404)
+        assert asyncio.run(ws(f"/ws/{token}")) == 101
     finally:
         proc.terminate()
         proc.wait(timeout=10)

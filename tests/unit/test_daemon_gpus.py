@@ -90,3 +90,31 @@ def test_ray_and_nvml_disagree_leaves_the_choice_to_ray(tmp_path: Path) -> None:
     assert d.pick_gpus("n1", 1, {}) is None
     note = d._cross_check(d.nodes["n1"], {"simulated": False, "nvml_gpus": 8})
     assert note == "Ray advertises 4 GPUs but NVML counts 8"
+
+
+def test_a_gpu_a_stray_process_holds_is_not_offered_and_is_flagged(tmp_path: Path) -> None:
+    """A process an ended job left behind (or one started outside labq) still holds GPU 2:
+    no new job gets it, and `labq gpus` says why. Once it is gone, the GPU is offered again."""
+    d = make(tmp_path)
+    r = report(4, {})
+    r["gpus"][2]["processes"] = [{"pid": 777, "used_memory": 1 << 30, "sm_util": 90, "job_id": None}]
+    d.telemetry.ingest("n1", r, 10.0, [])
+    assert d.snapshot(10.0).nodes[0].gpus == 3
+    assert d.pick_gpus("n1", 3, {}) == (0, 1, 3)
+    assert d.pick_gpus("n1", 4, {}) is None
+    g2 = next(g for g in d.node_views()[0]["gpu_list"] if g["index"] == 2)
+    assert "pid 777" in g2["blocked"] and "not a running labq job" in g2["blocked"]
+    d.telemetry.ingest("n1", report(4, {}, seq=2), 11.0, [])
+    assert d.snapshot(11.0).nodes[0].gpus == 4
+
+
+def test_a_running_jobs_own_gpu_is_not_blocked_by_its_processes(tmp_path: Path) -> None:
+    d = make(tmp_path)
+    job = running(d, "1")
+    r = report(4, {})
+    r["gpus"][1]["processes"] = [{"pid": 999, "used_memory": 1, "sm_util": 5, "job_id": None}]
+    d.telemetry.ingest("n1", r, 10.0, [])
+    # GPU 1 is the job's: 3 free GPUs are left, as without the stray process.
+    assert d.unusable("n1") == {1} and d.snapshot(10.0).nodes[0].gpus == 4
+    g1 = next(g for g in d.node_views()[0]["gpu_list"] if g["index"] == 1)
+    assert g1["job_id"] == job and g1["blocked"] is None

@@ -43,7 +43,7 @@ def launch(tmp_path: Path, argv: list[str], **kw: Any) -> Launch:
         time_limit=None,
         grace=1.0,
         log_limit=1 << 30,
-        preempt_file=str(tmp_path / "1.deadline"),
+        job_dir=str(tmp_path / "jobs"),
     )
     base.update(kw)
     return Launch(**base)
@@ -72,15 +72,17 @@ def test_failure_exit_code(tmp_path: Path) -> None:
 
 def test_stop_request_terms_then_kills_after_grace(tmp_path: Path) -> None:
     rec = Recorder(stop_after=0.5, grace=1.0)
-    script = "trap 'echo term' TERM; while true; do sleep 0.05; done"
+    script = "trap 'echo term $(cat $LABQ_PREEMPT_DEADLINE)' TERM; while true; do sleep 0.05; done"
     t0 = time.monotonic()
     res = run(launch(tmp_path, ["sh", "-c", script]), [], "n", rec)
     took = time.monotonic() - t0
     assert res["outcome"] == "cancelled" and res["signal"] == signal.SIGKILL
     assert 1.4 < took < 6
-    assert b"term" in rec.data
-    # The job was told when it would be killed.
-    assert float((tmp_path / "1.deadline").read_text()) > 0
+    # The job was told when it would be killed: the deadline file holds the time.
+    said = rec.data.decode().split("term", 1)[1].split()[0]
+    assert abs(float(said) - time.time()) < 10
+    # The file goes with the attempt.
+    assert not list((tmp_path / "jobs").iterdir())
 
 
 def test_time_limit(tmp_path: Path) -> None:
@@ -92,8 +94,11 @@ def test_missing_command_and_workdir(tmp_path: Path) -> None:
     rec = Recorder()
     res = run(launch(tmp_path, ["/no/such/prog"]), [], "n", rec)
     assert res["outcome"] == "failed" and res["exit_code"] == 127 and rec.result == res
-    res = run(launch(tmp_path, ["true"], workdir=str(tmp_path / "gone")), [], "n", Recorder())
-    assert res["outcome"] == "failed" and "does not exist" in res["reason"]
+    rec = Recorder()
+    res = run(launch(tmp_path, ["true"], workdir=str(tmp_path / "gone")), [], "n", rec)
+    assert res["outcome"] == "failed" and res["exit_code"] == 126
+    assert f"cannot enter workdir {tmp_path / 'gone'}" in res["reason"]
+    assert "No such file or directory" in res["reason"] and res["reason"].encode() in rec.data
 
 
 def test_leftover_children_are_killed(tmp_path: Path) -> None:

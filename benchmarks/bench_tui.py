@@ -20,9 +20,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.ui.fake import NOW, FakeBackend  # noqa: E402
 from tui.app import LabqApp  # noqa: E402
 from tui.queue import QueueScreen  # noqa: E402
+from tui.sample import NOW, FakeBackend  # noqa: E402
 from tui.widgets import SyncTable  # noqa: E402
 
 

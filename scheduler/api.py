@@ -18,15 +18,46 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlparse
 
-from scheduler.auth import AuthError, Caller, peer_uid, socket_caller
-from scheduler.config import is_loopback, parse_listen
+from scheduler.admin import Admin
+from scheduler.auth import Admins, AuthError, Caller, peer_uid, socket_caller
+from scheduler.config import DaemonConfig, is_loopback, parse_listen
 from scheduler.conns import Limits, Watchdog
-from scheduler.daemon import Daemon, DaemonError
-from scheduler.job import JobState
-from scheduler.store import StoreError, UnknownJob
+from scheduler.control import JobControl
+from scheduler.doctor import Doctor
+from scheduler.errors import DaemonError
+from scheduler.gpuwatch import GpuWatch
+from scheduler.logbook import LogBook
+from scheduler.raylink import RayLink
+from scheduler.scheduling import Scheduler
+from scheduler.shapes import QUEUED, JobState
+from scheduler.store import Store, StoreError, UnknownJob
+from scheduler.tokens import Tokens
+from scheduler.views import JobViews
+
+
+class Service(Protocol):
+    """What the handlers use of the daemon: its parts, by name (daemon.py builds them).
+    A Protocol, so this module never imports the daemon (no import cycle)."""
+
+    config: DaemonConfig
+    admins: Admins
+    store: Store
+    control: JobControl
+    scheduler: Scheduler
+    admin: Admin
+    tokens: Tokens
+    views: JobViews
+    gpus: GpuWatch
+    logs: LogBook
+    doctor: Doctor
+    ray: RayLink
+
+    def health(self, caller: Caller) -> dict[str, Any]: ...
+
+    def authenticate(self, raw: str | None) -> Caller: ...
 
 API_VERSION = 1
 MAX_BODY = 4 * 1024 * 1024
@@ -34,7 +65,7 @@ MAX_LOG_READ = 1024 * 1024
 PAGE = 2000  # jobs per page of a paged listing
 
 Params = dict[str, str]
-Handler = Callable[[Daemon, Caller, Params, Any], tuple[int, Any]]
+Handler = Callable[[Service, Caller, Params, Any], tuple[int, Any]]
 ROUTES: list[tuple[str, re.Pattern[str], Handler]] = []
 
 
@@ -60,27 +91,27 @@ def _int(params: Params, key: str, default: int | None = None) -> int:
 
 # -- handlers -------------------------------------------------------------------------------------
 @route("GET", "/v1/health")
-def health(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+def health(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     return 200, {**d.health(c), "caller": c.user, "caller_is_admin": c.admin, "api": API_VERSION}
 
 
 @route("POST", "/v1/jobs")
-def submit(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+def submit(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     if not isinstance(body, dict) or not isinstance(body.get("spec"), dict):
         raise DaemonError('body must be {"spec": {...}}')
-    job_id = d.submit(c, body["spec"], body.get("token"))
+    job_id = d.control.submit(c, body["spec"], body.get("token"))
     return 201, {"id": job_id}
 
 
 @route("POST", "/v1/jobs/preview")
-def preview(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+def preview(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     if not isinstance(body, dict) or not isinstance(body.get("spec"), dict):
         raise DaemonError('body must be {"spec": {...}}')
-    return 200, d.preview(c, body["spec"])
+    return 200, d.scheduler.preview(c, body["spec"])
 
 
 @route("GET", "/v1/jobs")
-def list_jobs(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+def list_jobs(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     states: tuple[JobState, ...] | None
     if p.get("state"):
         try:
@@ -90,43 +121,31 @@ def list_jobs(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     elif p.get("all"):
         states = None
     else:
-        states = (JobState.PENDING, JobState.STARTING, JobState.RUNNING, JobState.PREEMPTED)
+        states = QUEUED
     limit = max(0, _int(p, "limit", 0)) or None
     after = _int(p, "after", -1)
     if after >= 0 and limit is None:
         limit = PAGE
     # Summaries only: a listing never carries specs (they can be large, and their
     # command, directory and environment are the owner's business; see `show`).
-    rows = d.store.jobs(
-        states=states,
-        user=p.get("user") or None,
-        limit=limit,
-        after=after if after >= 0 else None,
-        with_spec=False,
-    )
-    jobs = [d.job_view(j, c) for j in rows]
-    order = d.decision.order if d.decision else ()
-    rank = {jid: i for i, jid in enumerate(order)}
-    for j in jobs:
-        j["rank"] = rank.get(j["id"])
-    more = after >= 0 and limit is not None and len(rows) == limit
-    return 200, {"jobs": jobs, "now": time.time(), "next_after": rows[-1].id if more else None}
+    jobs, next_after = d.views.listing(c, states, p.get("user") or None, limit, after if after >= 0 else None)
+    return 200, {"jobs": jobs, "now": time.time(), "next_after": next_after}
 
 
 @route("GET", r"/v1/jobs/(?P<id>\d+)")
-def show_job(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
-    return 200, d.job_view(d.store.get(_int(p, "id")), c, full=True)
+def show_job(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    return 200, d.views.job(d.store.get(_int(p, "id")), c, full=True)
 
 
 @route("POST", r"/v1/jobs/(?P<id>\d+)/cancel")
-def cancel_job(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+def cancel_job(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     job_id = _int(p, "id")
     now = isinstance(body, dict) and body.get("now") is True
-    return 200, {"id": job_id, "result": d.cancel(c, job_id, now=now)}
+    return 200, {"id": job_id, "result": d.control.cancel(c, job_id, now=now)}
 
 
 @route("GET", r"/v1/jobs/(?P<id>\d+)/log")
-def job_log(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+def job_log(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     job = d.store.get(_int(p, "id"))
     if not c.may_see(job.user):
         raise DaemonError(f"job {job.id}'s log belongs to {job.user}", 403)
@@ -139,7 +158,7 @@ def job_log(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
         )
     offset = max(0, _int(p, "offset", 0))
     limit = min(MAX_LOG_READ, max(1, _int(p, "limit", MAX_LOG_READ)))
-    path = d.log_path(job.id)
+    path = d.logs.path(job.id)
     data = b""
     size = 0
     try:
@@ -168,25 +187,25 @@ def job_log(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
 
 
 @route("GET", "/v1/nodes")
-def list_nodes(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+def list_nodes(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     history = p.get("history", "") in ("1", "true", "yes")
-    return 200, {"nodes": d.node_views(history=history), "ray": dict(d.ray.__dict__), "time": time.time()}
+    return 200, {"nodes": d.gpus.node_views(history=history), "ray": dict(d.ray.status.__dict__), "time": time.time()}
 
 
 @route("POST", r"/v1/nodes/(?P<ref>[^/]+)/(?P<verb>drain|resume)")
-def drain_node(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+def drain_node(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     from urllib.parse import unquote
 
-    return 200, d.set_drained(c, unquote(p["ref"]), p["verb"] == "drain")
+    return 200, d.admin.set_drained(c, unquote(p["ref"]), p["verb"] == "drain")
 
 
 @route("GET", "/v1/doctor")
-def doctor(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
-    return 200, {"checks": d.doctor(c)}
+def doctor(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    return 200, {"checks": d.doctor.run(c)}
 
 
 @route("GET", "/v1/usage")
-def usage(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+def usage(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     from scheduler.units import UnitError, parse_duration
 
     try:
@@ -196,18 +215,19 @@ def usage(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     by = p.get("by", "user")
     if by not in ("user", "job"):
         raise DaemonError(f"by must be user or job, got {by!r}")
-    return 200, d.usage_report(since_s, by)
+    return 200, d.gpus.usage_report(since_s, by)
 
 
 @route("GET", "/v1/quotas")
-def show_quotas(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
-    decision = d.decision
-    users = set(d.quotas.known_users())
+def show_quotas(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    decision = d.scheduler.decision
+    quotas = d.admin.quotas
+    users = set(quotas.known_users())
     if decision:
         users |= set(decision.shares)
     out = []
     for u in sorted(users):
-        q = d.quotas.for_user(u)
+        q = quotas.for_user(u)
         share = decision.shares.get(u) if decision else None
         out.append(
             {
@@ -220,28 +240,28 @@ def show_quotas(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
                 "pending_jobs": share.pending_jobs if share else 0,
             }
         )
-    return 200, {"quotas": out, "defaults": d.quotas.defaults.__dict__}
+    return 200, {"quotas": out, "defaults": quotas.defaults.__dict__}
 
 
 @route("PUT", r"/v1/quotas/(?P<user>[^/]+)")
-def set_quota(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+def set_quota(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     if not isinstance(body, dict):
         raise DaemonError("body must be a mapping of quota fields")
-    return 200, d.set_quota(c, p["user"], body)
+    return 200, d.admin.set_quota(c, p["user"], body)
 
 
 @route("GET", "/v1/audit")
-def audit(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+def audit(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     rows = d.store.audit_log(_int(p, "limit", 200))
     if not c.admin:
         # What concerns them: their own actions, their quota, their jobs.
-        mine = {str(j.id) for j in d.store.jobs(user=c.user)}
+        mine = {str(j.id) for j in d.store.jobs(user=c.user, with_spec=False)}
         rows = [r for r in rows if r["actor"] == c.user or r["target"] == c.user or r["target"] in mine]
     return 200, {"audit": rows}
 
 
 @route("POST", "/v1/tokens")
-def create_token(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+def create_token(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     from scheduler.units import UnitError, parse_duration
 
     if not isinstance(body, dict) or not isinstance(body.get("user"), str):
@@ -254,25 +274,25 @@ def create_token(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     note = body.get("note") or ""
     if not isinstance(note, str):
         raise DaemonError("note must be text")
-    return 201, d.create_token(c, body["user"], expires_s, note)
+    return 201, d.tokens.create(c, body["user"], expires_s, note)
 
 
 @route("GET", "/v1/tokens")
-def list_tokens(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
-    return 200, {"tokens": d.list_tokens(c), "now": time.time()}
+def list_tokens(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    return 200, {"tokens": d.tokens.list(c), "now": time.time()}
 
 
 @route("POST", r"/v1/tokens/(?P<id>[0-9a-f]{1,32})/revoke")
-def revoke_token(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
-    return 200, d.revoke_token(c, p["id"])
+def revoke_token(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    return 200, d.tokens.revoke(c, p["id"])
 
 
 @route("POST", "/v1/shutdown")
-def shutdown(d: Daemon, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+def shutdown(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     mode = (body or {}).get("mode", "refuse") if isinstance(body, dict) else "refuse"
     if mode not in ("refuse", "drain", "kill"):
         raise DaemonError("mode must be refuse, drain or kill")
-    return 202, d.request_shutdown(c, mode)
+    return 202, d.admin.request_shutdown(c, mode)
 
 
 # -- the server -------------------------------------------------------------------------------------
@@ -348,7 +368,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         daemon = self.server.daemon
         # Tells the scheduler loop to pace itself while requests keep coming.
-        daemon.api_busy_until = time.monotonic() + 0.05
+        daemon.scheduler.api_busy_until = time.monotonic() + 0.05
         try:
             try:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -410,14 +430,14 @@ class _Limited(socketserver.ThreadingMixIn):
     """Connection caps and deadlines shared by both listeners (conns.py)."""
 
     daemon_threads = True
-    daemon: Daemon
+    daemon: Service
     limits: Limits
     watchdog: Watchdog
     timeout_s: float
     _keys: dict[int, str]
     _keys_lock: Any
 
-    def _setup_limits(self, daemon: Daemon) -> None:
+    def _setup_limits(self, daemon: Service) -> None:
         import threading
 
         c = daemon.config
@@ -472,7 +492,7 @@ class TcpApiServer(_Limited, socketserver.TCPServer):
 
     allow_reuse_address = True
 
-    def __init__(self, listen: str, daemon: Daemon, cert: str = "", key: str = "") -> None:
+    def __init__(self, listen: str, daemon: Service, cert: str = "", key: str = "") -> None:
         host, port = parse_listen(listen)
         if bool(cert) != bool(key):
             raise DaemonError("tls_cert and tls_key go together: give both or neither")
@@ -533,7 +553,7 @@ class TcpApiServer(_Limited, socketserver.TCPServer):
 class ApiServer(_Limited, socketserver.UnixStreamServer):
     allow_reuse_address = True
 
-    def __init__(self, path: Path, daemon: Daemon) -> None:
+    def __init__(self, path: Path, daemon: Service) -> None:
         from scheduler import safefs
 
         self.daemon = daemon

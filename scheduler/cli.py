@@ -7,83 +7,21 @@ Exit codes: 0 ok, 1 refused or failed (one line on stderr), 2 bad usage,
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from scheduler.client import Client, ClientError, NoDaemon, Remote
 from scheduler.config import INHERITED_ENV
-from scheduler.present import clean, clean_log
+from scheduler.console import UsageError, die, emit_json, say
+from scheduler.jobfile import JobFileError, load_job_file
+from scheduler.present import clean_log, gib, job_text, parse_env, pct, queue_cells, stamp, where_or_why
 from scheduler.units import UnitError, format_duration
 
-# The submitter's environment that a job inherits by default (as Slurm does), so that
-# `labq submit -- python train.py` finds the same python. `--env` adds or overrides.
-SPEC_FIELDS = ("command", "gpus", "cpus", "memory", "time", "workdir", "env", "name", "priority", "grace")
 
-
-class UsageError(Exception):
-    pass
-
-
-def say(*parts: object, file: Any = None, end: str = "\n", flush: bool = False) -> None:
-    """print(), except that what other users chose (job names, commands, reasons, notes)
-    is shown with its control characters escaped, never obeyed by the terminal."""
-    print(*(clean(p, keep="\n") for p in parts), file=file or sys.stdout, end=end, flush=flush)
-
-
-def die(msg: str, code: int = 1) -> NoReturn:
-    say(f"labq: {msg}", file=sys.stderr)
-    raise SystemExit(code)
-
-
-def _emit_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
-
-
-# -- job files --------------------------------------------------------------------------------------
-def load_job_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
-    """The mapping in a job YAML, and the line of each top-level key (for error messages)."""
-    import yaml
-
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UsageError(f"{path}{where}: not valid YAML: {problem}") from None
-    if not isinstance(data, dict) or node is None:
-        raise UsageError(f"{path}: a job file is a mapping of {', '.join(SPEC_FIELDS)}")
-    lines = {str(k.value): k.start_mark.line + 1 for k, _ in node.value}
-    for key in data:
-        if key not in SPEC_FIELDS:
-            raise UsageError(
-                f"{path} line {lines.get(str(key), '?')}: unknown field {key!r} "
-                f"(known: {', '.join(SPEC_FIELDS)})"
-            )
-    return data, lines
-
-
-def _parse_env(items: list[str]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--env takes KEY=VALUE, got {item!r}")
-        env[key] = value
-    return env
-
-
+# -- building a submission -------------------------------------------------------------------------
 def build_spec(
     args: argparse.Namespace, remote: bool = False
 ) -> tuple[dict[str, Any], Path | None, dict[str, int]]:
@@ -95,9 +33,10 @@ def build_spec(
     lines: dict[str, int] = {}
     if len(command) == 1 and command[0].endswith((".yaml", ".yml")) and not args.dashdash:
         job_file = Path(command[0])
-        spec, lines = load_job_file(job_file)
-        if isinstance(spec.get("workdir"), str) and not os.path.isabs(spec["workdir"]):
-            spec["workdir"] = str((job_file.parent / spec["workdir"]).resolve())
+        try:
+            spec, lines = load_job_file(job_file)
+        except JobFileError as e:
+            raise UsageError(str(e)) from None
     elif command:
         spec["command"] = command
     for field in ("gpus", "cpus", "memory", "time", "workdir", "name", "priority", "grace"):
@@ -109,11 +48,11 @@ def build_spec(
     # A remote daemon runs the job on another machine, where this shell's PATH and
     # directory mean nothing: the job starts in the user's home there unless told.
     env = {} if remote else {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
-    file_env = spec.get("env") or {}
-    if not isinstance(file_env, dict):
-        raise UsageError(f"{job_file} line {lines.get('env', '?')}: env must be a mapping")
-    env.update({str(k): str(v) for k, v in file_env.items()})
-    env.update(_parse_env(args.env or []))
+    env.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
+    try:
+        env.update(parse_env(args.env or []))
+    except ValueError as e:
+        raise UsageError(f"--env: {e}") from None
     spec["env"] = env
     if "umask" not in spec and not remote:
         # As Slurm does: the job's files get the permissions this shell would give them.
@@ -134,11 +73,11 @@ def cmd_submit(c: Client, args: argparse.Namespace) -> int:
         if args.dry_run:
             out = c.preview(spec)
             if args.json:
-                _emit_json(out)
+                emit_json(out)
             elif out["starts_now"]:
                 say(f"would start now on {out['node']}")
             else:
-                eta = f" (estimated start {_ts(out['eta'])})" if out.get("eta") else ""
+                eta = f" (estimated start {stamp(out['eta'])})" if out.get("eta") else ""
                 say(f"would wait{eta}:")
                 for r in out["reasons"]:
                     say(f"  - {r}")
@@ -152,35 +91,17 @@ def cmd_submit(c: Client, args: argparse.Namespace) -> int:
                 msg = f"{job_file} line {lines[field]}: {msg}"
         raise ClientError(msg, e.status) from None
     if args.json:
-        _emit_json({"id": job_id})
+        emit_json({"id": job_id})
     else:
         say(f"submitted job {job_id}")
     return 0
 
 
-def _first_reason(j: dict[str, Any]) -> str:
-    if j["state"] in ("RUNNING", "STARTING"):
-        where = j.get("node_name") or "-"
-        gpus = f" [{j['gpu_ids']}]" if j.get("gpu_ids") else ""
-        extra = f" ({j['reasons'][0]})" if j.get("reasons") else ""
-        flags = "".join(f" [{f}]" for f in j.get("flags") or [])
-        return f"{where}{gpus}{flags}{extra}"
-    reasons = j.get("reasons") or []
-    return reasons[0] if reasons else ""
-
-
 def _time_col(j: dict[str, Any], now: float) -> str:
-    if j["state"] == "PENDING":
-        eta = j.get("eta")
-        wait = format_duration(j.get("wait_s"))
-        if eta:
-            return (
-                f"{wait} (eta {time.strftime('%H:%M', time.localtime(eta))})"
-                if eta > now
-                else f"{wait} (eta now)"
-            )
-        return wait
-    return format_duration(j.get("runtime_s"))
+    """The CLI's one time column: how long it waited (with its ETA) or ran."""
+    cells = queue_cells(j, now)
+    eta = cells["ETA"]
+    return f"{cells['WAIT / RUN']} (eta {eta})" if eta and eta != "?" else cells["WAIT / RUN"]
 
 
 def cmd_queue(c: Client, args: argparse.Namespace) -> int:
@@ -189,20 +110,21 @@ def cmd_queue(c: Client, args: argparse.Namespace) -> int:
         me = c.health()["caller"]
         jobs = [j for j in jobs if j["user"] == me]
     if args.json:
-        _emit_json(jobs)
+        emit_json(jobs)
         return 0
     now = time.time()
     rows = [("ID", "USER", "NAME", "GPUS", "STATE", "TIME", "REASON / NODE")]
     for j in jobs:
+        cell = queue_cells(j, now)
         rows.append(
             (
-                str(j["id"]),
-                j["user"],
-                j["name"][:24],
-                str(j["gpus"]),
-                j["state"],
+                cell["ID"],
+                cell["USER"],
+                cell["NAME"][:24],
+                cell["GPUS"],
+                cell["STATE"],
                 _time_col(j, now),
-                _first_reason(j),
+                where_or_why(j, detail=True),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(6)]
@@ -216,70 +138,12 @@ def cmd_queue(c: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _ts(t: float | None) -> str:
-    return "-" if not t else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
 def cmd_show(c: Client, args: argparse.Namespace) -> int:
     j = c.job(args.job_id)
     if args.json:
-        _emit_json(j)
+        emit_json(j)
         return 0
-    spec = j["spec"]
-    say(f"job {j['id']}  {j['name']}  ({j['user']})  {j['state']}")
-    private = "(private: only the owner and admins see it)"
-    if j.get("private"):
-        say(f"  command:   {private}")
-    else:
-        say(f"  command:   {shlex.join(spec['command'])}")
-    say(f"  gpus:      {j['gpus']}   cpus: {spec.get('cpus', 0):g}   memory: {spec.get('memory') or '-'}")
-    say(
-        f"  time:      {format_duration(j['time_limit']) if j['time_limit'] else 'default limit'}"
-        f"   priority: {j['priority']}"
-    )
-    if j.get("private"):
-        names = spec.get("env_names") or []
-        say(f"  workdir:   {private}")
-        say(f"  env:       {', '.join(names) if names else '-'}  (names only; values are private)")
-    else:
-        say(f"  workdir:   {spec.get('workdir') or '~'}")
-    say(
-        f"  submitted: {_ts(j['submit_time'])}   started: {_ts(j['start_time'])}   ended: {_ts(j['end_time'])}"
-    )
-    if j.get("node_name"):
-        pid = f"   pid: {j.get('pid') or '-'}" if "pid" in j else ""
-        say(f"  node:      {j['node_name']}   GPUs: {j.get('gpu_ids') or '-'}{pid}   attempt: {j['attempt']}")
-    if j.get("exit_code") is not None or j.get("signal") is not None:
-        say(f"  exit code: {j.get('exit_code')}   signal: {j.get('signal') or '-'}")
-    gpu = j.get("gpu")
-    if gpu:
-        util = "n/a" if gpu.get("util_mean") is None else f"{gpu['util_mean']:.0f}%"
-        now_util = "" if gpu.get("util_now") is None else f"   now: {gpu['util_now']:.0f}%"
-        say(
-            f"  GPU use:   mean {util}{now_util}   peak memory {_gib(gpu.get('mem_peak'))} GiB   "
-            f"busy {gpu['busy_gpu_s'] / 3600:.2f} GPU-h   idle {gpu['idle_gpu_s'] / 3600:.2f} GPU-h"
-        )
-    for flag in j.get("flags") or []:
-        say(f"  flag:      {flag}")
-    if j["state"] == "PENDING":
-        say("  waiting because:")
-        for r in j.get("reasons") or []:
-            say(f"    - {r}")
-        eta = j.get("eta")
-        say(f"  estimated start: {_ts(eta) if eta else 'unknown'}")
-    elif j.get("reasons"):
-        say(f"  reason:    {j['reasons'][0]}")
-    log = j.get("log") or {}
-    if log.get("removed"):
-        say(f"  log:       removed {_ts(log['removed'])} (per-user log cap, oldest first)")
-    elif j.get("log_path"):
-        say(f"  log:       {j['log_path']}")
-    elif not log.get("readable", True):
-        say("  log:       private (the owner's and admins' only)")
-    say("  history:")
-    for e in j.get("events", []):
-        arrow = f"{e['old_state']} -> {e['new_state']}" if e["old_state"] else e["new_state"]
-        say(f"    {_ts(e['time'])}  {arrow}  {e['reason']}")
+    say(job_text(j, time.time()))
     return 0
 
 
@@ -325,18 +189,10 @@ def cmd_cancel(c: Client, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _pct(v: Any) -> str:
-    return "n/a" if v is None else f"{v:.0f}%"
-
-
-def _gib(v: Any) -> str:
-    return "n/a" if v is None else f"{v / 2**30:.1f}"
-
-
 def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
     out = c.nodes()
     if args.json:
-        _emit_json(out)
+        emit_json(out)
         return 0
     for n in out["nodes"]:
         kind = "SIMULATED" if n["simulated"] else "real"
@@ -348,7 +204,7 @@ def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
         if host:
             say(
                 f"  host: CPU {host['cpu_percent']:.0f}% of {host['cpus']}   "
-                f"memory {_gib(host['memory_used'])}/{_gib(host['memory_total'])} GiB"
+                f"memory {gib(host['memory_used'])}/{gib(host['memory_total'])} GiB"
             )
         if n.get("note"):
             say(f"  note: {n['note']}")
@@ -367,7 +223,7 @@ def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
             f"{'HEALTH':<9}JOB / USER"
         )
         for g in n["gpu_list"]:
-            mem = f"{_gib(g['memory_used'])}/{_gib(g['memory_total'])}"
+            mem = f"{gib(g['memory_used'])}/{gib(g['memory_total'])}"
             temp = "n/a" if g["temperature_c"] is None else f"{g['temperature_c']}C"
             power = (
                 "n/a"
@@ -377,7 +233,7 @@ def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
             health = "ok" if g["healthy"] else "UNHEALTHY"
             holder = f"job {g['job_id']} ({g['user']})" if g.get("job_id") else "-"
             say(
-                f"  {g['index']:<4}{(g['name'] or 'n/a')[:13]:<14}{_pct(g['util_gpu']):>5}{mem:>14}"
+                f"  {g['index']:<4}{(g['name'] or 'n/a')[:13]:<14}{pct(g['util_gpu']):>5}{mem:>14}"
                 f"{temp:>6}{power:>12}  {health:<9}{holder}"
             )
             if not g["healthy"]:
@@ -391,7 +247,7 @@ def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
                     else "OUTSIDE labq (not started by the scheduler)"
                 )
                 say(
-                    f"      pid {proc['pid']:<8} {_gib(proc['used_memory'])} GiB  SM {_pct(proc['sm_util'])}  {who}"
+                    f"      pid {proc['pid']:<8} {gib(proc['used_memory'])} GiB  SM {pct(proc['sm_util'])}  {who}"
                 )
     if not out["ray"].get("connected"):
         say(f"Ray: unreachable ({out['ray'].get('error')})")
@@ -402,7 +258,7 @@ def cmd_usage(c: Client, args: argparse.Namespace) -> int:
     out = c.usage(since=args.since, by=args.by)
     rows = out["rows"]
     if args.json:
-        _emit_json(out)
+        emit_json(out)
         return 0
     cols = ["user", "allocated_gpu_h", "busy_gpu_h", "idle_gpu_h", "util_mean", "jobs"]
     if args.by == "job":
@@ -439,7 +295,7 @@ def cmd_usage(c: Client, args: argparse.Namespace) -> int:
 
     table = [[head[k] for k in cols]] + [[cell(k, r.get(k)) for k in cols] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    say(f"GPU usage since {_ts(out['since'])}")
+    say(f"GPU usage since {stamp(out['since'])}")
     for row in table:
         say(
             "  ".join(
@@ -450,83 +306,6 @@ def cmd_usage(c: Client, args: argparse.Namespace) -> int:
     if not rows:
         say("(no GPU time in this window)")
     return 0
-
-
-def cmd_simulate(args: argparse.Namespace) -> int:
-    """Replay a trace through labq's policy and the baselines; no daemon needed."""
-    import json as _json
-
-    from scheduler import simulator as sim
-    from scheduler.config import default_state_dir
-
-    try:
-        if args.from_history:
-            state = Path(args.state_dir) if args.state_dir else default_state_dir()
-            jobs = sim.history_trace(state / "labq.db")
-        elif args.trace:
-            jobs = sim.load_trace(Path(args.trace), args.limit)
-        else:
-            raise UsageError("give a trace CSV, or --from-history")
-        tenants = {j.tenant for j in jobs}
-        quotas = None
-        if args.shares:
-            shares = sim.shares_from_sizes(Path(args.shares), tenants)
-        elif args.quotas:
-            import yaml
-
-            from scheduler.quota import QuotaError, quota_book_from_dict
-
-            try:
-                book = quota_book_from_dict(yaml.safe_load(Path(args.quotas).read_text()))
-            except (OSError, yaml.YAMLError, QuotaError) as e:
-                raise sim.TraceError(f"{args.quotas}: {e}") from None
-            shares = {t: book.for_user(t).shares for t in tenants}
-            quotas = book
-        else:
-            shares = dict.fromkeys(tenants, 1.0)
-        names = list(sim.POLICIES) if args.policy == "all" else args.policy.split(",")
-        for n in names:
-            if n not in sim.POLICIES:
-                raise UsageError(f"unknown policy {n!r} (known: {', '.join(sim.POLICIES)}, all)")
-        if args.nodes < 1 or args.gpus_per_node < 1:
-            raise UsageError("--nodes and --gpus-per-node must be >= 1")
-        results: dict[str, Any] = {}
-        for n in names:
-            t0 = time.perf_counter()
-            r = sim.replay(
-                jobs, args.nodes, args.gpus_per_node, n, shares, alone=not args.no_rho, quotas=quotas
-            )
-            r["simulate_s"] = time.perf_counter() - t0
-            r["jobs_per_s"] = len(jobs) / r["simulate_s"] if r["simulate_s"] > 0 else 0.0
-            results[n] = r
-            if not args.quiet:
-                say(_sim_line(r), file=sys.stderr if args.json == "-" else sys.stdout, flush=True)
-    except sim.TraceError as e:
-        die(str(e))
-    out: Any = results[names[0]] if len(names) == 1 else {"policies": results}
-    if args.json:
-        text = _json.dumps(out, indent=2, sort_keys=True)
-        if args.json == "-":
-            say(text)
-        else:
-            Path(args.json).write_text(text + "\n")
-    if args.plot:
-        src = "daemon history" if args.from_history else Path(args.trace).name
-        sim.plot(
-            results, Path(args.plot), f"{src}: {len(jobs)} jobs on {args.nodes}x{args.gpus_per_node} GPUs"
-        )
-    return 0
-
-
-def _sim_line(r: dict[str, Any]) -> str:
-    rho = "n/a" if r.get("max_rho") is None else f"{r['max_rho']:.2f}"
-    jain = "n/a" if r.get("jain_index") is None else f"{r['jain_index']:.3f}"
-    return (
-        f"{r['policy']:<20} mean JCT {r['mean_jct_s'] / 3600:7.2f} h  median {r['median_jct_s'] / 3600:6.2f} h  "
-        f"p99 {r['p99_jct_s'] / 3600:7.1f} h  wait {r['mean_wait_s'] / 3600:6.2f} h  "
-        f"util {r['utilization']:.3f}  max rho {rho}  jain {jain}  "
-        f"preempted {r['preempted_gpu_hours']:.1f} GPU-h  ({r['simulate_s']:.1f} s, {r['jobs_per_s']:.0f} jobs/s)"
-    )
 
 
 def exec_tui(args: argparse.Namespace) -> int:
@@ -574,7 +353,7 @@ def cmd_quota(c: Client, args: argparse.Namespace) -> int:
         return 0
     out = c.quotas()
     if args.json:
-        _emit_json(out)
+        emit_json(out)
         return 0
     say(
         f"{'USER':<16}{'SHARES':>7}{'GUAR':>6}{'MAXGPU':>7}{'MAXJOB':>7}{'GPUH/WK':>9}"
@@ -625,7 +404,7 @@ def cmd_doctor(c: Client, args: argparse.Namespace) -> int:
     for ch in checks:
         rows.append((bool(ch["ok"]), ch["check"], ch["detail"]))
     if args.json:
-        _emit_json([{"check": n, "ok": ok, "detail": d} for ok, n, d in rows])
+        emit_json([{"check": n, "ok": ok, "detail": d} for ok, n, d in rows])
     else:
         for ok, name, detail in rows:
             say(f"{'ok  ' if ok else 'FAIL'}  {name:<18} {detail}")
@@ -635,10 +414,10 @@ def cmd_doctor(c: Client, args: argparse.Namespace) -> int:
 def cmd_audit(c: Client, args: argparse.Namespace) -> int:
     rows = c.audit()
     if args.json:
-        _emit_json(rows)
+        emit_json(rows)
         return 0
     for r in rows:
-        say(f"{_ts(r['time'])}  {r['actor']:<12} {r['action']:<12} {r['target']:<12} {r['detail']}")
+        say(f"{stamp(r['time'])}  {r['actor']:<12} {r['action']:<12} {r['target']:<12} {r['detail']}")
     return 0
 
 
@@ -646,9 +425,9 @@ def cmd_token(c: Client, args: argparse.Namespace) -> int:
     if args.token_cmd == "create":
         out = c.create_token(args.user, args.expires, args.note or "")
         if args.json:
-            _emit_json(out)
+            emit_json(out)
             return 0
-        until = f", valid until {_ts(out['expires'])}" if out.get("expires") else ", no expiry"
+        until = f", valid until {stamp(out['expires'])}" if out.get("expires") else ", no expiry"
         say(f"token {out['id']} for {out['user']}{until}. It is shown only this once:\n")
         say(f"  {out['token']}\n")
         say("On their machine: put it in ~/.config/labq/token (chmod 600) or LABQ_TOKEN,")
@@ -660,20 +439,20 @@ def cmd_token(c: Client, args: argparse.Namespace) -> int:
         return 0
     rows = c.tokens()
     if args.json:
-        _emit_json(rows)
+        emit_json(rows)
         return 0
     now = time.time()
     say(f"{'ID':<13} {'USER':<12} {'CREATED':<17} {'BY':<10} {'STATE':<22} {'LAST USED':<17} NOTE")
     for r in rows:
         if r["revoked"]:
-            state = f"revoked {_ts(r['revoked'])}"
+            state = f"revoked {stamp(r['revoked'])}"
         elif r["expires"] and r["expires"] <= now:
             state = "expired"
         else:
-            state = f"until {_ts(r['expires'])}" if r["expires"] else "valid"
-        used = _ts(r["last_used"]) if r["last_used"] else "never"
+            state = f"until {stamp(r['expires'])}" if r["expires"] else "valid"
+        used = stamp(r["last_used"]) if r["last_used"] else "never"
         say(
-            f"{r['id']:<13} {r['user']:<12} {_ts(r['created']):<17} {r['created_by']:<10} {state:<22} {used:<17} {r['note']}"
+            f"{r['id']:<13} {r['user']:<12} {stamp(r['created']):<17} {r['created_by']:<10} {state:<22} {used:<17} {r['note']}"
         )
     return 0
 
@@ -959,6 +738,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "up":
             return cmd_up(args)
         if args.cmd == "simulate":
+            from scheduler.simcli import cmd_simulate
+
             return cmd_simulate(args)
         if args.cmd in ("tui", "desktop-install"):
             return exec_tui(args)

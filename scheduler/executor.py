@@ -18,19 +18,17 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from scheduler.launcher import Event, LauncherDown, key_of
 from scheduler.runner import Launch, run
 
 EXECUTOR_NAME = "labq-executor"
 MAX_EVENTS_PER_POLL = 2000
-
-
-def key_of(job_id: int, attempt: int) -> str:
-    return f"{job_id}.{attempt}"
 
 
 @ray.remote(max_calls=0, max_retries=0, num_cpus=0)
@@ -212,3 +210,40 @@ class Executor:
                 k: {"started": j["started"], "finished": j["finished"], "node": j["node"]}
                 for k, j in self._jobs.items()
             }
+
+
+class RayLauncher:
+    """The `Launcher` (launcher.py) the daemon uses: calls on the Executor actor."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    def launch(
+        self, job_id: int, attempt: int, launch: Launch, node_id: str, resources: Mapping[str, float]
+    ) -> None:
+        # Fire and forget: a launch is idempotent per attempt, reconcile resends it.
+        self.handle.launch.remote(job_id, attempt, launch, node_id, dict(resources))
+
+    def stop(self, job_id: int, attempt: int, outcome: str, reason: str, grace: float) -> None:
+        self.handle.stop.remote(job_id, attempt, outcome, reason, grace)
+
+    def poll(self, ack: int, timeout: float) -> list[tuple[int, Event]]:
+        try:
+            out: list[tuple[int, Event]] = ray.get(self.handle.poll.remote(ack, timeout), timeout=30)
+        except Exception as e:  # noqa: BLE001 - whatever Ray raises, the executor is gone
+            raise LauncherDown(f"the executor does not answer: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        return out
+
+    def known(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = ray.get(self.handle.known.remote(), timeout=60)
+        return out
+
+    def ping(self) -> dict[str, Any]:
+        try:
+            out: dict[str, Any] = ray.get(self.handle.ping.remote(), timeout=5)
+        except Exception as e:  # noqa: BLE001
+            raise LauncherDown(f"the executor does not answer ({type(e).__name__})") from None
+        return out
+
+    def kill(self) -> None:
+        ray.kill(self.handle)

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import os
 import unicodedata
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from scheduler.shapes import TERMINAL, JobState
 from scheduler.units import UnitError, parse_duration, parse_size
+
+__all__ = ["TERMINAL", "JobSpec", "JobState", "IllegalTransition", "transition"]
 
 
 def _is_control(ch: str) -> bool:
@@ -37,39 +39,6 @@ def has_controls(text: str) -> bool:
 def strip_controls(text: str) -> str:
     return "".join(ch for ch in text if not _is_control(ch))
 
-
-class JobState(StrEnum):
-    PENDING = "PENDING"
-    STARTING = "STARTING"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    TIMEOUT = "TIMEOUT"
-    PREEMPTED = "PREEMPTED"
-    LOST = "LOST"
-    NODE_LOST = "NODE_LOST"
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL
-
-    @property
-    def active(self) -> bool:
-        """Holding (or about to hold) GPUs."""
-        return self in (JobState.STARTING, JobState.RUNNING)
-
-
-TERMINAL = frozenset(
-    {
-        JobState.SUCCEEDED,
-        JobState.FAILED,
-        JobState.CANCELLED,
-        JobState.TIMEOUT,
-        JobState.LOST,
-        JobState.NODE_LOST,
-    }
-)
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.PENDING: frozenset({JobState.STARTING, JobState.CANCELLED}),

@@ -10,15 +10,23 @@ Grafana dashboards built for DCGM work unchanged. Queue and fair-share series ar
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from scheduler.job import JobState
+from scheduler.gpuwatch import GpuWatch
+from scheduler.scheduling import Scheduler
+from scheduler.shapes import JobState
+from scheduler.store import Store
 
-if TYPE_CHECKING:
-    from scheduler.daemon import Daemon
+
+class Source(Protocol):
+    """The parts of the daemon the metrics read (never the daemon module itself)."""
+
+    store: Store
+    gpus: GpuWatch
+    scheduler: Scheduler
 
 GPU_LABELS = ["gpu", "UUID", "modelName", "Hostname", "node", "job", "user", "simulated"]
 
@@ -34,7 +42,7 @@ GPU_SERIES: list[tuple[str, str, str, float]] = [
 
 
 class DaemonCollector(Collector):
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Source) -> None:
         self.daemon = daemon
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -53,7 +61,7 @@ class DaemonCollector(Collector):
             "Seconds since the node's GPU monitor last answered.",
             labels=["node"],
         )
-        for n in d.node_views():
+        for n in d.gpus.node_views():
             if n.get("age_s") is not None:
                 stale.add_metric([n["name"]], float(n["age_s"]))
             for g in n.get("gpu_list", []):
@@ -92,7 +100,7 @@ class DaemonCollector(Collector):
             "labq_usage_gpu_seconds", "Decayed GPU-seconds used, per user.", labels=["user"]
         )
         counts: dict[str, list[int]] = {}
-        for j in d.store.jobs(states=(JobState.PENDING, JobState.STARTING, JobState.RUNNING)):
+        for j in d.store.jobs(states=(JobState.PENDING, JobState.STARTING, JobState.RUNNING), with_spec=False):
             c = counts.setdefault(j.user, [0, 0, 0])
             if j.state.active:
                 c[1] += 1
@@ -103,7 +111,7 @@ class DaemonCollector(Collector):
             pending.add_metric([user], p)
             running.add_metric([user], r)
             gpus.add_metric([user], g)
-        decision = d.decision
+        decision = d.scheduler.decision
         if decision is not None:
             for user, share in sorted(decision.shares.items()):
                 factor.add_metric([user], share.factor)
@@ -115,7 +123,7 @@ class DaemonCollector(Collector):
         yield usage
 
 
-def serve_metrics(daemon: Daemon, host: str, port: int) -> Any:
+def serve_metrics(daemon: Source, host: str, port: int) -> Any:
     """Start the /metrics HTTP server in a thread; returns the server (for shutdown)."""
     from prometheus_client import start_http_server
 

@@ -26,9 +26,10 @@ import heapq
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from scheduler.quota import Quota, QuotaBook, fair_share_factor
+from scheduler.shapes import Reason
 
 INF = float("inf")
 
@@ -131,7 +132,7 @@ class Preempt:
 class Waiting(NamedTuple):
     # A NamedTuple rather than a frozen dataclass: one is built per waiting job per
     # pass, and this is several times cheaper to construct.
-    reasons: tuple[str, ...]
+    reasons: tuple[Reason, ...]
     eta: float | None = None  # None: cannot be estimated (quota, budget, too deep)
 
 
@@ -481,12 +482,12 @@ class _Pass:
         return victims, self.nodes[nid]
 
 
-def _format_ahead(ahead: Counter[str], total: int) -> str:
+def _format_ahead(ahead: Counter[str], total: int) -> Reason:
     top = sorted(ahead.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
     who = ", ".join(f"{u} x{c}" if c > 1 else u for u, c in top)
     more = "" if len(ahead) <= 3 else ", ..."
     plural = "job ranks" if total == 1 else "jobs rank"
-    return f"fair share: {total} {plural} ahead ({who}{more})"
+    return Reason("fairshare", f"fair share: {total} {plural} ahead ({who}{more})", (("ahead", total),))
 
 
 def schedule(snap: Snapshot) -> Decision:
@@ -534,7 +535,7 @@ def schedule(snap: Snapshot) -> Decision:
 
     order: list[int] = []
     # Free space changes only when a job starts, so the same request gets the same text.
-    resource_reasons: dict[tuple[int, float, int], str] = {}
+    resource_reasons: dict[tuple[int, float, int], Reason] = {}
     etas: dict[int, float | None] = {}
     ahead: Counter[str] = Counter()  # waiting jobs ranked ahead, by owner
     n_ahead = 0
@@ -542,7 +543,7 @@ def schedule(snap: Snapshot) -> Decision:
 
     explain = cfg.explain
 
-    def wait(j: PendingJob, reasons: list[str], eta: float | None) -> None:
+    def wait(j: PendingJob, reasons: list[Reason], eta: float | None) -> None:
         nonlocal n_ahead, eta_budget
         if not explain:
             p.waiting[j.id] = Waiting((), None)
@@ -551,7 +552,7 @@ def schedule(snap: Snapshot) -> Decision:
             if len(p.waiting) < cfg.reason_depth:
                 reasons.append(_format_ahead(ahead, n_ahead))
             else:
-                reasons.append(f"fair share: {n_ahead} jobs rank ahead")
+                reasons.append(Reason("fairshare", f"fair share: {n_ahead} jobs rank ahead", (("ahead", n_ahead),)))
         p.waiting[j.id] = Waiting(tuple(reasons), eta)
         ahead[j.user] += 1
         n_ahead += 1
@@ -584,19 +585,35 @@ def schedule(snap: Snapshot) -> Decision:
         order.append(j.id)
         q = p.quota(u)
 
-        blocked: list[str] = []
+        blocked: list[Reason] = []
         if q.max_jobs is not None and p.jobs_held[u] >= q.max_jobs:
-            blocked.append(f"quota: {u} runs {p.jobs_held[u]}/{q.max_jobs} jobs")
+            blocked.append(
+                Reason(
+                    "quota",
+                    f"quota: {u} runs {p.jobs_held[u]}/{q.max_jobs} jobs",
+                    (("running_jobs", p.jobs_held[u]), ("max_jobs", q.max_jobs)),
+                )
+            )
         if q.max_gpus is not None and p.held[u] + j.gpus > q.max_gpus:
             blocked.append(
-                f"quota: {u} holds {p.held[u]}/{q.max_gpus} GPUs, this job needs {j.gpus} more"
-                if p.held[u]
-                else f"quota: needs {j.gpus} GPUs, {u}'s limit is {q.max_gpus}"
+                Reason(
+                    "quota",
+                    f"quota: {u} holds {p.held[u]}/{q.max_gpus} GPUs, this job needs {j.gpus} more"
+                    if p.held[u]
+                    else f"quota: needs {j.gpus} GPUs, {u}'s limit is {q.max_gpus}",
+                    (("held_gpus", p.held[u]), ("max_gpus", q.max_gpus), ("gpus", j.gpus)),
+                )
             )
         if q.gpu_hours_per_week is not None:
             used_h = snap.week_usage.get(u, 0.0) / 3600.0
             if used_h >= q.gpu_hours_per_week:
-                blocked.append(f"budget: {used_h:.1f}/{q.gpu_hours_per_week:g} GPU-hours used this week")
+                blocked.append(
+                    Reason(
+                        "budget",
+                        f"budget: {used_h:.1f}/{q.gpu_hours_per_week:g} GPU-hours used this week",
+                        (("used_gpu_hours", round(used_h, 3)), ("gpu_hours_per_week", q.gpu_hours_per_week)),
+                    )
+                )
 
         if blocked:
             wait(j, blocked, None)
@@ -630,8 +647,12 @@ def schedule(snap: Snapshot) -> Decision:
                 wait(
                     j,
                     [
-                        f"backfill: would delay job {conflict.job_id}, reserved to start in "
-                        f"{_short(when)} on {p.nodes[conflict.node].info.label}"
+                        Reason(
+                            "backfill",
+                            f"backfill: would delay job {conflict.job_id}, reserved to start in "
+                            f"{_short(when)} on {p.nodes[conflict.node].info.label}",
+                            (("delays_job", conflict.job_id), ("reserved_in_s", round(when, 1))),
+                        )
                     ]
                     if explain
                     else [],
@@ -639,10 +660,10 @@ def schedule(snap: Snapshot) -> Decision:
                 )
             else:
                 key = (j.gpus, j.cpus, j.memory)
-                text = resource_reasons.get(key) if explain else ""
-                if text is None:
-                    text = resource_reasons[key] = _resource_reason(p, j)
-                reasons = [text]
+                why = resource_reasons.get(key) if explain else _NO_REASON
+                if why is None:
+                    why = resource_reasons[key] = _resource_reason(p, j)
+                reasons = [why]
                 eta: float | None = None
                 claim = None
                 if (
@@ -678,8 +699,12 @@ def schedule(snap: Snapshot) -> Decision:
                     names = ", ".join(f"job {r.id} ({r.user})" for r in stopping)
                     reasons.insert(
                         0,
-                        f"reclaim: {u} is below {q.guaranteed_gpus} guaranteed GPUs; "
-                        f"waiting for {names or 'GPUs'} to stop on {cnode.info.label}",
+                        Reason(
+                            "reclaim",
+                            f"reclaim: {u} is below {q.guaranteed_gpus} guaranteed GPUs; "
+                            f"waiting for {names or 'GPUs'} to stop on {cnode.info.label}",
+                            (("guaranteed_gpus", q.guaranteed_gpus), ("stopping", tuple(r.id for r in stopping))),
+                        ),
                     )
                     p.reservations.append(_Reservation(j.id, cnode.info.id, eta, j.gpus))
                 elif cfg.backfill and not p.easy_reserved:
@@ -725,24 +750,37 @@ def _short(seconds: float) -> str:
     return f"{s}s"
 
 
-def _resource_reason(p: _Pass, j: PendingJob) -> str:
+_NO_REASON = Reason("resources", "")
+
+
+def _resource_reason(p: _Pass, j: PendingJob) -> Reason:
     biggest = p.biggest_node
     if biggest is None:
-        return "resources: no schedulable node (all drained, unhealthy or gone)"
+        return Reason("drained", "resources: no schedulable node (all drained, unhealthy or gone)")
+    data: tuple[tuple[str, Any], ...] = (("gpus", j.gpus), ("largest_node", biggest))
     if j.gpus > biggest:
         if p.cfg.multi_node:
             whole, rest = p.split(j.gpus)
             full = len(p.buckets[p.max_per_node])
-            return (
+            return Reason(
+                "resources",
                 f"resources: needs {whole} whole free node{'s' if whole != 1 else ''}"
-                f"{f' and {rest} GPUs on another' if rest else ''}; {full} node{'s are' if full != 1 else ' is'} fully free"
+                f"{f' and {rest} GPUs on another' if rest else ''}; {full} node{'s are' if full != 1 else ' is'} fully free",
+                (*data, ("whole_nodes", whole), ("free_nodes", full)),
             )
-        return f"resources: needs {j.gpus} GPUs on one node, the largest node has {biggest}"
+        return Reason("resources", f"resources: needs {j.gpus} GPUs on one node, the largest node has {biggest}", data)
     largest = p.largest_free()
+    data = (*data, ("largest_free", largest))
     if largest >= j.gpus:
         # GPUs are there but CPUs or memory are not.
-        return f"resources: needs {j.cpus:g} CPUs and {j.memory} bytes of memory beside its GPUs"
+        return Reason(
+            "resources",
+            f"resources: needs {j.cpus:g} CPUs and {j.memory / 2**30:.1f} GiB of memory beside its GPUs",
+            (*data, ("cpus", j.cpus), ("memory", j.memory)),
+        )
     need = f"needs {j.gpus} GPU{'s' if j.gpus > 1 else ''} on one node"
     if largest == 0:
-        return f"resources: {need}, none is free ({p.schedulable_gpus}/{p.schedulable_gpus} in use)"
-    return f"resources: {need}, largest free block is {largest}"
+        return Reason(
+            "resources", f"resources: {need}, none is free ({p.schedulable_gpus}/{p.schedulable_gpus} in use)", data
+        )
+    return Reason("resources", f"resources: {need}, largest free block is {largest}", data)

@@ -8,7 +8,14 @@ would otherwise drive the terminal of whoever lists the queue, an admin included
 
 from __future__ import annotations
 
+import shlex
+import time
 import unicodedata
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from scheduler.shapes import ACTIVE_NAMES, WAITING_NAMES
+from scheduler.units import format_duration
 
 _ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
@@ -41,3 +48,179 @@ def clean_log(text: str) -> str:
     """A log for a terminal that is not its owner's: lines and tabs stay, escape
     sequences and other controls are shown, not obeyed."""
     return clean(text, keep="\n\t")
+
+
+# -- numbers and times -------------------------------------------------------------------------------
+def gib(b: Any) -> str:
+    return "n/a" if b is None else f"{b / 2**30:.1f}"
+
+
+def pct(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.0f}%"
+
+
+def stamp(t: float | None) -> str:
+    return "-" if not t else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def clock(t: float | None) -> str:
+    return "-" if not t else time.strftime("%H:%M", time.localtime(t))
+
+
+def age(seconds: float | None) -> str:
+    return "-" if seconds is None else format_duration(max(0.0, seconds))
+
+
+def memory(n: Any) -> str:
+    """A byte count as people read memory: 16.0 GiB (and '-' for none)."""
+    return "-" if not n else f"{int(n) / 2**30:.1f} GiB"
+
+
+# -- a job in the queue -------------------------------------------------------------------------------
+def eta_cell(j: Mapping[str, Any], now: float) -> str:
+    """When a pending job should start: '?' when unknown."""
+    if j["state"] != "PENDING":
+        return ""
+    e = j.get("eta")
+    return "?" if not e else ("now" if e <= now else clock(e))
+
+
+def elapsed_cell(j: Mapping[str, Any], now: float) -> str:
+    """How long it has waited (queued) or run (running or ended)."""
+    state = j["state"]
+    if state in WAITING_NAMES:
+        return age(now - j["submit_time"])
+    if state in ACTIVE_NAMES:
+        return age(now - (j.get("start_time") or now))
+    return age(j.get("runtime_s"))
+
+
+def where_or_why(j: Mapping[str, Any], detail: bool = False) -> str:
+    """A running job's node and GPUs (and flags); a waiting or ended job's first reason.
+    `detail`: also a running job's stop reason, if one was asked."""
+    if j["state"] in ACTIVE_NAMES:
+        # Flags first: on a narrow screen "[idle 35m]" matters more than the node.
+        flags = "".join(f"[{f}] " for f in j.get("flags") or [])
+        where = f"{flags}{j.get('node_name') or '-'} [{j.get('gpu_ids') or '-'}]"
+        if detail and j.get("reasons"):
+            where += f" ({j['reasons'][0]})"
+        return clean(where)
+    reasons = j.get("reasons") or []
+    return clean(reasons[0]) if reasons else ""
+
+
+def queue_cells(j: Mapping[str, Any], now: float) -> dict[str, str]:
+    """Every column either front end shows for a job, each written once."""
+    gpu = j.get("gpu") or {}
+    return {
+        "ID": str(j["id"]),
+        "USER": clean(j["user"]),
+        "NAME": clean(str(j.get("name", ""))),
+        "GPUS": str(j["gpus"]),
+        "STATE": j["state"],
+        "WAIT / RUN": elapsed_cell(j, now),
+        "ETA": eta_cell(j, now),
+        "UTIL": pct(gpu.get("util_now")) if j["state"] in ACTIVE_NAMES and gpu else "",
+        "REASON / NODE": where_or_why(j),
+    }
+
+
+# -- a job in full (`labq show` and the UI's job screen) -----------------------------------------------
+PRIVATE = "(private: only the owner and admins see it)"
+
+
+class Line(NamedTuple):
+    """One line of a job's details. `kind`: head, field, reason, flag, event."""
+
+    kind: str
+    label: str
+    text: str
+
+
+def job_lines(j: Mapping[str, Any], now: float, events: int | None = None) -> list[Line]:
+    """A job in full, as lines both front ends render (the UI adds only markup).
+    `events`: show the last N history lines (None: all)."""
+    spec = j.get("spec") or {}
+    private = bool(j.get("private"))
+    out = [Line("head", "", f"job {j['id']}  {clean(j.get('name', ''))}  ({clean(j['user'])})  {j['state']}")]
+
+    def field(label: str, text: str) -> None:
+        out.append(Line("field", label, text))
+
+    field("command", PRIVATE if private else clean(shlex.join(spec.get("command") or [])))
+    limit = format_duration(j["time_limit"]) if j.get("time_limit") else "default"
+    field(
+        "resources",
+        f"{j['gpus']} GPU{'s' if j['gpus'] != 1 else ''}   cpus {spec.get('cpus', 0):g}   "
+        f"memory {memory(spec.get('memory'))}   time limit {limit}   priority {j.get('priority', 0)}",
+    )
+    if private:
+        names = spec.get("env_names") or []
+        field("workdir", PRIVATE)
+        field("env", f"{clean(', '.join(names)) if names else '-'}  (names only; values are private)")
+    else:
+        field("workdir", clean(spec.get("workdir") or "~"))
+    field("submitted", f"{stamp(j.get('submit_time'))}   started {stamp(j.get('start_time'))}   ended {stamp(j.get('end_time'))}")
+    if j.get("node_name"):
+        pid = f"   pid {j.get('pid') or '-'}" if "pid" in j else ""
+        field("node", f"{clean(j['node_name'])}   GPUs {j.get('gpu_ids') or '-'}{pid}   attempt {j.get('attempt')}")
+    if j.get("exit_code") is not None or j.get("signal") is not None:
+        field("exit code", f"{j.get('exit_code')}   signal {j.get('signal') or '-'}")
+    gpu = j.get("gpu")
+    if gpu:
+        now_util = "" if gpu.get("util_now") is None else f"   now {gpu['util_now']:.0f}%"
+        field(
+            "GPU use",
+            f"mean {pct(gpu.get('util_mean'))}{now_util}   peak memory {gib(gpu.get('mem_peak'))} GiB   "
+            f"busy {gpu.get('busy_gpu_s', 0) / 3600:.2f} GPU-h   idle {gpu.get('idle_gpu_s', 0) / 3600:.2f} GPU-h",
+        )
+    for flag in j.get("flags") or []:
+        out.append(Line("flag", "flag", clean(flag)))
+    if j["state"] == "PENDING":
+        eta = j.get("eta")
+        field("waiting", f"estimated start {stamp(eta) if eta else 'unknown'}")
+        for r in j.get("reasons") or []:
+            out.append(Line("reason", "", clean(r)))
+    elif j.get("reasons"):
+        field("reason", clean(j["reasons"][0]))
+    log = j.get("log") or {}
+    if log.get("removed"):
+        field("log", f"removed {stamp(log['removed'])} (per-user log cap, oldest first)")
+    elif j.get("log_path"):
+        field("log", clean(j["log_path"]))
+    elif not log.get("readable", True):
+        field("log", "private (the owner's and admins' only)")
+    history = list(j.get("events") or [])
+    if history:
+        out.append(Line("field", "history", ""))
+        for e in history[-events:] if events else history:
+            arrow = f"{e['old_state']} → {e['new_state']}" if e.get("old_state") else e["new_state"]
+            out.append(Line("event", "", f"{stamp(e['time'])}  {arrow}  {clean(e['reason'])}"))
+    return out
+
+
+def job_text(j: Mapping[str, Any], now: float) -> str:
+    """`labq show`: the lines as plain text."""
+    rows = []
+    for line in job_lines(j, now):
+        if line.kind == "head":
+            rows.append(line.text)
+        elif line.kind == "reason":
+            rows.append(f"    - {line.text}")
+        elif line.kind == "event":
+            rows.append(f"    {line.text}")
+        else:
+            rows.append(f"  {line.label + ':':<11}{line.text}".rstrip())
+    return "\n".join(rows)
+
+
+# -- what people type ------------------------------------------------------------------------------
+def parse_env(items: list[str]) -> dict[str, str]:
+    """KEY=VALUE items (`--env`, the UI's env field); ValueError says which is wrong."""
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"use KEY=VALUE, got {item!r}")
+        env[key] = value
+    return env

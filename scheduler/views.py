@@ -11,11 +11,16 @@ what a job was given without reading the secrets.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from scheduler.auth import Caller
-from scheduler.store import JobRow
+from scheduler.gpuwatch import GpuWatch
+from scheduler.logbook import LogBook
+from scheduler.scheduling import Scheduler
+from scheduler.shapes import ACTIVE, JobState, Reason
+from scheduler.store import JobRow, Store
 
 # Spec fields only the owner and admins see.
 PRIVATE_SPEC = ("command", "workdir", "env")
@@ -83,3 +88,65 @@ def detail(
     if caller.admin:
         d["log_path"] = log_path
     return d
+
+
+class JobViews:
+    """Jobs as the API returns them: the row, what the last pass said of a waiting job,
+    and a running job's GPU use. Reads only."""
+
+    def __init__(self, store: Store, scheduler: Scheduler, gpus: GpuWatch, logs: LogBook) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.gpus = gpus
+        self.logs = logs
+
+    def job(self, row: JobRow, caller: Caller, full: bool = False) -> dict[str, Any]:
+        d = summary(row, caller)
+        now = time.time()
+        if row.state is JobState.PENDING:
+            w = self.scheduler.waiting_for(row.id)
+            if w is not None:
+                d["reasons"] = [r.text for r in w.reasons]
+                d["why"] = [r.as_dict() for r in w.reasons]
+            else:
+                d["reasons"] = [NOT_YET.text]
+                d["why"] = [NOT_YET.as_dict()]
+            d["eta"] = w.eta if w else None
+            d["wait_s"] = now - row.submit_time
+        elif row.state in ACTIVE:
+            d["reasons"] = [row.stop_reason] if row.stop_reason else []
+            d["runtime_s"] = now - (row.start_time or now)
+            d["flags"] = self.gpus.gpu_flags(row, now)
+            gpu = self.gpus.job_gpu(row.id, now)
+            if gpu is not None:
+                d["gpu"] = gpu
+        else:
+            d["reasons"] = [row.reason] if row.reason else []
+            if row.start_time and row.end_time:
+                d["runtime_s"] = row.end_time - row.start_time
+            if full:
+                d["gpu"] = self.store.job_gpu_totals(row.id)
+        if full:
+            return detail(row, caller, d, self.store.events(row.id), str(self.logs.path(row.id)))
+        return d
+
+    def listing(
+        self,
+        caller: Caller,
+        states: tuple[JobState, ...] | None,
+        user: str | None,
+        limit: int | None,
+        after: int | None,
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of summaries (never specs) and where the next page starts."""
+        rows = self.store.jobs(states=states, user=user, limit=limit, after=after, with_spec=False)
+        jobs = [self.job(j, caller) for j in rows]
+        d = self.scheduler.decision
+        rank = {jid: i for i, jid in enumerate(d.order)} if d else {}
+        for j in jobs:
+            j["rank"] = rank.get(j["id"])
+        more = after is not None and limit is not None and len(rows) == limit
+        return jobs, rows[-1].id if more else None
+
+
+NOT_YET = Reason("scheduling", "scheduling: not yet considered")

@@ -16,8 +16,8 @@ time.tzset()
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.ui.fake import NOW, FakeBackend  # noqa: E402
 from tui.app import LabqApp  # noqa: E402
+from tui.sample import NOW, FakeBackend  # noqa: E402
 
 SHOTS = [
     ("queue", {}, ()),

@@ -15,14 +15,26 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+
+from scheduler.client import Client
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = "/usr/bin/python3"
 # Everything `labq` needs on the client side; stdlib only (see test_boundaries.py).
-CLIENT_MODULES = ("__init__.py", "cli.py", "client.py", "config.py", "units.py", "present.py")
+CLIENT_MODULES = (
+    "__init__.py",
+    "cli.py",
+    "client.py",
+    "config.py",
+    "units.py",
+    "present.py",
+    "console.py",
+    "jobfile.py",
+    "shapes.py",
+)
 
 
 @dataclass
@@ -87,28 +99,38 @@ class Labq:
         out = self.run("submit", "--json", *args, **kw)
         return int(json.loads(out.stdout)["id"])
 
+    def client(self) -> Client:
+        """The daemon's API in this process, as root (an admin). The `labq` command is
+        tested as such where it is the subject; polling goes through this instead of
+        a new CLI process every few hundred milliseconds."""
+        return Client(self.socket, timeout=60)
+
     def job(self, job_id: int) -> dict[str, Any]:
-        return dict(self.json("show", str(job_id)))
+        c = self.client()
+        try:
+            return dict(c.job(job_id))
+        finally:
+            c.close()
 
     def wait(self, job_id: int, states: tuple[str, ...], timeout: float = 60) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            j = self.job(job_id)
-            if j["state"] in states:
-                return j
-            if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} is {j['state']}, not {states}, after {timeout}s")
-            time.sleep(0.2)
+        return wait_for(
+            f"job {job_id} to be {'/'.join(states)}",
+            lambda: (j := self.job(job_id))["state"] in states and j,
+            timeout,
+            lambda: f"it is {self.job(job_id)['state']}",
+        )
 
     def wait_all(self, ids: list[int], states: tuple[str, ...], timeout: float = 120) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            jobs = [j for j in self.json("queue", "--all") if j["id"] in ids]
-            if all(j["state"] in states for j in jobs) and len(jobs) == len(ids):
-                return jobs
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not all {states}: {[(j['id'], j['state']) for j in jobs]}")
-            time.sleep(0.3)
+        def done() -> list[dict[str, Any]] | None:
+            c = self.client()
+            try:
+                jobs = [j for j in c.jobs(include_finished=True) if j["id"] in ids]
+            finally:
+                c.close()
+            ok = len(jobs) == len(ids) and all(j["state"] in states for j in jobs)
+            return jobs if ok else None
+
+        return wait_for(f"jobs {ids} to be {'/'.join(states)}", done, timeout)
 
     def log(self, job_id: int) -> str:
         return self.run("logs", str(job_id)).stdout
@@ -154,6 +176,24 @@ def _bare_uid(uid: int) -> Callable[[], None]:
         os.setuid(uid)
 
     return drop
+
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, check: Callable[[], T | None | bool], timeout: float = 30.0, why: Callable[[], str] | None = None) -> T:
+    """Poll `check` until it returns something truthy (and return that); a clear
+    failure after `timeout` seconds. Tests wait on conditions, never on fixed sleeps."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        got = check()
+        if got:
+            return got  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}" + (f": {why()}" if why else ""))
+        time.sleep(delay)
+        delay = min(0.3, delay * 1.5)
 
 
 def free_port() -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shlex
 from typing import Any
 
 from rich.markup import escape
@@ -14,60 +13,35 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Input, RichLog, Static
 
-from scheduler.present import clean, clean_log
+from scheduler.present import clean, clean_log, job_lines
 from tui.api import BackendError
 from tui.base import DataScreen
-from tui.model import TERMINAL_STATES, age, gib, stamp
+from tui.model import TERMINAL_STATES
 
 MAX_LOG_LINES = 20_000
-PRIVATE = "(private: only the owner and admins see it)"
 
 
 def job_details(j: dict[str, Any], now: float) -> str:
-    spec = j.get("spec", {})
-    lines = [
-        f"[b]job {j['id']}[/b]  {_escape(j.get('name', ''))}  ({_escape(j['user'])})  [b]{j['state']}[/b]",
-        f"command   {PRIVATE if j.get('private') else shlex.join(spec.get('command', []))}",
-        f"gpus      {j['gpus']}   cpus {spec.get('cpus', 0):g}   memory {spec.get('memory') or '-'}   "
-        f"time limit {age(j.get('time_limit')) if j.get('time_limit') else 'default'}   priority {j.get('priority', 0)}",
-        f"workdir   {PRIVATE if j.get('private') else spec.get('workdir') or '~'}",
-        f"submitted {stamp(j.get('submit_time'))}   started {stamp(j.get('start_time'))}   ended {stamp(j.get('end_time'))}",
-    ]
-    if j.get("node_name"):
-        lines.append(
-            f"node      {j['node_name']}   GPUs {j.get('gpu_ids') or '-'}   pid {j.get('pid') or '-'}   attempt {j.get('attempt')}"
-        )
-    if j.get("exit_code") is not None or j.get("signal") is not None:
-        lines.append(f"exit code {j.get('exit_code')}   signal {j.get('signal') or '-'}")
-    gpu = j.get("gpu")
-    if gpu:
-        mean = "n/a" if gpu.get("util_mean") is None else f"{gpu['util_mean']:.0f}%"
-        now_u = "" if gpu.get("util_now") is None else f"   now {gpu['util_now']:.0f}%"
-        lines.append(
-            f"GPU use   mean {mean}{now_u}   peak memory {gib(gpu.get('mem_peak'))} GiB   "
-            f"busy {gpu.get('busy_gpu_s', 0) / 3600:.2f} GPU-h   idle {gpu.get('idle_gpu_s', 0) / 3600:.2f} GPU-h"
-        )
-    for f in j.get("flags") or []:
-        lines.append(f"[reverse] flag [/reverse] {f}")
-    if j["state"] == "PENDING":
-        eta = j.get("eta")
-        lines.append(f"waiting   estimated start {stamp(eta) if eta else 'unknown'}")
-        for r in j.get("reasons") or []:
-            lines.append(f"  • {r}")
-    elif j.get("reasons"):
-        lines.append(f"reason    {j['reasons'][0]}")
-    events = j.get("events", [])
-    if events:
-        lines.append("history")
-        for e in events[-12:]:
-            arrow = f"{e['old_state']} → {e['new_state']}" if e.get("old_state") else e["new_state"]
-            lines.append(f"  {stamp(e['time'])}  {arrow}  {e['reason']}")
-    return "\n".join(_escape(line) if not line.startswith(("[b]", "[reverse]")) else line for line in lines)
+    """The job's lines as `labq show` writes them (present.job_lines), with markup."""
+    out = []
+    for line in job_lines(j, now, events=12):
+        text = escape(line.text)  # names, commands and reasons are data, never markup
+        if line.kind == "head":
+            out.append(f"[b]{text}[/b]")
+        elif line.kind == "flag":
+            out.append(f"[reverse] flag [/reverse] {text}")
+        elif line.kind == "reason":
+            out.append(f"  • {text}")
+        elif line.kind == "event":
+            out.append(f"  {text}")
+        else:
+            out.append(f"{line.label:<10}{text}".rstrip())
+    return "\n".join(out)
 
 
 def _escape(s: str) -> str:
-    # Rich markup and terminal controls in what other users chose (names, commands,
-    # reasons) are shown as text.
+    # Rich markup and terminal controls in what the daemon or other users wrote are
+    # shown as text.
     return escape(clean(s))
 
 

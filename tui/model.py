@@ -7,18 +7,19 @@ with the functions below. Every time-dependent text takes `now` from the caller
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.present import clean
-from scheduler.units import format_duration
+from scheduler.present import age, clean, clock, gib, pct, queue_cells, stamp
+from scheduler.shapes import ACTIVE_NAMES, TERMINAL_NAMES, WAITING_NAMES
+
+__all__ = ["age", "clock", "gib", "pct", "stamp"]  # re-exported for the screens
 
 SPARK = "▁▂▃▄▅▆▇█"
-ACTIVE_STATES = ("STARTING", "RUNNING")
-WAITING_STATES = ("PENDING", "PREEMPTED")
-TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT", "LOST", "NODE_LOST")
+ACTIVE_STATES = ACTIVE_NAMES
+WAITING_STATES = WAITING_NAMES
+TERMINAL_STATES = TERMINAL_NAMES
 STATES = ("PENDING", "STARTING", "RUNNING", "PREEMPTED", *TERMINAL_STATES)
 # Samples of GPU history the UI keeps per GPU (one per poll): ~10 minutes at 1 s.
 HISTORY = 600
@@ -88,26 +89,6 @@ def bar(value: float, full: float, width: int) -> str:
     return ("█" * n + "·" * (width - n)) if frac <= 1 else "█" * (width - 1) + "▶"
 
 
-def age(seconds: float | None) -> str:
-    return "-" if seconds is None else format_duration(max(0.0, seconds))
-
-
-def clock(t: float | None) -> str:
-    return "-" if not t else time.strftime("%H:%M", time.localtime(t))
-
-
-def stamp(t: float | None) -> str:
-    return "-" if not t else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-def gib(b: Any) -> str:
-    return "n/a" if b is None else f"{b / 2**30:.1f}"
-
-
-def pct(v: Any) -> str:
-    return "n/a" if v is None else f"{v:.0f}%"
-
-
 def safe(text: object) -> str:
     """A string another user chose, for a table cell: controls shown as escapes, never
     sent to the terminal. (SyncTable makes each cell a Text: markup is not parsed.)"""
@@ -118,41 +99,11 @@ def safe(text: object) -> str:
 QUEUE_COLUMNS = ("ID", "USER", "NAME", "GPUS", "STATE", "WAIT / RUN", "ETA", "UTIL", "REASON / NODE")
 
 
-def job_status(j: dict[str, Any]) -> str:
-    """First waiting reason, or where it runs; flags (idle, unhealthy GPU) first."""
-    flags = " ".join(f"[{f}]" for f in j.get("flags") or [])
-    if j["state"] in ACTIVE_STATES:
-        where = f"{j.get('node_name') or '-'} [{j.get('gpu_ids') or '-'}]"
-        return safe(f"{flags} {where}".strip())
-    reasons = j.get("reasons") or []
-    return safe(reasons[0]) if reasons else ""
-
-
 def job_cells(j: dict[str, Any], now: float) -> tuple[str, ...]:
-    state = j["state"]
-    if state in WAITING_STATES:
-        elapsed = age(now - j["submit_time"])
-    elif state in ACTIVE_STATES:
-        elapsed = age(now - (j.get("start_time") or now))
-    else:
-        elapsed = age(j.get("runtime_s"))
-    eta = ""
-    if state == "PENDING":
-        e = j.get("eta")
-        eta = "?" if not e else ("now" if e <= now else clock(e))
-    gpu = j.get("gpu") or {}
-    util = pct(gpu.get("util_now")) if state in ACTIVE_STATES and gpu else ""
-    return (
-        str(j["id"]),
-        safe(j["user"]),
-        safe(str(j.get("name", ""))[:28]),
-        str(j["gpus"]),
-        state,
-        elapsed,
-        eta,
-        util,
-        job_status(j),
-    )
+    """The queue's columns (present.queue_cells, the same as `labq queue`'s)."""
+    cells = queue_cells(j, now)
+    cells["NAME"] = cells["NAME"][:28]
+    return tuple(cells[c] for c in QUEUE_COLUMNS)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from textual.timer import Timer
 from textual.widgets import Button, Input, Label, Static
 
 from scheduler.config import INHERITED_ENV
+from scheduler.jobfile import JobFileError, load_job_file
+from scheduler.present import parse_env
 from scheduler.units import UnitError, parse_duration, parse_size
 from tui.api import BackendError
 from tui.base import Modal
@@ -78,14 +80,14 @@ def form_to_spec(values: dict[str, str], base_env: dict[str, str]) -> tuple[dict
             errors["workdir"] = "no such directory here"
     env = dict(base_env)
     try:
-        for item in shlex.split(values.get("env", "")):
-            k, sep, v = item.partition("=")
-            if not sep or not k:
-                errors["env"] = f"use KEY=VALUE, got {item!r}"
-                break
-            env[k] = v
+        items = shlex.split(values.get("env", ""))
     except ValueError as e:
+        items = []
         errors["env"] = f"cannot split: {e}"
+    try:
+        env.update(parse_env(items))
+    except ValueError as e:
+        errors["env"] = str(e)
     spec["env"] = env
     if values.get("name", "").strip():
         spec["name"] = values["name"].strip()
@@ -189,18 +191,12 @@ class SubmitScreen(Modal):
             self.load_yaml(Path(event.value.strip()).expanduser())
 
     def load_yaml(self, path: Path) -> None:
-        import yaml
-
+        # The same reader and checks as `labq submit job.yaml` (unknown fields refused).
         try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            self.query_one("#preview", Static).update(f"cannot load {path}: {e}")
+            data, _lines = load_job_file(path)
+        except JobFileError as e:
+            self.query_one("#preview", Static).update(escape(str(e)))
             return
-        if not isinstance(data, dict):
-            self.query_one("#preview", Static).update(f"{path}: a job file is a mapping")
-            return
-        if isinstance(data.get("workdir"), str) and not os.path.isabs(data["workdir"]):
-            data["workdir"] = str((path.parent / data["workdir"]).resolve())
         for key, value in spec_to_form(data).items():
             self.query_one(f"#f-{key}", Input).value = value
         self.validate()

@@ -9,12 +9,12 @@ from typing import Any
 from textual.pilot import Pilot
 from textual.widgets import Input, RichLog, Static
 
-from tests.ui.fake import NOW, FakeBackend
 from tui.app import LabqApp
 from tui.dialogs import Confirm
 from tui.job import JobScreen
 from tui.queue import QueueScreen
 from tui.quotas import QuotasScreen, parse_field
+from tui.sample import NOW, FakeBackend
 from tui.submit import SubmitScreen, form_to_spec, spec_to_form
 from tui.widgets import SyncTable
 

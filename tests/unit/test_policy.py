@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,6 +23,10 @@ from scheduler.quota import Quota, QuotaBook, fair_share_factor
 NOW = 1_000_000.0
 H = 3600.0
 
+
+
+def texts(d: Any, job_id: int) -> tuple[str, ...]:
+    return tuple(r.text for r in d.waiting[job_id].reasons)
 
 def nodes(*sizes: int) -> tuple[NodeInfo, ...]:
     return tuple(NodeInfo(id=f"n{i}", gpus=g, name=f"node-{i}") for i, g in enumerate(sizes))
@@ -81,7 +86,9 @@ def test_lower_usage_goes_first() -> None:
         )
     )
     assert started(d) == [2]
-    assert d.waiting[1].reasons == ("resources: needs 1 GPU on one node, none is free (1/1 in use)",)
+    assert texts(d, 1) == ("resources: needs 1 GPU on one node, none is free (1/1 in use)",)
+    assert d.waiting[1].reasons[0].kind == "resources"
+    assert dict(d.waiting[1].reasons[0].data) == {"gpus": 1, "largest_node": 1, "largest_free": 0}
 
 
 def test_requeued_and_priority_order_within_a_researcher() -> None:
@@ -99,9 +106,9 @@ def test_gang_best_fit_placement() -> None:
 
 def test_resources_reason_with_numbers() -> None:
     d = schedule(snap([pend(1, "a", gpus=2)], running=[run(9, "b", "n0", gpus=3)]))
-    assert d.waiting[1].reasons[0] == "resources: needs 2 GPUs on one node, largest free block is 1"
+    assert d.waiting[1].reasons[0].text == "resources: needs 2 GPUs on one node, largest free block is 1"
     d = schedule(snap([pend(1, "a", gpus=8)]))
-    assert d.waiting[1].reasons[0] == "resources: needs 8 GPUs on one node, the largest node has 4"
+    assert d.waiting[1].reasons[0].text == "resources: needs 8 GPUs on one node, the largest node has 4"
 
 
 def test_hard_caps_and_budget_reasons() -> None:
@@ -110,16 +117,16 @@ def test_hard_caps_and_budget_reasons() -> None:
     pending = [pend(10, "alice"), pend(11, "bob"), pend(12, "carol")]
     d = schedule(snap(pending, running, node_sizes=(4, 8), quotas=q, week={"carol": 40 * H}))
     assert started(d) == []
-    assert d.waiting[10].reasons[0] == "quota: alice holds 4/4 GPUs, this job needs 1 more"
-    assert d.waiting[11].reasons[0] == "quota: bob runs 1/1 jobs"
-    assert d.waiting[12].reasons[0] == "budget: 40.0/40 GPU-hours used this week"
+    assert d.waiting[10].reasons[0].text == "quota: alice holds 4/4 GPUs, this job needs 1 more"
+    assert d.waiting[11].reasons[0].text == "quota: bob runs 1/1 jobs"
+    assert d.waiting[12].reasons[0].text == "budget: 40.0/40 GPU-hours used this week"
 
 
 def test_fair_share_reason_names_who_ranks_ahead() -> None:
     running = [run(1, "x", "n0", gpus=4)]
     pending = [pend(2, "bob"), pend(3, "bob", age=50), pend(4, "carol", age=40), pend(5, "dave", age=30)]
     d = schedule(snap(pending, running, usage={"dave": 1000 * H}))
-    assert d.waiting[5].reasons[-1] == "fair share: 3 jobs rank ahead (bob x2, carol)"
+    assert d.waiting[5].reasons[-1].text == "fair share: 3 jobs rank ahead (bob x2, carol)"
 
 
 def test_eta_from_running_limits() -> None:
@@ -139,7 +146,7 @@ def test_easy_backfill_only_when_it_cannot_delay_the_reservation() -> None:
     d = schedule(snap(pending, running, usage={"b": 1, "c": 2, "a": 0}))
     assert started(d) == [11]
     assert d.waiting[10].eta == NOW + 3600
-    assert d.waiting[12].reasons[0].startswith("backfill: would delay job 10")
+    assert d.waiting[12].reasons[0].text.startswith("backfill: would delay job 10")
 
 
 def test_reclaim_preempts_borrowers_least_work_first() -> None:
@@ -153,7 +160,7 @@ def test_reclaim_preempts_borrowers_least_work_first() -> None:
     d = schedule(snap([pend(10, "carol", gpus=2)], running, quotas=q))
     assert sorted(p.job_id for p in d.preemptions) == [2, 4]  # the youngest: least work lost
     assert all(p.for_job == 10 for p in d.preemptions)
-    assert d.waiting[10].reasons[0].startswith("reclaim: carol is below 2 guaranteed GPUs")
+    assert d.waiting[10].reasons[0].text.startswith("reclaim: carol is below 2 guaranteed GPUs")
     assert d.waiting[10].eta == NOW + PolicyConfig().grace_period
 
 
@@ -168,7 +175,7 @@ def test_reclaim_respects_min_runtime_and_victims_guarantee() -> None:
     d = schedule(snap([pend(10, "carol", gpus=1)], running, quotas=q))
     # alice is within her guarantee, bob's jobs are younger than the 10-minute minimum.
     assert d.preemptions == ()
-    assert d.waiting[10].reasons[0].startswith("resources:")
+    assert d.waiting[10].reasons[0].text.startswith("resources:")
 
 
 def test_no_second_preemption_while_victims_stop() -> None:
@@ -176,7 +183,7 @@ def test_no_second_preemption_while_victims_stop() -> None:
     running = [run(1, "alice", "n0", age=H, stop_deadline=NOW + 10), run(2, "alice", "n0", age=H)]
     d = schedule(snap([pend(10, "carol")], running, node_sizes=(2,), quotas=q))
     assert d.preemptions == ()
-    assert "waiting for job 1 (alice)" in d.waiting[10].reasons[0]
+    assert "waiting for job 1 (alice)" in d.waiting[10].reasons[0].text
 
 
 def test_claims_in_one_pass_do_not_exceed_the_guarantee() -> None:
@@ -206,7 +213,7 @@ def test_drained_node_gets_nothing() -> None:
     s = replace(s, nodes=(replace(s.nodes[0], schedulable=False),))
     d = schedule(s)
     assert started(d) == []
-    assert d.waiting[1].reasons[0] == "resources: no schedulable node (all drained, unhealthy or gone)"
+    assert d.waiting[1].reasons[0].text == "resources: no schedulable node (all drained, unhealthy or gone)"
 
 
 def test_no_ping_pong_between_two_guaranteed_researchers() -> None:
@@ -363,7 +370,7 @@ def test_startable_job_never_waits_while_gpus_idle(s: Snapshot) -> None:
         free[st_.node] -= by_id[st_.job_id].gpus
     largest = max(free.values())
     for jid, w in d.waiting.items():
-        if any(r.startswith(("quota:", "budget:", "backfill:", "reclaim:")) for r in w.reasons):
+        if any(r.kind in ("quota", "budget", "backfill", "reclaim") for r in w.reasons):
             continue
         assert by_id[jid].gpus > largest, (jid, w.reasons, free)
 
@@ -459,4 +466,4 @@ def test_no_nodes_at_all_is_a_reason_not_a_crash() -> None:
             config=_replace(PolicyConfig(), multi_node=multi),
         )
         d = schedule(snap)
-        assert d.starts == () and d.waiting[1].reasons[0].startswith("resources: no schedulable node")
+        assert d.starts == () and d.waiting[1].reasons[0].kind == "drained"

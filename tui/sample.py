@@ -1,7 +1,8 @@
-"""A fake daemon API for the UI tests: fixed data, a fixed clock, and the daemon's refusals.
+"""A sample daemon for the UI: fixed data, a fixed clock, and the daemon's refusals.
 
-Only the snapshot and pilot tests that must not depend on a live cluster use it;
-the flows that matter are also tested against a real daemon (test_tui_daemon.py).
+Behind the README's screenshots (scripts/screenshots.py), the UI benchmark and the UI
+snapshot and pilot tests, none of which may depend on a live cluster; the flows that
+matter are also tested against a real daemon (tests/ui/test_tui_daemon.py).
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ def make_nodes(count: int, per: int, jobs: list[dict[str, Any]], history: int = 
         nid = f"node{n:02d}" + "0" * 50
         gpus = []
         for i in range(per):
-            j = holders.get((nid, i))
-            util = ((i * 37 + n * 11) % 97) if j else 0
-            mem = (20 + (i * 7 + n) % 60) * GIB if j else int(0.6 * GIB)
-            hist = [(NOW - (history - k), ((util + k * 13) % 100) if j else 0, mem) for k in range(history)]
+            held = holders.get((nid, i))
+            util = ((i * 37 + n * 11) % 97) if held else 0
+            mem = (20 + (i * 7 + n) % 60) * GIB if held else int(0.6 * GIB)
+            hist = [(NOW - (history - k), ((util + k * 13) % 100) if held else 0, mem) for k in range(history)]
             procs = (
                 [
                     {
@@ -37,12 +38,12 @@ def make_nodes(count: int, per: int, jobs: list[dict[str, Any]], history: int = 
                         "used_memory": mem,
                         "sm_util": util,
                         "mem_util": 10,
-                        "job_id": j["id"],
-                        "user": j["user"],
+                        "job_id": held["id"],
+                        "user": held["user"],
                         "outside_labq": False,
                     }
                 ]
-                if j
+                if held
                 else []
             )
             if n == 1 and i == per - 1:
@@ -74,8 +75,8 @@ def make_nodes(count: int, per: int, jobs: list[dict[str, Any]], history: int = 
                     "fan_speed": None,
                     "healthy": not (n == 2 and i == 3),
                     "problem": "GPU 3 is lost" if (n == 2 and i == 3) else "",
-                    "job_id": j["id"] if j else None,
-                    "user": j["user"] if j else None,
+                    "job_id": held["id"] if held else None,
+                    "user": held["user"] if held else None,
                     "processes": procs,
                     "history": hist,
                 }

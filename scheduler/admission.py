@@ -1,0 +1,92 @@
+"""Whether a submission may enter the queue: the same checks for a real one and a preview.
+
+Pure checks over the config, the node sizes and the caller; nothing is written here.
+Called from API threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from scheduler import safefs
+from scheduler.auth import Caller, user_name
+from scheduler.config import DaemonConfig
+from scheduler.errors import DaemonError
+from scheduler.job import JobSpec, JobState
+from scheduler.nodes import NodeBook
+from scheduler.store import Store
+from scheduler.units import format_duration
+
+
+class Admission:
+    def __init__(self, config: DaemonConfig, nodes: NodeBook, store: Store) -> None:
+        self.config = config
+        self.nodes = nodes
+        self.store = store
+        self.uid = os.geteuid()
+        self.user = user_name(self.uid)
+        self.closed = False  # `labq down`: no new jobs
+
+    def accept(self, caller: Caller, spec_data: dict[str, Any]) -> JobSpec:
+        """The validated spec, or a DaemonError saying in one line what is wrong."""
+        from pydantic import ValidationError
+
+        from scheduler.job import first_error
+
+        c = self.config
+        if self.closed:
+            raise DaemonError("the daemon is shutting down and accepts no new jobs", 503)
+        if self.uid != 0 and caller.uid != self.uid and not c.shared_account:
+            raise DaemonError(
+                f"this labq daemon runs as {self.user} and only takes {self.user}'s jobs "
+                "(set shared_account: true in its config if the team shares that account)",
+                403,
+            )
+        size = len(json.dumps(spec_data, default=str))
+        if size > c.max_spec_bytes:
+            raise DaemonError(
+                f"the job's spec is {size // 1024} KiB, over this daemon's max_spec_bytes of "
+                f"{c.max_spec_bytes // 1024} KiB (put large inputs in a file the job reads)",
+                413,
+            )
+        try:
+            spec = JobSpec.model_validate(spec_data)
+        except ValidationError as e:
+            field_name, msg = first_error(e)
+            raise DaemonError(f"{field_name}: {msg}" if field_name else msg) from None
+        if spec.grace is not None and spec.grace > c.max_grace_s:
+            raise DaemonError(f"grace: at most {format_duration(c.max_grace_s)} on this cluster (max_grace_s)")
+        self._check_fits(spec)
+        if spec.workdir:
+            problem = safefs.workdir_problem(spec.workdir, caller.uid)
+            if problem:
+                raise DaemonError(f"workdir {spec.workdir} {problem}")
+        return spec
+
+    def check_room(self, caller: Caller) -> None:
+        """One person may keep at most max_pending_jobs_per_user jobs waiting."""
+        cap = self.config.max_pending_jobs_per_user
+        waiting = self.store.count_jobs(caller.user, (JobState.PENDING,))
+        if waiting >= cap:
+            raise DaemonError(
+                f"{caller.user} already has {waiting} jobs waiting, the most this daemon queues for "
+                f"one person (max_pending_jobs_per_user: {cap}); wait for some to start or cancel some",
+                429,
+            )
+
+    def _check_fits(self, spec: JobSpec) -> None:
+        sizes = self.nodes.gpu_sizes()
+        if not sizes:
+            return  # Ray unreachable right now: queue it and decide when it is back
+        largest = max(sizes)
+        if spec.gpus > largest and not self.config.allow_multi_node:
+            if largest == 0:
+                raise DaemonError(
+                    f"asks for {spec.gpus} GPU{'s' if spec.gpus != 1 else ''} but no node has any "
+                    "(start with `labq up --gpus N` on a machine without NVIDIA GPUs)"
+                )
+            raise DaemonError(f"asks for {spec.gpus} GPUs but the largest node has {largest} (multi-node jobs are off)")
+        if spec.gpus > sum(sizes):
+            raise DaemonError(f"asks for {spec.gpus} GPUs but the whole cluster has {sum(sizes)}")

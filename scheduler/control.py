@@ -1,0 +1,294 @@
+"""The job-control core: the one place a job's state changes, and what follows from it.
+
+Submit and cancel (API threads), start (the scheduler loop), what a node reports
+(the event pump: started, log bytes, finished), requeue after preemption, node loss or
+Ray loss, and reconciling with the launcher after a restart. Every change goes
+through `Store.transition` with the states it expects, so two threads racing on one
+job (a cancel while it starts; a late event of an older attempt) resolve in the store:
+the loser's transition finds the job moved on and changes nothing.
+
+No Ray here: jobs go out through a `Launcher` (launcher.py). The Ray one is the real
+thing; the in-memory one lets tests drive every path below in milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from scheduler.admission import Admission
+from scheduler.auth import Caller
+from scheduler.config import DaemonConfig
+from scheduler.errors import DaemonError
+from scheduler.launcher import Event, Launcher, key_of
+from scheduler.ledger import UsageLedger
+from scheduler.logbook import LogBook
+from scheduler.nodes import NodeBook
+from scheduler.runner import Launch
+from scheduler.shapes import ACTIVE, JobState, Outcome
+from scheduler.store import JobRow, Store
+
+log = logging.getLogger("labq.jobs")
+
+_END_STATE = {
+    Outcome.SUCCEEDED: JobState.SUCCEEDED,
+    Outcome.FAILED: JobState.FAILED,
+    Outcome.CANCELLED: JobState.CANCELLED,
+    Outcome.TIMEOUT: JobState.TIMEOUT,
+    Outcome.LOST: JobState.LOST,
+}
+
+
+class JobControl:
+    def __init__(
+        self,
+        store: Store,
+        config: DaemonConfig,
+        admission: Admission,
+        nodes: NodeBook,
+        logs: LogBook,
+        ledger: UsageLedger,
+        launcher: Callable[[], Launcher | None],
+        namespace: Callable[[], str] = lambda: "labq",
+        refresh_nodes: Callable[[], None] = lambda: None,
+        connected: Callable[[], bool] = lambda: True,
+        finish_stats: Callable[[int], Mapping[str, Any] | None] = lambda job_id: None,
+        wake: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.admission = admission
+        self.nodes = nodes
+        self.logs = logs
+        self.ledger = ledger
+        self._launcher = launcher
+        self._namespace = namespace
+        self._refresh_nodes = refresh_nodes
+        self._connected = connected
+        self._finish_stats = finish_stats
+        self._wake = wake
+
+    @property
+    def launcher(self) -> Launcher | None:
+        return self._launcher()
+
+    # -- from the API -------------------------------------------------------------------------
+    def submit(self, caller: Caller, spec_data: dict[str, Any], token: str | None = None) -> int:
+        """Queue a job. The same token from the same user again returns the first job."""
+        if token is not None and (not isinstance(token, str) or not 0 < len(token) <= 128):
+            raise DaemonError("token must be a string of 1 to 128 characters")
+        spec = self.admission.accept(caller, spec_data)
+        self.admission.check_room(caller)
+        job_id = self.store.add_job(caller.user, caller.uid, spec, token=token)
+        self._wake()
+        return job_id
+
+    def cancel(self, caller: Caller, job_id: int, now: bool = False) -> str:
+        """`now`: no grace period, SIGKILL at once (also for a job already stopping)."""
+        job = self.store.get(job_id)
+        if not caller.may_see(job.user):
+            raise DaemonError(f"job {job_id} belongs to {job.user}; only they or an admin may cancel it", 403)
+        reason = f"cancelled by {caller.user}" + (" (--now)" if now else "")
+        if job.state.terminal:
+            raise DaemonError(f"job {job_id} already ended ({job.state.value})", 409)
+        if job.state in (JobState.PENDING, JobState.PREEMPTED):
+            self.store.transition(job_id, JobState.CANCELLED, reason, expect=(job.state,), end_time=time.time())
+            if self.store.get(job_id).state is JobState.CANCELLED:
+                self.store.audit(caller.user, "job.cancel", str(job_id), reason, time.time())
+                self._wake()
+                return "cancelled"
+            job = self.store.get(job_id)  # it started meanwhile: stop it like a running one
+        self.request_stop(job, "cancelled", reason, 0.0 if now else self.grace(job))
+        self.store.audit(caller.user, "job.cancel", str(job_id), reason, time.time())
+        return "killed" if now else "stopping"
+
+    def grace(self, job: JobRow) -> float:
+        """The job's grace period, never above max_grace_s (a job submitted before the
+        cap existed, or under a larger one, gets the cap)."""
+        g = job.spec.get("grace")
+        grace = float(g) if g is not None else self.config.grace_period_s
+        return min(grace, self.config.max_grace_s)
+
+    def request_stop(self, job: JobRow, outcome: str, reason: str, grace: float) -> None:
+        """Ask a running job to stop: SIGTERM now, SIGKILL `grace` seconds later."""
+        deadline = time.time() + grace
+        if job.stop_outcome is None:
+            self.store.set_fields(job.id, stop_deadline=deadline, stop_outcome=outcome, stop_reason=reason)
+        elif job.stop_deadline is not None and deadline < job.stop_deadline:
+            self.store.set_fields(job.id, stop_deadline=deadline)
+        launcher = self.launcher
+        if launcher is not None:
+            launcher.stop(job.id, job.attempt, outcome, reason, grace)
+
+    # -- from the scheduler loop ----------------------------------------------------------------
+    def start(self, job_id: int, node_id: str, gpu_ids: tuple[int, ...] | None, now: float) -> JobRow | None:
+        """PENDING -> STARTING on `node_id`, then launch. None if it moved on meanwhile
+        (cancelled while the pass decided)."""
+        node_name = self.nodes.name_of(node_id)
+        row = self.store.get(job_id)
+        if row.state is not JobState.PENDING:
+            return None
+        row = self.store.transition(
+            row.id,
+            JobState.STARTING,
+            f"placed on {node_name}",
+            now=now,
+            expect=(JobState.PENDING,),
+            node=node_id,
+            node_name=node_name,
+            attempt=row.attempt + 1,
+            gpu_ids=None if gpu_ids is None else ",".join(map(str, gpu_ids)),
+            start_time=now,
+            stop_deadline=None,
+            stop_outcome=None,
+            stop_reason=None,
+            exit_code=None,
+            signal=None,
+        )
+        if row.state is not JobState.STARTING:
+            return None
+        self.launch(row)
+        return row
+
+    def launch(self, job: JobRow) -> None:
+        launcher = self.launcher
+        if launcher is None:
+            return  # reconcile launches STARTING jobs once the launcher is there
+        spec = job.spec
+        umask = spec.get("umask")
+        launch = Launch(
+            job_id=job.id,
+            attempt=job.attempt,
+            argv=list(spec["command"]),
+            workdir=spec.get("workdir", ""),
+            env=dict(spec.get("env", {})),
+            uid=job.uid,
+            user=job.user,
+            # The default limit is a limit too: backfill and ETAs count on it.
+            time_limit=job.time_limit or self.config.default_time_limit_s,
+            grace=self.grace(job),
+            log_limit=self.logs.room(job),
+            namespace=self._namespace(),
+            gpu_indices=tuple(int(g) for g in job.gpu_ids.split(",")) if job.gpu_ids else None,
+            umask=0o022 if umask is None else int(umask),
+            cgroup=self.config.job_cgroups,
+        )
+        resources: dict[str, float] = {"GPU": job.gpus, "CPU": float(spec.get("cpus", 0))}
+        if spec.get("memory"):
+            resources["memory"] = float(spec["memory"])
+        launcher.launch(job.id, job.attempt, launch, job.node or "", resources)
+
+    # -- from the event pump --------------------------------------------------------------------
+    def apply(self, ev: Event) -> None:
+        """One event a node reported. Applying it twice changes nothing the second time."""
+        job = self.store.get(int(ev["job_id"]))
+        if job.attempt != ev["attempt"]:
+            return  # a late report from an older attempt
+        kind = ev["type"]
+        if kind == "started":
+            base = self.logs.open_attempt(job)
+            self.store.transition(
+                job.id,
+                JobState.RUNNING,
+                f"running on {job.node_name} with GPUs {','.join(ev['gpu_ids']) or '-'}",
+                expect=(JobState.STARTING,),
+                start_time=ev["start_time"],
+                pid=ev["pid"],
+                gpu_ids=",".join(ev["gpu_ids"]),
+                log_base=base,
+            )
+        elif kind == "log":
+            self.logs.write(job, int(ev["offset"]), ev["data"])
+        elif kind == "finished":
+            self.finish(job, ev)
+        else:
+            raise ValueError(f"job {job.id}: unknown event type {kind!r}")
+
+    def finish(self, job: JobRow, ev: Event) -> None:
+        # When the process ended, not when we heard of it (we may have been down meanwhile).
+        now = float(ev.get("end_time") or time.time())
+        fields = {"exit_code": ev.get("exit_code"), "signal": ev.get("signal"), "end_time": now}
+        reason = str(ev.get("reason") or "")
+        stats = self._finish_stats(job.id)
+        try:
+            outcome = Outcome(str(ev["outcome"]))
+        except ValueError:
+            # Not silently LOST: say what came, so a runner/daemon mismatch shows.
+            log.error("job %d: the node reported an unknown outcome %r", job.id, ev["outcome"])
+            outcome, reason = Outcome.LOST, f"the node reported an unknown outcome {ev['outcome']!r}"
+        if outcome is Outcome.LOST and self._node_gone(job, reason):
+            self.node_lost(job, reason, stats, fields)
+        elif outcome is Outcome.PREEMPTED:
+            self.store.transition(job.id, JobState.PREEMPTED, reason, expect=ACTIVE, run_stats=stats, **fields)
+            self.requeue(job, JobState.PREEMPTED, "requeued after preemption")
+        else:
+            state = _END_STATE[outcome]
+            if state is JobState.LOST and not reason:
+                reason = "lost"
+            self.store.transition(job.id, state, reason, expect=ACTIVE, run_stats=stats, **fields)
+        if job.state in ACTIVE and ev.get("log_dropped"):
+            # After the transition: an event applied again finds the job ended, no second note.
+            self.store.note(job.id, f"log limit reached: {ev['log_dropped']} bytes of output discarded", now)
+        if job.start_time is not None and job.state in ACTIVE:
+            self.ledger.ended(job.user, job.gpus, job.start_time, now)
+            self.logs.attempt_ended(job, time.time())
+
+    def requeue(self, job: JobRow, ended: JobState, reason: str) -> None:
+        """Back to the queue after an attempt that ended through no fault of the job;
+        `requeued` puts it first among its owner's jobs."""
+        self.store.transition(
+            job.id,
+            JobState.PENDING,
+            reason,
+            expect=(ended,),
+            requeued=1,
+            node=None,
+            pid=None,
+            stop_deadline=None,
+            stop_outcome=None,
+            stop_reason=None,
+        )
+
+    def _node_gone(self, job: JobRow, reason: str) -> bool:
+        """Did this job end because its node died (rather than Ray losing track of it)?"""
+        if job.node and ("NodeDied" in reason or "doesn't exist any more" in reason):
+            self.nodes.mark_dead(job.node)
+            return True
+        self._refresh_nodes()
+        return bool(job.node) and self._connected() and job.node not in self.nodes
+
+    def node_lost(self, job: JobRow, detail: str, stats: Mapping[str, Any] | None, fields: dict[str, Any]) -> None:
+        now = float(fields["end_time"])
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        reason = f"node {job.node_name or job.node} was lost at {when}"
+        self.store.transition(job.id, JobState.NODE_LOST, reason, expect=ACTIVE, run_stats=stats, **fields)
+        lost_before = sum(1 for e in self.store.events(job.id) if e["new_state"] == JobState.NODE_LOST.value)
+        retries = self.config.node_lost_retries
+        # A job someone asked to cancel stays ended; anything else may run again.
+        if lost_before <= retries and job.stop_outcome != "cancelled":
+            self.requeue(job, JobState.NODE_LOST, f"requeued after its node was lost (retry {lost_before} of {retries})")
+        log.warning("job %d: %s (%s)", job.id, reason, detail)
+
+    # -- after a (re)start ----------------------------------------------------------------------
+    def reconcile(self, known: Mapping[str, Any]) -> None:
+        """Adopt the attempts the launcher still runs; explain the rest."""
+        for job in self.store.jobs(states=ACTIVE):
+            if key_of(job.id, job.attempt) in known:
+                continue
+            if job.state is JobState.STARTING:
+                # The launch may not have reached the launcher before we stopped: a launch
+                # is idempotent per attempt, so sending it again cannot start it twice.
+                self.launch(job)
+            elif job.node and job.node not in self.nodes:
+                # Its node is gone (e.g. the Ray head died with it): requeue per the retry setting.
+                self.node_lost(job, "not running after Ray came back", None, {"end_time": time.time()})
+            else:
+                self.store.transition(
+                    job.id,
+                    JobState.LOST,
+                    "Ray no longer runs this job: the executor that owned it is gone "
+                    "(was the Ray head restarted?)",
+                    end_time=time.time(),
+                )

@@ -1,0 +1,51 @@
+"""Job files (job.yaml): read once, checked the same way for the CLI and the UI.
+
+YAML is imported only when a file is read (the CLI must start fast); the result is a
+plain spec mapping plus the line of each top-level key, for error messages that point
+into the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+# The fields a job file (and `labq submit`) may give; the daemon's JobSpec checks them.
+SPEC_FIELDS = ("command", "gpus", "cpus", "memory", "time", "workdir", "env", "name", "priority", "grace")
+
+
+class JobFileError(ValueError):
+    """A job file that cannot be used; the message names the file (and line)."""
+
+
+def load_job_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """The mapping in a job YAML, and the line of each top-level key. A relative
+    `workdir` is taken relative to the file."""
+    import yaml
+
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise JobFileError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise JobFileError(f"{path}{where}: not valid YAML: {problem}") from None
+    if not isinstance(data, dict) or node is None:
+        raise JobFileError(f"{path}: a job file is a mapping of {', '.join(SPEC_FIELDS)}")
+    lines = {str(k.value): k.start_mark.line + 1 for k, _ in node.value}
+    for key in data:
+        if key not in SPEC_FIELDS:
+            raise JobFileError(
+                f"{path} line {lines.get(str(key), '?')}: unknown field {key!r} (known: {', '.join(SPEC_FIELDS)})"
+            )
+    if data.get("env") is not None and not isinstance(data["env"], dict):
+        raise JobFileError(f"{path} line {lines.get('env', '?')}: env must be a mapping")
+    if isinstance(data.get("workdir"), str) and not os.path.isabs(data["workdir"]):
+        data["workdir"] = str((path.parent / data["workdir"]).resolve())
+    return data, lines

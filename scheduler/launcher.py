@@ -1,0 +1,186 @@
+"""What the job-control core needs from whatever runs jobs, and an in-memory one.
+
+`Launcher` is the whole contract: `launch` (idempotent per job attempt), `stop`,
+`poll(ack)` (a cursor over events: started, log, finished; everything up to `ack` is
+forgotten because the daemon has stored it), `known` (the attempts it still knows,
+for reconciling after a restart) and `ping`. `executor.RayLauncher` is the real one,
+a detached Ray actor that owns one Ray task per attempt. `MemoryLauncher` keeps the
+same event semantics in a dict and runs nothing: tests drive its jobs by hand, so
+the core's requeue, idempotency, re-adoption and accounting logic are checked in
+milliseconds, without Ray.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from scheduler.runner import Launch
+
+Event = dict[str, Any]
+
+
+class LauncherDown(Exception):
+    """The launcher does not answer (its Ray cluster is gone)."""
+
+
+def key_of(job_id: int, attempt: int) -> str:
+    return f"{job_id}.{attempt}"
+
+
+class Launcher(Protocol):
+    def launch(
+        self, job_id: int, attempt: int, launch: Launch, node_id: str, resources: Mapping[str, float]
+    ) -> None: ...
+
+    def stop(self, job_id: int, attempt: int, outcome: str, reason: str, grace: float) -> None: ...
+
+    def poll(self, ack: int, timeout: float) -> list[tuple[int, Event]]:
+        """Events after `ack`, waiting up to `timeout` for one; raises LauncherDown."""
+        ...
+
+    def known(self) -> dict[str, dict[str, Any]]: ...
+
+    def ping(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class MemoryJob:
+    job_id: int
+    attempt: int
+    launch: Launch
+    node: str
+    resources: Mapping[str, float]
+    stop: dict[str, Any] | None = None
+    started: bool = False
+    finished: bool = False
+
+
+@dataclass
+class MemoryLauncher:
+    """The Executor's bookkeeping without Ray: jobs advance only when a test says so."""
+
+    id: str = "memory0"
+    jobs: dict[str, MemoryJob] = field(default_factory=dict)
+    events: list[tuple[int, Event]] = field(default_factory=list)
+    seq: int = 0
+    acked: int = 0
+    launches: list[str] = field(default_factory=list)  # every launch call, repeats included
+    down: bool = False
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+
+    # -- the Launcher protocol ----------------------------------------------------------------
+    def launch(
+        self, job_id: int, attempt: int, launch: Launch, node_id: str, resources: Mapping[str, float]
+    ) -> None:
+        key = key_of(job_id, attempt)
+        with self._cond:
+            self.launches.append(key)
+            if key not in self.jobs:  # a repeated launch of an attempt changes nothing
+                self.jobs[key] = MemoryJob(job_id, attempt, launch, node_id, dict(resources))
+
+    def stop(self, job_id: int, attempt: int, outcome: str, reason: str, grace: float) -> None:
+        with self._cond:
+            job = self.jobs.get(key_of(job_id, attempt))
+            if job is None or job.finished:
+                return
+            if job.stop is None:
+                job.stop = {"outcome": outcome, "reason": reason, "grace": grace}
+            elif grace < job.stop["grace"]:
+                job.stop = {**job.stop, "grace": grace}
+
+    def poll(self, ack: int, timeout: float) -> list[tuple[int, Event]]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            if self.down:
+                raise LauncherDown("the memory launcher is down")
+            if ack > self.acked:
+                self.acked = ack
+                self.events = [(s, e) for s, e in self.events if s > ack]
+                pending = {key_of(e["job_id"], e["attempt"]) for _, e in self.events}
+                for k in [k for k, j in self.jobs.items() if j.finished and k not in pending]:
+                    del self.jobs[k]
+            while not self.events and time.monotonic() < deadline:
+                self._cond.wait(max(0.0, deadline - time.monotonic()))
+            return list(self.events)
+
+    def known(self) -> dict[str, dict[str, Any]]:
+        with self._cond:
+            return {
+                k: {"started": j.started, "finished": j.finished, "node": j.node} for k, j in self.jobs.items()
+            }
+
+    def ping(self) -> dict[str, Any]:
+        if self.down:
+            raise LauncherDown("the memory launcher is down")
+        return {"id": self.id, "jobs": len(self.jobs), "seq": self.seq}
+
+    # -- what a node would report, driven by tests --------------------------------------------
+    def emit(self, event: Event) -> None:
+        """Any event, as a runner would report it (an old attempt's, a malformed one)."""
+        with self._cond:
+            self._emit(event)
+
+    def _emit(self, event: Event) -> None:
+        self.seq += 1
+        self.events.append((self.seq, event))
+        self._cond.notify_all()
+
+    def start(self, job_id: int, attempt: int, pid: int = 4242, gpu_ids: tuple[str, ...] = ("0",), at: float = 0.0) -> None:
+        with self._cond:
+            job = self.jobs[key_of(job_id, attempt)]
+            job.started = True
+            self._emit(
+                {
+                    "type": "started",
+                    "job_id": job_id,
+                    "attempt": attempt,
+                    "pid": pid,
+                    "gpu_ids": list(gpu_ids),
+                    "host": "memhost",
+                    "node": job.node,
+                    "start_time": at or time.time(),
+                }
+            )
+
+    def log(self, job_id: int, attempt: int, offset: int, data: bytes) -> None:
+        with self._cond:
+            self._emit({"type": "log", "job_id": job_id, "attempt": attempt, "offset": offset, "data": data})
+
+    def finish(
+        self,
+        job_id: int,
+        attempt: int,
+        outcome: str,
+        exit_code: int | None = 0,
+        reason: str = "",
+        at: float = 0.0,
+        **extra: Any,
+    ) -> None:
+        with self._cond:
+            job = self.jobs[key_of(job_id, attempt)]
+            job.finished = True
+            self._emit(
+                {
+                    "type": "finished",
+                    "job_id": job_id,
+                    "attempt": attempt,
+                    "outcome": outcome,
+                    "exit_code": exit_code,
+                    "signal": None,
+                    "reason": reason,
+                    "end_time": at or time.time(),
+                    **extra,
+                }
+            )
+
+    def forget_everything(self) -> None:
+        """As if the Ray head (and the executor with it) had been restarted."""
+        with self._cond:
+            self.jobs.clear()
+            self.events.clear()
+            self.acked = 0
+            self.seq = 0

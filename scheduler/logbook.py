@@ -1,0 +1,92 @@
+"""Job logs on the head node: one file per job, written by the event pump alone.
+
+Bytes arrive from the nodes as (offset, data) and are written at their offset, so a
+report delivered twice lands on itself. Each file is 0600 in the daemon's 0700 logs
+dir: the API, not the file system, decides who reads a log. `log_max_bytes` bounds a
+job's log (the node already cut the stream); `user_log_max_bytes` bounds what one
+person keeps, removing their oldest ended jobs' logs first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from scheduler.store import JobRow, Store
+from scheduler.units import format_size
+
+log = logging.getLogger("labq.logs")
+
+ATTEMPT_HEADER = 200  # room for the "--- labq: attempt N on NODE ---" line
+
+
+class LogBook:
+    def __init__(self, logs_dir: Path, store: Store, max_bytes: int, user_max_bytes: int) -> None:
+        self.dir = logs_dir
+        self.store = store
+        self.max_bytes = max_bytes
+        self.user_max_bytes = user_max_bytes
+
+    def path(self, job_id: int) -> Path:
+        return self.dir / f"{int(job_id)}.log"
+
+    def size(self, job_id: int) -> int:
+        try:
+            return self.path(job_id).stat().st_size
+        except OSError:
+            return 0
+
+    def room(self, job: JobRow) -> int:
+        """Bytes this attempt may still add to the job's log (earlier attempts used some)."""
+        used = self.size(job.id)
+        return max(0, self.max_bytes - used - (ATTEMPT_HEADER if used else 0))
+
+    def open_attempt(self, job: JobRow) -> int:
+        """Where this attempt's bytes start in the file (after a header from the 2nd on)."""
+        if job.log_removed is not None:
+            self.store.set_fields(job.id, log_removed=None)
+        fd = os.open(self.path(job.id), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        if job.attempt <= 1:
+            os.close(fd)
+            return 0
+        with open(fd, "ab") as f:
+            f.write(f"\n--- labq: attempt {job.attempt} on {job.node_name} ---\n".encode())
+            return f.tell()
+
+    def write(self, job: JobRow, offset: int, data: bytes) -> None:
+        pos = job.log_base + offset
+        if pos >= self.max_bytes:
+            return
+        data = data[: self.max_bytes - pos]
+        try:
+            fd = os.open(self.path(job.id), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                os.pwrite(fd, data, pos)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            # A full disk costs log bytes, not the job's state events behind them.
+            log.error("job %d: %d log bytes lost: %s", job.id, len(data), e.strerror or e)
+
+    def attempt_ended(self, job: JobRow, now: float) -> None:
+        """Record the log's size; past the owner's cap, remove their oldest ended jobs'
+        logs (each job's history says so)."""
+        self.store.set_fields(job.id, log_bytes=self.size(job.id))
+        cap = self.user_max_bytes
+        total = self.store.user_log_bytes(job.user)
+        while total > cap:
+            victims = self.store.oldest_kept_logs(job.user)
+            if not victims:
+                break
+            for victim, n in victims:
+                if total <= cap:
+                    break
+                self.path(victim).unlink(missing_ok=True)
+                self.store.log_removed(
+                    victim,
+                    now,
+                    f"log removed: {job.user}'s logs passed the per-user cap of "
+                    f"{format_size(cap)} (user_log_max_bytes), oldest first",
+                )
+                total -= n

@@ -1,0 +1,143 @@
+"""The daemon's picture of the cluster's nodes, and which of them may take new jobs.
+
+`NodeBook` owns three things, behind one lock:
+- the nodes Ray reports alive (refreshed by the Ray link every couple of seconds);
+- the nodes known dead: a task reported its node gone before Ray's node table caught
+  up; nothing is placed there again (a node that comes back has a new id);
+- the node *names* an admin drained (names survive a node's restart), persisted in the
+  store's meta table.
+Readers get copies; nobody outside holds the dicts.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from scheduler.store import Store
+
+
+@dataclass
+class NodeRecord:
+    id: str
+    name: str
+    address: str
+    gpus: int
+    cpus: float
+    memory: float
+    simulated: bool
+    alive: bool = True
+    schedulable: bool = True
+    nvml_gpus: int | None = None
+    note: str = ""
+
+    def public(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class NodeBook:
+    def __init__(self, store: Store | None = None) -> None:
+        self._lock = threading.Lock()
+        self._nodes: dict[str, NodeRecord] = {}
+        self._dead: set[str] = set()
+        self.store = store
+        self._drained: set[str] = (
+            set(json.loads(store.get_meta("drained_nodes") or "[]")) if store is not None else set()
+        )
+
+    # -- reading -------------------------------------------------------------------------------
+    def all(self) -> list[NodeRecord]:
+        with self._lock:
+            return [replace(n) for n in self._nodes.values()]
+
+    def get(self, node_id: str) -> NodeRecord | None:
+        with self._lock:
+            n = self._nodes.get(node_id)
+            return replace(n) if n is not None else None
+
+    def __contains__(self, node_id: object) -> bool:
+        with self._lock:
+            return node_id in self._nodes
+
+    def name_of(self, node_id: str) -> str:
+        n = self.get(node_id)
+        return n.name if n is not None else node_id
+
+    def gpu_sizes(self) -> list[int]:
+        with self._lock:
+            return [n.gpus for n in self._nodes.values()]
+
+    def drained(self) -> set[str]:
+        with self._lock:
+            return set(self._drained)
+
+    # -- Ray's view ----------------------------------------------------------------------------
+    def update_from_ray(self, raw: list[dict[str, Any]], head_address: str, simulated_head: bool) -> None:
+        """Replace the alive set with what `ray.nodes()` says, keeping what the GPU
+        monitors learned about nodes that stay."""
+        names = Counter(n.get("NodeManagerHostname", "") for n in raw)
+        with self._lock:
+            views: dict[str, NodeRecord] = {}
+            for n in raw:
+                if n["NodeID"] in self._dead:
+                    continue
+                res = n.get("Resources", {})
+                host = n.get("NodeManagerHostname", "") or n["NodeID"][:8]
+                name = host if names.get(host, 0) <= 1 else f"{host}-{n['NodeID'][:6]}"
+                old = self._nodes.get(n["NodeID"])
+                simulated = simulated_head and "node:__internal_head__" in res
+                views[n["NodeID"]] = NodeRecord(
+                    id=n["NodeID"],
+                    name=name,
+                    address=n.get("NodeManagerAddress", head_address),
+                    gpus=int(res.get("GPU", 0)),
+                    cpus=float(res.get("CPU", 0)),
+                    memory=float(res.get("memory", 0)),
+                    simulated=old.simulated if old and old.nvml_gpus is not None else simulated,
+                    schedulable=name not in self._drained,
+                    nvml_gpus=old.nvml_gpus if old else None,
+                    note=old.note if old else "",
+                )
+            self._nodes = views
+
+    def set_all(self, nodes: Mapping[str, NodeRecord]) -> None:
+        """For tests and tools that build the picture by hand."""
+        with self._lock:
+            self._nodes = {k: replace(v) for k, v in nodes.items()}
+
+    def mark_dead(self, node_id: str) -> None:
+        with self._lock:
+            self._dead.add(node_id)
+            self._nodes.pop(node_id, None)
+
+    def update_monitor(self, node_id: str, simulated: bool, nvml_gpus: int, note: str) -> None:
+        with self._lock:
+            n = self._nodes.get(node_id)
+            if n is not None:
+                n.simulated, n.nvml_gpus, n.note = simulated, nvml_gpus, note
+
+    # -- drain ---------------------------------------------------------------------------------
+    def find(self, ref: str) -> list[NodeRecord]:
+        """Nodes whose name or id is `ref` (or whose id starts with it, 6+ characters)."""
+        with self._lock:
+            return [
+                replace(n)
+                for n in self._nodes.values()
+                if ref in (n.name, n.id) or (len(ref) >= 6 and n.id.startswith(ref))
+            ]
+
+    def set_drained(self, name: str, drained: bool) -> None:
+        with self._lock:
+            if drained:
+                self._drained.add(name)
+            else:
+                self._drained.discard(name)
+            for n in self._nodes.values():
+                n.schedulable = n.name not in self._drained
+            names = sorted(self._drained)
+        if self.store is not None:
+            self.store.set_meta("drained_nodes", json.dumps(names))

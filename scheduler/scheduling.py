@@ -1,0 +1,248 @@
+"""The scheduler loop: build a Snapshot, call the one policy, carry out its Decision.
+
+Owns the last Decision (read by the API for reasons, ETAs, ranks and shares) and when
+the last pass ran. It is the only thread that starts jobs; it asks jobs to stop only
+through the job-control core. The policy (`policy.schedule`) is pure: this module is
+the side that reads the store, the nodes and the GPU monitors, and the clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from scheduler.auth import Caller
+from scheduler.config import DaemonConfig
+from scheduler.control import JobControl
+from scheduler.ledger import UsageLedger
+from scheduler.nodes import NodeBook
+from scheduler.policy import (
+    Decision,
+    NodeInfo,
+    PendingJob,
+    PolicyConfig,
+    RunningJob,
+    Snapshot,
+    Waiting,
+    schedule,
+)
+from scheduler.quota import QuotaBook
+from scheduler.shapes import ACTIVE, JobState
+from scheduler.store import JobRow, Store
+
+log = logging.getLogger("labq.scheduler")
+
+
+def held_gpus(active: list[JobRow]) -> dict[str, set[int]]:
+    """GPU indices each node's active jobs hold (as labq assigned them)."""
+    held: dict[str, set[int]] = {}
+    for j in active:
+        if j.node and j.gpu_ids:
+            held.setdefault(j.node, set()).update(int(g) for g in j.gpu_ids.split(",") if g.isdigit())
+    return held
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        config: DaemonConfig,
+        nodes: NodeBook,
+        control: JobControl,
+        ledger: UsageLedger,
+        quotas: Callable[[], QuotaBook],
+        unusable: Callable[[str], set[int]],
+        closed: Callable[[], bool] = lambda: False,
+        wake: threading.Event | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.nodes = nodes
+        self.control = control
+        self.ledger = ledger
+        self._quotas = quotas
+        self._unusable = unusable
+        self._closed = closed
+        self.decision: Decision | None = None
+        self.last_pass = 0.0
+        self.wake = wake or threading.Event()
+        self.api_busy_until = 0.0  # monotonic; the API handlers push it forward
+
+    def policy_config(self) -> PolicyConfig:
+        c = self.config
+        return PolicyConfig(
+            default_time_limit=c.default_time_limit_s,
+            min_runtime=c.min_runtime_s,
+            grace_period=c.grace_period_s,
+            preemption=c.preemption,
+            backfill=c.backfill,
+        )
+
+    def waiting_for(self, job_id: int) -> Waiting | None:
+        d = self.decision
+        return None if d is None else d.waiting.get(job_id)
+
+    # -- the snapshot -------------------------------------------------------------------------
+    def snapshot(self, now: float) -> Snapshot:
+        pending_rows = self.store.jobs(states=(JobState.PENDING,))
+        active = self.store.jobs(states=ACTIVE)
+        decayed, week = self.ledger.usage(now, active)
+        held = held_gpus(active)
+        closed = self._closed()
+        nodes = tuple(
+            NodeInfo(
+                id=n.id,
+                name=n.name,
+                # An unhealthy GPU, or one a stray process holds, is not offered to new
+                # jobs unless a labq job already has it.
+                gpus=n.gpus - len(self._unusable(n.id) - held.get(n.id, set())),
+                cpus=n.cpus,
+                memory=n.memory,
+                schedulable=n.schedulable and n.alive and not closed,
+            )
+            for n in self.nodes.all()
+        )
+        return Snapshot(
+            now=now,
+            pending=tuple(
+                PendingJob(
+                    id=j.id,
+                    user=j.user,
+                    gpus=j.gpus,
+                    submit_time=j.submit_time,
+                    priority=j.priority,
+                    time_limit=j.time_limit,
+                    requeued=j.requeued,
+                    cpus=float(j.spec.get("cpus", 0)),
+                    memory=int(j.spec.get("memory", 0)),
+                )
+                for j in pending_rows
+            ),
+            running=tuple(
+                RunningJob(
+                    id=j.id,
+                    user=j.user,
+                    gpus=j.gpus,
+                    node=j.node or "",
+                    start_time=j.start_time or now,
+                    time_limit=j.time_limit,
+                    stop_deadline=j.stop_deadline,
+                    cpus=float(j.spec.get("cpus", 0)),
+                    memory=int(j.spec.get("memory", 0)),
+                )
+                for j in active
+            ),
+            nodes=nodes,
+            usage=decayed,
+            week_usage=week,
+            quotas=self._quotas(),
+            config=self.policy_config(),
+        )
+
+    def pick_gpus(self, node_id: str, count: int, held: dict[str, set[int]]) -> tuple[int, ...] | None:
+        """Healthy free GPU indices for a job on this node; None = let Ray choose.
+
+        labq picks the indices itself so that a GPU NVML calls unhealthy (or one a stray
+        process holds) is never handed out; Ray still counts them. Where Ray and NVML
+        disagree on the count (e.g. the raylet was started with CUDA_VISIBLE_DEVICES),
+        the indices would not mean the same thing, so Ray chooses.
+        """
+        node = self.nodes.get(node_id)
+        if node is None or node.nvml_gpus is None:
+            return None
+        if not node.simulated and node.nvml_gpus != node.gpus:
+            return None
+        bad = self._unusable(node_id)
+        free = [i for i in range(node.gpus) if i not in held.get(node_id, set()) and i not in bad]
+        if len(free) < count:
+            return None
+        return tuple(free[:count])
+
+    # -- one pass -------------------------------------------------------------------------------
+    def one_pass(self) -> Decision:
+        now = time.time()
+        decision = schedule(self.snapshot(now))
+        held = held_gpus(self.store.jobs(states=ACTIVE)) if decision.starts else {}
+        for start in decision.starts:
+            row = self.store.get(start.job_id)
+            if row.state is not JobState.PENDING:
+                continue  # cancelled while we were deciding
+            picked = self.pick_gpus(start.node, row.gpus, held)
+            if picked is not None:
+                held.setdefault(start.node, set()).update(picked)
+            self.control.start(row.id, start.node, picked, now)
+        for pre in decision.preemptions:
+            row = self.store.get(pre.job_id)
+            if row.state in ACTIVE and row.stop_outcome is None:
+                self.store.note(row.id, f"preemption requested: {pre.reason}", now)
+                self.control.request_stop(row, "preempted", pre.reason, self.control.grace(row))
+        self.decision = decision
+        self.last_pass = now
+        return decision
+
+    def preview(self, caller: Caller, spec_data: dict[str, Any]) -> dict[str, Any]:
+        """What would happen if this job were submitted now: the policy's own answer."""
+        spec = self.control.admission.accept(caller, spec_data)
+        now = time.time()
+        snap = self.snapshot(now)
+        probe = PendingJob(
+            id=-1,
+            user=caller.user,
+            gpus=spec.gpus,
+            submit_time=now,
+            priority=spec.priority,
+            time_limit=spec.time,
+            cpus=float(spec.cpus),
+            memory=int(spec.memory or 0),
+        )
+        decision = schedule(replace(snap, pending=(*snap.pending, probe)))
+        start = next((s for s in decision.starts if s.job_id == -1), None)
+        if start is not None:
+            return {"starts_now": True, "node": self.nodes.name_of(start.node), "reasons": [], "why": [], "eta": now}
+        w = decision.waiting.get(-1)
+        return {
+            "starts_now": False,
+            "node": None,
+            "reasons": [r.text for r in w.reasons] if w else [],
+            "why": [r.as_dict() for r in w.reasons] if w else [],
+            "eta": w.eta if w else None,
+        }
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def loop(
+        self,
+        stop: threading.Event,
+        connected: Callable[[], bool],
+        refresh_nodes: Callable[[], None],
+        after: Callable[[], None] = lambda: None,
+    ) -> None:
+        """The scheduler thread: a pass when woken (any event, any submission) and at
+        least every pass_interval_s; the node list every 2 s; nothing while Ray is away."""
+        last_nodes = 0.0
+        pass_s = 0.0
+        while not stop.is_set():
+            self.wake.wait(timeout=self.config.pass_interval_s)
+            # Under a burst of requests, passes over a long queue would run back to back
+            # and starve the API threads of the GIL: while the API is busy, rest twice as
+            # long as the last pass took (a third of the time for scheduling), gathering
+            # the submissions meanwhile. An idle cluster's pass takes ~1 ms, and with a
+            # quiet API a backlog drains at full speed.
+            if pass_s > 0.005 and time.monotonic() < self.api_busy_until:
+                stop.wait(min(1.0, 2 * pass_s))
+            self.wake.clear()
+            try:
+                if connected() and time.monotonic() - last_nodes > 2.0:
+                    refresh_nodes()
+                    last_nodes = time.monotonic()
+                if connected():
+                    t0 = time.monotonic()
+                    self.one_pass()
+                    pass_s = time.monotonic() - t0
+                after()
+            except Exception:  # noqa: BLE001 - the loop must survive any one bad pass
+                log.exception("scheduling pass failed")
+                time.sleep(0.5)

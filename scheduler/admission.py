@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import Any
 
 from scheduler import safefs
@@ -16,6 +17,7 @@ from scheduler.config import DaemonConfig
 from scheduler.errors import DaemonError
 from scheduler.job import JobSpec, JobState
 from scheduler.nodes import NodeBook
+from scheduler.present import memory
 from scheduler.store import Store
 from scheduler.units import format_duration
 
@@ -28,6 +30,8 @@ class Admission:
         self.uid = os.geteuid()
         self.user = user_name(self.uid)
         self.closed = False  # `labq down`: no new jobs
+        self._rate_lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # user -> (tokens, when)
 
     def accept(self, caller: Caller, spec_data: dict[str, Any]) -> JobSpec:
         """The validated spec, or a DaemonError saying in one line what is wrong."""
@@ -65,6 +69,24 @@ class Admission:
                 raise DaemonError(f"workdir {spec.workdir} {problem}")
         return spec
 
+    def check_rate(self, caller: Caller, now: float) -> None:
+        """At most max_submissions_per_minute from one person (a bucket that refills
+        continuously, so a burst of that many is fine): a script in a loop cannot fill
+        the disk with jobs it cancels again at once."""
+        per_min = self.config.max_submissions_per_minute
+        if per_min <= 0:
+            return
+        with self._rate_lock:
+            level, at = self._buckets.get(caller.user, (float(per_min), now))
+            level = min(float(per_min), level + (now - at) * per_min / 60.0)
+            if level < 1.0:
+                raise DaemonError(
+                    f"{caller.user} submitted {per_min} jobs within a minute, the most this daemon "
+                    "takes (max_submissions_per_minute); wait a little and submit the rest",
+                    429,
+                )
+            self._buckets[caller.user] = (level - 1.0, now)
+
     def check_room(self, caller: Caller) -> None:
         """One person may keep at most max_pending_jobs_per_user jobs waiting."""
         cap = self.config.max_pending_jobs_per_user
@@ -77,10 +99,23 @@ class Admission:
             )
 
     def _check_fits(self, spec: JobSpec) -> None:
-        sizes = self.nodes.gpu_sizes()
-        if not sizes:
+        """Refuse what no node could ever hold (GPUs, CPUs or memory): such a job would
+        wait forever (and, before, hold a backfill reservation that blocked others)."""
+        nodes = self.nodes.all()
+        if not nodes:
             return  # Ray unreachable right now: queue it and decide when it is back
+        sizes = [n.gpus for n in nodes]
         largest = max(sizes)
+        big_enough = [n for n in nodes if n.gpus >= min(spec.gpus, largest)]
+        where = f"a node with {spec.gpus} GPUs" if spec.gpus <= largest else "a node"
+        if spec.cpus and not any(n.cpus >= spec.cpus for n in big_enough):
+            most = max(n.cpus for n in big_enough)
+            raise DaemonError(f"asks for {spec.cpus:g} CPUs but the most {where} has is {most:g}")
+        if spec.memory and not any(n.memory >= spec.memory for n in big_enough):
+            most_mem = max(n.memory for n in big_enough)
+            raise DaemonError(
+                f"asks for {memory(spec.memory)} of memory but the most {where} has for jobs is {memory(most_mem)}"
+            )
         if spec.gpus > largest and not self.config.allow_multi_node:
             if largest == 0:
                 raise DaemonError(

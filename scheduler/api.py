@@ -16,7 +16,6 @@ import socketserver
 import ssl
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlparse
@@ -24,7 +23,7 @@ from urllib.parse import parse_qs, urlparse
 from scheduler.admin import Admin
 from scheduler.auth import Admins, AuthError, Caller, peer_uid, socket_caller
 from scheduler.config import DaemonConfig, is_loopback, parse_listen
-from scheduler.conns import Limits, Watchdog
+from scheduler.conns import DeadlineHandler, LimitedServer
 from scheduler.control import JobControl
 from scheduler.doctor import Doctor
 from scheduler.errors import DaemonError
@@ -296,12 +295,8 @@ def shutdown(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
 
 
 # -- the server -------------------------------------------------------------------------------------
-class _RequestHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _RequestHandler(DeadlineHandler):
     server: ApiServer | TcpApiServer
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
-        pass
 
     def address_string(self) -> str:
         return "unix" if isinstance(self.server, ApiServer) else str(self.client_address[0])
@@ -318,17 +313,6 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 self.request.close()
                 raise
         super().setup()
-
-    def handle_one_request(self) -> None:
-        # From here until the request is read: waiting for it (a kept-alive connection
-        # sits here), then reading it, whatever the pace of the bytes.
-        self.server.watchdog.arm(self.request, self.server.timeout_s)
-        try:
-            super().handle_one_request()
-        except OSError:
-            self.close_connection = True
-        finally:
-            self.server.watchdog.disarm(self.request)
 
     def _caller(self) -> Caller:
         daemon = self.server.daemon
@@ -426,69 +410,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self._handle("PUT")
 
 
-class _Limited(socketserver.ThreadingMixIn):
-    """Connection caps and deadlines shared by both listeners (conns.py)."""
-
-    daemon_threads = True
-    daemon: Service
-    limits: Limits
-    watchdog: Watchdog
-    timeout_s: float
-    _keys: dict[int, str]
-    _keys_lock: Any
-
-    def _setup_limits(self, daemon: Service) -> None:
-        import threading
-
-        c = daemon.config
-        self.limits = Limits(c.max_connections_per_user, c.max_connections)
-        self.watchdog = Watchdog()
-        self.timeout_s = c.request_timeout_s
-        self._keys = {}
-        self._keys_lock = threading.Lock()
-
-    def _key(self, request: Any, client_address: Any) -> tuple[str, bool]:
-        raise NotImplementedError
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        key, anon = self._key(request, client_address)
-        refusal = self.limits.acquire(key, request, anon=anon)
-        if refusal:
-            _refuse(request, refusal)
-            self.shutdown_request(request)  # type: ignore[attr-defined]
-            return
-        with self._keys_lock:
-            self._keys[id(request)] = key
-        super().process_request(request, client_address)  # type: ignore[misc]
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)  # type: ignore[misc]
-        finally:
-            self.watchdog.disarm(request)
-            with self._keys_lock:
-                key = self._keys.pop(id(request), "")
-            self.limits.release(key, request)
-
-
-def _refuse(sock: Any, message: str) -> None:
-    """Over a cap: one JSON answer, written without waiting on a slow reader."""
-    data = json.dumps({"error": message}).encode()
-    head = (
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
-    ).encode()
-    try:
-        sock.settimeout(0.5)
-        if isinstance(sock, ssl.SSLSocket):
-            return  # no handshake yet: closing is all we can say
-        sock.sendall(head + data)
-    except OSError:
-        pass
-
-
-class TcpApiServer(_Limited, socketserver.TCPServer):
+class TcpApiServer(LimitedServer, socketserver.TCPServer):
     """The network listener for remote clients: tokens always, TLS beyond loopback."""
+
+    daemon: Service
 
     allow_reuse_address = True
 
@@ -502,7 +427,7 @@ class TcpApiServer(_Limited, socketserver.TCPServer):
                 "cross it in clear, or listen on 127.0.0.1 and reach it through an SSH tunnel"
             )
         self.daemon = daemon
-        self._setup_limits(daemon)
+        self.setup_limits(daemon.config.max_connections_per_user, daemon.config.max_connections, daemon.config.request_timeout_s)
         self.tls: ssl.SSLContext | None = None
         if cert:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -524,16 +449,8 @@ class TcpApiServer(_Limited, socketserver.TCPServer):
         return f"address {client_address[0]}", True
 
     def authenticated(self, sock: Any, user: str) -> str:
-        with self._keys_lock:
-            old = self._keys.get(id(sock), "")
-        new = f"user {user}"
-        if old == new:
-            return ""
-        refusal = self.limits.move(old, new, sock)
-        if not refusal:
-            with self._keys_lock:
-                self._keys[id(sock)] = new
-        return refusal
+        """A valid token: the connection counts against its user now, not its address."""
+        return self.rekey(sock, f"user {user}")
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, addr = super().get_request()
@@ -550,24 +467,36 @@ class TcpApiServer(_Limited, socketserver.TCPServer):
         return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
 
-class ApiServer(_Limited, socketserver.UnixStreamServer):
+def prepare_socket_dir(path: Path) -> None:
+    """Make (or check) the directory the socket goes in; DaemonError if it is unsafe.
+    Called before Ray starts, so a bad socket path stops `labq up` at once."""
+    from scheduler import safefs
+
+    if os.geteuid() == 0:
+        # Root chmods the socket by name after bind: nobody else may be able to swap
+        # what that name points to, anywhere up the path.
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, mode=0o755)
+        problem = safefs.untrusted_ancestor(path.parent)
+        if problem:
+            raise DaemonError(f"socket directory {path.parent}: {problem}; use one only root can write")
+    else:
+        # A personal daemon's socket directory (e.g. /tmp/labq-UID) must be its own:
+        # one another user made first would let them swap the socket.
+        try:
+            safefs.private_dir(path.parent, 0o700)
+        except safefs.UnsafePath as e:
+            raise DaemonError(f"socket directory: {e}") from None
+
+
+class ApiServer(LimitedServer, socketserver.UnixStreamServer):
     allow_reuse_address = True
+    daemon: Service
 
     def __init__(self, path: Path, daemon: Service) -> None:
-        from scheduler import safefs
-
         self.daemon = daemon
-        self._setup_limits(daemon)
-        if os.geteuid() == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(path.parent, 0o755)
-        else:
-            # A personal daemon's socket directory (e.g. /tmp/labq-UID) must be its
-            # own: one another user made first would let them swap the socket.
-            try:
-                safefs.private_dir(path.parent, 0o700)
-            except safefs.UnsafePath as e:
-                raise DaemonError(f"socket directory: {e}") from None
+        self.setup_limits(daemon.config.max_connections_per_user, daemon.config.max_connections, daemon.config.request_timeout_s)
+        prepare_socket_dir(path)
         if path.exists():
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:

@@ -143,7 +143,8 @@ def cmd_show(c: Client, args: argparse.Namespace) -> int:
     if args.json:
         emit_json(j)
         return 0
-    say(job_text(j, time.time()))
+    for line in job_text(j, time.time()).splitlines():
+        say(line)
     return 0
 
 
@@ -428,8 +429,10 @@ def cmd_token(c: Client, args: argparse.Namespace) -> int:
             emit_json(out)
             return 0
         until = f", valid until {stamp(out['expires'])}" if out.get("expires") else ", no expiry"
-        say(f"token {out['id']} for {out['user']}{until}. It is shown only this once:\n")
-        say(f"  {out['token']}\n")
+        say(f"token {out['id']} for {out['user']}{until}. It is shown only this once:")
+        say()
+        say(f"  {out['token']}")
+        say()
         say("On their machine: put it in ~/.config/labq/token (chmod 600) or LABQ_TOKEN,")
         say("and set LABQ_URL to this daemon's `listen` address (https://HOST:PORT).")
         return 0
@@ -505,8 +508,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     except (OSError, safefs.UnsafePath) as e:
         die(f"state dir: {e}")
     log_path = state_dir / "daemon.log"
+    # -P: the daemon's own directory is not on its import path, and it runs in its state
+    # dir: started from a directory another user can write, it would otherwise import
+    # their `scheduler` package, as root (and so would the Ray workers it starts).
     argv = [
         sys.executable,
+        "-P",
         "-m",
         "scheduler.cli",
         "--socket",
@@ -522,7 +529,12 @@ def cmd_up(args: argparse.Namespace) -> int:
             argv += [f"--{opt.replace('_', '-')}", str(v)]
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=state_dir,
         )
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:

@@ -194,14 +194,29 @@ class Client:
             self._conn.close()
             self._conn = None
 
+    def _connect(self, busy_until: float) -> _Connection:
+        """A connection; while the daemon's accept queue is full (EAGAIN on a Unix
+        socket: a burst, or someone flooding it), try again for a few seconds."""
+        delay = 0.02
+        while True:
+            try:
+                return _Connection(self.remote or str(self.socket_path), self.timeout)
+            except BlockingIOError:
+                if time.monotonic() + delay > busy_until:
+                    raise ClientError(f"the labq daemon at {self.where} is too busy to accept connections") from None
+                time.sleep(delay)
+                delay = min(0.5, delay * 2)
+
     def request(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
         q = {k: v for k, v in query.items() if v is not None and v is not False}
         url = path + ("?" + urlencode(q) if q else "")
         data = None if body is None else json.dumps(body).encode()
-        for attempt in (0, 1):
+        busy_until = time.monotonic() + min(5.0, self.timeout)
+        attempt = 0
+        while True:
             try:
                 if self._conn is None:
-                    self._conn = _Connection(self.remote or str(self.socket_path), self.timeout)
+                    self._conn = self._connect(busy_until)
                 status, raw = self._conn.roundtrip(method, url, data)
                 break
             except (FileNotFoundError, ConnectionRefusedError):
@@ -213,6 +228,7 @@ class Client:
                 self.close()
                 if attempt:
                     raise ClientError("the labq daemon closed the connection") from None
+                attempt += 1
             except TimeoutError:
                 self.close()
                 raise ClientError(

@@ -22,10 +22,14 @@ thread owns nothing but its table; the handler threads arm and disarm it.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
+import socketserver
+import ssl
 import threading
 import time
 from collections import OrderedDict
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 
@@ -133,3 +137,99 @@ class Limits:
     def open(self, key: str | None = None) -> int:
         with self._lock:
             return self._open if key is None else self._count.get(key, 0)
+
+
+class LimitedServer(socketserver.ThreadingMixIn):
+    """A threading server whose connections are capped (`Limits`) and timed (`Watchdog`).
+    The API's listeners and the metrics endpoint are built on it. Subclasses say how
+    a connection is counted (`_key`)."""
+
+    daemon_threads = True
+    # The kernel's accept queue: at the default 5 a burst of connects (or a flood from
+    # one user) is refused by the kernel before the per-user caps get a say.
+    request_queue_size = 1024
+    limits: Limits
+    watchdog: Watchdog
+    timeout_s: float
+    _keys: dict[int, str]
+    _keys_lock: threading.Lock
+
+    def setup_limits(self, per_key: int, total: int, timeout_s: float) -> None:
+        self.limits = Limits(per_key, total)
+        self.watchdog = Watchdog()
+        self.timeout_s = timeout_s
+        self._keys = {}
+        self._keys_lock = threading.Lock()
+
+    def _key(self, request: Any, client_address: Any) -> tuple[str, bool]:
+        """(the key the connection counts under, whether it is evictable/anonymous)."""
+        raise NotImplementedError
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        key, anon = self._key(request, client_address)
+        refusal = self.limits.acquire(key, request, anon=anon)
+        if refusal:
+            refuse(request, refusal)
+            self.shutdown_request(request)  # type: ignore[attr-defined]
+            return
+        with self._keys_lock:
+            self._keys[id(request)] = key
+        super().process_request(request, client_address)  # type: ignore[misc]
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)  # type: ignore[misc]
+        finally:
+            self.watchdog.disarm(request)
+            with self._keys_lock:
+                key = self._keys.pop(id(request), "")
+            self.limits.release(key, request)
+
+    def rekey(self, sock: Any, new: str) -> str:
+        """Count an anonymous connection under `new` from now on ('' or why not)."""
+        with self._keys_lock:
+            old = self._keys.get(id(sock), "")
+        if old == new:
+            return ""
+        refusal = self.limits.move(old, new, sock)
+        if not refusal:
+            with self._keys_lock:
+                self._keys[id(sock)] = new
+        return refusal
+
+
+def refuse(sock: Any, message: str) -> None:
+    """Over a cap: one JSON answer, written without waiting on a slow reader."""
+    data = json.dumps({"error": message}).encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    try:
+        sock.settimeout(0.5)
+        if isinstance(sock, ssl.SSLSocket):
+            return  # no handshake yet: closing is all we can say
+        sock.sendall(head + data)
+    except OSError:
+        pass
+
+
+class DeadlineHandler(BaseHTTPRequestHandler):
+    """An HTTP/1.1 handler whose waiting and reading run under the server's watchdog."""
+
+    protocol_version = "HTTP/1.1"
+    server: Any
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
+        pass
+
+    def handle_one_request(self) -> None:
+        # From here until the request is read: waiting for it (a kept-alive connection
+        # sits here), then reading it, whatever the pace of the bytes.
+        self.server.watchdog.arm(self.request, self.server.timeout_s)
+        try:
+            super().handle_one_request()
+        except OSError:
+            self.close_connection = True
+        finally:
+            self.server.watchdog.disarm(self.request)

@@ -18,9 +18,11 @@ class UsageError(Exception):
 
 
 def say(*parts: object, file: Any = None, end: str = "\n", flush: bool = False) -> None:
-    """print(), except that what other users chose (job names, commands, reasons, notes)
-    is shown with its control characters escaped, never obeyed by the terminal."""
-    print(*(clean(p, keep="\n") for p in parts), file=file or sys.stdout, end=end, flush=flush)
+    """print() of one line, except that what other users chose (job names, commands,
+    reasons, notes) is shown with its control characters escaped, never obeyed by the
+    terminal; a newline inside a part is shown as \\n too, so nobody can forge a line
+    of someone else's output (a fake row in an admin's `labq queue`)."""
+    print(*(clean(p) for p in parts), file=file or sys.stdout, end=end, flush=flush)
 
 
 def die(msg: str, code: int = 1) -> NoReturn:

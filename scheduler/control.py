@@ -81,6 +81,7 @@ class JobControl:
             raise DaemonError("token must be a string of 1 to 128 characters")
         spec = self.admission.accept(caller, spec_data)
         self.admission.check_room(caller)
+        self.admission.check_rate(caller, time.monotonic())
         job_id = self.store.add_job(caller.user, caller.uid, spec, token=token)
         self._wake()
         return job_id

@@ -91,6 +91,11 @@ class Daemon:
     # -- start-up ----------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
         """One daemon per state dir: a second one would corrupt the bookkeeping."""
+        if not self.state_dir.parent.exists():
+            self.state_dir.parent.mkdir(parents=True, mode=0o755)
+        problem = safefs.untrusted_ancestor(self.state_dir.parent, final_private=False)
+        if problem:
+            raise DaemonError(f"state dir {self.state_dir}: {problem}; put it where only you (or root) can write")
         safefs.private_dir(self.state_dir, 0o700)
         path = self.state_dir / "daemon.lock"
         # 0600: a lock file others can open is a lock others can hold (and so stop
@@ -248,7 +253,10 @@ class Daemon:
             from scheduler.metrics import serve_metrics
 
             try:
-                self.metrics = serve_metrics(self, self.config.metrics_host, self.config.metrics_port)
+                c = self.config
+                self.metrics = serve_metrics(
+                    self, c.metrics_host, c.metrics_port, c.max_connections_per_user, 256, c.request_timeout_s
+                )
             except OSError as e:
                 # Metrics are a convenience: say so loudly, keep scheduling.
                 log.error("cannot serve /metrics on %s:%d: %s", self.config.metrics_host, self.config.metrics_port, e)
@@ -331,6 +339,16 @@ def raise_fd_limit() -> None:
             pass
 
 
+def safe_import_path(state_dir: Path) -> None:
+    """Run in the (private) state dir, with no relative or current-directory entries on
+    the import path: Ray hands the driver's path to its (root) workers, and a directory
+    another user can write must never be where root imports code from."""
+    os.chdir(state_dir)
+    # (`labq up` starts the daemon with -P from the state dir, so the start directory is
+    # not there in the first place; a relative entry would now mean the state dir.)
+    sys.path[:] = [p for p in sys.path if p and not p.startswith(".")]
+
+
 def run_daemon(
     state_dir: Path,
     socket_path: Path,
@@ -347,8 +365,12 @@ def run_daemon(
     raise_fd_limit()
     daemon = Daemon(state_dir, socket_path, config, ray_address, gpus, cpus)
     daemon.acquire_lock()
+    safe_import_path(state_dir)
     raycluster.prepare_driver_env(None if ray_address else state_dir)
     daemon.open_store()
+    from scheduler.api import prepare_socket_dir
+
+    prepare_socket_dir(socket_path)
     daemon.open_listener()
     # Set by a daemon that restarted itself because its external Ray head went away.
     waiting = os.environ.pop("LABQ_WAIT_FOR_RAY", "") == "1" and bool(ray_address)
@@ -369,4 +391,4 @@ def run_daemon(
         sys.stderr.flush()
         if not daemon.ray.status.embedded:
             os.environ["LABQ_WAIT_FOR_RAY"] = "1"
-        os.execv(sys.executable, [sys.executable, "-m", "scheduler.cli", *sys.argv[1:]])
+        os.execv(sys.executable, [sys.executable, "-P", "-m", "scheduler.cli", *sys.argv[1:]])

@@ -166,7 +166,7 @@ class JobSpec(BaseModel):
         if len(v) > MAX_ENV:
             raise ValueError(f"at most {MAX_ENV} environment variables")
         for k, val in v.items():
-            if not k or "=" in k or "\x00" in k or "\x00" in val or len(val) > MAX_ARG_LEN:
+            if not k or "=" in k or has_controls(k) or "\x00" in val or len(val) > MAX_ARG_LEN:
                 raise ValueError(f"bad environment variable {k!r}")
         return v
 
@@ -184,8 +184,8 @@ class JobSpec(BaseModel):
     def _workdir(cls, v: str) -> str:
         if v and not os.path.isabs(v):
             raise ValueError("workdir must be an absolute path")
-        if "\x00" in v:
-            raise ValueError("workdir contains a NUL byte")
+        if has_controls(v):
+            raise ValueError("workdir contains control characters")
         return v
 
     @model_validator(mode="after")

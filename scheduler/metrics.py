@@ -9,12 +9,16 @@ Grafana dashboards built for DCGM work unchanged. Queue and fair-share series ar
 
 from __future__ import annotations
 
+import socket
+import socketserver
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from scheduler.conns import DeadlineHandler, LimitedServer
 from scheduler.gpuwatch import GpuWatch
 from scheduler.scheduling import Scheduler
 from scheduler.shapes import JobState
@@ -123,11 +127,46 @@ class DaemonCollector(Collector):
         yield usage
 
 
-def serve_metrics(daemon: Source, host: str, port: int) -> Any:
-    """Start the /metrics HTTP server in a thread; returns the server (for shutdown)."""
-    from prometheus_client import start_http_server
+class _MetricsHandler(DeadlineHandler):
+    server: MetricsServer
+
+    def do_GET(self) -> None:
+        if self.path.split("?")[0] not in ("/metrics", "/"):
+            self.send_error(404)
+            return
+        data = generate_latest(self.server.registry)
+        self.server.watchdog.arm(self.request, self.server.timeout_s)
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class MetricsServer(LimitedServer, socketserver.TCPServer):
+    """/metrics with the API's connection caps and deadlines (prometheus_client's own
+    server keeps an idle connection, and its thread, forever)."""
+
+    allow_reuse_address = True
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, per_address: int, total: int, timeout_s: float) -> None:
+        self.registry = registry
+        self.setup_limits(per_address, total, timeout_s)
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        super().__init__((host, port), _MetricsHandler)
+
+    def _key(self, request: Any, client_address: Any) -> tuple[str, bool]:
+        return f"address {client_address[0]}", True
+
+
+def serve_metrics(daemon: Source, host: str, port: int, per_address: int = 64, total: int = 256, timeout_s: float = 30.0) -> Any:
+    """Start the /metrics HTTP server in a thread; returns (server, thread) for shutdown."""
+    import threading
 
     registry = CollectorRegistry()
     registry.register(DaemonCollector(daemon))
-    server, thread = start_http_server(port, addr=host, registry=registry)
+    server = MetricsServer(host, port, registry, per_address, total, timeout_s)
+    thread = threading.Thread(target=server.serve_forever, name="labq-metrics", daemon=True)
+    thread.start()
     return server, thread

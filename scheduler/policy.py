@@ -24,137 +24,38 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
-from scheduler.quota import Quota, QuotaBook, fair_share_factor
+from scheduler.policy_types import (
+    INF,
+    Decision,
+    NodeInfo,
+    PendingJob,
+    PolicyConfig,
+    Preempt,
+    RunningJob,
+    Snapshot,
+    Start,
+    UserShare,
+    Waiting,
+)
+from scheduler.quota import Quota, fair_share_factor
 from scheduler.shapes import Reason
 
-INF = float("inf")
-
-
-@dataclass(frozen=True)
-class PendingJob:
-    id: int
-    user: str
-    gpus: int
-    submit_time: float
-    priority: int = 0
-    time_limit: float | None = None
-    requeued: bool = False
-    cpus: float = 0.0
-    memory: int = 0
-
-
-@dataclass(frozen=True)
-class RunningJob:
-    id: int
-    user: str
-    gpus: int
-    node: str
-    start_time: float
-    time_limit: float | None = None
-    # Set once the job was asked to stop (preempted or cancelled): its GPUs free up by then.
-    stop_deadline: float | None = None
-    cpus: float = 0.0
-    memory: int = 0
-    # A job larger than one node: these whole nodes too (its remainder is on `node`).
-    more_nodes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    id: str
-    gpus: int
-    name: str = ""
-    cpus: float = INF
-    memory: float = INF
-    schedulable: bool = True  # False while drained or unhealthy
-
-    @property
-    def label(self) -> str:
-        return self.name or self.id[:12]
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    default_time_limit: float = 24 * 3600.0
-    min_runtime: float = 600.0
-    grace_period: float = 30.0
-    preemption: bool = True
-    backfill: bool = True
-    # Age adds up to `age_weight` to a researcher's rank after `age_max` seconds of waiting,
-    # so a job is never starved forever by others with lower usage.
-    age_weight: float = 0.1
-    age_max: float = 7 * 86400.0
-    # Estimated start times are computed for this many waiting jobs per pass; deeper in
-    # the queue an estimate is more noise than information and costs time.
-    eta_depth: int = 100
-    # Full reason texts (with who ranks ahead) for this many waiting jobs; deeper ones
-    # say how many rank ahead without naming them, which keeps a pass O(n log n).
-    reason_depth: int = 200
-    # Jobs larger than a node take whole free nodes plus a best-fit remainder. The
-    # simulator turns it on (the traces have 32-GPU jobs); the daemon cannot launch
-    # across nodes yet.
-    multi_node: bool = False
-    # False skips the reason texts and ETAs (the simulator needs only the decisions,
-    # which are the same either way) and stops a pass once nothing more can start.
-    explain: bool = True
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    now: float
-    pending: tuple[PendingJob, ...]
-    running: tuple[RunningJob, ...]
-    nodes: tuple[NodeInfo, ...]
-    usage: Mapping[str, float] = field(default_factory=dict)  # decayed GPU-seconds
-    week_usage: Mapping[str, float] = field(default_factory=dict)  # GPU-seconds, last 7 days
-    quotas: QuotaBook = QuotaBook()
-    config: PolicyConfig = PolicyConfig()
-
-
-@dataclass(frozen=True)
-class Start:
-    job_id: int
-    node: str
-    more_nodes: tuple[str, ...] = ()  # whole nodes, for a multi-node job
-
-
-@dataclass(frozen=True)
-class Preempt:
-    job_id: int
-    for_job: int
-    reason: str
-
-
-class Waiting(NamedTuple):
-    # A NamedTuple rather than a frozen dataclass: one is built per waiting job per
-    # pass, and this is several times cheaper to construct.
-    reasons: tuple[Reason, ...]
-    eta: float | None = None  # None: cannot be estimated (quota, budget, too deep)
-
-
-@dataclass(frozen=True)
-class UserShare:
-    user: str
-    shares: float
-    usage: float  # effective (decayed + entry penalty), GPU-seconds
-    factor: float
-    held_gpus: int
-    running_jobs: int
-    pending_jobs: int
-    quota: Quota
-
-
-@dataclass(frozen=True)
-class Decision:
-    starts: tuple[Start, ...]
-    preemptions: tuple[Preempt, ...]
-    waiting: Mapping[int, Waiting]
-    shares: Mapping[str, UserShare]
-    order: tuple[int, ...]  # pending job ids in rank order
+__all__ = [
+    "Decision",
+    "NodeInfo",
+    "PendingJob",
+    "PolicyConfig",
+    "Preempt",
+    "RunningJob",
+    "Snapshot",
+    "Start",
+    "UserShare",
+    "Waiting",
+    "schedule",
+]
 
 
 def _job_key(j: PendingJob) -> tuple[bool, int, float, int]:
@@ -378,12 +279,25 @@ class _Pass:
                 return res
         return None
 
+    @staticmethod
+    def can_hold(node: _Node, j: PendingJob, gpus: int | None = None) -> bool:
+        """Could this node ever run `j` (its whole capacity, not what is free now)?
+        A job no node can hold must never hold a reservation: it would block every GPU
+        it reserved for a start that cannot come."""
+        info = node.info
+        return (
+            info.schedulable
+            and info.gpus >= (j.gpus if gpus is None else gpus)
+            and info.cpus >= j.cpus
+            and info.memory >= j.memory
+        )
+
     def reserve(self, j: PendingJob) -> _Reservation | None:
         if self.cfg.multi_node and 0 < self.max_per_node < j.gpus:
             return self._reserve_multi(j)
         best: tuple[float, str] | None = None
         for nid, node in self.nodes.items():
-            if not node.info.schedulable or node.info.gpus < j.gpus:
+            if not self.can_hold(node, j):
                 continue
             t = self.earliest(node, j.gpus)
             if t < INF and (best is None or (t, nid) < best):
@@ -396,7 +310,7 @@ class _Pass:
 
     def _reserve_multi(self, j: PendingJob) -> _Reservation | None:
         whole, rest = self.split(j.gpus)
-        usable = [n for n in self.nodes.values() if n.info.schedulable and n.info.gpus == self.max_per_node]
+        usable = [n for n in self.nodes.values() if n.info.gpus == self.max_per_node and self.can_hold(n, j, 0)]
         free_at = sorted((self.earliest(n, n.info.gpus), n.info.id) for n in usable)
         if len(free_at) < whole + (1 if rest else 0):
             return None
@@ -432,7 +346,7 @@ class _Pass:
         cfg = self.cfg
         best: tuple[float, str, list[RunningJob]] | None = None
         for nid, node in self.nodes.items():
-            if not node.info.schedulable or node.info.gpus < j.gpus:
+            if not self.can_hold(node, j):
                 continue
             running = self.running_by_node.get(nid, [])
             available = (
@@ -570,7 +484,7 @@ def schedule(snap: Snapshot) -> Decision:
             return etas[j.gpus]
         best = INF
         for node in p.nodes.values():
-            if node.info.schedulable and node.info.gpus >= j.gpus:
+            if p.can_hold(node, j):
                 best = min(best, p.earliest(node, j.gpus))
         etas[j.gpus] = None if best == INF else best
         return etas[j.gpus]
@@ -708,8 +622,9 @@ def schedule(snap: Snapshot) -> Decision:
                     )
                     p.reservations.append(_Reservation(j.id, cnode.info.id, eta, j.gpus))
                 elif cfg.backfill and not p.easy_reserved:
-                    p.easy_reserved = True
                     res = p.reserve(j)
+                    # EASY: one reservation, for the first blocked job that can ever run.
+                    p.easy_reserved = res is not None
                     eta = res.at if res is not None else None
                     eta_budget -= 1
                 else:
@@ -769,6 +684,15 @@ def _resource_reason(p: _Pass, j: PendingJob) -> Reason:
                 (*data, ("whole_nodes", whole), ("free_nodes", full)),
             )
         return Reason("resources", f"resources: needs {j.gpus} GPUs on one node, the largest node has {biggest}", data)
+    if (j.cpus or j.memory) and not any(p.can_hold(n, j, min(j.gpus, n.info.gpus)) for n in p.nodes.values()):
+        most_cpus = max((n.info.cpus for n in p.nodes.values() if n.info.schedulable), default=0.0)
+        most_mem = max((n.info.memory for n in p.nodes.values() if n.info.schedulable), default=0.0)
+        return Reason(
+            "resources",
+            f"resources: no node can hold {j.cpus:g} CPUs and {j.memory / 2**30:.1f} GiB of memory beside its "
+            f"GPUs (the most a node has: {most_cpus:g} CPUs, {most_mem / 2**30:.1f} GiB)",
+            (*data, ("cpus", j.cpus), ("memory", j.memory), ("never", True)),
+        )
     largest = p.largest_free()
     data = (*data, ("largest_free", largest))
     if largest >= j.gpus:

@@ -180,6 +180,7 @@ def start_embedded(
                 stderr=subprocess.STDOUT,
                 env=ray_env(state_dir),
                 start_new_session=True,
+                cwd=state_dir,  # never the caller's directory (see daemon.safe_import_path)
             )
         except OSError as e:
             raise RayError(f"cannot start Ray ({ray_bin}): {e.strerror}") from None

@@ -130,8 +130,12 @@ def _child_setup(
         os.chdir(cwd)
     except OSError as e:
         who = acct.name if acct is not None else "this user"
-        what = f"enter workdir {cwd}" if e.filename == cwd else "set up the job"
-        os.write(status_fd, f"cannot {what} as {who} on {host}: {e.strerror}".encode())
+        if e.filename == cwd:
+            public = f"cannot enter its workdir as {who} on {host}: {e.strerror}"
+            detail = f"cannot enter workdir {cwd} as {who} on {host}: {e.strerror}"
+        else:
+            public = detail = f"cannot set up the job as {who} on {host}: {e.strerror}"
+        os.write(status_fd, f"{public}\0{detail}".encode())
         os._exit(126)
     # Die with the Ray worker that watches us: a crashed worker must not leave a job
     # holding GPUs that Ray believes are free. (After setuid, which clears it.)
@@ -285,9 +289,11 @@ def run(launch: Launch, gpu_ids: list[str], node: str, report: Report) -> dict[s
             os.unlink(deadline_path)
 
 
-def _refuse(report: Report, reason: str, exit_code: int | None = None) -> dict[str, Any]:
+def _refuse(report: Report, reason: str, exit_code: int | None = None, detail: str = "") -> dict[str, Any]:
+    """The job failed before it ran. `reason` is public (everyone sees a job's reason);
+    `detail`, with its paths and command, goes only to the log, which is the owner's."""
     result = _result("failed", exit_code, None, reason)
-    report(None, 0, f"labq: {reason}\n".encode(), result)
+    report(None, 0, f"labq: {detail or reason}\n".encode(), result)
     return result
 
 
@@ -339,7 +345,8 @@ def _run(
     except OSError as e:
         os.close(rfd)
         tree.close()
-        return _refuse(report, f"cannot run {launch.argv[0]!r}: {e.strerror or e}", 127)
+        why = e.strerror or str(e)
+        return _refuse(report, f"cannot run its command: {why}", 127, f"cannot run {launch.argv[0]!r}: {why}")
     finally:
         os.close(wfd)
         os.close(status_w)
@@ -394,7 +401,7 @@ def _run(
     tree.kill_all()
     tree.close()
     rc = proc.returncode
-    failure = _read_status(status_r)
+    failure, detail = _read_status(status_r)
     exit_code = rc if rc >= 0 else None
     sig = -rc if rc < 0 else None
     if failure:
@@ -405,7 +412,7 @@ def _run(
     result = _result(outcome, exit_code, sig, reason)
     out.drain()
     if failure:
-        out.buf += f"labq: {failure}\n".encode()
+        out.buf += f"labq: {detail}\n".encode()
     while out.pending() > CHUNK:
         offset, data = out.take(CHUNK)
         report(None, offset, data, None)
@@ -416,15 +423,18 @@ def _run(
     return result
 
 
-def _read_status(fd: int) -> str:
-    """What the child said before it gave up (empty once it reached exec)."""
+def _read_status(fd: int) -> tuple[str, str]:
+    """What the child said before it gave up, as (public reason, detail for the log);
+    empty once it reached exec."""
     try:
         os.set_blocking(fd, False)
-        return os.read(fd, 4096).decode(errors="replace")
+        said = os.read(fd, 4096).decode(errors="replace")
     except BlockingIOError:
-        return ""
+        said = ""
     finally:
         os.close(fd)
+    public, _, detail = said.partition("\0")
+    return public, detail or public
 
 
 class _Output:

@@ -231,3 +231,37 @@ def workdir_problem(path: str, uid: int) -> str:
         if not stat.S_ISDIR(lst.st_mode):
             return "is not a directory"
     return ""
+
+
+def untrusted_ancestor(path: Path, final_private: bool = True) -> str:
+    """Why another user could replace `path` or one of the directories above it; ''
+    when none can. Each directory on the way must belong to root or to us, and be
+    writable by no one else, except that a sticky directory (/tmp) may be on the way:
+    there nobody can rename or remove what others own. `final_private`: `path` itself
+    may not be sticky-and-writable either (we create files in it by name)."""
+    me = os.geteuid()
+    real = Path(os.path.realpath(path))
+    chain = [real, *real.parents]
+    for i, p in enumerate(chain):
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            return f"{p}: cannot check ({e.strerror})"
+        if st.st_uid not in (0, me):
+            return f"{p} belongs to {_owner_name(st.st_uid)}"
+        writable = st.st_mode & 0o022
+        sticky = st.st_mode & stat.S_ISVTX
+        if writable and (not sticky or (i == 0 and final_private)):
+            return f"{p} is writable by others (mode {st.st_mode & 0o7777:04o})"
+    # A link on the way must be ours (or root's) too: whoever owns it chooses its target.
+    cur = Path(path)
+    for p in [cur, *cur.parents]:
+        try:
+            lst = os.lstat(p)
+        except OSError:
+            continue
+        if stat.S_ISLNK(lst.st_mode) and lst.st_uid not in (0, me):
+            return f"{p} is a link that belongs to {_owner_name(lst.st_uid)}"
+    return ""

@@ -88,8 +88,8 @@ class Scheduler:
 
     # -- the snapshot -------------------------------------------------------------------------
     def snapshot(self, now: float) -> Snapshot:
-        pending_rows = self.store.jobs(states=(JobState.PENDING,))
-        active = self.store.jobs(states=ACTIVE)
+        pending_rows = self.store.jobs(states=(JobState.PENDING,), with_spec=False)
+        active = self.store.jobs(states=ACTIVE, with_spec=False)
         decayed, week = self.ledger.usage(now, active)
         held = held_gpus(active)
         closed = self._closed()
@@ -117,8 +117,8 @@ class Scheduler:
                     priority=j.priority,
                     time_limit=j.time_limit,
                     requeued=j.requeued,
-                    cpus=float(j.spec.get("cpus", 0)),
-                    memory=int(j.spec.get("memory", 0)),
+                    cpus=j.cpus,
+                    memory=j.memory,
                 )
                 for j in pending_rows
             ),
@@ -131,8 +131,8 @@ class Scheduler:
                     start_time=j.start_time or now,
                     time_limit=j.time_limit,
                     stop_deadline=j.stop_deadline,
-                    cpus=float(j.spec.get("cpus", 0)),
-                    memory=int(j.spec.get("memory", 0)),
+                    cpus=j.cpus,
+                    memory=j.memory,
                 )
                 for j in active
             ),
@@ -166,7 +166,7 @@ class Scheduler:
     def one_pass(self) -> Decision:
         now = time.time()
         decision = schedule(self.snapshot(now))
-        held = held_gpus(self.store.jobs(states=ACTIVE)) if decision.starts else {}
+        held = held_gpus(self.store.jobs(states=ACTIVE, with_spec=False)) if decision.starts else {}
         for start in decision.starts:
             row = self.store.get(start.job_id)
             if row.state is not JobState.PENDING:

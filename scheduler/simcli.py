@@ -69,7 +69,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.json:
         text = _json.dumps(out, indent=2, sort_keys=True)
         if args.json == "-":
-            say(text)
+            sys.stdout.write(text + "\n")  # JSON (ensure_ascii): controls are escaped already
         else:
             Path(args.json).write_text(text + "\n")
     if args.plot:

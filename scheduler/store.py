@@ -20,7 +20,7 @@ from typing import Any
 from scheduler.job import JobSpec, JobState, transition
 from scheduler.store_accounts import AccountTables
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Each entry migrates from version i to i+1. Never edit a shipped entry: append one.
 MIGRATIONS: list[str] = [
@@ -123,16 +123,24 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN log_removed REAL;
     CREATE INDEX jobs_user_state ON jobs(user, state);
     """,
+    # What the scheduler needs of a spec, as columns: a pass never parses specs.
+    """
+    ALTER TABLE jobs ADD COLUMN cpus REAL NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN memory INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET cpus = COALESCE(json_extract(spec, '$.cpus'), 0),
+                    memory = COALESCE(json_extract(spec, '$.memory'), 0);
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
-SPEC_CACHE = 50_000
-# Every jobs column but the spec, for listings that never show it.
+# Every jobs column but the spec, for listings and scheduling passes, which never need
+# it (a spec may be up to max_spec_bytes; parsing thousands per pass is what made long
+# queues slow).
 _COLUMNS_NO_SPEC = (
     "id, user, uid, name, '{}' AS spec, gpus, priority, time_limit, state, reason, submit_time, "
     "start_time, end_time, attempt, node, node_name, gpu_ids, pid, exit_code, signal, stop_deadline, "
-    "stop_outcome, stop_reason, requeued, log_base, log_bytes, log_removed"
+    "stop_outcome, stop_reason, requeued, log_base, log_bytes, log_removed, cpus, memory"
 )
 
 RUN_STATS = ("sampled_s", "busy_gpu_s", "idle_gpu_s", "util_mean", "mem_peak")
@@ -194,21 +202,13 @@ class JobRow:
     log_base: int
     log_bytes: int | None = None
     log_removed: float | None = None
+    cpus: float = 0.0
+    memory: int = 0
 
     @classmethod
-    def from_row(cls, r: sqlite3.Row, specs: dict[int, dict[str, Any]] | None = None) -> JobRow:
+    def from_row(cls, r: sqlite3.Row) -> JobRow:
         d = dict(r)
-        raw = d["spec"]
-        if specs is None or raw == "{}":
-            d["spec"] = json.loads(raw)
-        else:
-            # A job's spec never changes after submission: parse it once.
-            spec = specs.get(d["id"])
-            if spec is None:
-                if len(specs) > SPEC_CACHE:
-                    specs.clear()
-                spec = specs[d["id"]] = json.loads(raw)
-            d["spec"] = spec
+        d["spec"] = json.loads(d["spec"])
         d["state"] = JobState(d["state"])
         d["requeued"] = bool(d["requeued"])
         return cls(**d)
@@ -224,7 +224,6 @@ class Store(AccountTables):
         self._queue_lock = threading.Lock()
         self._queued: list[_Submission] = []
         self._local = threading.local()
-        self._specs: dict[int, dict[str, Any]] = {}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._w = self._connect()
@@ -373,7 +372,7 @@ class Store(AccountTables):
         spec = r.spec
         cur = c.execute(
             "INSERT INTO jobs(user, uid, name, spec, gpus, priority, time_limit, state, "
-            "submit_time) VALUES (?,?,?,?,?,?,?,?,?)",
+            "submit_time, cpus, memory) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
                 r.user,
                 r.uid,
@@ -384,6 +383,8 @@ class Store(AccountTables):
                 spec.time,
                 JobState.PENDING.value,
                 r.now,
+                float(spec.cpus),
+                int(spec.memory or 0),
             ),
         )
         job_id = int(cur.lastrowid or 0)
@@ -401,7 +402,7 @@ class Store(AccountTables):
         row = self._reader().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         if row is None:
             raise UnknownJob(job_id)
-        return JobRow.from_row(row, self._specs)
+        return JobRow.from_row(row)
 
     def jobs(
         self,
@@ -435,7 +436,7 @@ class Store(AccountTables):
             sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT {int(limit)}) ORDER BY id"
         else:
             sql += " ORDER BY id"
-        return [JobRow.from_row(r, self._specs) for r in self._reader().execute(sql, args)]
+        return [JobRow.from_row(r) for r in self._reader().execute(sql, args)]
 
     def count_jobs(self, user: str, states: tuple[JobState, ...]) -> int:
         row = self._reader().execute(
@@ -474,7 +475,7 @@ class Store(AccountTables):
                 raise UnknownJob(job_id)
             old = JobState(row["state"])
             if expect is not None and old not in expect:
-                return JobRow.from_row(row, self._specs)
+                return JobRow.from_row(row)
             transition(job_id, old, new, reason)
             fields = dict(fields)
             fields["state"] = new.value
@@ -487,7 +488,7 @@ class Store(AccountTables):
                 (job_id, now, old.value, new.value, reason),
             )
             out = c.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
-        return JobRow.from_row(out, self._specs)
+        return JobRow.from_row(out)
 
     @staticmethod
     def _record_run(

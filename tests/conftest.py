@@ -138,8 +138,8 @@ class Labq:
     def daemon_pid(self) -> int:
         return int(json.loads((self.state_dir / "daemon.json").read_text())["pid"])
 
-    def up(self, *args: str) -> None:
-        self.run("up", "--state-dir", str(self.state_dir), *args)
+    def up(self, *args: str, cwd: str | None = None) -> None:
+        self.run("up", "--state-dir", str(self.state_dir), *args, cwd=cwd)
 
     def down(self) -> None:
         self.run("down", "--kill", "--timeout", "120", check=False)

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from scheduler import safefs
 from scheduler.config import ROOT_SOCKET, client_socket
 
 ICON = """<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64">
@@ -60,7 +61,11 @@ def tunnel(host: str, remote_socket: str) -> tuple[subprocess.Popen[bytes], Path
     if shutil.which("ssh") is None:
         raise SystemExit("labq: --remote needs ssh on this machine")
     local = Path(f"/tmp/labq-{os.getuid()}") / f"remote-{host.replace('/', '_')}.sock"
-    local.parent.mkdir(mode=0o700, exist_ok=True)
+    try:
+        # Ours alone: someone else's /tmp/labq-UID could swap the tunnel's socket.
+        safefs.private_dir(local.parent, 0o700, parents=False)
+    except safefs.UnsafePath as e:
+        raise SystemExit(f"labq: {e}") from None
     local.unlink(missing_ok=True)
     proc = subprocess.Popen(
         ["ssh", "-N", "-o", "ExitOnForwardFailure=yes", "-L", f"{local}:{remote_socket}", host],

@@ -13,6 +13,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -248,7 +249,10 @@ def test_workdir_is_checked_and_entered_as_the_submitter(lq: Labq, shared: Path)
     # A job in a directory only alice may enter fails as bob, with the reason.
     job = lq.submit("--workdir", str(private), "--", "ls", user=uid(BOB), cwd="/tmp")
     j = lq.wait(job, ("FAILED",))
-    assert f"cannot enter workdir {private} as {BOB}" in j["reasons"][0] and "Permission denied" in j["reasons"][0]
+    assert f"cannot enter its workdir as {BOB}" in j["reasons"][0] and "Permission denied" in j["reasons"][0]
+    # The reason is public, so it does not name the directory; bob's log (his alone) does.
+    assert str(private) not in j["reasons"][0]
+    assert f"cannot enter workdir {private} as {BOB}" in as_(lq, BOB, "logs", str(job)).stdout
     ok = lq.submit("--workdir", str(private), "--", "pwd", user=uid(ALICE), cwd="/tmp")
     assert lq.wait(ok, ("SUCCEEDED",))["state"] == "SUCCEEDED"
 
@@ -516,3 +520,77 @@ def test_a_state_dir_an_older_labq_left_open_is_closed_at_start() -> None:
         assert other.state_dir.stat().st_mode & 0o777 == 0o700 and old.stat().st_mode & 0o777 == 0o600
     finally:
         cleanup(other)
+
+
+# -- found by a red-team pass, as an ordinary user, after the fixes above ----------------------------
+def test_a_daemon_started_in_a_directory_another_user_owns_imports_nothing_from_it(shared: Path) -> None:
+    """`labq up` from a directory bob can write: the daemon ran `python -m scheduler.cli`
+    with that directory first on its import path (and Ray passed it to its root
+    workers), so bob's own `scheduler/__init__.py` ran as root."""
+    bobdir = shared / "bobs-dir"
+    (bobdir / "scheduler").mkdir(parents=True)
+    marker = shared / "pwned"
+    (bobdir / "scheduler" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('root ran me')\n")
+    for p in (bobdir, bobdir / "scheduler", bobdir / "scheduler" / "__init__.py"):
+        os.chown(p, uid(BOB), uid(BOB))
+    labq = Path(sys.executable).parent / "labq"  # the command, as an admin types it
+    if not labq.exists():
+        pytest.skip("no `labq` command next to this python")
+    other = make_labq("grace_period_s: 1\n")
+    try:
+        up = subprocess.run(
+            [str(labq), "up", "--state-dir", str(other.state_dir), "--gpus", "1"],
+            env=other.env(),
+            cwd=str(bobdir),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert up.returncode == 0, up.stderr
+        job = other.submit("--", "true", cwd="/tmp")
+        other.wait(job, ("SUCCEEDED",))
+        assert not marker.exists()
+    finally:
+        cleanup(other)
+
+
+def test_a_socket_path_another_user_controls_is_refused_before_anything_starts(shared: Path) -> None:
+    """Root created the socket's directory (chmod 0755 through a planted link) and chmodded
+    the socket by name (0666 through a swapped link): root changed modes of bob's choosing."""
+    theirs = shared / "bob-sockets"
+    theirs.mkdir()
+    os.chown(theirs, uid(BOB), uid(BOB))
+    link = shared / "bob-link"
+    link.symlink_to("/root")
+    os.lchown(link, uid(BOB), uid(BOB))
+    mode_before = os.stat("/root").st_mode
+    other = make_labq()
+    try:
+        for sock in (theirs / "labq.sock", link / "labq.sock"):
+            r = other.run("--socket", str(sock), "up", "--state-dir", str(other.state_dir), "--gpus", "1", check=False)
+            one_line_refusal(r, "socket directory", f"belongs to {BOB}")
+        assert os.stat("/root").st_mode == mode_before
+        assert not (other.state_dir / "ray-head.json").exists()  # refused before Ray started
+    finally:
+        cleanup(other)
+
+
+def test_cpus_or_memory_no_node_has_are_refused_at_submit(lq: Labq) -> None:
+    """`--gpus 4 --cpus 100` was accepted and its backfill reservation held every GPU."""
+    r = as_(lq, BOB, "submit", "--gpus", "1", "--cpus", "1000", "--", "true")
+    one_line_refusal(r, "asks for 1000 CPUs but the most a node with 1 GPUs has is")
+    r = as_(lq, BOB, "submit", "--gpus", "1", "--memory", "100T", "--", "true")
+    one_line_refusal(r, "of memory but the most a node with 1 GPUs has for jobs is", "GiB")
+
+
+def test_newlines_in_what_others_chose_cannot_forge_lines_of_an_admins_output(lq: Labq, shared: Path) -> None:
+    r = as_(lq, BOB, "submit", "--workdir", f"{shared}\n5 alice pwn 4 RUNNING", "--", "true")
+    one_line_refusal(r, "workdir contains control characters")
+    evil = shared / "evil\nFAKE LINE"
+    evil.write_text("#!/bin/sh\nexit 3\n")
+    evil.chmod(0o755)
+    job = lq.submit("--", str(evil), user=uid(BOB), cwd="/tmp")
+    lq.wait(job, ("FAILED",))
+    for args in (("queue", "--all"), ("show", str(job))):
+        out = lq.run(*args).stdout
+        assert not any(line.startswith("FAKE LINE") for line in out.splitlines()), out

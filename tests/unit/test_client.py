@@ -55,3 +55,42 @@ def test_clean_shows_controls_instead_of_sending_them() -> None:
     assert clean("ünïcødé 日本") == "ünïcødé 日本"
     assert clean("two\nlines", keep="\n") == "two\nlines"
     assert clean_log("ok\t1\n\x1b]0;title\x07") == "ok\t1\n\\x1b]0;title\\x07"
+
+
+def test_say_writes_one_line_whatever_it_is_given(capsys: object) -> None:
+    from scheduler.console import say
+
+    say("5", "bob", "train\nFAKE 6 alice RUNNING\x1b[2J")
+    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    assert out.count("\n") == 1 and "\\n" in out and "\x1b" not in out
+
+
+def test_idle_scrapers_do_not_keep_metrics_connections() -> None:
+    """Red-team finding: prometheus_client's server kept every idle connection (and a
+    thread) for good; /metrics now has the API's caps and deadlines."""
+    import socket as sk
+    import threading
+    import time as t
+    import urllib.request
+
+    from prometheus_client.registry import CollectorRegistry
+
+    from scheduler.metrics import MetricsServer
+
+    srv = MetricsServer("127.0.0.1", 0, CollectorRegistry(), per_address=4, total=8, timeout_s=1.0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port = srv.server_address[1]
+    try:
+        idle = [sk.create_connection(("127.0.0.1", port)) for _ in range(10)]  # more than allowed
+        t0 = t.monotonic()
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        assert page is not None and t.monotonic() - t0 < 3  # the newest pushes out the oldest idle
+        deadline = t.monotonic() + 5
+        while srv.limits.open() and t.monotonic() < deadline:
+            t.sleep(0.1)
+        assert srv.limits.open() == 0  # the watchdog closed the idle ones
+        for s in idle:
+            s.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()

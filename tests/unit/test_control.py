@@ -185,7 +185,6 @@ def test_grace_is_capped_and_the_default_time_limit_reaches_the_node(tmp_path: P
     assert launch.grace == 45 and launch.time_limit == 3600.0 and launch.user == "alice"
     # A job from before the cap (stored with a larger grace) gets the cap.
     d.store._w.execute("UPDATE jobs SET spec=json_set(spec, '$.grace', 900) WHERE id=?", (job,))
-    d.store._specs.clear()
     assert d.control.grace(d.store.get(job)) == 60.0
     d.store.close()
 

@@ -467,3 +467,21 @@ def test_no_nodes_at_all_is_a_reason_not_a_crash() -> None:
         )
         d = schedule(snap)
         assert d.starts == () and d.waiting[1].reasons[0].kind == "drained"
+
+
+def test_a_job_no_node_can_ever_hold_reserves_nothing_and_blocks_no_one() -> None:
+    """Red-team finding: `--gpus 4 --cpus 100` on 8-CPU nodes was accepted, and the EASY
+    reservation held all 4 GPUs 'now' for a start that could never come; every other
+    job waited behind it on an idle cluster."""
+    s = Snapshot(
+        now=NOW,
+        pending=(pend(1, "bob", gpus=4, age=600, cpus=100.0), pend(2, "alice", gpus=1, age=60)),
+        running=(),
+        nodes=(NodeInfo(id="n0", gpus=4, name="node-0", cpus=8, memory=64 * 2**30),),
+        config=PolicyConfig(),
+    )
+    d = schedule(s)
+    assert started(d) == [2]
+    why = d.waiting[1].reasons[0]
+    assert why.kind == "resources" and dict(why.data)["never"] is True
+    assert "no node can hold 100 CPUs" in why.text and d.waiting[1].eta is None

@@ -115,7 +115,9 @@ def test_the_workdir_is_entered_as_the_user_not_as_root(tmp_path: Path) -> None:
     rec = Recorder()
     res = run(launch(tmp_path, ["ls"], BOB, workdir=str(secret)), [], "n", rec)
     assert res["outcome"] == "failed" and res["exit_code"] == 126
-    assert f"cannot enter workdir {secret} as {BOB}" in res["reason"] and "Permission denied" in res["reason"]
+    assert f"cannot enter its workdir as {BOB}" in res["reason"] and "Permission denied" in res["reason"]
+    assert str(secret) not in res["reason"]  # the reason is public; the path is in the log only
+    assert f"cannot enter workdir {secret} as {BOB}".encode() in rec.data
     # ...and the same path works for its owner.
     res = run(launch(tmp_path, ["pwd"], ALICE, workdir=str(secret)), [], "n", Recorder())
     assert res["outcome"] == "succeeded"

@@ -1,0 +1,139 @@
+"""The policy's plain data: what a pass is given (Snapshot) and what it decides (Decision).
+
+Frozen dataclasses and NamedTuples, no behaviour: the daemon and the simulator build
+Snapshots, `policy.schedule()` turns one into a Decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from scheduler.quota import Quota, QuotaBook
+from scheduler.shapes import Reason
+
+INF = float("inf")
+
+
+@dataclass(frozen=True)
+class PendingJob:
+    id: int
+    user: str
+    gpus: int
+    submit_time: float
+    priority: int = 0
+    time_limit: float | None = None
+    requeued: bool = False
+    cpus: float = 0.0
+    memory: int = 0
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    id: int
+    user: str
+    gpus: int
+    node: str
+    start_time: float
+    time_limit: float | None = None
+    # Set once the job was asked to stop (preempted or cancelled): its GPUs free up by then.
+    stop_deadline: float | None = None
+    cpus: float = 0.0
+    memory: int = 0
+    # A job larger than one node: these whole nodes too (its remainder is on `node`).
+    more_nodes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    id: str
+    gpus: int
+    name: str = ""
+    cpus: float = INF
+    memory: float = INF
+    schedulable: bool = True  # False while drained or unhealthy
+
+    @property
+    def label(self) -> str:
+        return self.name or self.id[:12]
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    default_time_limit: float = 24 * 3600.0
+    min_runtime: float = 600.0
+    grace_period: float = 30.0
+    preemption: bool = True
+    backfill: bool = True
+    # Age adds up to `age_weight` to a researcher's rank after `age_max` seconds of waiting,
+    # so a job is never starved forever by others with lower usage.
+    age_weight: float = 0.1
+    age_max: float = 7 * 86400.0
+    # Estimated start times are computed for this many waiting jobs per pass; deeper in
+    # the queue an estimate is more noise than information and costs time.
+    eta_depth: int = 100
+    # Full reason texts (with who ranks ahead) for this many waiting jobs; deeper ones
+    # say how many rank ahead without naming them, which keeps a pass O(n log n).
+    reason_depth: int = 200
+    # Jobs larger than a node take whole free nodes plus a best-fit remainder. The
+    # simulator turns it on (the traces have 32-GPU jobs); the daemon cannot launch
+    # across nodes yet.
+    multi_node: bool = False
+    # False skips the reason texts and ETAs (the simulator needs only the decisions,
+    # which are the same either way) and stops a pass once nothing more can start.
+    explain: bool = True
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    now: float
+    pending: tuple[PendingJob, ...]
+    running: tuple[RunningJob, ...]
+    nodes: tuple[NodeInfo, ...]
+    usage: Mapping[str, float] = field(default_factory=dict)  # decayed GPU-seconds
+    week_usage: Mapping[str, float] = field(default_factory=dict)  # GPU-seconds, last 7 days
+    quotas: QuotaBook = QuotaBook()
+    config: PolicyConfig = PolicyConfig()
+
+
+@dataclass(frozen=True)
+class Start:
+    job_id: int
+    node: str
+    more_nodes: tuple[str, ...] = ()  # whole nodes, for a multi-node job
+
+
+@dataclass(frozen=True)
+class Preempt:
+    job_id: int
+    for_job: int
+    reason: str
+
+
+class Waiting(NamedTuple):
+    # A NamedTuple rather than a frozen dataclass: one is built per waiting job per
+    # pass, and this is several times cheaper to construct.
+    reasons: tuple[Reason, ...]
+    eta: float | None = None  # None: cannot be estimated (quota, budget, too deep)
+
+
+@dataclass(frozen=True)
+class UserShare:
+    user: str
+    shares: float
+    usage: float  # effective (decayed + entry penalty), GPU-seconds
+    factor: float
+    held_gpus: int
+    running_jobs: int
+    pending_jobs: int
+    quota: Quota
+
+
+@dataclass(frozen=True)
+class Decision:
+    starts: tuple[Start, ...]
+    preemptions: tuple[Preempt, ...]
+    waiting: Mapping[int, Waiting]
+    shares: Mapping[str, UserShare]
+    order: tuple[int, ...]  # pending job ids in rank order

@@ -90,6 +90,9 @@ class DaemonConfig:
     allow_multi_node: bool = False
     # A job whose node dies ends NODE_LOST and is requeued this many times.
     node_lost_retries: int = 1
+    # How long the Executor may stay silent before the daemon takes Ray for gone and
+    # restarts itself to reconnect (a Ray driver cannot re-attach in-process).
+    ray_lost_after_s: float = 5.0
     # GPU monitoring (issue 4): how often each node agent polls NVML, how much history
     # the daemon keeps per GPU, and when a running job counts as idle.
     monitor_interval_s: float = 1.0
@@ -137,6 +140,7 @@ _DURATION_KEYS = {
     "idle_action_after_s",
     "max_grace_s",
     "request_timeout_s",
+    "ray_lost_after_s",
 }
 
 

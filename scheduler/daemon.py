@@ -224,6 +224,7 @@ class Daemon:
             if inv is None
             else {"gpus": inv.count, "names": list(inv.names), "driver": inv.driver, "why_none": inv.why_none},
             "last_pass": self.scheduler.last_pass,
+            "pass_s": self.scheduler.pass_s,
             "listen": self.tcp.address if self.tcp is not None else None,
             "metrics": f"http://{self.config.metrics_host}:{self.config.metrics_port}/metrics"
             if self.config.metrics_port
@@ -280,6 +281,7 @@ class Daemon:
                     self.ray.restart_for_ray,
                     lambda: self.admission.closed,
                     self.wake.set,
+                    self.config.ray_lost_after_s,
                 ),
                 name="labq-events",
                 daemon=True,

@@ -7,7 +7,7 @@ cannot take (a full disk, a locked database) is not acknowledged, so it comes ag
 and is applied again once the store can take it; applying an event twice changes
 nothing (state changes carry the states they expect; log bytes land at their offsets).
 
-A launcher that stops answering means Ray is gone: after 5 s of that, the pump asks
+A launcher that stops answering means Ray is gone: after `ray_lost_after_s` (5 s), the pump asks
 the Ray link to restart the daemon (the scheduler thread may be stuck in a Ray call
 by then; this one is not).
 """
@@ -73,6 +73,7 @@ class EventPump:
         restart: Callable[[], None],
         closing: Callable[[], bool],
         wake: Callable[[], None],
+        lost_after: float = 5.0,
     ) -> None:
         # Until the launcher is attached and reconciled (at start, or once an external
         # head is back): its event numbering may have started again meanwhile.
@@ -90,7 +91,7 @@ class EventPump:
                 if current is launcher():
                     down(str(e))
                 failing_since = failing_since or time.monotonic()
-                if not closing() and time.monotonic() - failing_since > 5.0:
+                if not closing() and time.monotonic() - failing_since > lost_after:
                     restart()
                 time.sleep(1.0)
                 continue

@@ -69,6 +69,7 @@ class Scheduler:
         self._closed = closed
         self.decision: Decision | None = None
         self.last_pass = 0.0
+        self.pass_s = 0.0  # how long the last pass took (health, benchmarks)
         self.wake = wake or threading.Event()
         self.api_busy_until = 0.0  # monotonic; the API handlers push it forward
 
@@ -164,6 +165,7 @@ class Scheduler:
 
     # -- one pass -------------------------------------------------------------------------------
     def one_pass(self) -> Decision:
+        t0 = time.perf_counter()
         now = time.time()
         decision = schedule(self.snapshot(now))
         held = held_gpus(self.store.jobs(states=ACTIVE, with_spec=False)) if decision.starts else {}
@@ -182,6 +184,7 @@ class Scheduler:
                 self.control.request_stop(row, "preempted", pre.reason, self.control.grace(row))
         self.decision = decision
         self.last_pass = now
+        self.pass_s = time.perf_counter() - t0
         return decision
 
     def preview(self, caller: Caller, spec_data: dict[str, Any]) -> dict[str, Any]:

@@ -13,13 +13,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from scheduler.client import Client
+from scheduler.client import Client, ClientError
+from scheduler.shapes import TERMINAL_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -141,10 +143,42 @@ class Labq:
     def up(self, *args: str, cwd: str | None = None) -> None:
         self.run("up", "--state-dir", str(self.state_dir), *args, cwd=cwd)
 
+    def passes(self, n: int = 3, timeout: float = 30) -> None:
+        """Wait until the scheduler has made `n` more passes (to check that something
+        stays as it is, pass after pass, without guessing how long that takes)."""
+        seen: set[float] = set()
+
+        def more() -> bool:
+            c = self.client()
+            try:
+                seen.add(float(c.health()["last_pass"]))
+            finally:
+                c.close()
+            return len(seen) > n
+
+        wait_for(f"{n} scheduling passes", more, timeout)
+
+    def queue(self, include_finished: bool = False) -> list[dict[str, Any]]:
+        """Job summaries through the in-process client (see `client`)."""
+        c = self.client()
+        try:
+            return list(c.jobs(include_finished=include_finished))
+        finally:
+            c.close()
+
     def down(self) -> None:
-        self.run("down", "--kill", "--timeout", "120", check=False)
-        # A daemon a failed test left unable to stop (and whatever is left of the
-        # embedded Ray) goes too, so tests never leak processes into later ones.
+        """Stop everything this daemon started, fast and whatever state a failed test
+        left: the daemon, its embedded Ray (whose workers' jobs die with them, by
+        PDEATHSIG), and any job process left in labq's cgroups for this daemon."""
+        ns = ""
+        try:
+            import sqlite3
+
+            with sqlite3.connect(f"file:{self.state_dir / 'labq.db'}?mode=ro", uri=True, timeout=1) as db:
+                row = db.execute("SELECT value FROM meta WHERE key='executor_id'").fetchone()
+                ns = str(row[0])[:8] if row else ""
+        except Exception:  # noqa: BLE001 - no database yet, or a broken one: nothing to name
+            pass
         try:
             pid = self.daemon_pid()
             with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -155,7 +189,30 @@ class Labq:
             pass
         from scheduler import raycluster
 
-        raycluster.stop_embedded(self.state_dir, timeout=5)
+        raycluster.stop_embedded(self.state_dir, timeout=0)  # a test's cluster: no need to be gentle
+        if ns:
+            kill_job_cgroups(ns)
+
+
+def kill_job_cgroups(namespace: str) -> None:
+    """End and remove the job cgroups of one daemon (`<cgroup2>/labq/<ns>-<job>.<attempt>`)."""
+    from scheduler.runner import _cgroup2_mount
+
+    mount = _cgroup2_mount()
+    base = Path(mount) / "labq" if mount else None
+    if base is None or not base.is_dir():
+        return
+    for cg in base.glob(f"{namespace}-*"):
+        try:
+            (cg / "cgroup.kill").write_text("1")
+        except OSError:
+            pass
+        for _ in range(50):
+            try:
+                cg.rmdir()
+                break
+            except OSError:
+                time.sleep(0.02)
 
 
 def _has_account(uid: int) -> bool:
@@ -259,10 +316,38 @@ def cleanup(lq: Labq) -> None:
     shutil.rmtree(lq.root, ignore_errors=True)
 
 
+@contextmanager
+def daemon(config: str | None = None, *up_args: str) -> Iterator[Labq]:
+    """A daemon for one test or module, cleaned up whatever happens, setup included."""
+    lq = make_labq(config)
+    try:
+        lq.up(*up_args)
+        yield lq
+    finally:
+        cleanup(lq)
+
+
+@pytest.fixture(scope="session")
+def _shared4() -> Iterator[Labq]:
+    """One daemon with 4 logical GPUs and a loopback TCP listener for the modules that
+    need nothing else (a daemon costs ~5 s to start on 2 cores)."""
+    with daemon(f"grace_period_s: 3\nmin_runtime_s: 0\nlisten: 127.0.0.1:{free_port()}\n", "--gpus", "4") as lq:
+        yield lq
+
+
 @pytest.fixture(scope="module")
-def labq4() -> Iterator[Labq]:
-    """A daemon with 4 logical GPUs, shared by the tests of one module."""
-    lq = make_labq("grace_period_s: 3\nmin_runtime_s: 0\n")
-    lq.up("--gpus", "4")
-    yield lq
-    cleanup(lq)
+def labq4(_shared4: Labq) -> Iterator[Labq]:
+    """The shared 4-GPU daemon, quiet: whatever an earlier module left queued or running
+    is cancelled (at once) before this module's tests begin."""
+    c = _shared4.client()
+    try:
+        left = [j["id"] for j in c.jobs() if j["state"] not in TERMINAL_NAMES]
+        for job_id in left:
+            try:
+                c.cancel(job_id, now=True)
+            except ClientError:
+                pass  # it ended meanwhile
+        wait_for("the shared daemon to be quiet", lambda: not c.jobs(), 60)
+    finally:
+        c.close()
+    yield _shared4

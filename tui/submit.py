@@ -178,6 +178,9 @@ class SubmitScreen(Modal):
         if self._debounce is not None:
             self._debounce.stop()
         if not self.errors:
+            # Said at once, not when the timer fires: "fix the fields" must not stay up
+            # for the 0.4 s until the scheduler is asked.
+            self.query_one("#preview", Static).update("asking the scheduler…")
             self._debounce = self.set_timer(0.4, self.ask_preview)
         else:
             self.query_one("#preview", Static).update("fix the fields above to see what would happen")

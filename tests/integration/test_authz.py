@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 
 from scheduler.client import Client
-from tests.conftest import SYSTEM_PYTHON, Labq, cleanup, free_port, make_labq, unix_user
+from tests.conftest import SYSTEM_PYTHON, Labq, cleanup, free_port, make_labq, unix_user, wait_for
 
 pytestmark = [
+    pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create Unix users"),
     pytest.mark.skipif(
         not os.path.exists(SYSTEM_PYTHON), reason="needs a system python3 other users can run"
@@ -36,41 +37,30 @@ def lq() -> Iterator[Labq]:
     """A daemon with 4 logical GPUs and a TLS listener on loopback for remote clients."""
     if shutil.which("openssl") is None:
         pytest.skip("needs openssl to make a certificate")
+    # The users first: the tokens below are issued for them (a fresh machine has none).
+    unix_user(OWNER)
+    unix_user(OTHER)
     lq = make_labq()
-    cert, key = lq.root / "cert.pem", lq.root / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    port = free_port()
-    (lq.state_dir / "labq.yaml").write_text(
-        f"grace_period_s: 3\nmin_runtime_s: 0\nlisten: 127.0.0.1:{port}\ntls_cert: {cert}\ntls_key: {key}\n"
-    )
-    lq.up("--gpus", "4")
-    lq.url = f"https://127.0.0.1:{port}"  # type: ignore[attr-defined]
-    lq.tokens = {  # type: ignore[attr-defined]
-        who: lq.json("token", "create", user)["token"] for who, user in (("owner", OWNER), ("other", OTHER))
-    }
-    yield lq
-    cleanup(lq)
+    try:
+        cert, key = lq.root / "cert.pem", lq.root / "key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"]
+            + ["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+            check=True,
+            capture_output=True,
+        )
+        port = free_port()
+        (lq.state_dir / "labq.yaml").write_text(
+            f"grace_period_s: 3\nmin_runtime_s: 0\nlisten: 127.0.0.1:{port}\ntls_cert: {cert}\ntls_key: {key}\n"
+        )
+        lq.up("--gpus", "4")
+        lq.url = f"https://127.0.0.1:{port}"  # type: ignore[attr-defined]
+        lq.tokens = {  # type: ignore[attr-defined]
+            who: lq.json("token", "create", user)["token"] for who, user in (("owner", OWNER), ("other", OTHER))
+        }
+        yield lq
+    finally:
+        cleanup(lq)
 
 
 def as_(lq: Labq, who: str) -> dict[str, Any]:
@@ -277,9 +267,9 @@ def test_drain_keeps_running_jobs_and_places_nothing_new(lq: Labq) -> None:
     assert f"{name}: drained" in out.stdout and "running job" in out.stdout
     try:
         waiting = lq.submit("--gpus", "1", "--", "true", cwd="/tmp")
-        time.sleep(3)
-        j = lq.job(waiting)
-        assert j["state"] == "PENDING" and "no schedulable node" in j["reasons"][0]
+        j = wait_for("a pass to consider it", lambda: (x := lq.job(waiting))["why"][0]["kind"] != "scheduling" and x)
+        assert j["state"] == "PENDING" and j["why"][0]["kind"] == "drained"
+        assert "no schedulable node" in j["reasons"][0]
         assert lq.job(running)["state"] == "RUNNING"
         assert any(n["name"] == name and not n["schedulable"] for n in lq.json("gpus")["nodes"])
         assert "drained" in lq.run("gpus").stdout

@@ -22,6 +22,7 @@ import pytest
 from tests.conftest import SYSTEM_PYTHON, Labq, cleanup, make_labq, unix_user
 
 pytestmark = [
+    pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create Unix users"),
     pytest.mark.skipif(
         not os.path.exists(SYSTEM_PYTHON), reason="needs a system python3 other users can run"
@@ -136,12 +137,12 @@ def test_daemon_sigkilled_at_random_moments_loses_nothing_and_runs_nothing_twice
         kill_and_restart()
         ids = collect(submitters)
         assert len(ids) == len(set(ids)) == len(USERS) * JOBS_PER_USER
-        every = [j["id"] for j in lq.json("queue", "--all")]
+        every = [j["id"] for j in lq.queue(include_finished=True)]
         assert sorted(every) == sorted(ids)  # no submission queued twice, none missing
         kills = 1
         deadline = time.monotonic() + 400
         while True:
-            states = {j["id"]: j["state"] for j in lq.json("queue", "--all") if j["id"] in set(ids)}
+            states = {j["id"]: j["state"] for j in lq.queue(include_finished=True) if j["id"] in set(ids)}
             if len(states) == len(ids) and all(s in TERMINAL for s in states.values()):
                 break
             assert time.monotonic() < deadline, f"not done: {sorted(set(states.values()))}"
@@ -154,8 +155,9 @@ def test_daemon_sigkilled_at_random_moments_loses_nothing_and_runs_nothing_twice
         assert kills == 4
 
         usage = {r["job_id"]: r for r in lq.json("usage", "--by", "job", "--since", "1h")["rows"]}
+        client = lq.client()
         for job_id in ids:
-            j = lq.job(job_id)
+            j = client.job(job_id)
             ends = [e for e in j["events"] if e["new_state"] in TERMINAL]
             assert j["state"] == "SUCCEEDED" and len(ends) == 1, (job_id, j["state"], j["events"])
             lines = (marks / str(job_id)).read_text().split()

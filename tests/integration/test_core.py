@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import Labq, cleanup, make_labq
+from tests.conftest import Labq, cleanup, make_labq, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -147,6 +147,14 @@ def test_follow_logs_until_the_job_ends(labq4: Labq) -> None:
     assert out.stdout.splitlines() == [f"line {i}" for i in range(1, 6)]
 
 
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] == "Z"
+    except OSError:
+        return True
+
+
 def test_daemon_killed_and_restarted_keeps_jobs_running() -> None:
     lq = make_labq("grace_period_s: 2\n")
     try:
@@ -155,9 +163,10 @@ def test_daemon_killed_and_restarted_keeps_jobs_running() -> None:
         running = lq.submit("--", "sh", "-c", script)
         queued = lq.submit("--gpus", "2", "--", "sh", "-c", "echo second")
         lq.wait(running, ("RUNNING",))
-        time.sleep(1.0)
-        os.kill(lq.daemon_pid(), signal.SIGKILL)
-        time.sleep(1.0)
+        wait_for("its first lines", lambda: "tick 2" in lq.log(running))
+        pid = lq.daemon_pid()
+        os.kill(pid, signal.SIGKILL)
+        wait_for("the daemon to be gone", lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid))
         out = lq.run("queue", check=False)
         assert out.returncode == 3 and "no labq daemon" in out.stderr
         lq.up()

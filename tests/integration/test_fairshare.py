@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import SYSTEM_PYTHON, Labq, cleanup, make_labq, unix_user
+from tests.conftest import SYSTEM_PYTHON, Labq, daemon, unix_user
 
 pytestmark = [
     pytest.mark.integration,
@@ -24,15 +24,13 @@ PASS = 1.0
 
 @pytest.fixture(scope="module")
 def lq() -> Iterator[Labq]:
-    lab = make_labq(f"grace_period_s: {GRACE:g}\nmin_runtime_s: 0\npass_interval_s: {PASS:g}\n")
-    lab.up("--gpus", "4")
-    yield lab
-    cleanup(lab)
+    with daemon(f"grace_period_s: {GRACE:g}\nmin_runtime_s: 0\npass_interval_s: {PASS:g}\n", "--gpus", "4") as lab:
+        yield lab
 
 
 def held(lq: Labq) -> dict[str, int]:
     out: dict[str, int] = {}
-    for j in lq.json("queue"):
+    for j in lq.queue():
         if j["state"] in ("RUNNING", "STARTING"):
             out[j["user"]] = out.get(j["user"], 0) + j["gpus"]
     return out
@@ -53,7 +51,7 @@ def test_equal_shares_split_the_gpus_and_a_guarantee_is_reclaimed(lq: Labq) -> N
         time.sleep(0.2)
     assert held(lq) == {"labqtest-alice": 2, "labqtest-bob": 2}
     # It stays that way pass after pass.
-    time.sleep(3 * PASS)
+    lq.passes(3)
     assert held(lq) == {"labqtest-alice": 2, "labqtest-bob": 2}
     pending = [j for j in lq.json("queue") if j["state"] == "PENDING"]
     assert len(pending) == 16 and all(j["reasons"] for j in pending)
@@ -83,7 +81,7 @@ def test_equal_shares_split_the_gpus_and_a_guarantee_is_reclaimed(lq: Labq) -> N
         assert j["state"] == "PENDING" and j["requeued"]
         assert j["rank"] is not None
     # Nobody preempts carol back: a few more passes change nothing.
-    time.sleep(3 * PASS)
+    lq.passes(3)
     assert held(lq) == after
     for jid in [*ids["a"], *ids["b"], *mine]:
         lq.run("cancel", str(jid), check=False)

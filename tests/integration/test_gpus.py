@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Labq, cleanup, free_port, make_labq
+from tests.conftest import Labq, daemon, free_port
+
+pytestmark = pytest.mark.integration
 
 BUSY = [
     sys.executable,
@@ -29,13 +31,9 @@ SLEEPY = ["sleep", "300"]
 @pytest.fixture(scope="module")
 def gpulq() -> Iterator[tuple[Labq, int]]:
     port = free_port()
-    lq = make_labq(
-        "grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 0.5\n"
-        "idle_window_s: 3\nidle_action_after_s: 3\n"
-    )
-    lq.up("--gpus", "3", "--metrics-port", str(port))
-    yield lq, port
-    cleanup(lq)
+    config = "grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 0.5\nidle_window_s: 3\nidle_action_after_s: 3\n"
+    with daemon(config, "--gpus", "3", "--metrics-port", str(port)) as lq:
+        yield lq, port
 
 
 def gpus_of(lq: Labq) -> dict[int, dict[str, Any]]:

@@ -13,6 +13,8 @@ import pytest
 
 from tests.conftest import Labq, cleanup, make_labq
 
+pytestmark = pytest.mark.integration
+
 BUSY = [sys.executable, "-c", "while True: pass"]
 
 
@@ -59,7 +61,7 @@ def test_each_node_has_its_own_monitor_and_nodes_come_and_go(cluster: Any) -> No
 
         jobs = [lq.submit("--gpus", "2", "--", *BUSY) for _ in range(2)]
         lq.wait_all(jobs, ("RUNNING",))
-        placed = {j["id"]: j["node"] for j in lq.json("queue")}
+        placed = {j["id"]: j["node"] for j in lq.queue()}
         assert len(set(placed.values())) == 2  # one 2-GPU job per node
 
         deadline = time.monotonic() + 30
@@ -92,7 +94,7 @@ def test_a_lost_node_ends_its_jobs_node_lost_and_they_are_retried(cluster: Any) 
         wait_nodes(lq, 2)
         jobs = [lq.submit("--gpus", "2", "--", *BUSY) for _ in range(2)]
         lq.wait_all(jobs, ("RUNNING",))
-        on_worker = next(j for j in lq.json("queue") if j["node"] == worker.node_id)
+        on_worker = next(j for j in lq.queue() if j["node"] == worker.node_id)
         victim = int(on_worker["id"])
 
         cluster.remove_node(worker, allow_graceful=False)

@@ -9,9 +9,13 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from scheduler import raycluster
 from scheduler.client import Client, NoDaemon
 from tests.conftest import cleanup, free_port, make_labq
+
+pytestmark = pytest.mark.integration
 
 
 def alive(pid: int) -> bool:
@@ -24,7 +28,9 @@ def alive(pid: int) -> bool:
 
 
 def test_ray_head_lost_is_reported_queued_jobs_wait_and_the_daemon_reconnects() -> None:
-    lq = make_labq("grace_period_s: 1\nmin_runtime_s: 0\nnode_lost_retries: 1\nmonitor_interval_s: 1\n")
+    lq = make_labq(
+        "grace_period_s: 1\nmin_runtime_s: 0\nnode_lost_retries: 1\nmonitor_interval_s: 1\nray_lost_after_s: 2\n"
+    )
     try:
         lq.up("--gpus", "2")
         c = Client(lq.socket)
@@ -93,7 +99,7 @@ def test_external_ray_head_lost_and_back_the_daemon_reconnects_and_requeues() ->
     port = free_port()
     temp_dir = f"/tmp/labq-ext-{port}"
     head = start_external_head(port, temp_dir)
-    lq = make_labq("grace_period_s: 1\nmin_runtime_s: 0\nnode_lost_retries: 1\n")
+    lq = make_labq("grace_period_s: 1\nmin_runtime_s: 0\nnode_lost_retries: 1\nray_lost_after_s: 2\n")
     try:
         lq.up("--address", f"127.0.0.1:{port}")
         first_pid = lq.daemon_pid()

@@ -25,7 +25,7 @@ import pytest
 
 from scheduler import safefs
 from scheduler.client import Client
-from tests.conftest import SYSTEM_PYTHON, Labq, as_user, cleanup, free_port, make_labq, unix_user
+from tests.conftest import SYSTEM_PYTHON, Labq, as_user, cleanup, free_port, make_labq, unix_user, wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -37,7 +37,7 @@ ALICE, BOB = "labqtest-alice", "labqtest-bob"
 CONFIG = """
 grace_period_s: 2
 min_runtime_s: 0
-default_time_limit_s: 8s
+default_time_limit_s: 5s
 max_grace_s: 10s
 max_pending_jobs_per_user: 12
 max_spec_bytes: 20000
@@ -85,16 +85,6 @@ def one_line_refusal(r: subprocess.CompletedProcess[str], *words: str) -> None:
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     for w in words:
         assert w in r.stderr, r.stderr
-
-
-def wait_for(what: str, cond: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def node(lq: Labq) -> str:
@@ -294,7 +284,7 @@ def test_the_default_time_limit_is_enforced(lq: Labq) -> None:
     t0 = time.monotonic()
     job = lq.submit("--", "sleep", "120", user=uid(ALICE), cwd="/tmp")
     j = lq.wait(job, ("TIMEOUT",), timeout=40)
-    assert "time limit of 8s reached" in j["reasons"][0]
+    assert "time limit of 5s reached" in j["reasons"][0]
     assert time.monotonic() - t0 < 30
 
 

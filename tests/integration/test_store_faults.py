@@ -7,10 +7,11 @@ import resource
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import Labq
+from tests.conftest import Labq, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,10 @@ def test_a_full_disk_refuses_submissions_and_loses_no_job_end(labq4: Labq) -> No
     try:
         msg = one_line_refusal(labq4, "submit", "--", "true")
         assert msg.startswith("labq: could not save to ") and "disk I/O error" in msg and "free there" in msg
-        time.sleep(5)  # the job ends meanwhile; its end cannot be stored yet
+        # The job ends meanwhile; its end cannot be stored yet.
+        job_pid = labq4.job(ends_soon)["pid"]
+        wait_for("the job's process to end", lambda: not Path(f"/proc/{job_pid}").exists(), 20)
+        time.sleep(1)  # its end reaches the daemon, which cannot store it
         assert labq4.job(ends_soon)["state"] == "RUNNING"
         assert len(labq4.json("queue", "--all")) == before + 1
     finally:

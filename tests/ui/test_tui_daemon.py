@@ -15,7 +15,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input
 
 from scheduler.client import Client
-from tests.conftest import REPO, Labq, cleanup, free_port, make_labq, unix_user
+from tests.conftest import REPO, Labq, daemon, free_port, unix_user
 from tui.api import ClientBackend
 from tui.app import LabqApp
 from tui.job import JobScreen
@@ -25,12 +25,9 @@ from tui.submit import SubmitScreen
 
 @pytest.fixture(scope="module")
 def lq() -> Iterator[Labq]:
-    lq = make_labq(
-        f"grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 0.5\nlisten: 127.0.0.1:{free_port()}\n"
-    )
-    lq.up("--gpus", "2")
-    yield lq
-    cleanup(lq)
+    config = f"grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 0.5\nlisten: 127.0.0.1:{free_port()}\n"
+    with daemon(config, "--gpus", "2") as lq:
+        yield lq
 
 
 async def wait_until(pilot: Pilot[None], what: str, cond: object, timeout: float = 30) -> None:

@@ -173,3 +173,9 @@ def test_no_class_over_400_lines_and_no_module_over_800() -> None:
             if isinstance(node, ast.ClassDef):
                 size = (node.end_lineno or node.lineno) - node.lineno + 1
                 assert size <= 400, (path, node.name, size)
+
+
+def test_every_integration_file_is_marked() -> None:
+    for path in (REPO / "tests" / "integration").glob("test_*.py"):
+        text = path.read_text()
+        assert "pytest.mark.integration" in text, path

@@ -172,6 +172,7 @@ def test_a_full_disk_is_a_clear_error_and_corrupts_nothing(tmp_path: Path) -> No
 
 def test_a_locked_database_is_a_clear_error(tmp_path: Path) -> None:
     s = Store(tmp_path / "db")
+    s._w.execute("PRAGMA busy_timeout=300")  # the daemon waits 5 s; the verdict is the same
     other = sqlite3.connect(tmp_path / "db", isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
     try:

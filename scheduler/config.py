@@ -117,7 +117,7 @@ class DaemonConfig:
     job_cgroups: bool = True
     # Queue and request limits a real team never reaches, but a runaway script does.
     max_pending_jobs_per_user: int = 10000
-    max_submissions_per_minute: int = 1200
+    max_submissions_per_minute: int = 6000
     max_spec_bytes: int = 64 * 1024
     # API connections: per Unix user (or per token user / address over TCP) and in all;
     # a request (or an idle kept-alive connection) gets this long, however it trickles.

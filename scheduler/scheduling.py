@@ -89,7 +89,7 @@ class Scheduler:
 
     # -- the snapshot -------------------------------------------------------------------------
     def snapshot(self, now: float) -> Snapshot:
-        pending_rows = self.store.jobs(states=(JobState.PENDING,), with_spec=False)
+        pending_rows = self.store.policy_rows((JobState.PENDING,))
         active = self.store.jobs(states=ACTIVE, with_spec=False)
         decayed, week = self.ledger.usage(now, active)
         held = held_gpus(active)
@@ -110,18 +110,8 @@ class Scheduler:
         return Snapshot(
             now=now,
             pending=tuple(
-                PendingJob(
-                    id=j.id,
-                    user=j.user,
-                    gpus=j.gpus,
-                    submit_time=j.submit_time,
-                    priority=j.priority,
-                    time_limit=j.time_limit,
-                    requeued=j.requeued,
-                    cpus=j.cpus,
-                    memory=j.memory,
-                )
-                for j in pending_rows
+                PendingJob(jid, user, gpus, submit, prio, limit, bool(requeued), cpus, memory)
+                for jid, user, gpus, submit, prio, limit, requeued, cpus, memory, *_ in pending_rows
             ),
             running=tuple(
                 RunningJob(
@@ -184,6 +174,7 @@ class Scheduler:
                 self.control.request_stop(row, "preempted", pre.reason, self.control.grace(row))
         self.decision = decision
         self.last_pass = now
+        self.control.admission.seen_pending({u: s.pending_jobs for u, s in decision.shares.items()})
         self.pass_s = time.perf_counter() - t0
         return decision
 

@@ -79,8 +79,10 @@ class Reason(NamedTuple):
     text: str
     data: tuple[tuple[str, Any], ...] = ()
 
-    def as_dict(self) -> ReasonView:
-        out: ReasonView = {"kind": self.kind, "text": self.text}
+    def as_dict(self, text: bool = True) -> ReasonView:
+        out: ReasonView = {"kind": self.kind}
+        if text:
+            out["text"] = self.text
         if self.data:
             out["data"] = dict(self.data)
         return out

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,7 @@ def cmd_submit(c: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _time_col(j: dict[str, Any], now: float) -> str:
+def _time_col(j: Mapping[str, Any], now: float) -> str:
     """The CLI's one time column: how long it waited (with its ETA) or ran."""
     cells = queue_cells(j, now)
     eta = cells["ETA"]

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from scheduler.config import client_socket
+from scheduler.shapes import Check, JobDetail, JobSummary
 
 
 class ClientError(Exception):
@@ -280,14 +281,14 @@ class Client:
         user: str | None = None,
         state: str | None = None,
         limit: int | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[JobSummary]:
         """Job summaries in id order: the newest `limit`, or (no limit) all of them,
         fetched a page at a time."""
         query = {"all": 1 if include_finished else None, "user": user, "state": state}
         if limit:
-            out: list[dict[str, Any]] = self.request("GET", "/v1/jobs", limit=limit, **query)["jobs"]
+            out: list[JobSummary] = self.request("GET", "/v1/jobs", limit=limit, **query)["jobs"]
             return out
-        jobs: list[dict[str, Any]] = []
+        jobs: list[JobSummary] = []
         after = 0
         while True:
             page = self.request("GET", "/v1/jobs", after=after, **query)
@@ -296,8 +297,8 @@ class Client:
                 return jobs
             after = int(page["next_after"])
 
-    def job(self, job_id: int) -> dict[str, Any]:
-        out: dict[str, Any] = self.request("GET", f"/v1/jobs/{int(job_id)}")
+    def job(self, job_id: int) -> JobDetail:
+        out: JobDetail = self.request("GET", f"/v1/jobs/{int(job_id)}")
         return out
 
     def cancel(self, job_id: int, now: bool = False) -> dict[str, Any]:
@@ -324,8 +325,8 @@ class Client:
         out: dict[str, Any] = self.request("POST", f"/v1/nodes/{quote(node, safe='')}/{verb}")
         return out
 
-    def doctor(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = self.request("GET", "/v1/doctor")["checks"]
+    def doctor(self) -> list[Check]:
+        out: list[Check] = self.request("GET", "/v1/doctor")["checks"]
         return out
 
     def quotas(self) -> dict[str, Any]:

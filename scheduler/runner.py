@@ -229,10 +229,14 @@ class _Tree:
         return pids
 
     def signal(self, sig: int) -> None:
+        """`sig` to the job's process group, and to every process of the job that left
+        it (once each: a shell that traps SIGTERM must not run its trap twice)."""
         if self.top is not None:
             _signal_group(self.top, sig)
         for pid in self.procs():
             try:
+                if self.top is not None and os.getpgid(pid) == self.top:
+                    continue  # the group got it already
                 os.kill(pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass

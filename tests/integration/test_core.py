@@ -30,7 +30,7 @@ def test_six_one_gpu_jobs_on_four_gpus(labq4: Labq) -> None:
     pending = [j for j in jobs if j["state"] == "PENDING"]
     assert len(pending) == 2
     for j in pending:
-        assert j["reasons"] and j["reasons"][0].startswith("resources:"), j
+        assert j["why"] and j["why"][0]["kind"] == "resources", j  # the kind, not the words
         assert j["eta"] is not None
     done = labq4.wait_all(ids, DONE)
     assert all(j["state"] == "SUCCEEDED" and j["exit_code"] == 0 for j in done), done

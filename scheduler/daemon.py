@@ -48,7 +48,7 @@ from scheduler.ledger import UsageLedger
 from scheduler.logbook import LogBook
 from scheduler.nodes import NodeBook
 from scheduler.pump import EventPump
-from scheduler.raylink import NAMESPACE, RayLink
+from scheduler.raylink import NAMESPACE, RayLink, executor_name
 from scheduler.scheduling import Scheduler
 from scheduler.shapes import ACTIVE
 from scheduler.store import Store
@@ -121,6 +121,7 @@ class Daemon:
         self.nodes = NodeBook(self.store)
         address, gpus, cpus = self.ray_args
         self.ray = RayLink(self.state_dir, self.nodes, self.stop_event, address, gpus, cpus)
+        self.ray.executor_name = executor_name(self.instance_id())
         self.logs = LogBook(self.logs_dir, self.store, c.log_max_bytes, c.user_log_max_bytes)
         self.ledger = UsageLedger(self.store, c.half_life_s)
         self.admission = Admission(c, self.nodes, self.store)
@@ -167,6 +168,18 @@ class Daemon:
             listener=lambda: self.tcp.address if self.tcp is not None else None,
             user=self.user,
         )
+
+    def instance_id(self) -> str:
+        """This daemon's identity on a Ray cluster, kept in its database. A state dir
+        from before it existed, that already ran an Executor, keeps the old shared name
+        (its running jobs are adopted, not lost, on upgrade)."""
+        found = self.store.get_meta("instance_id")
+        if found is None:
+            import secrets
+
+            found = "" if self.store.get_meta("executor_id") else secrets.token_hex(4)
+            self.store.set_meta("instance_id", found)
+        return found
 
     def open_listener(self) -> None:
         """The TCP listener for remote clients, if configured. Before Ray starts, so a

@@ -27,7 +27,6 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from scheduler.launcher import Event, LauncherDown, key_of
 from scheduler.runner import Launch, run
 
-EXECUTOR_NAME = "labq-executor"
 MAX_EVENTS_PER_POLL = 2000
 
 

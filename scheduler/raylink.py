@@ -40,6 +40,12 @@ class RayStatus:
     since: float = field(default_factory=time.time)
 
 
+def executor_name(instance: str) -> str:
+    """The Executor of one daemon (its state dir's instance id); "" = the name labq
+    used before there was one, kept for a state dir that already had an Executor."""
+    return f"labq-executor-{instance}" if instance else "labq-executor"
+
+
 class RayLink:
     def __init__(
         self,
@@ -61,6 +67,9 @@ class RayLink:
         self.inventory: GpuInventory | None = None
         self.launcher: Any = None  # executor.RayLauncher once attached
         self.executor_id = ""
+        # The detached Executor's name: one per daemon (state dir), so two daemons on
+        # one Ray cluster, or a new state dir after an old one, never share jobs.
+        self.executor_name = "labq-executor"
         self.restart_requested = False
 
     @property
@@ -115,11 +124,11 @@ class RayLink:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from scheduler.executor import EXECUTOR_NAME, Executor, RayLauncher
+        from scheduler.executor import Executor, RayLauncher
 
         node_id = ray.get_runtime_context().get_node_id()
         handle = Executor.options(  # type: ignore[attr-defined]
-            name=EXECUTOR_NAME,
+            name=self.executor_name,
             namespace=NAMESPACE,
             lifetime="detached",
             get_if_exists=True,

@@ -179,6 +179,10 @@ class Labq:
                 ns = str(row[0])[:8] if row else ""
         except Exception:  # noqa: BLE001 - no database yet, or a broken one: nothing to name
             pass
+        if not (self.state_dir / "ray-head.json").exists() and self.socket.exists():
+            # An external cluster outlives this test: its detached actors (the Executor,
+            # the GPU monitors) must go with the daemon, which only `down` does.
+            self.run("down", "--kill", "--timeout", "30", check=False, timeout=60)
         try:
             pid = self.daemon_pid()
             with open(f"/proc/{pid}/cmdline", "rb") as f:

@@ -20,17 +20,29 @@ BUSY = [sys.executable, "-c", "while True: pass"]
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    # Notice a dead node in a couple of seconds rather than the default ~30.
-    os.environ["RAY_health_check_period_ms"] = "500"  # noqa: SIM112 - Ray reads this exact name
-    os.environ["RAY_health_check_failure_threshold"] = "3"  # noqa: SIM112
+    settings = {
+        "RAY_AUTH_MODE": "disabled",
+        # Notice a dead node in a couple of seconds rather than the default ~30.
+        "RAY_health_check_period_ms": "500",
+        "RAY_health_check_failure_threshold": "3",
+    }
+    before = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 2})
     try:
-        yield c
+        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 2})
+        try:
+            yield c
+        finally:
+            c.shutdown()
     finally:
-        c.shutdown()
+        # Later modules' daemons inherit this process's environment: give it back.
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def nodes(lq: Labq) -> list[dict[str, Any]]:

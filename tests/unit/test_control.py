@@ -285,3 +285,30 @@ def test_the_ledger_keeps_a_run_that_ends_while_a_pass_reads_it(d: Daemon) -> No
         stop.set()
         t.join()
     assert d.ledger.usage(1000.0, [])[1]["carol"] == pytest.approx(2000 * 0.5)
+
+
+def test_each_daemon_has_its_own_executor_on_a_shared_ray_cluster(tmp_path: Path) -> None:
+    """Two state dirs on one (external) Ray cluster used to share the one detached
+    'labq-executor': a new daemon's job 1 found the old daemon's job 1 known there and
+    was never launched. Each daemon's Executor now carries its state dir's identity;
+    a state dir that already ran the old shared one keeps it (its jobs are adopted)."""
+    from scheduler.raylink import executor_name
+
+    a = open_daemon(tmp_path / "a", MemoryLauncher())
+    b = open_daemon(tmp_path / "b", MemoryLauncher())
+    assert a.ray.executor_name != b.ray.executor_name
+    assert a.ray.executor_name.startswith("labq-executor-")
+    a.store.close()
+    # Reopened: the same name (re-adoption after a restart finds the same Executor).
+    again = open_daemon(tmp_path / "a", MemoryLauncher())
+    assert again.ray.executor_name == executor_name(again.instance_id()) != "labq-executor"
+    # An older state dir that already had an Executor, before names were per daemon.
+    old = tmp_path / "old"
+    legacy = open_daemon(old, MemoryLauncher())
+    legacy.store._w.execute("DELETE FROM meta WHERE key='instance_id'")
+    legacy.store.set_meta("executor_id", "0123abcd")
+    legacy.store.close()
+    upgraded = open_daemon(old, MemoryLauncher())
+    assert upgraded.ray.executor_name == "labq-executor"
+    for d in (b, again, upgraded):
+        d.store.close()

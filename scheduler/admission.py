@@ -127,7 +127,7 @@ class Admission:
         sizes = [n.gpus for n in nodes]
         largest = max(sizes)
         big_enough = [n for n in nodes if n.gpus >= min(spec.gpus, largest)]
-        where = f"a node with {spec.gpus} GPUs" if spec.gpus <= largest else "a node"
+        where = f"a node with {spec.gpus} GPU{'s' if spec.gpus != 1 else ''}" if spec.gpus <= largest else "a node"
         if spec.cpus and not any(n.cpus >= spec.cpus for n in big_enough):
             most = max(n.cpus for n in big_enough)
             raise DaemonError(f"asks for {spec.cpus:g} CPUs but the most {where} has is {most:g}")

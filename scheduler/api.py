@@ -70,22 +70,32 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler]] = []
 
 def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
     def deco(fn: Handler) -> Handler:
-        ROUTES.append((method, re.compile(f"^{pattern}$"), fn))
+        # ASCII: \d would also match other scripts' digits ("/v1/jobs/٣" was job 3)
+        ROUTES.append((method, re.compile(f"^{pattern}$", re.ASCII), fn))
         return fn
 
     return deco
 
 
-def _int(params: Params, key: str, default: int | None = None) -> int:
+_WHOLE = re.compile(r"-?[0-9]{1,18}", re.ASCII)  # fits SQLite's INTEGER and a file offset
+
+
+def _int(params: Params, key: str, default: int | None = None, minimum: int | None = None) -> int:
+    """A whole number from the query or the path: ASCII digits only (int() also takes
+    " 10", "1_0" and other scripts' digits), and small enough for SQLite and seek()."""
     raw = params.get(key)
     if raw is None:
         if default is None:
             raise DaemonError(f"missing {key}")
         return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise DaemonError(f"{key} must be a whole number, got {raw!r}") from None
+    if not _WHOLE.fullmatch(raw):
+        if key == "id" and raw.isascii() and raw.isdigit():
+            raise DaemonError(f"no job {raw}", 404)  # more digits than any id can have
+        raise DaemonError(f"{key} must be a whole number, got {raw[:40]!r}")
+    value = int(raw)
+    if minimum is not None and value < minimum:
+        raise DaemonError(f"{key} must be {minimum} or more, got {value}")
+    return value
 
 
 # -- handlers -------------------------------------------------------------------------------------
@@ -155,16 +165,35 @@ def job_log(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
             "(user_log_max_bytes), oldest first",
             410,
         )
-    offset = max(0, _int(p, "offset", 0))
-    limit = min(MAX_LOG_READ, max(1, _int(p, "limit", MAX_LOG_READ)))
+    offset = _int(p, "offset", 0, minimum=0)
+    limit = min(MAX_LOG_READ, _int(p, "limit", MAX_LOG_READ, minimum=1))
+    # `tail=N`: the last N bytes (from a line's start), `before=B` with it: the N bytes
+    # that end at byte B. A viewer opens a 256 MiB log at its end, then reads back
+    # window by window, and never holds the whole of it.
+    tail = _int(p, "tail", 0, minimum=1 if "tail" in p else None)
+    before = _int(p, "before", -1, minimum=0 if "before" in p else None)
+    if before >= 0 and tail <= 0:
+        raise DaemonError("before is only with tail (the bytes that end there)")
     path = d.logs.path(job.id)
     data = b""
     size = 0
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            f.seek(offset)
-            data = f.read(limit)
+            if tail > 0:
+                end = size if before < 0 else min(before, size)
+                start = max(0, end - min(tail, MAX_LOG_READ))
+                f.seek(start)
+                data = f.read(end - start)
+                if start > 0:
+                    nl = data.find(b"\n")
+                    if 0 <= nl < len(data) - 1:
+                        start, data = start + nl + 1, data[nl + 1 :]
+                offset = start
+                limit = len(data)
+            else:
+                f.seek(min(offset, size))
+                data = f.read(limit)
     except FileNotFoundError:
         pass
     # Cut at a UTF-8 boundary so a multi-byte character is never split between reads.
@@ -177,6 +206,7 @@ def job_log(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
         data = data[:cut] if cut > 0 else data
     return 200, {
         "data": data.decode("utf-8", errors="replace"),
+        "start": offset,
         "offset": offset + len(data),
         "size": size,
         "state": job.state.value,

@@ -15,14 +15,32 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.client import Client, ClientError, NoDaemon, Remote
-from scheduler.config import INHERITED_ENV
+from scheduler.cliparse import build_parser, command_of
 from scheduler.console import UsageError, die, emit_json, say
 from scheduler.jobfile import JobFileError, load_job_file
-from scheduler.present import clean_log, gib, job_text, parse_env, pct, queue_cells, stamp, where_or_why
-from scheduler.units import UnitError, format_duration
+from scheduler.paths import INHERITED_ENV
+from scheduler.present import (
+    clean_log,
+    gib,
+    job_text,
+    parse_env,
+    pct,
+    preview_lines,
+    queue_cells,
+    stamp,
+    where_or_why,
+)
+from scheduler.units import UNIT_WORDS, UnitError, format_duration
 
 
 # -- building a submission -------------------------------------------------------------------------
+def _cwd() -> str:
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        raise UsageError("this shell's directory no longer exists: cd into one that does, or give --workdir") from None
+
+
 def build_spec(
     args: argparse.Namespace, remote: bool = False
 ) -> tuple[dict[str, Any], Path | None, dict[str, int]]:
@@ -40,6 +58,11 @@ def build_spec(
             raise UsageError(str(e)) from None
     elif command:
         spec["command"] = command
+    if args.time is not None and command and command[0].lower() in UNIT_WORDS:
+        raise UsageError(
+            f"--time {args.time} {command[0]}: write --time {args.time}{command[0][0].lower()} "
+            f"(`{command[0]}` would be taken for the command)"
+        )
     for field in ("gpus", "cpus", "memory", "time", "workdir", "name", "priority", "grace"):
         value = getattr(args, field)
         if value is not None:
@@ -61,9 +84,9 @@ def build_spec(
         os.umask(mask)
         spec["umask"] = mask
     if args.workdir is None and "workdir" not in spec and not remote:
-        spec["workdir"] = os.getcwd()
+        spec["workdir"] = _cwd()
     elif isinstance(spec.get("workdir"), str) and spec["workdir"] and not os.path.isabs(spec["workdir"]):
-        spec["workdir"] = os.path.abspath(spec["workdir"])
+        spec["workdir"] = os.path.join(_cwd(), spec["workdir"])
     return spec, job_file, lines
 
 
@@ -75,13 +98,9 @@ def cmd_submit(c: Client, args: argparse.Namespace) -> int:
             out = c.preview(spec)
             if args.json:
                 emit_json(out)
-            elif out["starts_now"]:
-                say(f"would start now on {out['node']}")
             else:
-                eta = f" (estimated start {stamp(out['eta'])})" if out.get("eta") else ""
-                say(f"would wait{eta}:")
-                for r in out["reasons"]:
-                    say(f"  - {r}")
+                for line in preview_lines(out, time.time()):
+                    say({"head": "", "reason": "  - "}.get(line.kind, f"  {line.label}: ") + line.text)
             return 0
         job_id = c.submit(spec)
     except ClientError as e:
@@ -191,6 +210,12 @@ def cmd_cancel(c: Client, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _job_holder(g: dict[str, Any]) -> str:
+    """`job 6 (ana)`; just `job 6` in the moment after a job ended, when the monitor
+    still sees its process but the daemon no longer lists its owner."""
+    return f"job {g['job_id']}" + (f" ({g['user']})" if g.get("user") else "")
+
+
 def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
     out = c.nodes()
     if args.json:
@@ -233,7 +258,7 @@ def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
                 else f"{g['power_mw'] / 1000:.0f}/{(g['power_limit_mw'] or 0) / 1000:.0f}"
             )
             health = "ok" if g["healthy"] else "UNHEALTHY"
-            holder = f"job {g['job_id']} ({g['user']})" if g.get("job_id") else "-"
+            holder = _job_holder(g) if g.get("job_id") else "-"
             say(
                 f"  {g['index']:<4}{(g['name'] or 'n/a')[:13]:<14}{pct(g['util_gpu']):>5}{mem:>14}"
                 f"{temp:>6}{power:>12}  {health:<9}{holder}"
@@ -244,7 +269,7 @@ def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
                 say(f"      {g['blocked']}")
             for proc in g.get("processes", []):
                 who = (
-                    f"job {proc['job_id']} ({proc['user']})"
+                    _job_holder(proc)
                     if proc.get("job_id")
                     else "OUTSIDE labq (not started by the scheduler)"
                 )
@@ -482,7 +507,7 @@ def cmd_down(c: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from scheduler.config import daemon_socket, default_state_dir
+    from scheduler.paths import daemon_socket, default_state_dir
 
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
     sock = Path(args.socket) if args.socket else daemon_socket()
@@ -580,151 +605,6 @@ def _run_foreground(args: argparse.Namespace, state_dir: Path, sock: Path) -> in
     return 0
 
 
-# -- parser --------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="labq", description="Fair-share GPU job queue for a research team.")
-    p.add_argument(
-        "--socket", help="daemon socket (default: $LABQ_SOCKET, /run/labq/labq.sock or a personal one)"
-    )
-    p.add_argument("--url", help="a remote daemon's listener, https://HOST:PORT (default: $LABQ_URL)")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-
-    up = sub.add_parser("up", help="start the daemon (embedded Ray unless --address)")
-    up.add_argument("--foreground", action="store_true", help="stay in the foreground (systemd)")
-    up.add_argument("--address", help="join this Ray cluster instead of starting one")
-    up.add_argument("--gpus", type=int, help="logical GPUs to declare on a machine without NVIDIA GPUs")
-    up.add_argument("--cpus", type=int, help="CPUs the embedded Ray advertises")
-    up.add_argument(
-        "--metrics-port",
-        type=int,
-        help="serve Prometheus /metrics on this port (loopback unless the config says)",
-    )
-    up.add_argument(
-        "--listen",
-        metavar="HOST:PORT",
-        help="also take remote clients over TCP (token required; TLS from the config beyond loopback)",
-    )
-    up.add_argument("--state-dir", help="where the database and logs live")
-    up.add_argument("--config", help="daemon config YAML (see configs/labq.yaml)")
-    up.add_argument("--timeout", type=float, default=120.0)
-
-    down = sub.add_parser("down", help="stop the daemon")
-    g = down.add_mutually_exclusive_group()
-    g.add_argument("--drain", action="store_true", help="start nothing new, wait for running jobs")
-    g.add_argument("--kill", action="store_true", help="cancel running jobs (SIGTERM, grace, SIGKILL)")
-    down.add_argument("--timeout", type=float, default=600.0)
-
-    s = sub.add_parser("submit", help="queue a job: labq submit [opts] -- CMD... | labq submit job.yaml")
-    s.add_argument(
-        "--dry-run", action="store_true", help="say whether it would start now, or why it would wait"
-    )
-    s.add_argument("--gpus", type=int)
-    s.add_argument("--cpus", type=float)
-    s.add_argument("--memory", help="e.g. 16G")
-    s.add_argument("--time", help="time limit, e.g. 4h, 30m, 1-00:00:00")
-    s.add_argument("--workdir")
-    s.add_argument("--env", action="append", metavar="KEY=VALUE")
-    s.add_argument("--name")
-    s.add_argument("--priority", type=int, help="order among your own jobs (higher first)")
-    s.add_argument("--grace", help="seconds between SIGTERM and SIGKILL")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("command", nargs=argparse.REMAINDER)
-
-    q = sub.add_parser("queue", help="pending and running jobs, with why each waits")
-    q.add_argument("--all", action="store_true", help="include finished jobs")
-    q.add_argument("--user")
-    q.add_argument("--mine", action="store_true")
-    q.add_argument("--state", help="comma-separated states")
-    q.add_argument("--json", action="store_true")
-
-    sh = sub.add_parser("show", help="one job in full, with its history")
-    sh.add_argument("job_id", type=int)
-    sh.add_argument("--json", action="store_true")
-
-    lg = sub.add_parser("logs", help="a job's stdout and stderr")
-    lg.add_argument("job_id", type=int)
-    lg.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
-    lg.add_argument(
-        "--raw", action="store_true", help="another user's log as it is, escape sequences included"
-    )
-
-    ca = sub.add_parser("cancel", help="cancel jobs (running ones get SIGTERM, then SIGKILL after the grace)")
-    ca.add_argument("job_ids", type=int, nargs="+")
-    ca.add_argument(
-        "--now", action="store_true", help="no grace period: SIGKILL at once (also for a job already stopping)"
-    )
-
-    gp = sub.add_parser("gpus", help="every node and GPU: utilization, memory, health, who holds it")
-    gp.add_argument("--json", action="store_true")
-
-    us = sub.add_parser("usage", help="GPU-hours allocated and really used, per researcher or job")
-    us.add_argument("--since", default="7d", help="window, e.g. 24h, 7d, 30d (default 7d)")
-    us.add_argument("--by", choices=("user", "job"), default="user")
-    fmt = us.add_mutually_exclusive_group()
-    fmt.add_argument("--csv", action="store_true")
-    fmt.add_argument("--json", action="store_true")
-
-    qu = sub.add_parser("quota", help="show or (admins) change quotas")
-    qsub = qu.add_subparsers(dest="quota_cmd", required=True)
-    qs = qsub.add_parser("show")
-    qs.add_argument("--json", action="store_true")
-    qset = qsub.add_parser("set")
-    qset.add_argument("user")
-    for name in ("shares", "guaranteed-gpus", "max-gpus", "max-jobs", "gpu-hours-per-week"):
-        qset.add_argument(f"--{name}", dest=name.replace("-", "_"))
-    qset.add_argument("--idle-action", help="notify, cancel or requeue jobs whose GPUs sit idle")
-
-    sm = sub.add_parser("simulate", help="replay a job trace through labq's policy and baselines")
-    sm.add_argument("trace", nargs="?", help="CSV with job_id,vc,submit_s,num_gpus,duration_s")
-    sm.add_argument("--from-history", action="store_true", help="replay this daemon's own finished jobs")
-    sm.add_argument("--state-dir", help="the daemon's state dir (for --from-history)")
-    sm.add_argument("--nodes", type=int, default=80)
-    sm.add_argument("--gpus-per-node", type=int, default=8)
-    sm.add_argument("--policy", default="fairshare", help="one, a comma list, or all")
-    shares = sm.add_mutually_exclusive_group()
-    shares.add_argument("--quotas", help="quotas.yaml: shares per researcher/tenant")
-    shares.add_argument("--shares", help="CSV of tenant sizes (helios_philly_vc_sizes.csv)")
-    sm.add_argument("--limit", type=int, help="only the first N jobs")
-    sm.add_argument("--no-rho", action="store_true", help="skip the per-tenant replays alone (faster)")
-    sm.add_argument("--json", metavar="FILE", help="write the report as JSON ('-' for stdout)")
-    sm.add_argument("--plot", metavar="PNG", help="write a plot")
-    sm.add_argument("--quiet", action="store_true")
-
-    tu = sub.add_parser("tui", help="the terminal UI: queue, jobs and logs, GPUs, team, quotas")
-    tu.add_argument("--read-only", action="store_true", help="hide every action")
-    tu.add_argument("--refresh", type=float, help="seconds between polls (default 1)")
-    tu.add_argument("--keymap", help="remap keys by binding id: 'labq.new=ctrl+n,labq.quit=ctrl+q'")
-    tu.add_argument("--web", action="store_true", help="serve it to a browser on localhost")
-    tu.add_argument("--port", type=int, help="port for --web (default 8000)")
-    tu.add_argument("--host", help="address for --web (default 127.0.0.1); the printed URL's token is required")
-    tu.add_argument("--remote", metavar="HOST", help="against HOST's daemon, through an SSH tunnel")
-    tu.add_argument("--remote-socket", help="daemon socket on HOST (default /run/labq/labq.sock)")
-    di = sub.add_parser("desktop-install", help="add labq to the desktop's application menu")
-    di.add_argument("--remote", metavar="HOST", help="an entry that opens HOST's queue")
-
-    nd = sub.add_parser("node", help="(admins) drain a node: no new jobs, running ones finish; or resume it")
-    ndsub = nd.add_subparsers(dest="node_cmd", required=True)
-    for verb in ("drain", "resume"):
-        ndsub.add_parser(verb).add_argument("node", help="node name (as `labq gpus` shows it) or id")
-    dr = sub.add_parser("doctor", help="check Ray, NVML, the socket, permissions and the database")
-    dr.add_argument("--json", action="store_true")
-
-    tk = sub.add_parser("token", help="tokens for remote clients: (admins) create, list, revoke")
-    tksub = tk.add_subparsers(dest="token_cmd", required=True)
-    tc = tksub.add_parser("create", help="issue a token for USER (shown once, stored hashed)")
-    tc.add_argument("user")
-    tc.add_argument("--expires", help="e.g. 90d (default: never)")
-    tc.add_argument("--note", help="what it is for, e.g. 'alice laptop'")
-    tc.add_argument("--json", action="store_true")
-    tl = tksub.add_parser("list", help="tokens (admins: all; others: their own)")
-    tl.add_argument("--json", action="store_true")
-    tksub.add_parser("revoke", help="revoke a token by id").add_argument("token_id")
-
-    au = sub.add_parser("audit", help="quota changes, cancels and other admin actions")
-    au.add_argument("--json", action="store_true")
-    return p
-
-
 COMMANDS = {
     "submit": cmd_submit,
     "queue": cmd_queue,
@@ -744,8 +624,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser(command_of(argv)).parse_args(argv)
     args.dashdash = "--" in argv
     try:
         if args.cmd == "up":

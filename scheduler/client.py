@@ -10,13 +10,14 @@ import json
 import os
 import socket
 import time
-import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from scheduler.config import client_socket
-from scheduler.shapes import Check, JobDetail, JobSummary
+from scheduler.paths import client_socket
+
+if TYPE_CHECKING:  # annotations only: the client need not build the TypedDicts
+    from scheduler.shapes import Check, JobDetail, JobSummary
 
 
 class ClientError(Exception):
@@ -258,7 +259,7 @@ class Client:
     def submit(self, spec: dict[str, Any], token: str | None = None) -> int:
         """Queue a job. The token makes a retry safe: if the daemon stored the job but the
         reply was lost, sending the same token again returns that job instead of a second."""
-        token = token or uuid.uuid4().hex
+        token = token or os.urandom(16).hex()
         for attempt in range(3):
             try:
                 return int(self.request("POST", "/v1/jobs", {"spec": spec, "token": token})["id"])
@@ -308,8 +309,19 @@ class Client:
         )
         return out
 
-    def log(self, job_id: int, offset: int = 0, limit: int | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = self.request("GET", f"/v1/jobs/{int(job_id)}/log", offset=offset, limit=limit)
+    def log(
+        self,
+        job_id: int,
+        offset: int = 0,
+        limit: int | None = None,
+        tail: int | None = None,
+        before: int | None = None,
+    ) -> dict[str, Any]:
+        """Log bytes from `offset` (at most `limit`); or, with `tail`, the last `tail`
+        bytes (ending at `before`), starting at a line. `start` says where `data` begins."""
+        out: dict[str, Any] = self.request(
+            "GET", f"/v1/jobs/{int(job_id)}/log", offset=offset, limit=limit, tail=tail, before=before
+        )
         return out
 
     def nodes(self, history: bool = False) -> dict[str, Any]:

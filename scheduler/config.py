@@ -10,62 +10,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-ROOT_SOCKET = Path("/run/labq/labq.sock")
-
-# What a job inherits from whoever submits it (as Slurm does), unless told otherwise.
-INHERITED_ENV = (
-    "PATH",
-    "HOME",
-    "USER",
-    "LOGNAME",
-    "LANG",
-    "LC_ALL",
-    "SHELL",
-    "TERM",
-    "PYTHONPATH",
-    "VIRTUAL_ENV",
-    "CONDA_PREFIX",
-    "CONDA_DEFAULT_ENV",
-    "LD_LIBRARY_PATH",
-    "TZ",
-)
-
-
-def personal_socket() -> Path:
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime):
-        return Path(runtime) / "labq" / "labq.sock"
-    # Another user could make this directory first: the daemon refuses one that is not
-    # its own, and the client checks who answers on the socket (client.py).
-    return Path(f"/tmp/labq-{os.getuid()}") / "labq.sock"
-
-
-def client_socket() -> Path:
-    """The daemon a client talks to: $LABQ_SOCKET, else the team's, else a personal one."""
-    env = os.environ.get("LABQ_SOCKET")
-    if env:
-        return Path(env)
-    if ROOT_SOCKET.exists():
-        return ROOT_SOCKET
-    return personal_socket()
-
-
-def daemon_socket() -> Path:
-    env = os.environ.get("LABQ_SOCKET")
-    if env:
-        return Path(env)
-    return ROOT_SOCKET if os.geteuid() == 0 else personal_socket()
-
-
-def default_state_dir() -> Path:
-    env = os.environ.get("LABQ_STATE_DIR")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/labq")
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data) / "labq"
-
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message is user-facing."""

@@ -16,13 +16,14 @@ Only `transition()` changes a state, and it refuses anything not in TRANSITIONS.
 from __future__ import annotations
 
 import os
+import re
 import unicodedata
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from scheduler.shapes import TERMINAL, JobState
-from scheduler.units import UnitError, parse_duration, parse_size
+from scheduler.units import UnitError, parse_duration, parse_size, parse_time_limit
 
 __all__ = ["TERMINAL", "JobSpec", "JobState", "IllegalTransition", "transition"]
 
@@ -38,6 +39,25 @@ def has_controls(text: str) -> bool:
 
 def strip_controls(text: str) -> str:
     return "".join(ch for ch in text if not _is_control(ch))
+
+
+# Programs that run a script: a job's default name is the script, not `python`.
+_LAUNCHERS = re.compile(r"(python|pypy|ipython)[\d.]*|bash|sh|zsh|torchrun|deepspeed|accelerate|uv|env|nohup|time")
+_SCRIPT = re.compile(r".+\.(py|sh|jl|r|lua|ipynb)", re.IGNORECASE)
+
+
+def default_name(command: list[str]) -> str:
+    """`python train.py --lr 3` → train.py; `torchrun ... train.py` → train.py;
+    `python -m pkg.main` → pkg.main; anything else → the program's name."""
+    prog = os.path.basename(command[0])
+    if _LAUNCHERS.fullmatch(prog):
+        args = command[1:]
+        for i, arg in enumerate(args):
+            if arg == "-m" and i + 1 < len(args):
+                return args[i + 1]
+            if _SCRIPT.fullmatch(arg) and not arg.startswith("-"):
+                return os.path.basename(arg)
+    return prog
 
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
@@ -140,7 +160,18 @@ class JobSpec(BaseModel):
                 raise ValueError("command argument too long or contains a NUL byte")
         return v
 
-    @field_validator("time", "grace", mode="before")
+    @field_validator("time", mode="before")
+    @classmethod
+    def _time_limit(cls, v: Any) -> Any:
+        # A number in JSON is seconds (the API's unit); text needs its unit.
+        if v is None:
+            return None
+        try:
+            return parse_time_limit(v)
+        except UnitError as e:
+            raise ValueError(str(e)) from None
+
+    @field_validator("grace", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
         if v is None:
@@ -191,7 +222,7 @@ class JobSpec(BaseModel):
     @model_validator(mode="after")
     def _default_name(self) -> JobSpec:
         if not self.name:
-            name = strip_controls(os.path.basename(self.command[0]))[:MAX_NAME]
+            name = strip_controls(default_name(self.command))[:MAX_NAME]
             object.__setattr__(self, "name", name or "job")
         return self
 

@@ -44,8 +44,16 @@ def load_job_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
             raise JobFileError(
                 f"{path} line {lines.get(str(key), '?')}: unknown field {key!r} (known: {', '.join(SPEC_FIELDS)})"
             )
+    if isinstance(data.get("time"), (int, float)) and not isinstance(data.get("time"), bool):
+        n = data["time"]
+        raise JobFileError(
+            f"{path} line {lines.get('time', '?')}: time: {n} what? give a unit ({n}m, {n}h or HH:MM:SS)"
+        )
     if data.get("env") is not None and not isinstance(data["env"], dict):
         raise JobFileError(f"{path} line {lines.get('env', '?')}: env must be a mapping")
     if isinstance(data.get("workdir"), str) and not os.path.isabs(data["workdir"]):
-        data["workdir"] = str((path.parent / data["workdir"]).resolve())
+        try:
+            data["workdir"] = str((path.parent / data["workdir"]).resolve())
+        except (ValueError, OSError) as e:  # a NUL byte, a lone surrogate, a loop of links
+            raise JobFileError(f"{path} line {lines.get('workdir', '?')}: workdir is not a usable path ({e})") from e
     return data, lines

@@ -2,15 +2,18 @@
 
 GPU series use the DCGM exporter's names and units (DCGM_FI_DEV_GPU_UTIL in %,
 DCGM_FI_DEV_FB_USED in MiB, DCGM_FI_DEV_POWER_USAGE in W, ...) and its labels
-(`gpu`, `UUID`, `modelName`, `Hostname`), plus labq's own (`node`, `job`, `user`), so
-Grafana dashboards built for DCGM work unchanged. Queue and fair-share series are
-`labq_*`.
+(`gpu`, `UUID`, `modelName`, `Hostname`), plus `hpc_job` (dcgm-exporter's own label for
+the HPC job holding a GPU: a label named `job` is renamed `exported_job` by Prometheus,
+which keeps `job` for the scrape job), `user` and `node`, so Grafana dashboards built for
+DCGM work unchanged. Queue, wait, idle and fair-share series are `labq_*`;
+configs/grafana/labq.json is a dashboard over all of them.
 """
 
 from __future__ import annotations
 
 import socket
 import socketserver
+import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -32,7 +35,8 @@ class Source(Protocol):
     gpus: GpuWatch
     scheduler: Scheduler
 
-GPU_LABELS = ["gpu", "UUID", "modelName", "Hostname", "node", "job", "user", "simulated"]
+GPU_LABELS = ["gpu", "UUID", "modelName", "Hostname", "node", "hpc_job", "user", "simulated"]
+USAGE_WINDOW_S = 7 * 86_400  # the idle/allocated GPU-hour gauges: the last week, as `labq usage`
 
 # (metric, help, field in the GPU report, scale)
 GPU_SERIES: list[tuple[str, str, str, float]] = [
@@ -103,7 +107,20 @@ class DaemonCollector(Collector):
         usage = GaugeMetricFamily(
             "labq_usage_gpu_seconds", "Decayed GPU-seconds used, per user.", labels=["user"]
         )
+        wait = GaugeMetricFamily(
+            "labq_queue_wait_seconds", "How long the longest-waiting pending job has waited, per user.", labels=["user"]
+        )
+        allocated = GaugeMetricFamily(
+            "labq_allocated_gpu_hours_7d", "GPU-hours held by jobs over the last 7 days, per user.", labels=["user"]
+        )
+        idle = GaugeMetricFamily(
+            "labq_idle_gpu_hours_7d",
+            "GPU-hours held but idle (under the idle threshold) over the last 7 days, per user.",
+            labels=["user"],
+        )
+        now = time.time()
         counts: dict[str, list[int]] = {}
+        oldest: dict[str, float] = {}
         for j in d.store.jobs(states=(JobState.PENDING, JobState.STARTING, JobState.RUNNING), with_spec=False):
             c = counts.setdefault(j.user, [0, 0, 0])
             if j.state.active:
@@ -111,10 +128,15 @@ class DaemonCollector(Collector):
                 c[2] += j.gpus
             else:
                 c[0] += 1
+                oldest[j.user] = min(oldest.get(j.user, now), j.submit_time)
         for user, (p, r, g) in sorted(counts.items()):
             pending.add_metric([user], p)
             running.add_metric([user], r)
             gpus.add_metric([user], g)
+            wait.add_metric([user], max(0.0, now - oldest[user]) if user in oldest else 0.0)
+        for row in d.gpus.usage_report(USAGE_WINDOW_S, "user")["rows"]:
+            allocated.add_metric([row["user"]], row["allocated_gpu_h"])
+            idle.add_metric([row["user"]], row["idle_gpu_h"])
         decision = d.scheduler.decision
         if decision is not None:
             for user, share in sorted(decision.shares.items()):
@@ -125,6 +147,9 @@ class DaemonCollector(Collector):
         yield gpus
         yield factor
         yield usage
+        yield wait
+        yield allocated
+        yield idle
 
 
 class _MetricsHandler(DeadlineHandler):

@@ -86,6 +86,9 @@ class _Reservation:
     at: float
     gpus: int
     more_nodes: tuple[str, ...] = ()
+    # When the reserved job ends if it uses its whole limit: a job held back so as not to
+    # delay it can expect to start then at the latest, as far as that reservation goes.
+    end: float = INF
 
 
 class _Pass:
@@ -304,7 +307,7 @@ class _Pass:
                 best = (t, nid)
         if best is None:
             return None
-        res = _Reservation(j.id, best[1], best[0], j.gpus)
+        res = _Reservation(j.id, best[1], best[0], j.gpus, end=best[0] + self._limit(j.time_limit))
         self.reservations.append(res)
         return res
 
@@ -332,7 +335,7 @@ class _Pass:
             more = tuple(nid for _, nid in chosen[:-1])
         if at == INF:
             return None
-        res = _Reservation(j.id, node, at, j.gpus, more)
+        res = _Reservation(j.id, node, at, j.gpus, more, end=at + self._limit(j.time_limit))
         self.reservations.append(res)
         return res
 
@@ -570,7 +573,9 @@ def schedule(snap: Snapshot) -> Decision:
                     ]
                     if explain
                     else [],
-                    shadow_eta(j),
+                    # Free GPUs now are not a start now: the earliest start that delays
+                    # nobody is when the reserved job is done (never "now", never unknown).
+                    max(shadow_eta(j) or snap.now, conflict.end) if conflict.end < INF else shadow_eta(j),
                 )
             else:
                 key = (j.gpus, j.cpus, j.memory)
@@ -620,7 +625,9 @@ def schedule(snap: Snapshot) -> Decision:
                             (("guaranteed_gpus", q.guaranteed_gpus), ("stopping", tuple(r.id for r in stopping))),
                         ),
                     )
-                    p.reservations.append(_Reservation(j.id, cnode.info.id, eta, j.gpus))
+                    p.reservations.append(
+                        _Reservation(j.id, cnode.info.id, eta, j.gpus, end=eta + p._limit(j.time_limit))
+                    )
                 elif cfg.backfill and not p.easy_reserved:
                     res = p.reserve(j)
                     # EASY: one reservation, for the first blocked job that can ever run.

@@ -63,8 +63,13 @@ def stamp(t: float | None) -> str:
     return "-" if not t else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
-def clock(t: float | None) -> str:
-    return "-" if not t else time.strftime("%H:%M", time.localtime(t))
+def clock(t: float | None, now: float | None = None) -> str:
+    """HH:MM, with the date in front when it is not today."""
+    if not t:
+        return "-"
+    today = time.localtime(now if now is not None else time.time())[:3]
+    lt = time.localtime(t)
+    return time.strftime("%H:%M" if lt[:3] == today else "%m-%d %H:%M", lt)
 
 
 def age(seconds: float | None) -> str:
@@ -78,11 +83,40 @@ def memory(n: Any) -> str:
 
 # -- a job in the queue -------------------------------------------------------------------------------
 def eta_cell(j: Mapping[str, Any], now: float) -> str:
-    """When a pending job should start: '?' when unknown."""
+    """When a pending job should start; '?' when unknown, or when the estimate has
+    passed and it still waits (never "now" for a job that is not starting)."""
     if j["state"] != "PENDING":
         return ""
-    e = j.get("eta")
-    return "?" if not e else ("now" if e <= now else clock(e))
+    return eta_text(j.get("eta"), now)
+
+
+def eta_text(e: float | None, now: float) -> str:
+    return "?" if not e or e <= now else clock(e, now)
+
+
+def backfill_hint(why: list[Mapping[str, Any]] | None, time_limit: float | None) -> str:
+    """For a job held back only so as not to delay a reserved one: the --time that would
+    let it start now. Said only when its limit is the default (the usual reason)."""
+    for r in why or []:
+        data = r.get("data") or {}
+        if r.get("kind") == "backfill" and data.get("reserved_in_s", 0) >= 60 and time_limit is None:
+            minutes = int(data["reserved_in_s"] // 60)
+            return f"would start now with `--time {minutes}m` or less (its limit is the default, which backfill must assume)"
+    return ""
+
+
+def preview_lines(out: Mapping[str, Any], now: float) -> list[Line]:
+    """`labq submit --dry-run` and the UI's submit form: what would happen now."""
+    if out.get("starts_now"):
+        return [Line("head", "", f"would start now on {clean(out.get('node') or '?')}")]
+    eta = out.get("eta")
+    when = f" (estimated start {eta_text(eta, now)})" if eta and eta > now else ""
+    lines = [Line("head", "", f"would wait{when}:")]
+    lines += [Line("reason", "", clean(r)) for r in out.get("reasons") or []]
+    hint = backfill_hint(out.get("why"), out.get("time_limit"))
+    if hint:
+        lines.append(Line("field", "hint", hint))
+    return lines
 
 
 def elapsed_cell(j: Mapping[str, Any], now: float) -> str:
@@ -148,7 +182,7 @@ def job_lines(j: Mapping[str, Any], now: float, events: int | None = None) -> li
         out.append(Line("field", label, text))
 
     field("command", PRIVATE if private else clean(shlex.join(spec.get("command") or [])))
-    limit = format_duration(j["time_limit"]) if j.get("time_limit") else "default"
+    limit = format_duration(j["time_limit"]) if j.get("time_limit") else "the default"
     field(
         "resources",
         f"{j['gpus']} GPU{'s' if j['gpus'] != 1 else ''}   cpus {spec.get('cpus', 0):g}   "
@@ -178,9 +212,12 @@ def job_lines(j: Mapping[str, Any], now: float, events: int | None = None) -> li
         out.append(Line("flag", "flag", clean(flag)))
     if j["state"] == "PENDING":
         eta = j.get("eta")
-        field("waiting", f"estimated start {stamp(eta) if eta else 'unknown'}")
+        field("waiting", f"estimated start {stamp(eta) if eta and eta > now else 'unknown'}")
         for r in j.get("reasons") or []:
             out.append(Line("reason", "", clean(r)))
+        hint = backfill_hint(j.get("why"), j.get("time_limit"))
+        if hint:
+            field("hint", hint)
     elif j.get("reasons"):
         field("reason", clean(j["reasons"][0]))
     log = j.get("log") or {}

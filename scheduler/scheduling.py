@@ -196,7 +196,14 @@ class Scheduler:
         decision = schedule(replace(snap, pending=(*snap.pending, probe)))
         start = next((s for s in decision.starts if s.job_id == -1), None)
         if start is not None:
-            return {"starts_now": True, "node": self.nodes.name_of(start.node), "reasons": [], "why": [], "eta": now}
+            return {
+                "starts_now": True,
+                "node": self.nodes.name_of(start.node),
+                "reasons": [],
+                "why": [],
+                "eta": now,
+                "time_limit": spec.time,
+            }
         w = decision.waiting.get(-1)
         return {
             "starts_now": False,
@@ -204,6 +211,7 @@ class Scheduler:
             "reasons": [r.text for r in w.reasons] if w else [],
             "why": [r.as_dict() for r in w.reasons] if w else [],
             "eta": w.eta if w else None,
+            "time_limit": spec.time,  # None: the daemon's default applies
         }
 
     # -- the loop ---------------------------------------------------------------------------------

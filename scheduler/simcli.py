@@ -19,7 +19,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     import json as _json
 
     from scheduler import simulator as sim
-    from scheduler.config import default_state_dir
+    from scheduler.paths import default_state_dir
 
     try:
         if args.from_history:

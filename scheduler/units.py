@@ -30,6 +30,25 @@ def parse_duration(text: str | int | float) -> float:
     return value
 
 
+# Words people write after a number meaning a unit: `--time 2 hours` must not become a
+# 2-second limit and a job that runs `hours`.
+UNIT_WORDS = frozenset(
+    {"s", "sec", "secs", "second", "seconds", "m", "min", "mins", "minute", "minutes"}
+    | {"h", "hr", "hrs", "hour", "hours", "d", "day", "days", "w", "week", "weeks"}
+)
+
+
+def parse_time_limit(text: str | int | float) -> float:
+    """A job's time limit: like parse_duration, except that a bare number in text is
+    refused. Slurm reads `--time 90` as minutes, most tools as seconds: labq asks."""
+    if isinstance(text, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", text):
+        n = text.strip()
+        if float(n) == 0:
+            raise UnitError("a time limit must be more than 0 (for example 30m or 4h)")
+        raise UnitError(f"{n} what? give a unit: {n}m, {n}s, {n}h, or HH:MM:SS (Slurm would read minutes)")
+    return parse_duration(text)
+
+
 def _parse_duration_str(s: str) -> float:
     if not s:
         raise UnitError("empty duration")

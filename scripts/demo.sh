@@ -38,4 +38,6 @@ labq logs "${ids[0]}"
 echo; echo "== GPUs =="
 labq gpus
 echo
-echo "The daemon keeps running. Try: LABQ_SOCKET=$LABQ_SOCKET labq queue   |   stop it: make demo-down"
+echo "The daemon keeps running. To use it from this shell (labq lives in the project's .venv):"
+echo "  export PATH=\"$(dirname "$(command -v labq)"):\$PATH\" LABQ_SOCKET=$LABQ_SOCKET"
+echo "  labq queue   |   labq tui   |   stop it: make demo-down"

@@ -36,6 +36,8 @@ CLIENT_MODULES = (
     "console.py",
     "jobfile.py",
     "shapes.py",
+    "paths.py",
+    "cliparse.py",
 )
 
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from scheduler import safefs
-from scheduler.config import ROOT_SOCKET, client_socket
+from scheduler.paths import ROOT_SOCKET, client_socket
 
 ICON = """<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64">
 <rect x="4" y="10" width="56" height="44" rx="6" fill="#1f2933"/>

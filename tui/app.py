@@ -13,7 +13,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, ClassVar
 
-from textual import work
+from textual import events, work
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.command import Hit, Hits, Provider
@@ -31,6 +31,37 @@ from tui.team import TeamScreen
 
 # Quota and usage change slowly; ask for them less often than for jobs and GPUs.
 SLOW_EVERY = 10
+# A screen nobody touches, on a queue where nothing changes (a wall display on a head
+# node), polls less and less often, down to every IDLE_POLL_S; a key, a click or a
+# change brings it back to every refresh_s at once.
+IDLE_POLL_S = 5.0
+QUIET_POLLS = 5  # unchanged polls before slowing down
+
+
+def fingerprint(got: dict[str, Any]) -> int:
+    """What a poll brought that the screens show, without what only a clock moves:
+    the daemon's sample times and pass durations, a running job's `runtime_s` and its
+    GPU accounting (seconds sampled, busy, idle), which change every poll even on a
+    quiet queue. Its GPU use counts as shown (whole %, GiB to 0.1, GPU-h to 0.01); the
+    elapsed times on screen come from the UI's own clock."""
+    nodes = [
+        (n.get("id"), n.get("state"), [tuple(sorted((k, repr(v)) for k, v in g.items() if k != "history")) for g in n.get("gpu_list", [])])
+        for n in got["nodes"]
+    ]
+    jobs = [{**j, "runtime_s": None, "gpu": _shown_use(j.get("gpu"))} for j in got["jobs"]]
+    return hash((repr(jobs), repr(nodes), repr(got["health"].get("counts"))))
+
+
+def _shown_use(gpu: dict[str, Any] | None) -> tuple[float, ...] | None:
+    if not gpu:
+        return None
+    return (
+        round(gpu.get("util_now") or 0),
+        round(gpu.get("util_mean") or 0),
+        round((gpu.get("mem_peak") or 0) / 2**30, 1),
+        round((gpu.get("busy_gpu_s") or 0) / 3600, 2),
+        round((gpu.get("idle_gpu_s") or 0) / 3600, 2),
+    )
 
 
 class Jump(Provider):
@@ -98,17 +129,44 @@ class LabqApp(App[None]):
         self.poll_auto = auto_refresh
         self.data = Data()
         self.polls = 0
+        self._who: tuple[str, bool, bool] | None = None
+        self.poll_delay = refresh_s
+        self._quiet = 0
+        self._last_print = 0
+        self._next_poll: Any = None
         if keymap:
             self.set_keymap(keymap)
 
     def on_mount(self) -> None:
         self.poll_now()
-        if self.poll_auto:
-            self.set_interval(self.refresh_s, self.poll_now)
 
     # -- polling ---------------------------------------------------------------------------------
     def poll_now(self) -> None:
+        if self._next_poll is not None:
+            self._next_poll.stop()
+            self._next_poll = None
         self.poll()
+
+    def _schedule(self, changed: bool) -> None:
+        """The next poll: soon after a change, later and later while nothing changes."""
+        if not self.poll_auto:
+            return
+        self._quiet = 0 if changed else self._quiet + 1
+        if self._quiet < QUIET_POLLS:
+            self.poll_delay = self.refresh_s
+        else:
+            self.poll_delay = min(max(IDLE_POLL_S, self.refresh_s), self.poll_delay * 1.5)
+        if self._next_poll is not None:
+            self._next_poll.stop()
+        self._next_poll = self.set_timer(self.poll_delay, self.poll_now)
+
+    async def on_event(self, event: events.Event) -> None:
+        # Someone is using the UI: back to full speed (and fresh data now if it was idling).
+        if isinstance(event, (events.Key, events.MouseDown, events.Resize)) and self.poll_delay > self.refresh_s:
+            self._quiet = 0
+            self.poll_delay = self.refresh_s
+            self.poll_now()
+        await super().on_event(event)
 
     @work(thread=True, exclusive=True, group="poll")
     def poll(self) -> None:
@@ -128,6 +186,7 @@ class LabqApp(App[None]):
         except BackendError as e:
             self.later(self.failed, str(e))
             return
+        got["fingerprint"] = fingerprint(got)
         self.later(self.apply, got)
 
     def later(self, fn: Callable[..., Any], *args: Any) -> None:
@@ -151,6 +210,9 @@ class LabqApp(App[None]):
         d.error = ""
         d.down_since = None
         self.redraw()
+        changed = got.get("fingerprint") != self._last_print
+        self._last_print = got.get("fingerprint", 0)
+        self._schedule(changed)
 
     def failed(self, message: str) -> None:
         d = self.data
@@ -158,13 +220,19 @@ class LabqApp(App[None]):
             d.down_since = self.now()
         d.error = message
         self.redraw()
+        self._schedule(True)  # keep trying every refresh_s until the daemon is back
 
     def redraw(self) -> None:
         screen = self.screen
         refresh = getattr(screen, "refresh_data", None)
         if refresh is not None:
             refresh()
-        self.refresh_bindings()
+        # The footer is rebuilt on refresh_bindings (the costliest thing an idle UI did
+        # each poll): only when who may do what could have changed.
+        who = (self.data.me, self.data.admin, bool(self.data.error))
+        if who != self._who:
+            self._who = who
+            self.refresh_bindings()
 
     # -- navigation and actions shared by the screens ----------------------------------------------
     def open_job(self, job_id: int, focus_log: bool = False) -> None:
@@ -190,8 +258,15 @@ class LabqApp(App[None]):
     def action_help(self) -> None:
         self.push_screen(Help())
 
+    def may_cancel(self, job: dict[str, Any]) -> bool:
+        """Only its owner and admins may cancel a job: nobody else is offered to."""
+        return not self.read_only and (self.data.admin or job.get("user") == self.data.me)
+
     def confirm_cancel(self, job: dict[str, Any]) -> None:
         if self.read_only:
+            return
+        if not self.may_cancel(job):
+            self.notify(f"job {job['id']} is {job['user']}'s: only they or an admin may cancel it", severity="warning")
             return
         if job["state"] in TERMINAL_STATES:
             self.notify(f"job {job['id']} already ended ({job['state']})", severity="warning")
@@ -226,6 +301,5 @@ class LabqApp(App[None]):
         self.later(self.poll_now)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "new_job" and self.read_only:
-            return None
-        return True
+        # False hides the key from the footer (None would only dim it).
+        return not (action == "new_job" and self.read_only)

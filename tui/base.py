@@ -72,7 +72,7 @@ class DataScreen(Screen[None]):
             line = self.query_one("#status", StatusLine)
         except Exception:  # noqa: BLE001 - not composed yet
             return
-        line.update(status_text(self.data, self.lapp.now(), self.title_text, self.lapp.read_only))
+        line.show(status_text(self.data, self.lapp.now(), self.title_text, self.lapp.read_only))
         line.set_class(bool(self.data.error), "-stale")
 
 

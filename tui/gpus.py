@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import Static
 
 from tui.base import DataScreen
-from tui.model import GPU_COLUMNS, gpu_rows
-from tui.widgets import SyncTable
+from tui.model import GPU_COLUMNS, gpu_columns, gpu_rows, pick
+from tui.widgets import SyncTable, TextLine
 
 
 class GpusScreen(DataScreen):
@@ -24,7 +23,7 @@ class GpusScreen(DataScreen):
 
     def compose(self) -> ComposeResult:
         yield from self.compose_status()
-        yield Static("", id="gpusummary")
+        yield TextLine("", id="gpusummary")
         yield SyncTable(GPU_COLUMNS, id="gpus")
         yield from self.compose_footer()
 
@@ -37,18 +36,25 @@ class GpusScreen(DataScreen):
         # Sparklines get what the screen can spare: wide terminals see more history.
         width = max(10, min(30, self.size.width - 120))
         rows = gpu_rows(self.data, self.lapp.now(), spark_width=width)
-        self.query_one("#gpus", SyncTable).sync(rows)
+        columns = gpu_columns(self.size.width or 160)
+        table = self.query_one("#gpus", SyncTable)
+        table.set_columns(columns)
+        table.sync([(key, pick(cells, GPU_COLUMNS, columns)) for key, cells in rows])
         gpus = [g for n in self.data.nodes for g in n.get("gpu_list", [])]
         busy = [g["util_gpu"] for g in gpus if g.get("util_gpu") is not None]
         bad = sum(1 for g in gpus if not g.get("healthy", True))
         mean = f"{sum(busy) / len(busy):.0f}%" if busy else "n/a"
         held = sum(1 for g in gpus if g.get("job_id"))
         sim = " · simulated GPUs" if any(n.get("simulated") for n in self.data.nodes) else ""
-        empty = "no nodes" if not self.data.nodes else f"{len(self.data.nodes)} nodes"
-        self.query_one("#gpusummary", Static).update(
+        count = len(self.data.nodes)
+        empty = "no nodes" if not count else f"{count} node{'s' if count != 1 else ''}"
+        self.query_one("#gpusummary", TextLine).show(
             f"{empty} · {len(gpus)} GPUs · {held} held by jobs · mean utilization {mean}"
             f"{f' · {bad} UNHEALTHY' if bad else ''}{sim}"
         )
+
+    def on_resize(self) -> None:
+        self.refresh_data()
 
     def action_cursor_down(self) -> None:
         self.query_one("#gpus", SyncTable).action_cursor_down()

@@ -5,20 +5,27 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from rich.highlighter import Highlighter
 from rich.markup import escape
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.widgets import Input, RichLog, Static
+from textual.widgets import Input, Log
 
 from scheduler.present import clean, clean_log, job_lines
 from tui.api import BackendError
 from tui.base import DataScreen
 from tui.model import TERMINAL_STATES
+from tui.widgets import TextLine
 
-MAX_LOG_LINES = 20_000
+# The log is read as a window: its last WINDOW bytes when the screen opens, WINDOW more
+# each time the user asks for earlier lines, and what the job appends while it is
+# followed. At most MAX_LOG_LINES are held; a 256 MiB log never is.
+WINDOW = 256 * 1024
+MAX_LOG_LINES = 100_000
+FOLLOW_READ = 4 * 1024 * 1024  # at most this much new output is read per refresh
 
 
 def job_details(j: dict[str, Any], now: float) -> str:
@@ -45,6 +52,33 @@ def _escape(s: str) -> str:
     return escape(clean(s))
 
 
+class _Match(Highlighter):
+    """Marks the search pattern in the lines being drawn (only those: LogView draws
+    what is on screen)."""
+
+    def __init__(self) -> None:
+        self.pattern = ""
+
+    def highlight(self, text: Text) -> None:
+        if self.pattern:
+            text.highlight_regex(re.compile(re.escape(self.pattern), re.IGNORECASE), style="black on yellow")
+
+
+class LogView(Log):
+    """Textual's Log (renders only the visible lines, whatever their number) with the
+    search pattern highlighted and the job's control characters shown, not obeyed."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(highlight=True, max_lines=MAX_LOG_LINES, auto_scroll=False, **kw)
+        self.match = _Match()
+        self.highlighter = self.match
+
+    def set_pattern(self, pattern: str) -> None:
+        self.match.pattern = pattern
+        self._render_line_cache.clear()
+        self.refresh()
+
+
 class JobScreen(DataScreen):
     title_text = "Job"
     DEFAULT_CSS = """
@@ -52,7 +86,7 @@ class JobScreen(DataScreen):
     JobScreen #logbar { height: 1; padding: 0 1; background: $panel; }
     JobScreen #search { dock: bottom; display: none; }
     JobScreen #search.-shown { display: block; }
-    JobScreen RichLog { height: 1fr; }
+    JobScreen LogView { height: 1fr; }
     """
     BINDINGS = [
         Binding("escape", "back", "Back", id="labq.job.back"),
@@ -61,6 +95,10 @@ class JobScreen(DataScreen):
         Binding("s", "follow", "Follow", id="labq.job.follow"),
         Binding("w", "wrap", "Wrap", id="labq.job.wrap"),
         Binding("slash", "search", "Search", id="labq.job.search"),
+        Binding("n", "next_match", "Next", id="labq.job.next"),
+        Binding("N", "previous_match", "Previous", show=False, id="labq.job.previous"),
+        Binding("left_square_bracket", "earlier", "Earlier", id="labq.job.earlier"),
+        Binding("end", "end", "End", show=False, id="labq.job.end"),
     ]
 
     def __init__(self, job_id: int, focus_log: bool = False) -> None:
@@ -71,121 +109,249 @@ class JobScreen(DataScreen):
         self.follow = True
         self.wrap = False
         self.pattern = ""
-        self.lines: list[str] = []
+        self.matches: list[int] = []
+        self.match_at = -1
+        self.lines: list[str] = []  # the window, as received (cleaned, unwrapped)
         self.partial = ""
-        self.log_offset = 0
+        self.start = 0  # byte offset where the window begins
+        self.log_offset = 0  # next byte to read
+        self.log_size = 0
+        self.log_state = "loading"  # loading, ok, private, removed, error
+        self.log_note = ""
         self.done = False
+        self.opened = False
         self.title_text = f"Job {job_id}"
+        self._bindings_for: tuple[Any, ...] | None = None
 
     def compose(self) -> ComposeResult:
         yield from self.compose_status()
         with VerticalScroll(id="details"):
-            yield Static("loading…", id="fields")
-        yield Static("", id="logbar")
-        yield RichLog(id="log", wrap=False, highlight=False, markup=False, max_lines=MAX_LOG_LINES)
-        yield Input(placeholder="search the log (enter to highlight, esc to clear)", id="search")
+            yield TextLine("loading…", id="fields")
+        yield TextLine("", id="logbar")
+        yield LogView(id="log")
+        yield Input(placeholder="search the log (enter: find, n/N: next/previous, esc: clear)", id="search")
         yield from self.compose_footer()
 
     def on_mount(self) -> None:
         if self.focus_log:
-            self.query_one("#log", RichLog).focus()
+            self.view.focus()
         self.fetch()
         self.set_interval(self.lapp.refresh_s, self.fetch)
 
+    @property
+    def view(self) -> LogView:
+        return self.query_one("#log", LogView)
+
+    # -- fetching (worker threads; results come back on the UI loop) ------------------------------
     @work(thread=True, exclusive=True, group="job")
     def fetch(self) -> None:
+        """The job's details first (shown at once), then the log: its last window when
+        the screen opens, what was appended since afterwards."""
         backend = self.lapp.backend
         try:
             job = backend.job(self.job_id)
-            chunks = []
-            off = self.log_offset
-            # Read everything there is now (the API returns at most 1 MiB per call).
-            while not self.done:
-                part = backend.log(self.job_id, off)
-                if part["data"]:
-                    chunks.append(part)
-                off = int(part["offset"])
-                if off >= part["size"] or not part["data"]:
-                    break
         except BackendError as e:
             self.later(self.show_error, str(e))
             return
+        self.later(self.show_job, job)
+        if self.done or self.log_state in ("private", "removed"):
+            return
+        try:
+            if not self.opened:
+                part = backend.log(self.job_id, tail=WINDOW)
+                chunks = [part]
+            else:
+                chunks, off, got = [], self.log_offset, 0
+                while got < FOLLOW_READ:
+                    part = backend.log(self.job_id, off)
+                    if not part["data"]:
+                        chunks.append(part)
+                        break
+                    chunks.append(part)
+                    got += len(part["data"])
+                    off = int(part["offset"])
+                    if off >= part["size"]:
+                        break
+        except BackendError as e:
+            self.later(self.log_refused, e)
+            return
         self.later(self.apply, job, chunks)
 
+    @work(thread=True, exclusive=True, group="earlier")
+    def fetch_earlier(self) -> None:
+        try:
+            part = self.lapp.backend.log(self.job_id, tail=WINDOW, before=self.start)
+        except BackendError as e:
+            self.later(self.log_refused, e)
+            return
+        self.later(self.prepend, part)
+
+    # -- applying (UI loop) ------------------------------------------------------------------------
     def show_error(self, message: str) -> None:
-        self.query_one("#logbar", Static).update(f"[b]{_escape(message)}[/b]")
+        self.query_one("#logbar", TextLine).show(f"[b]{_escape(message)}[/b]")
+
+    def show_job(self, job: dict[str, Any]) -> None:
+        self.job = job
+        self.query_one("#fields", TextLine).show(job_details(job, self.lapp.now()))
+        self.update_status()
+        key = (job.get("state"), job.get("user"), job.get("private"))
+        if key != self._bindings_for:
+            self._bindings_for = key
+            self.refresh_bindings()
+
+    def log_refused(self, e: BackendError) -> None:
+        if e.status == 403:
+            self.log_state = "private"
+            self.log_note = "log: private (only its owner and admins read it)"
+        elif e.status == 410:
+            self.log_state = "removed"
+            self.log_note = f"log: {e}"
+        else:
+            self.log_state = "error"
+            self.log_note = f"log: {e}"
+        self.update_logbar()
+
+    def _split(self, text: str) -> list[str]:
+        text = self.partial + text
+        *complete, self.partial = text.split("\n")
+        return [clean_log(line) for line in complete]
 
     def apply(self, job: dict[str, Any], chunks: list[dict[str, Any]]) -> None:
-        self.job = job
-        self.query_one("#fields", Static).update(job_details(job, self.lapp.now()))
-        log = self.query_one("#log", RichLog)
-        at_end = log.scroll_offset.y >= log.max_scroll_y
+        at_end = self.view.scroll_offset.y >= self.view.max_scroll_y
+        new: list[str] = []
         for c in chunks:
+            if not self.opened:
+                self.start = int(c.get("start", 0))
+                self.opened = True
             self.log_offset = int(c["offset"])
-            text = self.partial + c["data"]
-            *complete, self.partial = text.split("\n")
-            for line in complete:
-                self.lines.append(line)
-                log.write(self._line_text(line), scroll_end=self.follow and at_end)
-        if len(self.lines) > MAX_LOG_LINES:
-            del self.lines[: len(self.lines) - MAX_LOG_LINES]
-        if job.get("state") in TERMINAL_STATES and not chunks:
+            self.log_size = int(c["size"])
+            new += self._split(c["data"])
+        if job.get("state") in TERMINAL_STATES and self.log_offset >= self.log_size:
             if self.partial:
-                self.lines.append(self.partial)
-                log.write(self._line_text(self.partial), scroll_end=self.follow and at_end)
+                new.append(clean_log(self.partial))
                 self.partial = ""
             self.done = True
+        self.log_state = "ok"
+        if new:
+            self.lines += new
+            if len(self.lines) > MAX_LOG_LINES:
+                del self.lines[: len(self.lines) - MAX_LOG_LINES]
+                self.start = -1  # no longer known exactly: earlier lines were dropped
+            self.view.write_lines(self._shown(new))
+            if self.follow and at_end:
+                self.view.scroll_end(animate=False)
         self.update_logbar()
-        self.update_status()
+
+    def prepend(self, part: dict[str, Any]) -> None:
+        text = part["data"]
+        if not text:
+            self.update_logbar()
+            return
+        earlier = [clean_log(line) for line in text.split("\n")]
+        if earlier and earlier[-1] == "":
+            earlier.pop()
+        if len(self.lines) + len(earlier) > MAX_LOG_LINES:
+            self.log_note = f"the window holds {MAX_LOG_LINES:,} lines: `labq logs {self.job_id}` prints the rest"
+            self.update_logbar()
+            return
+        self.start = int(part.get("start", 0))
+        self.lines = earlier + self.lines
+        self.follow = False
+        self.redraw(keep_top=len(earlier))
+
+    def _shown(self, lines: list[str]) -> list[str]:
+        """Lines as drawn: cut to the view's width when wrapping."""
+        if not self.wrap:
+            return lines
+        width = max(20, self.view.size.width - 2)
+        out: list[str] = []
+        for line in lines:
+            out += [line[i : i + width] for i in range(0, max(1, len(line)), width)] or [""]
+        return out
+
+    def redraw(self, keep_top: int = 0) -> None:
+        view = self.view
+        view.clear()
+        view.write_lines(self._shown(self.lines))
+        if self.follow:
+            view.scroll_end(animate=False)
+        elif keep_top:
+            view.scroll_to(y=keep_top, animate=False)
+        self.update_logbar()
 
     def update_logbar(self) -> None:
-        follow = "following" if self.follow else "paused"
-        wrap = "wrap" if self.wrap else "no wrap"
-        search = ""
+        if self.log_state in ("private", "removed", "error", "loading"):
+            self.query_one("#logbar", TextLine).show(_escape(self.log_note or "log: loading…"))
+            return
+        parts = [f"log · {len(self.lines):,} lines"]
+        if self.start > 0:
+            parts.append(f"{self.start / 2**20:.1f} MiB before them not shown (\\[ loads earlier)")
+        elif self.start < 0:
+            parts.append(f"the first lines were dropped (the window holds {MAX_LOG_LINES:,})")
+        parts.append("following" if self.follow else "paused")
+        parts.append("wrap" if self.wrap else "no wrap")
         if self.pattern:
-            hits = sum(1 for line in self.lines if self.pattern.lower() in line.lower())
-            search = f" · '{_escape(self.pattern)}': {hits} line{'s' if hits != 1 else ''}"
-        end = " · ended" if self.done else ""
-        self.query_one("#logbar", Static).update(
-            f"log (stdout and stderr together) · {len(self.lines)} lines · {follow} · {wrap}{search}{end}"
-        )
+            where = f" ({self.match_at + 1}/{len(self.matches)})" if self.matches and self.match_at >= 0 else ""
+            parts.append(f"'{_escape(self.pattern)}': {len(self.matches)} line{'s' if len(self.matches) != 1 else ''}{where}")
+        if self.done:
+            parts.append("ended")
+        if self.log_note:
+            parts.append(_escape(self.log_note))
+        self.query_one("#logbar", TextLine).show(" · ".join(parts))
 
-    def _line_text(self, line: str) -> Text:
-        text = Text(clean_log(line))
-        if self.pattern:
-            text.highlight_regex(re.escape(self.pattern), style="black on yellow")
-        return text
+    # -- search (off the UI thread) -----------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="search")
+    def find(self, pattern: str, lines: list[str]) -> None:
+        low = pattern.lower()
+        hits = [i for i, line in enumerate(lines) if low in line.lower()]
+        self.later(self.found, pattern, hits)
 
-    def redraw(self) -> None:
-        log = self.query_one("#log", RichLog)
-        log.wrap = self.wrap
-        log.clear()
-        for line in self.lines:
-            log.write(self._line_text(line), scroll_end=False)
-        if self.follow:
-            log.scroll_end(animate=False)
+    def found(self, pattern: str, hits: list[int]) -> None:
+        if pattern != self.pattern:
+            return  # a newer search is under way
+        self.matches = hits
+        self.match_at = -1
+        self.action_next_match()
+
+    def _goto(self, i: int) -> None:
+        self.match_at = i
+        line = self.matches[i]
+        if self.wrap:
+            width = max(20, self.view.size.width - 2)
+            line = sum(max(1, -(-len(x) // width)) for x in self.lines[:line])
+        self.view.scroll_to(y=max(0, line - 2), animate=False)
         self.update_logbar()
 
     # -- actions -----------------------------------------------------------------------------------
     def action_back(self) -> None:
         search = self.query_one("#search", Input)
-        if search.has_class("-shown"):
+        if search.has_class("-shown") or self.pattern:
             search.value = ""
             search.remove_class("-shown")
-            self.pattern = ""
-            self.redraw()
+            self.pattern, self.matches, self.match_at = "", [], -1
+            self.view.set_pattern("")
+            self.update_logbar()
             return
         self.app.pop_screen()
 
     def action_follow(self) -> None:
         self.follow = not self.follow
         if self.follow:
-            self.query_one("#log", RichLog).scroll_end(animate=False)
+            self.view.scroll_end(animate=False)
         self.update_logbar()
+
+    def action_end(self) -> None:
+        self.view.scroll_end(animate=False)
 
     def action_wrap(self) -> None:
         self.wrap = not self.wrap
         self.redraw()
+
+    def action_earlier(self) -> None:
+        if self.start > 0 and self.log_state == "ok":
+            self.log_note = "reading earlier lines…"
+            self.update_logbar()
+            self.fetch_earlier()
 
     def action_search(self) -> None:
         box = self.query_one("#search", Input)
@@ -195,14 +361,24 @@ class JobScreen(DataScreen):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.pattern = event.value
         self.follow = False if self.pattern else self.follow
-        self.redraw()
+        self.view.set_pattern(self.pattern)
+        self.view.focus()
         if self.pattern:
-            first = next(
-                (i for i, line in enumerate(self.lines) if self.pattern.lower() in line.lower()), None
-            )
-            if first is not None:
-                self.query_one("#log", RichLog).scroll_to(y=first, animate=False)
-        self.query_one("#log", RichLog).focus()
+            self.find(self.pattern, list(self.lines))
+        else:
+            self.matches, self.match_at = [], -1
+        self.update_logbar()
+
+    def action_next_match(self) -> None:
+        if not self.pattern:
+            self.lapp.action_new_job()  # `n` is "new job" everywhere else
+            return
+        if self.matches:
+            self._goto((self.match_at + 1) % len(self.matches))
+
+    def action_previous_match(self) -> None:
+        if self.matches:
+            self._goto((self.match_at - 1) % len(self.matches))
 
     def action_cancel(self) -> None:
         if self.job is not None:
@@ -214,5 +390,8 @@ class JobScreen(DataScreen):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("cancel", "resubmit") and self.lapp.read_only:
-            return None
-        return True
+            return False
+        if action == "cancel" and self.job is not None and not self.lapp.may_cancel(self.job):
+            return False
+        # someone else's command and environment are not ours to see
+        return not (action == "resubmit" and self.job is not None and self.job.get("private"))

@@ -97,13 +97,27 @@ def safe(text: object) -> str:
 
 # -- the queue ---------------------------------------------------------------------------------------
 QUEUE_COLUMNS = ("ID", "USER", "NAME", "GPUS", "STATE", "WAIT / RUN", "ETA", "UTIL", "REASON / NODE")
+# Below 120 columns UTIL goes (the GPUs screen has it) and names are cut shorter; the
+# reason, cut in the table, is whole on the line under it for the selected job.
+QUEUE_NARROW = ("ID", "USER", "NAME", "GPUS", "STATE", "WAIT / RUN", "ETA", "REASON / NODE")
 
 
-def job_cells(j: dict[str, Any], now: float) -> tuple[str, ...]:
+def queue_columns(width: int) -> tuple[str, ...]:
+    return QUEUE_COLUMNS if width >= 120 else QUEUE_NARROW
+
+
+def job_cells(j: dict[str, Any], now: float, columns: tuple[str, ...] = QUEUE_COLUMNS) -> tuple[str, ...]:
     """The queue's columns (present.queue_cells, the same as `labq queue`'s)."""
     cells = queue_cells(j, now)
-    cells["NAME"] = cells["NAME"][:28]
-    return tuple(cells[c] for c in QUEUE_COLUMNS)
+    cells["NAME"] = cells["NAME"][: 28 if "UTIL" in columns else 14]
+    return tuple(cells[c] for c in columns)
+
+
+def pick(cells: tuple[str, ...], every: tuple[str, ...], columns: tuple[str, ...]) -> tuple[str, ...]:
+    """The cells of `columns`, from a row with a cell for each of `every`."""
+    if columns == every:
+        return cells
+    return tuple(cells[every.index(c)] for c in columns)
 
 
 @dataclass(frozen=True)
@@ -163,7 +177,7 @@ def sort_jobs(jobs: list[dict[str, Any]], column: str, reverse: bool) -> list[di
 TEAM_COLUMNS = (
     "USER",
     "SHARES",
-    "USAGE GPU-h",
+    "FS GPU-h",
     "FACTOR",
     "HELD",
     "GUAR",
@@ -173,36 +187,54 @@ TEAM_COLUMNS = (
     "IDLE GPU-h",
     "HELD vs SHARE",
 )
+TEAM_NARROW = ("USER", "SHARES", "FS GPU-h", "FACTOR", "HELD", "WEEK GPU-h", "IDLE GPU-h", "HELD vs SHARE")
+
+
+def team_columns(width: int) -> tuple[str, ...]:
+    return TEAM_COLUMNS if width >= 110 else TEAM_NARROW
 
 
 def team_rows(data: Data, width: int = 20) -> list[tuple[str, tuple[str, ...]]]:
-    quotas = data.quotas.get("quotas", [])
+    """One row per researcher with a quota entry or recent usage: someone who ran jobs
+    this week without an entry of their own (the default quota) is on it too."""
+    quotas = list(data.quotas.get("quotas", []))
+    listed = {q["user"] for q in quotas}
+    for r in data.usage.get("rows", []):
+        if r.get("user") and r["user"] not in listed:
+            listed.add(r["user"])
+            quotas.append(
+                {"user": r["user"], "shares": None, "usage_gpu_s": None, "factor": None, "held_gpus": 0}
+                | {"guaranteed_gpus": None, "max_gpus": None, "pending_jobs": 0}
+            )
     total_gpus = sum(int(n.get("gpus", 0)) for n in data.nodes) or 1
-    total_shares = sum(float(q["shares"]) for q in quotas) or 1.0
+    total_shares = sum(float(q["shares"]) for q in quotas if q["shares"] is not None) or 1.0
     usage = {r["user"]: r for r in data.usage.get("rows", [])}
     rows: list[tuple[str, tuple[str, ...]]] = []
+
+    def opt(v: Any, fmt: str = "g") -> str:
+        return "-" if v is None else format(v, fmt)
+
     for q in quotas:
-        entitled = total_gpus * float(q["shares"]) / total_shares
+        entitled = total_gpus * float(q["shares"] or 0) / total_shares
         u = usage.get(q["user"], {})
-
-        def opt(v: Any) -> str:
-            return "-" if v is None else f"{v:g}"
-
+        fs = None if q["usage_gpu_s"] is None else q["usage_gpu_s"] / 3600
         rows.append(
             (
                 q["user"],
                 (
-                    q["user"],
-                    f"{q['shares']:g}",
-                    f"{q['usage_gpu_s'] / 3600:.1f}",
-                    f"{q['factor']:.3f}",
+                    clean(q["user"]),
+                    opt(q["shares"]),
+                    opt(fs, ".1f"),
+                    opt(q["factor"], ".3f"),
                     str(q["held_gpus"]),
-                    str(q["guaranteed_gpus"]),
+                    opt(q["guaranteed_gpus"]),
                     opt(q.get("max_gpus")),
                     str(q["pending_jobs"]),
                     f"{u.get('allocated_gpu_h', 0.0):.1f}",
                     f"{u.get('idle_gpu_h', 0.0):.1f}",
-                    f"{bar(q['held_gpus'], entitled, width)} {q['held_gpus']}/{entitled:.1f}",
+                    f"{bar(q['held_gpus'], entitled, width)} {q['held_gpus']}/{entitled:.1f}"
+                    if q["shares"] is not None
+                    else "no quota entry (the default)",
                 ),
             )
         )
@@ -224,6 +256,16 @@ GPU_COLUMNS = (
 )
 
 
+def gpu_columns(width: int) -> tuple[str, ...]:
+    """Narrower terminals lose the history first (TEMP, POWER, HEALTH and who holds a
+    GPU matter more), then the model name."""
+    if width >= 130:
+        return GPU_COLUMNS
+    if width >= 100:
+        return tuple(c for c in GPU_COLUMNS if c != "MEM")
+    return tuple(c for c in GPU_COLUMNS if c not in ("NAME", "UTIL (last minutes)", "MEM"))
+
+
 def gpu_rows(data: Data, now: float, spark_width: int = 20) -> list[tuple[str, tuple[str, ...]]]:
     rows: list[tuple[str, tuple[str, ...]]] = []
     for n in data.nodes:
@@ -240,13 +282,14 @@ def gpu_rows(data: Data, now: float, spark_width: int = 20) -> list[tuple[str, t
                     safe(n["name"][:24]),
                     kind,
                     mean,
-                    f"{n.get('gpus_used', 0)}/{n['gpus']} GPUs held",
+                    "",
                     "",
                     "",
                     "",
                     "",
                     " ".join(x for x in (status, stale) if x),
-                    safe(note),
+                    # In the last column: the one every terminal width shows.
+                    " · ".join(x for x in (f"{n.get('gpus_used', 0)}/{n['gpus']} GPUs held", safe(note)) if x),
                 ),
             )
         )
@@ -259,7 +302,7 @@ def gpu_rows(data: Data, now: float, spark_width: int = 20) -> list[tuple[str, t
                 if g.get("power_mw") is None
                 else f"{g['power_mw'] / 1000:.0f}/{(g.get('power_limit_mw') or 0) / 1000:.0f}"
             )
-            holder = f"job {g['job_id']} ({g['user']})" if g.get("job_id") else ""
+            holder = (f"job {g['job_id']}" + (f" ({g['user']})" if g.get('user') else "")) if g.get("job_id") else ""
             outside = [p for p in g.get("processes", []) if p.get("outside_labq")]
             if outside:
                 holder = (holder + " " if holder else "") + f"+{len(outside)} outside labq"

@@ -5,15 +5,27 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import DataTable, Input
 
+from scheduler.present import where_or_why
 from tui.base import DataScreen
-from tui.model import QUEUE_COLUMNS, STATES, QueueFilter, filter_jobs, job_cells, sort_jobs
-from tui.widgets import SyncTable
+from tui.dialogs import Pick
+from tui.model import (
+    QUEUE_COLUMNS,
+    STATES,
+    TERMINAL_STATES,
+    QueueFilter,
+    filter_jobs,
+    job_cells,
+    queue_columns,
+    sort_jobs,
+)
+from tui.widgets import SyncTable, TextLine
 
-STATE_CYCLE = ("", "ALL", *STATES)
+STATE_CHOICES = ("", "ALL", *STATES)
 # Rows the table holds at once. Nobody scrolls through 10,000 jobs; the filter and
 # ctrl+p find any job, and the UI stays fast however long the queue gets.
 MAX_ROWS = 500
@@ -26,6 +38,7 @@ class QueueScreen(DataScreen):
     QueueScreen #filter { dock: top; display: none; }
     QueueScreen #filter.-shown { display: block; }
     QueueScreen #summary { height: 1; padding: 0 1; color: $text-muted; }
+    QueueScreen #detail { height: auto; max-height: 3; padding: 0 1; background: $panel; }
     """
     BINDINGS = [
         Binding("enter", "open", "Open", id="labq.queue.open"),
@@ -46,6 +59,7 @@ class QueueScreen(DataScreen):
         self.sort_column = "RANK"
         self.sort_reverse = False
         self.shown: list[dict[str, Any]] = []
+        self._bindings_for: tuple[Any, ...] | None = None
 
     def compose(self) -> ComposeResult:
         yield from self.compose_status()
@@ -53,8 +67,9 @@ class QueueScreen(DataScreen):
             placeholder="filter: text in id, user, name, state or reason (enter to keep, esc to clear)",
             id="filter",
         )
-        yield Static("", id="summary")
+        yield TextLine("", id="summary")
         yield SyncTable(QUEUE_COLUMNS, id="jobs")
+        yield TextLine("", id="detail")
         yield from self.compose_footer()
 
     @property
@@ -73,7 +88,9 @@ class QueueScreen(DataScreen):
         total = len(jobs)
         jobs = jobs[:MAX_ROWS]
         self.shown = jobs
-        self.table.sync([(str(j["id"]), job_cells(j, now)) for j in jobs])
+        columns = queue_columns(self.size.width or 160)
+        self.table.set_columns(columns)
+        self.table.sync([(str(j["id"]), job_cells(j, now, columns)) for j in jobs])
         f = self.filter
         parts = ["mine" if f.mine else "everyone", {"": "active", "ALL": "all states"}.get(f.state, f.state)]
         if f.user:
@@ -81,11 +98,13 @@ class QueueScreen(DataScreen):
         if f.text:
             parts.append(f"'{f.text}'")
         arrow = "↓" if self.sort_reverse else "↑"
-        self.query_one("#summary", Static).update(
+        self.query_one("#summary", TextLine).show(
             f"{total} of {len(self.data.jobs)} jobs"
             + (f" (first {MAX_ROWS} shown: / filters)" if total > MAX_ROWS else "")
             + f" · {' · '.join(parts)} · sorted by {self.sort_column.lower()} {arrow}"
         )
+        self._check_bindings()
+        self._show_detail()
 
     def selected(self) -> dict[str, Any] | None:
         key = self.table.selected_key()
@@ -148,9 +167,19 @@ class QueueScreen(DataScreen):
         self.refresh_data()
 
     def action_state(self) -> None:
-        i = STATE_CYCLE.index(self.filter.state)
-        self.filter = replace(self.filter, state=STATE_CYCLE[(i + 1) % len(STATE_CYCLE)])
-        self.refresh_data()
+        """A picker with each state's count, rather than cycling through eleven."""
+        counts: dict[str, int] = {}
+        for j in self.data.jobs:
+            counts[j["state"]] = counts.get(j["state"], 0) + 1
+        active = sum(n for s, n in counts.items() if s not in TERMINAL_STATES)
+        labels = {"": f"active (not ended)  {active}", "ALL": f"all states  {len(self.data.jobs)}"}
+        options = [(s, labels.get(s) or f"{s.lower()}  {counts.get(s, 0)}") for s in STATE_CHOICES]
+        self.app.push_screen(Pick("Show jobs that are…", options, self.filter.state), self._state_picked)
+
+    def _state_picked(self, state: str | None) -> None:
+        if state is not None:
+            self.filter = replace(self.filter, state=state)
+            self.refresh_data()
 
     def action_sort(self) -> None:
         i = SORTABLE.index(self.sort_column) if self.sort_column in SORTABLE else 0
@@ -167,7 +196,31 @@ class QueueScreen(DataScreen):
     def action_cursor_up(self) -> None:
         self.table.action_cursor_up()
 
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._check_bindings()
+        self._show_detail()
+
+    def on_resize(self) -> None:
+        self.refresh_data()
+
+    def _show_detail(self) -> None:
+        """The selected job's reason or placement in full: the table cuts it."""
+        j = self.selected()
+        text = "" if j is None else f"job {j['id']} ({j['user']}) {j['state'].lower()}: {where_or_why(j, detail=True)}"
+        self.query_one("#detail", TextLine).show(escape(text))
+
+    def _check_bindings(self) -> None:
+        """Cancel is offered only on a job this user may cancel: the footer changes when
+        the selected job (or its state) does, not at each poll."""
+        j = self.selected()
+        key = None if j is None else (j["id"], j["state"], j["user"])
+        if key != self._bindings_for:
+            self._bindings_for = key
+            self.refresh_bindings()
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "cancel" and self.lapp.read_only:
-            return None
+        if action == "cancel":
+            j = self.selected() if self.is_mounted else None
+            if self.lapp.read_only or (j is not None and (not self.lapp.may_cancel(j) or j["state"] in TERMINAL_STATES)):
+                return False
         return True

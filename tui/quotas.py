@@ -49,7 +49,7 @@ class QuotasScreen(DataScreen):
     DEFAULT_CSS = """
     QuotasScreen #top { height: 1fr; }
     QuotasScreen #quotas { width: 1fr; }
-    QuotasScreen #form { width: 44; padding: 0 1; border-left: solid $primary; }
+    QuotasScreen #form { width: 40%; min-width: 30; max-width: 44; padding: 0 1; border-left: solid $primary; }
     QuotasScreen #form Label { margin-top: 1; color: $text-muted; }
     QuotasScreen #formerror { color: $error; height: auto; }
     QuotasScreen #audit { height: 40%; border-top: solid $primary; }
@@ -63,6 +63,7 @@ class QuotasScreen(DataScreen):
         super().__init__()
         self.user = ""
         self.audit_rows: list[dict[str, Any]] = []
+        self._editable: bool | None = None
 
     def compose(self) -> ComposeResult:
         yield from self.compose_status()
@@ -133,9 +134,14 @@ class QuotasScreen(DataScreen):
         self.set_editable()
 
     def set_editable(self) -> None:
-        for w in self.query("#form Input, #form Select, #form Button"):
-            w.disabled = not self.editable
-        if not self.editable:
+        editable = self.editable
+        if editable == self._editable:
+            return  # each poll asks: only a change touches the widgets
+        self._editable = editable
+        for w in self.query("#form Input, #form Select"):
+            w.disabled = not editable
+        self.query_one("#save", Button).display = editable  # nothing to save for others
+        if not editable:
             why = "read-only mode" if self.lapp.read_only else "only admins may change quotas"
             self.query_one("#formerror", Static).update(f"read-only: {why}")
 
@@ -153,6 +159,7 @@ class QuotasScreen(DataScreen):
             self.query_one(f"#q-{f}", Input).value = _opt(q.get(f))
         self.query_one("#q-idle_action", Select).value = q.get("idle_action", "notify")
         self.query_one("#formerror", Static).update("")
+        self._editable = None  # said again for this user
         self.set_editable()
 
     def form_values(self) -> tuple[dict[str, Any], list[str]]:
@@ -211,6 +218,4 @@ class QuotasScreen(DataScreen):
         self.query_one("#quotas", SyncTable).focus()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "save" and not self.editable:
-            return None
-        return True
+        return not (action == "save" and not self.editable)

@@ -235,6 +235,8 @@ class FakeBackend:
         self.quota_overrides: dict[str, dict[str, Any]] = {}
         self.log_lines = [f"epoch {i // 20} step {i} loss {1 / (i + 1):.4f}" for i in range(200)]
         self.log_lines[57] = "WARNING: NaN in gradients, skipping step"
+        self.log_blob: bytes | None = None  # a log given as bytes (the big-log benchmark and tests)
+        self.log_reads: list[int] = []  # bytes returned by each log call
 
     def _check(self) -> None:
         if self.down:
@@ -278,21 +280,42 @@ class FakeBackend:
                     "reason": f"placed on {j['node_name']}",
                 }
             )
-        return {**j, "events": events, "log_path": f"/var/lib/labq/logs/{job_id}.log"}
+        if j["user"] != self.me and not self.admin:
+            # As the daemon answers a non-owner: no command, environment or log path.
+            return {**j, "spec": {}, "events": events, "private": True}
+        return {**j, "events": events, "log_path": f"/var/lib/labq/logs/{job_id}.log", "private": False}
 
-    def log(self, job_id: int, offset: int) -> dict[str, Any]:
+    def log(
+        self, job_id: int, offset: int = 0, tail: int | None = None, before: int | None = None
+    ) -> dict[str, Any]:
         self._check()
-        data = ("\n".join(self.log_lines) + "\n").encode()
-        chunk = data[offset : offset + 4096]
         j = next(j for j in self.job_list if j["id"] == job_id)
+        if j["user"] != self.me and not self.admin:
+            raise BackendError(f"job {job_id}'s log belongs to {j['user']}", 403)
+        data = self.log_bytes()
+        if tail:
+            end = len(data) if before is None else min(before, len(data))
+            offset = max(0, end - tail)
+            if offset:
+                offset = data.index(b"\n", offset) + 1
+            chunk = data[offset:end]
+        else:
+            chunk = data[offset : offset + 4096]
+        self.log_reads.append(len(chunk))
         done = j["state"] not in ("RUNNING", "PENDING", "STARTING")
         return {
             "data": chunk.decode(),
+            "start": offset,
             "offset": offset + len(chunk),
             "size": len(data),
             "state": j["state"],
             "done": done,
         }
+
+    def log_bytes(self) -> bytes:
+        if self.log_blob is not None:
+            return self.log_blob
+        return ("\n".join(self.log_lines) + "\n").encode()
 
     def nodes(self, history: bool = False) -> dict[str, Any]:
         self._check()

@@ -15,10 +15,10 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.timer import Timer
 from textual.widgets import Button, Input, Label, Static
 
-from scheduler.config import INHERITED_ENV
 from scheduler.jobfile import JobFileError, load_job_file
-from scheduler.present import parse_env
-from scheduler.units import UnitError, parse_duration, parse_size
+from scheduler.paths import INHERITED_ENV
+from scheduler.present import parse_env, preview_lines
+from scheduler.units import UnitError, parse_size, parse_time_limit
 from tui.api import BackendError
 from tui.base import Modal
 
@@ -65,7 +65,7 @@ def form_to_spec(values: dict[str, str], base_env: dict[str, str]) -> tuple[dict
                 errors["cpus"] = "must be >= 0"
         except ValueError:
             errors["cpus"] = "must be a number"
-    for f, parse in (("memory", parse_size), ("time", parse_duration)):
+    for f, parse in (("memory", parse_size), ("time", parse_time_limit)):
         raw = values.get(f, "").strip()
         if raw:
             try:
@@ -118,9 +118,11 @@ def spec_to_form(spec: dict[str, Any]) -> dict[str, str]:
 class SubmitScreen(Modal):
     DEFAULT_CSS = """
     SubmitScreen { align: center middle; }
-    SubmitScreen > Vertical { width: 96; height: 90%; border: thick $primary; background: $surface; padding: 0 1; }
+    SubmitScreen > Vertical { width: 96; max-width: 100%; height: 90%; max-height: 100%; border: thick $primary; background: $surface; padding: 0 1; }
     SubmitScreen VerticalScroll { height: 1fr; }
     SubmitScreen .row { height: 1; margin-top: 1; }
+    SubmitScreen .err { display: none; }
+    SubmitScreen .err.-shown { display: block; }
     SubmitScreen .row Label { width: 12; }
     SubmitScreen .row Input { width: 1fr; }
     SubmitScreen .err { color: $error; height: auto; padding-left: 12; }
@@ -173,7 +175,9 @@ class SubmitScreen(Modal):
     def validate(self) -> None:
         self.spec, self.errors = form_to_spec(self.values(), self.base_env)
         for key, _, _ in FIELDS:
-            self.query_one(f"#e-{key}", Static).update(self.errors.get(key, ""))
+            err = self.query_one(f"#e-{key}", Static)
+            err.update(self.errors.get(key, ""))
+            err.set_class(key in self.errors, "-shown")  # no empty line under each field
         self.query_one("#submit", Button).disabled = bool(self.errors)
         if self._debounce is not None:
             self._debounce.stop()
@@ -243,11 +247,11 @@ class SubmitScreen(Modal):
 
 
 def _preview_text(out: dict[str, Any]) -> str:
+    """The scheduler's answer, as `labq submit --dry-run` says it (present.preview_lines)."""
     import time
 
-    if out.get("starts_now"):
-        return f"[b]starts now[/b] on {out.get('node')}"
-    eta = out.get("eta")
-    when = time.strftime("%H:%M", time.localtime(eta)) if eta else "unknown"
-    reasons = "\n".join(f"  • {escape(r)}" for r in out.get("reasons") or [])
-    return f"[b]would wait[/b] (estimated start {when})\n{reasons}"
+    rows = []
+    for line in preview_lines(out, time.time()):
+        text = escape(line.text)
+        rows.append(f"[b]{text}[/b]" if line.kind == "head" else f"  • {text}" if line.kind == "reason" else text)
+    return "\n".join(rows)

@@ -7,14 +7,14 @@ from textual.binding import Binding
 from textual.widgets import Static
 
 from tui.base import DataScreen
-from tui.model import TEAM_COLUMNS, team_rows
+from tui.model import TEAM_COLUMNS, pick, team_columns, team_rows
 from tui.widgets import SyncTable
 
 
 class TeamScreen(DataScreen):
     title_text = "Team"
     DEFAULT_CSS = """
-    TeamScreen #teamnote { height: 2; padding: 0 1; color: $text-muted; }
+    TeamScreen #teamnote { height: auto; padding: 0 1; color: $text-muted; }
     """
     BINDINGS = [
         Binding("enter", "jobs", "Their jobs", id="labq.team.jobs"),
@@ -25,8 +25,10 @@ class TeamScreen(DataScreen):
     def compose(self) -> ComposeResult:
         yield from self.compose_status()
         yield Static(
-            "HELD vs SHARE: GPUs held now against the GPUs the person's shares entitle them to "
-            "(▶ = borrowing beyond it). FACTOR 1 = no recent usage, 0.5 = used exactly their share.",
+            "FS GPU-h: the decayed usage fair share counts (with each job's start charge), so it differs "
+            "from WEEK GPU-h, the GPU-hours held in the last 7 days (`labq usage`). FACTOR 1 = no recent "
+            "usage, 0.5 = used exactly their share. HELD vs SHARE: GPUs held now against their share "
+            "(▶ = borrowing).",
             id="teamnote",
         )
         yield SyncTable(TEAM_COLUMNS, id="team")
@@ -38,7 +40,15 @@ class TeamScreen(DataScreen):
 
     def refresh_data(self) -> None:
         super().refresh_data()
-        self.query_one("#team", SyncTable).sync(team_rows(self.data))
+        width = self.size.width or 160
+        columns = team_columns(width)
+        table = self.query_one("#team", SyncTable)
+        table.set_columns(columns)
+        rows = team_rows(self.data, width=20 if width >= 110 else 8)
+        table.sync([(key, pick(cells, TEAM_COLUMNS, columns)) for key, cells in rows])
+
+    def on_resize(self) -> None:
+        self.refresh_data()
 
     def action_jobs(self) -> None:
         user = self.query_one("#team", SyncTable).selected_key()

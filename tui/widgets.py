@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.text import Text
+from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
 Row = tuple[str, tuple[str, ...]]
@@ -21,6 +22,11 @@ class SyncTable(DataTable[Text]):
     DEFAULT_CSS = """
     SyncTable { height: 1fr; }
     """
+    # Home/End go to the first/last row (DataTable's own scroll sideways).
+    BINDINGS = [
+        Binding("home", "first_row", "First", show=False),
+        Binding("end", "last_row", "Last", show=False),
+    ]
 
     def __init__(self, columns: Sequence[str], **kw: object) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kw)  # type: ignore[arg-type]
@@ -31,6 +37,18 @@ class SyncTable(DataTable[Text]):
     def on_mount(self) -> None:
         for c in self._columns:
             self.add_column(c, key=c)
+
+    def set_columns(self, columns: Sequence[str]) -> None:
+        """Show these columns (a narrow terminal shows fewer): the rows come back with
+        the next `sync`, which must then give cells for exactly these."""
+        columns = tuple(columns)
+        if columns == self._columns:
+            return
+        self._columns = columns
+        self.clear(columns=True)
+        for c in columns:
+            self.add_column(c, key=c)
+        self._rows, self._order = {}, []
 
     def sync(self, rows: Sequence[Row]) -> int:
         """Show exactly `rows` (key, cells) in this order; returns how many cells changed."""
@@ -86,13 +104,34 @@ class SyncTable(DataTable[Text]):
             for key in order:
                 self.add_row(*(Text(c) for c in self._rows[key]), key=key)
 
+    def action_first_row(self) -> None:
+        if self.row_count:
+            self.move_cursor(row=0, animate=False)
+
+    def action_last_row(self) -> None:
+        if self.row_count:
+            self.move_cursor(row=self.row_count - 1, animate=False)
+
     def selected_key(self) -> str | None:
         if not self._order or self.cursor_row < 0 or self.cursor_row >= len(self._order):
             return None
         return self._order[self.cursor_row]
 
 
-class StatusLine(Static):
+class TextLine(Static):
+    """A Static told its text again each poll: `show` redraws only when it changed
+    (Static.update lays the whole screen out again, even for the same text, and an idle
+    UI would spend most of its time doing that)."""
+
+    _shown: str | None = None
+
+    def show(self, text: str) -> None:
+        if text != self._shown:
+            self._shown = text
+            self.update(text)
+
+
+class StatusLine(TextLine):
     """One line at the top of each screen: who you are, and whether the data is fresh."""
 
     DEFAULT_CSS = """

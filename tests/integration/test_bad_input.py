@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import REPO, SYSTEM_PYTHON, Labq, cleanup, make_labq, unix_user
+from tests.conftest import REPO, SYSTEM_PYTHON, Labq, cleanup, make_labq, unix_user, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +38,19 @@ def test_bad_submissions_are_refused_and_nothing_is_queued(labq4: Labq, tmp_path
     )
     assert "not a duration" in refused(labq4, "submit", "--time", "soon", "--", "true")
     assert "KEY=VALUE" in refused(labq4, "submit", "--env", "NOEQUALS", "--", "true")
+    # `--time 2 hours` was a 2-second limit running `hours -- true`; a bare number is
+    # minutes to Slurm and seconds elsewhere: both are refused with the fix.
+    assert "write --time 2h" in refused(labq4, "submit", "--time", "2", "hours", "--", "true")
+    assert "90 what? give a unit: 90m" in refused(labq4, "submit", "--time", "90", "--", "true")
+    assert "GiB" in refused(labq4, "submit", "--memory", "100T", "--", "true")
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    out = subprocess.run(
+        f"cd {gone} && rmdir {gone} && exec {sys.executable} -m scheduler.cli submit -- true",
+        shell=True, env=labq4.env(), capture_output=True, text=True,
+    )
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert "directory no longer exists" in out.stderr
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("command: [python, train.py]\ngpus: 1\ngpu: 2\n")
@@ -44,6 +58,8 @@ def test_bad_submissions_are_refused_and_nothing_is_queued(labq4: Labq, tmp_path
     bad.write_text("command: [python, train.py]\nname: x\ngpus: two\n")
     msg = refused(labq4, "submit", str(bad))
     assert msg.startswith(f"labq: {bad} line 3: gpus:"), msg
+    bad.write_text("command: [python, train.py]\ntime: 90\n")
+    assert "line 2: time: 90 what?" in refused(labq4, "submit", str(bad))
     bad.write_text("command: [python\n")
     assert "not valid YAML" in refused(labq4, "submit", str(bad))
     missing = tmp_path / "missing.yaml"
@@ -89,6 +105,39 @@ def test_second_daemon_on_same_state_dir_is_refused(labq4: Labq) -> None:
     assert "already runs" in refused(labq4, "up")
     # The first daemon is unharmed.
     assert labq4.json("queue") is not None
+
+
+def test_a_job_held_by_backfill_is_told_the_time_limit_that_lets_it_start(labq4: Labq) -> None:
+    """Two 1-GPU jobs without --time waited with 2 of 4 GPUs free while `show` said
+    `estimated start: <now>`: the 24 h default never fits before the reservation."""
+    c = labq4.client()
+    running = labq4.submit("--gpus", "2", "--time", "20m", "--", "sleep", "600")
+    labq4.wait(running, ("RUNNING",))
+    big = labq4.submit("--gpus", "4", "--time", "5m", "--", "true")  # reserved at `running`'s end
+    small = labq4.submit("--gpus", "1", "--", "sleep", "600")
+    try:
+        wait_for("the small job's reason", lambda: any(r["kind"] == "backfill" for r in c.job(small)["why"]), 30)
+        show = labq4.run("show", str(small)).stdout
+        assert re.search(r"time limit +the default", show), show
+        hint = next(line.strip() for line in show.splitlines() if line.strip().startswith("hint"))
+        assert re.search(r"would start now with `--time (19|20)m` or less", hint), hint
+        # the reserved job (4 GPUs, 5m) starts in ~20m: this one after it, at a clock time
+        waiting = next(line for line in show.splitlines() if "estimated start" in line)
+        assert re.search(r"estimated start:? (\d{4}-\d\d-\d\d )?\d\d:\d\d", waiting), waiting
+        queue = {j["id"]: j for j in labq4.json("queue")}
+        assert queue[small]["state"] == "PENDING"
+        table = labq4.run("queue").stdout
+        row = next(line for line in table.splitlines() if line.lstrip().startswith(str(small)))
+        assert " now " not in row, row
+        dry = labq4.run("submit", "--dry-run", "--gpus", "1", "--", "true").stdout
+        assert dry.startswith("would wait") and "--time 1" in dry, dry
+        assert labq4.run("submit", "--dry-run", "--gpus", "1", "--time", "5m", "--", "true").stdout.startswith(
+            "would start now on "
+        )
+    finally:
+        for job_id in (small, big, running):
+            c.cancel(job_id, now=True)
+        c.close()
 
 
 def test_down_refuses_while_jobs_run(labq4: Labq) -> None:
@@ -178,3 +227,34 @@ def test_a_job_flooding_stdout_keeps_a_bounded_log_and_the_daemon_stays_small() 
         assert all(p.stat().st_size < 1 << 20 for p in spool), spool
     finally:
         cleanup(lq)
+
+
+def test_out_of_range_numbers_in_a_request_get_a_refusal_not_a_500(labq4: Labq) -> None:
+    """Found by a red-team pass: a 30-digit log offset was a 500 (seek overflow), a
+    2**62 one closed the connection without an answer, a 23-digit job id was a 500
+    (SQLite overflow), and `/v1/jobs/٣` was job 3."""
+    from scheduler.client import ClientError
+
+    c = labq4.client()
+    job = labq4.submit("--", "echo", "hello")
+    labq4.wait(job, ("SUCCEEDED",))
+
+    def status(path: str, **query: object) -> tuple[int, str]:
+        try:
+            c.request("GET", path, **query)
+        except ClientError as e:
+            assert "\n" not in str(e) and "Traceback" not in str(e)
+            return e.status, str(e)
+        return 200, ""
+
+    log = f"/v1/jobs/{job}/log"
+    assert status(log, offset="9" * 30)[0] == 400
+    assert status(log, offset=2**62)[0] == 400  # was: no answer at all
+    assert c.request("GET", log, offset=10**15)["data"] == ""  # past the end: nothing, and an answer
+    for bad in ({"tail": -5}, {"before": 5}, {"limit": -1}, {"tail": "1_0"}, {"tail": " 10"}):
+        code, msg = status(log, **bad)
+        assert code == 400, (bad, code, msg)
+    assert status("/v1/jobs/" + "9" * 23) == (404, "no job " + "9" * 23)
+    assert status("/v1/jobs/٣")[0] == 404  # not job 3
+    out = labq4.run("show", "9" * 23, check=False)
+    assert out.returncode == 1 and out.stderr.strip() == f"labq: no job {'9' * 23}", out.stderr

@@ -7,10 +7,15 @@ built from the H200 recording; utilization follows what each job really does.
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,6 +39,18 @@ def gpulq() -> Iterator[tuple[Labq, int]]:
     config = "grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 0.5\nidle_window_s: 3\nidle_action_after_s: 3\n"
     with daemon(config, "--gpus", "3", "--metrics-port", str(port)) as lq:
         yield lq, port
+
+
+def scrape(port: int) -> str:
+    return str(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "configs" / "grafana" / "labq.json"
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    board = json.loads(DASHBOARD.read_text())
+    return [(p["title"], t["expr"]) for p in board["panels"] for t in p["targets"]]
 
 
 def gpus_of(lq: Labq) -> dict[int, dict[str, Any]]:
@@ -83,12 +100,14 @@ def test_gpus_follow_the_jobs_holding_them(gpulq: tuple[Labq, int]) -> None:
     text = lq.run("gpus").stdout
     assert "SIMULATED" in text and f"job {busy} ({user})" in text and "NVIDIA H200" in text
 
-    # Prometheus: DCGM names, the job and user as labels.
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    # Prometheus: DCGM names, the job (dcgm-exporter's `hpc_job`: Prometheus renames a
+    # `job` label to `exported_job`) and the user as labels.
+    body = scrape(port)
     util = [
-        ln for ln in body.splitlines() if ln.startswith("DCGM_FI_DEV_GPU_UTIL{") and f'job="{busy}"' in ln
+        ln for ln in body.splitlines() if ln.startswith("DCGM_FI_DEV_GPU_UTIL{") and f'hpc_job="{busy}"' in ln
     ]
     assert len(util) == 1 and f'user="{user}"' in util[0] and f'gpu="{g_busy}"' in util[0]
+    assert not re.search(r'[{,]job="', body)
     assert f'labq_jobs_running{{user="{user}"}} 2.0' in body
     assert f'labq_fair_share_factor{{user="{user}"}}' in body
     health = lq.json("show", str(busy))
@@ -104,6 +123,11 @@ def test_gpus_follow_the_jobs_holding_them(gpulq: tuple[Labq, int]) -> None:
 
     wait_for("the idle flag and its note in the history", flagged)
     assert "[idle " in lq.run("queue").stdout
+    idle_h = wait_for(
+        "idle GPU-hours in /metrics",
+        lambda: re.search(rf'labq_idle_gpu_hours_7d{{user="{user}"}} ([0-9.e-]+)', scrape(port)),
+    )
+    assert float(idle_h.group(1)) >= 0  # the series exists; its value is checked against `labq usage` below
 
     # The busy job ends by itself; what it did is stored with it.
     done = lq.wait(busy, ("SUCCEEDED",), timeout=60)
@@ -115,6 +139,8 @@ def test_gpus_follow_the_jobs_holding_them(gpulq: tuple[Labq, int]) -> None:
     mine = rows[user]
     assert mine["jobs"] >= 2 and mine["allocated_gpu_h"] > 0 and mine["busy_gpu_h"] > 0
     assert mine["idle_gpu_h"] > 0 and 0 < mine["util_mean"] < 100
+    exported = re.search(rf'labq_idle_gpu_hours_7d{{user="{user}"}} ([0-9.e-]+)', scrape(port))
+    assert exported and float(exported.group(1)) == pytest.approx(mine["idle_gpu_h"], abs=2e-3)
     by_job = {r["job_id"]: r for r in lq.json("usage", "--by", "job")["rows"]}
     assert by_job[busy]["util_mean"] > by_job[sleepy]["util_mean"] == 0
     csv_out = lq.run("usage", "--by", "job", "--csv", "--since", "1h").stdout.splitlines()
@@ -171,3 +197,61 @@ def test_simulate_replays_the_daemons_own_history(gpulq: tuple[Labq, int]) -> No
     ]
     assert out["fairshare"]["jobs"] == out["fifo"]["jobs"] == len(ended) >= 2
     assert out["fairshare"]["finished"] == len(ended)
+
+
+def test_every_dashboard_query_names_series_the_daemon_exports(gpulq: tuple[Labq, int]) -> None:
+    """configs/grafana/labq.json asks only for what /metrics has (a renamed series would
+    leave a panel empty without an error anywhere)."""
+    lq, port = gpulq
+    job = lq.submit("--gpus", "1", "--", "sleep", "300")
+    lq.wait(job, ("RUNNING",))
+    try:
+        wait_for("the job's GPU in /metrics", lambda: f'hpc_job="{job}"' in scrape(port))
+        exported = set(re.findall(r"^# TYPE (\S+) ", scrape(port), re.M))
+        queries = dashboard_queries()
+        assert len(queries) >= 10
+        for title, expr in queries:
+            names = set(re.findall(r"\b(?:DCGM_FI_\w+|labq_\w+)", expr))
+            assert names, (title, expr)
+            assert names <= exported, (title, names - exported)
+        titles = " ".join(t for t, _ in queries).lower()
+        for topic in ("per node", "per person", "idle gpu-hours", "queue length", "wait", "fair-share"):
+            assert topic in titles, topic
+    finally:
+        lq.run("cancel", "--now", str(job))
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus is not installed on this machine")
+def test_the_dashboard_queries_answer_from_a_real_prometheus(gpulq: tuple[Labq, int], tmp_path: Path) -> None:
+    """A real Prometheus scrapes the daemon; each dashboard query returns series."""
+    lq, port = gpulq
+    job = lq.submit("--gpus", "1", "--", "sleep", "300")
+    lq.wait(job, ("RUNNING",))
+    prom_port = free_port()
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s}\n"
+        f"scrape_configs: [{{job_name: labq, static_configs: [{{targets: ['127.0.0.1:{port}']}}]}}]\n"
+    )
+    prom = subprocess.Popen(
+        [shutil.which("prometheus") or "prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+    def query(expr: str) -> list[Any]:
+        url = f"http://127.0.0.1:{prom_port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        try:
+            out = json.loads(urllib.request.urlopen(url, timeout=5).read())
+        except OSError:
+            return []
+        return list(out["data"]["result"]) if out.get("status") == "success" else []
+
+    try:
+        wait_for("the job in Prometheus", lambda: query(f'DCGM_FI_DEV_GPU_UTIL{{hpc_job="{job}"}}'), 60)
+        assert not query('DCGM_FI_DEV_GPU_UTIL{exported_job!=""}')  # no renamed label
+        for title, expr in dashboard_queries():
+            assert wait_for(f"{title}: {expr}", lambda e=expr: query(e), 20), (title, expr)
+    finally:
+        prom.terminate()
+        prom.wait(10)
+        lq.run("cancel", "--now", str(job))

@@ -568,9 +568,9 @@ def test_a_socket_path_another_user_controls_is_refused_before_anything_starts(s
 def test_cpus_or_memory_no_node_has_are_refused_at_submit(lq: Labq) -> None:
     """`--gpus 4 --cpus 100` was accepted and its backfill reservation held every GPU."""
     r = as_(lq, BOB, "submit", "--gpus", "1", "--cpus", "1000", "--", "true")
-    one_line_refusal(r, "asks for 1000 CPUs but the most a node with 1 GPUs has is")
+    one_line_refusal(r, "asks for 1000 CPUs but the most a node with 1 GPU has is")
     r = as_(lq, BOB, "submit", "--gpus", "1", "--memory", "100T", "--", "true")
-    one_line_refusal(r, "of memory but the most a node with 1 GPUs has for jobs is", "GiB")
+    one_line_refusal(r, "of memory but the most a node with 1 GPU has for jobs is", "GiB")
 
 
 def test_newlines_in_what_others_chose_cannot_forge_lines_of_an_admins_output(lq: Labq, shared: Path) -> None:

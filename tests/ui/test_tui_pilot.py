@@ -7,11 +7,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from textual.pilot import Pilot
-from textual.widgets import Input, RichLog, Static
+from textual.widgets import Input, Static
 
 from tui.app import LabqApp
-from tui.dialogs import Confirm
-from tui.job import JobScreen
+from tui.dialogs import Confirm, Pick
+from tui.job import WINDOW, JobScreen, LogView
 from tui.queue import QueueScreen
 from tui.quotas import QuotasScreen, parse_field
 from tui.sample import NOW, FakeBackend
@@ -59,12 +59,27 @@ def test_filter_mine_state_and_text() -> None:
     async def body(app: LabqApp, pilot: Pilot[None]) -> None:
         await pilot.press("m")
         assert {r[1] for r in rows(app)} == {"ana"}
-        await pilot.press("m", "f")  # everyone, every state
+        await pilot.press("m", "f")  # everyone; f opens the state picker
+        assert isinstance(app.screen, Pick)
+        await pilot.press("down", "enter")  # active -> all states
+        await settle(pilot)
         assert {r[4] for r in rows(app)} >= {"SUCCEEDED", "FAILED", "RUNNING", "PENDING"}
         await pilot.press("slash", *"llama")
         assert rows(app) and all("llama" in r[2] for r in rows(app))
         await pilot.press("enter", "escape")
         assert len(rows(app)) > 5 and not app.screen.query_one("#filter", Input).value
+        await pilot.press("f", *["down"] * 7, "enter")  # active, all, pending, starting, running, preempted, succeeded, failed
+        await settle(pilot)
+        assert {r[4] for r in rows(app)} == {"FAILED"}
+        await pilot.press("f", "escape")  # esc keeps the filter
+        await settle(pilot)
+        assert {r[4] for r in rows(app)} == {"FAILED"}
+        t = app.screen.query_one("#jobs", SyncTable)
+        await pilot.press("f", "home", "enter", "end")
+        await settle(pilot)
+        assert t.cursor_row == t.row_count - 1 > 0
+        await pilot.press("home")
+        assert t.cursor_row == 0
 
     run(FakeBackend(), body)
 
@@ -76,20 +91,74 @@ def test_open_a_job_follow_its_log_and_search() -> None:
         screen = app.screen
         assert isinstance(screen, JobScreen)
         assert len(screen.lines) == 200 and screen.follow
+        assert screen.query_one("#log", LogView).line_count == 200
         fields = str(screen.query_one("#fields", Static).render())
         assert f"job {screen.job_id}" in fields and "history" in fields
         await pilot.press("slash", *"nan", "enter")
+        await settle(pilot)
         assert screen.pattern == "nan" and not screen.follow
         bar = str(screen.query_one("#logbar", Static).render())
         assert "'nan': 1 line" in bar
+        await pilot.press("slash", "ctrl+u", *"step 1", "enter")  # step 1, 10-19, 100-199
+        await settle(pilot)
+        assert len(screen.matches) == 111 and screen.match_at == 0
+        await pilot.press("n", "n")
+        assert screen.match_at == 2 and isinstance(app.screen, JobScreen)  # n: next match, not a new job
+        await pilot.press("N", "N", "N")
+        assert screen.match_at == 110
         await pilot.press("w")
-        assert screen.wrap and screen.query_one("#log", RichLog).wrap
+        assert screen.wrap
         await pilot.press("s")
         assert screen.follow
         await pilot.press("escape", "escape")  # clear the search, then back
         assert isinstance(app.screen, QueueScreen)
 
     run(FakeBackend(), body)
+
+
+def test_a_huge_log_opens_at_its_end_reading_one_window() -> None:
+    fake = FakeBackend()
+    line = b"step 0000000 loss 0.1234 lr 3e-4 " + b"x" * 60 + b"\n"
+    fake.log_blob = line * (64 * 2**20 // len(line))  # 64 MiB, ~700k lines
+
+    async def body(app: LabqApp, pilot: Pilot[None]) -> None:
+        await pilot.press("enter")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, JobScreen)
+        assert sum(fake.log_reads) <= WINDOW and len(screen.lines) == WINDOW // len(line) - 1 or len(
+            screen.lines
+        ) == WINDOW // len(line)
+        bar = str(screen.query_one("#logbar", Static).render())
+        assert "MiB before them not shown" in bar
+        before, start = len(screen.lines), screen.start
+        await pilot.press("left_square_bracket")
+        await settle(pilot)
+        assert len(screen.lines) > before and screen.start < start and not screen.follow
+        assert sum(fake.log_reads) <= 2 * WINDOW  # never the whole log
+
+    run(fake, body)
+
+
+def test_someone_elses_job_shows_its_details_and_says_the_log_is_private() -> None:
+    fake = FakeBackend(me="zed", admin=False)
+
+    async def body(app: LabqApp, pilot: Pilot[None]) -> None:
+        footer = {b.binding.action for b in app.active_bindings.values() if b.enabled}
+        assert "cancel" not in footer  # the selected job is not ours
+        await pilot.press("enter")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, JobScreen)
+        assert f"job {screen.job_id}" in str(screen.query_one("#fields", Static).render())
+        assert "private" in str(screen.query_one("#logbar", Static).render())
+        footer = {b.binding.action for b in app.active_bindings.values() if b.enabled}
+        assert "cancel" not in footer and "resubmit" not in footer
+        await pilot.press("c")
+        await settle(pilot)
+        assert not isinstance(app.screen, Confirm) and fake.cancelled == []
+
+    run(fake, body)
 
 
 def test_cancel_asks_first_and_only_yes_cancels() -> None:
@@ -130,7 +199,7 @@ def test_submit_checks_as_you_type_previews_and_submits() -> None:
         gpus.value = "1"
         await pilot.pause(0.6)
         await settle(pilot)
-        assert "starts now on gpu-node-1" in str(screen.query_one("#preview", Static).render())
+        assert "would start now on gpu-node-1" in str(screen.query_one("#preview", Static).render())
         await pilot.press("ctrl+s")
         await settle(pilot)
         assert not isinstance(app.screen, SubmitScreen)
@@ -190,6 +259,7 @@ def test_non_admin_sees_quotas_read_only() -> None:
         assert isinstance(screen, QuotasScreen) and not screen.editable
         assert screen.query_one("#q-shares", Input).disabled
         assert "only admins" in str(screen.query_one("#formerror", Static).render())
+        assert not screen.query_one("#save").display  # no Save button to press
         await pilot.press("ctrl+s")
         await settle(pilot)
 
@@ -287,3 +357,81 @@ def test_sync_table_edits_in_place_and_keeps_the_order_it_is_given() -> None:
             assert shown() == [("q", "q")]
 
     asyncio.run(go())
+
+
+def test_a_quiet_queue_is_polled_less_and_a_key_brings_it_back() -> None:
+    """A wall screen on a head node idles near zero: unchanged polls slow down; a key
+    press or a change goes back to every refresh_s."""
+    fake = FakeBackend()
+    app = LabqApp(fake, clock=lambda: NOW, refresh_s=0.05)
+
+    async def go() -> None:
+        async with app.run_test(size=(160, 48)) as pilot:
+            await pilot.pause(1.5)
+            assert app.poll_delay > 0.05  # nothing changed: slower
+            polls = app.polls
+            await pilot.pause(0.5)
+            assert app.polls - polls <= 4, app.polls - polls  # at 0.05 s it would be ~10
+            await pilot.press("j")
+            assert app.poll_delay == 0.05
+            await pilot.pause(1.5)
+            assert app.poll_delay > 0.05
+            fake.job_list[0] = {**fake.job_list[0], "name": "renamed"}  # a change
+            for _ in range(60):  # seen at the next poll, however slow it had become
+                if app.poll_delay == 0.05:
+                    break
+                await pilot.pause(0.05)
+            assert app.poll_delay == 0.05
+            assert "renamed" in {r[2] for r in rows(app)}
+
+    asyncio.run(go())
+
+
+def test_team_lists_everyone_who_used_gpus_and_explains_its_two_usage_numbers() -> None:
+    """Someone who ran jobs this week without a quota entry of their own was missing, and
+    the fair-share usage (decayed, with the entry penalty) differed from `labq usage`
+    without a word."""
+    from tui.model import Data, team_rows
+
+    data = Data(
+        nodes=[{"gpus": 4}],
+        quotas={"quotas": [
+            {"user": "ana", "shares": 1.0, "usage_gpu_s": 7200.0, "factor": 0.5, "held_gpus": 2,
+             "guaranteed_gpus": None, "max_gpus": None, "pending_jobs": 1},
+        ]},
+        usage={"rows": [
+            {"user": "ana", "allocated_gpu_h": 1.5, "idle_gpu_h": 0.25},
+            {"user": "newcomer", "allocated_gpu_h": 3.0, "idle_gpu_h": 1.0},
+        ]},
+    )
+    out = dict(team_rows(data))
+    assert set(out) == {"ana", "newcomer"}
+    assert out["ana"][2] == "2.0" and out["ana"][8] == "1.5"  # FS GPU-h (decayed) vs the week's GPU-h
+    assert out["newcomer"][8] == "3.0" and out["newcomer"][9] == "1.0"
+    assert out["newcomer"][-1] == "no quota entry (the default)"
+
+    async def body(app: LabqApp, pilot: Pilot[None]) -> None:
+        await pilot.press("3")
+        await settle(pilot)
+        text = " ".join(str(w.render()) for w in app.screen.query(Static))
+        assert "FS GPU-h" in text and "decayed" in text  # the header says what each number is
+
+    run(FakeBackend(), body)
+
+
+def test_a_running_jobs_clock_alone_does_not_count_as_a_change() -> None:
+    """With jobs running, runtime_s and the GPU seconds grow every poll: an idle wall
+    screen never slowed down. What is shown (state, whole-% util) still counts."""
+    from tui.app import fingerprint
+
+    def got(**job: Any) -> dict[str, Any]:
+        j = {"id": 1, "state": "RUNNING", "start_time": 100.0, "runtime_s": 5.0,
+             "gpu": {"util_now": 0.0, "util_mean": 0.0, "sampled_s": 5.0, "busy_gpu_s": 0.0, "idle_gpu_s": 5.0}}
+        j.update(job)
+        return {"jobs": [j], "nodes": [], "health": {"counts": {"RUNNING": 1}}}
+
+    base = fingerprint(got())
+    later = got(runtime_s=9.0, gpu={"util_now": 0.2, "util_mean": 0.1, "sampled_s": 9.0, "busy_gpu_s": 0.0, "idle_gpu_s": 9.0})
+    assert fingerprint(later) == base
+    assert fingerprint(got(state="STOPPING")) != base
+    assert fingerprint(got(gpu={"util_now": 35.0, "util_mean": 0.0, "sampled_s": 5.0})) != base

@@ -108,3 +108,24 @@ def test_daemon_down(snap_compare: Any, size: tuple[int, int]) -> None:
 @pytest.mark.parametrize("size", SIZES)
 def test_help(snap_compare: Any, size: tuple[int, int]) -> None:
     assert snap_compare(app(), terminal_size=size, run_before=then("question_mark"))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_help_scrolled_to_its_end(snap_compare: Any, size: tuple[int, int]) -> None:
+    assert snap_compare(app(), terminal_size=size, run_before=then("question_mark", "end"))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_cancel_dialog(snap_compare: Any, size: tuple[int, int]) -> None:
+    assert snap_compare(app(), terminal_size=size, run_before=then("c"))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_state_picker(snap_compare: Any, size: tuple[int, int]) -> None:
+    assert snap_compare(app(), terminal_size=size, run_before=then("f"))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_someone_elses_job(snap_compare: Any, size: tuple[int, int]) -> None:
+    """Details shown, the log said to be private, no Cancel or Resubmit offered."""
+    assert snap_compare(app(me="zed", admin=False), terminal_size=size, run_before=then("enter"))

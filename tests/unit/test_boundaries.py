@@ -28,6 +28,7 @@ def test_ui_talks_only_to_the_client_api() -> None:
     allowed = {
         "scheduler.client",
         "scheduler.config",
+        "scheduler.paths",
         "scheduler.units",
         "scheduler.present",
         "scheduler.shapes",
@@ -51,7 +52,7 @@ def test_policy_is_pure() -> None:
 
 def test_client_modules_are_stdlib_only() -> None:
     heavy = ("ray", "textual", "pydantic", "psutil", "pynvml", "yaml")
-    for name in ("cli.py", "client.py", "config.py", "units.py", "present.py", "console.py", "jobfile.py", "shapes.py"):
+    for name in ("cli.py", "cliparse.py", "client.py", "config.py", "paths.py", "units.py", "present.py", "console.py", "jobfile.py", "shapes.py"):
         tree = ast.parse((REPO / "scheduler" / name).read_text())
         # Only module-level imports count: the daemon path imports heavy things lazily.
         for node in tree.body:
@@ -71,6 +72,8 @@ CLIENT_SIDE = (
     "scheduler.console",
     "scheduler.jobfile",
     "scheduler.shapes",
+    "scheduler.paths",
+    "scheduler.cliparse",
 )
 
 

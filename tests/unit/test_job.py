@@ -38,7 +38,33 @@ def test_preempted_jobs_go_back_to_pending_only() -> None:
 
 def test_spec_parses_units_and_defaults() -> None:
     s = JobSpec.model_validate({"command": ["python", "train.py"], "time": "4h", "memory": "16G"})
-    assert s.time == 4 * 3600 and s.memory == 16 * 1024**3 and s.gpus == 1 and s.name == "python"
+    assert s.time == 4 * 3600 and s.memory == 16 * 1024**3 and s.gpus == 1 and s.name == "train.py"
+
+
+@pytest.mark.parametrize(
+    "command,name",
+    [
+        (["python", "train.py", "--lr", "3"], "train.py"),
+        (["/usr/bin/python3.11", "-u", "scripts/train.py"], "train.py"),
+        (["torchrun", "--nproc-per-node", "4", "train.py"], "train.py"),
+        (["python", "-m", "pkg.main", "--x"], "pkg.main"),
+        (["bash", "run.sh"], "run.sh"),
+        (["./sweep"], "sweep"),
+        (["python"], "python"),
+    ],
+)
+def test_default_name_is_the_script(command: list[str], name: str) -> None:
+    assert JobSpec.model_validate({"command": command}).name == name
+
+
+@pytest.mark.parametrize("text", ["2", "90", " 30 ", "1.5"])
+def test_time_limit_without_a_unit_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="what\\? give a unit"):
+        JobSpec.model_validate({"command": ["x"], "time": text})
+
+
+def test_time_limit_as_a_json_number_is_seconds() -> None:
+    assert JobSpec.model_validate({"command": ["x"], "time": 90}).time == 90
 
 
 def test_spec_string_command_runs_through_the_shell_explicitly() -> None:

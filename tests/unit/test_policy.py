@@ -147,6 +147,8 @@ def test_easy_backfill_only_when_it_cannot_delay_the_reservation() -> None:
     assert started(d) == [11]
     assert d.waiting[10].eta == NOW + 3600
     assert d.waiting[12].reasons[0].text.startswith("backfill: would delay job 10")
+    # With GPUs free now, its estimate is not "now": the reserved job's end (+1h, its 24 h default).
+    assert d.waiting[12].eta == NOW + 3600 + PolicyConfig().default_time_limit
 
 
 def test_reclaim_preempts_borrowers_least_work_first() -> None:

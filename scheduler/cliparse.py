@@ -1,0 +1,230 @@
+"""`labq`'s arguments: the whole parser for help and mistakes, only the command being
+run otherwise (stdlib argparse; imported by every command)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, sized without `import shutil` (which brings bz2, lzma and
+    more: ~2.5 ms of every command's start, for a width only help text uses)."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None) -> None:
+        if width is None:
+            width = _columns() - 2  # as argparse: the terminal's width less a margin
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _columns() -> int:
+    """shutil.get_terminal_size().columns, by the same rules."""
+    try:
+        cols = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        cols = 0
+    if cols <= 0:
+        try:
+            cols = os.get_terminal_size(sys.__stdout__.fileno()).columns if sys.__stdout__ else 0
+        except (AttributeError, ValueError, OSError):
+            cols = 0
+    return cols or 80
+
+
+class _Parser(argparse.ArgumentParser):
+    """Sub-command parsers are made as the parser's own type, so all get the formatter."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        kw.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kw)
+
+
+# -- parser --------------------------------------------------------------------------------------------
+class _Unbuilt:
+    """Stands in for the sub-parsers of the commands not being run: `labq queue` need
+    not build the other thirty (a third of a command's own start-up time)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **kw: self
+
+
+class _Only:
+    def __init__(self, sub: Any, command: str | None) -> None:
+        self.sub, self.command = sub, command
+
+    def add_parser(self, name: str, **kw: Any) -> Any:
+        return self.sub.add_parser(name, **kw) if self.command in (None, name) else _Unbuilt()
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The sub-command argv names (after the global options), or None: unknown yet."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--socket", "--url"):
+            i += 2
+            continue
+        if a.startswith("-"):
+            if a.startswith(("--socket=", "--url=")):
+                i += 1
+                continue
+            return None  # -h, or a mistake: the whole parser says what is wrong
+        return a if a in COMMAND_NAMES else None
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every sub-command, or only `command`'s (what `main` parses with)."""
+    p = _Parser(prog="labq", description="Fair-share GPU job queue for a research team.")
+    p.add_argument(
+        "--socket", help="daemon socket (default: $LABQ_SOCKET, /run/labq/labq.sock or a personal one)"
+    )
+    p.add_argument("--url", help="a remote daemon's listener, https://HOST:PORT (default: $LABQ_URL)")
+    sub = _Only(p.add_subparsers(dest="cmd", required=True, metavar="COMMAND"), command)
+
+    up = sub.add_parser("up", help="start the daemon (embedded Ray unless --address)")
+    up.add_argument("--foreground", action="store_true", help="stay in the foreground (systemd)")
+    up.add_argument("--address", help="join this Ray cluster instead of starting one")
+    up.add_argument("--gpus", type=int, help="logical GPUs to declare on a machine without NVIDIA GPUs")
+    up.add_argument("--cpus", type=int, help="CPUs the embedded Ray advertises")
+    up.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus /metrics on this port (loopback unless the config says)",
+    )
+    up.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="also take remote clients over TCP (token required; TLS from the config beyond loopback)",
+    )
+    up.add_argument("--state-dir", help="where the database and logs live")
+    up.add_argument("--config", help="daemon config YAML (see configs/labq.yaml)")
+    up.add_argument("--timeout", type=float, default=120.0)
+
+    down = sub.add_parser("down", help="stop the daemon")
+    g = down.add_mutually_exclusive_group()
+    g.add_argument("--drain", action="store_true", help="start nothing new, wait for running jobs")
+    g.add_argument("--kill", action="store_true", help="cancel running jobs (SIGTERM, grace, SIGKILL)")
+    down.add_argument("--timeout", type=float, default=600.0)
+
+    s = sub.add_parser("submit", help="queue a job: labq submit [opts] -- CMD... | labq submit job.yaml")
+    s.add_argument(
+        "--dry-run", action="store_true", help="say whether it would start now, or why it would wait"
+    )
+    s.add_argument("--gpus", type=int)
+    s.add_argument("--cpus", type=float)
+    s.add_argument("--memory", help="e.g. 16G")
+    s.add_argument(
+        "--time",
+        help="time limit with its unit: 4h, 30m, 90s, 1-00:00:00 (a bare number is refused: Slurm reads minutes); "
+        "without it the daemon's default applies (24h), which backfill must assume",
+    )
+    s.add_argument("--workdir")
+    s.add_argument("--env", action="append", metavar="KEY=VALUE")
+    s.add_argument("--name")
+    s.add_argument("--priority", type=int, help="order among your own jobs (higher first)")
+    s.add_argument("--grace", help="seconds between SIGTERM and SIGKILL")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("command", nargs=argparse.REMAINDER)
+
+    q = sub.add_parser("queue", help="pending and running jobs, with why each waits")
+    q.add_argument("--all", action="store_true", help="include finished jobs")
+    q.add_argument("--user")
+    q.add_argument("--mine", action="store_true")
+    q.add_argument("--state", help="comma-separated states")
+    q.add_argument("--json", action="store_true")
+
+    sh = sub.add_parser("show", help="one job in full, with its history")
+    sh.add_argument("job_id", type=int)
+    sh.add_argument("--json", action="store_true")
+
+    lg = sub.add_parser("logs", help="a job's stdout and stderr")
+    lg.add_argument("job_id", type=int)
+    lg.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
+    lg.add_argument(
+        "--raw", action="store_true", help="another user's log as it is, escape sequences included"
+    )
+
+    ca = sub.add_parser("cancel", help="cancel jobs (running ones get SIGTERM, then SIGKILL after the grace)")
+    ca.add_argument("job_ids", type=int, nargs="+")
+    ca.add_argument(
+        "--now", action="store_true", help="no grace period: SIGKILL at once (also for a job already stopping)"
+    )
+
+    gp = sub.add_parser("gpus", help="every node and GPU: utilization, memory, health, who holds it")
+    gp.add_argument("--json", action="store_true")
+
+    us = sub.add_parser("usage", help="GPU-hours allocated and really used, per researcher or job")
+    us.add_argument("--since", default="7d", help="window, e.g. 24h, 7d, 30d (default 7d)")
+    us.add_argument("--by", choices=("user", "job"), default="user")
+    fmt = us.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true")
+    fmt.add_argument("--json", action="store_true")
+
+    qu = sub.add_parser("quota", help="show or (admins) change quotas")
+    qsub = qu.add_subparsers(dest="quota_cmd", required=True)
+    qs = qsub.add_parser("show")
+    qs.add_argument("--json", action="store_true")
+    qset = qsub.add_parser("set")
+    qset.add_argument("user")
+    for name in ("shares", "guaranteed-gpus", "max-gpus", "max-jobs", "gpu-hours-per-week"):
+        qset.add_argument(f"--{name}", dest=name.replace("-", "_"))
+    qset.add_argument("--idle-action", help="notify, cancel or requeue jobs whose GPUs sit idle")
+
+    sm = sub.add_parser("simulate", help="replay a job trace through labq's policy and baselines")
+    sm.add_argument("trace", nargs="?", help="CSV with job_id,vc,submit_s,num_gpus,duration_s")
+    sm.add_argument("--from-history", action="store_true", help="replay this daemon's own finished jobs")
+    sm.add_argument("--state-dir", help="the daemon's state dir (for --from-history)")
+    sm.add_argument("--nodes", type=int, default=80)
+    sm.add_argument("--gpus-per-node", type=int, default=8)
+    sm.add_argument("--policy", default="fairshare", help="one, a comma list, or all")
+    shares = sm.add_mutually_exclusive_group()
+    shares.add_argument("--quotas", help="quotas.yaml: shares per researcher/tenant")
+    shares.add_argument("--shares", help="CSV of tenant sizes (helios_philly_vc_sizes.csv)")
+    sm.add_argument("--limit", type=int, help="only the first N jobs")
+    sm.add_argument("--no-rho", action="store_true", help="skip the per-tenant replays alone (faster)")
+    sm.add_argument("--json", metavar="FILE", help="write the report as JSON ('-' for stdout)")
+    sm.add_argument("--plot", metavar="PNG", help="write a plot")
+    sm.add_argument("--quiet", action="store_true")
+
+    tu = sub.add_parser("tui", help="the terminal UI: queue, jobs and logs, GPUs, team, quotas")
+    tu.add_argument("--read-only", action="store_true", help="hide every action")
+    tu.add_argument("--refresh", type=float, help="seconds between polls (default 1)")
+    tu.add_argument("--keymap", help="remap keys by binding id: 'labq.new=ctrl+n,labq.quit=ctrl+q'")
+    tu.add_argument("--web", action="store_true", help="serve it to a browser on localhost")
+    tu.add_argument("--port", type=int, help="port for --web (default 8000)")
+    tu.add_argument("--host", help="address for --web (default 127.0.0.1); the printed URL's token is required")
+    tu.add_argument("--remote", metavar="HOST", help="against HOST's daemon, through an SSH tunnel")
+    tu.add_argument("--remote-socket", help="daemon socket on HOST (default /run/labq/labq.sock)")
+    di = sub.add_parser("desktop-install", help="add labq to the desktop's application menu")
+    di.add_argument("--remote", metavar="HOST", help="an entry that opens HOST's queue")
+
+    nd = sub.add_parser("node", help="(admins) drain a node: no new jobs, running ones finish; or resume it")
+    ndsub = nd.add_subparsers(dest="node_cmd", required=True)
+    for verb in ("drain", "resume"):
+        ndsub.add_parser(verb).add_argument("node", help="node name (as `labq gpus` shows it) or id")
+    dr = sub.add_parser("doctor", help="check Ray, NVML, the socket, permissions and the database")
+    dr.add_argument("--json", action="store_true")
+
+    tk = sub.add_parser("token", help="tokens for remote clients: (admins) create, list, revoke")
+    tksub = tk.add_subparsers(dest="token_cmd", required=True)
+    tc = tksub.add_parser("create", help="issue a token for USER (shown once, stored hashed)")
+    tc.add_argument("user")
+    tc.add_argument("--expires", help="e.g. 90d (default: never)")
+    tc.add_argument("--note", help="what it is for, e.g. 'alice laptop'")
+    tc.add_argument("--json", action="store_true")
+    tl = tksub.add_parser("list", help="tokens (admins: all; others: their own)")
+    tl.add_argument("--json", action="store_true")
+    tksub.add_parser("revoke", help="revoke a token by id").add_argument("token_id")
+
+    au = sub.add_parser("audit", help="quota changes, cancels and other admin actions")
+    au.add_argument("--json", action="store_true")
+    return p
+
+
+COMMAND_NAMES = frozenset(
+    {"up", "down", "submit", "queue", "show", "logs", "cancel", "gpus", "usage", "quota", "simulate", "tui"}
+    | {"desktop-install", "node", "doctor", "token", "audit"}
+)

@@ -18,7 +18,7 @@ from scheduler.errors import DaemonError
 from scheduler.job import JobSpec, JobState
 from scheduler.nodes import NodeBook
 from scheduler.present import memory
-from scheduler.store import Store
+from scheduler.store import Store, UnknownJob
 from scheduler.units import format_duration
 
 
@@ -65,11 +65,29 @@ class Admission:
         if spec.grace is not None and spec.grace > c.max_grace_s:
             raise DaemonError(f"grace: at most {format_duration(c.max_grace_s)} on this cluster (max_grace_s)")
         self._check_fits(spec)
+        self._check_deps(caller, spec)
         if spec.workdir:
             problem = safefs.workdir_problem(spec.workdir, caller.uid)
             if problem:
                 raise DaemonError(f"workdir {spec.workdir} {problem}")
         return spec
+
+    def _check_deps(self, caller: Caller, spec: JobSpec) -> None:
+        """A job waits only for jobs that exist and that its owner may see (their own, or
+        anyone's for an admin); `--after` on a job that already failed would never start."""
+        for dep in (*spec.after, *spec.after_any):
+            flag = "--after" if dep in spec.after else "--after-any"
+            try:
+                row = self.store.get(dep)
+            except UnknownJob:
+                raise DaemonError(f"{flag} {dep}: there is no job {dep}") from None
+            if not caller.may_see(row.user):
+                raise DaemonError(f"{flag} {dep}: job {dep} belongs to {row.user}; a job may wait only for its owner's jobs", 403)
+            if flag == "--after" and row.state.terminal and row.state is not JobState.SUCCEEDED:
+                raise DaemonError(
+                    f"--after {dep}: job {dep} already ended {row.state.value}, so this job could never start "
+                    "(--after-any waits for any end)"
+                )
 
     def check_rate(self, caller: Caller, now: float) -> None:
         """At most max_submissions_per_minute from one person (a bucket that refills

@@ -30,7 +30,8 @@ from scheduler.present import (
     stamp,
     where_or_why,
 )
-from scheduler.units import UNIT_WORDS, UnitError, format_duration
+from scheduler.shapes import TERMINAL_NAMES
+from scheduler.units import UNIT_WORDS, UnitError, format_duration, parse_duration, parse_job_ids
 
 
 # -- building a submission -------------------------------------------------------------------------
@@ -67,6 +68,13 @@ def build_spec(
         value = getattr(args, field)
         if value is not None:
             spec[field] = value
+    for field in ("after", "after_any"):
+        value = getattr(args, field)
+        if value is not None:
+            try:
+                spec[field] = parse_job_ids(value)
+            except ValueError as e:
+                raise UsageError(f"--{field.replace('_', '-')}: {e}") from None
     if "command" not in spec:
         raise UsageError("no command: `labq submit [options] -- COMMAND ARGS...` or `labq submit job.yaml`")
     # A remote daemon runs the job on another machine, where this shell's PATH and
@@ -114,6 +122,49 @@ def cmd_submit(c: Client, args: argparse.Namespace) -> int:
         emit_json({"id": job_id})
     else:
         say(f"submitted job {job_id}")
+    return 0
+
+
+# What a rerun keeps of the job it repeats (the rest, e.g. its chain, is the new job's own).
+RERUN_KEEPS = ("command", "gpus", "cpus", "memory", "time", "workdir", "env", "name", "priority", "grace", "umask")
+
+
+def cmd_rerun(c: Client, args: argparse.Namespace) -> int:
+    """The job again, as submitted (same command, directory, environment, resources),
+    with the options given changed: one verb with the UI's `r`. It runs the code as it
+    is now in its workdir."""
+    old = c.job(args.job_id)
+    spec_seen = old.get("spec") or {}
+    if old.get("private") or "command" not in spec_seen:
+        raise ClientError(f"job {args.job_id} belongs to {old['user']}: you can rerun only your own jobs", 403)
+    spec = {k: spec_seen[k] for k in RERUN_KEEPS if spec_seen.get(k) not in (None, "", [], {})}
+    for field in ("gpus", "cpus", "memory", "time", "workdir", "name", "priority", "grace"):
+        value = getattr(args, field)
+        if value is not None:
+            spec[field] = value
+    for field in ("after", "after_any"):
+        value = getattr(args, field)
+        if value is not None:
+            try:
+                spec[field] = parse_job_ids(value)
+            except ValueError as e:
+                raise UsageError(f"--{field.replace('_', '-')}: {e}") from None
+    try:
+        spec["env"] = {**(spec.get("env") or {}), **parse_env(args.env or [])}
+    except ValueError as e:
+        raise UsageError(f"--env: {e}") from None
+    if args.dry_run:
+        out = c.preview(spec)
+        for line in preview_lines(out, time.time()) if not args.json else []:
+            say({"head": "", "reason": "  - "}.get(line.kind, f"  {line.label}: ") + line.text)
+        if args.json:
+            emit_json(out)
+        return 0
+    job_id = c.submit(spec)
+    if args.json:
+        emit_json({"id": job_id, "rerun_of": args.job_id})
+    else:
+        say(f"submitted job {job_id} (a rerun of job {args.job_id})")
     return 0
 
 
@@ -181,6 +232,10 @@ def cmd_logs(c: Client, args: argparse.Namespace) -> int:
         sys.stdout.write(data)
         sys.stdout.flush()
 
+    if args.tail is not None:
+        if args.tail < 0:
+            raise UsageError("--tail takes a number of lines, 0 or more")
+        offset = _tail(c, args.job_id, args.tail, write)
     while True:
         chunk = c.log(args.job_id, offset)
         if chunk["data"]:
@@ -194,6 +249,56 @@ def cmd_logs(c: Client, args: argparse.Namespace) -> int:
                 write(c.log(args.job_id, offset))
             return 0
         time.sleep(0.3)
+
+
+def _tail(c: Client, job_id: int, lines: int, write: Any) -> int:
+    """Write the log's last `lines` lines; the offset after them. Reads windows from the
+    end, each twice the last, so a huge log is never read whole."""
+    want = max(4096, lines * 160)
+    while True:
+        chunk = c.log(job_id, tail=want)
+        text = chunk["data"]
+        have = text.splitlines(keepends=True)
+        if len(have) > lines or chunk["start"] == 0 or want >= 2**20:
+            if lines:
+                write({**chunk, "data": "".join(have[-lines:])})
+            return int(chunk["offset"])
+        want *= 2
+
+
+def cmd_wait(c: Client, args: argparse.Namespace) -> int:
+    """Until every job has ended: 0 if all SUCCEEDED, 1 otherwise, 124 on --timeout
+    (as coreutils' timeout). Polls gently: every 0.2 s at first, every 2 s at most."""
+    try:
+        limit = None if args.timeout is None else parse_duration(args.timeout)
+    except UnitError as e:
+        raise UsageError(f"--timeout: {e}") from None
+    deadline = None if limit is None else time.monotonic() + limit
+    left = list(dict.fromkeys(args.job_ids))
+    ended: dict[int, str] = {}
+    seen_lost: set[int] = set()
+    delay = 0.2
+    while left:
+        for job_id in list(left):
+            j = c.job(job_id)
+            state = j["state"]
+            if state == "NODE_LOST" and job_id not in seen_lost:
+                seen_lost.add(job_id)  # it may be requeued a moment later: look again
+                continue
+            if state in TERMINAL_NAMES:
+                ended[job_id] = state
+                left.remove(job_id)
+                if not args.quiet:
+                    code = f" (exit code {j['exit_code']})" if j.get("exit_code") not in (None, 0) else ""
+                    say(f"job {job_id} {state}{code}")
+        if not left:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            say(f"labq: still waiting for {', '.join(f'job {i}' for i in left)} after {args.timeout}", file=sys.stderr)
+            return 124
+        time.sleep(delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic())))
+        delay = min(2.0, delay * 1.5)
+    return 0 if all(s == "SUCCEEDED" for s in ended.values()) else 1
 
 
 def cmd_cancel(c: Client, args: argparse.Namespace) -> int:
@@ -611,6 +716,8 @@ COMMANDS = {
     "show": cmd_show,
     "logs": cmd_logs,
     "cancel": cmd_cancel,
+    "wait": cmd_wait,
+    "rerun": cmd_rerun,
     "gpus": cmd_gpus,
     "usage": cmd_usage,
     "node": cmd_node,

@@ -75,6 +75,28 @@ def command_of(argv: list[str]) -> str | None:
     return None
 
 
+def _job_options(s: Any) -> None:
+    """What a job asks for: `submit`'s options, and `rerun`'s changes to a job."""
+    s.add_argument("--gpus", type=int)
+    s.add_argument("--cpus", type=float)
+    s.add_argument("--memory", help="e.g. 16G")
+    s.add_argument(
+        "--time",
+        help="time limit with its unit: 4h, 30m, 90s, 1-00:00:00 (a bare number is refused: Slurm reads minutes); "
+        "without it the daemon's default applies (24h), which backfill must assume",
+    )
+    s.add_argument("--workdir")
+    s.add_argument("--env", action="append", metavar="KEY=VALUE")
+    s.add_argument("--name")
+    s.add_argument("--priority", type=int, help="order among your own jobs (higher first)")
+    s.add_argument("--grace", help="seconds between SIGTERM and SIGKILL")
+    s.add_argument(
+        "--after", metavar="IDS",
+        help="start only after these jobs SUCCEEDED (41,42); if one ends otherwise, this job is cancelled",
+    )
+    s.add_argument("--after-any", metavar="IDS", help="start only after these jobs ended, in any state")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Every sub-command, or only `command`'s (what `main` parses with)."""
     p = _Parser(prog="labq", description="Fair-share GPU job queue for a research team.")
@@ -113,21 +135,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     s.add_argument(
         "--dry-run", action="store_true", help="say whether it would start now, or why it would wait"
     )
-    s.add_argument("--gpus", type=int)
-    s.add_argument("--cpus", type=float)
-    s.add_argument("--memory", help="e.g. 16G")
-    s.add_argument(
-        "--time",
-        help="time limit with its unit: 4h, 30m, 90s, 1-00:00:00 (a bare number is refused: Slurm reads minutes); "
-        "without it the daemon's default applies (24h), which backfill must assume",
-    )
-    s.add_argument("--workdir")
-    s.add_argument("--env", action="append", metavar="KEY=VALUE")
-    s.add_argument("--name")
-    s.add_argument("--priority", type=int, help="order among your own jobs (higher first)")
-    s.add_argument("--grace", help="seconds between SIGTERM and SIGKILL")
+    _job_options(s)
     s.add_argument("--json", action="store_true")
     s.add_argument("command", nargs=argparse.REMAINDER)
+
+    rr = sub.add_parser("rerun", help="submit a job of yours again, with changes: labq rerun 41 --gpus 2")
+    rr.add_argument("job_id", type=int)
+    rr.add_argument("--dry-run", action="store_true", help="say whether it would start now, or why it would wait")
+    _job_options(rr)
+    rr.add_argument("--json", action="store_true")
+
+    w = sub.add_parser("wait", help="block until jobs end; exit 0 only if all SUCCEEDED (for scripts)")
+    w.add_argument("job_ids", nargs="+", type=int, metavar="ID")
+    w.add_argument("--timeout", help="give up after this long (e.g. 2h) and exit 124")
+    w.add_argument("-q", "--quiet", action="store_true", help="print nothing, only the exit status")
 
     q = sub.add_parser("queue", help="pending and running jobs, with why each waits")
     q.add_argument("--all", action="store_true", help="include finished jobs")
@@ -143,6 +164,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     lg = sub.add_parser("logs", help="a job's stdout and stderr")
     lg.add_argument("job_id", type=int)
     lg.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
+    lg.add_argument("-n", "--tail", type=int, metavar="N", help="only the last N lines (then follow, with -f)")
     lg.add_argument(
         "--raw", action="store_true", help="another user's log as it is, escape sequences included"
     )
@@ -225,6 +247,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 COMMAND_NAMES = frozenset(
-    {"up", "down", "submit", "queue", "show", "logs", "cancel", "gpus", "usage", "quota", "simulate", "tui"}
+    {"up", "down", "submit", "queue", "show", "logs", "cancel", "gpus", "usage", "quota", "simulate", "tui", "wait", "rerun"}
     | {"desktop-install", "node", "doctor", "token", "audit"}
 )

@@ -105,6 +105,15 @@ class JobControl:
         self.store.audit(caller.user, "job.cancel", str(job_id), reason, time.time())
         return "killed" if now else "stopping"
 
+    def dependency_failed(self, job_id: int, dep_id: int, dep_state: JobState, now: float) -> None:
+        """A waiting job's `--after` dependency ended otherwise than SUCCEEDED: it will
+        never start, so it ends CANCELLED saying why (as Slurm's afterok), and in turn
+        cancels what waits for it."""
+        reason = f"dependency {dep_id} {dep_state.value}: --after needs it to succeed"
+        self.store.transition(job_id, JobState.CANCELLED, reason, expect=(JobState.PENDING,), end_time=now)
+        self.store.drop_deps(job_id)
+        self._wake()
+
     def grace(self, job: JobRow) -> float:
         """The job's grace period, never above max_grace_s (a job submitted before the
         cap existed, or under a larger one, gets the cap)."""

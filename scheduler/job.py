@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from scheduler.shapes import TERMINAL, JobState
-from scheduler.units import UnitError, parse_duration, parse_size, parse_time_limit
+from scheduler.units import UnitError, parse_duration, parse_job_ids, parse_size, parse_time_limit
 
 __all__ = ["TERMINAL", "JobSpec", "JobState", "IllegalTransition", "transition"]
 
@@ -118,6 +118,7 @@ MAX_ARGV = 4096
 MAX_ARG_LEN = 65536
 MAX_ENV = 512
 MAX_NAME = 128
+MAX_DEPS = 256  # jobs one job may wait for (--after / --after-any)
 
 
 class JobSpec(BaseModel):
@@ -139,6 +140,11 @@ class JobSpec(BaseModel):
     )
     # The submitter's umask, which the job's files get (as with Slurm); None = 022.
     umask: int | None = Field(default=None, ge=0, le=0o777)
+    # Chains, as Slurm's afterok / afterany: start only once each of `after` has
+    # SUCCEEDED (if one ends otherwise, this job is cancelled, saying which), and each
+    # of `after_any` has ended in any state. Only existing jobs: no cycle can be made.
+    after: list[int] = Field(default_factory=list, max_length=MAX_DEPS)
+    after_any: list[int] = Field(default_factory=list, max_length=MAX_DEPS)
 
     @field_validator("command", mode="before")
     @classmethod
@@ -159,6 +165,23 @@ class JobSpec(BaseModel):
             if len(arg) > MAX_ARG_LEN or "\x00" in arg:
                 raise ValueError("command argument too long or contains a NUL byte")
         return v
+
+    @field_validator("after", "after_any", mode="before")
+    @classmethod
+    def _job_ids(cls, v: Any) -> Any:
+        # "41,42" from a job file or the form; a single id too.
+        if isinstance(v, int) and not isinstance(v, bool):
+            return [v]
+        if isinstance(v, str):
+            return parse_job_ids(v)
+        return v
+
+    @field_validator("after", "after_any")
+    @classmethod
+    def _positive_ids(cls, v: list[int]) -> list[int]:
+        if any(i < 1 or i >= 2**62 for i in v):
+            raise ValueError("job ids are whole numbers from 1")
+        return sorted(set(v))
 
     @field_validator("time", mode="before")
     @classmethod

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 # The fields a job file (and `labq submit`) may give; the daemon's JobSpec checks them.
-SPEC_FIELDS = ("command", "gpus", "cpus", "memory", "time", "workdir", "env", "name", "priority", "grace")
+SPEC_FIELDS = (
+    "command", "gpus", "cpus", "memory", "time", "workdir", "env", "name", "priority", "grace", "after", "after_any",
+)
 
 
 class JobFileError(ValueError):

@@ -188,6 +188,9 @@ def job_lines(j: Mapping[str, Any], now: float, events: int | None = None) -> li
         f"{j['gpus']} GPU{'s' if j['gpus'] != 1 else ''}   cpus {spec.get('cpus', 0):g}   "
         f"memory {memory(spec.get('memory'))}   time limit {limit}   priority {j.get('priority', 0)}",
     )
+    chain = [f"{', '.join(map(str, spec[k]))} ({how})" for k, how in (("after", "must succeed"), ("after_any", "any end")) if spec.get(k)]
+    if chain:
+        field("after", "; ".join(chain))
     if private:
         names = spec.get("env_names") or []
         field("workdir", PRIVATE)

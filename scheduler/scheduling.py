@@ -1,7 +1,9 @@
 """The scheduler loop: build a Snapshot, call the one policy, carry out its Decision.
 
 Owns the last Decision (read by the API for reasons, ETAs, ranks and shares) and when
-the last pass ran. It is the only thread that starts jobs; it asks jobs to stop only
+the last pass ran. It settles chains (`--after`) before each pass: the only thread
+that drops a met dependency or cancels a job whose dependency failed. It is the only
+thread that starts jobs; it asks jobs to stop only
 through the job-control core. The policy (`policy.schedule`) is pure: this module is
 the side that reads the store, the nodes and the GPU monitors, and the clock.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any
 
@@ -31,7 +33,7 @@ from scheduler.policy import (
     schedule,
 )
 from scheduler.quota import QuotaBook
-from scheduler.shapes import ACTIVE, JobState
+from scheduler.shapes import ACTIVE, JobState, Reason
 from scheduler.store import JobRow, Store
 
 log = logging.getLogger("labq.scheduler")
@@ -88,8 +90,11 @@ class Scheduler:
         return None if d is None else d.waiting.get(job_id)
 
     # -- the snapshot -------------------------------------------------------------------------
-    def snapshot(self, now: float) -> Snapshot:
+    def snapshot(self, now: float, chained: Collection[int] = ()) -> Snapshot:
+        """`chained`: waiting jobs that wait for others (not the policy's to place yet)."""
         pending_rows = self.store.policy_rows((JobState.PENDING,))
+        if chained:
+            pending_rows = [r for r in pending_rows if r[0] not in chained]
         active = self.store.jobs(states=ACTIVE, with_spec=False)
         decayed, week = self.ledger.usage(now, active)
         held = held_gpus(active)
@@ -153,11 +158,38 @@ class Scheduler:
             return None
         return tuple(free[:count])
 
+    # -- dependencies ---------------------------------------------------------------------------
+    def resolve_dependencies(self, now: float) -> dict[int, tuple[str, list[tuple[int, str, JobState]]]]:
+        """Chains: each waiting job's dependencies, settled once they have ended. A met one
+        is dropped; an `--after` one that ended otherwise cancels its job (through the
+        job-control core, saying which); what is left still holds its job back. Done in
+        the scheduler loop, after the end is stored: a dependency that ends while its
+        dependent is being submitted is seen by the next pass, never missed."""
+        held: dict[int, tuple[str, list[tuple[int, str, JobState]]]] = {}
+        for job_id, (user, deps) in self.store.dependency_waits().items():
+            failed = next(
+                ((d, st) for d, kind, st in deps if kind == "ok" and st.terminal and st is not JobState.SUCCEEDED), None
+            )
+            if failed is not None:
+                self.control.dependency_failed(job_id, failed[0], failed[1], now)
+                continue
+            met = [d for d, kind, st in deps if st.terminal]
+            if met:
+                self.store.drop_deps(job_id, met)
+            rest = [x for x in deps if x[0] not in met]
+            if rest:
+                held[job_id] = (user, rest)
+        return held
+
     # -- one pass -------------------------------------------------------------------------------
     def one_pass(self) -> Decision:
         t0 = time.perf_counter()
         now = time.time()
-        decision = schedule(self.snapshot(now))
+        chained = self.resolve_dependencies(now)
+        decision = schedule(self.snapshot(now, chained))
+        if chained:
+            waits = {j: dependency_wait(d) for j, (_, d) in chained.items()}
+            decision = replace(decision, waiting={**decision.waiting, **waits})
         held = held_gpus(self.store.jobs(states=ACTIVE, with_spec=False)) if decision.starts else {}
         for start in decision.starts:
             row = self.store.get(start.job_id)
@@ -174,7 +206,10 @@ class Scheduler:
                 self.control.request_stop(row, "preempted", pre.reason, self.control.grace(row))
         self.decision = decision
         self.last_pass = now
-        self.control.admission.seen_pending({u: s.pending_jobs for u, s in decision.shares.items()})
+        pending = {u: s.pending_jobs for u, s in decision.shares.items()}
+        for user, _ in chained.values():
+            pending[user] = pending.get(user, 0) + 1  # they count toward the pending cap too
+        self.control.admission.seen_pending(pending)
         self.pass_s = time.perf_counter() - t0
         return decision
 
@@ -182,7 +217,22 @@ class Scheduler:
         """What would happen if this job were submitted now: the policy's own answer."""
         spec = self.control.admission.accept(caller, spec_data)
         now = time.time()
-        snap = self.snapshot(now)
+        unmet = [
+            (d, "ok" if d in spec.after else "any", st)
+            for d in dict.fromkeys((*spec.after, *spec.after_any))
+            if not (st := self.store.get(d).state).terminal
+        ]
+        if unmet:
+            chain = dependency_wait(unmet)
+            return {
+                "starts_now": False,
+                "node": None,
+                "reasons": [r.text for r in chain.reasons],
+                "why": [r.as_dict() for r in chain.reasons],
+                "eta": None,
+                "time_limit": spec.time,
+            }
+        snap = self.snapshot(now, self.store.dependency_waits())
         probe = PendingJob(
             id=-1,
             user=caller.user,
@@ -248,3 +298,19 @@ class Scheduler:
             except Exception:  # noqa: BLE001 - the loop must survive any one bad pass
                 log.exception("scheduling pass failed")
                 time.sleep(0.5)
+
+
+def dependency_wait(deps: list[tuple[int, str, JobState]]) -> Waiting:
+    """Why a chained job waits: the jobs it waits for, and for what of each."""
+    parts = [f"job {d} ({st.value}) to {'succeed' if kind == 'ok' else 'end'}" for d, kind, st in deps[:5]]
+    more = f" and {len(deps) - 5} more" if len(deps) > 5 else ""
+    return Waiting(
+        (
+            Reason(
+                "dependency",
+                f"dependency: waits for {', '.join(parts)}{more}",
+                (("after", tuple(d for d, kind, _ in deps if kind == "ok")), ("after_any", tuple(d for d, kind, _ in deps if kind == "any"))),
+            ),
+        ),
+        None,
+    )

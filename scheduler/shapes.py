@@ -98,6 +98,7 @@ KINDS = (
     "reclaim",  # GPUs are being reclaimed for it (guarantee)
     "backfill",  # it would delay a job with a reservation
     "fairshare",  # jobs of others rank ahead of it
+    "dependency",  # it waits for other jobs to end (--after / --after-any)
 )
 
 

@@ -19,8 +19,9 @@ from typing import Any
 
 from scheduler.job import JobSpec, JobState, transition
 from scheduler.store_accounts import AccountTables
+from scheduler.store_deps import DependencyTables
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # Each entry migrates from version i to i+1. Never edit a shipped entry: append one.
 MIGRATIONS: list[str] = [
@@ -130,6 +131,17 @@ MIGRATIONS: list[str] = [
     UPDATE jobs SET cpus = COALESCE(json_extract(spec, '$.cpus'), 0),
                     memory = COALESCE(json_extract(spec, '$.memory'), 0);
     """,
+    # Chains (issue 16): what each waiting job still waits for; a row goes when its
+    # dependency has ended as asked. kind: 'ok' (must succeed) or 'any' (any end).
+    """
+    CREATE TABLE job_deps (
+        job_id INTEGER NOT NULL,
+        dep_id INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        PRIMARY KEY (job_id, dep_id)
+    );
+    CREATE INDEX job_deps_dep ON job_deps(dep_id);
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -221,7 +233,7 @@ class JobRow:
         return cls(*v)
 
 
-class Store(AccountTables):
+class Store(AccountTables, DependencyTables):
     """Jobs, their events and runs; the admin tables come from AccountTables."""
 
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
@@ -406,6 +418,7 @@ class Store(AccountTables):
             "INSERT INTO events(job_id, time, old_state, new_state, reason) VALUES (?,?,?,?,?)",
             (job_id, r.now, None, JobState.PENDING.value, f"submitted by {r.user}"),
         )
+        DependencyTables.insert_deps(c, job_id, spec.after, spec.after_any)
         if r.token is not None:
             c.execute(
                 "INSERT INTO submit_tokens(token, user, job_id) VALUES (?,?,?)", (r.token, r.user, job_id)

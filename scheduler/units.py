@@ -109,3 +109,15 @@ def format_size(n: int | None) -> str:
             return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
         n = n / 1024  # type: ignore[assignment]
     return str(n)
+
+
+def parse_job_ids(text: str) -> list[int]:
+    """`41,42` or `41 42`: job ids for --after / --after-any."""
+    ids = []
+    for part in text.replace(",", " ").split():
+        if not part.isascii() or not part.isdigit() or len(part) > 18:
+            raise ValueError(f"{part!r} is not a job id (give ids like 41,42)")
+        ids.append(int(part))
+    if not ids:
+        raise ValueError("no job id given")
+    return ids

@@ -18,7 +18,7 @@ from textual.widgets import Button, Input, Label, Static
 from scheduler.jobfile import JobFileError, load_job_file
 from scheduler.paths import INHERITED_ENV
 from scheduler.present import parse_env, preview_lines
-from scheduler.units import UnitError, parse_size, parse_time_limit
+from scheduler.units import UnitError, parse_job_ids, parse_size, parse_time_limit
 from tui.api import BackendError
 from tui.base import Modal
 
@@ -32,6 +32,7 @@ FIELDS = (
     ("env", "env", "KEY=VALUE KEY2=VALUE2"),
     ("name", "name", ""),
     ("priority", "priority", "0"),
+    ("after", "after jobs", "ids that must succeed first: 41,42 (empty: none)"),
 )
 
 
@@ -91,6 +92,11 @@ def form_to_spec(values: dict[str, str], base_env: dict[str, str]) -> tuple[dict
     spec["env"] = env
     if values.get("name", "").strip():
         spec["name"] = values["name"].strip()
+    if values.get("after", "").strip():
+        try:
+            spec["after"] = parse_job_ids(values["after"])
+        except ValueError as e:
+            errors["after"] = str(e)
     return spec, errors
 
 
@@ -112,6 +118,9 @@ def spec_to_form(spec: dict[str, Any]) -> dict[str, str]:
         out["time"] = f"{int(t)}s" if isinstance(t, (int, float)) else str(t)
     env = {k: v for k, v in (spec.get("env") or {}).items() if k not in INHERITED_ENV}
     out["env"] = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items())
+    after = spec.get("after")
+    if after:
+        out["after"] = after if isinstance(after, str) else ",".join(str(i) for i in after)
     return out
 
 

@@ -322,12 +322,16 @@ def test_form_helpers_round_trip_a_spec() -> None:
         "workdir": "/tmp",
         "env": {"PATH": "/bin", "A": "x y"},
         "name": "n",
+        "after": [41, 42],
     }
     form = spec_to_form(spec)
     assert form["command"] == "python 'a b.py' --x=1" and form["env"] == "A='x y'" and form["time"] == "3600s"
+    assert form["after"] == "41,42"
     back, errors = form_to_spec(form, {"PATH": "/usr/bin"})
     assert errors == {}
     assert back["command"] == spec["command"] and back["env"] == {"PATH": "/usr/bin", "A": "x y"}
+    assert back["after"] == [41, 42]
+    assert "not a job id" in form_to_spec({**form, "after": "41,x"}, {})[1]["after"]
     assert parse_field("max_gpus", "") == (None, "") and parse_field("shares", "0")[1]
 
 

@@ -312,3 +312,70 @@ def test_each_daemon_has_its_own_executor_on_a_shared_ray_cluster(tmp_path: Path
     assert upgraded.ray.executor_name == "labq-executor"
     for d in (b, again, upgraded):
         d.store.close()
+
+
+# -- chains (--after / --after-any) -------------------------------------------------------------------
+def why(d: Daemon, job_id: int) -> list[str]:
+    w = d.scheduler.waiting_for(job_id)
+    return [r.kind for r in w.reasons] if w else []
+
+
+def test_a_chain_waits_for_its_dependencies_and_a_failed_one_cancels_what_needs_it(
+    d: Daemon, launcher: MemoryLauncher
+) -> None:
+    """preprocess -> train -> eval with train failing: eval never starts and says why;
+    a report that runs after any end of train does run."""
+    pre = submit_and_start(d, launcher)
+    train = d.control.submit(ALICE, {**SPEC, "after": [pre]})
+    evaluate = d.control.submit(ALICE, {**SPEC, "after": str(train)})
+    report = d.control.submit(ALICE, {**SPEC, "after_any": [train]})
+    d.scheduler.one_pass()
+    for job in (train, evaluate, report):
+        assert d.store.get(job).state is JobState.PENDING and why(d, job) == ["dependency"]  # 3 GPUs free
+    assert "waits for job 1 (RUNNING) to succeed" in d.scheduler.waiting_for(train).reasons[0].text  # type: ignore[union-attr]
+    dry = d.scheduler.preview(ALICE, {**SPEC, "after": [pre]})  # --dry-run: not "would start now"
+    assert not dry["starts_now"] and dry["why"][0]["kind"] == "dependency"
+
+    launcher.finish(pre, 1, "succeeded", at=130.0)
+    pump(d, launcher)
+    d.scheduler.one_pass()
+    assert d.store.get(train).state is JobState.STARTING  # released and placed in the same pass
+    assert d.store.get(evaluate).state is JobState.PENDING and d.store.get(report).state is JobState.PENDING
+    launcher.start(train, 1, at=131.0)
+    launcher.finish(train, 1, "failed", exit_code=3, at=140.0)
+    pump(d, launcher)
+    d.scheduler.one_pass()
+    ev = d.store.get(evaluate)
+    assert ev.state is JobState.CANCELLED
+    assert d.store.events(evaluate)[-1]["reason"] == f"dependency {train} FAILED: --after needs it to succeed"
+    assert d.store.get(report).state is JobState.STARTING  # --after-any: any end will do
+    assert d.store.dependency_waits() == {}
+
+
+def test_a_cancelled_dependency_cascades_down_the_chain(d: Daemon, launcher: MemoryLauncher) -> None:
+    submit_and_start(d, launcher)
+    first = d.control.submit(ALICE, {**SPEC, "gpus": 4})  # 3 of 4 GPUs free: stays waiting
+    second = d.control.submit(ALICE, {**SPEC, "after": [first]})
+    third = d.control.submit(ALICE, {**SPEC, "after": [second]})
+    d.scheduler.one_pass()
+    d.control.cancel(ALICE, first)
+    d.scheduler.one_pass()
+    d.scheduler.one_pass()
+    assert d.store.get(second).state is JobState.CANCELLED and d.store.get(third).state is JobState.CANCELLED
+    assert d.store.events(third)[-1]["reason"].startswith(f"dependency {second} CANCELLED")
+
+
+def test_a_dependency_must_exist_be_yours_and_be_able_to_succeed(d: Daemon, launcher: MemoryLauncher) -> None:
+    bobs = d.control.submit(BOB, SPEC)
+    with pytest.raises(DaemonError, match="there is no job 999"):
+        d.control.submit(ALICE, {**SPEC, "after": [999]})
+    with pytest.raises(DaemonError, match=f"job {bobs} belongs to bob") as e:
+        d.control.submit(ALICE, {**SPEC, "after_any": [bobs]})
+    assert e.value.status == 403
+    assert d.control.submit(ROOT, {**SPEC, "after": [bobs]}) > 0  # an admin may chain on anyone's
+    d.control.cancel(BOB, bobs)
+    with pytest.raises(DaemonError, match="already ended CANCELLED, so this job could never start"):
+        d.control.submit(BOB, {**SPEC, "after": [bobs]})
+    assert d.control.submit(BOB, {**SPEC, "after_any": [bobs]}) > 0  # any end: it has ended
+    with pytest.raises(DaemonError, match="not a job id"):
+        d.control.submit(ALICE, {**SPEC, "after": "41,x"})

@@ -1,0 +1,62 @@
+"""The store's table of chains (issue 16): what each waiting job still waits for.
+
+A mixin of `Store` (store.py), which provides the connection and the transaction;
+rows are written with the job itself (`Store._insert_job`) and read and dropped by
+the scheduler loop (`Scheduler.resolve_dependencies`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from contextlib import AbstractContextManager
+
+from scheduler.shapes import JobState
+
+# A job that lost its node is requeued by the same thread right after (when it has
+# retries left); a reader between the two writes sees NODE_LOST for a moment.
+NODE_LOST_SETTLE_S = 5.0
+
+
+class DependencyTables:
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    def _reader(self) -> sqlite3.Connection:
+        raise NotImplementedError
+
+    @staticmethod
+    def insert_deps(c: sqlite3.Connection, job_id: int, after: list[int], after_any: list[int]) -> None:
+        """In the transaction that inserts the job. An id in both lists must succeed."""
+        deps = {d: "any" for d in after_any} | {d: "ok" for d in after}
+        if deps:
+            c.executemany(
+                "INSERT INTO job_deps(job_id, dep_id, kind) VALUES (?,?,?)", [(job_id, d, k) for d, k in deps.items()]
+            )
+
+    def dependency_waits(self) -> dict[int, tuple[str, list[tuple[int, str, JobState]]]]:
+        """Every waiting job that still waits for others: its owner, and (dependency,
+        kind, the dependency's state) for each. A dependency that is NODE_LOST for under
+        NODE_LOST_SETTLE_S may be on its way back to the queue (a retry): reported RUNNING."""
+        rows = self._reader().execute(
+            "SELECT d.job_id, w.user, d.dep_id, d.kind, j.state, j.end_time FROM job_deps d "
+            "JOIN jobs w ON w.id = d.job_id JOIN jobs j ON j.id = d.dep_id "
+            "WHERE w.state = ? ORDER BY d.job_id, d.dep_id",
+            (JobState.PENDING.value,),
+        )
+        out: dict[int, tuple[str, list[tuple[int, str, JobState]]]] = {}
+        now = time.time()
+        for job_id, user, dep_id, kind, state, end_time in rows:
+            st = JobState(state)
+            if st is JobState.NODE_LOST and now - (end_time or now) < NODE_LOST_SETTLE_S:
+                st = JobState.RUNNING
+            out.setdefault(int(job_id), (str(user), []))[1].append((int(dep_id), str(kind), st))
+        return out
+
+    def drop_deps(self, job_id: int, dep_ids: list[int] | None = None) -> None:
+        """Dependencies met (or all of them, None: the job will not wait any more)."""
+        with self._tx() as c:
+            if dep_ids is None:
+                c.execute("DELETE FROM job_deps WHERE job_id=?", (job_id,))
+            else:
+                c.executemany("DELETE FROM job_deps WHERE job_id=? AND dep_id=?", [(job_id, d) for d in dep_ids])

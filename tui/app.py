@@ -13,6 +13,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, ClassVar
 
+from rich.markup import escape
 from textual import events, work
 from textual.app import App
 from textual.binding import Binding, BindingType
@@ -21,6 +22,7 @@ from textual.command import Hit, Hits, Provider
 from tui.api import Backend, BackendError
 from tui.base import Later, run_later
 from tui.dialogs import Confirm, Help
+from tui.ended import ended_jobs
 from tui.gpus import GpusScreen
 from tui.job import JobScreen
 from tui.model import TERMINAL_STATES, Data
@@ -133,6 +135,7 @@ class LabqApp(App[None]):
         self.poll_delay = refresh_s
         self._quiet = 0
         self._last_print = 0
+        self._mine_running: set[int] | None = None  # the poll thread's: my running jobs at the last poll
         self._next_poll: Any = None
         if keymap:
             self.set_keymap(keymap)
@@ -187,6 +190,9 @@ class LabqApp(App[None]):
             self.later(self.failed, str(e))
             return
         got["fingerprint"] = fingerprint(got)
+        self._mine_running, got["ended"] = ended_jobs(
+            self._mine_running, got["jobs"], str(got["health"].get("caller", "")), b
+        )
         self.later(self.apply, got)
 
     def later(self, fn: Callable[..., Any], *args: Any) -> None:
@@ -210,6 +216,8 @@ class LabqApp(App[None]):
         d.error = ""
         d.down_since = None
         self.redraw()
+        for message, severity in got.get("ended", []):
+            self.notify(escape(message), title="labq: your job ended", severity=severity, timeout=12)  # type: ignore[arg-type]
         changed = got.get("fingerprint") != self._last_print
         self._last_print = got.get("fingerprint", 0)
         self._schedule(changed)

@@ -439,3 +439,31 @@ def test_a_running_jobs_clock_alone_does_not_count_as_a_change() -> None:
     assert fingerprint(later) == base
     assert fingerprint(got(state="STOPPING")) != base
     assert fingerprint(got(gpu={"util_now": 35.0, "util_mean": 0.0, "sampled_s": 5.0})) != base
+
+
+def test_a_toast_when_one_of_my_jobs_ends_with_the_exit_code_and_last_line_if_it_failed() -> None:
+    fake = FakeBackend()
+    fake.log_blob = b"epoch 3\nTraceback (most recent call last):\nRuntimeError: CUDA out of memory [x]\n"
+
+    async def body(app: LabqApp, pilot: Pilot[None]) -> None:
+        running = [j for j in fake.job_list if j["user"] == fake.me and j["state"] == "RUNNING"]
+        waiting = [j for j in fake.job_list if j["user"] == fake.me and j["state"] == "PENDING"]
+        others = [j for j in fake.job_list if j["user"] != fake.me and j["state"] == "RUNNING"]
+        assert running and waiting and others
+        waiting[0].update(state="RUNNING")  # seen running by the next poll
+        app.poll_now()
+        await settle(pilot)
+        assert not list(app._notifications)
+        running[0].update(state="FAILED", exit_code=3)
+        waiting[0].update(state="SUCCEEDED", exit_code=0)
+        others[0].update(state="SUCCEEDED", exit_code=0)  # someone else's: no toast for me
+        app.poll_now()
+        await settle(pilot)
+        toasts = [(n.message, n.severity) for n in app._notifications]
+        failed = f"job {running[0]['id']} {running[0]['name']} FAILED (exit code 3)\nRuntimeError: CUDA out of memory \\[x]"
+        assert sorted(toasts) == sorted([(failed, "error"), (f"job {waiting[0]['id']} {waiting[0]['name']} SUCCEEDED", "information")]), toasts
+        app.poll_now()
+        await settle(pilot)
+        assert len(list(app._notifications)) == 2  # once per job
+
+    run(fake, body)

@@ -131,7 +131,12 @@ class _Connection:
         head = f"{method} {url} HTTP/1.1\r\nHost: labq\r\nContent-Length: {len(body or b'')}\r\n{self.auth}"
         if body is not None:
             head += "Content-Type: application/json\r\n"
-        self.sock.sendall(head.encode() + b"\r\n" + (body or b""))
+        try:
+            self.sock.sendall(head.encode() + b"\r\n" + (body or b""))
+        except (BrokenPipeError, ConnectionResetError):
+            # A daemon over its connection caps answers 503 and closes without reading
+            # the request: that answer may already be here, and it says why.
+            self._fill()
         searched = 0
         while (end := self.buf.find(b"\r\n\r\n", searched)) < 0:
             searched = max(0, len(self.buf) - 3)

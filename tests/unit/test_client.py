@@ -47,6 +47,31 @@ def test_a_large_answer_in_small_pieces_is_read_in_linear_time(tmp_path: Path) -
     assert took < 5, took
 
 
+def test_an_answer_sent_before_the_request_was_read_is_still_read(tmp_path: Path) -> None:
+    """Over its connection caps the daemon answers 503 and closes at once: a client whose
+    request then hit a closed socket (EPIPE) said "the daemon closed the connection"
+    instead of why (seen as a flaky test_security run)."""
+    path = tmp_path / "s.sock"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(path))
+    srv.listen(1)
+    body = b'{"error": "too many open connections from uid 1001"}'
+
+    def run() -> None:
+        conn, _ = srv.accept()
+        conn.sendall(f"HTTP/1.1 503 Service Unavailable\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        conn.close()
+        srv.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    conn = _Connection(str(path), timeout=5)
+    t.join()  # answered and closed before the request is sent
+    status, payload = conn.roundtrip("GET", "/v1/jobs", b"x" * (1 << 20))
+    conn.close()
+    assert (status, payload) == (503, body)
+
+
 def test_clean_shows_controls_instead_of_sending_them() -> None:
     assert clean("train.py") == "train.py"
     assert clean("a\x1b[2Jb") == "a\\x1b[2Jb"

@@ -182,7 +182,12 @@ def job_lines(j: Mapping[str, Any], now: float, events: int | None = None) -> li
         out.append(Line("field", label, text))
 
     field("command", PRIVATE if private else clean(shlex.join(spec.get("command") or [])))
-    limit = format_duration(j["time_limit"]) if j.get("time_limit") else "the default"
+    default = j.get("default_time_limit")
+    limit = (
+        format_duration(j["time_limit"])
+        if j.get("time_limit")
+        else f"the default ({format_duration(default)})" if default else "the default"
+    )
     field(
         "resources",
         f"{j['gpus']} GPU{'s' if j['gpus'] != 1 else ''}   cpus {spec.get('cpus', 0):g}   "

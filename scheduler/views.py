@@ -126,6 +126,9 @@ class JobViews:
             if full:
                 d["gpu"] = self.store.job_gpu_totals(row.id)
         if full:
+            if row.time_limit is None:
+                # What "the default" is here, so `show` can say it (it differs per cluster).
+                d["default_time_limit"] = self.scheduler.config.default_time_limit_s
             return detail(row, caller, d, self.store.events(row.id), str(self.logs.path(row.id)))
         return d
 

@@ -118,7 +118,7 @@ def test_a_job_held_by_backfill_is_told_the_time_limit_that_lets_it_start(labq4:
     try:
         wait_for("the small job's reason", lambda: any(r["kind"] == "backfill" for r in c.job(small)["why"]), 30)
         show = labq4.run("show", str(small)).stdout
-        assert re.search(r"time limit +the default", show), show
+        assert re.search(r"time limit +the default \(1d00h\)", show), show  # and what it is here
         hint = next(line.strip() for line in show.splitlines() if line.strip().startswith("hint"))
         assert re.search(r"would start now with `--time (19|20)m` or less", hint), hint
         # the reserved job (4 GPUs, 5m) starts in ~20m: this one after it, at a clock time

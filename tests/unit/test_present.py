@@ -62,6 +62,8 @@ def test_show_keeps_the_commands_quoting_and_says_the_limit_is_the_default() -> 
     assert lines["waiting"] == "estimated start 2026-11-18 11:31:40"
     assert lines["hint"].startswith("would start now with `--time 19m`")
     assert "hint" not in {ln.label for ln in job_lines(job(time_limit=3600.0), NOW)}
+    told = {ln.label: ln.text for ln in job_lines(job(default_time_limit=86400.0), NOW)}
+    assert "time limit the default (1d00h)" in told["resources"]  # the daemon says what its default is
 
 
 def test_the_preview_says_start_now_only_when_it_would_start() -> None:

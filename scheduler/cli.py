@@ -22,6 +22,7 @@ from scheduler.paths import INHERITED_ENV
 from scheduler.present import (
     clean_log,
     gib,
+    job_holder,
     job_text,
     parse_env,
     pct,
@@ -40,6 +41,22 @@ def _cwd() -> str:
         return os.getcwd()
     except FileNotFoundError:
         raise UsageError("this shell's directory no longer exists: cd into one that does, or give --workdir") from None
+
+
+def apply_job_options(spec: dict[str, Any], args: argparse.Namespace) -> None:
+    """`submit`'s and `rerun`'s job options (cliparse._job_options) over `spec`; --env
+    is merged by each (submit adds the inherited environment first)."""
+    for field in ("gpus", "cpus", "memory", "time", "workdir", "name", "priority", "grace"):
+        value = getattr(args, field)
+        if value is not None:
+            spec[field] = value
+    for field in ("after", "after_any"):
+        value = getattr(args, field)
+        if value is not None:
+            try:
+                spec[field] = parse_job_ids(value)
+            except ValueError as e:
+                raise UsageError(f"--{field.replace('_', '-')}: {e}") from None
 
 
 def build_spec(
@@ -64,17 +81,7 @@ def build_spec(
             f"--time {args.time} {command[0]}: write --time {args.time}{command[0][0].lower()} "
             f"(`{command[0]}` would be taken for the command)"
         )
-    for field in ("gpus", "cpus", "memory", "time", "workdir", "name", "priority", "grace"):
-        value = getattr(args, field)
-        if value is not None:
-            spec[field] = value
-    for field in ("after", "after_any"):
-        value = getattr(args, field)
-        if value is not None:
-            try:
-                spec[field] = parse_job_ids(value)
-            except ValueError as e:
-                raise UsageError(f"--{field.replace('_', '-')}: {e}") from None
+    apply_job_options(spec, args)
     if "command" not in spec:
         raise UsageError("no command: `labq submit [options] -- COMMAND ARGS...` or `labq submit job.yaml`")
     # A remote daemon runs the job on another machine, where this shell's PATH and
@@ -99,17 +106,21 @@ def build_spec(
 
 
 # -- commands ------------------------------------------------------------------------------------------
+def show_preview(out: dict[str, Any], as_json: bool) -> int:
+    """`--dry-run` of submit and rerun: the scheduler's answer, said as the UI's form says it."""
+    if as_json:
+        emit_json(out)
+        return 0
+    for line in preview_lines(out, time.time()):
+        say({"head": "", "reason": "  - "}.get(line.kind, f"  {line.label}: ") + line.text)
+    return 0
+
+
 def cmd_submit(c: Client, args: argparse.Namespace) -> int:
     spec, job_file, lines = build_spec(args, remote=c.remote is not None)
     try:
         if args.dry_run:
-            out = c.preview(spec)
-            if args.json:
-                emit_json(out)
-            else:
-                for line in preview_lines(out, time.time()):
-                    say({"head": "", "reason": "  - "}.get(line.kind, f"  {line.label}: ") + line.text)
-            return 0
+            return show_preview(c.preview(spec), args.json)
         job_id = c.submit(spec)
     except ClientError as e:
         msg = str(e)
@@ -138,28 +149,13 @@ def cmd_rerun(c: Client, args: argparse.Namespace) -> int:
     if old.get("private") or "command" not in spec_seen:
         raise ClientError(f"job {args.job_id} belongs to {old['user']}: you can rerun only your own jobs", 403)
     spec = {k: spec_seen[k] for k in RERUN_KEEPS if spec_seen.get(k) not in (None, "", [], {})}
-    for field in ("gpus", "cpus", "memory", "time", "workdir", "name", "priority", "grace"):
-        value = getattr(args, field)
-        if value is not None:
-            spec[field] = value
-    for field in ("after", "after_any"):
-        value = getattr(args, field)
-        if value is not None:
-            try:
-                spec[field] = parse_job_ids(value)
-            except ValueError as e:
-                raise UsageError(f"--{field.replace('_', '-')}: {e}") from None
+    apply_job_options(spec, args)
     try:
         spec["env"] = {**(spec.get("env") or {}), **parse_env(args.env or [])}
     except ValueError as e:
         raise UsageError(f"--env: {e}") from None
     if args.dry_run:
-        out = c.preview(spec)
-        for line in preview_lines(out, time.time()) if not args.json else []:
-            say({"head": "", "reason": "  - "}.get(line.kind, f"  {line.label}: ") + line.text)
-        if args.json:
-            emit_json(out)
-        return 0
+        return show_preview(c.preview(spec), args.json)
     job_id = c.submit(spec)
     if args.json:
         emit_json({"id": job_id, "rerun_of": args.job_id})
@@ -315,12 +311,6 @@ def cmd_cancel(c: Client, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _job_holder(g: dict[str, Any]) -> str:
-    """`job 6 (ana)`; just `job 6` in the moment after a job ended, when the monitor
-    still sees its process but the daemon no longer lists its owner."""
-    return f"job {g['job_id']}" + (f" ({g['user']})" if g.get("user") else "")
-
-
 def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
     out = c.nodes()
     if args.json:
@@ -363,7 +353,7 @@ def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
                 else f"{g['power_mw'] / 1000:.0f}/{(g['power_limit_mw'] or 0) / 1000:.0f}"
             )
             health = "ok" if g["healthy"] else "UNHEALTHY"
-            holder = _job_holder(g) if g.get("job_id") else "-"
+            holder = job_holder(g) if g.get("job_id") else "-"
             say(
                 f"  {g['index']:<4}{(g['name'] or 'n/a')[:13]:<14}{pct(g['util_gpu']):>5}{mem:>14}"
                 f"{temp:>6}{power:>12}  {health:<9}{holder}"
@@ -374,7 +364,7 @@ def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
                 say(f"      {g['blocked']}")
             for proc in g.get("processes", []):
                 who = (
-                    _job_holder(proc)
+                    job_holder(proc)
                     if proc.get("job_id")
                     else "OUTSIDE labq (not started by the scheduler)"
                 )

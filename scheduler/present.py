@@ -105,6 +105,12 @@ def backfill_hint(why: list[Mapping[str, Any]] | None, time_limit: float | None)
     return ""
 
 
+def job_holder(g: Mapping[str, Any]) -> str:
+    """Who holds a GPU or a process on it: `job 6 (ana)`; just `job 6` in the moment after
+    a job ended, when the monitor still sees it but the daemon no longer lists its owner."""
+    return f"job {g['job_id']}" + (f" ({clean(g['user'])})" if g.get("user") else "")
+
+
 def preview_lines(out: Mapping[str, Any], now: float) -> list[Line]:
     """`labq submit --dry-run` and the UI's submit form: what would happen now."""
     if out.get("starts_now"):

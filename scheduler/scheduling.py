@@ -223,15 +223,7 @@ class Scheduler:
             if not (st := self.store.get(d).state).terminal
         ]
         if unmet:
-            chain = dependency_wait(unmet)
-            return {
-                "starts_now": False,
-                "node": None,
-                "reasons": [r.text for r in chain.reasons],
-                "why": [r.as_dict() for r in chain.reasons],
-                "eta": None,
-                "time_limit": spec.time,
-            }
+            return _preview_answer(dependency_wait(unmet), spec.time)
         snap = self.snapshot(now, self.store.dependency_waits())
         probe = PendingJob(
             id=-1,
@@ -246,23 +238,8 @@ class Scheduler:
         decision = schedule(replace(snap, pending=(*snap.pending, probe)))
         start = next((s for s in decision.starts if s.job_id == -1), None)
         if start is not None:
-            return {
-                "starts_now": True,
-                "node": self.nodes.name_of(start.node),
-                "reasons": [],
-                "why": [],
-                "eta": now,
-                "time_limit": spec.time,
-            }
-        w = decision.waiting.get(-1)
-        return {
-            "starts_now": False,
-            "node": None,
-            "reasons": [r.text for r in w.reasons] if w else [],
-            "why": [r.as_dict() for r in w.reasons] if w else [],
-            "eta": w.eta if w else None,
-            "time_limit": spec.time,  # None: the daemon's default applies
-        }
+            return _preview_answer(None, spec.time, node=self.nodes.name_of(start.node), now=now)
+        return _preview_answer(decision.waiting.get(-1), spec.time)
 
     # -- the loop ---------------------------------------------------------------------------------
     def loop(
@@ -314,3 +291,20 @@ def dependency_wait(deps: list[tuple[int, str, JobState]]) -> Waiting:
         ),
         None,
     )
+
+
+def _preview_answer(
+    w: Waiting | None, time_limit: float | None, node: str | None = None, now: float | None = None
+) -> dict[str, Any]:
+    """`POST /v1/jobs/preview`'s answer: starts now on `node`, or waits for `w`'s reasons.
+    `time_limit` None: the daemon's default applies."""
+    if node is not None:
+        return {"starts_now": True, "node": node, "reasons": [], "why": [], "eta": now, "time_limit": time_limit}
+    return {
+        "starts_now": False,
+        "node": None,
+        "reasons": [r.text for r in w.reasons] if w else [],
+        "why": [r.as_dict() for r in w.reasons] if w else [],
+        "eta": w.eta if w else None,
+        "time_limit": time_limit,
+    }

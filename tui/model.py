@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.present import age, clean, clock, gib, pct, queue_cells, stamp
+from scheduler.present import age, clean, clock, gib, job_holder, pct, queue_cells, stamp
 from scheduler.shapes import ACTIVE_NAMES, TERMINAL_NAMES, WAITING_NAMES
 
 __all__ = ["age", "clock", "gib", "pct", "stamp"]  # re-exported for the screens
@@ -302,7 +302,7 @@ def gpu_rows(data: Data, now: float, spark_width: int = 20) -> list[tuple[str, t
                 if g.get("power_mw") is None
                 else f"{g['power_mw'] / 1000:.0f}/{(g.get('power_limit_mw') or 0) / 1000:.0f}"
             )
-            holder = (f"job {g['job_id']}" + (f" ({g['user']})" if g.get('user') else "")) if g.get("job_id") else ""
+            holder = job_holder(g) if g.get("job_id") else ""
             outside = [p for p in g.get("processes", []) if p.get("outside_labq")]
             if outside:
                 holder = (holder + " " if holder else "") + f"+{len(outside)} outside labq"

@@ -178,7 +178,8 @@ def test_other_user_cannot_cancel_but_admin_can(labq4: Labq) -> None:
     # Reads stay open to everyone; logs belong to their owner.
     assert any(q["id"] == job_id for q in json.loads(labq4.run("queue", "--json", user=bob).stdout))
     assert labq4.run("logs", str(job_id), check=False, user=bob).returncode == 1
-    # The job runs as alice, not as root.
+    # The job runs as alice, not as root. (RUNNING comes before its first output does.)
+    wait_for("the job's first line", lambda: labq4.log(job_id).strip(), 30)
     assert labq4.log(job_id).splitlines()[0] == "labqtest-alice"
     labq4.run("cancel", str(job_id))  # root is an admin
     assert labq4.wait(job_id, ("CANCELLED",))["state"] == "CANCELLED"

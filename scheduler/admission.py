@@ -66,11 +66,29 @@ class Admission:
             raise DaemonError(f"grace: at most {format_duration(c.max_grace_s)} on this cluster (max_grace_s)")
         self._check_fits(spec)
         self._check_deps(caller, spec)
+        self._check_notify(spec)
         if spec.workdir:
             problem = safefs.workdir_problem(spec.workdir, caller.uid)
             if problem:
                 raise DaemonError(f"workdir {spec.workdir} {problem}")
         return spec
+
+    def _check_notify(self, spec: JobSpec) -> None:
+        """Said at submit rather than found out when the job ends: a webhook labq will
+        not call (not public, not allowed), or a kind of notification turned off."""
+        from scheduler.notify import NotifyRefused, check_webhook
+
+        if not spec.notify:
+            return
+        if "webhook" in spec.notify:
+            if not self.config.notify_webhooks:
+                raise DaemonError("notify: webhooks are off on this cluster (notify_webhooks: false)")
+            try:
+                check_webhook(spec.notify["webhook"], self.config.notify_allow_hosts)
+            except NotifyRefused as e:
+                raise DaemonError(f"notify: {e}") from None
+        elif not self.config.notify_commands:
+            raise DaemonError("notify: commands are off on this cluster (notify_commands: false)")
 
     def _check_deps(self, caller: Caller, spec: JobSpec) -> None:
         """A job waits only for jobs that exist and that its owner may see (their own, or

@@ -32,7 +32,7 @@ from scheduler.logbook import LogBook
 from scheduler.raylink import RayLink
 from scheduler.scheduling import Scheduler
 from scheduler.shapes import QUEUED, JobState
-from scheduler.store import Store, StoreError, UnknownJob
+from scheduler.store import JobRow, Store, StoreError, UnknownJob
 from scheduler.tokens import Tokens
 from scheduler.views import JobViews
 
@@ -137,31 +137,71 @@ def list_jobs(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
         limit = PAGE
     # Summaries only: a listing never carries specs (they can be large, and their
     # command, directory and environment are the owner's business; see `show`).
-    jobs, next_after = d.views.listing(c, states, p.get("user") or None, limit, after if after >= 0 else None)
+    tasks = p.get("tasks", "") in ("1", "true", "yes")
+    jobs, next_after = d.views.listing(
+        c, states, p.get("user") or None, limit, after if after >= 0 else None, tasks=tasks
+    )
     return 200, {"jobs": jobs, "now": time.time(), "next_after": next_after}
 
 
-@route("GET", r"/v1/jobs/(?P<id>\d+)")
+# A job's path: `42`, or `42.7` for task 7 of array 42 (its own row once it started).
+JOB = r"(?P<id>\d+)(?:\.(?P<task>\d+))?"
+
+
+def _job(d: Service, p: Params, unstarted: str = "") -> JobRow | tuple[JobRow, int]:
+    """The row a path names. A task that has not started has no row: with `unstarted`
+    empty, (its array, its index); else a 404 saying `unstarted`."""
+    row = d.store.get(_int(p, "id"))
+    if p.get("task") is None:
+        return row
+    if len(p["task"]) > 9:
+        raise DaemonError(f"no job {row.id}.{p['task'][:40]}", 404)
+    index = int(p["task"])
+    task_id = d.store.task_id(row.id, index)
+    if task_id is not None:
+        return d.store.get(task_id)
+    if not row.array_size or not d.store.has_index(row.id, row.spec, index):
+        raise DaemonError(f"no job {row.id}.{index}", 404)
+    if unstarted:
+        raise DaemonError(f"job {row.id}.{index} {unstarted}", 404)
+    return row, index
+
+
+@route("GET", rf"/v1/jobs/{JOB}")
 def show_job(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
-    return 200, d.views.job(d.store.get(_int(p, "id")), c, full=True)
+    found = _job(d, p)
+    if isinstance(found, tuple):
+        return 200, d.views.unstarted_task(found[0], found[1], c)
+    return 200, d.views.job(found, c, full=True)
 
 
-@route("POST", r"/v1/jobs/(?P<id>\d+)/cancel")
+@route("POST", rf"/v1/jobs/{JOB}/cancel")
 def cancel_job(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     job_id = _int(p, "id")
     now = isinstance(body, dict) and body.get("now") is True
+    if p.get("task") is not None:
+        if len(p["task"]) > 9:
+            raise DaemonError(f"no job {job_id}.{p['task'][:40]}", 404)
+        ref = f"{job_id}.{int(p['task'])}"
+        return 200, {"id": ref, "result": d.control.cancel_task(c, job_id, int(p["task"]), now=now)}
     return 200, {"id": job_id, "result": d.control.cancel(c, job_id, now=now)}
 
 
-@route("GET", r"/v1/jobs/(?P<id>\d+)/log")
+@route("GET", rf"/v1/jobs/{JOB}/log")
 def job_log(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
-    job = d.store.get(_int(p, "id"))
+    job = _job(d, p, unstarted="has not started yet: no log")
+    assert not isinstance(job, tuple)
+    if job.array_size:
+        raise DaemonError(
+            f"job {job.id} is an array: each task has its own log (labq logs {job.id}.INDEX; "
+            f"labq queue --tasks lists them)"
+        )
     if not c.may_see(job.user):
-        raise DaemonError(f"job {job.id}'s log belongs to {job.user}", 403)
+        raise DaemonError(f"job {job.ref}'s log belongs to {job.user}", 403)
     if job.log_removed is not None:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.log_removed))
         raise DaemonError(
-            f"job {job.id}'s log was removed on {when}: {job.user}'s logs passed the per-user cap "
+            f"job {job.ref}'s log was removed on {when}: {job.user}'s logs passed the per-user cap "
             "(user_log_max_bytes), oldest first",
             410,
         )
@@ -174,7 +214,11 @@ def job_log(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     before = _int(p, "before", -1, minimum=0 if "before" in p else None)
     if before >= 0 and tail <= 0:
         raise DaemonError("before is only with tail (the bytes that end there)")
-    path = d.logs.path(job.id)
+    # `stream=stderr`: the current attempt's stderr alone (the log has both, in order).
+    stream = p.get("stream") or "all"
+    if stream not in ("all", "stderr"):
+        raise DaemonError(f"stream is all or stderr, got {stream[:20]!r}")
+    path = d.logs.path(job.id) if stream == "all" else d.logs.err_path(job.id, job.attempt)
     data = b""
     size = 0
     try:

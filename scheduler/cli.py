@@ -32,7 +32,15 @@ from scheduler.present import (
     where_or_why,
 )
 from scheduler.shapes import TERMINAL_NAMES
-from scheduler.units import UNIT_WORDS, UnitError, format_duration, parse_duration, parse_job_ids
+from scheduler.units import (
+    UNIT_WORDS,
+    UnitError,
+    format_duration,
+    parse_array,
+    parse_duration,
+    parse_job_ids,
+    parse_sweep,
+)
 
 
 # -- building a submission -------------------------------------------------------------------------
@@ -57,6 +65,25 @@ def apply_job_options(spec: dict[str, Any], args: argparse.Namespace) -> None:
                 spec[field] = parse_job_ids(value)
             except ValueError as e:
                 raise UsageError(f"--{field.replace('_', '-')}: {e}") from None
+    if args.array is not None:
+        try:
+            parse_array(args.array)
+        except UnitError as e:
+            raise UsageError(str(e)) from None
+        spec["array"] = args.array
+        spec.pop("sweep", None)
+    if args.sweep:
+        try:
+            spec["sweep"] = parse_sweep(args.sweep)
+        except UnitError as e:
+            raise UsageError(str(e)) from None
+        spec.pop("array", None)
+    if args.max_running is not None:
+        spec["max_running"] = args.max_running
+    if args.notify:
+        from scheduler.userconfig import user_notify
+
+        spec["notify"] = user_notify()
 
 
 def build_spec(
@@ -131,13 +158,18 @@ def cmd_submit(c: Client, args: argparse.Namespace) -> int:
         raise ClientError(msg, e.status) from None
     if args.json:
         emit_json({"id": job_id})
+    elif spec.get("array") or spec.get("sweep"):
+        say(f"submitted array {job_id} (tasks {job_id}.INDEX; labq queue -t lists them)")
     else:
         say(f"submitted job {job_id}")
     return 0
 
 
 # What a rerun keeps of the job it repeats (the rest, e.g. its chain, is the new job's own).
-RERUN_KEEPS = ("command", "gpus", "cpus", "memory", "time", "workdir", "env", "name", "priority", "grace", "umask")
+RERUN_KEEPS = (
+    "command", "gpus", "cpus", "memory", "time", "workdir", "env", "name", "priority", "grace", "umask",
+    "array", "sweep", "max_running",
+)
 
 
 def cmd_rerun(c: Client, args: argparse.Namespace) -> int:
@@ -158,7 +190,7 @@ def cmd_rerun(c: Client, args: argparse.Namespace) -> int:
         return show_preview(c.preview(spec), args.json)
     job_id = c.submit(spec)
     if args.json:
-        emit_json({"id": job_id, "rerun_of": args.job_id})
+        emit_json({"id": job_id, "rerun_of": int(args.job_id) if args.job_id.isdigit() else args.job_id})
     else:
         say(f"submitted job {job_id} (a rerun of job {args.job_id})")
     return 0
@@ -172,7 +204,7 @@ def _time_col(j: Mapping[str, Any], now: float) -> str:
 
 
 def cmd_queue(c: Client, args: argparse.Namespace) -> int:
-    jobs = c.jobs(include_finished=args.all, user=args.user, state=args.state)
+    jobs = c.jobs(include_finished=args.all, user=args.user, state=args.state, tasks=args.tasks)
     if args.mine:
         me = c.health()["caller"]
         jobs = [j for j in jobs if j["user"] == me]
@@ -231,9 +263,9 @@ def cmd_logs(c: Client, args: argparse.Namespace) -> int:
     if args.tail is not None:
         if args.tail < 0:
             raise UsageError("--tail takes a number of lines, 0 or more")
-        offset = _tail(c, args.job_id, args.tail, write)
+        offset = _tail(c, args.job_id, args.tail, write, args.stderr)
     while True:
-        chunk = c.log(args.job_id, offset)
+        chunk = c.log(args.job_id, offset, stderr=args.stderr)
         if chunk["data"]:
             write(chunk)
         offset = chunk["offset"]
@@ -242,17 +274,17 @@ def cmd_logs(c: Client, args: argparse.Namespace) -> int:
         if not args.follow or chunk["done"]:
             # One more read after the end: the last bytes may land just after the state flips.
             if args.follow:
-                write(c.log(args.job_id, offset))
+                write(c.log(args.job_id, offset, stderr=args.stderr))
             return 0
         time.sleep(0.3)
 
 
-def _tail(c: Client, job_id: int, lines: int, write: Any) -> int:
+def _tail(c: Client, job_id: str, lines: int, write: Any, stderr: bool = False) -> int:
     """Write the log's last `lines` lines; the offset after them. Reads windows from the
     end, each twice the last, so a huge log is never read whole."""
     want = max(4096, lines * 160)
     while True:
-        chunk = c.log(job_id, tail=want)
+        chunk = c.log(job_id, tail=want, stderr=stderr)
         text = chunk["data"]
         have = text.splitlines(keepends=True)
         if len(have) > lines or chunk["start"] == 0 or want >= 2**20:
@@ -271,8 +303,8 @@ def cmd_wait(c: Client, args: argparse.Namespace) -> int:
         raise UsageError(f"--timeout: {e}") from None
     deadline = None if limit is None else time.monotonic() + limit
     left = list(dict.fromkeys(args.job_ids))
-    ended: dict[int, str] = {}
-    seen_lost: set[int] = set()
+    ended: dict[str, str] = {}
+    seen_lost: set[str] = set()
     delay = 0.2
     while left:
         for job_id in list(left):

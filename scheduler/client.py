@@ -287,10 +287,11 @@ class Client:
         user: str | None = None,
         state: str | None = None,
         limit: int | None = None,
+        tasks: bool = False,
     ) -> list[JobSummary]:
         """Job summaries in id order: the newest `limit`, or (no limit) all of them,
-        fetched a page at a time."""
-        query = {"all": 1 if include_finished else None, "user": user, "state": state}
+        fetched a page at a time. An array is one row; `tasks`: its started tasks too."""
+        query = {"all": 1 if include_finished else None, "user": user, "state": state, "tasks": 1 if tasks else None}
         if limit:
             out: list[JobSummary] = self.request("GET", "/v1/jobs", limit=limit, **query)["jobs"]
             return out
@@ -303,29 +304,37 @@ class Client:
                 return jobs
             after = int(page["next_after"])
 
-    def job(self, job_id: int) -> JobDetail:
-        out: JobDetail = self.request("GET", f"/v1/jobs/{int(job_id)}")
+    def job(self, job_id: int | str) -> JobDetail:
+        """`job_id`: 42, or "42.7" for a task of an array."""
+        out: JobDetail = self.request("GET", f"/v1/jobs/{_ref(job_id)}")
         return out
 
-    def cancel(self, job_id: int, now: bool = False) -> dict[str, Any]:
+    def cancel(self, job_id: int | str, now: bool = False) -> dict[str, Any]:
         """`now`: SIGKILL at once, no grace period (also for a job already stopping)."""
         out: dict[str, Any] = self.request(
-            "POST", f"/v1/jobs/{int(job_id)}/cancel", {"now": True} if now else None
+            "POST", f"/v1/jobs/{_ref(job_id)}/cancel", {"now": True} if now else None
         )
         return out
 
     def log(
         self,
-        job_id: int,
+        job_id: int | str,
         offset: int = 0,
         limit: int | None = None,
         tail: int | None = None,
         before: int | None = None,
+        stderr: bool = False,
     ) -> dict[str, Any]:
         """Log bytes from `offset` (at most `limit`); or, with `tail`, the last `tail`
         bytes (ending at `before`), starting at a line. `start` says where `data` begins."""
         out: dict[str, Any] = self.request(
-            "GET", f"/v1/jobs/{int(job_id)}/log", offset=offset, limit=limit, tail=tail, before=before
+            "GET",
+            f"/v1/jobs/{_ref(job_id)}/log",
+            offset=offset,
+            limit=limit,
+            tail=tail,
+            before=before,
+            stream="stderr" if stderr else None,
         )
         return out
 
@@ -375,3 +384,12 @@ class Client:
     def shutdown(self, mode: str) -> dict[str, Any]:
         out: dict[str, Any] = self.request("POST", "/v1/shutdown", {"mode": mode})
         return out
+
+
+def _ref(job_id: int | str) -> str:
+    """A job's path segment: digits, or digits.digits (a task); nothing else reaches a URL."""
+    text = str(job_id)
+    head, dot, tail = text.partition(".")
+    if not (head.isascii() and head.isdigit()) or (dot and not (tail.isascii() and tail.isdigit())):
+        raise ValueError(f"{text[:40]!r} is not a job id")
+    return text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Any
 
@@ -95,6 +96,33 @@ def _job_options(s: Any) -> None:
         help="start only after these jobs SUCCEEDED (41,42); if one ends otherwise, this job is cancelled",
     )
     s.add_argument("--after-any", metavar="IDS", help="start only after these jobs ended, in any state")
+    s.add_argument(
+        "--array", metavar="SPEC",
+        help="many tasks from one submission, as Slurm: 0-99, 1,3,5-9, 0-98:2; %%8 at the end runs at most 8 "
+        "at once. {index} in the command is each task's index (also $LABQ_ARRAY_INDEX); tasks are ID.INDEX",
+    )
+    s.add_argument(
+        "--sweep", action="append", metavar="NAME=V1,V2",
+        help="a grid of values, repeatable (--sweep lr=1e-3,3e-4 --sweep bs=32,64: 4 tasks); {NAME} in the "
+        "command is the task's value (also $LABQ_PARAM_NAME)",
+    )
+    s.add_argument("--max-running", type=int, metavar="N", help="an array's or sweep's tasks at once (the %%N)")
+    s.add_argument(
+        "--notify", action="store_true",
+        help="tell me when it ends, as ~/.config/labq/config.yaml says: notify: {webhook: URL} (Slack-compatible) "
+        "or notify: {command: CMD} (run as you, with $LABQ_MESSAGE)",
+    )
+
+
+_REF = re.compile(r"([0-9]+)(?:\.([0-9]+|\*))?", re.ASCII)  # too many digits: the daemon says "no job"
+
+
+def job_ref(text: str) -> str:
+    """A job id on the command line: 41, 42.7 (task 7 of array 42), 42.* (all of array 42)."""
+    m = _REF.fullmatch(text.strip())
+    if m is None:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a job id (41, or 42.7 for task 7 of array 42)")
+    return m.group(1) if m.group(2) in (None, "*") else f"{m.group(1)}.{m.group(2)}"
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -140,13 +168,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     s.add_argument("command", nargs=argparse.REMAINDER)
 
     rr = sub.add_parser("rerun", help="submit a job of yours again, with changes: labq rerun 41 --gpus 2")
-    rr.add_argument("job_id", type=int)
+    rr.add_argument("job_id", type=job_ref)
     rr.add_argument("--dry-run", action="store_true", help="say whether it would start now, or why it would wait")
     _job_options(rr)
     rr.add_argument("--json", action="store_true")
 
     w = sub.add_parser("wait", help="block until jobs end; exit 0 only if all SUCCEEDED (for scripts)")
-    w.add_argument("job_ids", nargs="+", type=int, metavar="ID")
+    w.add_argument("job_ids", nargs="+", type=job_ref, metavar="ID")
     w.add_argument("--timeout", help="give up after this long (e.g. 2h) and exit 124")
     w.add_argument("-q", "--quiet", action="store_true", help="print nothing, only the exit status")
 
@@ -155,22 +183,27 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     q.add_argument("--user")
     q.add_argument("--mine", action="store_true")
     q.add_argument("--state", help="comma-separated states")
+    q.add_argument("-t", "--tasks", action="store_true", help="each started task of an array too (ID.INDEX)")
     q.add_argument("--json", action="store_true")
 
     sh = sub.add_parser("show", help="one job in full, with its history")
-    sh.add_argument("job_id", type=int)
+    sh.add_argument("job_id", type=job_ref)
     sh.add_argument("--json", action="store_true")
 
-    lg = sub.add_parser("logs", help="a job's stdout and stderr")
-    lg.add_argument("job_id", type=int)
+    lg = sub.add_parser("logs", help="a job's output: stdout and stderr in order, or --stderr alone")
+    lg.add_argument("job_id", type=job_ref)
     lg.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
     lg.add_argument("-n", "--tail", type=int, metavar="N", help="only the last N lines (then follow, with -f)")
+    lg.add_argument(
+        "-e", "--stderr", action="store_true",
+        help="only what it wrote to stderr (its last attempt); without it, both, in the order they came",
+    )
     lg.add_argument(
         "--raw", action="store_true", help="another user's log as it is, escape sequences included"
     )
 
     ca = sub.add_parser("cancel", help="cancel jobs (running ones get SIGTERM, then SIGKILL after the grace)")
-    ca.add_argument("job_ids", type=int, nargs="+")
+    ca.add_argument("job_ids", type=job_ref, nargs="+", metavar="ID", help="42, 42.7 (one task), 42.* (the array)")
     ca.add_argument(
         "--now", action="store_true", help="no grace period: SIGKILL at once (also for a job already stopping)"
     )

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+# Keys whose value is a list of strings, and what each string is.
+_LIST_KEYS = {"admins": "user names", "notify_allow_hosts": "host names, addresses or networks (10.0.0.0/8)"}
+
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message is user-facing."""
@@ -56,6 +59,11 @@ class DaemonConfig:
     # What one user can do to everyone else (issue 12). A job's --grace is capped, so
     # no job can make itself unkillable; an admin can always `labq cancel --now`.
     max_grace_s: float = 300.0
+    # `--notify` (issue 16). A webhook goes only to public addresses unless its host
+    # (a name, an address or a network) is listed here; either kind can be turned off.
+    notify_allow_hosts: tuple[str, ...] = ()
+    notify_webhooks: bool = True
+    notify_commands: bool = True
     # A cgroup (v2) per job where the node allows it: cancel kills every process the
     # job started, wherever it moved. Off: the runner tracks descendants instead.
     job_cgroups: bool = True
@@ -156,11 +164,11 @@ def load_daemon_config(path: Path | None) -> DaemonConfig:
                 v = parse_size(v)
             except UnitError as e:
                 raise ConfigError(f"config {path}: {k}: {e}") from None
-        elif k != "admins":
+        elif k not in _LIST_KEYS:
             v = _typed(path, k, v)
-        if k == "admins":
+        if k in _LIST_KEYS:
             if not isinstance(v, list) or not all(isinstance(a, str) for a in v):
-                raise ConfigError(f"config {path}: admins must be a list of user names")
+                raise ConfigError(f"config {path}: {k} must be a list of {_LIST_KEYS[k]}")
             v = tuple(v)
         out[k] = v
     for k in ("quotas_file", "tls_cert", "tls_key"):

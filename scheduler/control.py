@@ -90,20 +90,60 @@ class JobControl:
         """`now`: no grace period, SIGKILL at once (also for a job already stopping)."""
         job = self.store.get(job_id)
         if not caller.may_see(job.user):
-            raise DaemonError(f"job {job_id} belongs to {job.user}; only they or an admin may cancel it", 403)
+            raise DaemonError(f"job {job.ref} belongs to {job.user}; only they or an admin may cancel it", 403)
         reason = f"cancelled by {caller.user}" + (" (--now)" if now else "")
         if job.state.terminal:
-            raise DaemonError(f"job {job_id} already ended ({job.state.value})", 409)
+            raise DaemonError(f"job {job.ref} already ended ({job.state.value})", 409)
+        if job.array_size:
+            return self._cancel_array(caller, job, reason, now)
         if job.state in (JobState.PENDING, JobState.PREEMPTED):
             self.store.transition(job_id, JobState.CANCELLED, reason, expect=(job.state,), end_time=time.time())
             if self.store.get(job_id).state is JobState.CANCELLED:
-                self.store.audit(caller.user, "job.cancel", str(job_id), reason, time.time())
+                self.store.audit(caller.user, "job.cancel", job.ref, reason, time.time())
                 self._wake()
                 return "cancelled"
             job = self.store.get(job_id)  # it started meanwhile: stop it like a running one
         self.request_stop(job, "cancelled", reason, 0.0 if now else self.grace(job))
-        self.store.audit(caller.user, "job.cancel", str(job_id), reason, time.time())
+        self.store.audit(caller.user, "job.cancel", job.ref, reason, time.time())
         return "killed" if now else "stopping"
+
+    def _cancel_array(self, caller: Caller, array: JobRow, reason: str, now: bool) -> str:
+        """The whole array: no task starts any more, and each live one is cancelled."""
+        self.store.transition(array.id, JobState.CANCELLED, reason, expect=(JobState.PENDING,), end_time=time.time())
+        stopping = 0
+        for task_id in self.store.live_tasks(array.id):
+            task = self.store.get(task_id)
+            if task.state in (JobState.PENDING, JobState.PREEMPTED):
+                self.store.transition(task_id, JobState.CANCELLED, reason, expect=(task.state,), end_time=time.time())
+                task = self.store.get(task_id)
+            if task.state in ACTIVE:
+                self.request_stop(task, "cancelled", reason, 0.0 if now else self.grace(task))
+                stopping += 1
+        self.store.audit(caller.user, "job.cancel", str(array.id), f"{reason} (array)", time.time())
+        self._wake()
+        return f"cancelled ({stopping} running task{'s' if stopping != 1 else ''} {'killed' if now else 'stopping'})" if stopping else "cancelled"
+
+    def cancel_task(self, caller: Caller, array_id: int, index: int, now: bool = False) -> str:
+        """`labq cancel 42.7`: a task that has a row is cancelled like any job; one that
+        has not started yet gets a CANCELLED row in its place, so it never starts."""
+        array = self.store.get(array_id)
+        if not caller.may_see(array.user):
+            raise DaemonError(f"job {array_id}.{index} belongs to {array.user}; only they or an admin may cancel it", 403)
+        task_id = self.store.task_id(array_id, index)
+        if task_id is None:
+            if not array.array_size or not self.store.has_index(array_id, array.spec, index):
+                raise DaemonError(f"no job {array_id}.{index}", 404)
+            if array.state.terminal:
+                raise DaemonError(f"job {array_id}.{index} never started: array {array_id} ended ({array.state.value})", 409)
+            reason = f"cancelled by {caller.user} before it started"
+            task_id = self.store.cancel_unstarted(array_id, index, reason, time.time())
+            if task_id is not None:
+                self.store.audit(caller.user, "job.cancel", f"{array_id}.{index}", reason, time.time())
+                self._wake()
+                return "cancelled"
+            task_id = self.store.task_id(array_id, index)  # it started meanwhile
+            assert task_id is not None
+        return self.cancel(caller, task_id, now)
 
     def dependency_failed(self, job_id: int, dep_id: int, dep_state: JobState, now: float) -> None:
         """A waiting job's `--after` dependency ended otherwise than SUCCEEDED: it will
@@ -210,7 +250,7 @@ class JobControl:
                 log_base=base,
             )
         elif kind == "log":
-            self.logs.write(job, int(ev["offset"]), ev["data"])
+            self.logs.write(job, int(ev["offset"]), ev["data"], ev.get("err") or ())
         elif kind == "finished":
             self.finish(job, ev)
         else:

@@ -16,9 +16,11 @@ each owning what it says it owns:
 | LogBook (logbook.py)     | job log files                                         | pump thread     |
 | Admin (admin.py)         | the quota book, the shutdown request                  | API threads     |
 | Tokens (tokens.py)       | API tokens' last-use marks (locked)                   | API threads     |
+| Notifier (notify.py)     | sending --notify webhooks and commands                | notify thread   |
 
 Threads: the API servers (api.py; one thread per connection), the scheduler loop, the
-event pump, the GPU loop, and, after losing an external Ray head, the Ray wait thread.
+event pump, the GPU loop, the notify thread, and, after losing an external Ray head, the
+Ray wait thread.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from scheduler.launcher import Launcher
 from scheduler.ledger import UsageLedger
 from scheduler.logbook import LogBook
 from scheduler.nodes import NodeBook
+from scheduler.notify import Notifier
 from scheduler.pump import EventPump
 from scheduler.raylink import NAMESPACE, RayLink, executor_name
 from scheduler.scheduling import Scheduler
@@ -124,6 +127,7 @@ class Daemon:
         self.ray.executor_name = executor_name(self.instance_id())
         self.logs = LogBook(self.logs_dir, self.store, c.log_max_bytes, c.user_log_max_bytes)
         self.ledger = UsageLedger(self.store, c.half_life_s)
+        self.notifier = Notifier(self.store, c.notify_allow_hosts, c.notify_webhooks, c.notify_commands)
         self.admission = Admission(c, self.nodes, self.store)
         self.control = JobControl(
             self.store,
@@ -300,6 +304,7 @@ class Daemon:
                 daemon=True,
             ),
             threading.Thread(target=self.gpus.loop, args=(stop, self.connected), name="labq-gpus", daemon=True),
+            threading.Thread(target=self.notifier.loop, args=(stop,), name="labq-notify", daemon=True),
         ]
         if wait_for_ray:
             threads.append(

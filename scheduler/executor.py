@@ -39,11 +39,15 @@ def run_job(executor: Any, key: str, launch: Launch) -> dict[str, Any]:
     node = ray.get_runtime_context().get_node_id()
 
     def report(
-        info: dict[str, Any] | None, offset: int, data: bytes, result: dict[str, Any] | None
+        info: dict[str, Any] | None,
+        offset: int,
+        data: bytes,
+        result: dict[str, Any] | None,
+        err: list[tuple[int, int, int]],
     ) -> dict[str, Any] | None:
         if info is not None:
             info = dict(info, node=node)
-        out: dict[str, Any] | None = ray.get(executor.heartbeat.remote(key, info, offset, data, result))
+        out: dict[str, Any] | None = ray.get(executor.heartbeat.remote(key, info, offset, data, result, err))
         return out
 
     return run(launch, gpu_ids, node, report)
@@ -122,6 +126,7 @@ class Executor:
         offset: int,
         data: bytes,
         result: dict[str, Any] | None,
+        err: list[tuple[int, int, int]] | None = None,
     ) -> dict[str, Any] | None:
         with self._cond:
             job = self._jobs.get(key)
@@ -133,7 +138,7 @@ class Executor:
                 job["started"] = True
                 self._emit({"type": "started", **ids, **info})
             if data:
-                self._emit({"type": "log", **ids, "offset": offset, "data": data})
+                self._emit({"type": "log", **ids, "offset": offset, "data": data, "err": list(err or ())})
             if result is not None and not job["finished"]:
                 job["finished"] = True
                 self._emit({"type": "finished", **ids, **result})

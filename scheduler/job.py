@@ -23,7 +23,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from scheduler.shapes import TERMINAL, JobState
-from scheduler.units import UnitError, parse_duration, parse_job_ids, parse_size, parse_time_limit
+from scheduler.units import (
+    MAX_ARRAY_TASKS,
+    UnitError,
+    parse_array,
+    parse_duration,
+    parse_job_ids,
+    parse_size,
+    parse_sweep,
+    parse_time_limit,
+)
 
 __all__ = ["TERMINAL", "JobSpec", "JobState", "IllegalTransition", "transition"]
 
@@ -145,6 +154,16 @@ class JobSpec(BaseModel):
     # of `after_any` has ended in any state. Only existing jobs: no cycle can be made.
     after: list[int] = Field(default_factory=list, max_length=MAX_DEPS)
     after_any: list[int] = Field(default_factory=list, max_length=MAX_DEPS)
+    # Arrays and sweeps (issue 16): one submission, many tasks. `array` is Slurm's
+    # syntax ("0-99%8"); `sweep` a grid of named values; `max_running` caps how many
+    # tasks run at once (the `%N`). `{index}`, `{array_id}` and `{NAME}` in the command
+    # are replaced per task. The tasks' rows are made as they start (store_arrays.py).
+    array: str | None = Field(default=None, max_length=4096)
+    sweep: dict[str, list[str]] = Field(default_factory=dict, max_length=16)
+    max_running: int | None = Field(default=None, ge=1, le=MAX_ARRAY_TASKS)
+    # When it ends (an array: when all of it has): {"webhook": URL} (Slack-compatible
+    # JSON) or {"command": [...]} run as the owner. Private: a webhook URL is a secret.
+    notify: dict[str, Any] | None = None
 
     @field_validator("command", mode="before")
     @classmethod
@@ -182,6 +201,57 @@ class JobSpec(BaseModel):
         if any(i < 1 or i >= 2**62 for i in v):
             raise ValueError("job ids are whole numbers from 1")
         return sorted(set(v))
+
+    @field_validator("array", mode="before")
+    @classmethod
+    def _array(cls, v: Any) -> Any:
+        if v is None or v == "":
+            return None
+        try:
+            parse_array(str(v))
+        except UnitError as e:
+            raise ValueError(str(e).removeprefix(f"--array {v}: ")) from None
+        return str(v)
+
+    @field_validator("sweep", mode="before")
+    @classmethod
+    def _sweep(cls, v: Any) -> Any:
+        # From a job file: {lr: [0.001, 0.0003]}; from the CLI: already strings.
+        if v is None:
+            return {}
+        if isinstance(v, dict):
+            items = []
+            for k, vals in v.items():
+                vals = vals if isinstance(vals, list) else [vals]
+                items.append(f"{k}={','.join(str(x) for x in vals)}")
+            try:
+                return parse_sweep(items)
+            except UnitError as e:
+                raise ValueError(str(e).removeprefix("--sweep ")) from None
+        return v
+
+    @field_validator("notify", mode="before")
+    @classmethod
+    def _notify(cls, v: Any) -> Any:
+        if v is None or v == {}:
+            return None
+        if not isinstance(v, dict) or len(v) != 1 or next(iter(v)) not in ("webhook", "command"):
+            raise ValueError("notify is {webhook: URL} or {command: CMD}")
+        if "webhook" in v:
+            url = v["webhook"]
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2048:
+                raise ValueError("notify webhook must be an http:// or https:// URL (at most 2048 characters)")
+            if has_controls(url) or any(ch.isspace() for ch in url):
+                raise ValueError("notify webhook contains spaces or control characters")
+            return {"webhook": url}
+        cmd = v["command"]
+        if isinstance(cmd, str):
+            cmd = ["/bin/sh", "-c", cmd] if cmd.strip() else []
+        if not isinstance(cmd, list) or not cmd or not all(isinstance(a, str) for a in cmd):
+            raise ValueError("notify command must be a command line or a list of arguments")
+        if len(cmd) > 256 or any(len(a) > 4096 or "\x00" in a for a in cmd):
+            raise ValueError("notify command too long or contains a NUL byte")
+        return {"command": cmd}
 
     @field_validator("time", mode="before")
     @classmethod
@@ -241,6 +311,67 @@ class JobSpec(BaseModel):
         if has_controls(v):
             raise ValueError("workdir contains control characters")
         return v
+
+    @model_validator(mode="after")
+    def _array_size(self) -> JobSpec:
+        if self.array and self.sweep:
+            raise ValueError("give --array or --sweep, not both (a sweep's tasks are numbered from 0)")
+        if self.sweep:
+            n = 1
+            for vals in self.sweep.values():
+                n *= len(vals)
+            if n > MAX_ARRAY_TASKS:
+                raise ValueError(f"the sweep makes {n:,} tasks; at most {MAX_ARRAY_TASKS:,} in one array")
+        if self.max_running is not None and not self.is_array:
+            raise ValueError("max_running (%N) is for arrays and sweeps")
+        if self.array and "%" in self.array and self.max_running is not None:
+            raise ValueError("give the cap once: --array ...%N or --max-running N")
+        return self
+
+    @property
+    def is_array(self) -> bool:
+        return bool(self.array or self.sweep)
+
+    def array_plan(self) -> tuple[list[int], int | None]:
+        """(each task's index, in order; the cap on tasks at once). A sweep's index is
+        its place in the grid (the first name varies slowest, as itertools.product)."""
+        if self.sweep:
+            n = 1
+            for vals in self.sweep.values():
+                n *= len(vals)
+            return list(range(n)), self.max_running
+        indices, cap = parse_array(self.array or "")
+        return indices, cap if cap is not None else self.max_running
+
+    def task_values(self, index: int) -> dict[str, str]:
+        """The sweep's values of task `index` ({} for an --array)."""
+        out: dict[str, str] = {}
+        rest = index
+        names = list(self.sweep)
+        for name in reversed(names):
+            vals = self.sweep[name]
+            rest, i = divmod(rest, len(vals))
+            out[name] = vals[i]
+        return {k: out[k] for k in names}
+
+    def task_spec(self, array_id: int, index: int) -> dict[str, Any]:
+        """What task `index` of array `array_id` runs: the command with `{index}`,
+        `{array_id}` and each sweep name replaced (other braces are left alone: a shell
+        `${HOME}` or a JSON argument stays as written), and LABQ_ARRAY_ID,
+        LABQ_ARRAY_INDEX and LABQ_PARAM_<NAME> in its environment."""
+        values = self.task_values(index)
+        subs = {"index": str(index), "array_id": str(array_id), **values}
+        pattern = re.compile(r"\{(" + "|".join(re.escape(k) for k in subs) + r")\}")
+        # The array is told of once, when it ends: its tasks carry no notify.
+        data = self.model_dump(exclude={"array", "sweep", "max_running", "after", "after_any", "notify"})
+        data["command"] = [pattern.sub(lambda m: subs[m.group(1)], a) for a in self.command]
+        env = dict(self.env)
+        env["LABQ_ARRAY_ID"] = str(array_id)
+        env["LABQ_ARRAY_INDEX"] = str(index)
+        for k, v in values.items():
+            env[f"LABQ_PARAM_{k.upper()}"] = v
+        data["env"] = env
+        return data
 
     @model_validator(mode="after")
     def _default_name(self) -> JobSpec:

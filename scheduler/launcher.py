@@ -146,9 +146,13 @@ class MemoryLauncher:
                 }
             )
 
-    def log(self, job_id: int, attempt: int, offset: int, data: bytes) -> None:
+    def log(
+        self, job_id: int, attempt: int, offset: int, data: bytes, err: list[tuple[int, int, int]] | None = None
+    ) -> None:
         with self._cond:
-            self._emit({"type": "log", "job_id": job_id, "attempt": attempt, "offset": offset, "data": data})
+            self._emit(
+                {"type": "log", "job_id": job_id, "attempt": attempt, "offset": offset, "data": data, "err": err or []}
+            )
 
     def finish(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from scheduler.store import JobRow, Store
@@ -30,6 +31,10 @@ class LogBook:
 
     def path(self, job_id: int) -> Path:
         return self.dir / f"{int(job_id)}.log"
+
+    def err_path(self, job_id: int, attempt: int) -> Path:
+        """The stderr of one attempt, apart: a copy of the log's stderr parts."""
+        return self.dir / f"{int(job_id)}.{int(attempt)}.err"
 
     def size(self, job_id: int) -> int:
         try:
@@ -54,20 +59,37 @@ class LogBook:
             f.write(f"\n--- labq: attempt {job.attempt} on {job.node_name} ---\n".encode())
             return f.tell()
 
-    def write(self, job: JobRow, offset: int, data: bytes) -> None:
+    def write(self, job: JobRow, offset: int, data: bytes, err: Iterable[Sequence[int]] = ()) -> None:
+        """`data` at `offset` of this attempt's output; `err`: its stderr parts as (offset
+        in the output, offset in stderr, length), copied to the attempt's stderr file.
+        Both at fixed offsets: a report applied twice lands on itself."""
         pos = job.log_base + offset
         if pos >= self.max_bytes:
             return
         data = data[: self.max_bytes - pos]
         try:
-            fd = os.open(self.path(job.id), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-            try:
-                os.pwrite(fd, data, pos)
-            finally:
-                os.close(fd)
+            self._pwrite(self.path(job.id), data, pos)
+            for at, err_at, length in err:
+                part = data[at - offset : at - offset + length]
+                if part:
+                    self._pwrite(self.err_path(job.id, job.attempt), part, err_at)
         except OSError as e:
             # A full disk costs log bytes, not the job's state events behind them.
             log.error("job %d: %d log bytes lost: %s", job.id, len(data), e.strerror or e)
+
+    @staticmethod
+    def _pwrite(path: Path, data: bytes, pos: int) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            os.pwrite(fd, data, pos)
+        finally:
+            os.close(fd)
+
+    def remove(self, job_id: int) -> None:
+        """A job's log and its stderr files."""
+        self.path(job_id).unlink(missing_ok=True)
+        for p in self.dir.glob(f"{int(job_id)}.*.err"):
+            p.unlink(missing_ok=True)
 
     def attempt_ended(self, job: JobRow, now: float) -> None:
         """Record the log's size; past the owner's cap, remove their oldest ended jobs'
@@ -82,7 +104,7 @@ class LogBook:
             for victim, n in victims:
                 if total <= cap:
                     break
-                self.path(victim).unlink(missing_ok=True)
+                self.remove(victim)
                 self.store.log_removed(
                     victim,
                     now,

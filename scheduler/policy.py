@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from scheduler.policy_types import (
@@ -559,6 +559,9 @@ def schedule(snap: Snapshot) -> Decision:
                 factors.pop(u, None)
                 resource_reasons.clear()
                 etas.clear()
+                if j.count > 1:
+                    # The array's next task is this researcher's next job, as it was.
+                    by_user[u].append(replace(j, count=j.count - 1))
             elif conflict is not None:
                 when = conflict.at - snap.now
                 wait(

@@ -27,6 +27,9 @@ class PendingJob:
     requeued: bool = False
     cpus: float = 0.0
     memory: int = 0
+    # An array's waiting tasks are one entry: this many identical tasks, each placed as
+    # a job of its own (a Start per task, all with the array's id).
+    count: int = 1
 
 
 @dataclass(frozen=True)

@@ -137,7 +137,12 @@ def elapsed_cell(j: Mapping[str, Any], now: float) -> str:
 
 def where_or_why(j: Mapping[str, Any], detail: bool = False) -> str:
     """A running job's node and GPUs (and flags); a waiting or ended job's first reason.
-    `detail`: also a running job's stop reason, if one was asked."""
+    `detail`: also a running job's stop reason, if one was asked. An array: its tasks in
+    numbers, and why the rest wait."""
+    a = j.get("array")
+    if a:
+        first = (j.get("reasons") or [""])[0]
+        return clean(f"{array_text(a)}; {first}" if first and j["state"] == "PENDING" else array_text(a))
     if j["state"] in ACTIVE_NAMES:
         # Flags first: on a narrow screen "[idle 35m]" matters more than the node.
         flags = "".join(f"[{f}] " for f in j.get("flags") or [])
@@ -149,15 +154,36 @@ def where_or_why(j: Mapping[str, Any], detail: bool = False) -> str:
     return clean(reasons[0]) if reasons else ""
 
 
+def ref(j: Mapping[str, Any]) -> str:
+    """How a job is named: `42`, or `42.7` for task 7 of array 42."""
+    return str(j.get("ref") or j["id"])
+
+
+def array_text(a: Mapping[str, Any]) -> str:
+    """An array's tasks in numbers: `6/48 running, 30 pending, 12 done, 0 failed`."""
+    text = f"{a['running']}/{a['size']} running, {a['pending']} pending, {a['done']} done, {a['failed']} failed"
+    if a.get("cancelled"):
+        text += f", {a['cancelled']} cancelled"
+    return text + (f" (at most {a['cap']} at once)" if a.get("cap") else "")
+
+
+def array_state(j: Mapping[str, Any]) -> str:
+    """An array's row says RUNNING while any task runs (its own state stays PENDING
+    until all have ended: that is what a chain on it waits for)."""
+    a = j.get("array")
+    return "RUNNING" if a and j["state"] == "PENDING" and a["running"] else j["state"]
+
+
 def queue_cells(j: Mapping[str, Any], now: float) -> dict[str, str]:
     """Every column either front end shows for a job, each written once."""
     gpu = j.get("gpu") or {}
+    a = j.get("array")
     return {
-        "ID": str(j["id"]),
+        "ID": ref(j) + ("[]" if a else ""),
         "USER": clean(j["user"]),
         "NAME": clean(str(j.get("name", ""))),
-        "GPUS": str(j["gpus"]),
-        "STATE": j["state"],
+        "GPUS": str(j["gpus"]) + ("/task" if a else ""),
+        "STATE": array_state(j),
         "WAIT / RUN": elapsed_cell(j, now),
         "ETA": eta_cell(j, now),
         "UTIL": pct(gpu.get("util_now")) if j["state"] in ACTIVE_NAMES and gpu else "",
@@ -182,10 +208,19 @@ def job_lines(j: Mapping[str, Any], now: float, events: int | None = None) -> li
     `events`: show the last N history lines (None: all)."""
     spec = j.get("spec") or {}
     private = bool(j.get("private"))
-    out = [Line("head", "", f"job {j['id']}  {clean(j.get('name', ''))}  ({clean(j['user'])})  {j['state']}")]
+    a = j.get("array")
+    kind = "array" if a else "job"
+    out = [Line("head", "", f"{kind} {ref(j)}  {clean(j.get('name', ''))}  ({clean(j['user'])})  {array_state(j)}")]
 
     def field(label: str, text: str) -> None:
         out.append(Line("field", label, text))
+
+    if a:
+        plan = spec.get("array") or ", ".join(f"{k}={','.join(v)}" for k, v in (spec.get("sweep") or {}).items())
+        field("tasks", f"{clean(plan)} ({a['size']} tasks; {ref(j)}.INDEX names one)")
+        field("array", array_text(a))
+    elif j.get("array_id") is not None:
+        field("array", f"task {j.get('array_index')} of array {j['array_id']}")
 
     field("command", PRIVATE if private else clean(shlex.join(spec.get("command") or [])))
     default = j.get("default_time_limit")

@@ -29,7 +29,10 @@ CHUNK = 1 << 20  # log bytes carried per report
 HEARTBEAT_S = 0.25  # how often a running job asks whether it should stop
 
 # report(info, offset, data, result) -> stop request or None.
-Report = Callable[[dict[str, Any] | None, int, bytes, dict[str, Any] | None], dict[str, Any] | None]
+# report(info, offset, data, result, err): `err` lists the stderr parts of `data` as
+# (offset in the log, offset in the stderr stream, length); the log is both, in order.
+Span = tuple[int, int, int]
+Report = Callable[[dict[str, Any] | None, int, bytes, dict[str, Any] | None, list[Span]], dict[str, Any] | None]
 
 
 @dataclass(frozen=True)
@@ -306,7 +309,7 @@ def _refuse(report: Report, reason: str, exit_code: int | None = None, detail: s
     """The job failed before it ran. `reason` is public (everyone sees a job's reason);
     `detail`, with its paths and command, goes only to the log, which is the owner's."""
     result = _result("failed", exit_code, None, reason)
-    report(None, 0, f"labq: {detail or reason}\n".encode(), result)
+    report(None, 0, f"labq: {detail or reason}\n".encode(), result, [])
     return result
 
 
@@ -341,9 +344,12 @@ def _run(
 
     tree = _Tree(f"{launch.namespace}-{launch.job_id}.{launch.attempt}", launch.cgroup)
     cgroup_procs = os.path.join(tree.cgroup, "cgroup.procs") if tree.cgroup else ""
-    # A pipe, not a file: the job's output streams through us, so it is bounded here
-    # and a job that writes faster than we forward it waits, as on a terminal.
+    # Pipes, not files: the job's output streams through us, so it is bounded here
+    # and a job that writes faster than we forward it waits, as on a terminal. Two:
+    # stdout and stderr, read in the order they come into one log, with the stderr
+    # parts marked (`labq logs --stderr`).
     rfd, wfd = os.pipe()
+    efd, ewfd = os.pipe()
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     try:
         proc = subprocess.Popen(
@@ -351,21 +357,24 @@ def _run(
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=wfd,
-            stderr=wfd,
+            stderr=ewfd,
             start_new_session=True,
             preexec_fn=lambda: _child_setup(acct, launch.umask, cwd, cgroup_procs, status_w, host),
         )
     except OSError as e:
         os.close(rfd)
+        os.close(efd)
         tree.close()
         why = e.strerror or str(e)
         return _refuse(report, f"cannot run its command: {why}", 127, f"cannot run {launch.argv[0]!r}: {why}")
     finally:
         os.close(wfd)
+        os.close(ewfd)
         os.close(status_w)
     tree.top = proc.pid
     os.set_blocking(rfd, False)
-    out = _Output(rfd, launch.log_limit)
+    os.set_blocking(efd, False)
+    out = _Output(rfd, launch.log_limit, efd)
 
     started = time.time()
     info = {"pid": proc.pid, "gpu_ids": gpu_ids, "host": host, "start_time": started}
@@ -373,7 +382,7 @@ def _run(
     reason = ""
     kill_at: float | None = None
     deadline = started + launch.time_limit if launch.time_limit else None
-    stop = report(info, 0, b"", None)
+    stop = report(info, 0, b"", None, [])
     last_report = time.monotonic()
 
     while True:
@@ -405,8 +414,8 @@ def _run(
         if proc.poll() is not None:
             break
         if time.monotonic() - last_report >= HEARTBEAT_S or out.pending() >= CHUNK:
-            offset, data = out.take()
-            stop = report(None, offset, data, None) or stop
+            offset, data, err = out.take()
+            stop = report(None, offset, data, None, err) or stop
             last_report = time.monotonic()
 
     # Whatever the job left behind goes too, wherever it went: nothing may keep GPUs
@@ -427,12 +436,12 @@ def _run(
     if failure:
         out.buf += f"labq: {detail}\n".encode()
     while out.pending() > CHUNK:
-        offset, data = out.take(CHUNK)
-        report(None, offset, data, None)
+        offset, data, err = out.take(CHUNK)
+        report(None, offset, data, None, err)
     if out.dropped:
         result["log_dropped"] = out.dropped
-    offset, data = out.take()
-    report(None, offset, data, result)
+    offset, data, err = out.take()
+    report(None, offset, data, result, err)
     return result
 
 
@@ -451,37 +460,57 @@ def _read_status(fd: int) -> tuple[str, str]:
 
 
 class _Output:
-    """The job's output pipe: bytes read but not yet reported, up to a limit."""
+    """The job's output pipes (stdout, and stderr apart): bytes read but not yet
+    reported, up to a limit, and which of them came from stderr."""
 
     NOTE = b"\nlabq: output beyond this point was discarded (log limit reached)\n"
 
-    def __init__(self, fd: int, limit: int) -> None:
-        self.fd = fd
+    def __init__(self, fd: int, limit: int, err_fd: int | None = None) -> None:
+        self.fds = [fd] if err_fd is None else [fd, err_fd]
+        self.err_fd = err_fd
         self.limit = max(0, limit - len(self.NOTE))
         self.buf = bytearray()
         self.offset = 0  # bytes reported so far
         self.dropped = 0
-        self.closed = False
+        # Stderr parts of the stream not yet taken: [log offset, stderr offset, length].
+        self.spans: list[list[int]] = []
+        self.err_bytes = 0
+
+    @property
+    def closed(self) -> bool:
+        return not self.fds
 
     def pending(self) -> int:
         return len(self.buf)
 
-    def _read(self) -> bool:
+    def _close(self, fd: int) -> None:
+        os.close(fd)
+        self.fds.remove(fd)
+
+    def _read(self, fd: int) -> bool:
         """One read; False when nothing more is there right now (or ever)."""
         try:
-            data = os.read(self.fd, CHUNK)
+            data = os.read(fd, CHUNK)
         except BlockingIOError:
             return False
         if not data:
-            os.close(self.fd)
-            self.closed = True
+            self._close(fd)
             return False
         room = self.limit - self.offset - len(self.buf)
+        kept = data if room >= len(data) else data[: max(0, room)] if self.dropped == 0 else b""
+        if kept and fd == self.err_fd:
+            at = self.offset + len(self.buf)
+            last = self.spans[-1] if self.spans else None
+            if last is not None and last[0] + last[2] == at:
+                last[2] += len(kept)
+            else:
+                self.spans.append([at, self.err_bytes, len(kept)])
+            self.err_bytes += len(kept)
         if room >= len(data):
             self.buf += data
         else:
             if self.dropped == 0:
-                self.buf += data[: max(0, room)] + self.NOTE
+                self.buf += kept + self.NOTE
             self.dropped += len(data) - max(0, room)
         return True
 
@@ -490,33 +519,41 @@ class _Output:
         if self.closed:
             time.sleep(timeout)
             return
-        ready, _, _ = select.select([self.fd], [], [], timeout)
-        if not ready:
-            return
-        for _ in range(16):  # past the limit we read fast, so a flood never stalls the job
-            if not self._read() or (self.pending() >= CHUNK and not self.dropped):
-                return
+        ready, _, _ = select.select(self.fds, [], [], timeout)
+        for fd in ready:
+            for _ in range(16):  # past the limit we read fast, so a flood never stalls the job
+                if not self._read(fd) or (self.pending() >= CHUNK and not self.dropped):
+                    break
 
     def drain(self, timeout: float = 2.0) -> None:
-        """After the job ended: what is left in the pipe. A descendant that escaped its
-        process group may keep the pipe open; don't wait for it beyond `timeout`."""
+        """After the job ended: what is left in the pipes. A descendant that escaped its
+        process group may keep a pipe open; don't wait for it beyond `timeout`."""
         end = time.monotonic() + timeout
         while not self.closed and time.monotonic() < end:
-            if not self._read():
+            if not any([self._read(fd) for fd in list(self.fds)]):
                 if self.closed:
                     break
-                select.select([self.fd], [], [], max(0.0, min(0.1, end - time.monotonic())))
-        if not self.closed:
-            os.close(self.fd)
-            self.closed = True
+                select.select(self.fds, [], [], max(0.0, min(0.1, end - time.monotonic())))
+        for fd in list(self.fds):
+            self._close(fd)
 
-    def take(self, n: int | None = None) -> tuple[int, bytes]:
+    def take(self, n: int | None = None) -> tuple[int, bytes, list[Span]]:
         n = len(self.buf) if n is None else min(n, len(self.buf))
         data = bytes(self.buf[:n])
         del self.buf[:n]
         offset = self.offset
         self.offset += n
-        return offset, data
+        err: list[Span] = []
+        while self.spans and self.spans[0][0] < self.offset:
+            at, err_at, length = self.spans[0]
+            if at + length <= self.offset:
+                err.append((at, err_at, length))
+                self.spans.pop(0)
+            else:  # split at the chunk's end; the rest goes with the next chunk
+                k = self.offset - at
+                err.append((at, err_at, k))
+                self.spans[0] = [self.offset, err_at + k, length - k]
+        return offset, data, err
 
 
 def _write_deadline(fd: int, kill_at: float) -> None:

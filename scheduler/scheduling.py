@@ -1,8 +1,11 @@
 """The scheduler loop: build a Snapshot, call the one policy, carry out its Decision.
 
-Owns the last Decision (read by the API for reasons, ETAs, ranks and shares) and when
-the last pass ran. It settles chains (`--after`) before each pass: the only thread
-that drops a met dependency or cancels a job whose dependency failed. It is the only
+Owns the last Decision (read by the API for reasons, ETAs, ranks and shares), why each
+waiting array can start no task (`array_waits`), and when the last pass ran. It settles
+chains (`--after`) and ended arrays before each pass: the only thread that drops a met
+dependency, cancels a job whose dependency failed, or ends an array. A waiting array
+reaches the policy as one entry with a count (its `%N` cap applied here); its task's
+row is made when the policy starts one. It is the only
 thread that starts jobs; it asks jobs to stop only
 through the job-control core. The policy (`policy.schedule`) is pure: this module is
 the side that reads the store, the nodes and the GPU monitors, and the clock.
@@ -13,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any
@@ -35,6 +39,7 @@ from scheduler.policy import (
 from scheduler.quota import QuotaBook
 from scheduler.shapes import ACTIVE, JobState, Reason
 from scheduler.store import JobRow, Store
+from scheduler.store_arrays import ArrayEntry
 
 log = logging.getLogger("labq.scheduler")
 
@@ -74,6 +79,8 @@ class Scheduler:
         self.pass_s = 0.0  # how long the last pass took (health, benchmarks)
         self.wake = wake or threading.Event()
         self.api_busy_until = 0.0  # monotonic; the API handlers push it forward
+        # Arrays none of whose tasks may start now, and why (the policy never sees them).
+        self.array_waits: dict[int, Waiting] = {}
 
     def policy_config(self) -> PolicyConfig:
         c = self.config
@@ -90,11 +97,27 @@ class Scheduler:
         return None if d is None else d.waiting.get(job_id)
 
     # -- the snapshot -------------------------------------------------------------------------
-    def snapshot(self, now: float, chained: Collection[int] = ()) -> Snapshot:
-        """`chained`: waiting jobs that wait for others (not the policy's to place yet)."""
+    def snapshot(
+        self, now: float, chained: Collection[int] = (), arrays: list[ArrayEntry] | None = None
+    ) -> Snapshot:
+        """`chained`: waiting jobs that wait for others (not the policy's to place yet).
+        `arrays`: the waiting arrays (read here when not given)."""
         pending_rows = self.store.policy_rows((JobState.PENDING,))
         if chained:
             pending_rows = [r for r in pending_rows if r[0] not in chained]
+        array_jobs: list[PendingJob] = []
+        array_waits: dict[int, Waiting] = {}
+        for e in self.store.array_entries() if arrays is None else arrays:
+            if e.id in chained:
+                continue
+            n = e.startable
+            if n:
+                array_jobs.append(
+                    PendingJob(e.id, e.user, e.gpus, e.submit_time, e.priority, e.time_limit, False, e.cpus, e.memory, n)
+                )
+            else:
+                array_waits[e.id] = array_wait(e)
+        self.array_waits = array_waits
         active = self.store.jobs(states=ACTIVE, with_spec=False)
         decayed, week = self.ledger.usage(now, active)
         held = held_gpus(active)
@@ -114,9 +137,12 @@ class Scheduler:
         )
         return Snapshot(
             now=now,
-            pending=tuple(
-                PendingJob(jid, user, gpus, submit, prio, limit, bool(requeued), cpus, memory)
-                for jid, user, gpus, submit, prio, limit, requeued, cpus, memory, *_ in pending_rows
+            pending=(
+                *(
+                    PendingJob(jid, user, gpus, submit, prio, limit, bool(requeued), cpus, memory)
+                    for jid, user, gpus, submit, prio, limit, requeued, cpus, memory, *_ in pending_rows
+                ),
+                *array_jobs,
             ),
             running=tuple(
                 RunningJob(
@@ -185,14 +211,26 @@ class Scheduler:
     def one_pass(self) -> Decision:
         t0 = time.perf_counter()
         now = time.time()
+        arrays = self.store.array_entries()
+        if any(e.made >= e.size and not e.live for e in arrays):
+            ended = {a for a, _ in self.store.settle_arrays(now)}
+            arrays = [e for e in arrays if e.id not in ended]
         chained = self.resolve_dependencies(now)
-        decision = schedule(self.snapshot(now, chained))
+        array_ids = {e.id for e in arrays}
+        decision = schedule(self.snapshot(now, chained, arrays))
         if chained:
             waits = {j: dependency_wait(d) for j, (_, d) in chained.items()}
             decision = replace(decision, waiting={**decision.waiting, **waits})
         held = held_gpus(self.store.jobs(states=ACTIVE, with_spec=False)) if decision.starts else {}
         for start in decision.starts:
-            row = self.store.get(start.job_id)
+            if start.job_id in array_ids:
+                # One of the array's tasks: its row is made now, with the next index.
+                task = self.store.add_task(start.job_id, now)
+                if task is None:
+                    continue  # cancelled while we were deciding
+                row = self.store.get(task)
+            else:
+                row = self.store.get(start.job_id)
             if row.state is not JobState.PENDING:
                 continue  # cancelled while we were deciding
             picked = self.pick_gpus(start.node, row.gpus, held)
@@ -204,6 +242,14 @@ class Scheduler:
             if row.state in ACTIVE and row.stop_outcome is None:
                 self.store.note(row.id, f"preemption requested: {pre.reason}", now)
                 self.control.request_stop(row, "preempted", pre.reason, self.control.grace(row))
+        if arrays:
+            # An array all of whose startable tasks started in this pass: why the rest wait.
+            begun = Counter(s.job_id for s in decision.starts if s.job_id in array_ids)
+            waits = dict(self.array_waits)
+            for e in arrays:
+                if e.id in begun and e.id not in decision.waiting:
+                    waits[e.id] = array_wait(e._replace(made=e.made + begun[e.id], live=e.live + begun[e.id]))
+            self.array_waits = waits
         self.decision = decision
         self.last_pass = now
         pending = {u: s.pending_jobs for u, s in decision.shares.items()}
@@ -291,6 +337,15 @@ def dependency_wait(deps: list[tuple[int, str, JobState]]) -> Waiting:
         ),
         None,
     )
+
+
+def array_wait(e: ArrayEntry) -> Waiting:
+    """Why none of an array's tasks may start, beyond what the policy would say."""
+    if e.made < e.size and e.cap is not None:
+        text = f"array: {e.live}/{e.cap} tasks at once (%{e.cap}); the next starts when one ends"
+    else:
+        text = f"array: all {e.size} tasks have started; {e.live} not ended yet"
+    return Waiting((Reason("array", text, (("live", e.live), ("cap", e.cap or 0), ("size", e.size))),), None)
 
 
 def _preview_answer(

@@ -99,6 +99,7 @@ KINDS = (
     "backfill",  # it would delay a job with a reservation
     "fairshare",  # jobs of others rank ahead of it
     "dependency",  # it waits for other jobs to end (--after / --after-any)
+    "array",  # an array whose %N cap is full, or whose tasks have all started
 )
 
 

@@ -19,9 +19,10 @@ from typing import Any
 
 from scheduler.job import JobSpec, JobState, transition
 from scheduler.store_accounts import AccountTables
+from scheduler.store_arrays import ArrayTables
 from scheduler.store_deps import DependencyTables
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 # Each entry migrates from version i to i+1. Never edit a shipped entry: append one.
 MIGRATIONS: list[str] = [
@@ -142,6 +143,25 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX job_deps_dep ON job_deps(dep_id);
     """,
+    # Arrays and sweeps (issue 16): an array is one row (array_size > 0) that never runs;
+    # its tasks are rows of their own (array_id, array_index), made as they start.
+    # array_next: how many of its indices have been handed out, in order.
+    # notify_pending: the job has --notify and has not been told of yet (notify.py).
+    # jobs_user_logs: the per-user log cap sums only the logs there are (each job's end
+    # summed all of its owner's rows: 10,000 tasks of one array made that quadratic).
+    """
+    ALTER TABLE jobs ADD COLUMN array_id INTEGER;
+    ALTER TABLE jobs ADD COLUMN array_index INTEGER;
+    ALTER TABLE jobs ADD COLUMN array_size INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN array_cap INTEGER;
+    ALTER TABLE jobs ADD COLUMN array_next INTEGER NOT NULL DEFAULT 0;
+    CREATE UNIQUE INDEX jobs_task ON jobs(array_id, array_index) WHERE array_id IS NOT NULL;
+    CREATE INDEX jobs_array_state ON jobs(array_id, state) WHERE array_id IS NOT NULL;
+    CREATE INDEX jobs_arrays ON jobs(state) WHERE array_size > 0;
+    ALTER TABLE jobs ADD COLUMN notify_pending INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_notify ON jobs(state) WHERE notify_pending = 1;
+    CREATE INDEX jobs_user_logs ON jobs(user, end_time) WHERE log_removed IS NULL AND log_bytes > 0;
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -152,7 +172,8 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 _COLUMNS_NO_SPEC = (
     "id, user, uid, name, '{}' AS spec, gpus, priority, time_limit, state, reason, submit_time, "
     "start_time, end_time, attempt, node, node_name, gpu_ids, pid, exit_code, signal, stop_deadline, "
-    "stop_outcome, stop_reason, requeued, log_base, log_bytes, log_removed, cpus, memory"
+    "stop_outcome, stop_reason, requeued, log_base, log_bytes, log_removed, cpus, memory, "
+    "array_id, array_index, array_size, array_cap, array_next, notify_pending"
 )
 
 _STATES = {s.value: s for s in JobState}
@@ -221,6 +242,17 @@ class JobRow:
     log_removed: float | None = None
     cpus: float = 0.0
     memory: int = 0
+    array_id: int | None = None  # a task: its array's job id
+    array_index: int | None = None  # a task: its index (42.7 is index 7 of array 42)
+    array_size: int = 0  # an array: how many tasks it has (0: not an array)
+    array_cap: int | None = None  # an array: at most this many tasks at once
+    array_next: int = 0  # an array: how many of its indices were handed out
+    notify_pending: int = 0  # 1: --notify, not sent yet
+
+    @property
+    def ref(self) -> str:
+        """How people name it: `42` or, for a task, `42.7`."""
+        return str(self.id) if self.array_id is None else f"{self.array_id}.{self.array_index}"
 
     @classmethod
     def from_row(cls, r: sqlite3.Row) -> JobRow:
@@ -233,7 +265,7 @@ class JobRow:
         return cls(*v)
 
 
-class Store(AccountTables, DependencyTables):
+class Store(AccountTables, DependencyTables, ArrayTables):
     """Jobs, their events and runs; the admin tables come from AccountTables."""
 
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
@@ -396,9 +428,13 @@ class Store(AccountTables, DependencyTables):
             if row is not None:
                 return int(row[0])
         spec = r.spec
+        size, cap = 0, None
+        if spec.is_array:
+            indices, cap = spec.array_plan()
+            size = len(indices)
         cur = c.execute(
             "INSERT INTO jobs(user, uid, name, spec, gpus, priority, time_limit, state, "
-            "submit_time, cpus, memory) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            "submit_time, cpus, memory, array_size, array_cap, notify_pending) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 r.user,
                 r.uid,
@@ -411,6 +447,9 @@ class Store(AccountTables, DependencyTables):
                 r.now,
                 float(spec.cpus),
                 int(spec.memory or 0),
+                size,
+                cap,
+                1 if spec.notify else 0,
             ),
         )
         job_id = int(cur.lastrowid or 0)
@@ -438,10 +477,12 @@ class Store(AccountTables, DependencyTables):
         limit: int | None = None,
         after: int | None = None,
         with_spec: bool = True,
+        tasks: bool = True,
     ) -> list[JobRow]:
         """Jobs in id order. `limit` alone: the newest `limit`; with `after`: the first
         `limit` whose id is above it (a page). `with_spec=False` skips the specs, which
-        a listing never shows and which can be large."""
+        a listing never shows and which can be large. `tasks=False` leaves out arrays'
+        tasks (a listing shows each array as one row)."""
         cols = "*" if with_spec else _COLUMNS_NO_SPEC
         sql = f"SELECT {cols} FROM jobs"
         where: list[str] = []
@@ -452,6 +493,8 @@ class Store(AccountTables, DependencyTables):
         if user:
             where.append("user=?")
             args.append(user)
+        if not tasks:
+            where.append("array_id IS NULL")
         if after is not None:
             where.append("id>?")
             args.append(int(after))
@@ -469,7 +512,10 @@ class Store(AccountTables, DependencyTables):
         """Plain tuples (POLICY_COLUMNS) for a scheduling pass: no rows, no specs; a
         pass over 10,000 waiting jobs reads them in a few milliseconds."""
         rows = self._reader().execute(
-            f"SELECT {POLICY_COLUMNS} FROM jobs WHERE state IN ({','.join('?' * len(states))}) ORDER BY id",
+            # An array's own row never runs: its tasks reach the policy as one entry
+            # with a count (store_arrays.array_entries).
+            f"SELECT {POLICY_COLUMNS} FROM jobs WHERE state IN ({','.join('?' * len(states))}) "
+            "AND array_size = 0 ORDER BY id",
             [s.value for s in states],
         )
         return [tuple(r) for r in rows]
@@ -584,48 +630,6 @@ class Store(AccountTables, DependencyTables):
         sets = ", ".join(f"{k}=?" for k in fields)
         with self._tx() as c:
             c.execute(f"UPDATE jobs SET {sets} WHERE id=?", (*fields.values(), job_id))
-
-    def runs_since(self, since: float) -> list[dict[str, Any]]:
-        rows = self._reader().execute(
-            "SELECT job_id, attempt, user, gpus, node, start_time, end_time FROM runs "
-            "WHERE end_time IS NULL OR end_time >= ?",
-            (since,),
-        )
-        return [dict(r) for r in rows]
-
-    def usage_rows(self, since: float) -> list[dict[str, Any]]:
-        """Every attempt that overlaps [since, now], with its job's name and GPU accounting."""
-        rows = self._reader().execute(
-            "SELECT r.job_id, r.attempt, r.user, r.gpus, r.node, r.start_time, r.end_time, "
-            "r.sampled_s, r.busy_gpu_s, r.idle_gpu_s, r.util_mean, r.mem_peak, j.name, j.state "
-            "FROM runs r JOIN jobs j ON j.id = r.job_id "
-            "WHERE r.end_time IS NULL OR r.end_time >= ? ORDER BY r.start_time",
-            (since,),
-        )
-        return [dict(r) for r in rows]
-
-    def job_gpu_totals(self, job_id: int) -> dict[str, Any] | None:
-        """GPU accounting summed over a job's attempts; None when nothing was sampled."""
-        rows = [
-            dict(r)
-            for r in self._reader().execute(
-                "SELECT sampled_s, busy_gpu_s, idle_gpu_s, mem_peak, gpus FROM runs "
-                "WHERE job_id=? AND sampled_s IS NOT NULL",
-                (job_id,),
-            )
-        ]
-        if not rows:
-            return None
-        sampled = sum(r["sampled_s"] or 0.0 for r in rows)
-        busy = sum(r["busy_gpu_s"] or 0.0 for r in rows)
-        gpu_s = sum((r["sampled_s"] or 0.0) * r["gpus"] for r in rows)
-        return {
-            "sampled_s": sampled,
-            "busy_gpu_s": busy,
-            "idle_gpu_s": sum(r["idle_gpu_s"] or 0.0 for r in rows),
-            "util_mean": 100.0 * busy / gpu_s if gpu_s > 0 else None,
-            "mem_peak": max(r["mem_peak"] or 0 for r in rows),
-        }
 
     def count_by_state(self) -> dict[str, int]:
         rows = self._reader().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")

@@ -1,4 +1,4 @@
-"""The store's tables about people rather than jobs: log caps, quotas, audit, API tokens.
+"""The store's tables about people rather than jobs: usage, log caps, quotas, audit, API tokens.
 
 A mixin of `Store` (store.py), which provides the connection and the transaction:
 split out only to keep each class small; there is one database and one writer.
@@ -21,11 +21,55 @@ class AccountTables:
     def _reader(self) -> sqlite3.Connection:
         raise NotImplementedError
 
+    # -- GPU accounting of runs ------------------------------------------------------------------
+    def runs_since(self, since: float) -> list[dict[str, Any]]:
+        rows = self._reader().execute(
+            "SELECT job_id, attempt, user, gpus, node, start_time, end_time FROM runs "
+            "WHERE end_time IS NULL OR end_time >= ?",
+            (since,),
+        )
+        return [dict(r) for r in rows]
+
+    def usage_rows(self, since: float) -> list[dict[str, Any]]:
+        """Every attempt that overlaps [since, now], with its job's name and GPU accounting."""
+        rows = self._reader().execute(
+            "SELECT r.job_id, r.attempt, r.user, r.gpus, r.node, r.start_time, r.end_time, "
+            "r.sampled_s, r.busy_gpu_s, r.idle_gpu_s, r.util_mean, r.mem_peak, j.name, j.state "
+            "FROM runs r JOIN jobs j ON j.id = r.job_id "
+            "WHERE r.end_time IS NULL OR r.end_time >= ? ORDER BY r.start_time",
+            (since,),
+        )
+        return [dict(r) for r in rows]
+
+    def job_gpu_totals(self, job_id: int) -> dict[str, Any] | None:
+        """GPU accounting summed over a job's attempts; None when nothing was sampled."""
+        rows = [
+            dict(r)
+            for r in self._reader().execute(
+                "SELECT sampled_s, busy_gpu_s, idle_gpu_s, mem_peak, gpus FROM runs "
+                "WHERE job_id=? AND sampled_s IS NOT NULL",
+                (job_id,),
+            )
+        ]
+        if not rows:
+            return None
+        sampled = sum(r["sampled_s"] or 0.0 for r in rows)
+        busy = sum(r["busy_gpu_s"] or 0.0 for r in rows)
+        gpu_s = sum((r["sampled_s"] or 0.0) * r["gpus"] for r in rows)
+        return {
+            "sampled_s": sampled,
+            "busy_gpu_s": busy,
+            "idle_gpu_s": sum(r["idle_gpu_s"] or 0.0 for r in rows),
+            "util_mean": 100.0 * busy / gpu_s if gpu_s > 0 else None,
+            "mem_peak": max(r["mem_peak"] or 0 for r in rows),
+        }
+
     # -- per-user log cap ----------------------------------------------------------------------
     def user_log_bytes(self, user: str) -> int:
         """Bytes of the user's logs still kept (ended jobs: as measured at their end)."""
         row = self._reader().execute(
-            "SELECT COALESCE(SUM(log_bytes), 0) FROM jobs WHERE user=? AND log_removed IS NULL", (user,)
+            "SELECT COALESCE(SUM(log_bytes), 0) FROM jobs WHERE user=? AND log_removed IS NULL AND log_bytes > 0",
+            (user,),
         ).fetchone()
         return int(row[0])
 

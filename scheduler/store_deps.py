@@ -1,4 +1,5 @@
-"""The store's table of chains (issue 16): what each waiting job still waits for.
+"""The store's workflow tables (issue 16): what each waiting job still waits for (chains),
+and which ended jobs still owe their owner a notification (`--notify`).
 
 A mixin of `Store` (store.py), which provides the connection and the transaction;
 rows are written with the job itself (`Store._insert_job`) and read and dropped by
@@ -7,9 +8,11 @@ the scheduler loop (`Scheduler.resolve_dependencies`).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from contextlib import AbstractContextManager
+from typing import Any
 
 from scheduler.shapes import JobState
 
@@ -60,3 +63,32 @@ class DependencyTables:
                 c.execute("DELETE FROM job_deps WHERE job_id=?", (job_id,))
             else:
                 c.executemany("DELETE FROM job_deps WHERE job_id=? AND dep_id=?", [(job_id, d) for d in dep_ids])
+
+    # -- notifications ----------------------------------------------------------------------------
+    def notify_due(self) -> list[dict[str, Any]]:
+        """Ended jobs with --notify not sent yet (a NODE_LOST one once it has settled)."""
+        final = [s.value for s in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT, JobState.LOST)]
+        rows = self._reader().execute(
+            "SELECT id, user, uid, name, spec, state, reason, exit_code, start_time, end_time, node_name, "
+            "array_id, array_index, array_size FROM jobs WHERE notify_pending = 1 AND "
+            f"(state IN ({','.join('?' * len(final))}) OR (state = ? AND end_time < ?)) ORDER BY id LIMIT 100",
+            (*final, JobState.NODE_LOST.value, time.time() - NODE_LOST_SETTLE_S),
+        )
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["notify"] = json.loads(d.pop("spec")).get("notify") or {}
+            d["ref"] = str(d["id"]) if d["array_id"] is None else f"{d['array_id']}.{d['array_index']}"
+            out.append(d)
+        return out
+
+    def notified(self, job_id: int, outcome: str, now: float) -> None:
+        """Sent (or given up on): said in the job's history, never sent again."""
+        with self._tx() as c:
+            row = c.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            c.execute("UPDATE jobs SET notify_pending = 0 WHERE id=?", (job_id,))
+            # No state change: the event carries the state it was told of, and what happened.
+            c.execute(
+                "INSERT INTO events(job_id, time, old_state, new_state, reason) VALUES (?,?,?,?,?)",
+                (job_id, now, None, row[0], outcome),
+            )

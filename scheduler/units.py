@@ -112,12 +112,72 @@ def format_size(n: int | None) -> str:
 
 
 def parse_job_ids(text: str) -> list[int]:
-    """`41,42` or `41 42`: job ids for --after / --after-any."""
+    """`41,42` or `41 42`: job ids for --after / --after-any. `42.*` is array 42 as a
+    whole (all its tasks); a single task (`42.7`) is refused: its row exists only once
+    it starts, so a chain names the array."""
     ids = []
     for part in text.replace(",", " ").split():
+        if part.endswith(".*"):
+            part = part[:-2]
+        elif "." in part and part.replace(".", "", 1).isdigit():
+            raise ValueError(f"{part!r}: wait for a whole array ({part.split('.')[0]}.*), not one task")
         if not part.isascii() or not part.isdigit() or len(part) > 18:
-            raise ValueError(f"{part!r} is not a job id (give ids like 41,42)")
+            raise ValueError(f"{part!r} is not a job id (give ids like 41,42 or 42.* for an array)")
         ids.append(int(part))
     if not ids:
         raise ValueError("no job id given")
     return ids
+
+
+MAX_ARRAY_TASKS = 100_000
+
+
+def parse_array(text: str) -> tuple[list[int], int | None]:
+    """Slurm's --array: `0-99`, `1,3,5-9`, `0-98:2` (a step), with `%8` at the end to run
+    at most 8 at once. Returns (the indices in order, the cap or None)."""
+    body, _, cap_text = str(text).strip().partition("%")
+    cap: int | None = None
+    if cap_text:
+        if not cap_text.isascii() or not cap_text.isdigit() or int(cap_text) < 1:
+            raise UnitError(f"--array {text}: %N needs a whole number from 1 (at most N tasks at once)")
+        cap = int(cap_text)
+    out: list[int] = []
+    seen: set[int] = set()
+    for part in body.split(","):
+        m = re.fullmatch(r"([0-9]{1,9})(?:-([0-9]{1,9})(?::([0-9]{1,9}))?)?", part.strip(), re.ASCII)
+        if m is None:
+            raise UnitError(f"--array {text}: write ranges like 0-99, 1,3,5-9 or 0-98:2, then %N to cap")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        step = int(m.group(3)) if m.group(3) is not None else 1
+        if hi < lo or step < 1:
+            raise UnitError(f"--array {text}: {part.strip()} is an empty range")
+        if (hi - lo) // step + 1 + len(out) > MAX_ARRAY_TASKS:
+            raise UnitError(f"--array {text}: at most {MAX_ARRAY_TASKS:,} tasks in one array")
+        for i in range(lo, hi + 1, step):
+            if i not in seen:
+                seen.add(i)
+                out.append(i)
+    return out, cap
+
+
+_PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}", re.ASCII)
+
+
+def parse_sweep(items: list[str]) -> dict[str, list[str]]:
+    """`--sweep lr=1e-3,3e-4 --sweep bs=32,64`: each name's values, in the order given."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        name, eq, values = item.partition("=")
+        name = name.strip()
+        if not eq or not _PARAM.fullmatch(name):
+            raise UnitError(f"--sweep {item[:60]}: write NAME=v1,v2,... (a name of letters, digits, _)")
+        if name in ("index", "array_id"):
+            raise UnitError(f"--sweep {name}: that name is labq's own ({{{name}}} is always there)")
+        if name in out:
+            raise UnitError(f"--sweep {name} given twice")
+        vals = [v.strip() for v in values.split(",")]
+        if not all(vals):
+            raise UnitError(f"--sweep {item[:60]}: an empty value")
+        out[name] = vals
+    return out

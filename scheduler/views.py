@@ -3,7 +3,8 @@
 What a caller may see is decided here and only here:
 - everyone: id, owner, name, size, state, times, node, reasons, GPU use;
 - the owner and admins also: the command, the working directory, the values of
-  the environment (often API keys), the job's pid;
+  the environment (often API keys), the notify target (a webhook URL is a secret),
+  the job's pid;
 - admins alone: where the log lives on the head node.
 Another user sees the *names* of the environment variables, so a colleague can tell
 what a job was given without reading the secrets.
@@ -23,7 +24,7 @@ from scheduler.shapes import ACTIVE, JobState, Reason
 from scheduler.store import JobRow, Store
 
 # Spec fields only the owner and admins see.
-PRIVATE_SPEC = ("command", "workdir", "env")
+PRIVATE_SPEC = ("command", "workdir", "env", "notify")
 
 # Every list row has exactly these keys (plus what the caller may see).
 SUMMARY_FIELDS = (
@@ -54,7 +55,32 @@ def summary(row: JobRow, caller: Caller) -> dict[str, Any]:
     d["requeued"] = bool(row.requeued)
     if caller.may_see(row.user):
         d["pid"] = row.pid
+    if row.array_id is not None:
+        d["ref"] = row.ref
+        d["array_id"] = row.array_id
+        d["array_index"] = row.array_index
     return d
+
+
+_ARRAY_ONLY = ("array", "sweep", "max_running", "after", "after_any", "notify")
+_RUNNING = {JobState.STARTING.value, JobState.RUNNING.value}
+_WAITING = {JobState.PENDING.value, JobState.PREEMPTED.value}
+_FAILED = {JobState.FAILED.value, JobState.TIMEOUT.value, JobState.LOST.value, JobState.NODE_LOST.value}
+
+
+def array_facts(row: JobRow, counts: Mapping[str, int]) -> dict[str, Any]:
+    """An array's tasks in numbers: `6/48 running, 30 pending, 12 done, 0 failed`."""
+    made = sum(counts.values())
+    unstarted = 0 if row.state.terminal else row.array_size - made
+    return {
+        "size": row.array_size,
+        "cap": row.array_cap,
+        "running": sum(n for s, n in counts.items() if s in _RUNNING),
+        "pending": unstarted + sum(n for s, n in counts.items() if s in _WAITING),
+        "done": counts.get(JobState.SUCCEEDED.value, 0),
+        "failed": sum(n for s, n in counts.items() if s in _FAILED),
+        "cancelled": counts.get(JobState.CANCELLED.value, 0) + (row.array_size - made if row.state.terminal else 0),
+    }
 
 
 def spec_for(row: JobRow, caller: Caller) -> dict[str, Any]:
@@ -100,9 +126,23 @@ class JobViews:
         self.gpus = gpus
         self.logs = logs
 
-    def job(self, row: JobRow, caller: Caller, full: bool = False) -> dict[str, Any]:
+    def job(
+        self, row: JobRow, caller: Caller, full: bool = False, counts: Mapping[str, int] | None = None
+    ) -> dict[str, Any]:
         d = summary(row, caller)
         now = time.time()
+        if row.array_size:
+            if counts is None:
+                counts = self.store.array_counts([row.id]).get(row.id, {})
+            d["array"] = array_facts(row, counts)
+            w = self.scheduler.array_waits.get(row.id)
+            if row.state is JobState.PENDING and w is not None and self.scheduler.waiting_for(row.id) is None:
+                # No task may start (the %N cap is full, or none is left to start).
+                d["reasons"] = [r.text for r in w.reasons]
+                d["why"] = [r.as_dict() if full else r.as_dict(text=False) for r in w.reasons]
+                d["eta"] = None
+                d["wait_s"] = now - row.submit_time
+                return self._full(row, caller, d) if full else d
         if row.state is JobState.PENDING:
             w = self.scheduler.waiting_for(row.id)
             reasons = w.reasons if w is not None else (NOT_YET,)
@@ -125,11 +165,27 @@ class JobViews:
                 d["runtime_s"] = row.end_time - row.start_time
             if full:
                 d["gpu"] = self.store.job_gpu_totals(row.id)
-        if full:
-            if row.time_limit is None:
-                # What "the default" is here, so `show` can say it (it differs per cluster).
-                d["default_time_limit"] = self.scheduler.config.default_time_limit_s
-            return detail(row, caller, d, self.store.events(row.id), str(self.logs.path(row.id)))
+        return self._full(row, caller, d) if full else d
+
+    def _full(self, row: JobRow, caller: Caller, d: dict[str, Any]) -> dict[str, Any]:
+        if row.time_limit is None:
+            # What "the default" is here, so `show` can say it (it differs per cluster).
+            d["default_time_limit"] = self.scheduler.config.default_time_limit_s
+        return detail(row, caller, d, self.store.events(row.id), str(self.logs.path(row.id)))
+
+    def unstarted_task(self, array: JobRow, index: int, caller: Caller) -> dict[str, Any]:
+        """`labq show 42.7` before task 7 has started: the array's view, as that task."""
+        d = self.job(array, caller, full=True)
+        d.pop("array", None)
+        d.update(ref=f"{array.id}.{index}", array_id=array.id, array_index=index, start_time=None, node_name=None)
+        # A task's spec, as it will run: not the array's (a rerun of it is one job).
+        d["spec"] = {k: v for k, v in d["spec"].items() if k not in _ARRAY_ONLY}
+        if caller.may_see(array.user):
+            spec = self.store.task_preview(array.id, array.spec, index)
+            d["spec"] = {**d["spec"], "command": spec["command"], "env": spec["env"]}
+        d["events"] = []
+        if array.state is JobState.PENDING:
+            d["reasons"] = [f"task {array.id}.{index} has not started yet"] + list(d.get("reasons") or [])
         return d
 
     def listing(
@@ -139,10 +195,13 @@ class JobViews:
         user: str | None,
         limit: int | None,
         after: int | None,
+        tasks: bool = False,
     ) -> tuple[list[dict[str, Any]], int | None]:
-        """A page of summaries (never specs) and where the next page starts."""
-        rows = self.store.jobs(states=states, user=user, limit=limit, after=after, with_spec=False)
-        jobs = [self.job(j, caller) for j in rows]
+        """A page of summaries (never specs) and where the next page starts. An array is
+        one row with its tasks in numbers; `tasks` lists each started task too."""
+        rows = self.store.jobs(states=states, user=user, limit=limit, after=after, with_spec=False, tasks=tasks)
+        counts = self.store.array_counts([r.id for r in rows if r.array_size])
+        jobs = [self.job(j, caller, counts=counts.get(j.id, {})) for j in rows]
         d = self.scheduler.decision
         rank = {jid: i for i, jid in enumerate(d.order)} if d else {}
         for j in jobs:

@@ -38,6 +38,7 @@ CLIENT_MODULES = (
     "shapes.py",
     "paths.py",
     "cliparse.py",
+    "userconfig.py",
 )
 
 
@@ -337,7 +338,8 @@ def daemon(config: str | None = None, *up_args: str) -> Iterator[Labq]:
 def _shared4() -> Iterator[Labq]:
     """One daemon with 4 logical GPUs and a loopback TCP listener for the modules that
     need nothing else (a daemon costs ~5 s to start on 2 cores)."""
-    with daemon(f"grace_period_s: 3\nmin_runtime_s: 0\nlisten: 127.0.0.1:{free_port()}\n", "--gpus", "4") as lq:
+    config = f"grace_period_s: 3\nmin_runtime_s: 0\nlisten: 127.0.0.1:{free_port()}\nnotify_allow_hosts: [127.0.0.1]\n"
+    with daemon(config, "--gpus", "4") as lq:
         yield lq
 
 

@@ -26,10 +26,15 @@ class BackendError(Exception):
 
 class Backend(Protocol):
     def health(self) -> dict[str, Any]: ...
-    def jobs(self) -> list[dict[str, Any]]: ...
+    def jobs(self, tasks: bool = False) -> list[dict[str, Any]]: ...
     def job(self, job_id: int) -> dict[str, Any]: ...
     def log(
-        self, job_id: int, offset: int = 0, tail: int | None = None, before: int | None = None
+        self,
+        job_id: int,
+        offset: int = 0,
+        tail: int | None = None,
+        before: int | None = None,
+        stderr: bool = False,
     ) -> dict[str, Any]: ...
     def nodes(self, history: bool = False) -> dict[str, Any]: ...
     def quotas(self) -> dict[str, Any]: ...
@@ -68,9 +73,10 @@ class ClientBackend:
         out: dict[str, Any] = self._call("health")
         return out
 
-    def jobs(self) -> list[dict[str, Any]]:
-        active: list[dict[str, Any]] = self._call("jobs")
-        recent: list[dict[str, Any]] = self._call("jobs", include_finished=True, limit=RECENT_FINISHED)
+    def jobs(self, tasks: bool = False) -> list[dict[str, Any]]:
+        """Active jobs and the recent finished ones; an array is one row unless `tasks`."""
+        active: list[dict[str, Any]] = self._call("jobs", tasks=tasks)
+        recent: list[dict[str, Any]] = self._call("jobs", include_finished=True, limit=RECENT_FINISHED, tasks=tasks)
         seen = {j["id"] for j in active}
         return sorted([*active, *(j for j in recent if j["id"] not in seen)], key=lambda j: j["id"])
 
@@ -79,9 +85,14 @@ class ClientBackend:
         return out
 
     def log(
-        self, job_id: int, offset: int = 0, tail: int | None = None, before: int | None = None
+        self,
+        job_id: int,
+        offset: int = 0,
+        tail: int | None = None,
+        before: int | None = None,
+        stderr: bool = False,
     ) -> dict[str, Any]:
-        out: dict[str, Any] = self._call("log", job_id, offset, tail=tail, before=before)
+        out: dict[str, Any] = self._call("log", job_id, offset, tail=tail, before=before, stderr=stderr)
         return out
 
     def nodes(self, history: bool = False) -> dict[str, Any]:

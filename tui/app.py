@@ -127,6 +127,7 @@ class LabqApp(App[None]):
         self.backend = backend
         self.now = clock
         self.read_only = read_only
+        self.show_tasks = False  # arrays: each started task as a row too (queue: t)
         self.refresh_s = refresh_s
         self.poll_auto = auto_refresh
         self.data = Data()
@@ -179,7 +180,7 @@ class LabqApp(App[None]):
         try:
             got: dict[str, Any] = {
                 "health": b.health(),
-                "jobs": b.jobs(),
+                "jobs": b.jobs(tasks=self.show_tasks),
                 # The daemon's own history once, to seed the sparklines; then one sample per poll.
                 "nodes": b.nodes(history=first).get("nodes", []),
             }

@@ -23,7 +23,8 @@ def ended_jobs(
     """(my running job ids now, [(message, severity)] for those that ended since `before`;
     None before: the first poll, when nothing has "just" ended)."""
     mine = {j["id"]: j for j in jobs if j.get("user") == me}
-    running = {i for i, j in mine.items() if j["state"] in ACTIVE_STATES}
+    # An array runs while any of its tasks does (its own state stays PENDING till the end).
+    running = {i for i, j in mine.items() if j["state"] in ACTIVE_STATES or (j.get("array") or {}).get("running")}
     if before is None:
         return running, []
     toasts: list[tuple[str, str]] = []
@@ -36,13 +37,13 @@ def ended_jobs(
                 continue
         if j["state"] not in TERMINAL_STATES:
             continue
-        text = f"job {job_id} {clean(j.get('name') or '')} {j['state']}"
+        text = f"{'array' if j.get('array') else 'job'} {job_id} {clean(j.get('name') or '')} {j['state']}"
         if j["state"] == "SUCCEEDED":
             toasts.append((text, "information"))
             continue
         if j.get("exit_code") not in (None, 0):
             text += f" (exit code {j['exit_code']})"
-        last = last_line(backend, job_id)
+        last = "" if j.get("array") else last_line(backend, job_id)
         if last:
             text += f"\n{last}"
         toasts.append((text, "warning" if j["state"] == "CANCELLED" else "error"))

@@ -98,6 +98,7 @@ class JobScreen(DataScreen):
         Binding("n", "next_match", "Next", id="labq.job.next"),
         Binding("N", "previous_match", "Previous", show=False, id="labq.job.previous"),
         Binding("left_square_bracket", "earlier", "Earlier", id="labq.job.earlier"),
+        Binding("e", "stderr", "Stderr", id="labq.job.stderr"),
         Binding("end", "end", "End", show=False, id="labq.job.end"),
     ]
 
@@ -120,6 +121,7 @@ class JobScreen(DataScreen):
         self.log_note = ""
         self.done = False
         self.opened = False
+        self.stderr = False  # show only what the job wrote to stderr
         self.title_text = f"Job {job_id}"
         self._bindings_for: tuple[Any, ...] | None = None
 
@@ -154,16 +156,20 @@ class JobScreen(DataScreen):
             self.later(self.show_error, str(e))
             return
         self.later(self.show_job, job)
-        if self.done or self.log_state in ("private", "removed"):
+        if self.done or self.log_state in ("private", "removed", "array"):
             return
+        if job.get("array"):
+            self.later(self.log_refused, BackendError("an array: each task has its own log (t in the queue lists its tasks)", 0))
+            return
+        stream = self.stderr
         try:
             if not self.opened:
-                part = backend.log(self.job_id, tail=WINDOW)
+                part = backend.log(self.job_id, tail=WINDOW, stderr=self.stderr)
                 chunks = [part]
             else:
                 chunks, off, got = [], self.log_offset, 0
                 while got < FOLLOW_READ:
-                    part = backend.log(self.job_id, off)
+                    part = backend.log(self.job_id, off, stderr=self.stderr)
                     if not part["data"]:
                         chunks.append(part)
                         break
@@ -175,12 +181,12 @@ class JobScreen(DataScreen):
         except BackendError as e:
             self.later(self.log_refused, e)
             return
-        self.later(self.apply, job, chunks)
+        self.later(self.apply, job, chunks, stream)
 
     @work(thread=True, exclusive=True, group="earlier")
     def fetch_earlier(self) -> None:
         try:
-            part = self.lapp.backend.log(self.job_id, tail=WINDOW, before=self.start)
+            part = self.lapp.backend.log(self.job_id, tail=WINDOW, before=self.start, stderr=self.stderr)
         except BackendError as e:
             self.later(self.log_refused, e)
             return
@@ -206,6 +212,9 @@ class JobScreen(DataScreen):
         elif e.status == 410:
             self.log_state = "removed"
             self.log_note = f"log: {e}"
+        elif e.status == 0 and str(e).startswith("an array"):
+            self.log_state = "array"
+            self.log_note = str(e)
         else:
             self.log_state = "error"
             self.log_note = f"log: {e}"
@@ -216,7 +225,9 @@ class JobScreen(DataScreen):
         *complete, self.partial = text.split("\n")
         return [clean_log(line) for line in complete]
 
-    def apply(self, job: dict[str, Any], chunks: list[dict[str, Any]]) -> None:
+    def apply(self, job: dict[str, Any], chunks: list[dict[str, Any]], stream: bool = False) -> None:
+        if stream != self.stderr:
+            return  # read before `e` switched the stream: the next read is the right one
         at_end = self.view.scroll_offset.y >= self.view.max_scroll_y
         new: list[str] = []
         for c in chunks:
@@ -280,10 +291,10 @@ class JobScreen(DataScreen):
         self.update_logbar()
 
     def update_logbar(self) -> None:
-        if self.log_state in ("private", "removed", "error", "loading"):
+        if self.log_state in ("private", "removed", "error", "loading", "array"):
             self.query_one("#logbar", TextLine).show(_escape(self.log_note or "log: loading…"))
             return
-        parts = [f"log · {len(self.lines):,} lines"]
+        parts = [f"{'stderr only (e: both)' if self.stderr else 'log'} · {len(self.lines):,} lines"]
         if self.start > 0:
             parts.append(f"{self.start / 2**20:.1f} MiB before them not shown (\\[ loads earlier)")
         elif self.start < 0:
@@ -343,6 +354,16 @@ class JobScreen(DataScreen):
     def action_end(self) -> None:
         self.view.scroll_end(animate=False)
 
+    def action_stderr(self) -> None:
+        """Stderr alone, or both streams again: the window is read afresh from its end."""
+        self.stderr = not self.stderr
+        self.lines, self.partial, self.start, self.log_offset, self.log_size = [], "", 0, 0, 0
+        self.opened = self.done = False
+        self.matches, self.match_at = [], -1
+        self.follow = True
+        self.redraw()
+        self.fetch()
+
     def action_wrap(self) -> None:
         self.wrap = not self.wrap
         self.redraw()
@@ -393,5 +414,5 @@ class JobScreen(DataScreen):
             return False
         if action == "cancel" and self.job is not None and not self.lapp.may_cancel(self.job):
             return False
-        # someone else's command and environment are not ours to see
-        return not (action == "resubmit" and self.job is not None and self.job.get("private"))
+        # someone else's command, environment and output are not ours to see
+        return not (action in ("resubmit", "stderr") and self.job is not None and self.job.get("private"))

@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Input
 
-from scheduler.present import where_or_why
+from scheduler.present import array_state, ref, where_or_why
 from tui.base import DataScreen
 from tui.dialogs import Pick
 from tui.model import (
@@ -48,6 +48,7 @@ class QueueScreen(DataScreen):
         Binding("m", "mine", "Mine/all", id="labq.queue.mine"),
         Binding("f", "state", "State", id="labq.queue.state"),
         Binding("o", "sort", "Sort", id="labq.queue.sort"),
+        Binding("t", "tasks", "Tasks", id="labq.queue.tasks"),
         Binding("escape", "clear_filter", "Clear filter", show=False, id="labq.queue.clear"),
         Binding("j", "cursor_down", "Down", show=False, id="labq.queue.down"),
         Binding("k", "cursor_up", "Up", show=False, id="labq.queue.up"),
@@ -181,6 +182,12 @@ class QueueScreen(DataScreen):
             self.filter = replace(self.filter, state=state)
             self.refresh_data()
 
+    def action_tasks(self) -> None:
+        """Each started task of an array as a row of its own (ID.INDEX), or not."""
+        self.lapp.show_tasks = not self.lapp.show_tasks
+        self.notify("arrays: each started task shown" if self.lapp.show_tasks else "arrays: one row each")
+        self.lapp.poll_now()
+
     def action_sort(self) -> None:
         i = SORTABLE.index(self.sort_column) if self.sort_column in SORTABLE else 0
         self.sort_column, self.sort_reverse = SORTABLE[(i + 1) % len(SORTABLE)], False
@@ -206,7 +213,7 @@ class QueueScreen(DataScreen):
     def _show_detail(self) -> None:
         """The selected job's reason or placement in full: the table cuts it."""
         j = self.selected()
-        text = "" if j is None else f"job {j['id']} ({j['user']}) {j['state'].lower()}: {where_or_why(j, detail=True)}"
+        text = "" if j is None else f"job {ref(j)} ({j['user']}) {array_state(j).lower()}: {where_or_why(j, detail=True)}"
         self.query_one("#detail", TextLine).show(escape(text))
 
     def _check_bindings(self) -> None:

@@ -254,9 +254,9 @@ class FakeBackend:
             "ray": {"connected": True},
         }
 
-    def jobs(self) -> list[dict[str, Any]]:
+    def jobs(self, tasks: bool = False) -> list[dict[str, Any]]:
         self._check()
-        return [dict(j) for j in self.job_list]
+        return [dict(j) for j in self.job_list if tasks or j.get("array_id") is None]
 
     def job(self, job_id: int) -> dict[str, Any]:
         self._check()
@@ -286,13 +286,20 @@ class FakeBackend:
         return {**j, "events": events, "log_path": f"/var/lib/labq/logs/{job_id}.log", "private": False}
 
     def log(
-        self, job_id: int, offset: int = 0, tail: int | None = None, before: int | None = None
+        self,
+        job_id: int,
+        offset: int = 0,
+        tail: int | None = None,
+        before: int | None = None,
+        stderr: bool = False,
     ) -> dict[str, Any]:
         self._check()
         j = next(j for j in self.job_list if j["id"] == job_id)
         if j["user"] != self.me and not self.admin:
             raise BackendError(f"job {job_id}'s log belongs to {j['user']}", 403)
         data = self.log_bytes()
+        if stderr:  # the sample's stderr: its warnings
+            data = b"".join(line for line in data.splitlines(keepends=True) if line.startswith(b"WARNING"))
         if tail:
             end = len(data) if before is None else min(before, len(data))
             offset = max(0, end - tail)

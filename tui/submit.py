@@ -18,7 +18,7 @@ from textual.widgets import Button, Input, Label, Static
 from scheduler.jobfile import JobFileError, load_job_file
 from scheduler.paths import INHERITED_ENV
 from scheduler.present import parse_env, preview_lines
-from scheduler.units import UnitError, parse_job_ids, parse_size, parse_time_limit
+from scheduler.units import UnitError, parse_array, parse_job_ids, parse_size, parse_sweep, parse_time_limit
 from tui.api import BackendError
 from tui.base import Modal
 
@@ -32,7 +32,9 @@ FIELDS = (
     ("env", "env", "KEY=VALUE KEY2=VALUE2"),
     ("name", "name", ""),
     ("priority", "priority", "0"),
-    ("after", "after jobs", "ids that must succeed first: 41,42 (empty: none)"),
+    ("after", "after jobs", "ids that must succeed first: 41,42 or 40.* (empty: none)"),
+    ("array", "array", "many tasks: 0-99%8 ({index} in the command; empty: one job)"),
+    ("sweep", "sweep", "a grid: lr=1e-3,3e-4 bs=32,64 ({lr} in the command)"),
 )
 
 
@@ -97,6 +99,21 @@ def form_to_spec(values: dict[str, str], base_env: dict[str, str]) -> tuple[dict
             spec["after"] = parse_job_ids(values["after"])
         except ValueError as e:
             errors["after"] = str(e)
+    array = values.get("array", "").strip()
+    if array:
+        try:
+            parse_array(array)
+            spec["array"] = array
+        except UnitError as e:
+            errors["array"] = str(e).removeprefix(f"--array {array}: ")
+    sweep = values.get("sweep", "").strip()
+    if sweep:
+        try:
+            spec["sweep"] = parse_sweep(shlex.split(sweep))
+        except (UnitError, ValueError) as e:
+            errors["sweep"] = str(e).removeprefix("--sweep ")
+        if array:
+            errors["sweep"] = "an array or a sweep, not both"
     return spec, errors
 
 
@@ -121,6 +138,12 @@ def spec_to_form(spec: dict[str, Any]) -> dict[str, str]:
     after = spec.get("after")
     if after:
         out["after"] = after if isinstance(after, str) else ",".join(str(i) for i in after)
+    if spec.get("array"):
+        cap = spec.get("max_running")
+        out["array"] = str(spec["array"]) + (f"%{cap}" if cap and "%" not in str(spec["array"]) else "")
+    sweep = spec.get("sweep") or {}
+    if sweep:
+        out["sweep"] = " ".join(f"{k}={','.join(str(v) for v in vals)}" for k, vals in sweep.items())
     return out
 
 

@@ -116,6 +116,45 @@ def test_open_a_job_follow_its_log_and_search() -> None:
     run(FakeBackend(), body)
 
 
+def test_e_shows_stderr_alone_and_back() -> None:
+    async def body(app: LabqApp, pilot: Pilot[None]) -> None:
+        await pilot.press("enter")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, JobScreen) and len(screen.lines) == 200
+        await pilot.press("e")
+        await settle(pilot)
+        assert screen.stderr and screen.lines == ["WARNING: NaN in gradients, skipping step"]
+        assert "stderr only (e: both)" in str(screen.query_one("#logbar", Static).render())
+        await pilot.press("e")
+        await settle(pilot)
+        assert not screen.stderr and len(screen.lines) == 200
+
+    run(FakeBackend(), body)
+
+
+def test_an_array_is_one_row_and_t_shows_its_tasks() -> None:
+    fake = FakeBackend()
+    base = next(j for j in fake.job_list if j["state"] == "RUNNING" and j["user"] == fake.me)
+    counts = {"size": 48, "cap": 8, "running": 1, "pending": 47, "done": 0, "failed": 0, "cancelled": 0}
+    fake.job_list.append({**base, "id": 900, "name": "lr-sweep", "state": "PENDING", "array": counts, "reasons": []})
+    fake.job_list.append({**base, "id": 901, "name": "lr-sweep", "ref": "900.0", "array_id": 900, "array_index": 0})
+
+    async def body(app: LabqApp, pilot: Pilot[None]) -> None:
+        ids = [r[0] for r in rows(app)]
+        assert "900[]" in ids and "900.0" not in ids
+        row = next(r for r in rows(app) if r[0] == "900[]")
+        assert "RUNNING" in row and any("1/48 running, 47 pending, 0 done, 0 failed" in c for c in row)
+        await pilot.press("t")
+        await settle(pilot)
+        assert "900.0" in [r[0] for r in rows(app)]
+        await pilot.press("t")
+        await settle(pilot)
+        assert "900.0" not in [r[0] for r in rows(app)]
+
+    run(fake, body)
+
+
 def test_a_huge_log_opens_at_its_end_reading_one_window() -> None:
     fake = FakeBackend()
     line = b"step 0000000 loss 0.1234 lr 3e-4 " + b"x" * 60 + b"\n"
@@ -332,6 +371,15 @@ def test_form_helpers_round_trip_a_spec() -> None:
     assert back["command"] == spec["command"] and back["env"] == {"PATH": "/usr/bin", "A": "x y"}
     assert back["after"] == [41, 42]
     assert "not a job id" in form_to_spec({**form, "after": "41,x"}, {})[1]["after"]
+    # Arrays and sweeps from the form, and back.
+    arr = form_to_spec({**form, "array": "0-99%8", "after": "40.*"}, {})[0]
+    assert arr["array"] == "0-99%8" and arr["after"] == [40]
+    assert spec_to_form({**spec, "array": "0-9", "max_running": 2})["array"] == "0-9%2"
+    sw = form_to_spec({**form, "sweep": "lr=1e-3,3e-4 bs=32,64"}, {})[0]
+    assert sw["sweep"] == {"lr": ["1e-3", "3e-4"], "bs": ["32", "64"]}
+    assert spec_to_form({**spec, "sweep": sw["sweep"]})["sweep"] == "lr=1e-3,3e-4 bs=32,64"
+    assert "empty range" in form_to_spec({**form, "array": "9-1"}, {})[1]["array"]
+    assert form_to_spec({**form, "array": "0-3", "sweep": "lr=1"}, {})[1]["sweep"] == "an array or a sweep, not both"
     assert parse_field("max_gpus", "") == (None, "") and parse_field("shares", "0")[1]
 
 

@@ -379,3 +379,34 @@ def test_a_dependency_must_exist_be_yours_and_be_able_to_succeed(d: Daemon, laun
     assert d.control.submit(BOB, {**SPEC, "after_any": [bobs]}) > 0  # any end: it has ended
     with pytest.raises(DaemonError, match="not a job id"):
         d.control.submit(ALICE, {**SPEC, "after": "41,x"})
+
+
+def test_stderr_parts_of_a_log_are_kept_apart_per_attempt(d: Daemon, launcher: MemoryLauncher) -> None:
+    job = submit_and_start(d, launcher)
+    launcher.log(job, 1, 0, b"out 1\nerr 1\n", err=[(6, 0, 6)])
+    launcher.log(job, 1, 12, b"err 2\nout 2\n", err=[(12, 6, 6)])
+    launcher.log(job, 1, 12, b"err 2\nout 2\n", err=[(12, 6, 6)])  # the same report again
+    pump(d, launcher)
+    assert d.logs.path(job).read_bytes() == b"out 1\nerr 1\nerr 2\nout 2\n"
+    assert d.logs.err_path(job, 1).read_bytes() == b"err 1\nerr 2\n"
+    d.logs.remove(job)
+    assert not d.logs.err_path(job, 1).exists()
+
+
+def test_the_ledger_carries_its_sums_and_matches_summing_every_run(d: Daemon) -> None:
+    """A pass no longer sums every finished run of the week: the carried sums must say
+    what the full sum says (decayed exactly; the week's within the refresh's slack)."""
+    from scheduler.quota import Interval, usage_by_user
+
+    runs: list[Interval] = []
+    d.ledger.usage(1000.0, [])
+    for i, now in enumerate((1001.0, 1005.0, 1020.0, 1029.0, 1100.0, 5000.0)):
+        for j in range(3):
+            iv = Interval(("ana", "bo")[j % 2], 1 + j, now - 50 - 10 * i, now - 1)
+            runs.append(iv)
+            d.ledger.ended(iv.user, iv.gpus, iv.start, iv.end)
+        got = d.ledger.usage(now, [])
+        want = usage_by_user(runs, now, d.ledger.half_life_s)
+        for u in ("ana", "bo"):
+            assert got[0][u] == pytest.approx(want[0][u], rel=1e-9)
+            assert got[1][u] == pytest.approx(want[1][u], rel=1e-9)

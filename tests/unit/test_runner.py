@@ -12,22 +12,27 @@ from scheduler.runner import Launch, _Output, run
 
 
 class Recorder:
-    def __init__(self, stop_after: float | None = None, grace: float = 1.0) -> None:
+    def __init__(self, stop_after: float | None = None, grace: float = 1.0, ready: bytes = b"") -> None:
         self.info: dict[str, Any] | None = None
         self.data = bytearray()
+        self.err = bytearray()
         self.result: dict[str, Any] | None = None
         self.stop_after = stop_after
         self.grace = grace
+        self.ready = ready  # stop only once the job said this (its trap is set)
         self.t0 = time.monotonic()
 
-    def __call__(self, info: Any, offset: int, data: bytes, result: Any) -> dict[str, Any] | None:
+    def __call__(self, info: Any, offset: int, data: bytes, result: Any, err: Any = ()) -> dict[str, Any] | None:
         if info is not None:
             self.info = info
         assert offset == len(self.data) or not data  # reports arrive in order, no gaps
         self.data += data
+        for at, err_at, length in err:
+            assert err_at == len(self.err)  # stderr parts arrive in order too
+            self.err += data[at - offset : at - offset + length]
         if result is not None:
             self.result = result
-        if self.stop_after is not None and time.monotonic() - self.t0 > self.stop_after:
+        if self.stop_after is not None and time.monotonic() - self.t0 > self.stop_after and self.ready in self.data:
             return {"outcome": "cancelled", "reason": "test", "grace": self.grace}
         return None
 
@@ -147,3 +152,24 @@ def test_output_of_a_leftover_child_does_not_hold_the_end(tmp_path: Path) -> Non
     res = run(launch(tmp_path, argv), [], "n", rec)
     assert res["outcome"] == "succeeded" and b"done" in rec.data
     assert time.monotonic() - t0 < 10
+
+
+def test_stderr_is_kept_apart_and_in_order_within_the_log(tmp_path: Path) -> None:
+    """The log has both streams in the order they came; the stderr parts are marked, so
+    stderr alone can be read back; a part split across reports comes back whole. (Two
+    pipes: writes to both within the same instant may swap; apart in time, they never do.)"""
+    script = (
+        "import sys, time\n"
+        "for i in range(3):\n"
+        "    print(f'out {i}', flush=True); time.sleep(0.05)\n"
+        "    print(f'err {i}', file=sys.stderr, flush=True); time.sleep(0.05)\n"
+        "sys.stderr.write('x' * 3_000_000); sys.stderr.flush(); time.sleep(0.05)\n"
+        "print('last', flush=True); time.sleep(0.05)\n"
+        "raise SystemExit('boom')\n"
+    )
+    rec = Recorder()
+    res = run(launch(tmp_path, ["python3", "-c", script]), [], "n", rec)
+    assert res["outcome"] == "failed" and res["exit_code"] == 1
+    text = rec.data.decode()
+    assert text.startswith("out 0\nerr 0\nout 1\nerr 1\nout 2\nerr 2\n" + "x" * 3_000_000 + "last\n"), text[:80]
+    assert rec.err.decode() == "err 0\nerr 1\nerr 2\n" + "x" * 3_000_000 + "boom\n"

@@ -140,8 +140,8 @@ def test_root_never_writes_through_a_planted_link_or_a_directory_another_user_ma
     precious.write_text("keep me\n")
     jobs = safefs.private_dir(shared / "jobs", 0o711)
     (jobs / "labq-7.1.deadline").symlink_to(precious)
-    rec = Recorder(stop_after=0.3, grace=0.5)
-    script = "trap 'cat $LABQ_PREEMPT_DEADLINE; exit 0' TERM; while true; do sleep 0.05; done"
+    rec = Recorder(stop_after=0.3, grace=0.5, ready=b"ready")
+    script = "trap 'cat $LABQ_PREEMPT_DEADLINE; exit 0' TERM; echo ready; while true; do sleep 0.05; done"
     res = run(launch(tmp_path, ["sh", "-c", script], BOB, job_dir=str(jobs)), [], "n", rec)
     assert res["outcome"] == "cancelled"
     assert precious.read_text() == "keep me\n"
@@ -193,7 +193,7 @@ def test_a_shorter_second_stop_request_kills_sooner(tmp_path: Path) -> None:
     t0 = time.monotonic()
     asks = {"n": 0}
 
-    def report(info: Any, offset: int, data: bytes, result: Any) -> dict[str, Any] | None:
+    def report(info: Any, offset: int, data: bytes, result: Any, err: Any = ()) -> dict[str, Any] | None:
         asks["n"] += 1
         if time.monotonic() - t0 < 0.5:
             return None

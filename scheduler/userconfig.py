@@ -1,0 +1,61 @@
+"""The user's own labq settings (`~/.config/labq/config.yaml`): today, where `--notify`
+goes. Client side, stdlib-only (PyYAML when it is there)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from scheduler.console import UsageError, say
+
+
+def user_config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "labq" / "config.yaml"
+
+
+def _load_user_config(text: str) -> Any:
+    """YAML where PyYAML is installed; else (the stdlib-only client under a system
+    python) the block form `notify:` then an indented `webhook: URL` or `command: CMD`."""
+    try:
+        import yaml
+    except ImportError:
+        out: dict[str, Any] = {}
+        section: dict[str, Any] | None = None
+        for line in text.splitlines():
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            key, _, value = line.strip().partition(":")
+            value = value.strip().strip("'\"") if not value.strip().startswith(("'", '"')) else value.strip()[1:-1]
+            if not line[0].isspace():
+                section = None if value else out.setdefault(key, {})
+                if value:
+                    out[key] = value
+            elif section is not None:
+                section[key] = value
+        return out
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(str(e).splitlines()[0]) from None
+
+
+def user_notify() -> dict[str, Any]:
+    """`--notify`: where to, from the user's own config (a webhook URL is a secret: it
+    lives in a file of theirs, not in their shell history)."""
+    path = user_config_path()
+    example = f"write it in {path}: `notify: {{webhook: https://hooks.slack.com/...}}` or `notify: {{command: ...}}`"
+    try:
+        data = _load_user_config(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--notify: where to? {example}") from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--notify: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    notify = data.get("notify") if isinstance(data, dict) else None
+    if not isinstance(notify, dict) or len(notify) != 1 or next(iter(notify)) not in ("webhook", "command"):
+        raise UsageError(f"--notify: {path} has no notify: {{webhook: ...}} or {{command: ...}}; {example}")
+    if "webhook" in notify and path.stat().st_mode & 0o077:
+        say(f"labq: warning: {path} holds a webhook URL and others may read it (chmod 600 it)", file=sys.stderr)
+    return dict(notify)

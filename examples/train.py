@@ -36,6 +36,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--batch-size", type=int, default=32, help="said in the log (a sweep's second axis)")
     ap.add_argument("--step-seconds", type=float, default=0.5)
     ap.add_argument("--checkpoint", default="")
     args = ap.parse_args()
@@ -43,7 +44,8 @@ def main() -> int:
 
     print(f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}", flush=True)
     print(
-        f"labq job {os.environ.get('LABQ_JOB_ID', '-')} attempt {os.environ.get('LABQ_ATTEMPT', '-')}",
+        f"labq job {os.environ.get('LABQ_JOB_ID', '-')} attempt {os.environ.get('LABQ_ATTEMPT', '-')}"
+        f" lr {args.lr:g} batch size {args.batch_size}",
         flush=True,
     )
     try:

@@ -35,6 +35,7 @@ FIELDS = (
     ("after", "after jobs", "ids that must succeed first: 41,42 or 40.* (empty: none)"),
     ("array", "array", "many tasks: 0-99%8 ({index} in the command; empty: one job)"),
     ("sweep", "sweep", "a grid: lr=1e-3,3e-4 bs=32,64 ({lr} in the command)"),
+    ("notify", "notify me", "y: when it ends, as ~/.config/labq/config.yaml says (webhook or command)"),
 )
 
 
@@ -114,6 +115,17 @@ def form_to_spec(values: dict[str, str], base_env: dict[str, str]) -> tuple[dict
             errors["sweep"] = str(e).removeprefix("--sweep ")
         if array:
             errors["sweep"] = "an array or a sweep, not both"
+    notify = values.get("notify", "").strip().lower()
+    if notify in ("y", "yes"):
+        from scheduler.console import UsageError
+        from scheduler.userconfig import user_notify
+
+        try:
+            spec["notify"] = user_notify()
+        except UsageError as e:
+            errors["notify"] = str(e).removeprefix("--notify: ")
+    elif notify not in ("", "n", "no"):
+        errors["notify"] = "y or empty"
     return spec, errors
 
 
@@ -141,6 +153,8 @@ def spec_to_form(spec: dict[str, Any]) -> dict[str, str]:
     if spec.get("array"):
         cap = spec.get("max_running")
         out["array"] = str(spec["array"]) + (f"%{cap}" if cap and "%" not in str(spec["array"]) else "")
+    if spec.get("notify"):
+        out["notify"] = "y"
     sweep = spec.get("sweep") or {}
     if sweep:
         out["sweep"] = " ".join(f"{k}={','.join(str(v) for v in vals)}" for k, vals in sweep.items())

@@ -244,3 +244,13 @@ def test_notify_posts_to_a_webhook_and_runs_a_command_as_its_owner(labq4: Labq, 
     r = labq4.run("show", str(job), "--json", user=unix_user("labqtest-carol"), cwd="/tmp")
     assert "notify" not in json.loads(r.stdout)["spec"]  # a colleague never sees it
     shutil.rmtree(out)
+
+
+def test_the_example_sweep_file_makes_one_array_of_six(labq4: Labq) -> None:
+    """examples/sweep.yaml as a newcomer would submit it: six tasks, each its own values."""
+    repo = Path(__file__).resolve().parents[2]
+    arr = labq4.submit("--time", "2m", str(repo / "examples" / "sweep.yaml"))
+    j = labq4.job(arr)
+    assert j["array"]["size"] == 6 and j["array"]["cap"] == 4 and j["name"] == "lr-bs-sweep"
+    assert labq4.run("wait", str(arr), timeout=170).returncode == 0
+    assert "lr 0.0001 batch size 64" in labq4.run("logs", f"{arr}.5").stdout

@@ -351,6 +351,17 @@ def test_keys_can_be_remapped_by_binding_id() -> None:
     run(fake, body, keymap={"labq.new": "ctrl+n"})
 
 
+def test_the_form_notifies_as_the_users_own_config_says(tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    form = {"command": "python t.py", "notify": "y"}
+    assert "where to?" in form_to_spec(form, {})[1]["notify"]
+    (tmp_path / "labq").mkdir()
+    (tmp_path / "labq" / "config.yaml").write_text("notify:\n  command: notify-send labq done\n")
+    spec, errors = form_to_spec(form, {})
+    assert errors == {} and spec["notify"] == {"command": "notify-send labq done"}
+    assert spec_to_form(spec)["notify"] == "y"
+
+
 def test_form_helpers_round_trip_a_spec() -> None:
     spec = {
         "command": ["python", "a b.py", "--x=1"],
@@ -380,6 +391,7 @@ def test_form_helpers_round_trip_a_spec() -> None:
     assert spec_to_form({**spec, "sweep": sw["sweep"]})["sweep"] == "lr=1e-3,3e-4 bs=32,64"
     assert "empty range" in form_to_spec({**form, "array": "9-1"}, {})[1]["array"]
     assert form_to_spec({**form, "array": "0-3", "sweep": "lr=1"}, {})[1]["sweep"] == "an array or a sweep, not both"
+    assert form_to_spec({**form, "notify": "maybe"}, {})[1]["notify"] == "y or empty"
     assert parse_field("max_gpus", "") == (None, "") and parse_field("shares", "0")[1]
 
 

@@ -34,6 +34,8 @@ def test_ui_talks_only_to_the_client_api() -> None:
         "scheduler.shapes",
         "scheduler.jobfile",
         "scheduler.safefs",
+        "scheduler.userconfig",
+        "scheduler.console",
         "scheduler",
     }
     for path in (REPO / "tui").rglob("*.py"):

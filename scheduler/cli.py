@@ -338,7 +338,8 @@ def cmd_cancel(c: Client, args: argparse.Namespace) -> int:
         except ClientError as e:
             if isinstance(e, NoDaemon) or len(args.job_ids) == 1:
                 raise
-            say(f"labq: job {job_id}: {e}", file=sys.stderr)
+            # Most refusals name the job already ("job 41 already ended"): say it once.
+            say(f"labq: {e}" if str(e).startswith(f"job {job_id}") else f"labq: job {job_id}: {e}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
 

@@ -216,7 +216,7 @@ def job_lines(j: Mapping[str, Any], now: float, events: int | None = None) -> li
         out.append(Line("field", label, text))
 
     if a:
-        plan = spec.get("array") or ", ".join(f"{k}={','.join(v)}" for k, v in (spec.get("sweep") or {}).items())
+        plan = spec.get("array") or " × ".join(f"{k}={','.join(v)}" for k, v in (spec.get("sweep") or {}).items())
         field("tasks", f"{clean(plan)} ({a['size']} tasks; {ref(j)}.INDEX names one)")
         field("array", array_text(a))
     elif j.get("array_id") is not None:
@@ -270,7 +270,9 @@ def job_lines(j: Mapping[str, Any], now: float, events: int | None = None) -> li
     elif j.get("reasons"):
         field("reason", clean(j["reasons"][0]))
     log = j.get("log") or {}
-    if log.get("removed"):
+    if a:
+        pass  # an array has no log of its own: each task has one
+    elif log.get("removed"):
         field("log", f"removed {stamp(log['removed'])} (per-user log cap, oldest first)")
     elif j.get("log_path"):
         field("log", clean(j["log_path"]))

@@ -181,11 +181,14 @@ class _Tree:
         self.cgroup = self._make_cgroup(key) if want_cgroup and os.geteuid() == 0 else ""
         self.top: int | None = None
 
+    _last_tidy = 0.0  # per worker process: when it last removed stale job cgroups
+
     @staticmethod
     def _make_cgroup(key: str) -> str:
         mount = _cgroup2_mount()
         if not mount:
             return ""
+        _Tree._tidy(os.path.join(mount, "labq"))
         path = os.path.join(mount, "labq", key)
         try:
             os.makedirs(path, exist_ok=True)
@@ -195,6 +198,32 @@ class _Tree:
         except OSError:
             return ""  # read-only cgroupfs (a container): the sweep does it
         return path
+
+    @staticmethod
+    def _tidy(parent: str, min_age: float = 60.0) -> None:
+        """Remove job cgroups left empty: a job's own is removed when it ends, but not
+        when its runner died with it (a worker killed, a node rebooted mid-job) or the
+        kernel still held it past close()'s wait. Empty and older than `min_age` (so
+        never one a runner just made), at most once a minute per worker."""
+        now = time.time()
+        if now - _Tree._last_tidy < 60.0:
+            return
+        _Tree._last_tidy = now
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            return
+        for name in names:
+            path = os.path.join(parent, name)
+            try:
+                if now - os.stat(path).st_mtime < min_age or not os.path.isdir(path):
+                    continue
+                with open(os.path.join(path, "cgroup.events")) as f:
+                    if "populated 0" not in f.read():
+                        continue
+                os.rmdir(path)
+            except OSError:
+                continue
 
     @staticmethod
     def _children() -> set[int]:

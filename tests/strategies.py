@@ -14,10 +14,16 @@ def n(examples: int) -> int:
     return max(1, int(examples * SCALE))
 
 
-SPEC_KEYS = ["command", "gpus", "cpus", "memory", "time", "workdir", "env", "name", "priority", "grace"]
+SPEC_KEYS = [
+    "command", "gpus", "cpus", "memory", "time", "workdir", "env", "name", "priority", "grace",
+    "after", "after_any", "array", "sweep", "max_running", "notify",
+]
 weird_text = st.text(
     alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=300
-) | st.sampled_from(["", " ", "\x00", "../../etc/passwd", "-1", "1e309", "NaN", "4h", "16G", "x" * 70000])
+) | st.sampled_from(
+    ["", " ", "\x00", "../../etc/passwd", "-1", "1e309", "NaN", "4h", "16G", "x" * 70000,
+     "0-99%8", "0-4294967295", "1,3,5-9:2", "%", "{index}", "42.*", "42.7", "http://127.0.0.1/x"]
+)
 scalars = (
     st.none()
     | st.booleans()

@@ -235,3 +235,37 @@ def test_a_user_cannot_hijack_the_job_dir_of_a_personal_runner(shared: Path) -> 
         assert out.stdout.startswith("REFUSED") and "belongs to root" in out.stdout, out
     finally:
         subprocess.run(["rm", "-rf", str(victim_dir)], check=True)
+
+
+def test_empty_job_cgroups_left_behind_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    """A runner that died with its job leaves an empty cgroup; the next runner removes
+    such ones once they are a minute old, never a populated or a fresh one."""
+    from scheduler.runner import _Tree
+
+    mount = _cgroup2_mount()
+    if not mount or os.geteuid() != 0:
+        pytest.skip("no cgroup v2 here, or not root")
+    parent = Path(mount) / "labq"
+    parent.mkdir(exist_ok=True)
+    stale, fresh, busy = (parent / f"test-{os.getpid()}-{n}" for n in ("stale", "fresh", "busy"))
+    for p in (stale, fresh, busy):
+        p.mkdir()
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(busy, (old, old))
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        (busy / "cgroup.procs").write_text(str(sleeper.pid))
+        _Tree._last_tidy = 0.0
+        _Tree._tidy(str(parent))
+        assert not stale.exists() and fresh.exists() and busy.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for p in (fresh, busy):
+            for _ in range(50):
+                try:
+                    p.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.05)

@@ -131,26 +131,34 @@ class Admission:
             self._pending = dict(counts)
             self._since = {}
 
-    def check_room(self, caller: Caller) -> None:
-        """One person may keep at most max_pending_jobs_per_user jobs waiting.
+    def check_room(self, caller: Caller, tasks: int = 1) -> None:
+        """One person may keep at most max_pending_jobs_per_user jobs waiting; an array
+        counts each task not started yet (`tasks`: what this submission adds).
 
         The last pass's count plus what they submitted since is an upper bound; only
         near the cap is the store asked (counting is linear in their queue, and a
         submission must not cost more the longer the queue is)."""
         cap = self.config.max_pending_jobs_per_user
+        if tasks > cap:
+            raise DaemonError(
+                f"an array of {tasks:,} tasks is more than this daemon queues for one person "
+                f"(max_pending_jobs_per_user: {cap}); split it, or ask an admin",
+                429,
+            )
         with self._rate_lock:
             known = self._pending.get(caller.user)
-            since = self._since.get(caller.user, 0)
-            self._since[caller.user] = since + 1
-        if known is not None and known + since < cap - 1:
+            since = self._since.get(caller.user, 0) + tasks
+            self._since[caller.user] = since
+        if known is not None and known + since < cap:
             return
-        waiting = self.store.count_jobs(caller.user, (JobState.PENDING,))
-        if waiting >= cap:
+        waiting = self.store.count_jobs(caller.user, (JobState.PENDING,)) + self.store.unstarted_tasks(caller.user)
+        if waiting + tasks > cap:
             with self._rate_lock:
-                self._since[caller.user] -= 1
+                self._since[caller.user] -= tasks
             raise DaemonError(
-                f"{caller.user} already has {waiting} jobs waiting, the most this daemon queues for "
-                f"one person (max_pending_jobs_per_user: {cap}); wait for some to start or cancel some",
+                f"{caller.user} already has {waiting} jobs waiting (an array's tasks count one each), the most "
+                f"this daemon queues for one person is {cap} (max_pending_jobs_per_user); wait for some to "
+                "start or cancel some",
                 429,
             )
 

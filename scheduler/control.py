@@ -79,9 +79,10 @@ class JobControl:
         """Queue a job. The same token from the same user again returns the first job."""
         if token is not None and (not isinstance(token, str) or not 0 < len(token) <= 128):
             raise DaemonError("token must be a string of 1 to 128 characters")
-        spec = self.admission.accept(caller, spec_data)
-        self.admission.check_room(caller)
+        # The rate first: it is cheap, and a refused spec costs its validation too.
         self.admission.check_rate(caller, time.monotonic())
+        spec = self.admission.accept(caller, spec_data)
+        self.admission.check_room(caller, len(spec.array_plan()[0]) if spec.is_array else 1)
         job_id = self.store.add_job(caller.user, caller.uid, spec, token=token)
         self._wake()
         return job_id

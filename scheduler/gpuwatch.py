@@ -177,6 +177,8 @@ class GpuWatch:
                 g: dict[str, Any] = dict(raw)
                 held_by = holder.get((n["id"], int(g["index"])))
                 g["job_id"] = held_by.id if held_by else None
+                if held_by is not None and held_by.array_id is not None:
+                    g["job_ref"] = held_by.ref  # a task: 42.7, as people name it
                 g["user"] = held_by.user if held_by else None
                 stray = occupied.get(int(g["index"]))
                 g["blocked"] = f"no new jobs: {stray}" if stray and not held_by else None
@@ -184,7 +186,12 @@ class GpuWatch:
                 for proc in raw.get("processes", []):
                     owner = by_id.get(proc.get("job_id") or -1)
                     procs.append(
-                        {**proc, "user": owner.user if owner else None, "outside_labq": proc.get("job_id") is None}
+                        {
+                            **proc,
+                            "user": owner.user if owner else None,
+                            "outside_labq": proc.get("job_id") is None,
+                            **({"job_ref": owner.ref} if owner is not None and owner.array_id is not None else {}),
+                        }
                     )
                 g["processes"] = procs
                 if history:

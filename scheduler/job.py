@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from scheduler.shapes import TERMINAL, JobState
 from scheduler.units import (
     MAX_ARRAY_TASKS,
+    IndexPlan,
     UnitError,
     parse_array,
     parse_duration,
@@ -210,7 +211,7 @@ class JobSpec(BaseModel):
         try:
             parse_array(str(v))
         except UnitError as e:
-            raise ValueError(str(e).removeprefix(f"--array {v}: ")) from None
+            raise ValueError(str(e).removeprefix("--array: ")) from None
         return str(v)
 
     @field_validator("sweep", mode="before")
@@ -223,6 +224,12 @@ class JobSpec(BaseModel):
             items = []
             for k, vals in v.items():
                 vals = vals if isinstance(vals, list) else [vals]
+                for x in vals:
+                    # Numbers and words only: str() of null, true or a mapping is no value.
+                    if isinstance(x, bool) or not isinstance(x, (str, int, float)):
+                        raise ValueError(f"{str(k)[:32]}: each value is a number or a word")
+                    if "," in str(x):
+                        raise ValueError(f"{str(k)[:32]}: a value cannot hold a comma")
                 items.append(f"{k}={','.join(str(x) for x in vals)}")
             try:
                 return parse_sweep(items)
@@ -243,6 +250,8 @@ class JobSpec(BaseModel):
                 raise ValueError("notify webhook must be an http:// or https:// URL (at most 2048 characters)")
             if has_controls(url) or any(ch.isspace() for ch in url):
                 raise ValueError("notify webhook contains spaces or control characters")
+            if not url.isascii():
+                raise ValueError("notify webhook must be ASCII: percent-encode other characters (%C3%A9 for é)")
             return {"webhook": url}
         cmd = v["command"]
         if isinstance(cmd, str):
@@ -332,14 +341,14 @@ class JobSpec(BaseModel):
     def is_array(self) -> bool:
         return bool(self.array or self.sweep)
 
-    def array_plan(self) -> tuple[list[int], int | None]:
+    def array_plan(self) -> tuple[IndexPlan, int | None]:
         """(each task's index, in order; the cap on tasks at once). A sweep's index is
         its place in the grid (the first name varies slowest, as itertools.product)."""
         if self.sweep:
             n = 1
             for vals in self.sweep.values():
                 n *= len(vals)
-            return list(range(n)), self.max_running
+            return IndexPlan([range(n)]), self.max_running
         indices, cap = parse_array(self.array or "")
         return indices, cap if cap is not None else self.max_running
 
@@ -355,17 +364,17 @@ class JobSpec(BaseModel):
         return {k: out[k] for k in names}
 
     def task_spec(self, array_id: int, index: int) -> dict[str, Any]:
-        """What task `index` of array `array_id` runs: the command with `{index}`,
-        `{array_id}` and each sweep name replaced (other braces are left alone: a shell
-        `${HOME}` or a JSON argument stays as written), and LABQ_ARRAY_ID,
-        LABQ_ARRAY_INDEX and LABQ_PARAM_<NAME> in its environment."""
+        """What task `index` of array `array_id` runs: the command and the values of
+        --env with `{index}`, `{array_id}` and each sweep name replaced (other braces are
+        left alone: a shell `${HOME}` or a JSON argument stays as written), and
+        LABQ_ARRAY_ID, LABQ_ARRAY_INDEX and LABQ_PARAM_<NAME> in its environment."""
         values = self.task_values(index)
         subs = {"index": str(index), "array_id": str(array_id), **values}
         pattern = re.compile(r"\{(" + "|".join(re.escape(k) for k in subs) + r")\}")
         # The array is told of once, when it ends: its tasks carry no notify.
         data = self.model_dump(exclude={"array", "sweep", "max_running", "after", "after_any", "notify"})
         data["command"] = [pattern.sub(lambda m: subs[m.group(1)], a) for a in self.command]
-        env = dict(self.env)
+        env = {k: pattern.sub(lambda m: subs[m.group(1)], v) for k, v in self.env.items()}
         env["LABQ_ARRAY_ID"] = str(array_id)
         env["LABQ_ARRAY_INDEX"] = str(index)
         for k, v in values.items():

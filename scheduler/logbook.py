@@ -88,13 +88,20 @@ class LogBook:
     def remove(self, job_id: int) -> None:
         """A job's log and its stderr files."""
         self.path(job_id).unlink(missing_ok=True)
-        for p in self.dir.glob(f"{int(job_id)}.*.err"):
+        for p in self.dir.glob(f"{int(job_id)}.*.err"):  # only when logs pass the user's cap
             p.unlink(missing_ok=True)
 
     def attempt_ended(self, job: JobRow, now: float) -> None:
         """Record the log's size; past the owner's cap, remove their oldest ended jobs'
         logs (each job's history says so)."""
-        self.store.set_fields(job.id, log_bytes=self.size(job.id))
+        # Its stderr apart is a second copy of some of those bytes: it counts too.
+        err = 0
+        for attempt in range(1, job.attempt + 1):
+            try:
+                err += self.err_path(job.id, attempt).stat().st_size
+            except OSError:
+                pass
+        self.store.set_fields(job.id, log_bytes=self.size(job.id) + err)
         cap = self.user_max_bytes
         total = self.store.user_log_bytes(job.user)
         while total > cap:

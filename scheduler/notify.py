@@ -21,6 +21,7 @@ import ipaddress
 import logging
 import os
 import pwd
+import signal
 import socket
 import ssl
 import subprocess
@@ -38,6 +39,14 @@ TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 30.0
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_V4COMPAT = ipaddress.ip_network("::/96")
+MAX_PARALLEL = 8  # notifications in flight at once; at most one per user
+# A job's history says how its notification went; others see only that one was sent
+# (views.py), since the outcome names the owner's webhook host.
+NOTIFY_EVENT = "notify: "
+
+
 class NotifyRefused(ValueError):
     """A notification target labq will not use; the message says why, in one line."""
 
@@ -52,6 +61,16 @@ def _allowed(host: str, ip: str, allow: Sequence[str]) -> bool:
                 return True
         except ValueError:
             continue
+    if isinstance(addr, ipaddress.IPv6Address):
+        # Addresses that carry an IPv4 one (mapped, 6to4, NAT64, the old compatible
+        # form) are judged by it: [64:ff9b::a9fe:a9fe] is 169.254.169.254 through NAT64.
+        embedded = addr.ipv4_mapped or addr.sixtofour
+        if embedded is None and (addr in _NAT64 or addr in _V4COMPAT):
+            embedded = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+        if embedded is not None:
+            return embedded.is_global and not embedded.is_multicast
+        if addr.teredo is not None:
+            return False
     return addr.is_global and not addr.is_multicast
 
 
@@ -107,13 +126,27 @@ def post_webhook(url: str, payload: bytes, allow: Sequence[str] = (), timeout: f
     parts = urlsplit(url)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     conn = (_PinnedHTTPS if scheme == "https" else _PinnedHTTP)(host, port, ip, timeout)
+    # `timeout` bounds each socket call; this bounds the whole request, so a server that
+    # trickles its answer a byte at a time is cut off all the same.
+    watchdog = threading.Timer(timeout, _cut, args=(conn,))
+    watchdog.start()
     try:
         conn.request("POST", path, body=payload, headers={"Content-Type": "application/json", "User-Agent": "labq"})
         resp = conn.getresponse()
         resp.read(1024)
         return f"webhook to {host} answered {resp.status}"
     finally:
+        watchdog.cancel()
         conn.close()
+
+
+def _cut(conn: http.client.HTTPConnection) -> None:
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def run_command(argv: list[str], user: str, uid: int, env: dict[str, str], timeout: float = COMMAND_TIMEOUT_S) -> str:
@@ -122,33 +155,41 @@ def run_command(argv: list[str], user: str, uid: int, env: dict[str, str], timeo
     try:
         pw = pwd.getpwnam(user)
     except KeyError:
-        return f"notify command not run: {user} has no account here"
+        return f"command not run: {user} has no account here"
     if pw.pw_uid != uid or (uid == 0 and user != "root"):
-        return f"notify command not run: the account {user} here is not uid {uid}"
+        return f"command not run: the account {user} here is not uid {uid}"
     if os.geteuid() != 0 and uid != os.geteuid():
-        return f"notify command not run: this daemon cannot act as {user}"
+        return f"command not run: this daemon cannot act as {user}"
     full = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": pw.pw_dir, "USER": user, "LOGNAME": user, **env}
     as_user: dict[str, Any] = {}
     if os.geteuid() == 0:
         as_user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": os.getgrouplist(user, pw.pw_gid)}
     try:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             argv,
             env=full,
             cwd=pw.pw_dir if os.path.isdir(pw.pw_dir) else "/",
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            timeout=timeout,
             start_new_session=True,
             umask=0o077,
             **as_user,
         )
-    except subprocess.TimeoutExpired:
-        return f"notify command killed after {timeout:g}s"
     except OSError as e:
-        return f"notify command not run: {e.strerror or e}"
-    return f"notify command exited {proc.returncode}"
+        return f"command not run: {e.strerror or e}"
+    try:
+        code = proc.wait(timeout)
+        outcome = f"command exited {code}"
+    except subprocess.TimeoutExpired:
+        outcome = f"command killed after {timeout:g}s"
+    # A notification is not a job: nothing it started outlives it (its own session).
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+    return outcome
 
 
 def message(job: dict[str, Any]) -> str:
@@ -165,13 +206,19 @@ def message(job: dict[str, Any]) -> str:
 
 
 class Notifier:
-    """The notify thread: ended jobs with `--notify`, each told once."""
+    """The notify thread: ended jobs with `--notify`, each told once. Each send runs in
+    a thread of its own, at most MAX_PARALLEL at once and one per user, so a slow
+    endpoint or command holds up only its owner's notifications; whatever one send
+    raises is recorded as its outcome and never stops the rest."""
 
     def __init__(self, store: Any, allow: Sequence[str] = (), webhooks: bool = True, commands: bool = True) -> None:
         self.store = store
         self.allow = tuple(allow)
         self.webhooks = webhooks
         self.commands = commands
+        self._lock = threading.Lock()
+        self._jobs: set[int] = set()  # in flight
+        self._users: set[str] = set()  # with one in flight
 
     def loop(self, stop: threading.Event, interval: float = 1.0) -> None:
         while not stop.wait(interval):
@@ -180,11 +227,35 @@ class Notifier:
             except Exception:  # noqa: BLE001 - a bad notification must not end the thread
                 log.exception("notifications failed")
 
-    def once(self) -> int:
-        due = self.store.notify_due()
-        for job in due:
-            self.store.notified(job["id"], self.send(job), time.time())
-        return len(due)
+    def once(self, wait: float = 0.0) -> int:
+        """Start sending what is due; with `wait`, wait up to that long for those sends."""
+        started = []
+        for job in self.store.notify_due():
+            with self._lock:
+                if job["id"] in self._jobs or job["user"] in self._users or len(self._jobs) >= MAX_PARALLEL:
+                    continue
+                self._jobs.add(job["id"])
+                self._users.add(job["user"])
+            t = threading.Thread(target=self._one, args=(job,), name="labq-notify-send", daemon=True)
+            t.start()
+            started.append(t)
+        for t in started:
+            t.join(wait if wait > 0 else 0)
+        return len(started)
+
+    def _one(self, job: dict[str, Any]) -> None:
+        try:
+            try:
+                outcome = self.send(job)
+            except Exception as e:  # noqa: BLE001 - recorded, and the job is not sent again
+                outcome = f"failed: {type(e).__name__}"
+            self.store.notified(job["id"], f"{NOTIFY_EVENT}{outcome}", time.time())
+        except Exception:  # noqa: BLE001 - the store refused: it is tried again next second
+            log.exception("job %s: notification outcome not recorded", job.get("id"))
+        finally:
+            with self._lock:
+                self._jobs.discard(job["id"])
+                self._users.discard(job["user"])
 
     def send(self, job: dict[str, Any]) -> str:
         import json
@@ -194,15 +265,15 @@ class Notifier:
         facts = {k: job.get(k) for k in ("id", "ref", "name", "user", "state", "exit_code", "reason", "start_time", "end_time")}
         if "webhook" in target:
             if not self.webhooks:
-                return "notify: webhooks are off on this cluster (notify_webhooks: false)"
+                return "webhooks are off on this cluster (notify_webhooks: false)"
             try:
                 return post_webhook(str(target["webhook"]), json.dumps({"text": text, "job": facts}).encode(), self.allow)
             except NotifyRefused as e:
-                return f"notify webhook refused: {e}"
+                return f"webhook refused: {e}"
             except (OSError, http.client.HTTPException) as e:
-                return f"notify webhook failed: {type(e).__name__}: {e}"
+                return f"webhook failed: {type(e).__name__}: {e}"
         if not self.commands:
-            return "notify: commands are off on this cluster (notify_commands: false)"
+            return "commands are off on this cluster (notify_commands: false)"
         env = {
             "LABQ_JOB_ID": str(job["ref"]),
             "LABQ_JOB_NAME": str(job["name"]),

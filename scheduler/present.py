@@ -108,7 +108,7 @@ def backfill_hint(why: list[Mapping[str, Any]] | None, time_limit: float | None)
 def job_holder(g: Mapping[str, Any]) -> str:
     """Who holds a GPU or a process on it: `job 6 (ana)`; just `job 6` in the moment after
     a job ended, when the monitor still sees it but the daemon no longer lists its owner."""
-    return f"job {g['job_id']}" + (f" ({clean(g['user'])})" if g.get("user") else "")
+    return f"job {g.get('job_ref') or g['job_id']}" + (f" ({clean(g['user'])})" if g.get("user") else "")
 
 
 def preview_lines(out: Mapping[str, Any], now: float) -> list[Line]:
@@ -216,7 +216,11 @@ def job_lines(j: Mapping[str, Any], now: float, events: int | None = None) -> li
         out.append(Line("field", label, text))
 
     if a:
-        plan = spec.get("array") or " × ".join(f"{k}={','.join(v)}" for k, v in (spec.get("sweep") or {}).items())
+        plan = (
+            spec.get("array")
+            or " × ".join(f"{k}={','.join(v)}" for k, v in (spec.get("sweep") or {}).items())
+            or " × ".join(f"{k} ({n} values)" for k, n in (spec.get("sweep_sizes") or {}).items())
+        )
         field("tasks", f"{clean(plan)} ({a['size']} tasks; {ref(j)}.INDEX names one)")
         field("array", array_text(a))
     elif j.get("array_id") is not None:

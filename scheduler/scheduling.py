@@ -255,12 +255,17 @@ class Scheduler:
         pending = {u: s.pending_jobs for u, s in decision.shares.items()}
         for user, _ in chained.values():
             pending[user] = pending.get(user, 0) + 1  # they count toward the pending cap too
+        for e in arrays:
+            # An array's tasks not started yet count one each; its entry counted one already.
+            counted = e.id in chained or e.startable > 0
+            pending[e.user] = pending.get(e.user, 0) + (e.size - e.made) - (1 if counted else 0)
         self.control.admission.seen_pending(pending)
         self.pass_s = time.perf_counter() - t0
         return decision
 
     def preview(self, caller: Caller, spec_data: dict[str, Any]) -> dict[str, Any]:
         """What would happen if this job were submitted now: the policy's own answer."""
+        self.control.admission.check_rate(caller, time.monotonic())
         spec = self.control.admission.accept(caller, spec_data)
         now = time.time()
         unmet = [

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 from scheduler.job import JobSpec
 from scheduler.shapes import JobState
+from scheduler.units import IndexPlan
 
 # States in which a task still holds a place under the array's %N cap.
 LIVE = (JobState.PENDING, JobState.STARTING, JobState.RUNNING, JobState.PREEMPTED, JobState.NODE_LOST)
@@ -59,11 +60,11 @@ class ArrayTables:
     def _reader(self) -> sqlite3.Connection:
         raise NotImplementedError
 
-    def _plan(self, array_id: int, spec_json: str | dict[str, Any]) -> tuple[JobSpec, list[int]]:
-        # The parsed spec and index list of an array, kept while it runs: a 10,000-task
-        # array would otherwise parse its spec 10,000 times.
+    def _plan(self, array_id: int, spec_json: str | dict[str, Any]) -> tuple[JobSpec, IndexPlan]:
+        # The parsed spec and index plan (ranges, a few objects) of an array, kept while
+        # it runs: a 10,000-task array would otherwise parse its spec 10,000 times.
         with self._array_lock:
-            plans: dict[int, tuple[JobSpec, list[int]]] = self.__dict__.setdefault("_array_plans", {})
+            plans: dict[int, tuple[JobSpec, IndexPlan]] = self.__dict__.setdefault("_array_plans", {})
             plan = plans.get(array_id)
             if plan is None:
                 spec = (
@@ -146,6 +147,16 @@ class ArrayTables:
         )
         return task_id
 
+    def unstarted_tasks(self, user: str) -> int:
+        """Tasks of the user's waiting arrays that have no row yet, less one per array
+        (its own row is counted as a waiting job already)."""
+        row = self._reader().execute(
+            "SELECT COALESCE(SUM(p.array_size - 1 - (SELECT COUNT(*) FROM jobs t WHERE t.array_id = p.id)), 0) "
+            "FROM jobs p WHERE p.array_size > 0 AND p.state = ? AND p.user = ?",
+            (JobState.PENDING.value, user),
+        ).fetchone()
+        return max(0, int(row[0]))
+
     def task_id(self, array_id: int, index: int) -> int | None:
         row = self._reader().execute(
             "SELECT id FROM jobs WHERE array_id=? AND array_index=?", (array_id, index)
@@ -153,7 +164,7 @@ class ArrayTables:
         return None if row is None else int(row[0])
 
     def has_index(self, array_id: int, spec: dict[str, Any], index: int) -> bool:
-        return index in set(self._plan(array_id, spec)[1])
+        return index in self._plan(array_id, spec)[1]
 
     def task_preview(self, array_id: int, spec: dict[str, Any], index: int) -> dict[str, Any]:
         """What task `index` will run (its command and environment), before it starts."""

@@ -5,7 +5,9 @@ Kept free of third-party imports: the CLI imports it and must start fast.
 
 from __future__ import annotations
 
+import bisect
 import re
+from collections.abc import Iterator
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -132,33 +134,72 @@ def parse_job_ids(text: str) -> list[int]:
 MAX_ARRAY_TASKS = 100_000
 
 
-def parse_array(text: str) -> tuple[list[int], int | None]:
+class IndexPlan:
+    """An array's indices in order, kept as ranges: a 100,000-task array is a few
+    objects, not a list (the daemon keeps one per waiting array). `len`, `plan[i]` (the
+    i-th index handed out) and `index in plan` are arithmetic."""
+
+    def __init__(self, ranges: list[range]) -> None:
+        self.ranges = ranges
+        self.starts: list[int] = []  # position of each range's first index
+        total = 0
+        for r in ranges:
+            self.starts.append(total)
+            total += len(r)
+        self.total = total
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, pos: int) -> int:
+        if not 0 <= pos < self.total:
+            raise IndexError(pos)
+        i = bisect.bisect_right(self.starts, pos) - 1
+        return self.ranges[i][pos - self.starts[i]]
+
+    def __contains__(self, index: object) -> bool:
+        return any(index in r for r in self.ranges)
+
+    def __iter__(self) -> Iterator[int]:
+        for r in self.ranges:
+            yield from r
+
+
+def parse_array(text: str) -> tuple[IndexPlan, int | None]:
     """Slurm's --array: `0-99`, `1,3,5-9`, `0-98:2` (a step), with `%8` at the end to run
-    at most 8 at once. Returns (the indices in order, the cap or None)."""
-    body, _, cap_text = str(text).strip().partition("%")
+    at most 8 at once. Returns (the indices in order, the cap or None). The work is
+    bounded by the count the text asks for (never above MAX_ARRAY_TASKS), so no string
+    of ranges can make the daemon count for long; an index given twice is refused."""
+    body, pct, cap_text = str(text).strip().partition("%")
     cap: int | None = None
-    if cap_text:
-        if not cap_text.isascii() or not cap_text.isdigit() or int(cap_text) < 1:
-            raise UnitError(f"--array {text}: %N needs a whole number from 1 (at most N tasks at once)")
-        cap = int(cap_text)
-    out: list[int] = []
-    seen: set[int] = set()
+    if pct:
+        if not cap_text.isascii() or not cap_text.isdigit() or len(cap_text) > 9 or int(cap_text) < 1:
+            raise UnitError("--array: %N needs a whole number from 1 (at most N tasks at once)")
+        cap = min(int(cap_text), MAX_ARRAY_TASKS)
+    ranges: list[range] = []
+    total = 0
     for part in body.split(","):
         m = re.fullmatch(r"([0-9]{1,9})(?:-([0-9]{1,9})(?::([0-9]{1,9}))?)?", part.strip(), re.ASCII)
         if m is None:
-            raise UnitError(f"--array {text}: write ranges like 0-99, 1,3,5-9 or 0-98:2, then %N to cap")
+            raise UnitError("--array: write ranges like 0-99, 1,3,5-9 or 0-98:2, then %N to cap")
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) is not None else lo
         step = int(m.group(3)) if m.group(3) is not None else 1
         if hi < lo or step < 1:
-            raise UnitError(f"--array {text}: {part.strip()} is an empty range")
-        if (hi - lo) // step + 1 + len(out) > MAX_ARRAY_TASKS:
-            raise UnitError(f"--array {text}: at most {MAX_ARRAY_TASKS:,} tasks in one array")
-        for i in range(lo, hi + 1, step):
-            if i not in seen:
+            raise UnitError(f"--array: {part.strip()[:40]} is an empty range")
+        r = range(lo, hi + 1, step)
+        total += len(r)
+        if total > MAX_ARRAY_TASKS:
+            raise UnitError(f"--array: at most {MAX_ARRAY_TASKS:,} tasks in one array")
+        ranges.append(r)
+    if len(ranges) > 1:
+        seen: set[int] = set()
+        for r in ranges:  # at most MAX_ARRAY_TASKS steps in all: checked above
+            for i in r:
+                if i in seen:
+                    raise UnitError(f"--array: index {i} is given twice")
                 seen.add(i)
-                out.append(i)
-    return out, cap
+    return IndexPlan(ranges), cap
 
 
 _PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}", re.ASCII)
@@ -174,8 +215,9 @@ def parse_sweep(items: list[str]) -> dict[str, list[str]]:
             raise UnitError(f"--sweep {item[:60]}: write NAME=v1,v2,... (a name of letters, digits, _)")
         if name in ("index", "array_id"):
             raise UnitError(f"--sweep {name}: that name is labq's own ({{{name}}} is always there)")
-        if name in out:
-            raise UnitError(f"--sweep {name} given twice")
+        if name.upper() in {n.upper() for n in out}:
+            # Each is $LABQ_PARAM_<NAME> in the task's environment: lr and LR would be one.
+            raise UnitError(f"--sweep {name} given twice (names differ by more than case)")
         vals = [v.strip() for v in values.split(",")]
         if not all(vals):
             raise UnitError(f"--sweep {item[:60]}: an empty value")

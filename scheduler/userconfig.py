@@ -16,9 +16,21 @@ def user_config_path() -> Path:
     return Path(base) / "labq" / "config.yaml"
 
 
+def _scalar(text: str) -> str:
+    """A YAML scalar as the fallback reads it: quoted (up to its closing quote), or bare
+    up to a ` #` comment."""
+    text = text.strip()
+    if text[:1] in ("'", '"'):
+        end = text.find(text[0], 1)
+        return text[1:end] if end > 0 else text[1:]
+    hash_at = text.find(" #")
+    return (text[:hash_at] if hash_at >= 0 else text).strip()
+
+
 def _load_user_config(text: str) -> Any:
     """YAML where PyYAML is installed; else (the stdlib-only client under a system
-    python) the block form `notify:` then an indented `webhook: URL` or `command: CMD`."""
+    python) the two forms the help shows: `notify: {webhook: URL}` on one line, or
+    `notify:` then an indented `webhook: URL` / `command: CMD`."""
     try:
         import yaml
     except ImportError:
@@ -28,13 +40,18 @@ def _load_user_config(text: str) -> Any:
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
             key, _, value = line.strip().partition(":")
-            value = value.strip().strip("'\"") if not value.strip().startswith(("'", '"')) else value.strip()[1:-1]
+            value = value.strip()
             if not line[0].isspace():
-                section = None if value else out.setdefault(key, {})
-                if value:
-                    out[key] = value
+                section = None
+                if value.startswith("{") and "}" in value:
+                    inner_key, _, inner = value[1 : value.rfind("}")].partition(":")
+                    out[key] = {inner_key.strip(): _scalar(inner)}
+                elif value:
+                    out[key] = _scalar(value)
+                else:
+                    section = out.setdefault(key, {})
             elif section is not None:
-                section[key] = value
+                section[key.strip()] = _scalar(value)
         return out
     try:
         return yaml.safe_load(text)

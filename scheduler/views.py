@@ -19,12 +19,13 @@ from typing import Any
 from scheduler.auth import Caller
 from scheduler.gpuwatch import GpuWatch
 from scheduler.logbook import LogBook
+from scheduler.notify import NOTIFY_EVENT
 from scheduler.scheduling import Scheduler
 from scheduler.shapes import ACTIVE, JobState, Reason
 from scheduler.store import JobRow, Store
 
 # Spec fields only the owner and admins see.
-PRIVATE_SPEC = ("command", "workdir", "env", "notify")
+PRIVATE_SPEC = ("command", "workdir", "env", "notify", "sweep")
 
 # Every list row has exactly these keys (plus what the caller may see).
 SUMMARY_FIELDS = (
@@ -91,6 +92,10 @@ def spec_for(row: JobRow, caller: Caller) -> dict[str, Any]:
     env = spec.get("env") or {}
     out = {k: v for k, v in spec.items() if k not in PRIVATE_SPEC}
     out["env_names"] = sorted(env) if isinstance(env, Mapping) else []
+    sweep = spec.get("sweep") or {}
+    if isinstance(sweep, Mapping) and sweep:
+        # A sweep's values are the command's (often paths or keys): names and counts only.
+        out["sweep_sizes"] = {k: len(v) for k, v in sweep.items()}
     return out
 
 
@@ -105,7 +110,12 @@ def detail(
     d = dict(base)
     d["spec"] = spec_for(row, caller)
     d["private"] = not caller.may_see(row.user)
-    d["events"] = [dict(e) for e in events]
+    mine = caller.may_see(row.user)
+    # A notification's outcome names the owner's webhook host: others see that it was sent.
+    d["events"] = [
+        dict(e) if mine or not str(e["reason"]).startswith(NOTIFY_EVENT) else {**e, "reason": "notify: sent to its owner"}
+        for e in events
+    ]
     d["log"] = {
         "bytes": row.log_bytes,
         "removed": row.log_removed,

@@ -106,7 +106,7 @@ def form_to_spec(values: dict[str, str], base_env: dict[str, str]) -> tuple[dict
             parse_array(array)
             spec["array"] = array
         except UnitError as e:
-            errors["array"] = str(e).removeprefix(f"--array {array}: ")
+            errors["array"] = str(e).removeprefix("--array: ")
     sweep = values.get("sweep", "").strip()
     if sweep:
         try:

@@ -29,7 +29,7 @@ def check_refusal(e: ClientError) -> None:
     assert msg and "\n" not in msg and "Traceback" not in msg, msg
 
 
-@settings(max_examples=n(1500), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=n(800), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(spec=specs)
 def test_api_preview_fuzz(labq4: Labq, spec: dict[str, Any]) -> None:
     c = Client(labq4.socket, timeout=30)
@@ -88,7 +88,7 @@ def test_garbage_on_the_socket_never_kills_the_daemon(labq4: Labq) -> None:
     assert h["ray"]["connected"] and h["last_pass"] > 0
 
 
-@settings(max_examples=n(3000), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=n(1500), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     auth=st.none() | weird_text.filter(lambda t: "\r" not in t and "\n" not in t and "\x00" not in t),
     path=st.sampled_from(["/v1/health", "/v1/jobs", "/v1/tokens", "/v1/quotas/x", "/v1/jobs/1/cancel"]),

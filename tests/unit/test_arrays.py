@@ -116,7 +116,12 @@ def test_cancel_one_task_before_it_starts_or_the_whole_array(d: Daemon, launcher
 def test_a_sweep_is_a_grid_and_each_task_gets_its_values(d: Daemon, launcher: MemoryLauncher) -> None:
     arr = d.control.submit(
         ALICE,
-        {**SPEC, "command": ["python", "t.py", "--lr", "{lr}", "--bs", "{bs}", "${HOME}"], "sweep": {"lr": ["1e-3", "3e-4"], "bs": [32, 64]}},
+        {
+            **SPEC,
+            "command": ["python", "t.py", "--lr", "{lr}", "--bs", "{bs}", "${HOME}"],
+            "sweep": {"lr": ["1e-3", "3e-4"], "bs": [32, 64]},
+            "env": {"RUN": "run-{index}-{lr}", "JSON": '{"a": 1}'},
+        },
     )
     d.scheduler.one_pass()
     tasks = [d.store.get(t) for t in started(d, arr)]
@@ -128,6 +133,7 @@ def test_a_sweep_is_a_grid_and_each_task_gets_its_values(d: Daemon, launcher: Me
     ]
     assert tasks[2].spec["command"][-1] == "${HOME}"  # other braces are left alone
     assert tasks[2].spec["env"]["LABQ_PARAM_LR"] == "3e-4" and tasks[2].spec["env"]["LABQ_PARAM_BS"] == "32"
+    assert tasks[2].spec["env"]["RUN"] == "run-2-3e-4" and tasks[2].spec["env"]["JSON"] == '{"a": 1}'
     # Not yet started: `show 42.7` answers from the array, as that task.
     arr2 = d.control.submit(ALICE, {**SPEC, "command": ["x", "{index}"], "array": "0-99"})
     v = d.views.unstarted_task(d.store.get(arr2), 7, ALICE)
@@ -145,6 +151,12 @@ def test_a_sweep_is_a_grid_and_each_task_gets_its_values(d: Daemon, launcher: Me
         ({"array": "0-3", "sweep": {"lr": [1]}}, "not both"),
         ({"max_running": 2}, "for arrays and sweeps"),
         ({"sweep": {"index": [1, 2]}}, "labq's own"),
+        ({"array": "0-9%99999999999999999999"}, "whole number from 1"),
+        ({"array": ",".join(["0-49999"] * 511)}, "at most 100,000 tasks"),
+        ({"array": "0-10:2,4"}, "index 4 is given twice"),
+        ({"sweep": {"lr": [1], "LR": [2]}}, "differ by more than case"),
+        ({"sweep": {"lr": ["a,b"]}}, "cannot hold a comma"),
+        ({"sweep": {"lr": [None]}}, "a number or a word"),
     ],
 )
 def test_a_bad_array_is_refused_in_one_line_and_nothing_is_queued(d: Daemon, spec: dict[str, Any], message: str) -> None:
@@ -169,3 +181,26 @@ def test_the_policy_sees_a_long_array_as_one_entry_with_a_count() -> None:
         nodes=nodes,
     )
     assert sorted(s.job_id for s in schedule(mixed).starts) == [1, 1, 2, 3]
+
+
+def test_a_sweeps_values_are_its_owners_and_an_array_counts_its_tasks_toward_the_pending_cap(
+    tmp_path: Path, launcher: MemoryLauncher
+) -> None:
+    d = open_daemon(tmp_path / "state", launcher, max_pending_jobs_per_user=50)
+    try:
+        arr = d.control.submit(ALICE, {**SPEC, "sweep": {"key": ["SECRET1", "SECRET2"]}, "after": []})
+        seen = d.views.job(d.store.get(arr), BOB, full=True)
+        assert "sweep" not in seen["spec"] and seen["spec"]["sweep_sizes"] == {"key": 2}
+        assert "SECRET" not in str(seen)
+        assert d.views.job(d.store.get(arr), ALICE, full=True)["spec"]["sweep"] == {"key": ["SECRET1", "SECRET2"]}
+        with pytest.raises(DaemonError, match="an array of 51 tasks is more than"):
+            d.control.submit(BOB, {**SPEC, "array": "0-50"})
+        d.control.submit(BOB, {**SPEC, "array": "0-39"})
+        with pytest.raises(DaemonError, match="bob already has 40 jobs waiting"):
+            d.control.submit(BOB, {**SPEC, "array": "0-10"})
+        d.scheduler.one_pass()  # the pass's count says the same: 4 started, 36 wait
+        d.control.submit(BOB, {**SPEC, "array": "0-9"})
+        with pytest.raises(DaemonError, match="jobs waiting"):
+            d.control.submit(BOB, {**SPEC, "array": "0-9"})
+    finally:
+        d.store.close()

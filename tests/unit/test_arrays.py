@@ -204,3 +204,24 @@ def test_a_sweeps_values_are_its_owners_and_an_array_counts_its_tasks_toward_the
             d.control.submit(BOB, {**SPEC, "array": "0-9"})
     finally:
         d.store.close()
+
+
+def test_a_task_whose_node_died_runs_again_under_its_arrays_cap(tmp_path: Path, launcher: MemoryLauncher) -> None:
+    d = open_daemon(tmp_path / "state", launcher, ("n1", "n2"), node_lost_retries=1)
+    try:
+        arr = d.control.submit(ALICE, {**SPEC, "array": "0-5%2"})
+        d.scheduler.one_pass()
+        first = started(d, arr)
+        assert len(first) == 2
+        lost = first[0]
+        launcher.start(lost, 1)
+        launcher.finish(lost, 1, "lost", exit_code=None, reason="NodeDiedError: the node died")
+        pump(d, launcher)
+        assert d.store.get(lost).state is JobState.PENDING  # requeued as itself: 42.0 again
+        d.scheduler.one_pass()
+        live = [r for r in d.store.jobs() if r.array_id == arr and not r.state.terminal]
+        assert len(live) == 2 and lost in [r.id for r in live]  # the cap holds: no third task
+        assert d.store.get(lost).state is JobState.STARTING and d.store.get(lost).attempt == 2
+        assert d.store.get(lost).ref == f"{arr}.0"
+    finally:
+        d.store.close()

@@ -65,6 +65,8 @@ def apply_job_options(spec: dict[str, Any], args: argparse.Namespace) -> None:
                 spec[field] = parse_job_ids(value)
             except ValueError as e:
                 raise UsageError(f"--{field.replace('_', '-')}: {e}") from None
+    if args.array is not None and args.sweep:
+        raise UsageError("give --array or --sweep, not both (a sweep's tasks are numbered from 0)")
     if args.array is not None:
         try:
             parse_array(args.array)

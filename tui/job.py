@@ -198,6 +198,7 @@ class JobScreen(DataScreen):
 
     def show_job(self, job: dict[str, Any]) -> None:
         self.job = job
+        self.title_text = f"{'Array' if job.get('array') else 'Job'} {job.get('ref') or self.job_id}"
         self.query_one("#fields", TextLine).show(job_details(job, self.lapp.now()))
         self.update_status()
         key = (job.get("state"), job.get("user"), job.get("private"))

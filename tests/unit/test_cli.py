@@ -55,3 +55,22 @@ def test_a_command_imports_only_what_it_needs() -> None:
     assert not mods & {
         "dataclasses", "inspect", "uuid", "shutil", "scheduler.config", "ray", "pydantic", "textual", "yaml"
     }
+
+
+def test_array_and_sweep_options_build_the_spec_and_refuse_both() -> None:
+    import pytest
+
+    from scheduler.cli import build_spec
+    from scheduler.cliparse import build_parser
+    from scheduler.console import UsageError
+
+    def spec(*argv: str) -> dict[str, object]:
+        return build_spec(build_parser("submit").parse_args(["submit", *argv]), remote=True)[0]
+
+    assert spec("--array", "0-9%2", "--", "x", "{index}")["array"] == "0-9%2"
+    got = spec("--sweep", "lr=1,2", "--sweep", "bs=3", "--max-running", "1", "--", "x")
+    assert got["sweep"] == {"lr": ["1", "2"], "bs": ["3"]} and got["max_running"] == 1
+    with pytest.raises(UsageError, match="not both"):
+        spec("--array", "5-9", "--sweep", "lr=1,2", "--", "x")
+    with pytest.raises(UsageError, match="index 3 is given twice"):
+        spec("--array", "1-5,3", "--", "x")

@@ -148,19 +148,27 @@ def list_jobs(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
 JOB = r"(?P<id>\d+)(?:\.(?P<task>\d+))?"
 
 
+def _task(p: Params) -> int | None:
+    """The task index a path names (`42.7` → 7), None for a plain job id."""
+    raw = p.get("task")
+    if raw is None:
+        return None
+    if len(raw) > 9:  # more digits than any array has tasks
+        raise DaemonError(f"no job {p['id']}.{raw[:40]}", 404)
+    return int(raw)
+
+
 def _job(d: Service, p: Params, unstarted: str = "") -> JobRow | tuple[JobRow, int]:
     """The row a path names. A task that has not started has no row: with `unstarted`
     empty, (its array, its index); else a 404 saying `unstarted`."""
     row = d.store.get(_int(p, "id"))
-    if p.get("task") is None:
+    index = _task(p)
+    if index is None:
         return row
-    if len(p["task"]) > 9:
-        raise DaemonError(f"no job {row.id}.{p['task'][:40]}", 404)
-    index = int(p["task"])
     task_id = d.store.task_id(row.id, index)
     if task_id is not None:
         return d.store.get(task_id)
-    if not row.array_size or not d.store.has_index(row.id, row.spec, index):
+    if not row.array_size or index not in row.job_spec().array_plan()[0]:
         raise DaemonError(f"no job {row.id}.{index}", 404)
     if unstarted:
         raise DaemonError(f"job {row.id}.{index} {unstarted}", 404)
@@ -179,11 +187,9 @@ def show_job(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
 def cancel_job(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     job_id = _int(p, "id")
     now = isinstance(body, dict) and body.get("now") is True
-    if p.get("task") is not None:
-        if len(p["task"]) > 9:
-            raise DaemonError(f"no job {job_id}.{p['task'][:40]}", 404)
-        ref = f"{job_id}.{int(p['task'])}"
-        return 200, {"id": ref, "result": d.control.cancel_task(c, job_id, int(p["task"]), now=now)}
+    index = _task(p)
+    if index is not None:
+        return 200, {"id": f"{job_id}.{index}", "result": d.control.cancel_task(c, job_id, index, now=now)}
     return 200, {"id": job_id, "result": d.control.cancel(c, job_id, now=now)}
 
 

@@ -132,7 +132,7 @@ class JobControl:
             raise DaemonError(f"job {array_id}.{index} belongs to {array.user}; only they or an admin may cancel it", 403)
         task_id = self.store.task_id(array_id, index)
         if task_id is None:
-            if not array.array_size or not self.store.has_index(array_id, array.spec, index):
+            if not array.array_size or index not in array.job_spec().array_plan()[0]:
                 raise DaemonError(f"no job {array_id}.{index}", 404)
             if array.state.terminal:
                 raise DaemonError(f"job {array_id}.{index} never started: array {array_id} ended ({array.state.value})", 409)

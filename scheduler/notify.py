@@ -3,8 +3,8 @@ command run as the job's owner.
 
 The notify thread owns the sending: each second it reads the ended jobs still marked
 `notify_pending` (a column, so a notification survives a daemon restart), sends, and
-records what happened as an event of the job (`labq show` says it). One slow or dead
-endpoint costs that thread at most `timeout` per job, never a scheduling pass.
+records what happened as an event of the job (`labq show` says it). Each send has a
+thread of its own (Notifier), so one slow or dead endpoint delays only its owner's.
 
 A webhook is a request the daemon makes, often as root, to an address a user chose:
 without care, any user could make it reach what only the head can (a loopback admin
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
+import json
 import logging
 import os
 import pwd
@@ -258,8 +259,6 @@ class Notifier:
                 self._users.discard(job["user"])
 
     def send(self, job: dict[str, Any]) -> str:
-        import json
-
         target = job["notify"]
         text = message(job)
         facts = {k: job.get(k) for k in ("id", "ref", "name", "user", "state", "exit_code", "reason", "start_time", "end_time")}

@@ -105,19 +105,11 @@ class Scheduler:
         pending_rows = self.store.policy_rows((JobState.PENDING,))
         if chained:
             pending_rows = [r for r in pending_rows if r[0] not in chained]
-        array_jobs: list[PendingJob] = []
-        array_waits: dict[int, Waiting] = {}
-        for e in self.store.array_entries() if arrays is None else arrays:
-            if e.id in chained:
-                continue
-            n = e.startable
-            if n:
-                array_jobs.append(
-                    PendingJob(e.id, e.user, e.gpus, e.submit_time, e.priority, e.time_limit, False, e.cpus, e.memory, n)
-                )
-            else:
-                array_waits[e.id] = array_wait(e)
-        self.array_waits = array_waits
+        array_jobs = [
+            PendingJob(e.id, e.user, e.gpus, e.submit_time, e.priority, e.time_limit, False, e.cpus, e.memory, e.startable)
+            for e in (self.store.array_entries() if arrays is None else arrays)
+            if e.startable and e.id not in chained
+        ]
         active = self.store.jobs(states=ACTIVE, with_spec=False)
         decayed, week = self.ledger.usage(now, active)
         held = held_gpus(active)
@@ -212,8 +204,8 @@ class Scheduler:
         t0 = time.perf_counter()
         now = time.time()
         arrays = self.store.array_entries()
-        if any(e.made >= e.size and not e.live for e in arrays):
-            ended = {a for a, _ in self.store.settle_arrays(now)}
+        if any(e.done for e in arrays):
+            ended = {a for a, _ in self.store.settle_arrays(now, arrays)}
             arrays = [e for e in arrays if e.id not in ended]
         chained = self.resolve_dependencies(now)
         array_ids = {e.id for e in arrays}
@@ -242,14 +234,14 @@ class Scheduler:
             if row.state in ACTIVE and row.stop_outcome is None:
                 self.store.note(row.id, f"preemption requested: {pre.reason}", now)
                 self.control.request_stop(row, "preempted", pre.reason, self.control.grace(row))
-        if arrays:
-            # An array all of whose startable tasks started in this pass: why the rest wait.
-            begun = Counter(s.job_id for s in decision.starts if s.job_id in array_ids)
-            waits = dict(self.array_waits)
-            for e in arrays:
-                if e.id in begun and e.id not in decision.waiting:
-                    waits[e.id] = array_wait(e._replace(made=e.made + begun[e.id], live=e.live + begun[e.id]))
-            self.array_waits = waits
+        # Why an array none of whose tasks may start now waits (the policy says why the
+        # others do), counting the tasks this pass started.
+        begun = Counter(s.job_id for s in decision.starts if s.job_id in array_ids)
+        self.array_waits = {
+            e.id: array_wait(e._replace(made=e.made + begun[e.id], live=e.live + begun[e.id]))
+            for e in arrays
+            if e.id not in decision.waiting and e.id not in chained
+        }
         self.decision = decision
         self.last_pass = now
         pending = {u: s.pending_jobs for u, s in decision.shares.items()}

@@ -249,6 +249,10 @@ class JobRow:
     array_next: int = 0  # an array: how many of its indices were handed out
     notify_pending: int = 0  # 1: --notify, not sent yet
 
+    def job_spec(self) -> JobSpec:
+        """The spec as the typed JobSpec (rows carry it as stored JSON)."""
+        return JobSpec.model_validate(self.spec)
+
     @property
     def ref(self) -> str:
         """How people name it: `42` or, for a task, `42.7`."""

@@ -7,20 +7,14 @@ split out only to keep each class small; there is one database and one writer.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
 from typing import Any
 
+from scheduler.store_base import Tables
 
-class AccountTables:
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
 
-    def _reader(self) -> sqlite3.Connection:
-        raise NotImplementedError
-
+class AccountTables(Tables):
     # -- GPU accounting of runs ------------------------------------------------------------------
     def runs_since(self, since: float) -> list[dict[str, Any]]:
         rows = self._reader().execute(

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
-from contextlib import AbstractContextManager
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from scheduler.job import JobSpec
 from scheduler.shapes import JobState
-from scheduler.units import IndexPlan
+from scheduler.store_base import Tables
 
 # States in which a task still holds a place under the array's %N cap.
 LIVE = (JobState.PENDING, JobState.STARTING, JobState.RUNNING, JobState.PREEMPTED, JobState.NODE_LOST)
@@ -45,38 +43,18 @@ class ArrayEntry(NamedTuple):
     live: int  # of those, not ended
 
     @property
+    def done(self) -> bool:
+        """Every task has started (or was cancelled first) and none is still live."""
+        return self.made >= self.size and not self.live
+
+    @property
     def startable(self) -> int:
         """How many more tasks may start now: those never started, under the cap."""
         left = self.size - self.made
         return left if self.cap is None else max(0, min(left, self.cap - self.live))
 
 
-class ArrayTables:
-    _array_lock = threading.Lock()
-
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
-
-    def _reader(self) -> sqlite3.Connection:
-        raise NotImplementedError
-
-    def _plan(self, array_id: int, spec_json: str | dict[str, Any]) -> tuple[JobSpec, IndexPlan]:
-        # The parsed spec and index plan (ranges, a few objects) of an array, kept while
-        # it runs: a 10,000-task array would otherwise parse its spec 10,000 times.
-        with self._array_lock:
-            plans: dict[int, tuple[JobSpec, IndexPlan]] = self.__dict__.setdefault("_array_plans", {})
-            plan = plans.get(array_id)
-            if plan is None:
-                spec = (
-                    JobSpec.model_validate_json(spec_json)
-                    if isinstance(spec_json, str)
-                    else JobSpec.model_validate(spec_json)
-                )
-                if len(plans) > 256:
-                    plans.clear()
-                plan = plans[array_id] = (spec, spec.array_plan()[0])
-            return plan
-
+class ArrayTables(Tables):
     def array_entries(self) -> list[ArrayEntry]:
         rows = self._reader().execute(
             "SELECT p.id, p.user, p.gpus, p.submit_time, p.priority, p.time_limit, p.cpus, p.memory, "
@@ -97,7 +75,9 @@ class ArrayTables:
             ).fetchone()
             if row is None or row["state"] != JobState.PENDING.value or not row["array_size"]:
                 return None
-            spec, indices = self._plan(array_id, row["spec"])
+            # Parsed per task (tens of microseconds): its indices are ranges, no list.
+            spec = JobSpec.model_validate_json(row["spec"])
+            indices = spec.array_plan()[0]
             pos = int(row["array_next"])
             index = None
             while pos < len(indices):
@@ -163,13 +143,6 @@ class ArrayTables:
         ).fetchone()
         return None if row is None else int(row[0])
 
-    def has_index(self, array_id: int, spec: dict[str, Any], index: int) -> bool:
-        return index in self._plan(array_id, spec)[1]
-
-    def task_preview(self, array_id: int, spec: dict[str, Any], index: int) -> dict[str, Any]:
-        """What task `index` will run (its command and environment), before it starts."""
-        return self._plan(array_id, spec)[0].task_spec(array_id, index)
-
     def cancel_unstarted(self, array_id: int, index: int, reason: str, now: float) -> int | None:
         """A task that has not started yet, cancelled: a CANCELLED row in its place, so it
         never will. None if it has a row meanwhile (cancel that)."""
@@ -177,7 +150,7 @@ class ArrayTables:
             row = c.execute("SELECT spec, user, uid FROM jobs WHERE id=?", (array_id,)).fetchone()
             if c.execute("SELECT 1 FROM jobs WHERE array_id=? AND array_index=?", (array_id, index)).fetchone():
                 return None
-            spec, _ = self._plan(array_id, row["spec"])
+            spec = JobSpec.model_validate_json(row["spec"])
             task_id = self._insert_task(c, array_id, row["user"], row["uid"], spec, index, JobState.CANCELLED, now)
             c.execute("UPDATE jobs SET reason=? WHERE id=?", (reason, task_id))
             return task_id
@@ -202,13 +175,13 @@ class ArrayTables:
                 out.setdefault(int(array_id), {})[str(state)] = int(n)
         return out
 
-    def settle_arrays(self, now: float) -> list[tuple[int, JobState]]:
-        """End each waiting array whose tasks have all started and ended. The array's row
-        moves straight from PENDING to its end: it never ran itself, so the job state
-        machine's start/run steps do not apply (transition() is for jobs that run)."""
+    def settle_arrays(self, now: float, entries: list[ArrayEntry]) -> list[tuple[int, JobState]]:
+        """End each of these waiting arrays whose tasks have all started and ended. The
+        array's row moves straight from PENDING to its end: it never ran itself, so the
+        job state machine's start/run steps do not apply (transition() is for jobs that run)."""
         ended: list[tuple[int, JobState]] = []
-        for e in self.array_entries():
-            if e.made < e.size or e.live:
+        for e in entries:
+            if not e.done:
                 continue
             counts = self.array_counts([e.id]).get(e.id, {})
             states = {JobState(s): n for s, n in counts.items()}
@@ -231,6 +204,4 @@ class ArrayTables:
                         (e.id, now, JobState.PENDING.value, state.value, reason),
                     )
                     ended.append((e.id, state))
-            with self._array_lock:
-                self.__dict__.get("_array_plans", {}).pop(e.id, None)
         return ended

@@ -11,23 +11,17 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from contextlib import AbstractContextManager
 from typing import Any
 
 from scheduler.shapes import JobState
+from scheduler.store_base import Tables
 
 # A job that lost its node is requeued by the same thread right after (when it has
 # retries left); a reader between the two writes sees NODE_LOST for a moment.
 NODE_LOST_SETTLE_S = 5.0
 
 
-class DependencyTables:
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
-
-    def _reader(self) -> sqlite3.Connection:
-        raise NotImplementedError
-
+class DependencyTables(Tables):
     @staticmethod
     def insert_deps(c: sqlite3.Connection, job_id: int, after: list[int], after_any: list[int]) -> None:
         """In the transaction that inserts the job. An id in both lists must succeed."""

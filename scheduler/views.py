@@ -145,16 +145,10 @@ class JobViews:
             if counts is None:
                 counts = self.store.array_counts([row.id]).get(row.id, {})
             d["array"] = array_facts(row, counts)
-            w = self.scheduler.array_waits.get(row.id)
-            if row.state is JobState.PENDING and w is not None and self.scheduler.waiting_for(row.id) is None:
-                # No task may start (the %N cap is full, or none is left to start).
-                d["reasons"] = [r.text for r in w.reasons]
-                d["why"] = [r.as_dict() if full else r.as_dict(text=False) for r in w.reasons]
-                d["eta"] = None
-                d["wait_s"] = now - row.submit_time
-                return self._full(row, caller, d) if full else d
         if row.state is JobState.PENDING:
-            w = self.scheduler.waiting_for(row.id)
+            # An array none of whose tasks may start now is not the policy's: its reason
+            # (the %N cap is full, or all have started) is the scheduler's own.
+            w = self.scheduler.waiting_for(row.id) or self.scheduler.array_waits.get(row.id)
             reasons = w.reasons if w is not None else (NOT_YET,)
             d["reasons"] = [r.text for r in reasons]
             # The structure beside the sentences; a listing leaves out the sentences a
@@ -191,7 +185,7 @@ class JobViews:
         # A task's spec, as it will run: not the array's (a rerun of it is one job).
         d["spec"] = {k: v for k, v in d["spec"].items() if k not in _ARRAY_ONLY}
         if caller.may_see(array.user):
-            spec = self.store.task_preview(array.id, array.spec, index)
+            spec = array.job_spec().task_spec(array.id, index)
             d["spec"] = {**d["spec"], "command": spec["command"], "env": spec["env"]}
         d["events"] = []
         if array.state is JobState.PENDING:

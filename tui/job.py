@@ -159,7 +159,7 @@ class JobScreen(DataScreen):
         if self.done or self.log_state in ("private", "removed", "array"):
             return
         if job.get("array"):
-            self.later(self.log_refused, BackendError("an array: each task has its own log (t in the queue lists its tasks)", 0))
+            self.later(self.no_log, "an array: each task has its own log (t in the queue lists its tasks)")
             return
         stream = self.stderr
         try:
@@ -213,12 +213,15 @@ class JobScreen(DataScreen):
         elif e.status == 410:
             self.log_state = "removed"
             self.log_note = f"log: {e}"
-        elif e.status == 0 and str(e).startswith("an array"):
-            self.log_state = "array"
-            self.log_note = str(e)
         else:
             self.log_state = "error"
             self.log_note = f"log: {e}"
+        self.update_logbar()
+
+    def no_log(self, note: str) -> None:
+        """A job with no log of its own (an array): say why, and read none."""
+        self.log_state = "array"
+        self.log_note = note
         self.update_logbar()
 
     def _split(self, text: str) -> list[str]:

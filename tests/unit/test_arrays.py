@@ -5,7 +5,6 @@ or all, and the policy's cost of a long array (one entry with a count)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +17,6 @@ from scheduler.policy import NodeInfo, PendingJob, Snapshot, schedule
 from scheduler.present import queue_cells
 from scheduler.shapes import JobState
 from tests.unit.test_control import ALICE, BOB, SPEC, open_daemon, pump
-
-
-@pytest.fixture
-def launcher() -> MemoryLauncher:
-    return MemoryLauncher()
-
-
-@pytest.fixture
-def d(tmp_path: Path, launcher: MemoryLauncher) -> Iterator[Daemon]:
-    daemon = open_daemon(tmp_path / "state", launcher)
-    yield daemon
-    daemon.store.close()
 
 
 def started(d: Daemon, array_id: int) -> list[int]:

@@ -9,7 +9,6 @@ re-adoption after a restart, accounting, cancel and its grace.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,18 +41,6 @@ def open_daemon(
     d.nodes.set_all({n: node(n) for n in nodes})
     d.attached()
     return d
-
-
-@pytest.fixture
-def launcher() -> MemoryLauncher:
-    return MemoryLauncher()
-
-
-@pytest.fixture
-def d(tmp_path: Path, launcher: MemoryLauncher) -> Iterator[Daemon]:
-    daemon = open_daemon(tmp_path / "state", launcher)
-    yield daemon
-    daemon.store.close()
 
 
 def pump(d: Daemon, launcher: MemoryLauncher) -> None:

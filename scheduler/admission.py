@@ -13,6 +13,7 @@ from typing import Any
 
 from scheduler import safefs
 from scheduler.auth import Caller, user_name
+from scheduler.codestore import CodeStore, code_ref
 from scheduler.config import DaemonConfig
 from scheduler.errors import DaemonError
 from scheduler.job import JobSpec, JobState
@@ -23,8 +24,9 @@ from scheduler.units import format_duration
 
 
 class Admission:
-    def __init__(self, config: DaemonConfig, nodes: NodeBook, store: Store) -> None:
+    def __init__(self, config: DaemonConfig, nodes: NodeBook, store: Store, codes: CodeStore | None = None) -> None:
         self.config = config
+        self.codes = codes
         self.nodes = nodes
         self.store = store
         self.uid = os.geteuid()
@@ -57,6 +59,7 @@ class Admission:
                 f"{c.max_spec_bytes // 1024} KiB (put large inputs in a file the job reads)",
                 413,
             )
+        spec_data = self._code(caller, spec_data)
         try:
             spec = JobSpec.model_validate(spec_data)
         except ValidationError as e:
@@ -72,6 +75,19 @@ class Admission:
             if problem:
                 raise DaemonError(f"workdir {spec.workdir} {problem}")
         return spec
+
+    def _code(self, caller: Caller, spec_data: dict[str, Any]) -> dict[str, Any]:
+        """A job's `code` names a snapshot the caller uploaded; what it says about that
+        code is the daemon's own reading of it, whatever the client sent."""
+        code = spec_data.get("code")
+        if code is None:
+            return spec_data
+        if not isinstance(code, dict) or not isinstance(code.get("id"), str):
+            raise DaemonError('code: must be {"id": SHA256} of a snapshot you uploaded')
+        if not self.config.code_snapshots or self.codes is None:
+            raise DaemonError("code: snapshots are off on this cluster (code_snapshots: false); submit with --no-snapshot")
+        sha = code["id"]
+        return {**spec_data, "code": code_ref(self.codes.meta(caller.uid, sha), sha)}
 
     def _check_notify(self, spec: JobSpec) -> None:
         """Said at submit rather than found out when the job ends: a webhook labq will

@@ -8,6 +8,8 @@ them. One handler per command; both listeners share them.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import re
@@ -20,8 +22,10 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlparse
 
+from scheduler import sessions
 from scheduler.admin import Admin
 from scheduler.auth import Admins, AuthError, Caller, peer_uid, socket_caller
+from scheduler.codestore import CodeStore
 from scheduler.config import DaemonConfig, is_loopback, parse_listen
 from scheduler.conns import DeadlineHandler, LimitedServer
 from scheduler.control import JobControl
@@ -43,6 +47,7 @@ class Service(Protocol):
 
     config: DaemonConfig
     admins: Admins
+    codes: CodeStore
     store: Store
     control: JobControl
     scheduler: Scheduler
@@ -265,6 +270,54 @@ def job_log(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     }
 
 
+@route("GET", "/v1/code")
+def code_settings(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    """Whether jobs run frozen code here, and the size cap: the client checks before it packs."""
+    return 200, {"enabled": d.config.code_snapshots, "max_bytes": d.config.code_max_bytes}
+
+
+@route("POST", "/v1/code")
+def code_upload(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    """A code snapshot (snapshot.py's blob, the raw body), kept as the caller's."""
+    if not d.config.code_snapshots:
+        raise DaemonError("code snapshots are off on this cluster (code_snapshots: false); use --no-snapshot")
+    if not isinstance(body, bytes) or not body:
+        raise DaemonError("send the snapshot as the request body")
+    return 201, d.codes.put(c.uid, body)
+
+
+@route("GET", rf"/v1/jobs/{JOB}/code")
+def job_code(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    """A job's code: what labq read of it, and with `blob=1` the snapshot itself
+    (`labq diff` unpacks it). Its owner's and admins' only, as its command is."""
+    found = _job(d, p)
+    row = found[0] if isinstance(found, tuple) else found
+    if not c.may_see(row.user):
+        raise DaemonError(f"job {row.ref}'s code belongs to {row.user}", 403)
+    ref = row.spec.get("code")
+    if not ref:
+        raise DaemonError(f"job {row.ref} has no code snapshot: it ran its workdir as it was when it started", 404)
+    out: dict[str, Any] = {"id": row.ref, "code": ref, "meta": d.codes.meta(row.uid, ref["id"])}
+    if p.get("blob") in ("1", "true"):
+        out["blob"] = base64.b64encode(d.codes.get(row.uid, ref["id"])).decode()
+    return 200, out
+
+
+@route("POST", rf"/v1/jobs/{JOB}/tty")
+def job_tty(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    """Type into a shell session: {"data": base64, "winsize": [rows, cols]} (either)."""
+    job = _job(d, p, unstarted="has not started yet")
+    assert not isinstance(job, tuple)
+    if not isinstance(body, dict):
+        raise DaemonError('body must be {"data": BASE64, "winsize": [ROWS, COLS]}')
+    try:
+        data = base64.b64decode(str(body.get("data") or ""), validate=True)
+    except (binascii.Error, ValueError):
+        raise DaemonError("data must be base64") from None
+    sessions.type_into(d.control.launcher, c, job, data, sessions.parse_winsize(body.get("winsize")))
+    return 200, {"ok": True}
+
+
 @route("GET", "/v1/nodes")
 def list_nodes(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     history = p.get("history", "") in ("1", "true", "yes")
@@ -444,19 +497,26 @@ class _RequestHandler(DeadlineHandler):
             except DaemonError:
                 self.close_connection = True  # the unread body would be taken for the next request
                 raise
-            if length < 0 or length > MAX_BODY:
+            url = urlparse(self.path)
+            # A code snapshot is the one body that is not JSON, and may be larger.
+            raw_body = method == "POST" and url.path == "/v1/code"
+            most = daemon.config.code_max_bytes if raw_body else MAX_BODY
+            if length < 0 or length > most:
                 self.close_connection = True
+                if raw_body:
+                    raise DaemonError(
+                        f"the code snapshot is over this daemon's cap of {most} bytes (code_max_bytes); "
+                        "use --no-snapshot", 413)
                 raise DaemonError(f"request body over {MAX_BODY} bytes", 413)
             raw = self.rfile.read(length) if length else b""
             # Read: the handler's own work is not the client's to stretch or ours to cut.
             self.server.watchdog.disarm(self.request)
-            body = None
-            if raw:
+            body: Any = raw if raw_body else None
+            if raw and not raw_body:
                 try:
                     body = json.loads(raw)
                 except (ValueError, UnicodeDecodeError):
                     raise DaemonError("request body is not valid JSON") from None
-            url = urlparse(self.path)
             params: Params = {k: v[-1] for k, v in parse_qs(url.query).items()}
             for m, pattern, fn in ROUTES:
                 match = pattern.match(url.path)

@@ -10,15 +10,14 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from scheduler.cli_spec import apply_job_options, build_spec
 from scheduler.client import Client, ClientError, NoDaemon, Remote
 from scheduler.cliparse import build_parser, command_of
 from scheduler.console import UsageError, die, emit_json, say
-from scheduler.jobfile import JobFileError, load_job_file
-from scheduler.paths import INHERITED_ENV
 from scheduler.present import (
     clean_log,
     gib,
@@ -33,105 +32,23 @@ from scheduler.present import (
 )
 from scheduler.shapes import TERMINAL_NAMES
 from scheduler.units import (
-    UNIT_WORDS,
     UnitError,
     format_duration,
-    parse_array,
     parse_duration,
-    parse_job_ids,
-    parse_sweep,
 )
 
 
-# -- building a submission -------------------------------------------------------------------------
-def _cwd() -> str:
-    try:
-        return os.getcwd()
-    except FileNotFoundError:
-        raise UsageError("this shell's directory no longer exists: cd into one that does, or give --workdir") from None
+def _lazy(module: str, name: str) -> Callable[[Client, argparse.Namespace], int]:
+    """A command that lives in a module of its own, imported only when it runs (what
+    `labq queue` imports is part of every command's budget)."""
 
+    def run(c: Client, args: argparse.Namespace) -> int:
+        import importlib
 
-def apply_job_options(spec: dict[str, Any], args: argparse.Namespace) -> None:
-    """`submit`'s and `rerun`'s job options (cliparse._job_options) over `spec`; --env
-    is merged by each (submit adds the inherited environment first)."""
-    for field in ("gpus", "cpus", "memory", "time", "workdir", "name", "priority", "grace"):
-        value = getattr(args, field)
-        if value is not None:
-            spec[field] = value
-    for field in ("after", "after_any"):
-        value = getattr(args, field)
-        if value is not None:
-            try:
-                spec[field] = parse_job_ids(value)
-            except ValueError as e:
-                raise UsageError(f"--{field.replace('_', '-')}: {e}") from None
-    if args.array is not None and args.sweep:
-        raise UsageError("give --array or --sweep, not both (a sweep's tasks are numbered from 0)")
-    if args.array is not None:
-        try:
-            parse_array(args.array)
-        except UnitError as e:
-            raise UsageError(str(e)) from None
-        spec["array"] = args.array
-        spec.pop("sweep", None)
-    if args.sweep:
-        try:
-            spec["sweep"] = parse_sweep(args.sweep)
-        except UnitError as e:
-            raise UsageError(str(e)) from None
-        spec.pop("array", None)
-    if args.max_running is not None:
-        spec["max_running"] = args.max_running
-    if args.notify:
-        from scheduler.userconfig import user_notify
+        fn = getattr(importlib.import_module(module), name)
+        return int(fn(c, args))
 
-        spec["notify"] = user_notify()
-
-
-def build_spec(
-    args: argparse.Namespace, remote: bool = False
-) -> tuple[dict[str, Any], Path | None, dict[str, int]]:
-    command: list[str] = list(args.command or [])
-    if command and command[0] == "--":
-        command = command[1:]
-    spec: dict[str, Any] = {}
-    job_file: Path | None = None
-    lines: dict[str, int] = {}
-    if len(command) == 1 and command[0].endswith((".yaml", ".yml")) and not args.dashdash:
-        job_file = Path(command[0])
-        try:
-            spec, lines = load_job_file(job_file)
-        except JobFileError as e:
-            raise UsageError(str(e)) from None
-    elif command:
-        spec["command"] = command
-    if args.time is not None and command and command[0].lower() in UNIT_WORDS:
-        raise UsageError(
-            f"--time {args.time} {command[0]}: write --time {args.time}{command[0][0].lower()} "
-            f"(`{command[0]}` would be taken for the command)"
-        )
-    apply_job_options(spec, args)
-    if "command" not in spec:
-        raise UsageError("no command: `labq submit [options] -- COMMAND ARGS...` or `labq submit job.yaml`")
-    # A remote daemon runs the job on another machine, where this shell's PATH and
-    # directory mean nothing: the job starts in the user's home there unless told.
-    env = {} if remote else {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
-    env.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
-    try:
-        env.update(parse_env(args.env or []))
-    except ValueError as e:
-        raise UsageError(f"--env: {e}") from None
-    spec["env"] = env
-    if "umask" not in spec and not remote:
-        # As Slurm does: the job's files get the permissions this shell would give them.
-        mask = os.umask(0)
-        os.umask(mask)
-        spec["umask"] = mask
-    if args.workdir is None and "workdir" not in spec and not remote:
-        spec["workdir"] = _cwd()
-    elif isinstance(spec.get("workdir"), str) and spec["workdir"] and not os.path.isabs(spec["workdir"]):
-        spec["workdir"] = os.path.join(_cwd(), spec["workdir"])
-    return spec, job_file, lines
+    return run
 
 
 # -- commands ------------------------------------------------------------------------------------------
@@ -150,6 +67,9 @@ def cmd_submit(c: Client, args: argparse.Namespace) -> int:
     try:
         if args.dry_run:
             return show_preview(c.preview(spec), args.json)
+        from scheduler.cli_code import freeze
+
+        note = freeze(c, spec, args.no_snapshot)
         job_id = c.submit(spec)
     except ClientError as e:
         msg = str(e)
@@ -158,6 +78,8 @@ def cmd_submit(c: Client, args: argparse.Namespace) -> int:
             if field in lines:
                 msg = f"{job_file} line {lines[field]}: {msg}"
         raise ClientError(msg, e.status) from None
+    if note:
+        say(note, file=sys.stderr)
     if args.json:
         emit_json({"id": job_id})
     elif spec.get("array") or spec.get("sweep"):
@@ -170,14 +92,14 @@ def cmd_submit(c: Client, args: argparse.Namespace) -> int:
 # What a rerun keeps of the job it repeats (the rest, e.g. its chain, is the new job's own).
 RERUN_KEEPS = (
     "command", "gpus", "cpus", "memory", "time", "workdir", "env", "name", "priority", "grace", "umask",
-    "array", "sweep", "max_running",
+    "array", "sweep", "max_running", "code",
 )
 
 
 def cmd_rerun(c: Client, args: argparse.Namespace) -> int:
-    """The job again, as submitted (same command, directory, environment, resources),
-    with the options given changed: one verb with the UI's `r`. It runs the code as it
-    is now in its workdir."""
+    """The job again, as submitted (same command, directory, environment, resources,
+    and code: its frozen snapshot), with the options given changed: one verb with the
+    UI's `r`. `--live` runs the code as it is now in the workdir instead."""
     old = c.job(args.job_id)
     spec_seen = old.get("spec") or {}
     if old.get("private") or "command" not in spec_seen:
@@ -190,7 +112,16 @@ def cmd_rerun(c: Client, args: argparse.Namespace) -> int:
         raise UsageError(f"--env: {e}") from None
     if args.dry_run:
         return show_preview(c.preview(spec), args.json)
+    note = ""
+    if args.live or args.no_snapshot:
+        from scheduler.cli_code import freeze
+
+        note = freeze(c, spec, args.no_snapshot)
+    elif isinstance(spec.get("code"), dict):
+        spec["code"] = {"id": spec["code"]["id"]}
     job_id = c.submit(spec)
+    if note:
+        say(note, file=sys.stderr)
     if args.json:
         emit_json({"id": job_id, "rerun_of": int(args.job_id) if args.job_id.isdigit() else args.job_id})
     else:
@@ -214,7 +145,9 @@ def cmd_queue(c: Client, args: argparse.Namespace) -> int:
         emit_json(jobs)
         return 0
     now = time.time()
-    rows = [("ID", "USER", "NAME", "GPUS", "STATE", "TIME", "REASON / NODE")]
+    # A KIND column when there are interactive sessions to tell apart from batch jobs.
+    kinds = any(j.get("kind", "batch") != "batch" for j in jobs)
+    rows = [("ID", "USER", "NAME", *(("KIND",) if kinds else ()), "GPUS", "STATE", "TIME", "REASON / NODE")]
     for j in jobs:
         cell = queue_cells(j, now)
         rows.append(
@@ -222,15 +155,17 @@ def cmd_queue(c: Client, args: argparse.Namespace) -> int:
                 cell["ID"],
                 cell["USER"],
                 cell["NAME"][:24],
+                *((cell["KIND"],) if kinds else ()),
                 cell["GPUS"],
                 cell["STATE"],
                 _time_col(j, now),
                 where_or_why(j, detail=True),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    n = len(rows[0]) - 1
+    widths = [max(len(r[i]) for r in rows) for i in range(n)]
     for r in rows:
-        say("  ".join(r[i].ljust(widths[i]) for i in range(6)) + "  " + r[6])
+        say("  ".join(r[i].ljust(widths[i]) for i in range(n)) + "  " + r[n])
     if len(rows) == 1:
         say("(no jobs)" if args.all else "(no pending or running jobs; --all shows finished ones)")
     ray = c.health()["ray"]
@@ -743,6 +678,10 @@ COMMANDS = {
     "cancel": cmd_cancel,
     "wait": cmd_wait,
     "rerun": cmd_rerun,
+    "diff": _lazy("scheduler.cli_code", "cmd_diff"),
+    "shell": _lazy("scheduler.cli_session", "cmd_shell"),
+    "attach": _lazy("scheduler.cli_session", "cmd_attach"),
+    "notebook": _lazy("scheduler.cli_session", "cmd_notebook"),
     "gpus": cmd_gpus,
     "usage": cmd_usage,
     "node": cmd_node,

@@ -214,10 +214,10 @@ class Client:
                 time.sleep(delay)
                 delay = min(0.5, delay * 2)
 
-    def request(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
+    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None, **query: Any) -> Any:
         q = {k: v for k, v in query.items() if v is not None and v is not False}
         url = path + ("?" + urlencode(q) if q else "")
-        data = None if body is None else json.dumps(body).encode()
+        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
         busy_until = time.monotonic() + min(5.0, self.timeout)
         attempt = 0
         while True:
@@ -276,6 +276,29 @@ class Client:
                 time.sleep(0.5 * (attempt + 1))
         raise AssertionError("not reached")
 
+    def code_settings(self) -> dict[str, Any]:
+        """Whether this daemon runs frozen code, and its size cap (issue 17)."""
+        out: dict[str, Any] = self.request("GET", "/v1/code")
+        return out
+
+    def upload_code(self, blob: bytes) -> dict[str, Any]:
+        """Keep a code snapshot (snapshot.take's blob) on the head: its id and summary."""
+        out: dict[str, Any] = self.request("POST", "/v1/code", raw=blob)
+        return out
+
+    def job_code(self, job_id: int | str, blob: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = self.request("GET", f"/v1/jobs/{job_id}/code", blob=1 if blob else None)
+        return out
+
+    def tty(self, job_id: int | str, data: bytes = b"", winsize: tuple[int, int] | None = None) -> None:
+        """Type into a shell session (and/or say its terminal's new size)."""
+        import base64
+
+        body: dict[str, Any] = {"data": base64.b64encode(data).decode()}
+        if winsize is not None:
+            body["winsize"] = list(winsize)
+        self.request("POST", f"/v1/jobs/{job_id}/tty", body)
+
     def preview(self, spec: dict[str, Any]) -> dict[str, Any]:
         """What would happen if `spec` were submitted now (nothing is queued)."""
         out: dict[str, Any] = self.request("POST", "/v1/jobs/preview", {"spec": spec})
@@ -291,7 +314,7 @@ class Client:
     ) -> list[JobSummary]:
         """Job summaries in id order: the newest `limit`, or (no limit) all of them,
         fetched a page at a time. An array is one row; `tasks`: its started tasks too."""
-        query = {"all": 1 if include_finished else None, "user": user, "state": state, "tasks": 1 if tasks else None}
+        query: dict[str, Any] = {"all": 1 if include_finished else None, "user": user, "state": state, "tasks": 1 if tasks else None}
         if limit:
             out: list[JobSummary] = self.request("GET", "/v1/jobs", limit=limit, **query)["jobs"]
             return out

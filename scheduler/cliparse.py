@@ -87,6 +87,10 @@ def _job_options(s: Any) -> None:
         "without it the daemon's default applies (24h), which backfill must assume",
     )
     s.add_argument("--workdir")
+    s.add_argument(
+        "--no-snapshot", action="store_true",
+        help="run the workdir as it is when the job starts, not the code as it is now (labq freezes it by default)",
+    )
     s.add_argument("--env", action="append", metavar="KEY=VALUE")
     s.add_argument("--name")
     s.add_argument("--priority", type=int, help="order among your own jobs (higher first)")
@@ -170,8 +174,23 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     rr = sub.add_parser("rerun", help="submit a job of yours again, with changes: labq rerun 41 --gpus 2")
     rr.add_argument("job_id", type=job_ref)
     rr.add_argument("--dry-run", action="store_true", help="say whether it would start now, or why it would wait")
+    rr.add_argument("--live", action="store_true", help="run the code as it is now in the workdir, not the job's frozen code")
     _job_options(rr)
     rr.add_argument("--json", action="store_true")
+
+    sh = sub.add_parser(
+        "shell", help="an interactive shell on a node with GPUs, queued as a job: labq shell --gpus 1 --time 2h"
+    )
+    _job_options(sh)
+    at = sub.add_parser("attach", help="back into a shell session you detached from (Ctrl-] detaches)")
+    at.add_argument("job_id", type=job_ref)
+    nb = sub.add_parser("notebook", help="JupyterLab on a node with GPUs, queued as a job; prints its URL and tunnel")
+    _job_options(nb)
+    nb.add_argument("--start-timeout", type=float, default=300.0, help="seconds to wait for JupyterLab's address")
+
+    df = sub.add_parser("diff", help="a job's code against its commit, or two jobs' code: labq diff 41 [42]")
+    df.add_argument("job_id", type=job_ref)
+    df.add_argument("other", nargs="?", type=job_ref)
 
     w = sub.add_parser("wait", help="block until jobs end; exit 0 only if all SUCCEEDED (for scripts)")
     w.add_argument("job_ids", nargs="+", type=job_ref, metavar="ID")
@@ -280,6 +299,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 COMMAND_NAMES = frozenset(
-    {"up", "down", "submit", "queue", "show", "logs", "cancel", "gpus", "usage", "quota", "simulate", "tui", "wait", "rerun"}
+    {"up", "down", "submit", "queue", "show", "logs", "cancel", "gpus", "usage", "quota", "simulate", "tui", "wait", "rerun", "diff", "shell", "attach", "notebook"}
     | {"desktop-install", "node", "doctor", "token", "audit"}
 )

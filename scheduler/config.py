@@ -67,6 +67,16 @@ class DaemonConfig:
     # A cgroup (v2) per job where the node allows it: cancel kills every process the
     # job started, wherever it moved. Off: the runner tracks descendants instead.
     job_cgroups: bool = True
+    # Code snapshots (issue 17): a job runs the code as it was at submit. Off: the live
+    # tree, as before. Per snapshot and per user (all of theirs) at most this much.
+    code_snapshots: bool = True
+    code_max_bytes: int = 20 * 1024**2
+    code_user_max_bytes: int = 2 * 1024**3
+    # Interactive sessions (issue 17) whose GPUs sit idle this long end, whatever the
+    # quota's idle_action (an idle notebook is the classic GPU thief); the session's
+    # terminal is warned session_idle_warn_s before. 0 = never.
+    session_idle_s: float = 3600.0
+    session_idle_warn_s: float = 300.0
     # Queue and request limits a real team never reaches, but a runaway script does.
     max_pending_jobs_per_user: int = 10000
     max_submissions_per_minute: int = 6000
@@ -93,10 +103,12 @@ _DURATION_KEYS = {
     "max_grace_s",
     "request_timeout_s",
     "ray_lost_after_s",
+    "session_idle_s",
+    "session_idle_warn_s",
 }
 
 
-_SIZE_KEYS = {"log_max_bytes", "user_log_max_bytes", "max_spec_bytes"}
+_SIZE_KEYS = {"log_max_bytes", "user_log_max_bytes", "max_spec_bytes", "code_max_bytes", "code_user_max_bytes"}
 
 
 def _typed(path: Path, key: str, v: Any) -> Any:

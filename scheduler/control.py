@@ -22,7 +22,7 @@ from scheduler.admission import Admission
 from scheduler.auth import Caller
 from scheduler.config import DaemonConfig
 from scheduler.errors import DaemonError
-from scheduler.launcher import Event, Launcher, key_of
+from scheduler.launcher import Event, Launcher, LauncherDown, key_of
 from scheduler.ledger import UsageLedger
 from scheduler.logbook import LogBook
 from scheduler.nodes import NodeBook
@@ -162,6 +162,16 @@ class JobControl:
         grace = float(g) if g is not None else self.config.grace_period_s
         return min(grace, self.config.max_grace_s)
 
+    def notice(self, job: JobRow, text: str) -> None:
+        """A line on a shell session's terminal (and so in its log), from labq itself."""
+        launcher = self.launcher
+        if launcher is None or job.kind != "shell":
+            return
+        try:
+            launcher.tty(job.id, job.attempt, b"", None, notice=text)
+        except LauncherDown:
+            pass  # the history has it too
+
     def request_stop(self, job: JobRow, outcome: str, reason: str, grace: float) -> None:
         """Ask a running job to stop: SIGTERM now, SIGKILL `grace` seconds later."""
         deadline = time.time() + grace
@@ -209,6 +219,7 @@ class JobControl:
             return  # reconcile launches STARTING jobs once the launcher is there
         spec = job.spec
         umask = spec.get("umask")
+        code, code_error = self._code(job)
         launch = Launch(
             job_id=job.id,
             attempt=job.attempt,
@@ -225,11 +236,26 @@ class JobControl:
             gpu_indices=tuple(int(g) for g in job.gpu_ids.split(",")) if job.gpu_ids else None,
             umask=0o022 if umask is None else int(umask),
             cgroup=self.config.job_cgroups,
+            code=code,
+            code_error=code_error,
+            code_commit=str((spec.get("code") or {}).get("commit", "")),
+            tty=job.kind == "shell",
         )
         resources: dict[str, float] = {"GPU": job.gpus, "CPU": float(spec.get("cpus", 0))}
         if spec.get("memory"):
             resources["memory"] = float(spec["memory"])
         launcher.launch(job.id, job.attempt, launch, job.node or "", resources)
+
+    def _code(self, job: JobRow) -> tuple[bytes, str]:
+        """The job's code snapshot from the head's store, or why it is not there."""
+        ref = job.spec.get("code")
+        codes = self.admission.codes
+        if not ref or codes is None:
+            return b"", ""
+        try:
+            return codes.get(job.uid, str(ref["id"])), ""
+        except DaemonError:
+            return b"", f"its code snapshot {str(ref['id'])[:12]} is no longer on the head (rerun it with --live)"
 
     # -- from the event pump --------------------------------------------------------------------
     def apply(self, ev: Event) -> None:

@@ -17,6 +17,7 @@ each owning what it says it owns:
 | Admin (admin.py)         | the quota book, the shutdown request                  | API threads     |
 | Tokens (tokens.py)       | API tokens' last-use marks (locked)                   | API threads     |
 | Notifier (notify.py)     | sending --notify webhooks and commands                | notify thread   |
+| CodeStore (codestore.py) | code snapshots, per user, content-addressed            | API threads; swept by the scheduler |
 
 Threads: the API servers (api.py; one thread per connection), the scheduler loop, the
 event pump, the GPU loop, the notify thread, and, after losing an external Ray head, the
@@ -40,6 +41,7 @@ from scheduler import raycluster, safefs
 from scheduler.admin import Admin
 from scheduler.admission import Admission
 from scheduler.auth import Admins, Caller, user_name
+from scheduler.codestore import CodeStore
 from scheduler.config import DaemonConfig
 from scheduler.control import JobControl
 from scheduler.doctor import Doctor
@@ -90,6 +92,7 @@ class Daemon:
         self.started_at = time.time()
         self.tcp: Any = None  # api.TcpApiServer when the config says `listen`
         self._lock_fd: int | None = None
+        self._code_swept = time.time()
 
     # -- start-up ----------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
@@ -128,7 +131,8 @@ class Daemon:
         self.logs = LogBook(self.logs_dir, self.store, c.log_max_bytes, c.user_log_max_bytes)
         self.ledger = UsageLedger(self.store, c.half_life_s)
         self.notifier = Notifier(self.store, c.notify_allow_hosts, c.notify_webhooks, c.notify_commands)
-        self.admission = Admission(c, self.nodes, self.store)
+        self.codes = CodeStore(self.state_dir / "code", c.code_max_bytes, c.code_user_max_bytes)
+        self.admission = Admission(c, self.nodes, self.store, self.codes)
         self.control = JobControl(
             self.store,
             c,
@@ -255,6 +259,11 @@ class Daemon:
 
     # -- the threads ----------------------------------------------------------------------------------
     def _after_pass(self) -> None:
+        # Uploads no job uses (a refused submit, a client killed mid-way), hourly.
+        now = time.time()
+        if now - self._code_swept > 3600:
+            self._code_swept = now
+            self.codes.sweep(self.store.code_refs(), now)
         # `labq down --drain`: stop once nothing runs any more.
         if self.admission.closed and not self.store.jobs(states=ACTIVE, with_spec=False):
             self.stop_event.set()

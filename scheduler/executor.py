@@ -28,6 +28,7 @@ from scheduler.launcher import Event, LauncherDown, key_of
 from scheduler.runner import Launch, run
 
 MAX_EVENTS_PER_POLL = 2000
+TTY_BUFFER = 1 << 16  # bytes typed into a session that its node has not taken yet
 
 
 @ray.remote(max_calls=0, max_retries=0, num_cpus=0)
@@ -50,7 +51,11 @@ def run_job(executor: Any, key: str, launch: Launch) -> dict[str, Any]:
         out: dict[str, Any] | None = ray.get(executor.heartbeat.remote(key, info, offset, data, result, err))
         return out
 
-    return run(launch, gpu_ids, node, report)
+    def tty_in() -> list[dict[str, Any]]:
+        typed: list[dict[str, Any]] = ray.get(executor.tty_take.remote(key))
+        return typed
+
+    return run(launch, gpu_ids, node, report, tty_in if launch.tty else None)
 
 
 @ray.remote(num_cpus=0, max_concurrency=256, max_restarts=0)  # type: ignore[call-overload]
@@ -145,6 +150,24 @@ class Executor:
             stop: dict[str, Any] | None = job["stop"]
             return stop
 
+    # -- interactive sessions: keystrokes wait here for the session's next heartbeat --
+    def tty_put(self, job_id: int, attempt: int, data: bytes, winsize: list[int] | None, notice: str = "") -> bool:
+        with self._cond:
+            job = self._jobs.get(key_of(job_id, attempt))
+            if job is None or job["finished"]:
+                return False
+            typed = job.setdefault("tty", [])
+            if sum(len(t["input"]) for t in typed) + len(data) > TTY_BUFFER:
+                return False  # nobody reads it (stopped?): typing ahead is bounded
+            typed.append({"input": data, "winsize": winsize, "notice": notice})
+            return True
+
+    def tty_take(self, key: str) -> list[dict[str, Any]]:
+        with self._cond:
+            job = self._jobs.get(key)
+            typed: list[dict[str, Any]] = job.pop("tty", []) if job is not None else []
+            return typed
+
     def _watch(self) -> None:
         """Turn tasks that ended without reporting (node died, cancelled) into events."""
         while True:
@@ -230,6 +253,13 @@ class RayLauncher:
 
     def stop(self, job_id: int, attempt: int, outcome: str, reason: str, grace: float) -> None:
         self.handle.stop.remote(job_id, attempt, outcome, reason, grace)
+
+    def tty(self, job_id: int, attempt: int, data: bytes, winsize: list[int] | None, notice: str = "") -> bool:
+        try:
+            ok: bool = ray.get(self.handle.tty_put.remote(job_id, attempt, data, winsize, notice), timeout=5)
+        except Exception as e:  # noqa: BLE001
+            raise LauncherDown(f"the executor does not answer ({type(e).__name__})") from None
+        return ok
 
     def poll(self, ack: int, timeout: float) -> list[tuple[int, Event]]:
         try:

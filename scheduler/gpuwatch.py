@@ -51,6 +51,7 @@ class GpuWatch:
             stale_after_s=max(5.0, 3 * config.monitor_interval_s),
         )
         self.fleet: Any = None  # fleet.Fleet once Ray is up
+        self._warned: set[int] = set()  # idle sessions told they will end (GPU thread)
 
     def start_fleet(self, namespace: str) -> None:
         from scheduler.fleet import Fleet
@@ -102,6 +103,7 @@ class GpuWatch:
             self.flag_unhealthy(active, now)
             self._wake()
         self.apply_idle(now)
+        self.apply_session_idle(active, now)
 
     @staticmethod
     def cross_check(node: NodeRecord, report: dict[str, Any]) -> str:
@@ -145,6 +147,35 @@ class GpuWatch:
                 self.control.request_stop(
                     row, "preempted", f"requeued because {idle} (idle_action: requeue)", self.control.grace(row)
                 )
+
+    def apply_session_idle(self, active: list[JobRow], now: float) -> None:
+        """Sessions idle for session_idle_s end, with a warning in their terminal (and
+        their history) session_idle_warn_s before; using the GPUs again lifts it."""
+        limit = self.config.session_idle_s
+        if limit <= 0:
+            return
+        running = set()
+        for row in active:
+            if row.kind == "batch" or row.state is not JobState.RUNNING:
+                continue
+            running.add(row.id)
+            idle_for = self.telemetry.idle_for(row.id, now)
+            if idle_for is None:
+                self._warned.discard(row.id)
+                continue
+            if idle_for >= limit:
+                self.control.request_stop(
+                    row, "cancelled",
+                    f"session ended: its GPUs were idle for {format_duration(idle_for)} (session_idle_s)",
+                    self.control.grace(row),
+                )
+            elif idle_for >= limit - self.config.session_idle_warn_s and row.id not in self._warned:
+                self._warned.add(row.id)
+                left = format_duration(limit - idle_for)
+                text = f"this session's GPUs have been idle for {format_duration(idle_for)}; it ends in {left} unless they are used"
+                self.store.note(row.id, f"idle: {text}", now)
+                self.control.notice(row, f"labq: {text}")
+        self._warned &= running
 
     # -- views ------------------------------------------------------------------------------------
     def node_views(self, history: bool = False) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -131,6 +131,19 @@ MAX_NAME = 128
 MAX_DEPS = 256  # jobs one job may wait for (--after / --after-any)
 
 
+class CodeRef(BaseModel):
+    """The code snapshot a job runs (issue 17): its id in the head's code store and
+    what the daemon read in it (never the client's say: admission fills these in)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[0-9a-f]{64}$")
+    summary: str = Field(default="", max_length=512)
+    kind: str = Field(default="", max_length=16)
+    commit: str = Field(default="", max_length=64)
+    branch: str = Field(default="", max_length=256)
+
+
 class JobSpec(BaseModel):
     """What a job asks for. Same fields on the command line and in a job YAML."""
 
@@ -165,6 +178,11 @@ class JobSpec(BaseModel):
     # When it ends (an array: when all of it has): {"webhook": URL} (Slack-compatible
     # JSON) or {"command": [...]} run as the owner. Private: a webhook URL is a secret.
     notify: dict[str, Any] | None = None
+    # The code as submitted (issue 17); None runs the workdir as it is when the job starts.
+    code: CodeRef | None = None
+    # An interactive session (issue 17): the command runs on a terminal (a pty) that
+    # `labq attach` connects to; "notebook" is JupyterLab. None: a batch job.
+    session: Literal["shell", "notebook"] | None = None
 
     @field_validator("command", mode="before")
     @classmethod
@@ -333,6 +351,8 @@ class JobSpec(BaseModel):
                 raise ValueError(f"the sweep makes {n:,} tasks; at most {MAX_ARRAY_TASKS:,} in one array")
         if self.max_running is not None and not self.is_array:
             raise ValueError("max_running (%N) is for arrays and sweeps")
+        if self.session and self.is_array:
+            raise ValueError("an interactive session is one job, not an array")
         if self.array and "%" in self.array and self.max_running is not None:
             raise ValueError("give the cap once: --array ...%N or --max-running N")
         return self

@@ -38,6 +38,11 @@ class Launcher(Protocol):
 
     def stop(self, job_id: int, attempt: int, outcome: str, reason: str, grace: float) -> None: ...
 
+    def tty(self, job_id: int, attempt: int, data: bytes, winsize: list[int] | None, notice: str = "") -> bool:
+        """Type into a session's terminal (`notice`: a line labq shows on it); False if
+        it is not running there."""
+        ...
+
     def poll(self, ack: int, timeout: float) -> list[tuple[int, Event]]:
         """Events after `ack`, waiting up to `timeout` for one; raises LauncherDown."""
         ...
@@ -57,6 +62,7 @@ class MemoryJob:
     stop: dict[str, Any] | None = None
     started: bool = False
     finished: bool = False
+    typed: list[tuple[bytes, list[int] | None, str]] = field(default_factory=list)  # into a session
 
 
 @dataclass
@@ -91,6 +97,14 @@ class MemoryLauncher:
                 job.stop = {"outcome": outcome, "reason": reason, "grace": grace}
             elif grace < job.stop["grace"]:
                 job.stop = {**job.stop, "grace": grace}
+
+    def tty(self, job_id: int, attempt: int, data: bytes, winsize: list[int] | None, notice: str = "") -> bool:
+        with self._cond:
+            job = self.jobs.get(key_of(job_id, attempt))
+            if job is None or job.finished:
+                return False
+            job.typed.append((data, winsize, notice))
+            return True
 
     def poll(self, ack: int, timeout: float) -> list[tuple[int, Event]]:
         deadline = time.monotonic() + timeout

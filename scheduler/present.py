@@ -182,6 +182,7 @@ def queue_cells(j: Mapping[str, Any], now: float) -> dict[str, str]:
         "ID": ref(j) + ("[]" if a else ""),
         "USER": clean(j["user"]),
         "NAME": clean(str(j.get("name", ""))),
+        "KIND": str(j.get("kind") or "batch"),
         "GPUS": str(j["gpus"]) + ("/task" if a else ""),
         "STATE": array_state(j),
         "WAIT / RUN": elapsed_cell(j, now),
@@ -247,6 +248,11 @@ def job_lines(j: Mapping[str, Any], now: float, events: int | None = None) -> li
         field("env", f"{clean(', '.join(names)) if names else '-'}  (names only; values are private)")
     else:
         field("workdir", clean(spec.get("workdir") or "~"))
+        code = spec.get("code")
+        if isinstance(code, Mapping):
+            field("code", f"{clean(code.get('summary') or code.get('id', '')[:12])}   (labq diff {ref(j)})")
+        elif spec.get("command"):
+            field("code", "the workdir as it is when the job starts (no snapshot)")
     field("submitted", f"{stamp(j.get('submit_time'))}   started {stamp(j.get('start_time'))}   ended {stamp(j.get('end_time'))}")
     if j.get("node_name"):
         pid = f"   pid {j.get('pid') or '-'}" if "pid" in j else ""

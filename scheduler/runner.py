@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import fcntl
 import os
 import pwd
 import select
 import signal
 import socket
+import struct
 import subprocess
+import sys
+import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,10 +28,15 @@ from typing import Any
 
 import psutil
 
-from scheduler import safefs
+from scheduler import safefs, snapshot
 
 CHUNK = 1 << 20  # log bytes carried per report
 HEARTBEAT_S = 0.25  # how often a running job asks whether it should stop
+
+# tty_in() -> what was typed into a session since the last call: [{"input": bytes,
+# "winsize": [rows, cols] or None, "notice": a line labq shows on its screen}].
+TtyIn = Callable[[], list[dict[str, Any]]]
+TTY_HEARTBEAT_S = 0.05  # a session's keystrokes wait at most this long on the node
 
 # report(info, offset, data, result) -> stop request or None.
 # report(info, offset, data, result, err): `err` lists the stderr parts of `data` as
@@ -63,6 +73,14 @@ class Launch:
     cgroup: bool = True
     # Where the deadline file goes; "" = this node's own (safefs.node_job_dir()).
     job_dir: str = ""
+    # The code snapshot to run (issue 17, snapshot.py): unpacked as the owner into a
+    # fresh directory, where the job then starts. `code_error`: why it cannot be had.
+    code: bytes = b""
+    code_error: str = ""
+    code_commit: str = ""
+    # An interactive session (issue 17): the command gets a terminal (a pty) of its
+    # own; what `labq attach` types arrives through `tty_in`, its screen is the log.
+    tty: bool = False
 
 
 class Refused(Exception):
@@ -112,13 +130,17 @@ PR_SET_CHILD_SUBREAPER = 36
 
 
 def _child_setup(
-    acct: _Account | None, umask: int, cwd: str, cgroup_procs: str, status_fd: int, host: str
+    acct: _Account | None, umask: int, cwd: str, cgroup_procs: str, status_fd: int, host: str, ctty: bool = False
 ) -> None:
     """In the child, between fork and exec. Order matters: join the job's cgroup while
     still root, drop privileges, and only then enter the workdir, so a directory the
     user cannot reach stays unreachable. No Python locks here (the parent has threads):
     plain system calls only, and the account was looked up before the fork."""
     try:
+        if ctty:
+            # The pty on stdin becomes the session's controlling terminal (Popen made
+            # the session), so a shell has job control and ^C reaches its foreground.
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         if cgroup_procs:
             fd = os.open(cgroup_procs, os.O_WRONLY)
             try:
@@ -315,8 +337,75 @@ class _Tree:
                 time.sleep(0.02)
 
 
-def run(launch: Launch, gpu_ids: list[str], node: str, report: Report) -> dict[str, Any]:
-    """Start the job, stream its log through `report`, enforce limits, return its result."""
+def _everyone_can_run(path: str) -> bool:
+    try:
+        if not os.stat(path).st_mode & 0o001:
+            return False
+        parent = os.path.dirname(path)
+        while parent and parent != "/":
+            if not os.stat(parent).st_mode & 0o001:
+                return False
+            parent = os.path.dirname(parent)
+    except OSError:
+        return False
+    return True
+
+
+def _plain_python() -> str:
+    """A python the job's owner can run: ours may live in root's private home."""
+    if os.geteuid() != 0:
+        return sys.executable
+    for candidate in (os.path.realpath(sys.executable), "/usr/bin/python3", "/usr/local/bin/python3"):
+        if _everyone_can_run(candidate):
+            return candidate
+    raise Refused("no python every user may run on this node (/usr/bin/python3), needed to unpack code")
+
+
+_MATERIALIZE_SRC = Path(snapshot.__file__).read_text() + "\n_materialize_main()\n"
+
+
+def _materialize(launch: Launch, acct: _Account | None, host: str, env: dict[str, str], cwd: str) -> str:
+    """Unpack the job's code into a fresh directory *as its owner* (their repository,
+    their cache): snapshot.py, handed to a plain python as its source. The directory."""
+    key = f"{launch.namespace}-{launch.job_id}.{launch.attempt}"
+    # The account's own home (the job's HOME may be the submitter's shell's).
+    home = acct.home if acct is not None else env.get("HOME") or os.path.expanduser("~")
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        proc = subprocess.Popen(
+            [_plain_python(), "-I", "-c", _MATERIALIZE_SRC, key, launch.workdir, home],
+            env={**env, "HOME": home},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=lambda: _child_setup(acct, 0o077, cwd, "", status_w, host),
+        )
+    except OSError as e:
+        os.close(status_r)
+        raise Refused(f"cannot start python: {e.strerror or e}") from None
+    finally:
+        os.close(status_w)
+    try:
+        out, err = proc.communicate(launch.code, timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise Refused("unpacking took over 10 minutes") from None
+    finally:
+        with os.fdopen(status_r, "rb") as f:
+            setup = f.read().decode(errors="replace")
+    if setup:
+        raise Refused(setup.split("\0", 1)[0])
+    if proc.returncode != 0 or not out:
+        lines = err.decode(errors="replace").strip().splitlines()
+        raise Refused(lines[-1] if lines else f"exit status {proc.returncode}")
+    return out.decode(errors="surrogateescape")
+
+
+def run(launch: Launch, gpu_ids: list[str], node: str, report: Report, tty_in: TtyIn | None = None) -> dict[str, Any]:
+    """Start the job, stream its log through `report`, enforce limits, return its result.
+    A session (`launch.tty`) reads what is typed into it through `tty_in`."""
     host = socket.gethostname()
     try:
         acct = _account(launch, host)
@@ -327,7 +416,7 @@ def run(launch: Launch, gpu_ids: list[str], node: str, report: Report) -> dict[s
     deadline_path = base / f"{launch.namespace}-{launch.job_id}.{launch.attempt}.deadline"
     dfd = safefs.create_exclusive(deadline_path, 0o644)
     try:
-        return _run(launch, gpu_ids, node, report, acct, host, deadline_path, dfd)
+        return _run(launch, gpu_ids, node, report, acct, host, deadline_path, dfd, tty_in)
     finally:
         os.close(dfd)
         with contextlib.suppress(OSError):
@@ -351,6 +440,7 @@ def _run(
     host: str,
     deadline_path: Path,
     dfd: int,
+    tty_in: TtyIn | None = None,
 ) -> dict[str, Any]:
     env = dict(launch.env)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
@@ -370,6 +460,19 @@ def _run(
     else:
         home = env.get("HOME") or os.path.expanduser("~")
     cwd = launch.workdir or home
+    if launch.code_error:
+        return _refuse(report, launch.code_error)
+    if launch.code:
+        try:
+            run_in = _materialize(launch, acct, host, env, cwd)
+        except Refused as e:
+            return _refuse(report, f"cannot unpack its code snapshot on {host}", 126, f"cannot unpack the code snapshot on {host}: {e}")
+        # The job runs the submitted code; data and outputs stay in the workdir.
+        env["LABQ_SUBMIT_DIR"] = cwd
+        env["LABQ_CODE_DIR"] = run_in
+        if launch.code_commit:
+            env["LABQ_CODE_COMMIT"] = launch.code_commit
+        cwd = run_in
 
     tree = _Tree(f"{launch.namespace}-{launch.job_id}.{launch.attempt}", launch.cgroup)
     cgroup_procs = os.path.join(tree.cgroup, "cgroup.procs") if tree.cgroup else ""
@@ -377,33 +480,43 @@ def _run(
     # and a job that writes faster than we forward it waits, as on a terminal. Two:
     # stdout and stderr, read in the order they come into one log, with the stderr
     # parts marked (`labq logs --stderr`).
-    rfd, wfd = os.pipe()
-    efd, ewfd = os.pipe()
+    # A session's command gets a pty instead: one stream, as a terminal shows it.
+    if launch.tty:
+        rfd, wfd = os.openpty()
+        _set_winsize(rfd, 24, 80)
+        efd, ewfd = -1, -1
+        env.setdefault("TERM", "xterm-256color")
+    else:
+        rfd, wfd = os.pipe()
+        efd, ewfd = os.pipe()
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     try:
         proc = subprocess.Popen(
             launch.argv,
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=wfd if launch.tty else subprocess.DEVNULL,
             stdout=wfd,
-            stderr=ewfd,
+            stderr=wfd if launch.tty else ewfd,
             start_new_session=True,
-            preexec_fn=lambda: _child_setup(acct, launch.umask, cwd, cgroup_procs, status_w, host),
+            preexec_fn=lambda: _child_setup(acct, launch.umask, cwd, cgroup_procs, status_w, host, launch.tty),
         )
     except OSError as e:
-        os.close(rfd)
-        os.close(efd)
+        for fd in (rfd, efd):
+            if fd >= 0:
+                os.close(fd)
         tree.close()
         why = e.strerror or str(e)
         return _refuse(report, f"cannot run its command: {why}", 127, f"cannot run {launch.argv[0]!r}: {why}")
     finally:
-        os.close(wfd)
-        os.close(ewfd)
-        os.close(status_w)
+        for fd in (wfd, ewfd, status_w):
+            if fd >= 0:
+                os.close(fd)
     tree.top = proc.pid
     os.set_blocking(rfd, False)
-    os.set_blocking(efd, False)
-    out = _Output(rfd, launch.log_limit, efd)
+    if efd >= 0:
+        os.set_blocking(efd, False)
+    out = _Output(rfd, launch.log_limit, efd if efd >= 0 else None)
+    heartbeat_s = TTY_HEARTBEAT_S if launch.tty else HEARTBEAT_S
 
     started = time.time()
     info = {"pid": proc.pid, "gpu_ids": gpu_ids, "host": host, "start_time": started}
@@ -434,7 +547,7 @@ def _run(
             tree.signal(signal.SIGTERM)
         if kill_at is not None and now >= kill_at:
             tree.kill_all()
-        wait_s = max(0.0, HEARTBEAT_S - (time.monotonic() - last_report))
+        wait_s = max(0.0, heartbeat_s - (time.monotonic() - last_report))
         if kill_at is not None:
             wait_s = min(wait_s, max(0.01, kill_at - now))
         if deadline is not None and outcome is None:
@@ -442,10 +555,16 @@ def _run(
         out.pump(wait_s)
         if proc.poll() is not None:
             break
-        if time.monotonic() - last_report >= HEARTBEAT_S or out.pending() >= CHUNK:
+        if time.monotonic() - last_report >= heartbeat_s or out.pending() >= CHUNK:
             offset, data, err = out.take()
             stop = report(None, offset, data, None, err) or stop
             last_report = time.monotonic()
+            if launch.tty and tty_in is not None and not out.closed:
+                typed = tty_in()
+                for item in typed:
+                    if item.get("notice"):  # labq's own line on the session's screen
+                        out.buf += f"\r\n{item['notice']}\r\n".encode(errors="replace")
+                _type_into(rfd, typed)
 
     # Whatever the job left behind goes too, wherever it went: nothing may keep GPUs
     # after labq records the job as ended.
@@ -472,6 +591,27 @@ def _run(
     offset, data, err = out.take()
     report(None, offset, data, result, err)
     return result
+
+
+def _set_winsize(fd: int, rows: int, cols: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _type_into(master: int, typed: list[dict[str, Any]]) -> None:
+    """What was typed into a session, onto its terminal (and its new size, if any)."""
+    for item in typed:
+        size = item.get("winsize")
+        if size:
+            _set_winsize(master, int(size[0]), int(size[1]))
+        data = item.get("input") or b""
+        while data:
+            try:
+                data = data[os.write(master, data):]
+            except BlockingIOError:
+                select.select([], [master], [], 0.5)
+            except OSError:
+                return  # the session's terminal is gone
 
 
 def _read_status(fd: int) -> tuple[str, str]:
@@ -522,6 +662,10 @@ class _Output:
             data = os.read(fd, CHUNK)
         except BlockingIOError:
             return False
+        except OSError as e:
+            if e.errno != errno.EIO:
+                raise
+            data = b""  # a pty whose last user closed it: the end, as a pipe's EOF
         if not data:
             self._close(fd)
             return False

@@ -22,7 +22,7 @@ from scheduler.store_accounts import AccountTables
 from scheduler.store_arrays import ArrayTables
 from scheduler.store_deps import DependencyTables
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 # Each entry migrates from version i to i+1. Never edit a shipped entry: append one.
 MIGRATIONS: list[str] = [
@@ -162,6 +162,10 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_notify ON jobs(state) WHERE notify_pending = 1;
     CREATE INDEX jobs_user_logs ON jobs(user, end_time) WHERE log_removed IS NULL AND log_bytes > 0;
     """,
+    # Interactive sessions (issue 17): 'batch', 'shell' or 'notebook', for the queue's KIND.
+    """
+    ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'batch';
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -173,7 +177,7 @@ _COLUMNS_NO_SPEC = (
     "id, user, uid, name, '{}' AS spec, gpus, priority, time_limit, state, reason, submit_time, "
     "start_time, end_time, attempt, node, node_name, gpu_ids, pid, exit_code, signal, stop_deadline, "
     "stop_outcome, stop_reason, requeued, log_base, log_bytes, log_removed, cpus, memory, "
-    "array_id, array_index, array_size, array_cap, array_next, notify_pending"
+    "array_id, array_index, array_size, array_cap, array_next, notify_pending, kind"
 )
 
 _STATES = {s.value: s for s in JobState}
@@ -248,6 +252,7 @@ class JobRow:
     array_cap: int | None = None  # an array: at most this many tasks at once
     array_next: int = 0  # an array: how many of its indices were handed out
     notify_pending: int = 0  # 1: --notify, not sent yet
+    kind: str = "batch"  # or an interactive session: "shell", "notebook"
 
     def job_spec(self) -> JobSpec:
         """The spec as the typed JobSpec (rows carry it as stored JSON)."""
@@ -438,7 +443,7 @@ class Store(AccountTables, DependencyTables, ArrayTables):
             size = len(indices)
         cur = c.execute(
             "INSERT INTO jobs(user, uid, name, spec, gpus, priority, time_limit, state, "
-            "submit_time, cpus, memory, array_size, array_cap, notify_pending) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "submit_time, cpus, memory, array_size, array_cap, notify_pending, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 r.user,
                 r.uid,
@@ -454,6 +459,7 @@ class Store(AccountTables, DependencyTables, ArrayTables):
                 size,
                 cap,
                 1 if spec.notify else 0,
+                spec.session or "batch",
             ),
         )
         job_id = int(cur.lastrowid or 0)

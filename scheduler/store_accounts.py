@@ -173,3 +173,11 @@ class AccountTables(Tables):
             (limit,),
         )
         return [dict(r) for r in rows]
+
+    def code_refs(self) -> set[tuple[int, str]]:
+        """(uid, snapshot id) of every job's code: what the code store must keep."""
+        rows = self._reader().execute(
+            "SELECT DISTINCT uid, json_extract(spec, '$.code.id') FROM jobs "
+            "WHERE json_extract(spec, '$.code.id') IS NOT NULL"
+        )
+        return {(int(uid), str(sha)) for uid, sha in rows}

@@ -76,3 +76,12 @@ def user_notify() -> dict[str, Any]:
     if "webhook" in notify and path.stat().st_mode & 0o077:
         say(f"labq: warning: {path} holds a webhook URL and others may read it (chmod 600 it)", file=sys.stderr)
     return dict(notify)
+
+
+def user_setting(key: str) -> Any:
+    """One plain setting of the user's config (e.g. `snapshot: off`); None if unset or unreadable."""
+    try:
+        data = _load_user_config(user_config_path().read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get(key) if isinstance(data, dict) else None

@@ -25,7 +25,7 @@ from scheduler.shapes import ACTIVE, JobState, Reason
 from scheduler.store import JobRow, Store
 
 # Spec fields only the owner and admins see.
-PRIVATE_SPEC = ("command", "workdir", "env", "notify", "sweep")
+PRIVATE_SPEC = ("command", "workdir", "env", "notify", "sweep", "code")
 
 # Every list row has exactly these keys (plus what the caller may see).
 SUMMARY_FIELDS = (
@@ -47,6 +47,7 @@ SUMMARY_FIELDS = (
     "exit_code",
     "signal",
     "requeued",
+    "kind",
 )
 
 

@@ -39,6 +39,10 @@ CLIENT_MODULES = (
     "paths.py",
     "cliparse.py",
     "userconfig.py",
+    "cli_code.py",
+    "snapshot.py",
+    "cli_spec.py",
+    "cli_session.py",
 )
 
 

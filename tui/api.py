@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from scheduler import cli_code
 from scheduler.client import Client, ClientError, NoDaemon
+from scheduler.console import UsageError
 
 __all__ = ["Backend", "BackendError", "ClientBackend"]
 
@@ -41,7 +43,7 @@ class Backend(Protocol):
     def set_quota(self, user: str, fields: dict[str, Any]) -> dict[str, Any]: ...
     def audit(self) -> list[dict[str, Any]]: ...
     def usage(self, since: str = "7d") -> dict[str, Any]: ...
-    def submit(self, spec: dict[str, Any]) -> int: ...
+    def submit(self, spec: dict[str, Any], freeze: bool = False) -> int: ...
     def preview(self, spec: dict[str, Any]) -> dict[str, Any]: ...
     def cancel(self, job_id: int) -> dict[str, Any]: ...
 
@@ -115,8 +117,22 @@ class ClientBackend:
         out: dict[str, Any] = self._call("usage", since, "user")
         return out
 
-    def submit(self, spec: dict[str, Any]) -> int:
-        return int(self._call("submit", spec))
+    def submit(self, spec: dict[str, Any], freeze: bool = False) -> int:
+        """Queue a job; `freeze`: first freeze its workdir's code, as `labq submit` does."""
+        if not freeze:
+            return int(self._call("submit", spec))
+        c = Client(self.socket, timeout=self.timeout)
+        try:
+            cli_code.freeze(c, spec)
+            return c.submit(spec)
+        except UsageError as e:
+            raise BackendError(str(e), 400) from None
+        except NoDaemon as e:
+            raise BackendError(str(e), down=True) from None
+        except ClientError as e:
+            raise BackendError(str(e), e.status) from None
+        finally:
+            c.close()
 
     def preview(self, spec: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = self._call("preview", spec)

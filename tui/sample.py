@@ -153,7 +153,15 @@ def make_jobs(count: int, nodes: int, per: int) -> list[dict[str, Any]]:
                 "workdir": "/home/ana/project",
                 "env": {"WANDB_MODE": "offline"},
                 "name": "",
+                "code": {
+                    "id": f"{jid:064x}",
+                    "summary": f"3f2a91c (main, dirty: {jid % 3 + 1} files, 4.1 KiB diff)",
+                    "kind": "git",
+                    "commit": "3f2a91c" + "0" * 33,
+                    "branch": "main",
+                },
             },
+            "kind": "batch",
         }
         if state == "RUNNING":
             # Place on one node: take `gpus` free GPUs from the same node.
@@ -394,7 +402,7 @@ class FakeBackend:
             ]
         }
 
-    def submit(self, spec: dict[str, Any]) -> int:
+    def submit(self, spec: dict[str, Any], freeze: bool = False) -> int:
         self._check()
         if spec.get("gpus", 1) > 8:
             raise BackendError(

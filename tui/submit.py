@@ -36,13 +36,23 @@ FIELDS = (
     ("array", "array", "many tasks: 0-99%8 ({index} in the command; empty: one job)"),
     ("sweep", "sweep", "a grid: lr=1e-3,3e-4 bs=32,64 ({lr} in the command)"),
     ("notify", "notify me", "y: when it ends, as ~/.config/labq/config.yaml says (webhook or command)"),
+    ("code", "code", "now: freeze the workdir's code as it is now; live: run it as it is when the job starts"),
 )
+CODE_CHOICES = ("now", "live", "as submitted")
 
 
-def form_to_spec(values: dict[str, str], base_env: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """(spec, errors by field) from the form's text, checked like the daemon checks it."""
+def form_to_spec(
+    values: dict[str, str], base_env: dict[str, str], code: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """(spec, errors by field) from the form's text, checked like the daemon checks it.
+    `code`: the frozen code of the job being resubmitted ("as submitted" keeps it)."""
     spec: dict[str, Any] = {}
     errors: dict[str, str] = {}
+    choice = values.get("code", "").strip().lower() or "now"
+    if choice not in CODE_CHOICES or (choice == "as submitted" and not code):
+        errors["code"] = "now or live" + (" or as submitted" if code else "")
+    elif choice == "as submitted" and code:
+        spec["code"] = {"id": code["id"]}
     try:
         argv = shlex.split(values.get("command", ""))
     except ValueError as e:
@@ -155,6 +165,7 @@ def spec_to_form(spec: dict[str, Any]) -> dict[str, str]:
         out["array"] = str(spec["array"]) + (f"%{cap}" if cap and "%" not in str(spec["array"]) else "")
     if spec.get("notify"):
         out["notify"] = "y"
+    out["code"] = "as submitted" if isinstance(spec.get("code"), dict) else "now"
     sweep = spec.get("sweep") or {}
     if sweep:
         out["sweep"] = " ".join(f"{k}={','.join(str(v) for v in vals)}" for k, vals in sweep.items())
@@ -183,7 +194,8 @@ class SubmitScreen(Modal):
 
     def __init__(self, spec: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.initial = spec_to_form(spec) if spec else {"gpus": "1", "workdir": os.getcwd()}
+        self.initial = spec_to_form(spec) if spec else {"gpus": "1", "workdir": os.getcwd(), "code": "now"}
+        self.code = spec.get("code") if spec and isinstance(spec.get("code"), dict) else None
         self.base_env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
         self._debounce: Timer | None = None
         self.spec: dict[str, Any] = {}
@@ -219,7 +231,7 @@ class SubmitScreen(Modal):
         return {key: self.query_one(f"#f-{key}", Input).value for key, _, _ in FIELDS}
 
     def validate(self) -> None:
-        self.spec, self.errors = form_to_spec(self.values(), self.base_env)
+        self.spec, self.errors = form_to_spec(self.values(), self.base_env, self.code)
         for key, _, _ in FIELDS:
             err = self.query_one(f"#e-{key}", Static)
             err.update(self.errors.get(key, ""))
@@ -280,12 +292,12 @@ class SubmitScreen(Modal):
         self.validate()
         if self.errors:
             return
-        self.send(dict(self.spec))
+        self.send(dict(self.spec), self.values().get("code", "").strip().lower() in ("", "now"))
 
     @work(thread=True, exclusive=True, group="submit")
-    def send(self, spec: dict[str, Any]) -> None:
+    def send(self, spec: dict[str, Any], freeze: bool) -> None:
         try:
-            job_id = self.lapp.backend.submit(spec)
+            job_id = self.lapp.backend.submit(spec, freeze=freeze)
         except BackendError as e:
             self.later(self.query_one("#preview", Static).update, f"[b]refused:[/b] {escape(str(e))}")
             return

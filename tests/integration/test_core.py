@@ -136,9 +136,17 @@ def test_job_yaml_file(labq4: Labq, tmp_path) -> None:  # type: ignore[no-untype
 
 def test_job_runs_in_submit_directory_by_default(labq4: Labq, tmp_path) -> None:  # type: ignore[no-untyped-def]
     os.chmod(tmp_path, 0o755)
-    job_id = labq4.submit("--", "pwd", cwd=str(tmp_path))
+    (tmp_path / "data").mkdir()
+    job_id = labq4.submit("--", "sh", "-c", 'pwd; echo "$LABQ_SUBMIT_DIR"; readlink data', cwd=str(tmp_path))
     labq4.wait(job_id, DONE)
-    assert labq4.log(job_id).strip() == str(tmp_path)
+    # It runs the code frozen at submit, in a copy of its own; the directory it was
+    # submitted from is $LABQ_SUBMIT_DIR, and what the copy lacks is linked to it.
+    ran_in, submit_dir, data = labq4.log(job_id).split()
+    assert ran_in.startswith("/root/.cache/labq/code/") and submit_dir == str(tmp_path), (ran_in, submit_dir)
+    assert data == str(tmp_path / "data")
+    plain = labq4.submit("--no-snapshot", "--", "pwd", cwd=str(tmp_path))
+    labq4.wait(plain, DONE)
+    assert labq4.log(plain).strip() == str(tmp_path)
 
 
 def test_follow_logs_until_the_job_ends(labq4: Labq) -> None:

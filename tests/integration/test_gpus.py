@@ -36,7 +36,10 @@ SLEEPY = ["sleep", "300"]
 @pytest.fixture(scope="module")
 def gpulq() -> Iterator[tuple[Labq, int]]:
     port = free_port()
-    config = "grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 0.5\nidle_window_s: 3\nidle_action_after_s: 3\n"
+    config = (
+        "grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 0.5\nidle_window_s: 3\nidle_action_after_s: 3\n"
+        "session_idle_s: 8\nsession_idle_warn_s: 4\n"
+    )
     with daemon(config, "--gpus", "3", "--metrics-port", str(port)) as lq:
         yield lq, port
 
@@ -255,3 +258,24 @@ def test_the_dashboard_queries_answer_from_a_real_prometheus(gpulq: tuple[Labq, 
         prom.terminate()
         prom.wait(10)
         lq.run("cancel", "--now", str(job))
+
+
+def test_an_idle_session_is_warned_on_its_terminal_then_ended(gpulq: tuple[Labq, int]) -> None:
+    """A shell session whose GPU sits idle: a line on its screen (its log) and in its
+    history session_idle_warn_s before session_idle_s, then it ends, saying why."""
+    lq, _ = gpulq
+    c = lq.client()
+    try:
+        job = c.submit({"command": ["/bin/sh"], "session": "shell", "name": "shell", "gpus": 1})
+        lq.wait(job, ("RUNNING",))
+        t0 = time.monotonic()
+        wait_for("the warning on its terminal", lambda: "it ends in" in c.log(job, 0)["data"], 20)
+        warned = time.monotonic() - t0
+        j = lq.wait(job, ("CANCELLED",), timeout=30)
+        ended = time.monotonic() - t0
+        assert j["reasons"][0].startswith("session ended: its GPUs were idle for "), j["reasons"]
+        assert "labq: this session's GPUs have been idle for" in c.log(job, 0)["data"]
+        assert any("it ends in" in e["reason"] for e in j["events"])
+        assert ended - warned >= 2, (warned, ended)  # warned ahead, not at the end
+    finally:
+        c.close()

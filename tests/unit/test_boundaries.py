@@ -36,6 +36,7 @@ def test_ui_talks_only_to_the_client_api() -> None:
         "scheduler.safefs",
         "scheduler.userconfig",
         "scheduler.console",
+        "scheduler.cli_code",
         "scheduler",
     }
     for path in (REPO / "tui").rglob("*.py"):
@@ -54,7 +55,10 @@ def test_policy_is_pure() -> None:
 
 def test_client_modules_are_stdlib_only() -> None:
     heavy = ("ray", "textual", "pydantic", "psutil", "pynvml", "yaml")
-    for name in ("cli.py", "cliparse.py", "client.py", "config.py", "paths.py", "units.py", "present.py", "console.py", "jobfile.py", "shapes.py"):
+    for name in (
+        "cli.py", "cliparse.py", "client.py", "config.py", "paths.py", "units.py", "present.py", "console.py",
+        "jobfile.py", "shapes.py", "cli_code.py", "snapshot.py", "userconfig.py", "cli_spec.py", "cli_session.py",
+    ):
         tree = ast.parse((REPO / "scheduler" / name).read_text())
         # Only module-level imports count: the daemon path imports heavy things lazily.
         for node in tree.body:
@@ -76,6 +80,11 @@ CLIENT_SIDE = (
     "scheduler.shapes",
     "scheduler.paths",
     "scheduler.cliparse",
+    "scheduler.cli_code",
+    "scheduler.cli_spec",
+    "scheduler.cli_session",
+    "scheduler.snapshot",
+    "scheduler.userconfig",
 )
 
 

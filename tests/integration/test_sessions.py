@@ -1,0 +1,189 @@
+"""Interactive sessions (issue 17) on a real daemon and real Ray: `labq shell` driven
+through a pty as another Unix user, detach and `labq attach`, who may type into one,
+and `labq notebook` where JupyterLab is installed."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import select
+import shutil
+import subprocess
+import termios
+import time
+from typing import Any
+
+import pytest
+
+from tests.conftest import SYSTEM_PYTHON, Labq, as_user, unix_user, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+class Pty:
+    """`labq ARGS` as `uid`, on a terminal of its own, read and typed into as a person would."""
+
+    def __init__(self, lq: Labq, uid: int, *args: str) -> None:
+        self.master, slave = os.openpty()
+        env = {**lq.env(), "PYTHONPATH": str(lq.client_copy()), "HOME": "/tmp", "TERM": "xterm"}
+        self.proc = subprocess.Popen(
+            [SYSTEM_PYTHON, "-m", "scheduler.cli", *args],
+            stdin=slave, stdout=slave, stderr=slave, env=env, cwd="/tmp",
+            preexec_fn=self._setup(uid), start_new_session=True,
+        )
+        os.close(slave)
+        self.seen = b""
+
+    @staticmethod
+    def _setup(uid: int):  # type: ignore[no-untyped-def]
+        drop = as_user(uid)
+
+        def setup() -> None:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # its terminal, as a login's: ^C is SIGINT
+            drop()
+
+        return setup
+
+    def expect(self, pattern: str, timeout: float = 60) -> re.Match[bytes]:
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern.encode())
+        while True:
+            found = rx.search(self.seen)
+            if found:
+                return found
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {pattern!r} within {timeout}s; the terminal shows:\n{self.seen.decode(errors='replace')}")
+            ready, _, _ = select.select([self.master], [], [], min(left, 0.5))
+            if ready:
+                try:
+                    self.seen += os.read(self.master, 65536)
+                except OSError:
+                    time.sleep(0.1)
+
+    def type(self, text: str | bytes) -> None:
+        os.write(self.master, text.encode() if isinstance(text, str) else text)
+
+    def wait(self, timeout: float = 60) -> int:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                self.expect(r"\Z\A", timeout=0.2)  # keep draining the terminal
+            except AssertionError:
+                pass
+        return self.proc.wait(timeout=1)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+
+
+def _session_of(lq: Labq, user: str) -> dict[str, Any]:
+    c = lq.client()
+    try:
+        found = [j for j in c.jobs(user=user) if j.get("kind") == "shell" and j["state"] == "RUNNING"]
+    finally:
+        c.close()
+    return found[-1] if found else {}
+
+
+def test_a_shell_session_runs_as_the_user_on_its_gpus_and_exit_ends_it(labq4: Labq) -> None:
+    bob = unix_user("labqtest-bob")
+    term = Pty(labq4, bob, "shell", "--gpus", "2", "--time", "10m")
+    try:
+        job_id = int(term.expect(r"session (\d+) queued").group(1))
+        term.expect(r"[$#] $")  # the prompt: typed before it, input may be flushed by the shell
+        term.type("echo CVD=$CUDA_VISIBLE_DEVICES U=$(id -un) T=$(tty)\n")
+        found = term.expect(r"CVD=(\d+,\d+) U=(\S+) T=(/dev/pts/\d+)")
+        assert found.group(2) == b"labqtest-bob"
+        assert found.group(1).decode() == labq4.job(job_id)["gpu_ids"]
+        # The queue says what it is; an admin sees it but cannot type into it.
+        queue = labq4.run("queue").stdout
+        assert re.search(rf"^\s*{job_id}\s.*\bshell\b", queue, re.M), queue
+        c = labq4.client()
+        try:
+            with pytest.raises(Exception, match="only its owner may type into it"):
+                c.tty(job_id, b"id\n")
+        finally:
+            c.close()
+        term.type("exit 0\n")
+        assert term.wait() == 0
+        term.expect(rf"session {job_id} ended SUCCEEDED")
+        assert labq4.job(job_id)["state"] == "SUCCEEDED"
+    finally:
+        term.close()
+
+
+def test_detach_and_attach_again(labq4: Labq) -> None:
+    bob = unix_user("labqtest-bob")
+    term = Pty(labq4, bob, "shell")
+    again = None
+    try:
+        job_id = int(term.expect(r"session (\d+) queued").group(1))
+        term.expect(r"[$#] $")
+        term.type("X=remembered; echo ready-$((40+2))\n")
+        term.expect("ready-42")
+        term.type(b"\x1d")  # Ctrl-]
+        assert term.wait() == 0
+        term.expect(rf"detached from session {job_id}; it keeps running")
+        assert labq4.job(job_id)["state"] == "RUNNING"
+        # Someone else cannot attach to it (nor see its screen).
+        alice = unix_user("labqtest-alice")
+        r = labq4.run("attach", str(job_id), user=alice, check=False, cwd="/tmp")
+        assert r.returncode == 1 and "belongs to labqtest-bob" in r.stderr, r
+        again = Pty(labq4, bob, "attach", str(job_id))
+        again.expect("ready-42")  # the screen's recent past comes back
+        again.type("echo still-$X\n")
+        again.expect("still-remembered")
+        again.type("exit 3\n")
+        assert again.wait() == 1
+        again.expect(rf"session {job_id} ended FAILED")
+    finally:
+        term.close()
+        if again is not None:
+            again.close()
+
+
+def test_a_session_that_waits_says_why_and_ctrl_c_gives_it_up(labq4: Labq) -> None:
+    bob = unix_user("labqtest-bob")
+    big = labq4.submit("--no-snapshot", "--gpus", "4", "--", "sleep", "300")
+    term = Pty(labq4, bob, "shell", "--gpus", "1")
+    try:
+        labq4.wait(big, ("RUNNING",))
+        job_id = int(term.expect(r"session (\d+) queued").group(1))
+        term.expect(rf"session {job_id} waits: ")
+        term.type(b"\x03")  # Ctrl-C while it waits
+        term.expect(rf"session {job_id} cancelled before it started")
+        wait_for("it to be cancelled", lambda: labq4.job(job_id)["state"] == "CANCELLED")
+    finally:
+        term.close()
+        labq4.run("cancel", "--now", str(big), check=False)
+
+
+@pytest.mark.skipif(shutil.which("jupyter-lab") is None, reason="JupyterLab is not installed in this environment")
+def test_a_notebook_prints_its_url_and_the_url_answers(labq4: Labq) -> None:
+    import urllib.request
+
+    out = labq4.run("notebook", "--gpus", "1", timeout=300)
+    url = re.search(r"(http://127\.0\.0\.1:\d+/lab\?token=\S+)", out.stdout)
+    assert url, out.stdout
+    job_id = int(re.search(r"notebook (\d+) on", out.stdout).group(1))  # type: ignore[union-attr]
+    try:
+        with urllib.request.urlopen(url.group(1), timeout=30) as r:
+            assert r.status == 200
+    finally:
+        labq4.run("cancel", str(job_id), check=False)
+
+
+def test_notebook_without_jupyterlab_says_how_to_get_it(labq4: Labq) -> None:
+    env_path = "/usr/bin:/bin"
+    if any(os.path.exists(os.path.join(d, "jupyter-lab")) for d in env_path.split(":")):
+        pytest.skip("jupyter-lab is installed system-wide here")
+    r = labq4.run("notebook", check=False, env={"PATH": env_path})
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "labq: JupyterLab is not installed in this environment (labq runs `jupyter-lab` from your PATH "
+        "on the node): pip install jupyterlab"
+    ], r.stderr

@@ -16,6 +16,7 @@ import re
 import socket
 import socketserver
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +68,10 @@ API_VERSION = 1
 MAX_BODY = 4 * 1024 * 1024
 MAX_LOG_READ = 1024 * 1024
 PAGE = 2000  # jobs per page of a paged listing
+UPLOADS = 4  # code snapshots the daemon reads into memory at once, from anyone
+_UPLOADS = threading.BoundedSemaphore(UPLOADS)
+_UPLOADING: set[str] = set()  # users with an upload under way
+_UPLOADING_LOCK = threading.Lock()
 
 Params = dict[str, str]
 Handler = Callable[[Service, Caller, Params, Any], tuple[int, Any]]
@@ -508,24 +513,40 @@ class _RequestHandler(DeadlineHandler):
                         f"the code snapshot is over this daemon's cap of {most} bytes (code_max_bytes); "
                         "use --no-snapshot", 413)
                 raise DaemonError(f"request body over {MAX_BODY} bytes", 413)
+            if raw_body and length:
+                # At most UPLOADS snapshots held in memory at once, and one per user:
+                # 64 connections of one user times 20 MiB would otherwise be 1.3 GB,
+                # and one user's slow uploads must not hold every slot.
+                with _UPLOADING_LOCK:
+                    mine = caller.user in _UPLOADING
+                    _UPLOADING.add(caller.user)
+                if mine:
+                    self.close_connection = True
+                    raise DaemonError("one code snapshot at a time per user: another upload of yours is under way", 503)
+                try:
+                    if not _UPLOADS.acquire(timeout=10):
+                        self.close_connection = True
+                        raise DaemonError("the daemon is busy taking other code snapshots; try again", 503)
+                    try:
+                        raw = self.rfile.read(length)
+                        self.server.watchdog.disarm(self.request)
+                        self._route(method, url, caller, raw)
+                    finally:
+                        _UPLOADS.release()
+                finally:
+                    with _UPLOADING_LOCK:
+                        _UPLOADING.discard(caller.user)
+                return
             raw = self.rfile.read(length) if length else b""
             # Read: the handler's own work is not the client's to stretch or ours to cut.
             self.server.watchdog.disarm(self.request)
-            body: Any = raw if raw_body else None
-            if raw and not raw_body:
+            body = None
+            if raw:
                 try:
                     body = json.loads(raw)
                 except (ValueError, UnicodeDecodeError):
                     raise DaemonError("request body is not valid JSON") from None
-            params: Params = {k: v[-1] for k, v in parse_qs(url.query).items()}
-            for m, pattern, fn in ROUTES:
-                match = pattern.match(url.path)
-                if match and m == method:
-                    params.update(match.groupdict())
-                    status, payload = fn(daemon, caller, params, body)
-                    self._reply(status, payload)
-                    return
-            raise DaemonError(f"no such endpoint: {method} {url.path}", 404)
+            self._route(method, url, caller, body)
         except DaemonError as e:
             self._reply(e.status, {"error": str(e)})
         except UnknownJob as e:
@@ -539,6 +560,17 @@ class _RequestHandler(DeadlineHandler):
 
             logging.getLogger("labq.api").exception("internal error")
             self._reply(500, {"error": f"internal error in the labq daemon: {type(e).__name__}: {e}"})
+
+    def _route(self, method: str, url: Any, caller: Caller, body: Any) -> None:
+        params: Params = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        for m, pattern, fn in ROUTES:
+            match = pattern.match(url.path)
+            if match and m == method:
+                params.update(match.groupdict())
+                status, payload = fn(self.server.daemon, caller, params, body)
+                self._reply(status, payload)
+                return
+        raise DaemonError(f"no such endpoint: {method} {url.path}", 404)
 
     def do_GET(self) -> None:
         self._handle("GET")

@@ -63,12 +63,19 @@ def cmd_diff(c: Client, args: argparse.Namespace) -> int:
     if a["code"]["id"] == b["code"]["id"]:
         say("the same code")
         return 0
+    # The commits' files come from the owners' repositories: read only your own (an
+    # admin comparing others' jobs compares what was frozen, and never runs git in a
+    # repository someone else controls).
+    me = c.health()["caller"]
+    whole = c.job(args.job_id)["user"] == me and c.job(args.other)["user"] == me
+    if not whole:
+        say("(others' jobs: only the frozen files are compared, not their commits' trees)")
     with tempfile.TemporaryDirectory(prefix="labq-diff-") as tmp:
         # Whole trees (a job's directory may be deep in its repository), named by job.
         left, right = os.path.join(tmp, str(a["id"])), os.path.join(tmp, str(b["id"]))
         try:
-            snapshot.materialize(base64.b64decode(a["blob"]), left)
-            snapshot.materialize(base64.b64decode(b["blob"]), right)
+            snapshot.materialize(base64.b64decode(a["blob"]), left, with_commit=whole)
+            snapshot.materialize(base64.b64decode(b["blob"]), right, with_commit=whole)
         except (snapshot.SnapshotError, OSError) as e:
             raise ClientError(f"cannot unpack the code to compare it: {e}") from None
         _compare(left, right, f"{a['id']}", f"{b['id']}")

@@ -207,10 +207,10 @@ def cmd_notebook(c: Client, args: argparse.Namespace) -> int:
         )
     token = secrets.token_urlsafe(24)
     args.env = [*(args.env or []), f"JUPYTER_TOKEN={token}"]
-    spec = _session_spec(
-        c, args, "notebook",
-        ["jupyter-lab", "--no-browser", "--ip=127.0.0.1", "--port=8888", "--port-retries=200"],
-    )
+    command = ["jupyter-lab", "--no-browser", "--ip=127.0.0.1", "--port=8888", "--port-retries=200"]
+    if os.getuid() == 0:
+        command.append("--allow-root")  # the job runs as its submitter: here, root
+    spec = _session_spec(c, args, "notebook", command)
     job_id = c.submit(spec)
     say(f"labq: notebook {job_id} queued", file=sys.stderr)
     j = _wait_started(c, job_id, "notebook")

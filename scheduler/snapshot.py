@@ -221,26 +221,38 @@ def _is_source(name: str, size: int) -> bool:
 
 
 def _take_files(workdir: str, blob: _Blob) -> dict[str, Any]:
+    """Outside git: the source files under `workdir`, by name (data is not code). Only
+    names are looked at for most entries (scandir), so a data directory costs little."""
     seen = 0
     files: list[str] = []
     if workdir in ("/", "/tmp", "/var/tmp") or workdir == os.path.realpath(os.path.expanduser("~")):
         raise NotCode(f"{workdir} is not a code directory")
-    for root, dirs, names in os.walk(workdir):  # symlinked directories are not followed
-        depth = 0 if root == workdir else os.path.relpath(root, workdir).count(os.sep) + 1
-        dirs[:] = [] if depth >= MAX_DEPTH else sorted(d for d in dirs if not d.startswith(".") and d not in SKIP_DIRS)
-        for name in sorted(names):
-            seen += 1
-            if seen > MAX_FILES:
-                raise NotCode(f"{workdir} holds over {MAX_FILES} files and is not in git")
-            full = os.path.join(root, name)
+    todo = [(workdir, 0)]
+    while todo:
+        root, depth = todo.pop()
+        try:
+            entries = sorted(os.scandir(root), key=lambda e: e.name)
+        except OSError:
+            continue
+        seen += len(entries)
+        if seen > MAX_FILES:
+            raise NotCode(f"{workdir} holds over {MAX_FILES} files and is not in git")
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                if depth + 1 < MAX_DEPTH and not e.name.startswith(".") and e.name not in SKIP_DIRS:
+                    todo.append((e.path, depth + 1))
+                continue
+            low = e.name.lower()
+            if e.name not in SOURCE_NAMES and not low.endswith(SOURCE_SUFFIXES):
+                continue
             try:
-                st = os.lstat(full)
+                st = e.stat(follow_symlinks=False)
             except OSError:
                 continue
-            if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)) or not _is_source(name, st.st_size):
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)) or not _is_source(e.name, st.st_size):
                 continue
-            rel = os.path.relpath(full, workdir)
-            blob.add_file(FILES + rel, full)
+            rel = os.path.relpath(e.path, workdir)
+            blob.add_file(FILES + rel, e.path)
             files.append(rel)
             if blob.size > blob.cap:
                 blob.check_cap(workdir)
@@ -302,7 +314,7 @@ def _extract(tar: tarfile.TarFile, m: tarfile.TarInfo, name: str, dest: str) -> 
             shutil.copyfileobj(src, out)
 
 
-def materialize(data: bytes, dest: str) -> tuple[str, dict[str, Any]]:
+def materialize(data: bytes, dest: str, with_commit: bool = True) -> tuple[str, dict[str, Any]]:
     """Unpack the snapshot into the new directory `dest`; the directory to run in.
 
     Runs as the job's owner: it reads their repository and writes under their own
@@ -310,7 +322,7 @@ def materialize(data: bytes, dest: str) -> tuple[str, dict[str, Any]]:
     `dest`, and only with its owner's rights."""
     meta, members, tar = read(data)
     os.makedirs(dest, mode=0o700)
-    if meta.get("kind") == "git" and meta.get("commit"):
+    if with_commit and meta.get("kind") == "git" and meta.get("commit"):
         repo = meta["repo"]
         if not os.path.isdir(repo):
             raise SnapshotError(f"its repository {repo} is not on this node")

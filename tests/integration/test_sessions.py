@@ -138,6 +138,22 @@ def test_detach_and_attach_again(labq4: Labq) -> None:
         again.expect("ready-42")  # the screen's recent past comes back
         again.type("echo still-$X\n")
         again.expect("still-remembered")
+        # From a desktop, with a token over TCP: the same session, the same rule.
+        from scheduler.client import Client, ClientError, Remote
+
+        listen = re.search(r"listen: (\S+)", (labq4.state_dir / "labq.yaml").read_text()).group(1)  # type: ignore[union-attr]
+        for who, ok in (("labqtest-bob", True), ("labqtest-alice", False)):
+            token = labq4.json("token", "create", who)["token"]
+            remote = Client(remote=Remote(f"http://{listen}", token))
+            try:
+                if ok:
+                    remote.tty(job_id, b"echo via-token-$X\n")
+                    again.expect("via-token-remembered")
+                else:
+                    with pytest.raises(ClientError, match="only its owner may type into it"):
+                        remote.tty(job_id, b"id\n")
+            finally:
+                remote.close()
         again.type("exit 3\n")
         assert again.wait() == 1
         again.expect(rf"session {job_id} ended FAILED")
@@ -167,7 +183,11 @@ def test_a_session_that_waits_says_why_and_ctrl_c_gives_it_up(labq4: Labq) -> No
 def test_a_notebook_prints_its_url_and_the_url_answers(labq4: Labq) -> None:
     import urllib.request
 
-    out = labq4.run("notebook", "--gpus", "1", timeout=300)
+    import pwd
+
+    bob = unix_user("labqtest-bob")
+    home = pwd.getpwuid(bob).pw_dir
+    out = labq4.run("notebook", "--gpus", "1", timeout=300, user=bob, cwd="/tmp", env={"HOME": home})
     url = re.search(r"(http://127\.0\.0\.1:\d+/lab\?token=\S+)", out.stdout)
     assert url, out.stdout
     job_id = int(re.search(r"notebook (\d+) on", out.stdout).group(1))  # type: ignore[union-attr]

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlparse
 from scheduler import sessions
 from scheduler.admin import Admin
 from scheduler.auth import Admins, AuthError, Caller, peer_uid, socket_caller
-from scheduler.codestore import CodeStore
+from scheduler.codestore import KEEP_ENDED_S, CodeStore
 from scheduler.config import DaemonConfig, is_loopback, parse_listen
 from scheduler.conns import DeadlineHandler, LimitedServer
 from scheduler.control import JobControl
@@ -288,7 +288,7 @@ def code_upload(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
         raise DaemonError("code snapshots are off on this cluster (code_snapshots: false); use --no-snapshot")
     if not isinstance(body, bytes) or not body:
         raise DaemonError("send the snapshot as the request body")
-    return 201, d.codes.put(c.uid, body)
+    return 201, d.codes.put(c.uid, body, lambda: d.store.code_refs(time.time() - KEEP_ENDED_S))
 
 
 @route("GET", rf"/v1/jobs/{JOB}/code")

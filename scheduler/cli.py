@@ -104,6 +104,8 @@ def cmd_rerun(c: Client, args: argparse.Namespace) -> int:
     spec_seen = old.get("spec") or {}
     if old.get("private") or "command" not in spec_seen:
         raise ClientError(f"job {args.job_id} belongs to {old['user']}: you can rerun only your own jobs", 403)
+    if old.get("kind", "batch") != "batch":
+        raise UsageError(f"job {args.job_id} is a {old['kind']} session: start a new one with labq {old['kind']}")
     spec = {k: spec_seen[k] for k in RERUN_KEEPS if spec_seen.get(k) not in (None, "", [], {})}
     apply_job_options(spec, args)
     try:
@@ -116,7 +118,9 @@ def cmd_rerun(c: Client, args: argparse.Namespace) -> int:
     if args.live or args.no_snapshot:
         from scheduler.cli_code import freeze
 
-        note = freeze(c, spec, args.no_snapshot)
+        # --live: the tree as it is now, frozen now as the job's was (one that ran
+        # without a snapshot keeps running without one).
+        note = freeze(c, spec, args.no_snapshot or not spec.get("code"))
     elif isinstance(spec.get("code"), dict):
         spec["code"] = {"id": spec["code"]["id"]}
     job_id = c.submit(spec)

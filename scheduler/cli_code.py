@@ -14,7 +14,8 @@ from typing import Any
 
 from scheduler import snapshot
 from scheduler.client import Client, ClientError
-from scheduler.console import UsageError, say
+from scheduler.console import UsageError
+from scheduler.present import clean_log
 from scheduler.userconfig import user_setting
 
 OFF = (False, "off", "false", "no", "0")
@@ -51,103 +52,129 @@ def freeze(c: Client, spec: dict[str, Any], opt_out: bool = False) -> str:
     return ""
 
 
+class _Out:
+    """Where a diff goes: as it is for your own code; someone else's (an admin reading
+    it) with escape sequences shown, not obeyed, as `labq logs` does."""
+
+    def __init__(self, raw: bool) -> None:
+        self.raw = raw
+
+    def write(self, text: str) -> None:
+        sys.stdout.write(text if self.raw else clean_log(text))
+
+
 def cmd_diff(c: Client, args: argparse.Namespace) -> int:
     """`labq diff ID`: the job's uncommitted changes against its commit.
     `labq diff ID ID2`: the code of two jobs, file by file."""
-    a = c.job_code(args.job_id, blob=True)
-    if args.other is None:
-        return _one(a)
-    b = c.job_code(args.other, blob=True)
-    say(f"job {a['id']}: {a['code'].get('summary', '')}")
-    say(f"job {b['id']}: {b['code'].get('summary', '')}")
-    if a["code"]["id"] == b["code"]["id"]:
-        say("the same code")
-        return 0
-    # The commits' files come from the owners' repositories: read only your own (an
-    # admin comparing others' jobs compares what was frozen, and never runs git in a
-    # repository someone else controls).
     me = c.health()["caller"]
-    whole = c.job(args.job_id)["user"] == me and c.job(args.other)["user"] == me
+    a = c.job_code(args.job_id, blob=True)
+    mine_a = c.job(args.job_id)["user"] == me
+    if args.other is None:
+        return _one(a, _Out(mine_a))
+    b = c.job_code(args.other, blob=True)
+    # The commits' files come from the owners' repositories: only your own are read,
+    # and unpacked. An admin comparing others' jobs compares what was frozen, in
+    # memory: nothing of theirs is written to disk or run (git in their repository).
+    whole = mine_a and c.job(args.other)["user"] == me
+    out = _Out(whole)
+    out.write(f"job {a['id']}: {a['code'].get('summary', '')}\n")
+    out.write(f"job {b['id']}: {b['code'].get('summary', '')}\n")
+    if a["code"]["id"] == b["code"]["id"]:
+        out.write("the same code\n")
+        return 0
+    blob_a, blob_b = base64.b64decode(a["blob"]), base64.b64decode(b["blob"])
     if not whole:
-        say("(others' jobs: only the frozen files are compared, not their commits' trees)")
+        out.write("(others' jobs: only the frozen files are compared, not their commits' trees)\n")
+        _compare(_frozen(blob_a), _frozen(blob_b), str(a["id"]), str(b["id"]), out)
+        return 0
     with tempfile.TemporaryDirectory(prefix="labq-diff-") as tmp:
         # Whole trees (a job's directory may be deep in its repository), named by job.
         left, right = os.path.join(tmp, str(a["id"])), os.path.join(tmp, str(b["id"]))
         try:
-            snapshot.materialize(base64.b64decode(a["blob"]), left, with_commit=whole)
-            snapshot.materialize(base64.b64decode(b["blob"]), right, with_commit=whole)
+            snapshot.materialize(blob_a, left)
+            snapshot.materialize(blob_b, right)
         except (snapshot.SnapshotError, OSError) as e:
             raise ClientError(f"cannot unpack the code to compare it: {e}") from None
-        _compare(left, right, f"{a['id']}", f"{b['id']}")
+        _compare(_tree(left), _tree(right), str(a["id"]), str(b["id"]), out)
     return 0
 
 
-def _one(a: dict[str, Any]) -> int:
+def _one(a: dict[str, Any], out: _Out) -> int:
     meta = a.get("meta") or {}
-    say(f"job {a['id']}: {a['code'].get('summary', '')}")
-    data = base64.b64decode(a["blob"])
-    _meta, members, tar = snapshot.read(data)
+    out.write(f"job {a['id']}: {a['code'].get('summary', '')}\n")
+    _meta, members, tar = snapshot.read(base64.b64decode(a["blob"]))
     with tar:
         if snapshot.DIFF in members:
             f = tar.extractfile(members[snapshot.DIFF])
             if f is not None:
-                sys.stdout.write(f.read().decode(errors="replace"))
+                out.write(f.read().decode(errors="replace"))
         for path in meta.get("untracked", []) if meta.get("kind") == "git" else []:
             m = members.get(snapshot.FILES + path)
             f = tar.extractfile(m) if m is not None and m.isfile() else None
             if f is not None:
-                _write_diff(path, b"", f.read(), "/dev/null", f"b/{path}")
-        if meta.get("kind") == "files":
-            say(f"not in git: {len(meta.get('untracked', []))} source files frozen from {meta.get('repo')}")
-            say("(labq diff ID1 ID2 compares the code of two jobs)")
+                _write_diff(b"", f.read(), "/dev/null", f"b/{path}", out)
+    if meta.get("kind") == "git" and not (meta.get("changed") or meta.get("deleted") or meta.get("untracked")):
+        out.write(f"no uncommitted changes: it ran commit {str(meta.get('commit', ''))[:12]} as committed\n")
+    if meta.get("kind") == "files":
+        out.write(f"not in git: {len(meta.get('untracked', []))} source files frozen from {meta.get('repo')}\n")
+        out.write("(labq diff ID1 ID2 compares the code of two jobs)\n")
     sys.stdout.flush()
     return 0
 
 
-def _files(top: str) -> dict[str, str]:
-    out = {}
+def _frozen(blob: bytes) -> dict[str, bytes]:
+    """The frozen files of a snapshot, read in memory (a link as its target's name)."""
+    files: dict[str, bytes] = {}
+    _meta, members, tar = snapshot.read(blob)
+    with tar:
+        for name, m in members.items():
+            if not name.startswith(snapshot.FILES):
+                continue
+            if m.issym():
+                files[name[len(snapshot.FILES):]] = f"-> {m.linkname}\n".encode()
+            elif m.isfile():
+                f = tar.extractfile(m)
+                files[name[len(snapshot.FILES):]] = f.read() if f is not None else b""
+    return files
+
+
+def _tree(top: str) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
     for root, dirs, names in os.walk(top):
         dirs.sort()
         for name in names:
             full = os.path.join(root, name)
-            out[os.path.relpath(full, top)] = full
+            if os.path.islink(full):
+                data = f"-> {os.readlink(full)}\n".encode()
+            else:
+                with open(full, "rb") as f:
+                    data = f.read()
+            out[os.path.relpath(full, top)] = data
     return out
 
 
-def _read(path: str | None) -> bytes:
-    if path is None:
-        return b""
-    if os.path.islink(path):
-        return f"-> {os.readlink(path)}\n".encode()
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _compare(top_a: str, top_b: str, name_a: str, name_b: str) -> None:
-    fa, fb = _files(top_a), _files(top_b)
+def _compare(fa: dict[str, bytes], fb: dict[str, bytes], name_a: str, name_b: str, out: _Out) -> None:
     same = True
     for rel in sorted(set(fa) | set(fb)):
-        da, db = _read(fa.get(rel)), _read(fb.get(rel))
-        if da == db:
+        da, db = fa.get(rel, b""), fb.get(rel, b"")
+        if rel in fa and rel in fb and da == db:
             continue
         same = False
-        _write_diff(rel, da, db, f"{name_a}/{rel}" if rel in fa else "/dev/null", f"{name_b}/{rel}" if rel in fb else "/dev/null")
+        _write_diff(da, db, f"{name_a}/{rel}" if rel in fa else "/dev/null", f"{name_b}/{rel}" if rel in fb else "/dev/null", out)
     if same:
-        say("no difference in the files (the snapshots differ only in what labq recorded)")
+        out.write("no difference in the files (the snapshots differ only in what labq recorded)\n")
     sys.stdout.flush()
 
 
-def _write_diff(rel: str, a: bytes, b: bytes, name_a: str, name_b: str) -> None:
+def _write_diff(a: bytes, b: bytes, name_a: str, name_b: str, out: _Out) -> None:
     if b"\0" in a[:8192] or b"\0" in b[:8192]:
-        say(f"Binary files {name_a} and {name_b} differ")
+        out.write(f"Binary files {name_a} and {name_b} differ\n")
         return
-    lines = difflib.unified_diff(
+    out.write(f"diff {name_a} {name_b}\n")
+    for line in difflib.unified_diff(
         a.decode(errors="replace").splitlines(keepends=True),
         b.decode(errors="replace").splitlines(keepends=True),
         name_a,
         name_b,
-    )
-    say(f"diff {name_a} {name_b}")
-    for line in lines:
-        sys.stdout.write(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
-
+    ):
+        out.write(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")

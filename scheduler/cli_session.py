@@ -58,11 +58,20 @@ def _wait_started(c: Client, job_id: int, what: str) -> dict[str, Any]:
             time.sleep(0.3)
     except KeyboardInterrupt:
         c.cancel(job_id)
-        say(f"\nlabq: {what} {job_id} cancelled before it started", file=sys.stderr)
+        sys.stderr.write("\n")
+        say(f"labq: {what} {job_id} cancelled before it started", file=sys.stderr)
         raise
 
 
+def _need_terminal(verb: str) -> None:
+    if not (os.isatty(0) and os.isatty(1)):
+        raise UsageError(
+            f"labq {verb} needs a terminal (stdin and stdout are not one): for a script, use labq submit"
+        )
+
+
 def cmd_shell(c: Client, args: argparse.Namespace) -> int:
+    _need_terminal("shell")
     try:
         shell = pwd.getpwuid(os.getuid()).pw_shell
     except KeyError:
@@ -71,12 +80,13 @@ def cmd_shell(c: Client, args: argparse.Namespace) -> int:
         shell = "/bin/bash"
     spec = _session_spec(c, args, "shell", [shell, "-l"])
     job_id = c.submit(spec)
-    say(f"labq: session {job_id} queued (Ctrl-] detaches; `exit` ends it)", file=sys.stderr)
+    say(f"labq: session {job_id} queued (Ctrl-C while it waits gives it up; once it runs, Ctrl-] detaches and `exit` ends it)", file=sys.stderr)
     _wait_started(c, job_id, "session")
     return attach(c, str(job_id), fresh=True)
 
 
 def cmd_attach(c: Client, args: argparse.Namespace) -> int:
+    _need_terminal("attach")
     return attach(c, args.job_id, fresh=False)
 
 
@@ -128,9 +138,7 @@ class _Terminal:
                     continue
                 data = os.read(0, 4096)
                 if not data:
-                    data = b"\x04"  # stdin ended (a pipe): end the shell's input too
-                    self.typer.tty(self.job_ref, data)
-                    return
+                    return  # the terminal went away: the session keeps running (attach again)
                 if DETACH in data:
                     data = data[: data.index(DETACH)]
                     if data:
@@ -183,30 +191,41 @@ class _Terminal:
                 import termios
 
                 termios.tcsetattr(0, termios.TCSADRAIN, saved)
+        sys.stderr.write("\r\n")  # the shell's last line may have no end
         if self.error:
-            say(f"\r\nlabq: {self.error}", file=sys.stderr)
+            say(f"labq: {self.error}", file=sys.stderr)
             return 1
         if self.detached:
-            say(f"\r\nlabq: detached from session {self.job_ref}; it keeps running (labq attach {self.job_ref})", file=sys.stderr)
+            say(f"labq: detached from session {self.job_ref}; it keeps running (labq attach {self.job_ref})", file=sys.stderr)
             return 0
         j = self.c.job(self.job_ref)
-        say(f"\r\nlabq: session {self.job_ref} ended {j['state']}", file=sys.stderr)
-        return 0 if j["state"] == "SUCCEEDED" else 1
+        say(f"labq: session {self.job_ref} ended {j['state']}", file=sys.stderr)
+        # As ssh does: the shell's own exit status (1 if it had none: killed, cancelled).
+        code = j.get("exit_code")
+        return int(code) if isinstance(code, int) and 0 <= code < 256 and j["state"] in ("SUCCEEDED", "FAILED") else 1
 
 
 URL = re.compile(r"https?://(?:127\.0\.0\.1|localhost)[^\s]*:(\d+)/lab\S*")
 
 
 def cmd_notebook(c: Client, args: argparse.Namespace) -> int:
-    """JupyterLab as a session: loopback on its node, a token only its owner sees (the
-    job's environment is private), and the SSH tunnel to reach it, printed."""
+    """JupyterLab as a session: loopback on its node, a token only its owner can read
+    (a file in their home, which the node reads as them), and the SSH tunnel, printed."""
     if shutil.which("jupyter-lab") is None:
         raise UsageError(
             "JupyterLab is not installed in this environment (labq runs `jupyter-lab` from your PATH "
             "on the node): pip install jupyterlab"
         )
+    # The token goes in a file of the user's (0600), not in the job's environment,
+    # which admins can read: an admin could otherwise use the notebook as its owner.
     token = secrets.token_urlsafe(24)
-    args.env = [*(args.env or []), f"JUPYTER_TOKEN={token}"]
+    token_dir = os.path.join(os.path.expanduser("~"), ".local", "share", "labq")
+    os.makedirs(token_dir, mode=0o700, exist_ok=True)
+    token_file = os.path.join(token_dir, f"notebook-{secrets.token_hex(6)}.token")
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    args.env = [*(args.env or []), f"JUPYTER_TOKEN_FILE={token_file}"]
     command = ["jupyter-lab", "--no-browser", "--ip=127.0.0.1", "--port=8888", "--port-retries=200"]
     if os.getuid() == 0:
         command.append("--allow-root")  # the job runs as its submitter: here, root
@@ -229,6 +248,8 @@ def cmd_notebook(c: Client, args: argparse.Namespace) -> int:
             say(f"  labq cancel {job_id} ends it; it counts toward your GPU use while it runs")
             return 0
         if chunk["done"]:
-            raise ClientError(f"notebook {job_id} ended before JupyterLab was up: labq logs {job_id}")
+            last = [line for line in (text + c.log(job_id, offset)["data"]).splitlines() if line.strip()]
+            said = f": {last[-1].strip()[:300]}" if last else ""
+            raise ClientError(f"notebook {job_id} ended before JupyterLab was up{said} (labq logs {job_id})")
         time.sleep(0.5)
     raise ClientError(f"JupyterLab did not say its address within {args.start_timeout:.0f}s: labq logs {job_id}")

@@ -76,6 +76,21 @@ def command_of(argv: list[str]) -> str | None:
     return None
 
 
+def _session_options(s: Any) -> None:
+    """What a session asks for: resources, time, where, env. It is one job of the live
+    tree (no array, chain, snapshot or notify), so those are not offered."""
+    s.add_argument("--gpus", type=int)
+    s.add_argument("--cpus", type=float)
+    s.add_argument("--memory", help="e.g. 16G")
+    s.add_argument("--time", help="time limit with its unit: 2h, 30m (default: the daemon's)")
+    s.add_argument("--workdir")
+    s.add_argument("--env", action="append", metavar="KEY=VALUE")
+    s.add_argument("--name")
+    s.add_argument("--priority", type=int, help="order among your own jobs (higher first)")
+    s.add_argument("--grace", help="seconds between SIGHUP/SIGTERM and SIGKILL")
+    s.set_defaults(after=None, after_any=None, array=None, sweep=None, max_running=None, notify=False, no_snapshot=True)
+
+
 def _job_options(s: Any) -> None:
     """What a job asks for: `submit`'s options, and `rerun`'s changes to a job."""
     s.add_argument("--gpus", type=int)
@@ -181,11 +196,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sh = sub.add_parser(
         "shell", help="an interactive shell on a node with GPUs, queued as a job: labq shell --gpus 1 --time 2h"
     )
-    _job_options(sh)
+    _session_options(sh)
     at = sub.add_parser("attach", help="back into a shell session you detached from (Ctrl-] detaches)")
     at.add_argument("job_id", type=job_ref)
     nb = sub.add_parser("notebook", help="JupyterLab on a node with GPUs, queued as a job; prints its URL and tunnel")
-    _job_options(nb)
+    _session_options(nb)
     nb.add_argument("--start-timeout", type=float, default=300.0, help="seconds to wait for JupyterLab's address")
 
     df = sub.add_parser("diff", help="a job's code against its commit, or two jobs' code: labq diff 41 [42]")

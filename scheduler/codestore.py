@@ -16,15 +16,15 @@ a lock makes a user's size check and write one step.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import io
 import json
 import os
 import re
-import tarfile
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from scheduler.units import format_size
 
 SHA = re.compile(r"[0-9a-f]{64}", re.ASCII)
 UNREFERENCED_KEEP_S = 3600.0  # an upload waits this long for the submit that uses it
+KEEP_ENDED_S = 30 * 86400.0  # an ended job's code is kept this long (for rerun and diff)
 
 
 class CodeStore:
@@ -52,13 +53,21 @@ class CodeStore:
         return self._dir(uid) / sha
 
     def usage(self, uid: int) -> int:
+        """Bytes a user's snapshots take, their meta files included (a meta compresses
+        far better than code: uncounted, it would be the way past the cap)."""
         try:
-            return sum(e.stat().st_size for e in os.scandir(self._dir(uid)) if SHA.fullmatch(e.name))
+            return sum(
+                e.stat().st_size for e in os.scandir(self._dir(uid))
+                if SHA.fullmatch(e.name.removesuffix(".json"))
+            )
         except OSError:
             return 0
 
-    def put(self, uid: int, data: bytes) -> dict[str, Any]:
-        """Check and keep a snapshot; its id and meta. The same bytes again: the same answer."""
+    def put(
+        self, uid: int, data: bytes, referenced: Callable[[], set[tuple[int, str]]] = set
+    ) -> dict[str, Any]:
+        """Check and keep a snapshot; its id and meta. The same bytes again: the same
+        answer. Past the user's cap, their snapshots no job needs (`referenced`) go first."""
         if len(data) > self.max_bytes:
             raise DaemonError(
                 f"the code snapshot is {format_size(len(data))}, over this daemon's cap of "
@@ -70,42 +79,61 @@ class CodeStore:
         with self._lock:
             path = self._path(uid, sha)
             if not path.exists():
+                meta_text = json.dumps(meta)
+                size = len(data) + len(meta_text)
                 used = self.usage(uid)
-                if used + len(data) > self.user_max_bytes:
+                if used + size > self.user_max_bytes:
+                    self._sweep_user(uid, referenced(), time.time(), keep_s=0)
+                    used = self.usage(uid)
+                if used + size > self.user_max_bytes:
                     raise DaemonError(
                         f"your stored code snapshots take {format_size(used)}; this one would pass the "
-                        f"{format_size(self.user_max_bytes)} each user may keep (snapshots of jobs you "
-                        "no longer have are removed after an hour; or use --no-snapshot)",
+                        f"{format_size(self.user_max_bytes)} each user may keep (the snapshots of your "
+                        f"waiting, running and recent jobs; or use --no-snapshot)",
                         413,
                     )
                 safefs.private_dir(self.root, 0o700)
                 safefs.private_dir(self._dir(uid), 0o700)
                 tmp = path.with_name(f".{sha}.{threading.get_ident()}")
                 tmp.write_bytes(data)
-                (path.with_name(sha + ".json")).write_text(json.dumps(meta))
+                (path.with_name(sha + ".json")).write_text(meta_text)
                 os.replace(tmp, path)
             else:
                 os.utime(path)  # just used: not swept as unreferenced
         return {"id": sha, "bytes": len(data), "summary": snapshot.summary(meta), **_public_meta(meta)}
 
     def _check(self, data: bytes) -> dict[str, Any]:
-        """The snapshot's meta, read without unpacking: gunzip bounded (a small bomb must
-        not take the head's memory), and a tar that holds labq's meta."""
+        """The snapshot's meta, read without unpacking and without tarfile (whose header
+        parsing has had quadratic regexes: a 1 KB upload must not stall the daemon).
+        Every gzip member is inflated, bounded (the node would unpack them all: a small
+        bomb must not take the head's memory, nor a node's disk), and the first tar
+        member must be labq's meta as a plain ustar header."""
         limit = 4 * self.max_bytes + (1 << 20)
+        head = b""
+        total = 0
+        rest = data
         try:
-            z = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            raw = z.decompress(data, limit)
-            if z.unconsumed_tail or len(raw) >= limit:
-                raise DaemonError("the code snapshot unpacks to far more than its cap", 413)
-            with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
-                member = tar.getmember(snapshot.META)
-                f = tar.extractfile(member)
-                meta = json.loads(f.read(1 << 20)) if f is not None else None
-        except (zlib.error, tarfile.TarError, KeyError, ValueError, EOFError):
+            while rest:
+                z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                chunk = rest
+                while chunk:
+                    out = z.decompress(chunk, 1 << 20)
+                    total += len(out)
+                    if total > limit:
+                        raise DaemonError("the code snapshot unpacks to far more than its cap", 413)
+                    if len(head) < 2 << 20:
+                        head += out[: (2 << 20) - len(head)]
+                    chunk = z.unconsumed_tail
+                total += len(z.flush())
+                if not z.eof:
+                    raise DaemonError("the upload is not a labq code snapshot (truncated)")
+                rest = z.unused_data
+        except zlib.error:
             raise DaemonError("the upload is not a labq code snapshot") from None
-        if not isinstance(meta, dict) or meta.get("kind") not in ("git", "files"):
+        meta = _first_member_json(head)
+        if meta is None:
             raise DaemonError("the upload is not a labq code snapshot")
-        return meta
+        return _checked_meta(meta)
 
     def get(self, uid: int, sha: str) -> bytes:
         try:
@@ -123,27 +151,86 @@ class CodeStore:
         return meta
 
     def sweep(self, referenced: set[tuple[int, str]], now: float | None = None) -> int:
-        """Remove snapshots no job uses that are older than an hour; how many."""
+        """Remove snapshots no job needs (`referenced`: those of jobs waiting, running or
+        ended lately) that are older than an hour; how many."""
         now = time.time() if now is None else now
-        removed = 0
         try:
-            users = [e for e in os.scandir(self.root) if e.name.isdigit()]
+            users = [int(e.name) for e in os.scandir(self.root) if e.name.isdigit()]
         except OSError:
             return 0
-        for u in users:
-            for e in os.scandir(u.path):
-                if not SHA.fullmatch(e.name) or (int(u.name), e.name) in referenced:
-                    continue
-                with self._lock:
-                    try:
-                        if now - e.stat().st_mtime < UNREFERENCED_KEEP_S:
-                            continue
-                        os.unlink(e.path)
-                        os.unlink(e.path + ".json")
-                        removed += 1
-                    except OSError:
-                        pass
+        removed = 0
+        for uid in users:
+            with self._lock:
+                removed += self._sweep_user(uid, referenced, now, UNREFERENCED_KEEP_S)
         return removed
+
+    def _sweep_user(self, uid: int, referenced: set[tuple[int, str]], now: float, keep_s: float) -> int:
+        removed = 0
+        try:
+            entries = list(os.scandir(self._dir(uid)))
+        except OSError:
+            return 0
+        for e in entries:
+            if not SHA.fullmatch(e.name) or (uid, e.name) in referenced:
+                continue
+            try:
+                if now - e.stat().st_mtime < keep_s:
+                    continue
+                os.unlink(e.path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(e.path + ".json")
+                removed += 1
+            except OSError:
+                pass
+        return removed
+
+
+def _first_member_json(tar: bytes) -> Any:
+    """The first member of a tar, by hand: a 512-byte ustar header (checksum checked)
+    naming labq's meta, then its JSON."""
+    if len(tar) < 512:
+        return None
+    header = tar[:512]
+    try:
+        want = int(header[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+        size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        return None
+    if sum(header[:148]) + 8 * 32 + sum(header[156:]) != want:
+        return None
+    if header[:100].split(b"\0", 1)[0] != snapshot.META.encode() or header[156:157] not in (b"0", b"\0"):
+        return None
+    if size > MAX_META or len(tar) < 512 + size:
+        return None
+    try:
+        return json.loads(tar[512 : 512 + size])
+    except ValueError:
+        return None
+
+
+MAX_META = 1 << 20
+
+
+def _checked_meta(meta: Any) -> dict[str, Any]:
+    """Only what snapshot.take writes, with the types it writes: a crafted meta is a
+    one-line refusal, never a 500 further on."""
+    def bad(what: str) -> DaemonError:
+        return DaemonError(f"the code snapshot's meta is not labq's: {what}")
+
+    if not isinstance(meta, dict) or meta.get("kind") not in ("git", "files"):
+        raise bad("kind")
+    for key in ("repo", "rel", "commit", "branch"):
+        if not isinstance(meta.get(key, ""), str) or len(meta.get(key, "")) > 4096:
+            raise bad(key)
+    if meta.get("commit") and not re.fullmatch(r"[0-9a-f]{7,64}", meta["commit"]):
+        raise bad("commit")
+    for key in ("changed", "deleted", "untracked"):
+        v = meta.get(key, [])
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise bad(key)
+    if not isinstance(meta.get("diff_bytes", 0), int) or meta.get("diff_bytes", 0) < 0:
+        raise bad("diff_bytes")
+    return meta
 
 
 def _public_meta(meta: dict[str, Any]) -> dict[str, Any]:

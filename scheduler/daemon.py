@@ -41,7 +41,7 @@ from scheduler import raycluster, safefs
 from scheduler.admin import Admin
 from scheduler.admission import Admission
 from scheduler.auth import Admins, Caller, user_name
-from scheduler.codestore import CodeStore
+from scheduler.codestore import KEEP_ENDED_S, CodeStore
 from scheduler.config import DaemonConfig
 from scheduler.control import JobControl
 from scheduler.doctor import Doctor
@@ -263,7 +263,7 @@ class Daemon:
         now = time.time()
         if now - self._code_swept > 3600:
             self._code_swept = now
-            self.codes.sweep(self.store.code_refs(), now)
+            self.codes.sweep(self.store.code_refs(now - KEEP_ENDED_S), now)
         # `labq down --drain`: stop once nothing runs any more.
         if self.admission.closed and not self.store.jobs(states=ACTIVE, with_spec=False):
             self.stop_event.set()

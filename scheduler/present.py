@@ -249,7 +249,10 @@ def job_lines(j: Mapping[str, Any], now: float, events: int | None = None) -> li
     else:
         field("workdir", clean(spec.get("workdir") or "~"))
         code = spec.get("code")
-        if isinstance(code, Mapping):
+        if j.get("kind") in ("shell", "notebook"):
+            how = f"labq attach {ref(j)}" if j["kind"] == "shell" else "its URL: labq logs " + ref(j)
+            field("session", f"{j['kind']} ({how}); runs the live tree")
+        elif isinstance(code, Mapping):
             field("code", f"{clean(code.get('summary') or code.get('id', '')[:12])}   (labq diff {ref(j)})")
         elif spec.get("command"):
             field("code", "the workdir as it is when the job starts (no snapshot)")

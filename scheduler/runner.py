@@ -18,7 +18,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import termios
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from typing import Any
 
 import psutil
 
-from scheduler import safefs, snapshot
+from scheduler import safefs, unpack
 
 CHUNK = 1 << 20  # log bytes carried per report
 HEARTBEAT_S = 0.25  # how often a running job asks whether it should stop
@@ -36,7 +35,8 @@ HEARTBEAT_S = 0.25  # how often a running job asks whether it should stop
 # tty_in() -> what was typed into a session since the last call: [{"input": bytes,
 # "winsize": [rows, cols] or None, "notice": a line labq shows on its screen}].
 TtyIn = Callable[[], list[dict[str, Any]]]
-TTY_HEARTBEAT_S = 0.05  # a session's keystrokes wait at most this long on the node
+TTY_HEARTBEAT_S = 0.025  # a session's keystrokes wait at most this long on the node
+TTY_ECHO_S = 0.005  # and what it prints, at most this long (batched a little)
 
 # report(info, offset, data, result) -> stop request or None.
 # report(info, offset, data, result, err): `err` lists the stderr parts of `data` as
@@ -137,6 +137,9 @@ def _child_setup(
     user cannot reach stays unreachable. No Python locks here (the parent has threads):
     plain system calls only, and the account was looked up before the fork."""
     try:
+        # The Ray worker we were forked from blocks some signals (SIGINT): a blocked
+        # mask survives exec, and a job (a session's ^C above all) must get them all.
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
         if ctty:
             # The pty on stdin becomes the session's controlling terminal (Popen made
             # the session), so a shell has job control and ^C reaches its foreground.
@@ -337,70 +340,24 @@ class _Tree:
                 time.sleep(0.02)
 
 
-def _everyone_can_run(path: str) -> bool:
-    try:
-        if not os.stat(path).st_mode & 0o001:
-            return False
-        parent = os.path.dirname(path)
-        while parent and parent != "/":
-            if not os.stat(parent).st_mode & 0o001:
-                return False
-            parent = os.path.dirname(parent)
-    except OSError:
-        return False
-    return True
-
-
-def _plain_python() -> str:
-    """A python the job's owner can run: ours may live in root's private home."""
-    if os.geteuid() != 0:
-        return sys.executable
-    for candidate in (os.path.realpath(sys.executable), "/usr/bin/python3", "/usr/local/bin/python3"):
-        if _everyone_can_run(candidate):
-            return candidate
-    raise Refused("no python every user may run on this node (/usr/bin/python3), needed to unpack code")
-
-
-_MATERIALIZE_SRC = Path(snapshot.__file__).read_text() + "\n_materialize_main()\n"
-
-
-def _materialize(launch: Launch, acct: _Account | None, host: str, env: dict[str, str], cwd: str) -> str:
-    """Unpack the job's code into a fresh directory *as its owner* (their repository,
-    their cache): snapshot.py, handed to a plain python as its source. The directory."""
-    key = f"{launch.namespace}-{launch.job_id}.{launch.attempt}"
-    # The account's own home (the job's HOME may be the submitter's shell's).
+def _unpack(
+    launch: Launch, acct: _Account | None, host: str, env: dict[str, str], cwd: str, cgroup_procs: str, report: Report
+) -> str:
+    """The job's code, unpacked as its owner in the job's own tree (unpack.py)."""
     home = acct.home if acct is not None else env.get("HOME") or os.path.expanduser("~")
+    user = acct.name if acct is not None else env.get("USER", "")
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
-    try:
-        proc = subprocess.Popen(
-            [_plain_python(), "-I", "-c", _MATERIALIZE_SRC, key, launch.workdir, home],
-            env={**env, "HOME": home},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=lambda: _child_setup(acct, 0o077, cwd, "", status_w, host),
-        )
-    except OSError as e:
-        os.close(status_r)
-        raise Refused(f"cannot start python: {e.strerror or e}") from None
-    finally:
-        os.close(status_w)
-    try:
-        out, err = proc.communicate(launch.code, timeout=600)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise Refused("unpacking took over 10 minutes") from None
-    finally:
-        with os.fdopen(status_r, "rb") as f:
-            setup = f.read().decode(errors="replace")
-    if setup:
-        raise Refused(setup.split("\0", 1)[0])
-    if proc.returncode != 0 or not out:
-        lines = err.decode(errors="replace").strip().splitlines()
-        raise Refused(lines[-1] if lines else f"exit status {proc.returncode}")
-    return out.decode(errors="surrogateescape")
+    return unpack.unpack(
+        launch.code,
+        f"{launch.namespace}-{launch.job_id}.{launch.attempt}",
+        launch.workdir,
+        home,
+        user,
+        lambda: _child_setup(acct, 0o077, cwd, cgroup_procs, status_w, host),
+        status_r,
+        status_w,
+        lambda: report(None, 0, b"", None, []),
+    )
 
 
 def run(launch: Launch, gpu_ids: list[str], node: str, report: Report, tty_in: TtyIn | None = None) -> dict[str, Any]:
@@ -460,22 +417,31 @@ def _run(
     else:
         home = env.get("HOME") or os.path.expanduser("~")
     cwd = launch.workdir or home
+    env["LABQ_SUBMIT_DIR"] = cwd  # where it was submitted from, frozen code or not
     if launch.code_error:
         return _refuse(report, launch.code_error)
+
+    tree = _Tree(f"{launch.namespace}-{launch.job_id}.{launch.attempt}", launch.cgroup)
+    cgroup_procs = os.path.join(tree.cgroup, "cgroup.procs") if tree.cgroup else ""
     if launch.code:
         try:
-            run_in = _materialize(launch, acct, host, env, cwd)
-        except Refused as e:
+            run_in = _unpack(launch, acct, host, env, cwd, cgroup_procs, report)
+        except unpack.Stopped as stopped:
+            tree.kill_all()
+            tree.close()
+            result = _result(str(stopped.request["outcome"]), None, None, str(stopped.request.get("reason", "")))
+            report(None, 0, b"labq: stopped while its code was being unpacked\n", result, [])
+            return result
+        except unpack.UnpackFailed as e:
+            tree.kill_all()
+            tree.close()
             return _refuse(report, f"cannot unpack its code snapshot on {host}", 126, f"cannot unpack the code snapshot on {host}: {e}")
+        tree.kill_all()  # nothing the unpacking started outlives it
         # The job runs the submitted code; data and outputs stay in the workdir.
-        env["LABQ_SUBMIT_DIR"] = cwd
         env["LABQ_CODE_DIR"] = run_in
         if launch.code_commit:
             env["LABQ_CODE_COMMIT"] = launch.code_commit
         cwd = run_in
-
-    tree = _Tree(f"{launch.namespace}-{launch.job_id}.{launch.attempt}", launch.cgroup)
-    cgroup_procs = os.path.join(tree.cgroup, "cgroup.procs") if tree.cgroup else ""
     # Pipes, not files: the job's output streams through us, so it is bounded here
     # and a job that writes faster than we forward it waits, as on a terminal. Two:
     # stdout and stderr, read in the order they come into one log, with the stderr
@@ -484,6 +450,11 @@ def _run(
     if launch.tty:
         rfd, wfd = os.openpty()
         _set_winsize(rfd, 24, 80)
+        if acct is not None:
+            # The owner's terminal, as login gives one (tty(1), screen and password
+            # prompts open it by name): theirs, nobody else's.
+            os.fchown(wfd, acct.uid, -1)
+            os.fchmod(wfd, 0o620)
         efd, ewfd = -1, -1
         env.setdefault("TERM", "xterm-256color")
     else:
@@ -527,6 +498,14 @@ def _run(
     stop = report(info, 0, b"", None, [])
     last_report = time.monotonic()
 
+    def ask_to_stop(why: str, grace: float) -> None:
+        if launch.tty:
+            # A session: say so on its screen, and hang up (an interactive shell ignores
+            # SIGTERM; a closing terminal is what it understands).
+            out.buf += f"\r\nlabq: this session is stopping ({why}); it is killed in {grace:g}s\r\n".encode(errors="replace")
+            tree.signal(signal.SIGHUP)
+        tree.signal(signal.SIGTERM)
+
     while True:
         now = time.time()
         if stop is not None:
@@ -535,7 +514,7 @@ def _run(
                 outcome, reason = str(stop["outcome"]), str(stop.get("reason", ""))
                 kill_at = now + grace
                 _write_deadline(dfd, kill_at)
-                tree.signal(signal.SIGTERM)
+                ask_to_stop(reason or outcome, grace)
             elif kill_at is not None and now + grace < kill_at:
                 # A second, shorter request (`labq cancel --now`) brings the kill forward.
                 kill_at = now + grace
@@ -544,7 +523,7 @@ def _run(
             outcome, reason = "timeout", f"time limit of {launch.time_limit:g}s reached"
             kill_at = now + launch.grace
             _write_deadline(dfd, kill_at)
-            tree.signal(signal.SIGTERM)
+            ask_to_stop(reason, launch.grace)
         if kill_at is not None and now >= kill_at:
             tree.kill_all()
         wait_s = max(0.0, heartbeat_s - (time.monotonic() - last_report))
@@ -552,10 +531,14 @@ def _run(
             wait_s = min(wait_s, max(0.01, kill_at - now))
         if deadline is not None and outcome is None:
             wait_s = min(wait_s, max(0.01, deadline - now))
+        if launch.tty and out.pending():
+            wait_s = min(wait_s, TTY_ECHO_S)
         out.pump(wait_s)
         if proc.poll() is not None:
             break
-        if time.monotonic() - last_report >= heartbeat_s or out.pending() >= CHUNK:
+        # A session's screen goes out as soon as it changes (an echo is waited for).
+        due = time.monotonic() - last_report >= (TTY_ECHO_S if launch.tty and out.pending() else heartbeat_s)
+        if due or out.pending() >= CHUNK:
             offset, data, err = out.take()
             stop = report(None, offset, data, None, err) or stop
             last_report = time.monotonic()

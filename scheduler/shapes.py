@@ -148,6 +148,7 @@ class JobSummary(TypedDict, total=False):
     exit_code: int | None
     signal: int | None
     requeued: bool
+    kind: str  # "batch", or an interactive session: "shell", "notebook"
     pid: int | None  # the owner and admins only
     reasons: list[str]  # the sentences of `why`, or the stop/end reason
     why: list[ReasonView]  # a pending job's reasons, structured

@@ -110,12 +110,17 @@ class _Blob:
         self.size += len(data)
 
     def add_file(self, name: str, path: str) -> None:
-        st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode):
-            self.add(name, os.readlink(path).encode(errors="surrogateescape"), 0o777, link=True)
-        elif stat.S_ISREG(st.st_mode):
-            with open(path, "rb") as f:
-                self.add(name, f.read(), 0o755 if st.st_mode & 0o100 else 0o644)
+        try:
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                self.add(name, os.readlink(path).encode(errors="surrogateescape"), 0o777, link=True)
+            elif stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as f:
+                    self.add(name, f.read(), 0o755 if st.st_mode & 0o100 else 0o644)
+        except OSError as e:
+            raise SnapshotError(
+                f"cannot read {path} to freeze it: {e.strerror or e} (fix its permissions, ignore it, or use --no-snapshot)"
+            ) from None
 
     def check_cap(self, what: str) -> None:
         if self.size <= self.cap:
@@ -133,7 +138,8 @@ class _Blob:
     def pack(self) -> bytes:
         raw = io.BytesIO()
         with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for name in sorted(self.entries):
+            # The meta first, as a plain header: the daemon reads only it, by hand.
+            for name in sorted(self.entries, key=lambda n: (n != META, n)):
                 data, mode, link = self.entries[name]
                 info = tarfile.TarInfo(name)
                 info.mode = mode
@@ -188,7 +194,11 @@ def _take_git(top: str, workdir: str, blob: _Blob) -> dict[str, Any]:
         diff = _git(top, "diff", "HEAD", "--binary", "--no-color", "--no-ext-diff", "--ignore-submodules")
     else:
         changed = _z(_git(top, "ls-files", "-z", "--cached"))
-    untracked = _z(_git(top, "ls-files", "-z", "--others", "--exclude-standard"))
+    # Bytecode is no code of yours even where .gitignore forgot it.
+    untracked = [
+        p for p in _z(_git(top, "ls-files", "-z", "--others", "--exclude-standard"))
+        if "__pycache__/" not in p and not p.endswith((".pyc", ".pyo"))
+    ]
     for path in changed + untracked:
         full = os.path.join(top, path)
         if os.path.lexists(full):
@@ -261,29 +271,52 @@ def _take_files(workdir: str, blob: _Blob) -> dict[str, Any]:
 
 
 def summary(meta: dict[str, Any]) -> str:
-    """`3f2a91c (main, dirty: 2 files, 4.1 KB diff)` or `12 files from /home/ana/exp`."""
+    """`3f2a91c (main, dirty: 2 files, 4.1 KiB diff)` or `12 source files (not in git)`."""
     if meta.get("kind") == "git":
         if not meta.get("commit"):
-            return f"{len(meta.get('untracked', []))} files (a repository with no commit yet)"
-        parts = [meta["branch"]] if meta.get("branch") else ["detached"]
-        dirty = len(meta.get("changed", [])) + len(meta.get("deleted", [])) + len(meta.get("untracked", []))
+            return f"{len(_strs(meta.get('untracked')))} files (a repository with no commit yet)"
+        branch = str(meta.get("branch") or "")
+        parts = [branch if len(branch) <= 80 else branch[:77] + "..."] if branch else ["detached"]
+        dirty = len(_strs(meta.get("changed"))) + len(_strs(meta.get("deleted"))) + len(_strs(meta.get("untracked")))
         if dirty:
-            parts.append(f"dirty: {dirty} file{'s' if dirty != 1 else ''}, {human(meta.get('diff_bytes', 0))} diff")
+            diff = meta.get("diff_bytes", 0)
+            new = len(_strs(meta.get("untracked")))
+            what = f"dirty: {dirty} file{'s' if dirty != 1 else ''}"
+            what += f" ({new} new)" if new and new < dirty else " (new)" if new else ""
+            parts.append(what + (f", {human(diff)} diff" if diff else ""))
         else:
             parts.append("clean")
-        return f"{meta['commit'][:7]} ({', '.join(parts)})"
-    n = len(meta.get("untracked", []))
+        return f"{str(meta['commit'])[:7]} ({', '.join(parts)})"
+    n = len(_strs(meta.get("untracked")))
     return f"{n} source file{'s' if n != 1 else ''} (not in git)"
 
 
 # -- reading a blob (the materializer and `labq diff`) -------------------------------------------
 def read(data: bytes) -> tuple[dict[str, Any], dict[str, tarfile.TarInfo], tarfile.TarFile]:
+    """(meta, the frozen members it lists, the open tar). The meta is the first member
+    (what the daemon read), and only the files it lists count: a blob cannot run other
+    code than its meta (and so `labq show`) says."""
     tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:gz")  # noqa: SIM115 - the caller closes it
-    members = {m.name: m for m in tar.getmembers()}
-    if META not in members:
+    first = tar.next()
+    if first is None or first.name != META or not first.isfile():
         raise SnapshotError("not a labq code snapshot")
-    meta = json.loads(tar.extractfile(members[META]).read())  # type: ignore[union-attr]
+    f = tar.extractfile(first)
+    try:
+        meta = json.loads(f.read(1 << 20)) if f is not None else None
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise SnapshotError("not a labq code snapshot")
+    listed = {FILES + p for p in (*_strs(meta.get("changed")), *_strs(meta.get("untracked")))}
+    members: dict[str, tarfile.TarInfo] = {}
+    for m in tar:
+        if m.name in listed or m.name == DIFF:
+            members.setdefault(m.name, m)  # the first of a name, as the daemon would
     return meta, members, tar
+
+
+def _strs(v: Any) -> list[str]:
+    return [x for x in v if isinstance(x, str)] if isinstance(v, list) else []
 
 
 def _extract(tar: tarfile.TarFile, m: tarfile.TarInfo, name: str, dest: str) -> None:
@@ -294,12 +327,21 @@ def _extract(tar: tarfile.TarFile, m: tarfile.TarInfo, name: str, dest: str) -> 
         raise SnapshotError(f"refusing a snapshot entry named {name!r}")
     target = os.path.join(dest, *[p for p in parts if p not in ("", ".")])
     parent = os.path.dirname(target)
+    real = os.path.realpath(dest)
+
+    def inside(path: str) -> bool:
+        r = os.path.realpath(path)
+        return r == real or r.startswith(real + os.sep)
+
+    # Checked before anything is made: a directory entry under a link to /etc would
+    # otherwise be made there (as whoever unpacks it: an admin's `labq diff`).
+    if not inside(parent) or (m.isdir() and not inside(target)):
+        raise SnapshotError(f"refusing a snapshot entry that leaves its directory: {name!r}")
     if m.isdir():
         os.makedirs(target, mode=0o755, exist_ok=True)
         return
     os.makedirs(parent, mode=0o755, exist_ok=True)
-    real = os.path.realpath(dest)
-    if os.path.realpath(parent) != real and not os.path.realpath(parent).startswith(real + os.sep):
+    if not inside(parent):
         raise SnapshotError(f"refusing a snapshot entry that leaves its directory: {name!r}")
     if os.path.lexists(target) and not os.path.isdir(target):
         os.unlink(target)  # a changed file replaces the commit's
@@ -339,7 +381,7 @@ def materialize(data: bytes, dest: str, with_commit: bool = True) -> tuple[str, 
         with tarfile.open(fileobj=io.BytesIO(archive.stdout), mode="r:") as commit_tar:
             for m in commit_tar.getmembers():
                 _extract(commit_tar, m, m.name, dest)
-        for path in meta.get("deleted", []):
+        for path in _strs(meta.get("deleted")):
             target = os.path.join(dest, path)
             if os.path.realpath(target).startswith(os.path.realpath(dest) + os.sep) and os.path.lexists(target):
                 os.unlink(target)
@@ -352,9 +394,11 @@ def materialize(data: bytes, dest: str, with_commit: bool = True) -> tuple[str, 
     return run_in, meta
 
 
-def link_outside(run_in: str, submit_dir: str) -> None:
+def link_outside(run_in: str, submit_dir: str, depth: int = 0) -> None:
     """Data and outputs stay where they were: each entry of the submit directory the
-    snapshot does not hold (data/, checkpoints/, .venv) is a link to the original."""
+    snapshot does not hold (data/, checkpoints/, .venv, exp/data/) is a link to the
+    original. Only directories the copy has are descended into, so it costs what the
+    code's own tree costs, not what the data's does."""
     try:
         names = os.listdir(submit_dir)
     except OSError:
@@ -362,12 +406,14 @@ def link_outside(run_in: str, submit_dir: str) -> None:
     for name in names:
         if name == ".git":
             continue  # the job's `git rev-parse HEAD` must not see the live tree's HEAD
-        here = os.path.join(run_in, name)
+        here, there = os.path.join(run_in, name), os.path.join(submit_dir, name)
         if not os.path.lexists(here):
             try:
-                os.symlink(os.path.join(submit_dir, name), here)
+                os.symlink(there, here)
             except OSError:
                 pass
+        elif depth < 32 and os.path.isdir(here) and not os.path.islink(here) and os.path.isdir(there):
+            link_outside(here, there, depth + 1)
 
 
 def _prune(parent: str) -> None:

@@ -174,10 +174,12 @@ class AccountTables(Tables):
         )
         return [dict(r) for r in rows]
 
-    def code_refs(self) -> set[tuple[int, str]]:
-        """(uid, snapshot id) of every job's code: what the code store must keep."""
+    def code_refs(self, ended_after: float) -> set[tuple[int, str]]:
+        """(uid, snapshot id) of the code of every job not ended, or ended after
+        `ended_after`: what the code store keeps (an old job's rerun needs --live)."""
         rows = self._reader().execute(
             "SELECT DISTINCT uid, json_extract(spec, '$.code.id') FROM jobs "
-            "WHERE json_extract(spec, '$.code.id') IS NOT NULL"
+            "WHERE json_extract(spec, '$.code.id') IS NOT NULL AND (end_time IS NULL OR end_time > ?)",
+            (ended_after,),
         )
         return {(int(uid), str(sha)) for uid, sha in rows}

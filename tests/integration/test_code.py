@@ -102,14 +102,20 @@ def test_outside_git_the_source_files_are_frozen(labq4: Labq) -> None:
     (work / "run.py").write_text("print(open('cfg.yaml').read().strip())\n")
     (work / "cfg.yaml").write_text("lr: 1\n")
     (work / "weights.bin").write_bytes(b"\0" * 1000)  # not code: not frozen, reached through a link
+    (work / "exp").mkdir()
+    (work / "exp" / "model.py").write_text("")
+    (work / "exp" / "train.bin").write_bytes(b"\0" * 7)  # data beside code, one level down
     gate, go = _gate(labq4, "plain")
-    out = labq4.run("submit", "--json", "--after", str(gate), "--", "sh", "-c", "python3 run.py; wc -c < weights.bin", cwd=str(work))
+    out = labq4.run(
+        "submit", "--json", "--after", str(gate), "--", "sh", "-c", "python3 run.py; wc -c < weights.bin; wc -c < exp/train.bin",
+        cwd=str(work),
+    )
     job = json.loads(out.stdout)["id"]
     (work / "cfg.yaml").write_text("lr: 2\n")
     go.touch()
     assert labq4.run("wait", str(job), timeout=120).returncode == 0, _log(labq4, job)
-    assert _log(labq4, job).split() == ["lr:", "1", "1000"]
-    assert "2 source files (not in git)" in labq4.run("show", str(job)).stdout
+    assert _log(labq4, job).split() == ["lr:", "1", "1000", "7"]
+    assert "3 source files (not in git)" in labq4.run("show", str(job)).stdout
 
 
 def test_code_over_the_cap_is_refused_naming_the_cap_and_nothing_is_queued(labq4: Labq) -> None:
@@ -164,14 +170,22 @@ def test_another_user_gets_nothing_of_someone_elses_code(labq4: Labq) -> None:
 
     # bob's own code runs as bob, unpacked in bob's own cache.
     home = Path(pwd.getpwuid(bob).pw_dir)
-    work = home / "exp"
-    work.mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=home))  # fresh: bob's home may outlive a run
     (work / "main.py").write_text("import os; print(os.getuid(), os.getcwd())\n")
+    os.chmod(work, 0o755)
     os.chown(work, bob, bob)
     os.chown(work / "main.py", bob, bob)
     out = labq4.run("submit", "--json", "--", "python3", "main.py", user=bob, cwd=str(work))
     bjob = json.loads(out.stdout)["id"]
     assert labq4.run("wait", str(bjob), user=bob, cwd="/tmp", timeout=120).returncode == 0
+    # An admin reading bob's code sees escape sequences shown, not obeyed, and two of
+    # bob's jobs are compared in memory (nothing of his unpacked or run as root).
+    (work / "evil.py").write_text("print('\x1b]52;c;cHduZWQ=\x07\x1b[2J')\n")
+    os.chown(work / "evil.py", bob, bob)
+    out2 = labq4.run("submit", "--json", "--", "true", user=bob, cwd=str(work))
+    bjob2 = json.loads(out2.stdout)["id"]
+    seen = labq4.run("diff", str(bjob), str(bjob2)).stdout
+    assert "\x1b" not in seen and "evil.py" in seen and "only the frozen files are compared" in seen, seen
     uid, cwd = labq4.run("logs", str(bjob), user=bob, cwd="/tmp").stdout.split()
     assert int(uid) == bob and cwd.startswith(str(home / ".cache" / "labq" / "code")), cwd
     st = os.stat(cwd)

@@ -149,6 +149,14 @@ def test_job_runs_in_submit_directory_by_default(labq4: Labq, tmp_path) -> None:
     assert labq4.log(plain).strip() == str(tmp_path)
 
 
+def test_a_job_starts_with_no_signal_blocked(labq4: Labq) -> None:
+    """The Ray worker that forks the job blocks SIGINT; a blocked mask survives exec,
+    and a job (or a session's ^C) must get every signal."""
+    job_id = labq4.submit("--no-snapshot", "--", "grep", "SigBlk", "/proc/self/status")
+    labq4.wait(job_id, DONE)
+    assert labq4.log(job_id).split() == ["SigBlk:", "0000000000000000"]
+
+
 def test_follow_logs_until_the_job_ends(labq4: Labq) -> None:
     job_id = labq4.submit("--", "sh", "-c", "for i in 1 2 3 4 5; do echo line $i; sleep 0.4; done")
     out = labq4.run("logs", "-f", str(job_id), timeout=60)

@@ -5,6 +5,7 @@ and `labq notebook` where JupyterLab is installed."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import select
@@ -109,12 +110,41 @@ def test_a_shell_session_runs_as_the_user_on_its_gpus_and_exit_ends_it(labq4: La
                 c.tty(job_id, b"id\n")
         finally:
             c.close()
+        # ^C reaches the foreground command (the Ray worker's blocked SIGINT is not inherited).
+        term.type("sleep 100\n")
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        term.type(b"\x03")
+        term.type("echo after-$((6*7))\n")
+        term.expect("after-42", timeout=10)
+        assert time.monotonic() - t0 < 5
         term.type("exit 0\n")
         assert term.wait() == 0
         term.expect(rf"session {job_id} ended SUCCEEDED")
         assert labq4.job(job_id)["state"] == "SUCCEEDED"
     finally:
         term.close()
+
+
+def test_cancelling_a_session_hangs_it_up_at_once_saying_so(labq4: Labq) -> None:
+    """An interactive shell ignores SIGTERM: a session is hung up (SIGHUP) and told why,
+    not left to its grace period (60 s here)."""
+    bob = unix_user("labqtest-bob")
+    term = Pty(labq4, bob, "shell", "--grace", "60")
+    try:
+        job_id = int(term.expect(r"session (\d+) queued").group(1))
+        term.expect(r"[$#] $")
+        t0 = time.monotonic()
+        labq4.run("cancel", str(job_id))
+        term.expect(r"this session is stopping \(cancelled by root\); it is killed in 60s")
+        assert term.wait() == 1
+        assert labq4.job(job_id)["state"] == "CANCELLED" and time.monotonic() - t0 < 20
+    finally:
+        term.close()
+    r = labq4.run("shell", check=False, user=bob, cwd="/tmp")  # no terminal: nothing queued
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "labq: labq shell needs a terminal (stdin and stdout are not one): for a script, use labq submit"
+    ], r.stderr
 
 
 def test_detach_and_attach_again(labq4: Labq) -> None:
@@ -132,8 +162,13 @@ def test_detach_and_attach_again(labq4: Labq) -> None:
         assert labq4.job(job_id)["state"] == "RUNNING"
         # Someone else cannot attach to it (nor see its screen).
         alice = unix_user("labqtest-alice")
-        r = labq4.run("attach", str(job_id), user=alice, check=False, cwd="/tmp")
-        assert r.returncode == 1 and "belongs to labqtest-bob" in r.stderr, r
+        other = Pty(labq4, alice, "attach", str(job_id))
+        try:
+            other.expect(f"labq: job {job_id}'s log belongs to labqtest-bob")
+            assert other.wait() == 1
+            assert b"ready-42" not in other.seen
+        finally:
+            other.close()
         again = Pty(labq4, bob, "attach", str(job_id))
         again.expect("ready-42")  # the screen's recent past comes back
         again.type("echo still-$X\n")
@@ -155,7 +190,7 @@ def test_detach_and_attach_again(labq4: Labq) -> None:
             finally:
                 remote.close()
         again.type("exit 3\n")
-        assert again.wait() == 1
+        assert again.wait() == 3  # as ssh: the shell's own status
         again.expect(rf"session {job_id} ended FAILED")
     finally:
         term.close()
@@ -181,9 +216,8 @@ def test_a_session_that_waits_says_why_and_ctrl_c_gives_it_up(labq4: Labq) -> No
 
 @pytest.mark.skipif(shutil.which("jupyter-lab") is None, reason="JupyterLab is not installed in this environment")
 def test_a_notebook_prints_its_url_and_the_url_answers(labq4: Labq) -> None:
-    import urllib.request
-
     import pwd
+    import urllib.request
 
     bob = unix_user("labqtest-bob")
     home = pwd.getpwuid(bob).pw_dir
@@ -194,6 +228,9 @@ def test_a_notebook_prints_its_url_and_the_url_answers(labq4: Labq) -> None:
     try:
         with urllib.request.urlopen(url.group(1), timeout=30) as r:
             assert r.status == 200
+        # The token is nowhere an admin reads: not in the job's spec, not in its log.
+        token = url.group(1).split("token=")[1]
+        assert token not in json.dumps(labq4.job(job_id)) and token not in labq4.run("logs", str(job_id)).stdout
     finally:
         labq4.run("cancel", str(job_id), check=False)
 

@@ -52,7 +52,7 @@ def test_git_snapshot_holds_the_dirty_state_and_unpacks_to_it(repo: Path, tmp_pa
     blob, meta = snapshot.take(str(repo / "pkg"), 1 << 20)
     assert meta["kind"] == "git" and meta["rel"] == "pkg" and meta["commit"] == git(repo, "rev-parse", "HEAD")
     assert meta["changed"] == ["pkg/train.py"] and meta["deleted"] == ["old.txt"] and meta["untracked"] == ["pkg/new.py"]
-    assert snapshot.summary(meta).endswith("dirty: 3 files, " + snapshot.human(meta["diff_bytes"]) + " diff)")
+    assert snapshot.summary(meta).endswith("dirty: 3 files (1 new), " + snapshot.human(meta["diff_bytes"]) + " diff)")
     # The same code, the same bytes: what lets the head store a sweep's code once.
     assert snapshot.take(str(repo / "pkg"), 1 << 20)[0] == blob
     (repo / "pkg" / "train.py").write_text("v3\n")
@@ -89,10 +89,11 @@ def test_outside_git_only_source_files_are_frozen(tmp_path: Path) -> None:
         snapshot.take("/tmp", 1 << 20)
 
 
-def _crafted(name: str, data: bytes = b"x", kind: str = "files", link: str = "") -> bytes:
+def _crafted(name: str, data: bytes = b"x", kind: str = "files", link: str = "", listed: bool = True, is_dir: bool = False) -> bytes:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
-        meta = json.dumps({"kind": kind, "rel": "", "repo": "/nonexistent"}).encode()
+        untracked = ([name.removeprefix("files/")] if listed else []) + (["escape"] if link else [])
+        meta = json.dumps({"kind": kind, "rel": "", "repo": "/nonexistent", "untracked": untracked}).encode()
         info = tarfile.TarInfo(snapshot.META)
         info.size = len(meta)
         tar.addfile(info, io.BytesIO(meta))
@@ -102,19 +103,34 @@ def _crafted(name: str, data: bytes = b"x", kind: str = "files", link: str = "")
             li.linkname = link
             tar.addfile(li)
         info = tarfile.TarInfo(name)
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+        if is_dir:
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        else:
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
     return gzip.compress(raw.getvalue())
 
 
 @pytest.mark.parametrize(
-    ("name", "link"),
-    [("files/../evil", ""), ("files//etc/evil", ""), ("files/escape/evil", "/tmp")],
+    ("name", "link", "is_dir"),
+    [
+        ("files/../evil", "", False),
+        ("files//etc/evil", "", False),
+        ("files/escape/evil", str(Path("/tmp")), False),
+        ("files/escape/evil", str(Path("/tmp")), True),  # a directory made through a link
+    ],
 )
-def test_a_crafted_snapshot_writes_nowhere_but_its_directory(tmp_path: Path, name: str, link: str) -> None:
+def test_a_crafted_snapshot_writes_nowhere_but_its_directory(tmp_path: Path, name: str, link: str, is_dir: bool) -> None:
     with pytest.raises(snapshot.SnapshotError, match="refusing a snapshot entry"):
-        snapshot.materialize(_crafted(name, link=link), str(tmp_path / "out"))
+        snapshot.materialize(_crafted(name, link=link, is_dir=is_dir), str(tmp_path / "out"))
     assert not (tmp_path / "evil").exists() and not Path("/tmp/evil").exists()
+
+
+def test_only_the_files_its_meta_lists_are_unpacked(tmp_path: Path) -> None:
+    """What `labq show` says (from the meta, as the daemon read it) is what runs."""
+    run_in, _ = snapshot.materialize(_crafted("files/hidden.py", listed=False), str(tmp_path / "out"))
+    assert os.listdir(run_in) == []
 
 
 def test_the_code_store_keeps_one_copy_per_user_and_checks_what_it_keeps(tmp_path: Path) -> None:
@@ -130,19 +146,46 @@ def test_the_code_store_keeps_one_copy_per_user_and_checks_what_it_keeps(tmp_pat
         store.meta(1002, first["id"])  # someone else's id is no handle on it
     with pytest.raises(DaemonError, match="not a labq code snapshot"):
         store.put(1001, b"hello")
+    # Two gzip members: the second counts toward the bound too (the node unpacks both).
+    with pytest.raises(DaemonError, match="far more than its cap"):
+        store.put(1001, blob + gzip.compress(b"\0" * (6 << 20)))
+    with pytest.raises(DaemonError, match="meta is not labq's: commit"):
+        store.put(1001, _crafted_meta({"kind": "git", "commit": "$(reboot)"}))
+    with pytest.raises(DaemonError, match="meta is not labq's: untracked"):
+        store.put(1001, _crafted_meta({"kind": "files", "untracked": [1, 2]}))
     bomb = gzip.compress(b"\0" * (8 << 20))  # small packed, huge unpacked
     assert len(bomb) < (1 << 20)
     with pytest.raises(DaemonError, match="far more than its cap"):
         store.put(1001, bomb)
     (work / "b.py").write_text("b = 2\n" * 400)
+    ids: set[tuple[int, str]] = {(1001, first["id"])}
+
+    def all_needed() -> set[tuple[int, str]]:
+        return set(ids)
+
+    # Past the cap, snapshots no job needs make room; if every one is needed: refused.
+    for i in range(20):
+        (work / "c.py").write_text(f"c = {i}\n" * 300)
+        ids.add((1001, store.put(1001, snapshot.take(str(work), 1 << 20)[0], lambda: {(1001, first["id"])})["id"]))
+    assert store.usage(1001) <= 3000 and store.get(1001, first["id"]) == blob
     with pytest.raises(DaemonError, match="each user may keep"):
-        for i in range(20):
+        for i in range(20, 40):
             (work / "c.py").write_text(f"c = {i}\n" * 300)
-            store.put(1001, snapshot.take(str(work), 1 << 20)[0])
+            store.put(1001, snapshot.take(str(work), 1 << 20)[0], all_needed)
     # Unreferenced and old: swept; referenced: kept.
-    ids = {p.name for p in (tmp_path / "code" / "1001").iterdir() if not p.name.endswith(".json")}
-    assert store.sweep({(1001, first["id"])}, now=9e12) == len(ids) - 1
+    on_disk = {p.name for p in (tmp_path / "code" / "1001").iterdir() if not p.name.endswith(".json")}
+    assert store.sweep({(1001, first["id"])}, now=9e12) == len(on_disk) - 1
     assert store.get(1001, first["id"]) == blob
+
+
+def _crafted_meta(meta: dict[str, object]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        data = json.dumps(meta).encode()
+        info = tarfile.TarInfo(snapshot.META)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue())
 
 
 def test_only_the_owner_types_into_a_running_shell() -> None:

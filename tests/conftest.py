@@ -85,11 +85,21 @@ class Labq:
             text=True,
             timeout=timeout,
             preexec_fn=preexec,
-            cwd=cwd or str(self.root),
+            cwd=cwd or str(self.work()),
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"labq {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
         return proc
+
+    def work(self) -> Path:
+        """Where `labq` runs unless a test says: a researcher's (empty) directory. Not the
+        root, whose state dir (Ray's session files) every submit would look through
+        for code to freeze."""
+        dest = self.root / "work"
+        if not dest.exists():
+            dest.mkdir()
+            os.chmod(dest, 0o755)  # other test users submit from here too
+        return dest
 
     def client_copy(self) -> Path:
         dest = self.root / "client"

@@ -185,7 +185,9 @@ class Executor:
                 except ray.exceptions.TaskCancelledError:
                     error = "cancelled"
                 except Exception as e:  # noqa: BLE001 - every task failure becomes an event
-                    error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    # The kind only: a job's reason is public, and Ray's message names
+                    # pids and node addresses (an out-of-memory kill lists them).
+                    error = type(e).__name__
                 with self._cond:
                     job = self._jobs[key]
                     job["reaped"] = True

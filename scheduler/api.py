@@ -302,7 +302,7 @@ def job_code(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     ref = row.spec.get("code")
     if not ref:
         raise DaemonError(f"job {row.ref} has no code snapshot: it ran its workdir as it was when it started", 404)
-    out: dict[str, Any] = {"id": row.ref, "code": ref, "meta": d.codes.meta(row.uid, ref["id"])}
+    out: dict[str, Any] = {"id": row.ref, "user": row.user, "code": ref, "meta": d.codes.meta(row.uid, ref["id"])}
     if p.get("blob") in ("1", "true"):
         out["blob"] = base64.b64encode(d.codes.get(row.uid, ref["id"])).decode()
     return 200, out

@@ -68,14 +68,13 @@ def cmd_diff(c: Client, args: argparse.Namespace) -> int:
     `labq diff ID ID2`: the code of two jobs, file by file."""
     me = c.health()["caller"]
     a = c.job_code(args.job_id, blob=True)
-    mine_a = c.job(args.job_id)["user"] == me
     if args.other is None:
-        return _one(a, _Out(mine_a))
+        return _one(a, _Out(a["user"] == me))
     b = c.job_code(args.other, blob=True)
     # The commits' files come from the owners' repositories: only your own are read,
     # and unpacked. An admin comparing others' jobs compares what was frozen, in
     # memory: nothing of theirs is written to disk or run (git in their repository).
-    whole = mine_a and c.job(args.other)["user"] == me
+    whole = a["user"] == me and b["user"] == me
     out = _Out(whole)
     out.write(f"job {a['id']}: {a['code'].get('summary', '')}\n")
     out.write(f"job {b['id']}: {b['code'].get('summary', '')}\n")

@@ -18,8 +18,10 @@ import select
 import shutil
 import signal
 import sys
+import termios
 import threading
 import time
+import tty
 from typing import Any
 
 from scheduler.cli_spec import build_spec
@@ -157,9 +159,6 @@ class _Terminal:
     def run(self, offset: int) -> int:
         saved = None
         if self.tty:
-            import termios
-            import tty
-
             saved = termios.tcgetattr(0)
             tty.setraw(0)
         old_winch = signal.signal(signal.SIGWINCH, lambda *_: self.resized.set())
@@ -188,8 +187,6 @@ class _Terminal:
             self.done.set()
             signal.signal(signal.SIGWINCH, old_winch)
             if saved is not None:
-                import termios
-
                 termios.tcsetattr(0, termios.TCSADRAIN, saved)
         sys.stderr.write("\r\n")  # the shell's last line may have no end
         if self.error:

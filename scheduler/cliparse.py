@@ -76,40 +76,38 @@ def command_of(argv: list[str]) -> str | None:
     return None
 
 
-def _session_options(s: Any) -> None:
-    """What a session asks for: resources, time, where, env. It is one job of the live
-    tree (no array, chain, snapshot or notify), so those are not offered."""
+def _resource_options(s: Any, time_help: str, grace_help: str) -> None:
+    """What any job asks for: resources, time, where, env, name, priority, grace."""
     s.add_argument("--gpus", type=int)
     s.add_argument("--cpus", type=float)
     s.add_argument("--memory", help="e.g. 16G")
-    s.add_argument("--time", help="time limit with its unit: 2h, 30m (default: the daemon's)")
+    s.add_argument("--time", help=time_help)
     s.add_argument("--workdir")
     s.add_argument("--env", action="append", metavar="KEY=VALUE")
     s.add_argument("--name")
     s.add_argument("--priority", type=int, help="order among your own jobs (higher first)")
-    s.add_argument("--grace", help="seconds between SIGHUP/SIGTERM and SIGKILL")
+    s.add_argument("--grace", help=grace_help)
+
+
+def _session_options(s: Any) -> None:
+    """What a session asks for. It is one job of the live tree (no array, chain,
+    snapshot or notify), so those are not offered; their defaults say so to build_spec."""
+    _resource_options(s, "time limit with its unit: 2h, 30m (default: the daemon's)", "seconds between SIGHUP/SIGTERM and SIGKILL")
     s.set_defaults(after=None, after_any=None, array=None, sweep=None, max_running=None, notify=False, no_snapshot=True)
 
 
 def _job_options(s: Any) -> None:
     """What a job asks for: `submit`'s options, and `rerun`'s changes to a job."""
-    s.add_argument("--gpus", type=int)
-    s.add_argument("--cpus", type=float)
-    s.add_argument("--memory", help="e.g. 16G")
-    s.add_argument(
-        "--time",
-        help="time limit with its unit: 4h, 30m, 90s, 1-00:00:00 (a bare number is refused: Slurm reads minutes); "
+    _resource_options(
+        s,
+        "time limit with its unit: 4h, 30m, 90s, 1-00:00:00 (a bare number is refused: Slurm reads minutes); "
         "without it the daemon's default applies (24h), which backfill must assume",
+        "seconds between SIGTERM and SIGKILL",
     )
-    s.add_argument("--workdir")
     s.add_argument(
         "--no-snapshot", action="store_true",
         help="run the workdir as it is when the job starts, not the code as it is now (labq freezes it by default)",
     )
-    s.add_argument("--env", action="append", metavar="KEY=VALUE")
-    s.add_argument("--name")
-    s.add_argument("--priority", type=int, help="order among your own jobs (higher first)")
-    s.add_argument("--grace", help="seconds between SIGTERM and SIGKILL")
     s.add_argument(
         "--after", metavar="IDS",
         help="start only after these jobs SUCCEEDED (41,42); if one ends otherwise, this job is cancelled",

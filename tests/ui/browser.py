@@ -123,7 +123,11 @@ class Page:
         await self.eval("document.querySelector('.xterm-helper-textarea').focus()")
         code = ord(char.upper())
         await self.call(
-            "Input.dispatchKeyEvent", type="keyDown", key=char, text=char, windowsVirtualKeyCode=code,
+            "Input.dispatchKeyEvent",
+            type="keyDown",
+            key=char,
+            text=char,
+            windowsVirtualKeyCode=code,
             code=f"Digit{char}" if char.isdigit() else f"Key{char.upper()}",
         )
         await self.call("Input.dispatchKeyEvent", type="keyUp", key=char, windowsVirtualKeyCode=code)
@@ -140,8 +144,14 @@ async def browser(width: int = 1400, height: int = 900) -> Any:
     profile = tempfile.mkdtemp(prefix="lqchrome")
     proc = subprocess.Popen(
         [
-            exe, "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--no-first-run",
-            "--remote-debugging-port=0", f"--user-data-dir={profile}", f"--window-size={width},{height}",
+            exe,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
             # Any name but 127.0.0.1 fails to resolve: a page that calls out shows up as a failed request.
             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
             "about:blank",
@@ -161,9 +171,10 @@ async def browser(width: int = 1400, height: int = 900) -> Any:
         assert port, "chromium did not start its DevTools endpoint"
         req = urllib.request.Request(f"http://127.0.0.1:{port}/json/new?about:blank", method="PUT")
         target = json.loads(urllib.request.urlopen(req, timeout=10).read())
-        async with aiohttp.ClientSession() as session, session.ws_connect(
-            target["webSocketDebuggerUrl"], max_msg_size=0
-        ) as ws:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws,
+        ):
             page = Page(ws)
             await page.call("Network.enable")
             await page.call("Page.enable")

@@ -38,6 +38,7 @@ from scheduler.raylink import RayLink
 from scheduler.scheduling import Scheduler
 from scheduler.shapes import QUEUED, JobState
 from scheduler.store import JobRow, Store, StoreError, UnknownJob
+from scheduler.team import Team
 from scheduler.tokens import Tokens
 from scheduler.views import JobViews
 
@@ -59,6 +60,7 @@ class Service(Protocol):
     logs: LogBook
     doctor: Doctor
     ray: RayLink
+    team: Team
 
     def health(self, caller: Caller) -> dict[str, Any]: ...
 
@@ -336,6 +338,31 @@ def drain_node(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     return 200, d.admin.set_drained(c, unquote(p["ref"]), p["verb"] == "drain")
 
 
+@route("POST", "/v1/nodes/invite")
+def invite_node(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    ttl = body.get("ttl_s", 900) if isinstance(body, dict) else 900
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise DaemonError("ttl_s must be a number of seconds")
+    return 200, d.team.invite(c, float(ttl))
+
+
+@route("POST", "/v1/nodes/join")
+def join_node(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    if not c.via.startswith("join "):
+        raise DaemonError("nodes join over the head's network listener (labq join URL), not the socket", 400)
+    body = body if isinstance(body, dict) else {}
+    out = d.team.join(body.get("secret"), body.get("hostname"), c.via.removeprefix("join "))
+    d.ray.refresh_nodes()
+    return 200, out
+
+
+@route("POST", r"/v1/nodes/(?P<ref>[^/]+)/remove")
+def remove_node(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    from urllib.parse import unquote
+
+    return 200, d.team.leave(c, unquote(p["ref"]))
+
+
 @route("GET", "/v1/doctor")
 def doctor(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     return 200, {"checks": d.doctor.run(c)}
@@ -456,6 +483,10 @@ class _RequestHandler(DeadlineHandler):
         daemon = self.server.daemon
         if isinstance(self.server, TcpApiServer):
             auth = self.headers.get("Authorization") or ""
+            if not auth and urlparse(self.path).path == "/v1/nodes/join":
+                # A joining node has no token, only its invite (checked by the handler);
+                # the connection stays counted against its address.
+                return Caller(-1, "(joining node)", False, via=f"join {self.client_address[0]}")
             scheme, _, raw = auth.partition(" ")
             caller = daemon.authenticate(raw.strip() if scheme.lower() == "bearer" else None)
             refusal = self.server.authenticated(self.request, caller.user)

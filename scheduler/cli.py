@@ -293,6 +293,8 @@ def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
     for n in out["nodes"]:
         kind = "SIMULATED" if n["simulated"] else "real"
         state = "schedulable" if n["schedulable"] else "drained"
+        if not n.get("trusted", True):
+            state = "UNTRUSTED: in Ray without `labq join`, gets no jobs"
         if not n.get("alive", True):
             state = "LOST"
         say(f"{n['name']}  {n['gpus_used']}/{n['gpus']} GPUs in use  ({kind}, {state})")
@@ -469,6 +471,18 @@ def cmd_quota(c: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_node(c: Client, args: argparse.Namespace) -> int:
+    if args.node_cmd == "invite":
+        invite = c.invite(parse_duration(args.ttl))
+        if args.json:
+            emit_json(invite)
+            return 0
+        say(f"On the new machine, as root, within {args.ttl} (one use):")
+        say(f"  {invite['command']}")
+        return 0
+    if args.node_cmd == "remove":
+        out = c.remove_node(args.node)
+        say(f"{out['node']}: removed; a Ray node there is untrusted now and gets no new jobs")
+        return 0
     out = c.drain(args.node, drain=args.node_cmd == "drain")
     if args.node_cmd == "drain":
         running = out["running_jobs"]
@@ -618,7 +632,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         "--state-dir",
         str(state_dir),
     ]
-    for opt in ("address", "gpus", "cpus", "config", "metrics_port", "listen"):
+    for opt in ("address", "gpus", "cpus", "config", "metrics_port", "listen", "advertise"):
         v = getattr(args, opt)
         if v is not None:
             argv += [f"--{opt.replace('_', '-')}", str(v)]
@@ -668,6 +682,10 @@ def _run_foreground(args: argparse.Namespace, state_dir: Path, sock: Path) -> in
             config = dataclasses.replace(config, metrics_port=args.metrics_port)
         if args.listen is not None:
             config = dataclasses.replace(config, listen=args.listen)
+        if args.advertise is not None:
+            config = dataclasses.replace(config, advertise=args.advertise)
+        if config.advertise and args.address:
+            die("--advertise is for labq's own (embedded) Ray head; with --address the cluster's operator runs Ray")
         run_daemon(state_dir, sock, config, args.address, args.gpus, args.cpus)
     except (ConfigError, DaemonError, RayError, StoreError) as e:
         die(str(e))
@@ -710,6 +728,13 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_simulate(args)
         if args.cmd in ("tui", "desktop-install"):
             return exec_tui(args)
+        if args.cmd == "join":
+            from scheduler.join import JoinError, cmd_join
+
+            try:
+                return cmd_join(args)
+            except JoinError as e:
+                die(str(e))
         sock = Path(args.socket) if args.socket else None
         client = Client(sock, remote=Remote(args.url) if args.url else None)
         return COMMANDS[args.cmd](client, args)

@@ -374,6 +374,14 @@ class Client:
         out: dict[str, Any] = self.request("POST", f"/v1/nodes/{quote(node, safe='')}/{verb}")
         return out
 
+    def invite(self, ttl_s: float) -> dict[str, Any]:
+        out: dict[str, Any] = self.request("POST", "/v1/nodes/invite", body={"ttl_s": ttl_s})
+        return out
+
+    def remove_node(self, node: str) -> dict[str, Any]:
+        out: dict[str, Any] = self.request("POST", f"/v1/nodes/{quote(node, safe='')}/remove")
+        return out
+
     def doctor(self) -> list[Check]:
         out: list[Check] = self.request("GET", "/v1/doctor")["checks"]
         return out

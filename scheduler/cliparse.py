@@ -166,6 +166,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="also take remote clients over TCP (token required; TLS from the config beyond loopback)",
     )
+    up.add_argument(
+        "--advertise",
+        metavar="ADDRESS",
+        help="a team head: Ray and `labq join` on this address the other machines reach (token auth, TLS)",
+    )
     up.add_argument("--state-dir", help="where the database and logs live")
     up.add_argument("--config", help="daemon config YAML (see configs/labq.yaml)")
     up.add_argument("--timeout", type=float, default=120.0)
@@ -288,10 +293,25 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     di = sub.add_parser("desktop-install", help="add labq to the desktop's application menu")
     di.add_argument("--remote", metavar="HOST", help="an entry that opens HOST's queue")
 
-    nd = sub.add_parser("node", help="(admins) drain a node: no new jobs, running ones finish; or resume it")
+    nd = sub.add_parser("node", help="(admins) invite a machine, drain, resume or remove a node")
     ndsub = nd.add_subparsers(dest="node_cmd", required=True)
     for verb in ("drain", "resume"):
         ndsub.add_parser(verb).add_argument("node", help="node name (as `labq gpus` shows it) or id")
+    ni = ndsub.add_parser("invite", help="a one-time `labq join` command for a new machine (team head only)")
+    ni.add_argument("--ttl", default="15m", help="how long the invite stays valid (default 15m, at most 7d)")
+    ni.add_argument("--json", action="store_true")
+    ndsub.add_parser("remove", help="forget a joined node: its Ray node gets no new jobs").add_argument("node")
+
+    jn = sub.add_parser("join", help="(root, on a new machine) join a team head with an admin's invite")
+    jn.add_argument("url", nargs="?", help="the head's listener, as the invite prints it (https://HEAD:7450)")
+    jn.add_argument("--secret", help="the invite's one-time secret (lqjoin_...)")
+    jn.add_argument("--cert-sha256", help="the head's certificate fingerprint, as the invite prints it")
+    jn.add_argument("--rejoin", action="store_true", help="start again from the saved join (the systemd unit)")
+    jn.add_argument("--gpus", type=int, help="GPUs to offer (default: what NVML finds)")
+    jn.add_argument("--cpus", type=int, help="CPUs to offer (default: all)")
+    jn.add_argument("--node-ip", help="this machine's address toward the head (default: the route's)")
+    jn.add_argument("--state-dir", help="where the token and Ray's files live (default /var/lib/labq-node)")
+    jn.add_argument("--once", action="store_true", help="do not restart Ray when it stops")
     dr = sub.add_parser("doctor", help="check Ray, NVML, the socket, permissions and the database")
     dr.add_argument("--json", action="store_true")
 
@@ -313,5 +333,5 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 COMMAND_NAMES = frozenset(
     {"up", "down", "submit", "queue", "show", "logs", "cancel", "gpus", "usage", "quota", "simulate", "tui", "wait", "rerun", "diff", "shell", "attach", "notebook"}
-    | {"desktop-install", "node", "doctor", "token", "audit"}
+    | {"desktop-install", "node", "doctor", "token", "audit", "join"}
 )

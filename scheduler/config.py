@@ -35,6 +35,20 @@ class DaemonConfig:
     log_max_bytes: int = 256 * 1024 * 1024
     pass_interval_s: float = 1.0
     allow_multi_node: bool = False
+    # The team cluster (issue 14). `advertise`: the embedded Ray head listens on this
+    # routable address (on ray_port) instead of loopback, and `labq join` reaches the
+    # daemon there (on join_port, TLS). Ray always runs with token auth; an external
+    # cluster without it is refused unless ray_auth says "disabled" (everyone on its
+    # network can then run code on every node). ray_token_file: the token of an
+    # external cluster (RAY_AUTH_TOKEN_PATH otherwise).
+    advertise: str = ""
+    ray_port: int = 6379
+    join_port: int = 7450
+    ray_auth: str = "token"
+    ray_token_file: str = ""
+    # A node that stops answering (Ray's heartbeats or the node agent's) this long is
+    # taken for lost with its jobs, even before Ray says so.
+    node_timeout_s: float = 60.0
     # A job whose node dies ends NODE_LOST and is requeued this many times.
     node_lost_retries: int = 1
     # How long the Executor may stay silent before the daemon takes Ray for gone and
@@ -103,6 +117,7 @@ _DURATION_KEYS = {
     "max_grace_s",
     "request_timeout_s",
     "ray_lost_after_s",
+    "node_timeout_s",
     "session_idle_s",
     "session_idle_warn_s",
 }
@@ -183,7 +198,9 @@ def load_daemon_config(path: Path | None) -> DaemonConfig:
                 raise ConfigError(f"config {path}: {k} must be a list of {_LIST_KEYS[k]}")
             v = tuple(v)
         out[k] = v
-    for k in ("quotas_file", "tls_cert", "tls_key"):
+    if out.get("ray_auth", "token") not in ("token", "disabled"):
+        raise ConfigError(f"config {path}: ray_auth must be token or disabled, got {out['ray_auth']!r}")
+    for k in ("quotas_file", "tls_cert", "tls_key", "ray_token_file"):
         if out.get(k) and not os.path.isabs(out[k]):
             out[k] = str(path.parent / out[k])
     return DaemonConfig(**out)

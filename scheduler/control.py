@@ -240,6 +240,7 @@ class JobControl:
             code_error=code_error,
             code_commit=str((spec.get("code") or {}).get("commit", "")),
             tty=job.kind == "shell",
+            head_timeout=self.config.node_timeout_s,
         )
         resources: dict[str, float] = {"GPU": job.gpus, "CPU": float(spec.get("cpus", 0))}
         if spec.get("memory"):
@@ -296,19 +297,26 @@ class JobControl:
             log.error("job %d: the node reported an unknown outcome %r", job.id, ev["outcome"])
             outcome, reason = Outcome.LOST, f"the node reported an unknown outcome {ev['outcome']!r}"
         if outcome is Outcome.LOST and self._node_gone(job, reason):
-            self.node_lost(job, reason, stats, fields)
+            took = self.node_lost(job, reason, stats, fields)
         elif outcome is Outcome.PREEMPTED:
-            self.store.transition(job.id, JobState.PREEMPTED, reason, expect=ACTIVE, run_stats=stats, **fields)
+            row = self.store.transition(job.id, JobState.PREEMPTED, reason, expect=ACTIVE, run_stats=stats, **fields)
+            took = row.state is JobState.PREEMPTED
             self.requeue(job, JobState.PREEMPTED, "requeued after preemption")
         else:
             state = _END_STATE[outcome]
             if state is JobState.LOST and not reason:
                 reason = "lost"
-            self.store.transition(job.id, state, reason, expect=ACTIVE, run_stats=stats, **fields)
-        if job.state in ACTIVE and ev.get("log_dropped"):
+            took = self.store.transition(job.id, state, reason, expect=ACTIVE, run_stats=stats, **fields).state is state
+        if took and ev.get("log_dropped"):
             # After the transition: an event applied again finds the job ended, no second note.
             self.store.note(job.id, f"log limit reached: {ev['log_dropped']} bytes of output discarded", now)
-        if job.start_time is not None and job.state in ACTIVE:
+        if took:
+            # Only the thread whose transition ended the attempt counts its GPU time
+            # (the node watch may have ended it first; see check_silent).
+            self._attempt_ended(job, now)
+
+    def _attempt_ended(self, job: JobRow, now: float) -> None:
+        if job.start_time is not None:
             self.ledger.ended(job.user, job.gpus, job.start_time, now)
             self.logs.attempt_ended(job, time.time())
 
@@ -336,17 +344,60 @@ class JobControl:
         self._refresh_nodes()
         return bool(job.node) and self._connected() and job.node not in self.nodes
 
-    def node_lost(self, job: JobRow, detail: str, stats: Mapping[str, Any] | None, fields: dict[str, Any]) -> None:
+    def node_lost(self, job: JobRow, detail: str, stats: Mapping[str, Any] | None, fields: dict[str, Any]) -> bool:
+        """The job's node is gone: NODE_LOST (at `end_time`, when it happened), then
+        requeued per node_lost_retries. False if the job had already moved on."""
         now = float(fields["end_time"])
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
         reason = f"node {job.node_name or job.node} was lost at {when}"
-        self.store.transition(job.id, JobState.NODE_LOST, reason, expect=ACTIVE, run_stats=stats, **fields)
+        if job.stop_outcome == "cancelled":
+            reason += " (cancelled: the node is unreachable, the job is presumed dead)"
+        # Dated when it happened (the last word from the node), not when it was noticed.
+        row = self.store.transition(
+            job.id, JobState.NODE_LOST, reason, expect=ACTIVE, run_stats=stats, now=min(now, time.time()), **fields
+        )
+        if row.state is not JobState.NODE_LOST:
+            return False
         lost_before = sum(1 for e in self.store.events(job.id) if e["new_state"] == JobState.NODE_LOST.value)
         retries = self.config.node_lost_retries
         # A job someone asked to cancel stays ended; anything else may run again.
         if lost_before <= retries and job.stop_outcome != "cancelled":
             self.requeue(job, JobState.NODE_LOST, f"requeued after its node was lost (retry {lost_before} of {retries})")
         log.warning("job %d: %s (%s)", job.id, reason, detail)
+        return True
+
+    def check_silent(self, known: Mapping[str, Mapping[str, Any]], timeout: float, now: float | None = None) -> list[int]:
+        """The node watch (every couple of seconds): a running job whose node Ray no
+        longer lists, or whose runner has not been heard from for `timeout` (a node cut
+        off from the head), is NODE_LOST now, at the time it was last heard from,
+        instead of when Ray's own timeouts give up on the task. Its node takes no new
+        jobs; its runner stops the job by itself once it finds the head unreachable
+        (Launch.head_timeout). Returns the jobs it ended."""
+        now = time.time() if now is None else now
+        ended: list[int] = []
+        for job in self.store.jobs(states=(JobState.RUNNING,)):
+            seen = known.get(key_of(job.id, job.attempt))
+            if seen is None or seen.get("finished") or not seen.get("seen"):
+                continue
+            last = float(seen["seen"])
+            gone = bool(job.node) and self._connected() and job.node not in self.nodes
+            silent = now - last > timeout
+            if not (gone or silent):
+                continue
+            if silent and job.node:
+                self.nodes.mark_dead(job.node)
+            why = "Ray lists its node no longer" if gone else f"no word from its node for {now - last:.0f}s"
+            stats = self._finish_stats(job.id)
+            if self.node_lost(job, why, stats, {"end_time": last}):
+                self._attempt_ended(job, last)
+                ended.append(job.id)
+                launcher = self.launcher
+                if launcher is not None:
+                    try:  # reaches the node if it comes back before it stops by itself
+                        launcher.stop(job.id, job.attempt, "lost", "its node was lost", 0.0)
+                    except LauncherDown:
+                        pass
+        return ended
 
     # -- after a (re)start ----------------------------------------------------------------------
     def reconcile(self, known: Mapping[str, Any]) -> None:

@@ -47,16 +47,17 @@ from scheduler.control import JobControl
 from scheduler.doctor import Doctor
 from scheduler.errors import AlreadyRunning, DaemonError
 from scheduler.gpuwatch import GpuWatch
-from scheduler.launcher import Launcher
+from scheduler.launcher import Launcher, LauncherDown
 from scheduler.ledger import UsageLedger
 from scheduler.logbook import LogBook
 from scheduler.nodes import NodeBook
 from scheduler.notify import Notifier
 from scheduler.pump import EventPump
-from scheduler.raylink import NAMESPACE, RayLink, executor_name
+from scheduler.raylink import NAMESPACE, RayLink, TeamRay, executor_name
 from scheduler.scheduling import Scheduler
 from scheduler.shapes import ACTIVE
 from scheduler.store import Store
+from scheduler.team import HeadInfo, Team
 from scheduler.tokens import Tokens
 from scheduler.views import JobViews
 
@@ -90,7 +91,8 @@ class Daemon:
         self.wake = threading.Event()
         self.ready = threading.Event()  # a launcher is attached and reconciled
         self.started_at = time.time()
-        self.tcp: Any = None  # api.TcpApiServer when the config says `listen`
+        self.tcp: Any = None  # api.TcpApiServer when the config says `listen` (or `advertise`)
+        self.tls_cert = ""
         self._lock_fd: int | None = None
         self._code_swept = time.time()
 
@@ -126,8 +128,13 @@ class Daemon:
         safefs.tighten(self.state_dir, into=("logs",))
         self.nodes = NodeBook(self.store)
         address, gpus, cpus = self.ray_args
-        self.ray = RayLink(self.state_dir, self.nodes, self.stop_event, address, gpus, cpus)
+        c = self.config
+        team = TeamRay(c.advertise, c.ray_port, c.ray_auth, c.ray_token_file)
+        self.ray = RayLink(self.state_dir, self.nodes, self.stop_event, address, gpus, cpus, team)
         self.ray.executor_name = executor_name(self.instance_id())
+        self.team = Team(self.store, enforced=bool(c.advertise) and not address, head=self.head_info)
+        self.ray.trusted = self.team.trusted_addresses
+        self.ray.on_membership = self.team.membership
         self.logs = LogBook(self.logs_dir, self.store, c.log_max_bytes, c.user_log_max_bytes)
         self.ledger = UsageLedger(self.store, c.half_life_s)
         self.notifier = Notifier(self.store, c.notify_allow_hosts, c.notify_webhooks, c.notify_commands)
@@ -175,6 +182,8 @@ class Daemon:
             self.tokens,
             listener=lambda: self.tcp.address if self.tcp is not None else None,
             user=self.user,
+            team=self.team,
+            ray_auth=c.ray_auth,
         )
 
     def instance_id(self) -> str:
@@ -190,13 +199,41 @@ class Daemon:
         return found
 
     def open_listener(self) -> None:
-        """The TCP listener for remote clients, if configured. Before Ray starts, so a
-        config mistake (no TLS beyond loopback, port taken) stops `labq up` at once."""
-        if not self.config.listen:
+        """The TCP listener for remote clients (and, on a team head, for `labq join`),
+        if configured. Before Ray starts, so a config mistake (no TLS beyond loopback,
+        port taken) stops `labq up` at once."""
+        c = self.config
+        listen, cert, key = c.listen, c.tls_cert, c.tls_key
+        if not listen and c.advertise:
+            listen = f"{c.advertise}:{c.join_port}"
+        if not listen:
             return
+        from scheduler import selfcert
         from scheduler.api import TcpApiServer
+        from scheduler.config import is_loopback, parse_listen
 
-        self.tcp = TcpApiServer(self.config.listen, self, self.config.tls_cert, self.config.tls_key)
+        host = parse_listen(listen)[0]
+        if c.advertise and not cert and not is_loopback(host):
+            try:
+                cert, key = selfcert.ensure(self.state_dir, host)
+            except selfcert.CertError as e:
+                raise DaemonError(str(e)) from None
+        self.tcp = TcpApiServer(listen, self, cert, key)
+        self.tls_cert = cert
+
+    def head_info(self) -> HeadInfo | None:
+        """For `labq node invite` and `labq join`: a team head's addresses and secrets."""
+        from scheduler import selfcert
+
+        head = self.ray.head
+        if head is None or self.tcp is None or not self.tls_cert:
+            return None
+        return HeadInfo(
+            ray_address=head.address,
+            token_path=str(raycluster.auth_token_path(self.state_dir)),
+            listener=self.tcp.address,
+            cert_sha256=selfcert.fingerprint(self.tls_cert),
+        )
 
     # -- Ray, or whatever runs the jobs --------------------------------------------------------------
     def launcher(self) -> Launcher | None:
@@ -211,6 +248,19 @@ class Daemon:
     def refresh_nodes(self) -> None:
         if self.own_launcher is None:
             self.ray.refresh_nodes()
+
+    def watch_nodes(self) -> None:
+        """The scheduler loop's node refresh, every couple of seconds: Ray's node list,
+        then the jobs of nodes that are gone or silent (JobControl.check_silent)."""
+        self.refresh_nodes()
+        launcher = self.launcher()
+        if launcher is None:
+            return
+        try:
+            known = launcher.known()
+        except LauncherDown:
+            return
+        self.control.check_silent(known, self.config.node_timeout_s)
 
     def start_ray(self) -> None:
         self.ray.start()
@@ -292,7 +342,7 @@ class Daemon:
             threading.Thread(target=self.server.serve_forever, name="labq-api", daemon=True),
             threading.Thread(
                 target=self.scheduler.loop,
-                args=(stop, self.connected, self.refresh_nodes, self._after_pass),
+                args=(stop, self.connected, self.watch_nodes, self._after_pass),
                 name="labq-sched",
                 daemon=True,
             ),
@@ -395,7 +445,7 @@ def run_daemon(
     daemon = Daemon(state_dir, socket_path, config, ray_address, gpus, cpus)
     daemon.acquire_lock()
     safe_import_path(state_dir)
-    raycluster.prepare_driver_env(None if ray_address else state_dir)
+    raycluster.prepare_driver_env(None if ray_address else state_dir, config.ray_token_file)
     daemon.open_store()
     from scheduler.api import prepare_socket_dir
 

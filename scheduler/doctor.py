@@ -23,6 +23,7 @@ from scheduler.nodes import NodeBook
 from scheduler.raylink import RayLink
 from scheduler.shapes import Check
 from scheduler.store import Store
+from scheduler.team import Team
 from scheduler.tokens import Tokens
 
 _PATHS = re.compile(r"(/[^\s:,;()]+)+")
@@ -40,6 +41,8 @@ class Doctor:
     tokens: Tokens
     listener: Callable[[], str | None]  # the TCP listener's address, if any
     user: str
+    team: Team | None = None
+    ray_auth: str = "token"
 
     def run(self, caller: Caller) -> list[Check]:
         checks: list[Check] = []
@@ -66,6 +69,17 @@ class Doctor:
         st = self.ray.status
         ray_detail = f"{st.address} ({'embedded' if st.embedded else 'external'})"
         check("ray", st.connected, ray_detail if st.connected else f"{ray_detail}: {st.error}")
+        if st.embedded:
+            check("ray auth", True, "token auth (the token is the daemon's alone; nodes get it through `labq join`)")
+        elif self.ray_auth == "disabled":
+            check(
+                "ray auth",
+                False,
+                "off (ray_auth: disabled): anyone who reaches the cluster runs code on every node; "
+                "start Ray with RAY_AUTH_MODE=token and give labq its ray_token_file",
+            )
+        else:
+            check("ray auth", True, "token auth (checked at start)")
         launcher = self.ray.launcher
         try:
             if launcher is None:
@@ -90,6 +104,18 @@ class Doctor:
             f"{len(nodes)} alive, {sum(n.gpus for n in nodes)} GPUs"
             + (f", drained: {', '.join(sorted(drained))}" if drained else ""),
         )
+        if self.team is not None and self.team.enforced:
+            joined = self.team.registry()
+            untrusted = [n for n in nodes if not n.trusted]
+            missing = self.team.missing(nodes)
+            detail = f"{len(joined)} joined with `labq join`"
+            if untrusted:
+                detail += "; untrusted (in Ray, never joined; they get no jobs): " + ", ".join(
+                    f"{n.name} ({n.address})" for n in untrusted
+                )
+            if missing:
+                detail += "; joined but not in Ray (down, cut off, or Ray stopped there): " + ", ".join(missing)
+            check("cluster", not untrusted and not missing, detail)
         inv = self.ray.inventory
         if inv is not None:
             check(

@@ -38,6 +38,7 @@ def run_job(executor: Any, key: str, launch: Launch) -> dict[str, Any]:
     else:
         gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     node = ray.get_runtime_context().get_node_id()
+    cut_off = [launch.head_timeout]  # how long the next report may wait for the head
 
     def report(
         info: dict[str, Any] | None,
@@ -48,7 +49,17 @@ def run_job(executor: Any, key: str, launch: Launch) -> dict[str, Any]:
     ) -> dict[str, Any] | None:
         if info is not None:
             info = dict(info, node=node)
-        out: dict[str, Any] | None = ray.get(executor.heartbeat.remote(key, info, offset, data, result, err))
+        try:
+            out: dict[str, Any] | None = ray.get(
+                executor.heartbeat.remote(key, info, offset, data, result, err), timeout=cut_off[0]
+            )
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError):
+            # Cut off from the head (or the Executor is gone): stop rather than run unseen;
+            # the daemon has taken (or will take) this node's jobs for lost. Later reports
+            # wait only briefly, so the job's grace is not stretched by the timeout.
+            cut_off[0] = 1.0
+            return {"outcome": "lost", "reason": "the head is unreachable", "grace": min(launch.grace, 5.0)}
+        cut_off[0] = launch.head_timeout
         return out
 
     def tty_in() -> list[dict[str, Any]]:
@@ -139,6 +150,7 @@ class Executor:
                 # Unknown to us (we were restarted): tell the job to stop rather than run unseen.
                 return {"outcome": "lost", "reason": "executor no longer knows this job", "grace": 5}
             ids = {"job_id": job["job_id"], "attempt": job["attempt"]}
+            job["seen"] = time.time()  # the daemon's node watch: when this job's node last spoke
             if info is not None:
                 job["started"] = True
                 self._emit({"type": "started", **ids, **info})
@@ -236,7 +248,7 @@ class Executor:
     def known(self) -> dict[str, dict[str, Any]]:
         with self._cond:
             return {
-                k: {"started": j["started"], "finished": j["finished"], "node": j["node"]}
+                k: {"started": j["started"], "finished": j["finished"], "node": j["node"], "seen": j.get("seen")}
                 for k, j in self._jobs.items()
             }
 

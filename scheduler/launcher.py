@@ -62,6 +62,7 @@ class MemoryJob:
     stop: dict[str, Any] | None = None
     started: bool = False
     finished: bool = False
+    seen: float | None = None  # when its node last reported (the node watch reads it)
     typed: list[tuple[bytes, list[int] | None, str]] = field(default_factory=list)  # into a session
 
 
@@ -124,7 +125,8 @@ class MemoryLauncher:
     def known(self) -> dict[str, dict[str, Any]]:
         with self._cond:
             return {
-                k: {"started": j.started, "finished": j.finished, "node": j.node} for k, j in self.jobs.items()
+                k: {"started": j.started, "finished": j.finished, "node": j.node, "seen": j.seen}
+                for k, j in self.jobs.items()
             }
 
     def ping(self) -> dict[str, Any]:
@@ -147,6 +149,7 @@ class MemoryLauncher:
         with self._cond:
             job = self.jobs[key_of(job_id, attempt)]
             job.started = True
+            job.seen = at or time.time()
             self._emit(
                 {
                     "type": "started",

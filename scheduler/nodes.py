@@ -34,6 +34,8 @@ class NodeRecord:
     schedulable: bool = True
     nvml_gpus: int | None = None
     note: str = ""
+    # False: a Ray node that did not come in through `labq join` (team head only).
+    trusted: bool = True
 
     def public(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -76,9 +78,16 @@ class NodeBook:
             return set(self._drained)
 
     # -- Ray's view ----------------------------------------------------------------------------
-    def update_from_ray(self, raw: list[dict[str, Any]], head_address: str, simulated_head: bool) -> None:
+    def update_from_ray(
+        self,
+        raw: list[dict[str, Any]],
+        head_address: str,
+        simulated_head: bool,
+        trusted: set[str] | None = None,
+    ) -> tuple[list[NodeRecord], list[NodeRecord]]:
         """Replace the alive set with what `ray.nodes()` says, keeping what the GPU
-        monitors learned about nodes that stay."""
+        monitors learned about nodes that stay. `trusted`: the addresses of joined
+        nodes (None: all are); the head is. Returns the nodes (added, removed)."""
         names = Counter(n.get("NodeManagerHostname", "") for n in raw)
         with self._lock:
             views: dict[str, NodeRecord] = {}
@@ -89,30 +98,37 @@ class NodeBook:
                 host = n.get("NodeManagerHostname", "") or n["NodeID"][:8]
                 name = host if names.get(host, 0) <= 1 else f"{host}-{n['NodeID'][:6]}"
                 old = self._nodes.get(n["NodeID"])
-                simulated = simulated_head and "node:__internal_head__" in res
+                is_head = "node:__internal_head__" in res
+                simulated = simulated_head and is_head
+                address = n.get("NodeManagerAddress", head_address)
+                ok = trusted is None or is_head or address in trusted
                 views[n["NodeID"]] = NodeRecord(
                     id=n["NodeID"],
                     name=name,
-                    address=n.get("NodeManagerAddress", head_address),
+                    address=address,
                     gpus=int(res.get("GPU", 0)),
                     cpus=float(res.get("CPU", 0)),
                     memory=float(res.get("memory", 0)),
                     simulated=old.simulated if old and old.nvml_gpus is not None else simulated,
-                    schedulable=name not in self._drained,
+                    schedulable=ok and name not in self._drained,
                     nvml_gpus=old.nvml_gpus if old else None,
                     note=old.note if old else "",
+                    trusted=ok,
                 )
+            added = [replace(v) for k, v in views.items() if k not in self._nodes]
+            removed = [replace(v) for k, v in self._nodes.items() if k not in views]
             self._nodes = views
+        return added, removed
 
     def set_all(self, nodes: Mapping[str, NodeRecord]) -> None:
         """For tests and tools that build the picture by hand."""
         with self._lock:
             self._nodes = {k: replace(v) for k, v in nodes.items()}
 
-    def mark_dead(self, node_id: str) -> None:
+    def mark_dead(self, node_id: str) -> NodeRecord | None:
         with self._lock:
             self._dead.add(node_id)
-            self._nodes.pop(node_id, None)
+            return self._nodes.pop(node_id, None)
 
     def update_monitor(self, node_id: str, simulated: bool, nvml_gpus: int, note: str) -> None:
         with self._lock:
@@ -137,7 +153,7 @@ class NodeBook:
             else:
                 self._drained.discard(name)
             for n in self._nodes.values():
-                n.schedulable = n.name not in self._drained
+                n.schedulable = n.trusted and n.name not in self._drained
             names = sorted(self._drained)
         if self.store is not None:
             self.store.set_meta("drained_nodes", json.dumps(names))

@@ -51,15 +51,16 @@ def _ensure_auth_token(state_dir: Path) -> Path:
     return path
 
 
-def ray_env(embedded_state: Path | None) -> dict[str, str]:
+def ray_env(embedded_state: Path | None, token_file: str = "") -> dict[str, str]:
     """The environment for Ray processes and the daemon's driver.
 
-    The embedded head's servers (GCS, raylet, the Ray Client server on 10001) listen
-    on every interface whatever --node-ip-address says, and anyone who reaches them
-    can run code as the daemon's user: root on a team box. So the embedded cluster
+    Anyone who reaches a Ray cluster's servers (GCS, raylets, the Ray Client server)
+    can run code as the user Ray runs as: root on a team box. So the embedded cluster
     always runs with Ray's token authentication, the token in a 0600 file in the
     state dir; jobs (run as their submitters) cannot read it. For an external cluster
-    the operator's RAY_AUTH_MODE and token pass through untouched.
+    the token is the config's `ray_token_file`, else the operator's RAY_AUTH_MODE and
+    token pass through; without either the driver connects without a token, and
+    `check_external_auth` refuses a cluster that lets it.
     """
     env = dict(os.environ)
     # A stray CUDA_VISIBLE_DEVICES in the daemon's shell would hide GPUs from Ray.
@@ -68,6 +69,10 @@ def ray_env(embedded_state: Path | None) -> dict[str, str]:
         env["RAY_AUTH_MODE"] = "token"
         env["RAY_AUTH_TOKEN_PATH"] = str(_ensure_auth_token(embedded_state))
         env.pop("RAY_AUTH_TOKEN", None)
+    elif token_file:
+        env["RAY_AUTH_MODE"] = "token"
+        env["RAY_AUTH_TOKEN_PATH"] = token_file
+        env.pop("RAY_AUTH_TOKEN", None)
     else:
         env.setdefault("RAY_AUTH_MODE", "disabled")
     env["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -75,6 +80,65 @@ def ray_env(embedded_state: Path | None) -> dict[str, str]:
     # daemon must instead live on, say so, and reconnect when the head is back.
     env["RAY_gcs_rpc_server_reconnect_timeout_s"] = str(365 * 86400)
     return env
+
+
+# Asks a GCS for its node table the way an outsider would: no token. A cluster with
+# token auth answers AuthenticationError in a fraction of a second.
+_PROBE = """
+import sys
+from ray._raylet import GcsClient
+try:
+    GcsClient(address=sys.argv[1]).get_all_node_info(timeout=10)
+except Exception as e:
+    print(type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+    sys.exit(3)
+print("open")
+"""
+
+
+def auth_probe(address: str, timeout: float = 30.0) -> str:
+    """"open" when the cluster at `address` answers a caller without a token,
+    "token" when it refuses one, else why it could not tell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["RAY_AUTH_MODE"] = "disabled"
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _PROBE, address],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd="/",
+        )
+    except subprocess.TimeoutExpired:
+        return f"no answer from {address} within {timeout:.0f}s"
+    last = (out.stdout.strip().splitlines() or [""])[-1]
+    if out.returncode == 0 and last == "open":
+        return "open"
+    if last.startswith("AuthenticationError"):
+        return "token"
+    return last or f"the probe failed (exit {out.returncode})"
+
+
+OPEN_CLUSTER = (
+    "the Ray cluster at {address} runs without token auth: anyone who reaches it can run commands "
+    "as its user on every node. Start it with RAY_AUTH_MODE=token (see README, Team cluster) and give "
+    "labq its token (ray_token_file), or set `ray_auth: disabled` in the config to accept that"
+)
+
+
+def check_external_auth(address: str, ray_auth: str, have_token: bool) -> str:
+    """Before the daemon connects to an external cluster: "" if it may, else why not."""
+    verdict = auth_probe(address)
+    if verdict == "open":
+        return "" if ray_auth == "disabled" else OPEN_CLUSTER.format(address=address)
+    if verdict == "token" and not have_token:
+        return (
+            f"the Ray cluster at {address} needs its auth token: give its path as ray_token_file "
+            "in the config (or RAY_AUTH_TOKEN_PATH)"
+        )
+    return ""
 
 
 def _free_port() -> int:
@@ -139,15 +203,16 @@ def find_embedded(state_dir: Path) -> EmbeddedHead | None:
     return None
 
 
-def head_command(port: int, gpus: int, temp_dir: str, cpus: int | None = None) -> list[str]:
-    """`ray start` for a one-machine head in the foreground (its own session kills it)."""
+def head_command(port: int, gpus: int, temp_dir: str, cpus: int | None = None, node_ip: str = "127.0.0.1") -> list[str]:
+    """`ray start` for the head in the foreground (its own session kills it): on
+    loopback for one machine, on the advertised address for a team's cluster."""
     cmd = [
         str(Path(sys.executable).parent / "ray"),
         "start",
         "--head",
         "--block",
         f"--port={port}",
-        "--node-ip-address=127.0.0.1",
+        f"--node-ip-address={node_ip}",
         f"--num-gpus={gpus}",
         "--include-dashboard=false",
         "--disable-usage-stats",
@@ -159,9 +224,17 @@ def head_command(port: int, gpus: int, temp_dir: str, cpus: int | None = None) -
 
 
 def start_embedded(
-    state_dir: Path, gpus: int, simulated: bool, cpus: int | None = None, timeout: float = 90.0
+    state_dir: Path,
+    gpus: int,
+    simulated: bool,
+    cpus: int | None = None,
+    timeout: float = 90.0,
+    advertise: str = "",
+    port: int = 0,
 ) -> EmbeddedHead:
-    port = _free_port()
+    # On one machine any free port; a team's head keeps one port, so that joined
+    # workers find it again after a restart.
+    port = port if advertise and port else _free_port()
     from scheduler.safefs import UnsafePath
 
     try:
@@ -169,7 +242,7 @@ def start_embedded(
     except (OSError, UnsafePath) as e:
         raise RayError(f"cannot make Ray's temp dir: {e}") from None
     ray_bin = Path(sys.executable).parent / "ray"
-    cmd = head_command(port, gpus, temp_dir, cpus)
+    cmd = head_command(port, gpus, temp_dir, cpus, node_ip=advertise or "127.0.0.1")
     log_path = state_dir / "ray-head.log"
     with open(log_path, "wb") as log:
         try:
@@ -184,7 +257,7 @@ def start_embedded(
             )
         except OSError as e:
             raise RayError(f"cannot start Ray ({ray_bin}): {e.strerror}") from None
-    address = f"127.0.0.1:{port}"
+    address = f"{advertise or '127.0.0.1'}:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -222,10 +295,10 @@ def stop_embedded(state_dir: Path, timeout: float = 3.0) -> None:
     _head_file(state_dir).unlink(missing_ok=True)
 
 
-def prepare_driver_env(embedded_state: Path | None) -> None:
+def prepare_driver_env(embedded_state: Path | None, token_file: str = "") -> None:
     """Put Ray's settings in this process's environment. Ray reads some of them (the
     auth mode) when it is imported, so this runs before anything imports ray."""
-    wanted = {k: v for k, v in ray_env(embedded_state).items() if k.startswith("RAY_")}
+    wanted = {k: v for k, v in ray_env(embedded_state, token_file).items() if k.startswith("RAY_")}
     if "ray" in sys.modules and os.environ.get("RAY_AUTH_MODE") != wanted.get("RAY_AUTH_MODE"):
         raise RuntimeError("ray was imported before the daemon set its environment")
     os.environ.update(wanted)

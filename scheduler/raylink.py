@@ -16,6 +16,7 @@ whichever thread first sees Ray fail; read by everyone (plain attribute reads).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,6 +41,16 @@ class RayStatus:
     since: float = field(default_factory=time.time)
 
 
+@dataclass(frozen=True)
+class TeamRay:
+    """The config's say on the cluster (see DaemonConfig: advertise, ray_auth, ...)."""
+
+    advertise: str = ""
+    ray_port: int = 6379
+    ray_auth: str = "token"
+    token_file: str = ""
+
+
 def executor_name(instance: str) -> str:
     """The Executor of one daemon (its state dir's instance id); "" = the name labq
     used before there was one, kept for a state dir that already had an Executor."""
@@ -55,8 +66,10 @@ class RayLink:
         address: str | None = None,
         gpus: int | None = None,
         cpus: int | None = None,
+        team: TeamRay | None = None,
     ) -> None:
         self.state_dir = state_dir
+        self.team = team or TeamRay()
         self.nodes = nodes
         self.stop_event = stop
         self.requested_address = address
@@ -71,6 +84,10 @@ class RayLink:
         # one Ray cluster, or a new state dir after an old one, never share jobs.
         self.executor_name = "labq-executor"
         self.restart_requested = False
+        # Set by the composition (team.Team): which node addresses are trusted (None:
+        # all), and who hears of nodes coming and going.
+        self.trusted: Any = lambda: None
+        self.on_membership: Any = lambda added, removed: None
 
     @property
     def connected(self) -> bool:
@@ -82,14 +99,33 @@ class RayLink:
         from scheduler.raycluster import RayError
 
         self.inventory = detect()
+        team = self.team
         if self.requested_address:
             self.status = RayStatus(address=self.requested_address, embedded=False)
+            if raycluster.reachable(self.requested_address, 3.0):
+                have_token = bool(team.token_file) or os.environ.get("RAY_AUTH_MODE") == "token"
+                refusal = raycluster.check_external_auth(self.requested_address, team.ray_auth, have_token)
+                if refusal:
+                    raise RayError(refusal)
             raycluster.connect(self.requested_address, NAMESPACE)
         else:
             head = raycluster.find_embedded(self.state_dir)
+            want_host = team.advertise or "127.0.0.1"
+            if head is not None and head.address.rpartition(":")[0] != want_host:
+                raise RayError(
+                    f"the embedded Ray from an earlier daemon still runs at {head.address}; "
+                    f"stop it with `labq down` before starting on {want_host}"
+                )
             if head is None:
                 gpus, simulated = self._embedded_gpus()
-                head = raycluster.start_embedded(self.state_dir, gpus, simulated, cpus=self.requested_cpus)
+                head = raycluster.start_embedded(
+                    self.state_dir,
+                    gpus,
+                    simulated,
+                    cpus=self.requested_cpus,
+                    advertise=team.advertise,
+                    port=team.ray_port,
+                )
             elif self.requested_gpus is not None and self.requested_gpus != head.gpus:
                 raise RayError(
                     f"the embedded Ray from an earlier daemon still runs with {head.gpus} GPUs; "
@@ -132,7 +168,9 @@ class RayLink:
             namespace=NAMESPACE,
             lifetime="detached",
             get_if_exists=True,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=True),
+            # Hard: the Executor owns every job's task, so it lives on the daemon's own
+            # node; on a worker, losing that worker would lose every job's owner.
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
         ).remote()
         launcher = RayLauncher(handle)
         info = ray.get(handle.ping.remote(), timeout=60)
@@ -147,7 +185,14 @@ class RayLink:
             self.down(f"cannot list Ray nodes: {e}")
             return
         simulated = bool(self.status.embedded and self.head is not None and self.head.simulated)
-        self.nodes.update_from_ray(raw, self.status.address.rpartition(":")[0], simulated)
+        added, removed = self.nodes.update_from_ray(
+            raw, self.status.address.rpartition(":")[0], simulated, self.trusted()
+        )
+        if added or removed:
+            try:
+                self.on_membership(added, removed)
+            except Exception:  # noqa: BLE001 - an audit write must not stop the refresh
+                log.exception("could not record a node change")
 
     def down(self, why: str) -> None:
         if self.status.connected:

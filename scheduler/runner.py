@@ -78,6 +78,9 @@ class Launch:
     code: bytes = b""
     code_error: str = ""
     code_commit: str = ""
+    # The head (its Executor) unanswered this long: the job stops, so that nothing
+    # holds GPUs unaccounted on a node cut off from the daemon (node_timeout_s).
+    head_timeout: float = 60.0
     # An interactive session (issue 17): the command gets a terminal (a pty) of its
     # own; what `labq attach` types arrives through `tty_in`, its screen is the log.
     tty: bool = False

@@ -16,6 +16,9 @@ from tests.conftest import Labq, cleanup, make_labq
 pytestmark = pytest.mark.integration
 
 BUSY = [sys.executable, "-c", "while True: pass"]
+# Ray's own test cluster runs in this process's environment without token auth (on
+# loopback, for this test alone); labq refuses such a cluster unless told so.
+OPEN = "ray_auth: disabled\n"
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +64,7 @@ def wait_nodes(lq: Labq, count: int, timeout: float = 60) -> list[dict[str, Any]
 
 
 def test_each_node_has_its_own_monitor_and_nodes_come_and_go(cluster: Any) -> None:
-    lq = make_labq("grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 0.5\n")
+    lq = make_labq(OPEN + "grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 0.5\n")
     try:
         lq.up("--address", cluster.address)
         wait_nodes(lq, 1)
@@ -99,7 +102,7 @@ def test_each_node_has_its_own_monitor_and_nodes_come_and_go(cluster: Any) -> No
 
 
 def test_a_lost_node_ends_its_jobs_node_lost_and_they_are_retried(cluster: Any) -> None:
-    lq = make_labq("grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 0.5\nnode_lost_retries: 1\n")
+    lq = make_labq(OPEN + "grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 0.5\nnode_lost_retries: 1\n")
     try:
         lq.up("--address", cluster.address)
         worker = cluster.add_node(num_cpus=1, num_gpus=2)

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -79,8 +80,14 @@ def test_ray_head_lost_is_reported_queued_jobs_wait_and_the_daemon_reconnects() 
 
 
 def start_external_head(port: int, temp_dir: str) -> subprocess.Popen[bytes]:
+    """An operator's Ray head, with token auth as the README says (token in temp_dir)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env["RAY_AUTH_MODE"] = "disabled"
+    token = Path(f"{temp_dir}-token")
+    if not token.exists():
+        token.write_text("0123456789abcdef" * 4)
+        token.chmod(0o600)
+    env["RAY_AUTH_MODE"] = "token"
+    env["RAY_AUTH_TOKEN_PATH"] = str(token)
     proc = subprocess.Popen(
         raycluster.head_command(port, 2, temp_dir, cpus=2),
         env=env,
@@ -99,7 +106,10 @@ def test_external_ray_head_lost_and_back_the_daemon_reconnects_and_requeues() ->
     port = free_port()
     temp_dir = f"/tmp/labq-ext-{port}"
     head = start_external_head(port, temp_dir)
-    lq = make_labq("grace_period_s: 1\nmin_runtime_s: 0\nnode_lost_retries: 1\nray_lost_after_s: 2\n")
+    lq = make_labq(
+        "grace_period_s: 1\nmin_runtime_s: 0\nnode_lost_retries: 1\nray_lost_after_s: 2\n"
+        f"ray_token_file: {temp_dir}-token\n"
+    )
     try:
         lq.up("--address", f"127.0.0.1:{port}")
         first_pid = lq.daemon_pid()
@@ -161,3 +171,4 @@ def test_external_ray_head_lost_and_back_the_daemon_reconnects_and_requeues() ->
         except ProcessLookupError:
             pass
         shutil.rmtree(temp_dir, ignore_errors=True)
+        Path(f"{temp_dir}-token").unlink(missing_ok=True)

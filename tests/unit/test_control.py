@@ -397,3 +397,33 @@ def test_the_ledger_carries_its_sums_and_matches_summing_every_run(d: Daemon) ->
         for u in ("ana", "bo"):
             assert got[0][u] == pytest.approx(want[0][u], rel=1e-9)
             assert got[1][u] == pytest.approx(want[1][u], rel=1e-9)
+
+
+def test_the_node_watch_ends_a_silent_or_vanished_nodes_jobs_at_their_last_word_once(
+    tmp_path: Path, launcher: MemoryLauncher
+) -> None:
+    d = open_daemon(tmp_path / "state", launcher, ("n1", "n2"), node_lost_retries=1)
+    a = submit_and_start(d, launcher, gpus=4)
+    b = submit_and_start(d, launcher, gpus=4)
+    silent_node, other = d.store.get(a).node, d.store.get(b).node
+    assert silent_node and other and silent_node != other
+    # Job a's node went quiet 61 s ago (a cut cable); b's spoke just now.
+    launcher.jobs[key_of(a, 1)].seen = 1000.0
+    launcher.jobs[key_of(b, 1)].seen = 1060.5
+    assert d.control.check_silent(launcher.known(), timeout=60, now=1061.0) == [a]
+    lost = [e for e in d.store.events(a) if e["new_state"] == "NODE_LOST"]
+    assert len(lost) == 1 and lost[0]["time"] == 1000.0  # when it happened, not when noticed
+    assert d.store.get(a).state is JobState.PENDING  # requeued, per node_lost_retries
+    assert silent_node not in d.nodes  # no new jobs there
+    assert key_of(a, 1) in launcher.jobs and launcher.jobs[key_of(a, 1)].stop is not None
+    # The Ray task's own failure, arriving later, changes nothing and counts no GPU time twice.
+    used = d.ledger.usage(2000.0, [])
+    launcher.finish(a, 1, "lost", exit_code=None, reason="NodeDiedError: the node died", at=1100.0)
+    pump(d, launcher)
+    assert len([e for e in d.store.events(a) if e["new_state"] == "NODE_LOST"]) == 1
+    assert d.ledger.usage(2000.0, []) == used
+    assert d.control.check_silent(launcher.known(), timeout=60, now=1061.0) == []
+    # A node Ray no longer lists: its jobs go at once, without waiting for the timeout.
+    d.nodes.set_all({})
+    assert d.control.check_silent(launcher.known(), timeout=60, now=1061.0) == [b]
+    d.store.close()

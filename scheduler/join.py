@@ -1,0 +1,202 @@
+"""`labq join`: a machine becomes a worker of a team head, and stays one.
+
+1. With an admin's invite (`labq node invite` prints the whole command) it talks to
+   the head's listener over TLS, pinning the certificate's SHA-256 from the invite
+   (no CA needed, and no one in between can pose as the head), shows the one-time
+   secret, and gets back the Ray head's address and Ray's token.
+2. It keeps the token (0600) and the head's address in its state dir
+   (/var/lib/labq-node), and runs `ray start --address ... --block` as a supervised
+   child: whenever Ray stops (the head restarted, the network was cut), it starts it
+   again, so the node rejoins by itself. `labq join --rejoin` (the systemd unit)
+   starts from the saved state without an invite.
+
+Runs as root on the new machine: Ray's worker must be able to start jobs as their
+submitters. Only the standard library at import; NVML only to count GPUs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_STATE = "/var/lib/labq-node"
+RESTART_MIN_S = 2.0
+RESTART_MAX_S = 30.0
+
+
+class JoinError(Exception):
+    """Joining failed; the message is user-facing."""
+
+
+def _say(msg: str) -> None:
+    print(f"labq join: {msg}", file=sys.stderr, flush=True)
+
+
+def ask_head(url: str, secret: str, fingerprint: str, hostname: str, timeout: float = 30.0) -> dict[str, Any]:
+    """POST the invite to the head's /v1/nodes/join over TLS pinned to `fingerprint`."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise JoinError(f"the head's address must look like https://HEAD:PORT (as the invite prints it), got {url!r}")
+    want = fingerprint.lower().replace(":", "").removeprefix("sha256")
+    if len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
+        raise JoinError("--cert-sha256 must be the 64 hex digits the invite prints")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # pinned below instead: the invite names the exact certificate
+    try:
+        raw = socket.create_connection((parts.hostname, parts.port or 7450), timeout=timeout)
+    except OSError as e:
+        raise JoinError(f"cannot reach the head at {url}: {e.strerror or e}") from None
+    with ctx.wrap_socket(raw, server_hostname=parts.hostname) as sock:
+        der = sock.getpeercert(binary_form=True) or b""
+        if hashlib.sha256(der).hexdigest() != want:
+            raise JoinError(
+                f"{url} shows a different certificate than the invite names: not the head you were invited to "
+                "(or its certificate changed: ask for a new invite)"
+            )
+        body = json.dumps({"secret": secret, "hostname": hostname}).encode()
+        sock.sendall(
+            f"POST /v1/nodes/join HTTP/1.1\r\nHost: labq\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+            if len(data) > 1 << 20:
+                break
+    head, _, payload = data.partition(b"\r\n\r\n")
+    try:
+        status = int(head.split(b" ", 2)[1])
+        answer = json.loads(payload)
+    except (IndexError, ValueError):
+        raise JoinError(f"{url} gave an answer that is not labq's") from None
+    if status != 200:
+        raise JoinError(str(answer.get("error", f"refused ({status})")))
+    return dict(answer)
+
+
+def route_address(host: str, port: int) -> str:
+    """The local address this machine uses toward the head (what Ray must advertise)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((host, port))  # UDP: picks the route, sends nothing
+        return str(s.getsockname()[0])
+
+
+def save(state: Path, answer: dict[str, Any], url: str, fingerprint: str) -> None:
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(state, 0o700)
+    token = state / "ray-token"
+    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(str(answer["ray_token"]))
+    meta = {"ray_address": answer["ray_address"], "name": answer["name"], "url": url, "cert_sha256": fingerprint}
+    (state / "join.json").write_text(json.dumps(meta))
+
+
+def ray_command(state: Path, ray_address: str, node_ip: str, gpus: int | None, cpus: int | None) -> list[str]:
+    cmd = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--block",
+        f"--address={ray_address}",
+        f"--node-ip-address={node_ip}",
+        "--disable-usage-stats",
+        f"--temp-dir={state / 'ray'}",
+    ]
+    if gpus is not None:
+        cmd.append(f"--num-gpus={gpus}")
+    if cpus is not None:
+        cmd.append(f"--num-cpus={cpus}")
+    return cmd
+
+
+def ray_env(state: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "CUDA_VISIBLE_DEVICES"}
+    env["RAY_AUTH_MODE"] = "token"
+    env["RAY_AUTH_TOKEN_PATH"] = str(state / "ray-token")
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # A worker whose head is gone gives up after this long and stops its jobs (they
+    # would run unaccounted otherwise); the supervisor then starts Ray again.
+    env["RAY_gcs_rpc_server_reconnect_timeout_s"] = "20"
+    return env
+
+
+def count_gpus() -> int | None:
+    try:
+        from scheduler.gpu import detect
+
+        n = detect().count
+        return n if n else None
+    except Exception:  # noqa: BLE001 - no NVML here: Ray decides (0 GPUs)
+        return None
+
+
+def supervise(state: Path, cmd: list[str], once: bool) -> int:
+    """Run Ray's worker in the foreground; start it again whenever it stops."""
+    child: subprocess.Popen[bytes] | None = None
+    stopping = False
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            try:
+                os.killpg(child.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    delay = RESTART_MIN_S
+    while True:
+        started = time.monotonic()
+        with open(state / "ray-worker.log", "ab") as log:
+            child = subprocess.Popen(
+                cmd, env=ray_env(state), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, cwd=str(state),
+            )  # fmt: skip
+        _say(f"Ray worker started (pid {child.pid}); log in {state / 'ray-worker.log'}")
+        code = child.wait()
+        try:
+            os.killpg(child.pid, signal.SIGKILL)  # whatever Ray left of its session
+        except ProcessLookupError:
+            pass
+        if stopping:
+            _say("stopped")
+            return 0
+        if once:
+            return code or 1
+        delay = RESTART_MIN_S if time.monotonic() - started > 60 else min(delay * 2, RESTART_MAX_S)
+        _say(f"Ray on this node stopped (exit {code}): the head restarted or is unreachable; rejoining in {delay:.0f}s")
+        time.sleep(delay)
+
+
+def cmd_join(args: Any) -> int:
+    state = Path(args.state_dir or DEFAULT_STATE)
+    if args.rejoin:
+        try:
+            meta = json.loads((state / "join.json").read_text())
+        except (OSError, ValueError):
+            raise JoinError(f"nothing to rejoin: {state}/join.json is missing (join with an invite first)") from None
+    else:
+        if not (args.url and args.secret and args.cert_sha256):
+            raise JoinError("give the head's URL, --secret and --cert-sha256 as `labq node invite` prints them")
+        answer = ask_head(args.url, args.secret, args.cert_sha256, socket.gethostname())
+        save(state, answer, args.url, args.cert_sha256)
+        meta = json.loads((state / "join.json").read_text())
+        _say(f"joined as {meta['name']}; Ray head at {meta['ray_address']}")
+    host, _, port = str(meta["ray_address"]).rpartition(":")
+    node_ip = args.node_ip or route_address(host, int(port))
+    gpus = args.gpus if args.gpus is not None else count_gpus()
+    return supervise(state, ray_command(state, meta["ray_address"], node_ip, gpus, args.cpus), args.once)

@@ -1,0 +1,195 @@
+"""The team cluster on "hosts" that are network namespaces (tests/netns.py): a head
+with `labq up --advertise`, a worker that joins by invite, an outsider that gets
+nothing, a rogue Ray node that gets no job, and a worker that dies."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scheduler import raycluster
+from tests.conftest import Labq, cleanup, free_port, make_labq, unix_user, wait_for
+from tests.netns import Host, hosts
+
+pytestmark = pytest.mark.integration
+
+RESEARCHER = "labqtest-team"
+CONFIG = "grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 0.5\nnode_lost_retries: 1\n"
+
+
+def labq_on(host: Host, lq: Labq, *args: str) -> list[str]:
+    return host.cmd(sys.executable, "-m", "scheduler.cli", *args)
+
+
+def run_on(host: Host, lq: Labq, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        labq_on(host, lq, *args), env=lq.env(), capture_output=True, text=True, timeout=timeout, cwd=str(lq.work())
+    )
+
+
+def nodes(lq: Labq) -> dict[str, dict[str, Any]]:
+    return {n["name"]: n for n in lq.json("gpus")["nodes"]}
+
+
+def doctor(lq: Labq) -> dict[str, dict[str, Any]]:
+    return {c["check"]: c for c in json.loads(lq.run("doctor", "--json", check=False).stdout)}
+
+
+@pytest.fixture(scope="module")
+def team() -> Iterator[tuple[Labq, list[Host]]]:
+    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("unshare"):
+        pytest.skip("namespace hosts need root, ip and unshare")
+    with hosts("lq-head", "lq-w1", "lq-x") as hs:
+        head = hs[0]
+        lq = make_labq(CONFIG)
+        try:
+            up = run_on(head, lq, "up", "--state-dir", str(lq.state_dir), "--advertise", head.ip, "--gpus", "2", "--cpus", "2")
+            assert up.returncode == 0, up.stderr
+            yield lq, hs
+        finally:
+            cleanup(lq)
+
+
+def test_invite_join_outsider_rogue_and_a_worker_lost(team: tuple[Labq, list[Host]]) -> None:
+    lq, (head, worker, outsider) = team
+    uid = unix_user(RESEARCHER)
+    health = lq.client().health()
+    assert health["ray"]["address"] == f"{head.ip}:6379"
+
+    invite = lq.json("node", "invite", "--ttl", "10m")
+    assert invite["url"] == f"https://{head.ip}:7450"
+    assert invite["command"].startswith(f"labq join https://{head.ip}:7450 --secret lqjoin_")
+    # Only admins invite (and only on the head, over the socket).
+    refused = lq.run("node", "invite", user=uid, check=False)
+    assert refused.returncode == 1 and "only admins" in refused.stderr
+
+    # The outsider reaches Ray's port, but Ray wants the token: refused at once.
+    t0 = time.monotonic()
+    probe = subprocess.run(
+        outsider.cmd(sys.executable, "-c", raycluster._PROBE, f"{head.ip}:6379"),
+        capture_output=True, text=True, timeout=60, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )  # fmt: skip
+    assert "AuthenticationError" in probe.stdout, probe.stdout + probe.stderr
+    assert time.monotonic() - t0 < 20
+    # ... and a guessed invite, or a head that is not the invited one, gets nothing.
+    wstate = lq.root / "w1"
+    fake = "lqjoin_00000000_" + "A" * 43
+    bad = run_on(outsider, lq, "join", invite["url"], "--secret", fake, "--cert-sha256", invite["cert_sha256"],
+                 "--state-dir", str(lq.root / "x"), "--once")  # fmt: skip
+    assert bad.returncode == 1 and "invite is not valid" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    bad = run_on(outsider, lq, "join", invite["url"], "--secret", invite["secret"], "--cert-sha256", "ab" * 32,
+                 "--state-dir", str(lq.root / "x"), "--once")  # fmt: skip
+    assert bad.returncode == 1 and "different certificate" in bad.stderr
+    assert not (lq.root / "x" / "ray-token").exists()
+
+    # The worker joins with the invite; the invite is spent.
+    agent = subprocess.Popen(
+        labq_on(worker, lq, "join", invite["url"], "--secret", invite["secret"], "--cert-sha256",
+                invite["cert_sha256"], "--gpus", "2", "--cpus", "1", "--state-dir", str(wstate)),
+        env=lq.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        both = wait_for("the worker in labq's nodes", lambda: {"lq-head", "lq-w1"} <= set(nodes(lq)), 90)
+        assert both
+        ns = nodes(lq)
+        assert ns["lq-w1"]["trusted"] and ns["lq-w1"]["schedulable"] and ns["lq-w1"]["address"] == worker.ip
+        assert oct((wstate / "ray-token").stat().st_mode & 0o777) == "0o600"
+        again = run_on(outsider, lq, "join", invite["url"], "--secret", invite["secret"], "--cert-sha256",
+                       invite["cert_sha256"], "--state-dir", str(lq.root / "x"), "--once")  # fmt: skip
+        assert again.returncode == 1 and "invite is not valid" in again.stderr
+
+        # A researcher's jobs spread over both hosts and run there, as the researcher.
+        ids = [lq.submit("--gpus", "2", "--", "sh", "-c", "echo on $(hostname) as $(id -un); sleep 300", user=uid)
+               for _ in range(2)]  # fmt: skip
+        lq.wait_all(ids, ("RUNNING",), timeout=90)
+        where = {i: lq.job(i)["node_name"] for i in ids}
+        assert sorted(where.values()) == ["lq-head", "lq-w1"], where
+        on_worker = next(i for i, n in where.items() if n == "lq-w1")
+        on_head = next(i for i, n in where.items() if n == "lq-head")
+        wait_for("the worker job's output", lambda: f"on lq-w1 as {RESEARCHER}" in lq.log(on_worker), 30)
+
+        # A rogue Ray node (someone copied the token and ran `ray start` by hand) is
+        # let in by Ray but trusted by nobody: no job, `untrusted`, doctor fails.
+        token = lq.root / "stolen-token"
+        shutil.copy(raycluster.auth_token_path(lq.state_dir), token)
+        rogue_env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+        rogue = subprocess.run(
+            outsider.cmd(str(Path(sys.executable).parent / "ray"), "start", f"--address={head.ip}:6379",
+                         f"--node-ip-address={outsider.ip}", "--num-gpus=2", "--num-cpus=1",
+                         f"--temp-dir={lq.root / 'xr'}", "--disable-usage-stats"),
+            env=rogue_env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert rogue.returncode == 0, rogue.stderr[-500:]
+        wait_for("the rogue node", lambda: "lq-x" in nodes(lq), 60)
+        x = nodes(lq)["lq-x"]
+        assert not x["trusted"] and not x["schedulable"]
+        gpus_text = lq.run("gpus").stdout
+        assert "lq-x" in gpus_text and "UNTRUSTED" in gpus_text
+        checks = doctor(lq)
+        assert not checks["cluster"]["ok"] and "lq-x" in checks["cluster"]["detail"], checks["cluster"]
+        assert checks["ray auth"]["ok"]
+        third = lq.submit("--gpus", "2", "--", "sleep", "300", user=uid)
+        lq.passes(3)
+        assert lq.job(third)["state"] == "PENDING"
+        outsider.kill_all()
+
+        audit = lq.json("audit")
+        actions = {(a["action"], a["target"]) for a in audit}
+        assert ("node join", "lq-w1") in actions and ("node up untrusted", "lq-x") in actions
+        assert any(a == "node join refused" for a, _ in actions)
+
+        # The worker machine dies. The daemon stays up (same pid), the head's job
+        # keeps running, the worker's job is NODE_LOST and requeued.
+        pid = lq.daemon_pid()
+        lost_at = time.time()
+        worker.kill_all()
+        j = lq.wait(on_worker, ("PENDING", "RUNNING"), timeout=90)
+        j = lq.job(on_worker)
+        lost = [e for e in j["events"] if e["new_state"] == "NODE_LOST"]
+        assert lost and lost[0]["time"] - lost_at < 40, (lost, lost_at)
+        assert lq.daemon_pid() == pid
+        assert lq.job(on_head)["state"] == "RUNNING"
+        checks = doctor(lq)
+        assert not checks["cluster"]["ok"] and "lq-w1" in checks["cluster"]["detail"]
+        assert checks["executor"]["ok"], checks["executor"]
+        for i in (on_head, on_worker, third):
+            lq.run("cancel", str(i))
+    finally:
+        agent.kill()
+        agent.wait(timeout=10)
+
+
+def test_an_open_external_cluster_is_refused_unless_the_config_accepts_it(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["RAY_AUTH_MODE"] = "disabled"
+    temp = f"/tmp/labq-open-{port}"
+    proc = subprocess.Popen(
+        raycluster.head_command(port, 0, temp, cpus=1), env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    lq = make_labq()
+    try:
+        wait_for("the open Ray head", lambda: raycluster.reachable(f"127.0.0.1:{port}"), 90)
+        up = lq.run("up", "--state-dir", str(lq.state_dir), "--address", f"127.0.0.1:{port}", check=False)
+        assert up.returncode == 1
+        line = up.stderr.strip()
+        assert len(line.splitlines()) == 1 and "without token auth" in line and "ray_auth: disabled" in line, line
+        (lq.state_dir / "labq.yaml").write_text("ray_auth: disabled\n")
+        lq.up("--address", f"127.0.0.1:{port}")
+        checks = doctor(lq)
+        assert not checks["ray auth"]["ok"] and "RAY_AUTH_MODE=token" in checks["ray auth"]["detail"]
+    finally:
+        cleanup(lq)
+        os.killpg(proc.pid, 9)
+        shutil.rmtree(temp, ignore_errors=True)
+

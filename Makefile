@@ -4,12 +4,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-down test lint typecheck unit integration bench clean
+.PHONY: demo demo-down test lint typecheck unit integration bench clean install uninstall
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "labq needs Python 3.11+"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' --config-settings editable_mode=compat
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[daemon,dev]' --config-settings editable_mode=compat
 	touch $@
 
 ## demo: set up, start the daemon on embedded Ray, run the example workload, show the queue
@@ -22,6 +22,14 @@ demo-down: $(STAMP)
 ## test: set up and run every check: lint, types, unit, integration
 test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+## install: (root) labq for every user of this machine: /opt/labq, /usr/local/bin/labq,
+## /etc/labq, systemd units. CLIENT_ONLY=1 for a desktop. See scripts/install.sh.
+install:
+	bash scripts/install.sh install
+
+uninstall:
+	bash scripts/install.sh uninstall
 
 lint: $(STAMP)
 	$(BIN)/ruff check scheduler tui tests benchmarks examples scripts

@@ -87,7 +87,7 @@ class Doctor:
             launcher.ping()
             check("executor", True, f"answers (id {self.ray.executor_id[:8]})" if caller.admin else "answers")
         except LauncherDown as e:
-            check("executor", False, f"does not answer: {e}")
+            check("executor", False, str(e))
         exposed = self.exposed_files()
         check(
             "permissions",

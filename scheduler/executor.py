@@ -272,26 +272,39 @@ class RayLauncher:
         try:
             ok: bool = ray.get(self.handle.tty_put.remote(job_id, attempt, data, winsize, notice), timeout=5)
         except Exception as e:  # noqa: BLE001
-            raise LauncherDown(f"the executor does not answer ({type(e).__name__})") from None
+            raise LauncherDown(_why(e, 5)) from None
         return ok
 
     def poll(self, ack: int, timeout: float) -> list[tuple[int, Event]]:
         try:
             out: list[tuple[int, Event]] = ray.get(self.handle.poll.remote(ack, timeout), timeout=30)
         except Exception as e:  # noqa: BLE001 - whatever Ray raises, the executor is gone
-            raise LauncherDown(f"the executor does not answer: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise LauncherDown(_why(e, 30)) from None
         return out
 
     def known(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = ray.get(self.handle.known.remote(), timeout=60)
+        try:
+            out: dict[str, dict[str, Any]] = ray.get(self.handle.known.remote(), timeout=60)
+        except Exception as e:  # noqa: BLE001
+            raise LauncherDown(_why(e, 60)) from None
         return out
 
     def ping(self) -> dict[str, Any]:
         try:
             out: dict[str, Any] = ray.get(self.handle.ping.remote(), timeout=5)
         except Exception as e:  # noqa: BLE001
-            raise LauncherDown(f"the executor does not answer ({type(e).__name__})") from None
+            raise LauncherDown(_why(e, 5)) from None
         return out
 
     def kill(self) -> None:
         ray.kill(self.handle)
+
+
+def _why(e: BaseException, timeout: float) -> str:
+    """Why the Executor did not answer, in words (never a bare exception name)."""
+    if isinstance(e, ray.exceptions.GetTimeoutError):
+        return f"the executor did not answer within {timeout:g}s (busy, or its node is unreachable)"
+    if isinstance(e, ray.exceptions.RayActorError):
+        return "the executor is gone (its process or node died); the daemon restarts to start a new one"
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    return f"the executor does not answer: {first or 'Ray gave no reason'} ({type(e).__name__})"

@@ -46,6 +46,7 @@ class NodeBook:
         self._lock = threading.Lock()
         self._nodes: dict[str, NodeRecord] = {}
         self._dead: set[str] = set()
+        self._in_ray: dict[str, NodeRecord] = {}  # Ray's alive list as last seen, dead-marked ones too
         self.store = store
         self._drained: set[str] = (
             set(json.loads(store.get_meta("drained_nodes") or "[]")) if store is not None else set()
@@ -92,12 +93,10 @@ class NodeBook:
         with self._lock:
             views: dict[str, NodeRecord] = {}
             for n in raw:
-                if n["NodeID"] in self._dead:
-                    continue
                 res = n.get("Resources", {})
                 host = n.get("NodeManagerHostname", "") or n["NodeID"][:8]
                 name = host if names.get(host, 0) <= 1 else f"{host}-{n['NodeID'][:6]}"
-                old = self._nodes.get(n["NodeID"])
+                old = self._nodes.get(n["NodeID"]) or self._in_ray.get(n["NodeID"])
                 is_head = "node:__internal_head__" in res
                 simulated = simulated_head and is_head
                 address = n.get("NodeManagerAddress", head_address)
@@ -115,9 +114,12 @@ class NodeBook:
                     note=old.note if old else "",
                     trusted=ok,
                 )
-            added = [replace(v) for k, v in views.items() if k not in self._nodes]
-            removed = [replace(v) for k, v in self._nodes.items() if k not in views]
-            self._nodes = views
+            # Comings and goings as Ray sees them (a node labq took for dead first still
+            # leaves Ray's table later, and that is worth a line in the audit).
+            added = [replace(v) for k, v in views.items() if k not in self._in_ray]
+            removed = [replace(v) for k, v in self._in_ray.items() if k not in views]
+            self._in_ray = views
+            self._nodes = {k: v for k, v in views.items() if k not in self._dead}
         return added, removed
 
     def set_all(self, nodes: Mapping[str, NodeRecord]) -> None:

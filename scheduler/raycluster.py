@@ -243,6 +243,8 @@ def start_embedded(
         raise RayError(f"cannot make Ray's temp dir: {e}") from None
     ray_bin = Path(sys.executable).parent / "ray"
     cmd = head_command(port, gpus, temp_dir, cpus, node_ip=advertise or "127.0.0.1")
+    if advertise:
+        _wait_for_old_head(f"{advertise}:{port}", temp_dir, 20.0)
     log_path = state_dir / "ray-head.log"
     with open(log_path, "wb") as log:
         try:
@@ -270,6 +272,20 @@ def start_embedded(
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     raise RayError(f"Ray did not start within {timeout:.0f}s (see {log_path})")
+
+
+def _wait_for_old_head(address: str, temp_dir: str, timeout: float) -> None:
+    """A team head keeps its port. Its predecessor is known dead (find_embedded said
+    so), but `ray start` refuses the address when the temp dir still names it as the
+    current cluster and any local process (a worker's raylet on this machine, say)
+    carries it on its command line: forget the old record, give the old servers a
+    moment to release the port, then say what holds it."""
+    Path(temp_dir, "ray_current_cluster").unlink(missing_ok=True)
+    deadline = time.monotonic() + timeout
+    while reachable(address, 0.5):
+        if time.monotonic() > deadline:
+            raise RayError(f"{address} is taken (an old Ray head still runs there?): stop it, or set another ray_port")
+        time.sleep(0.5)
 
 
 def stop_embedded(state_dir: Path, timeout: float = 3.0) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 import psutil
 
 from scheduler import safefs, unpack
+from scheduler.headguard import HeadGuard
 
 CHUNK = 1 << 20  # log bytes carried per report
 HEARTBEAT_S = 0.25  # how often a running job asks whether it should stop
@@ -425,6 +426,8 @@ def _run(
         return _refuse(report, launch.code_error)
 
     tree = _Tree(f"{launch.namespace}-{launch.job_id}.{launch.attempt}", launch.cgroup)
+    # Closed by the last report (every way out of here below makes one).
+    report = HeadGuard(tree.kill_all, launch.head_timeout).wrap(report)
     cgroup_procs = os.path.join(tree.cgroup, "cgroup.procs") if tree.cgroup else ""
     if launch.code:
         try:

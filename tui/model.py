@@ -271,6 +271,8 @@ def gpu_rows(data: Data, now: float, spark_width: int = 20) -> list[tuple[str, t
     for n in data.nodes:
         kind = "simulated" if n.get("simulated") else "real"
         status = "LOST" if not n.get("alive", True) else ("" if n.get("schedulable") else "drained")
+        if n.get("alive", True) and not n.get("trusted", True):
+            status = "UNTRUSTED"  # in Ray without `labq join`: gets no jobs
         stale = f"STALE {age(n.get('age_s'))}" if n.get("stale") else ""
         note = n["note"] if n.get("note") and not n.get("simulated") else ""
         utils = [g["util_gpu"] for g in n.get("gpu_list", []) if g.get("util_gpu") is not None]

@@ -34,6 +34,7 @@ from scheduler.doctor import Doctor
 from scheduler.errors import DaemonError
 from scheduler.gpuwatch import GpuWatch
 from scheduler.logbook import LogBook
+from scheduler.nodes import NodeBook
 from scheduler.raylink import RayLink
 from scheduler.scheduling import Scheduler
 from scheduler.shapes import QUEUED, JobState
@@ -61,6 +62,7 @@ class Service(Protocol):
     doctor: Doctor
     ray: RayLink
     team: Team
+    nodes: NodeBook
 
     def health(self, caller: Caller) -> dict[str, Any]: ...
 
@@ -356,6 +358,12 @@ def join_node(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     return 200, out
 
 
+@route("GET", "/v1/nodes/head")
+def head_epoch(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    peer = c.via.removeprefix("join ") if c.via.startswith("join ") else ""
+    return 200, d.team.epoch(peer, d.nodes.lost_addresses())
+
+
 @route("POST", r"/v1/nodes/(?P<ref>[^/]+)/remove")
 def remove_node(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     from urllib.parse import unquote
@@ -483,9 +491,10 @@ class _RequestHandler(DeadlineHandler):
         daemon = self.server.daemon
         if isinstance(self.server, TcpApiServer):
             auth = self.headers.get("Authorization") or ""
-            if not auth and urlparse(self.path).path == "/v1/nodes/join":
+            if not auth and urlparse(self.path).path in ("/v1/nodes/join", "/v1/nodes/head"):
                 # A joining node has no token, only its invite (checked by the handler);
-                # the connection stays counted against its address.
+                # a joined one asks which head runs (public: a hash). The connection
+                # stays counted against its address.
                 return Caller(-1, "(joining node)", False, via=f"join {self.client_address[0]}")
             scheme, _, raw = auth.partition(" ")
             caller = daemon.authenticate(raw.strip() if scheme.lower() == "bearer" else None)

@@ -408,6 +408,11 @@ def cmd_usage(c: Client, args: argparse.Namespace) -> int:
 
 def exec_tui(args: argparse.Namespace) -> int:
     """Hand over to the UI package in a fresh interpreter: scheduler/ never imports tui/."""
+    import importlib.util
+
+    if importlib.util.find_spec("textual") is None:
+        # A client-only install (`make install CLIENT_ONLY=1`, `pip install labq`).
+        die("the terminal UI is not installed here: pip install 'labq[ui]' (the CLI works without it)")
     argv = [sys.executable, "-m", "tui"]
     if args.cmd == "desktop-install":
         argv.append("desktop-install")

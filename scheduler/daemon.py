@@ -27,6 +27,7 @@ Ray wait thread.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -233,6 +234,7 @@ class Daemon:
             token_path=str(raycluster.auth_token_path(self.state_dir)),
             listener=self.tcp.address,
             cert_sha256=selfcert.fingerprint(self.tls_cert),
+            epoch=hashlib.sha256(f"{head.pid}:{head.address}:{head.temp_dir}".encode()).hexdigest()[:16],
         )
 
     # -- Ray, or whatever runs the jobs --------------------------------------------------------------

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 DEFAULT_STATE = "/var/lib/labq-node"
 RESTART_MIN_S = 2.0
-RESTART_MAX_S = 30.0
+RESTART_MAX_S = 10.0
 
 
 class JoinError(Exception):
@@ -42,8 +42,8 @@ def _say(msg: str) -> None:
     print(f"labq join: {msg}", file=sys.stderr, flush=True)
 
 
-def ask_head(url: str, secret: str, fingerprint: str, hostname: str, timeout: float = 30.0) -> dict[str, Any]:
-    """POST the invite to the head's /v1/nodes/join over TLS pinned to `fingerprint`."""
+def _pinned(url: str, fingerprint: str, method: str, path: str, body: bytes, timeout: float) -> tuple[int, Any]:
+    """One request to the head's listener over TLS pinned to `fingerprint` (no CA)."""
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise JoinError(f"the head's address must look like https://HEAD:PORT (as the invite prints it), got {url!r}")
@@ -57,33 +57,49 @@ def ask_head(url: str, secret: str, fingerprint: str, hostname: str, timeout: fl
         raw = socket.create_connection((parts.hostname, parts.port or 7450), timeout=timeout)
     except OSError as e:
         raise JoinError(f"cannot reach the head at {url}: {e.strerror or e}") from None
-    with ctx.wrap_socket(raw, server_hostname=parts.hostname) as sock:
-        der = sock.getpeercert(binary_form=True) or b""
-        if hashlib.sha256(der).hexdigest() != want:
-            raise JoinError(
-                f"{url} shows a different certificate than the invite names: not the head you were invited to "
-                "(or its certificate changed: ask for a new invite)"
+    try:
+        with ctx.wrap_socket(raw, server_hostname=parts.hostname) as sock:
+            der = sock.getpeercert(binary_form=True) or b""
+            if hashlib.sha256(der).hexdigest() != want:
+                raise JoinError(
+                    f"{url} shows a different certificate than the invite names: not the head you were invited to "
+                    "(or its certificate changed: ask for a new invite)"
+                )
+            sock.sendall(
+                f"{method} {path} HTTP/1.1\r\nHost: labq\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
             )
-        body = json.dumps({"secret": secret, "hostname": hostname}).encode()
-        sock.sendall(
-            f"POST /v1/nodes/join HTTP/1.1\r\nHost: labq\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-            + body
-        )
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-            if len(data) > 1 << 20:
-                break
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+                if len(data) > 1 << 20:
+                    break
+    except (OSError, ssl.SSLError) as e:
+        raise JoinError(f"cannot talk to the head at {url}: {e}") from None
     head, _, payload = data.partition(b"\r\n\r\n")
     try:
-        status = int(head.split(b" ", 2)[1])
-        answer = json.loads(payload)
+        return int(head.split(b" ", 2)[1]), json.loads(payload)
     except (IndexError, ValueError):
         raise JoinError(f"{url} gave an answer that is not labq's") from None
+
+
+def ask_head(url: str, secret: str, fingerprint: str, hostname: str, timeout: float = 30.0) -> dict[str, Any]:
+    """POST the invite to the head's /v1/nodes/join: Ray's address and token back."""
+    body = json.dumps({"secret": secret, "hostname": hostname}).encode()
+    status, answer = _pinned(url, fingerprint, "POST", "/v1/nodes/join", body, timeout)
     if status != 200:
         raise JoinError(str(answer.get("error", f"refused ({status})")))
     return dict(answer)
+
+
+def head_epoch(url: str, fingerprint: str) -> dict[str, Any] | None:
+    """Which Ray head runs there now, and its node_timeout_s (None: no answer)."""
+    try:
+        status, answer = _pinned(url, fingerprint, "GET", "/v1/nodes/head", b"", 3.0)
+    except JoinError:
+        return None
+    return dict(answer) if status == 200 and answer.get("epoch") else None
 
 
 def route_address(host: str, port: int) -> str:
@@ -142,8 +158,20 @@ def count_gpus() -> int | None:
         return None
 
 
-def supervise(state: Path, cmd: list[str], once: bool) -> int:
-    """Run Ray's worker in the foreground; start it again whenever it stops."""
+def _answers(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def supervise(state: Path, cmd: list[str], once: bool, head: str = "", watch: tuple[str, str] | None = None) -> int:
+    """Run Ray's worker in the foreground; start it again whenever it stops, and at
+    once when the head restarted (`watch`: its listener, asked every 2 s which Ray
+    head runs; a restarted head is a new cluster that the old worker would only
+    leave after Ray's own timeouts)."""
     child: subprocess.Popen[bytes] | None = None
     stopping = False
 
@@ -167,7 +195,34 @@ def supervise(state: Path, cmd: list[str], once: bool) -> int:
                 start_new_session=True, cwd=str(state),
             )  # fmt: skip
         _say(f"Ray worker started (pid {child.pid}); log in {state / 'ray-worker.log'}")
-        code = child.wait()
+        # The head this worker joins: once known, a different one (a restarted head is
+        # a new Ray cluster) means joining again now rather than after Ray's timeouts.
+        first = head_epoch(*watch) if watch else None
+        epoch = first["epoch"] if first else None
+        why = ""
+        ticks = 0
+        while (code := child.poll()) is None:
+            time.sleep(1.0)
+            ticks += 1
+            if not watch or stopping or ticks % 2:
+                continue
+            now = head_epoch(*watch)
+            if now is None:
+                continue  # the head is away: Ray's own timeouts, and the loop below
+            epoch = epoch or now["epoch"]
+            if now["epoch"] != epoch:
+                why = "the head restarted"
+            elif now.get("lost"):
+                # The head took this node for lost (cut off past node_timeout_s) while
+                # Ray still lists it: come back as a new node, not a ghost of the old.
+                why = "the head took this node for lost"
+            if why:
+                os.killpg(child.pid, signal.SIGTERM)
+                try:
+                    child.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+                break
         try:
             os.killpg(child.pid, signal.SIGKILL)  # whatever Ray left of its session
         except ProcessLookupError:
@@ -177,9 +232,20 @@ def supervise(state: Path, cmd: list[str], once: bool) -> int:
             return 0
         if once:
             return code or 1
+        if why:
+            _say(f"{why}: rejoining")
+            continue
+        # Again as soon as the head answers: a few seconds apart while it does (a
+        # start that fails at once must not spin), every second until it does.
         delay = RESTART_MIN_S if time.monotonic() - started > 60 else min(delay * 2, RESTART_MAX_S)
-        _say(f"Ray on this node stopped (exit {code}): the head restarted or is unreachable; rejoining in {delay:.0f}s")
-        time.sleep(delay)
+        _say(f"Ray on this node stopped (exit {code}): the head restarted or is unreachable; rejoining")
+        waited = 0.0
+        while not stopping and (waited < delay or (head and not _answers(head))):
+            time.sleep(1.0)
+            waited += 1.0
+        if stopping:
+            _say("stopped")
+            return 0
 
 
 def cmd_join(args: Any) -> int:
@@ -199,4 +265,6 @@ def cmd_join(args: Any) -> int:
     host, _, port = str(meta["ray_address"]).rpartition(":")
     node_ip = args.node_ip or route_address(host, int(port))
     gpus = args.gpus if args.gpus is not None else count_gpus()
-    return supervise(state, ray_command(state, meta["ray_address"], node_ip, gpus, args.cpus), args.once)
+    command = ray_command(state, meta["ray_address"], node_ip, gpus, args.cpus)
+    watch = (str(meta["url"]), str(meta["cert_sha256"]))
+    return supervise(state, command, args.once, str(meta["ray_address"]), watch)

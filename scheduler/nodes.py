@@ -66,6 +66,12 @@ class NodeBook:
         with self._lock:
             return node_id in self._nodes
 
+    def lost_addresses(self) -> set[str]:
+        """Addresses of nodes labq took for lost that Ray still lists (cut off, and
+        back before Ray's own timeout): their `labq join` restarts Ray there."""
+        with self._lock:
+            return {n.address for k, n in self._in_ray.items() if k in self._dead}
+
     def name_of(self, node_id: str) -> str:
         n = self.get(node_id)
         return n.name if n is not None else node_id

@@ -50,6 +50,9 @@ class HeadInfo:
     token_path: str
     listener: str
     cert_sha256: str
+    # Which Ray head this is (its pid and address, hashed): a joined worker that sees
+    # it change knows the head restarted, and joins the new cluster at once.
+    epoch: str = ""
 
 
 def _digest(secret: str) -> str:
@@ -146,6 +149,14 @@ class Team:
             self.store.set_meta("team_nodes", json.dumps(nodes))
         self.store.audit(caller.user, "node remove", name, str(gone.get("address", "")), now)
         return {"node": name, "removed": True}
+
+    def epoch(self, peer: str, lost: set[str]) -> dict[str, Any]:
+        """`GET /v1/nodes/head` (no token): which Ray head runs, and whether the asking
+        machine's Ray node is one the head took for lost (`lost`: their addresses)."""
+        head = self._head()
+        if head is None or not self.enforced:
+            raise DaemonError("this daemon runs no team head", 404)
+        return {"epoch": head.epoch, "lost": peer in lost}
 
     # -- the registry -----------------------------------------------------------------------------
     def registry(self) -> dict[str, dict[str, Any]]:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from scheduler import raycluster
@@ -23,7 +24,8 @@ from tests.netns import Host, hosts
 pytestmark = pytest.mark.integration
 
 RESEARCHER = "labqtest-team"
-CONFIG = "grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 0.5\nnode_lost_retries: 1\n"
+# node_timeout_s: short here, so that a cut cable is noticed in seconds (default 60 s).
+CONFIG = "grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 0.5\nnode_lost_retries: 1\nnode_timeout_s: 10s\n"
 
 
 def labq_on(host: Host, lq: Labq, *args: str) -> list[str]:
@@ -161,11 +163,55 @@ def test_invite_join_outsider_rogue_and_a_worker_lost(team: tuple[Labq, list[Hos
         checks = doctor(lq)
         assert not checks["cluster"]["ok"] and "lq-w1" in checks["cluster"]["detail"]
         assert checks["executor"]["ok"], checks["executor"]
-        for i in (on_head, on_worker, third):
-            lq.run("cancel", str(i))
+        for i in (on_worker, third):
+            lq.run("cancel", "--now", str(i))
+
+        # The machine boots again: its supervised `labq join --rejoin` brings it back.
+        agent.kill()
+        agent = rejoin(lq, worker, wstate)
+        wait_for("the worker back after its reboot", lambda: nodes(lq).get("lq-w1", {}).get("trusted"), 90)
+
+        # Its cable is cut: the job there is NODE_LOST after node_timeout_s (dated when
+        # it last spoke), and stops by itself on the cut-off machine.
+        cut = lq.submit("--gpus", "2", "--", "sleep", "300", user=uid)
+        j = lq.wait(cut, ("RUNNING",), timeout=90)
+        assert lq.job(cut)["node_name"] == "lq-w1"
+        pid = int(j["pid"])
+        time.sleep(1)
+        t0 = time.time()
+        worker.link(False)
+        lq.wait(cut, ("PENDING",), timeout=60)  # requeued, per node_lost_retries
+        lost = [e for e in lq.job(cut)["events"] if e["new_state"] == "NODE_LOST"]
+        requeued = [e for e in lq.job(cut)["events"] if e["new_state"] == "PENDING"][-1]
+        assert requeued["time"] - t0 < 10 + 8, (t0, requeued)
+        assert lost and t0 - 2 <= lost[0]["time"] <= t0 + 1, (t0, lost)
+        wait_for("the cut-off job to stop by itself", lambda: not psutil.pid_exists(pid), 10 + 30)
+        worker.link(True)
+        wait_for("the worker back after the cut", lambda: nodes(lq).get("lq-w1", {}).get("trusted"), 90)
+        lq.run("cancel", "--now", str(cut))
+
+        # The head dies and is started again (as systemd would): the worker rejoins by itself.
+        old = lq.daemon_pid()
+        head.kill_all()
+        wait_for("the old daemon gone", lambda: not psutil.pid_exists(old), 30)
+        up = run_on(head, lq, "up", "--state-dir", str(lq.state_dir), "--advertise", head.ip, "--gpus", "2", "--cpus", "2")
+        assert up.returncode == 0, up.stderr
+        t1 = time.monotonic()
+        wait_for("the worker rejoining the new head", lambda: nodes(lq).get("lq-w1", {}).get("trusted"), 90)
+        assert time.monotonic() - t1 < 60
+        assert doctor(lq)["cluster"]["ok"]
+        for i in (on_head, on_worker, third, cut):
+            lq.run("cancel", "--now", str(i), check=False)
     finally:
         agent.kill()
         agent.wait(timeout=10)
+
+
+def rejoin(lq: Labq, worker: Host, state: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        labq_on(worker, lq, "join", "--rejoin", "--gpus", "2", "--cpus", "1", "--state-dir", str(state)),
+        env=lq.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
 
 
 def test_an_open_external_cluster_is_refused_unless_the_config_accepts_it(tmp_path: Path) -> None:

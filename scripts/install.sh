@@ -76,7 +76,7 @@ pick_python() {
     die "no python 3.11+ that every user can run: ${why:-none found}. Install one system-wide (e.g. apt install python3.11 python3.11-venv) or name it with PYTHON=..."
 }
 
-install() {
+do_install() {
     local py venv
     py=$(pick_python)
     venv=$PREFIX/venv
@@ -118,7 +118,7 @@ install() {
     fi
 }
 
-uninstall() {
+do_uninstall() {
     if [ -L "$BINDIR/labq" ] && [ "$(readlink "$BINDIR/labq")" = "$PREFIX/venv/bin/labq" ]; then
         rm -f "$BINDIR/labq"
     fi
@@ -140,7 +140,7 @@ uninstall() {
 }
 
 case "$ACTION" in
-    install) install ;;
-    uninstall) uninstall ;;
+    install) do_install ;;
+    uninstall) do_uninstall ;;
     *) die "usage: install.sh install|uninstall" ;;
 esac

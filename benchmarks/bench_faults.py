@@ -3,7 +3,7 @@
     sudo .venv/bin/python benchmarks/bench_faults.py [--node-timeout 60]
 
 Two "hosts" are network namespaces with their own addresses and hostnames
-(tests/netns.py). The head runs `labq up --advertise`; the worker joins with an
+(benchmarks/netns.py). The head runs `labq up --advertise`; the worker joins with an
 invite (`labq join`, supervised: it restarts its Ray whenever Ray stops). A 2-GPU job
 runs on the worker while the head's 2 GPUs are free, so a lost job can run again at
 once. For each fault, measured from the fault:
@@ -35,8 +35,72 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import Labq, cleanup, make_labq, wait_for  # noqa: E402
-from tests.netns import Host, hosts  # noqa: E402
+from benchmarks.netns import Host, hosts  # noqa: E402
+from scheduler import raycluster  # noqa: E402
+
+
+def wait_for(what: str, check: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (got := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.2)
+    return got
+
+
+class Labq:
+    """A daemon's state dir and socket, and the real `labq` command against them."""
+
+    def __init__(self, config: str) -> None:
+        import tempfile
+
+        self.root = Path(tempfile.mkdtemp(prefix="lqbench", dir="/tmp"))
+        os.chmod(self.root, 0o755)
+        self.state_dir, self.socket = self.root / "state", self.root / "labq.sock"
+        self.state_dir.mkdir()
+        (self.state_dir / "labq.yaml").write_text(config)
+        (self.root / "work").mkdir()
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "LABQ_SOCKET": str(self.socket), "LABQ_STATE_DIR": str(self.state_dir),
+                "PYTHONPATH": str(REPO)}  # fmt: skip
+
+    def work(self) -> Path:
+        return self.root / "work"
+
+    def run(self, *args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "scheduler.cli", *args], env=self.env(), capture_output=True,
+                             text=True, timeout=180, cwd=str(self.work()))  # fmt: skip
+        if out.returncode:
+            raise AssertionError(f"labq {' '.join(args)}: {out.stderr}")
+        return out.stdout
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "--json"))
+
+    def submit(self, *args: str) -> int:
+        return int(json.loads(self.run("submit", "--json", *args))["id"])
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return dict(self.json("show", str(job_id)))
+
+    def wait(self, job_id: int, states: tuple[str, ...], timeout: float) -> dict[str, Any]:
+        return dict(wait_for(f"job {job_id} in {states}", lambda: (j := self.job(job_id))["state"] in states and j, timeout))
+
+    def wait_all(self, ids: list[int], states: tuple[str, ...], timeout: float) -> None:
+        for i in ids:
+            self.wait(i, states, timeout)
+
+    def cleanup(self) -> None:
+        try:
+            pid = json.loads((self.state_dir / "daemon.json").read_text())["pid"]
+            os.kill(pid, 9)
+        except (OSError, ValueError, KeyError):
+            pass
+        raycluster.stop_embedded(self.state_dir, timeout=0)
+        import shutil
+
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def labq_cmd(host: Host, *args: str) -> list[str]:
@@ -171,7 +235,7 @@ def main() -> None:
     config = f"grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 1\nnode_lost_retries: 5\nnode_timeout_s: {args.node_timeout}\n"
     results: dict[str, Any] = {"node_timeout": args.node_timeout}
     with hosts("lq-head", "lq-w1") as (head, worker):
-        lq = make_labq(config)
+        lq = Labq(config)
         wstate = lq.root / "w1"
         agent = None
         try:
@@ -190,7 +254,7 @@ def main() -> None:
         finally:
             if agent is not None:
                 agent.kill()
-            cleanup(lq)
+            lq.cleanup()
             for f in Path("/tmp").glob("lq-bench-fault-pid.*"):
                 f.unlink()
     print(json.dumps(results, indent=2))

@@ -1,4 +1,4 @@
-"""The team cluster on "hosts" that are network namespaces (tests/netns.py): a head
+"""The team cluster on "hosts" that are network namespaces (benchmarks/netns.py): a head
 with `labq up --advertise`, a worker that joins by invite, an outsider that gets
 nothing, a rogue Ray node that gets no job, and a worker that dies."""
 
@@ -17,9 +17,9 @@ from typing import Any
 import psutil
 import pytest
 
+from benchmarks.netns import Host, hosts
 from scheduler import raycluster
 from tests.conftest import Labq, cleanup, free_port, make_labq, unix_user, wait_for
-from tests.netns import Host, hosts
 
 pytestmark = pytest.mark.integration
 

@@ -214,6 +214,11 @@ class Daemon:
         from scheduler.config import is_loopback, parse_listen
 
         host = parse_listen(listen)[0]
+        if c.advertise and is_loopback(host):
+            raise DaemonError(
+                f"advertise {c.advertise}: other machines join through the listener, but listen {listen} "
+                "is loopback; drop `listen` (it then defaults to ADVERTISE:join_port) or give a routable one"
+            )
         if c.advertise and not cert and not is_loopback(host):
             try:
                 cert, key = selfcert.ensure(self.state_dir, host)

@@ -70,7 +70,10 @@ class NodeBook:
         """Addresses of nodes labq took for lost that Ray still lists (cut off, and
         back before Ray's own timeout): their `labq join` restarts Ray there."""
         with self._lock:
-            return {n.address for k, n in self._in_ray.items() if k in self._dead}
+            ghosts = {n.address for k, n in self._in_ray.items() if k in self._dead}
+            # Once the machine's new node is in, its address is fine again (the old node
+            # lingers in Ray's list a while): no rejoining over and over.
+            return ghosts - {n.address for n in self._nodes.values()}
 
     def name_of(self, node_id: str) -> str:
         n = self.get(node_id)

@@ -119,3 +119,18 @@ def test_a_report_blocked_past_the_head_timeout_kills_the_job_once() -> None:
     ok = guard.wrap(lambda *_: {"fine": True})
     assert ok(None, 0, b"", {"outcome": "succeeded"}, []) == {"fine": True}
     guard.close()
+
+
+def test_a_machine_is_asked_to_rejoin_only_while_its_old_node_alone_is_listed() -> None:
+    book = NodeBook()
+
+    def raw(node_id: str) -> dict[str, object]:
+        return {"NodeID": node_id, "NodeManagerHostname": "box", "NodeManagerAddress": "10.0.0.2",
+                "Resources": {"GPU": 2.0}}  # fmt: skip
+
+    book.update_from_ray([raw("old")], "10.0.0.1", False)
+    book.mark_dead("old")  # cut off past node_timeout_s; Ray still lists it
+    book.update_from_ray([raw("old")], "10.0.0.1", False)
+    assert book.lost_addresses() == {"10.0.0.2"}
+    book.update_from_ray([raw("old"), raw("new")], "10.0.0.1", False)  # its Ray restarted
+    assert book.lost_addresses() == set()

@@ -584,7 +584,7 @@ class _RequestHandler(DeadlineHandler):
             if raw:
                 try:
                     body = json.loads(raw)
-                except (ValueError, UnicodeDecodeError):
+                except (ValueError, UnicodeDecodeError, RecursionError):
                     raise DaemonError("request body is not valid JSON") from None
             self._route(method, url, caller, body)
         except DaemonError as e:

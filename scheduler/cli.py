@@ -291,7 +291,7 @@ def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
         emit_json(out)
         return 0
     for n in out["nodes"]:
-        kind = "SIMULATED" if n["simulated"] else "real"
+        kind = "SIMULATED" if n["simulated"] else "real" if n.get("nvml_gpus") is not None else "no GPU report yet"
         state = "schedulable" if n["schedulable"] else "drained"
         if not n.get("trusted", True):
             state = "UNTRUSTED: in Ray without `labq join`, gets no jobs"
@@ -679,6 +679,8 @@ def _run_foreground(args: argparse.Namespace, state_dir: Path, sock: Path) -> in
     config_path = Path(args.config) if args.config else None
     if config_path is None and (state_dir / "labq.yaml").exists():
         config_path = state_dir / "labq.yaml"
+    if config_path is None and os.geteuid() == 0 and Path("/etc/labq/labq.yaml").exists():
+        config_path = Path("/etc/labq/labq.yaml")  # a team install's (make install)
     try:
         config = load_daemon_config(config_path)
         import dataclasses

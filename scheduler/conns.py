@@ -83,12 +83,14 @@ class Limits:
 
     def acquire(self, key: str, sock: Any, anon: bool = False) -> str:
         """'' when `sock` may proceed under `key`; else why not (one line)."""
-        victim = None
+        victims = []
         with self._lock:
             if anon and self._count.get(key, 0) >= self.per_key and self._anon.get(key):
-                _, victim = self._anon[key].popitem(last=False)
-                self._count[key] -= 1
-                self._open -= 1
+                victims.append(self._evict(key))
+            if self._open >= self.total and any(self._anon.values()):
+                # Full: the oldest tokenless connection of the address holding the most
+                # goes, so that many addresses of one attacker cannot keep everyone out.
+                victims.append(self._evict(max((k for k, d in self._anon.items() if d), key=lambda k: len(self._anon[k]))))
             if self._open >= self.total:
                 refusal = f"the labq daemon has {self._open} open connections, its limit; try again shortly"
             elif self._count.get(key, 0) >= self.per_key:
@@ -102,9 +104,16 @@ class Limits:
                 self._open += 1
                 if anon:
                     self._anon.setdefault(key, OrderedDict())[id(sock)] = sock
-        if victim is not None:
+        for victim in victims:
             _hard_close(victim)
         return refusal
+
+    def _evict(self, key: str) -> Any:
+        """Caller holds the lock; `key` has an anonymous connection."""
+        _, victim = self._anon[key].popitem(last=False)
+        self._count[key] -= 1
+        self._open -= 1
+        return victim
 
     def move(self, old: str, new: str, sock: Any) -> str:
         """An anonymous TCP connection showed a token: count it under its user now."""

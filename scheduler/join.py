@@ -109,15 +109,49 @@ def route_address(host: str, port: int) -> str:
         return str(s.getsockname()[0])
 
 
-def save(state: Path, answer: dict[str, Any], url: str, fingerprint: str) -> None:
-    state.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(state, 0o700)
-    token = state / "ray-token"
-    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def prepare_state(state: Path) -> None:
+    """The state dir holds Ray's token (root on every node to whoever reads it) and
+    Ray's sockets: it must be ours alone, all the way up (like the daemon's)."""
+    from scheduler import safefs
+
+    try:
+        safefs.private_dir(state, 0o700)
+        safefs.private_dir(state / "ray", 0o700)
+    except (OSError, safefs.UnsafePath) as e:
+        raise JoinError(f"state dir: {e}") from None
+    problem = safefs.untrusted_ancestor(state)
+    if problem:
+        raise JoinError(f"state dir {state}: {problem}; use one only root can write (default {DEFAULT_STATE})")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """A new 0600 file (never an existing one, nor a link's target)."""
+    from scheduler import safefs
+
+    fd = safefs.create_exclusive(path, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(str(answer["ray_token"]))
+        f.write(text)
+
+
+def save(state: Path, answer: dict[str, Any], url: str, fingerprint: str) -> None:
+    _write_private(state / "ray-token", str(answer["ray_token"]))
     meta = {"ray_address": answer["ray_address"], "name": answer["name"], "url": url, "cert_sha256": fingerprint}
-    (state / "join.json").write_text(json.dumps(meta))
+    _write_private(state / "join.json", json.dumps(meta))
+
+
+def _open_log(path: Path) -> int:
+    """Ray's output, appended; a file that is not ours (or a link) is replaced."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError:
+        path.unlink(missing_ok=True)
+        fd = os.open(path, flags, 0o600)
+    if os.fstat(fd).st_uid != os.geteuid():
+        os.close(fd)
+        path.unlink()
+        fd = os.open(path, flags | os.O_EXCL, 0o600)
+    return fd
 
 
 def ray_command(state: Path, ray_address: str, node_ip: str, gpus: int | None, cpus: int | None) -> list[str]:
@@ -189,11 +223,14 @@ def supervise(state: Path, cmd: list[str], once: bool, head: str = "", watch: tu
     delay = RESTART_MIN_S
     while True:
         started = time.monotonic()
-        with open(state / "ray-worker.log", "ab") as log:
+        log = _open_log(state / "ray-worker.log")
+        try:
             child = subprocess.Popen(
                 cmd, env=ray_env(state), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, cwd=str(state),
             )  # fmt: skip
+        finally:
+            os.close(log)
         _say(f"Ray worker started (pid {child.pid}); log in {state / 'ray-worker.log'}")
         # The head this worker joins: once known, a different one (a restarted head is
         # a new Ray cluster) means joining again now rather than after Ray's timeouts.
@@ -249,7 +286,8 @@ def supervise(state: Path, cmd: list[str], once: bool, head: str = "", watch: tu
 
 
 def cmd_join(args: Any) -> int:
-    state = Path(args.state_dir or DEFAULT_STATE)
+    state = Path(args.state_dir or DEFAULT_STATE).absolute()
+    prepare_state(state)
     if args.rejoin:
         try:
             meta = json.loads((state / "join.json").read_text())
@@ -263,7 +301,12 @@ def cmd_join(args: Any) -> int:
         meta = json.loads((state / "join.json").read_text())
         _say(f"joined as {meta['name']}; Ray head at {meta['ray_address']}")
     host, _, port = str(meta["ray_address"]).rpartition(":")
-    node_ip = args.node_ip or route_address(host, int(port))
+    if not host or not port.isdigit() or any(c.isspace() for c in host):
+        raise JoinError(f"the head gave a Ray address that is not HOST:PORT: {meta['ray_address']!r}")
+    try:
+        node_ip = args.node_ip or route_address(host, int(port))
+    except OSError as e:
+        raise JoinError(f"no route to the Ray head at {host}: {e.strerror or e}") from None
     gpus = args.gpus if args.gpus is not None else count_gpus()
     command = ray_command(state, meta["ray_address"], node_ip, gpus, args.cpus)
     watch = (str(meta["url"]), str(meta["cert_sha256"]))

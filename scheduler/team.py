@@ -65,6 +65,7 @@ class Team:
         self.enforced = enforced
         self._head = head
         self._lock = threading.Lock()
+        self._refusals: dict[str, tuple[float, int]] = {}  # peer -> (last audited, refused since)
 
     # -- invites ----------------------------------------------------------------------------------
     def invite(self, caller: Caller, ttl_s: float, now: float | None = None) -> dict[str, Any]:
@@ -119,8 +120,14 @@ class Team:
                         found = i
             if found is None or found["expires"] <= now:
                 # Same answer for unknown, used and expired: a prober learns nothing.
-                self.store.audit("(unknown)", "node join refused", hostname, f"from {peer}", now)
+                self._refused(peer, hostname, now)
                 raise DaemonError("the invite is not valid (unknown, used or expired): ask an admin for `labq node invite`", 403)
+            taken = self.registry().get(hostname)
+            if taken is not None and taken["address"] != peer:
+                # One invite must not move another machine's trust to this address.
+                raise DaemonError(
+                    f"a node named {hostname} already joined from {taken['address']}: an admin removes it first "
+                    f"(`labq node remove {hostname}`), or join from that address", 409)
             invites.remove(found)
             self.store.set_meta("join_invites", json.dumps([i for i in invites if i["expires"] > now]))
             nodes = self.registry()
@@ -135,6 +142,19 @@ class Team:
         except OSError as e:
             raise DaemonError(f"cannot read Ray's token: {e.strerror}", 500) from None
         return {"name": hostname, "ray_address": head.ray_address, "ray_token": token}
+
+    def _refused(self, peer: str, hostname: str, now: float) -> None:
+        """One audit line per address per minute, however fast it guesses (a flood of
+        refused joins must not fill the database, nor bury the audit)."""
+        last, quiet = self._refusals.get(peer, (0.0, 0))
+        if now - last < 60:
+            self._refusals[peer] = (last, quiet + 1)
+            return
+        more = f"; and {quiet} more refused from there in the minute before" if quiet else ""
+        self.store.audit("(unknown)", "node join refused", hostname, f"from {peer}{more}", now)
+        self._refusals[peer] = (now, 0)
+        if len(self._refusals) > 4096:  # many addresses: keep the recent ones
+            self._refusals = {p: v for p, v in self._refusals.items() if now - v[0] < 60}
 
     def leave(self, caller: Caller, name: str, now: float | None = None) -> dict[str, Any]:
         """`labq node remove NAME`: forget a joined node (its Ray node becomes untrusted)."""

@@ -10,6 +10,7 @@
 #   BINDIR=/usr/local/bin     `labq` on everyone's PATH
 #   ETC=/etc/labq             labq.yaml (kept across installs; never overwritten)
 #   STATE=/var/lib/labq       the daemon's state (0700, root)
+#   NODE_STATE=/var/lib/labq-node   a worker's (`labq join`): Ray's token and the head's address
 #   UNITDIR=/etc/systemd/system   labq.service (the daemon), labq-join.service (a worker)
 #
 # The python matters: an admin's pyenv or conda under /root (or any private home)
@@ -23,6 +24,7 @@ PREFIX=${PREFIX:-/opt/labq}
 BINDIR=${BINDIR:-/usr/local/bin}
 ETC=${ETC:-/etc/labq}
 STATE=${STATE:-/var/lib/labq}
+NODE_STATE=${NODE_STATE:-/var/lib/labq-node}
 UNITDIR=${UNITDIR:-/etc/systemd/system}
 CLIENT_ONLY=${CLIENT_ONLY:-}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -91,7 +93,9 @@ do_install() {
         --exclude=.hypothesis -cf - pyproject.toml README.md scheduler tui) | tar -C "$build" -xf -
     local target="$build"
     [ -n "$CLIENT_ONLY" ] || target="$build[daemon]"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$target"
+    # PIP_ARGS: e.g. --no-deps (the install's own test), an index to use.
+    # shellcheck disable=SC2086
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade ${PIP_ARGS:-} "$target"
     chmod -R a+rX "$PREFIX"
     ln -sfn "$venv/bin/labq" "$BINDIR/labq"
     say "labq for every user: $BINDIR/labq -> $venv/bin/labq"
@@ -99,7 +103,10 @@ do_install() {
 
     install -d -m 0755 "$ETC"
     if [ ! -e "$ETC/labq.yaml" ]; then
-        install -m 0644 "$SRC/configs/labq.yaml" "$ETC/labq.yaml"
+        # The example's quotas file is the demo's (alice, bob, carol): a team starts with none.
+        sed -e 's|^quotas_file: .*|quotas_file: ""                 # e.g. quotas.yaml next to this file (example: configs/quotas.yaml)|' \
+            "$SRC/configs/labq.yaml" > "$ETC/labq.yaml"
+        chmod 0644 "$ETC/labq.yaml"
         say "config: $ETC/labq.yaml (edit admins:, advertise: for a team head)"
     else
         say "config: $ETC/labq.yaml kept"
@@ -108,7 +115,8 @@ do_install() {
     if [ -d "$UNITDIR" ]; then
         sed -e "s#/opt/labq/venv#$venv#g" -e "s#/var/lib/labq#$STATE#g" -e "s#/etc/labq#$ETC#g" \
             "$SRC/configs/labq.service" > "$UNITDIR/labq.service"
-        sed -e "s#/opt/labq/venv#$venv#g" "$SRC/configs/labq-join.service" > "$UNITDIR/labq-join.service"
+        sed -e "s#/opt/labq/venv#$venv#g" -e "s#/var/lib/labq-node#$NODE_STATE#g" \
+            "$SRC/configs/labq-join.service" > "$UNITDIR/labq-join.service"
         chmod 0644 "$UNITDIR/labq.service" "$UNITDIR/labq-join.service"
         if [ -d /run/systemd/system ] && [ "$UNITDIR" = /etc/systemd/system ]; then
             systemctl daemon-reload
@@ -132,7 +140,7 @@ do_uninstall() {
     done
     rm -rf "$PREFIX"
     if [ -n "${PURGE:-}" ]; then
-        rm -rf "$ETC" "$STATE" /var/lib/labq-node
+        rm -rf "$ETC" "$STATE" "$NODE_STATE"
         say "removed $PREFIX, $ETC and the state"
     else
         say "removed $PREFIX; kept $ETC and $STATE (PURGE=1 removes them)"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from scheduler.config import load_daemon_config
 from tests.conftest import REPO, Labq, as_user, unix_user
 
 pytestmark = pytest.mark.integration
@@ -84,3 +85,27 @@ def test_a_client_install_every_user_can_run_and_a_private_python_is_refused(pre
     gone = make(prefix, "uninstall")
     assert gone.returncode == 0, gone.stderr
     assert not labq.exists() and not (prefix / "opt").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="installs for every user: root")
+def test_a_head_install_writes_a_config_that_loads_and_units_that_point_at_it(prefix: Path) -> None:
+    # The daemon's packages are the wheels' business: --no-deps keeps this test fast.
+    (prefix / "units").mkdir()
+    out = make(prefix, "install", PIP_ARGS="--no-deps", NODE_STATE=str(prefix / "node"))
+    assert out.returncode == 0, out.stderr
+    config = load_daemon_config(prefix / "etc" / "labq.yaml")
+    assert config.quotas_file == ""  # not the demo's quotas (alice, bob, carol)
+    assert oct((prefix / "state").stat().st_mode & 0o777) == "0o700"
+    head = (prefix / "units" / "labq.service").read_text()
+    assert f"ExecStart={prefix}/opt/venv/bin/labq up --foreground --state-dir {prefix}/state --config {prefix}/etc/labq.yaml" in head
+    worker = (prefix / "units" / "labq-join.service").read_text()
+    assert f"ExecStart={prefix}/opt/venv/bin/labq join --rejoin --state-dir {prefix}/node" in worker
+    (prefix / "etc" / "labq.yaml").write_text("admins: [someone]\n")
+    again = make(prefix, "install", PIP_ARGS="--no-deps", NODE_STATE=str(prefix / "node"))
+    assert again.returncode == 0 and "kept" in again.stdout
+    assert (prefix / "etc" / "labq.yaml").read_text() == "admins: [someone]\n"  # an admin's edits survive
+    (prefix / "node").mkdir()
+    gone = make(prefix, "uninstall", PURGE="1", NODE_STATE=str(prefix / "node"))
+    assert gone.returncode == 0, gone.stderr
+    assert not any((prefix / d).exists() for d in ("opt", "etc", "state", "node"))
+    assert not (prefix / "units" / "labq.service").exists()

@@ -134,3 +134,68 @@ def test_a_machine_is_asked_to_rejoin_only_while_its_old_node_alone_is_listed() 
     assert book.lost_addresses() == {"10.0.0.2"}
     book.update_from_ray([raw("old"), raw("new")], "10.0.0.1", False)  # its Ray restarted
     assert book.lost_addresses() == set()
+
+
+def test_refused_joins_are_audited_once_a_minute_per_address_and_no_name_is_taken_over(team: Team) -> None:
+    bad = "lqjoin_00000000_" + "A" * 43
+    for i in range(500):
+        with pytest.raises(DaemonError, match="not valid"):
+            team.join(bad, f"box-{i}", "10.0.0.66", now=1000.0 + i * 0.01)
+    with pytest.raises(DaemonError):
+        team.join(bad, "box-x", "10.0.0.66", now=1061.0)
+    refused = [a for a in team.store.audit_log() if a["action"] == "node join refused"]
+    assert len(refused) == 2 and "499 more" in refused[0]["detail"]
+    inv = team.invite(ROOT, 900)
+    team.join(inv["secret"], "box-2", "10.0.0.2")
+    other = team.invite(ROOT, 900)
+    with pytest.raises(DaemonError, match="already joined from 10.0.0.2"):
+        team.join(other["secret"], "box-2", "10.0.0.99")
+    assert team.registry()["box-2"]["address"] == "10.0.0.2"
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="chowns to another user")
+def test_join_keeps_the_ray_token_out_of_a_state_dir_someone_else_controls(tmp_path: Path) -> None:
+    import os
+
+    from scheduler.join import JoinError, prepare_state, save
+
+    os.chmod(tmp_path, 0o755)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(JoinError, match="belongs to"):
+        prepare_state(theirs)
+    ours = tmp_path / "ours"
+    prepare_state(ours)
+    victim = tmp_path / "victim"
+    victim.write_text("keep\n")
+    (ours / "ray-token").symlink_to(victim)  # left there while the dir was open, say
+    save(ours, {"ray_token": "secret", "ray_address": "10.0.0.1:6379", "name": "w"}, "https://h:7450", "ab" * 32)
+    assert victim.read_text() == "keep\n"
+    token = ours / "ray-token"
+    assert not token.is_symlink() and token.read_text() == "secret" and token.stat().st_mode & 0o777 == 0o600
+    assert (ours / "ray").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_full_listener_makes_room_by_pushing_out_tokenless_connections_of_the_busiest_address() -> None:
+    import socket
+
+    from scheduler.conns import Limits
+
+    limits = Limits(per_key=64, total=4)
+    pairs = [socket.socketpair() for _ in range(6)]
+    try:
+        # An attacker from two addresses fills the listener with tokenless connections.
+        for (a, _), key in zip(pairs[:4], ["10.0.0.66", "10.0.0.66", "10.0.0.66", "10.0.0.67"], strict=True):
+            assert limits.acquire(f"address {key}", a, anon=True) == ""
+        assert limits.acquire("address 10.0.0.2", pairs[4][0], anon=True) == ""  # a worker still gets in
+        assert limits.open() == 4 and limits.open("address 10.0.0.66") == 2
+        pairs[0][1].settimeout(1)
+        assert pairs[0][1].recv(1) == b""  # the oldest of the busiest address was closed
+        limits.move("address 10.0.0.2", "user alice", pairs[4][0])
+        assert limits.acquire("user bob", pairs[5][0]) == ""  # room again, at another anon's expense
+        assert limits.open("user alice") == 1 and limits.open() == 4
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()

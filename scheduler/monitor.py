@@ -76,6 +76,19 @@ class GpuSampler:
         except self.nvml.NVMLError_NotSupported:
             return None
 
+    def _memory(self, h: Any) -> Any:
+        """Memory as nvidia-smi shows it. NVML's v1 call counts the driver's own
+        reservation as used (616 MiB on an idle H200, seen on a real one); v2 gives it
+        apart. v1 where v2 is missing (older drivers, the recordings' fake)."""
+        nv = self.nvml
+        version = getattr(nv, "nvmlMemory_v2", None)
+        if version is not None:
+            try:
+                return nv.nvmlDeviceGetMemoryInfo(h, version=version)
+            except nv.NVMLError:
+                pass  # not on this driver: v1 below
+        return self._get(nv.nvmlDeviceGetMemoryInfo, h)
+
     def sample(self) -> list[GpuSample]:
         return [self._sample_one(i) for i in range(self.count)]
 
@@ -85,7 +98,7 @@ class GpuSampler:
             return _dead(index, self.lost[index])
         try:
             h = nv.nvmlDeviceGetHandleByIndex(index)
-            mem = self._get(nv.nvmlDeviceGetMemoryInfo, h)
+            mem = self._memory(h)
             util = self._get(nv.nvmlDeviceGetUtilizationRates, h)
             ecc = self._get(
                 nv.nvmlDeviceGetTotalEccErrors, h, nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nv.NVML_VOLATILE_ECC

@@ -116,3 +116,26 @@ def test_process_tree_maps_gpu_processes_to_jobs() -> None:
     finally:
         os.killpg(proc.pid, 9)
         proc.wait()
+
+
+def test_memory_used_leaves_out_the_drivers_reservation_where_nvml_v2_is_there() -> None:
+    """Seen on a real H200: NVML v1 counts 615 MiB of driver reservation as used on an
+    idle GPU (nvidia-smi: 0 MiB used, 616 reserved); v2 gives it apart."""
+    from types import SimpleNamespace
+
+    fake = FakeNVML(count=1)
+    v1 = fake.nvmlDeviceGetMemoryInfo
+
+    class V2(FakeNVML):
+        nvmlMemory_v2 = 0x2000028
+
+        def nvmlDeviceGetMemoryInfo(self, h: object, version: int | None = None) -> SimpleNamespace:  # type: ignore[override]
+            m = v1(h)  # type: ignore[arg-type]
+            if version is None:
+                return m
+            reserved = 615 << 20
+            return SimpleNamespace(total=m.total, used=m.used - reserved, free=m.free, reserved=reserved)
+
+    idle_v1 = GpuSampler(fake).sample()[0].memory_used
+    idle_v2 = GpuSampler(V2(count=1)).sample()[0].memory_used
+    assert idle_v1 is not None and idle_v2 == idle_v1 - (615 << 20)

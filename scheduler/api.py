@@ -353,9 +353,7 @@ def join_node(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     if not c.via.startswith("join "):
         raise DaemonError("nodes join over the head's network listener (labq join URL), not the socket", 400)
     body = body if isinstance(body, dict) else {}
-    out = d.team.join(body.get("secret"), body.get("hostname"), c.via.removeprefix("join "))
-    d.ray.refresh_nodes()
-    return 200, out
+    return 200, d.team.join(body.get("secret"), body.get("hostname"), c.via.removeprefix("join "))
 
 
 @route("GET", "/v1/nodes/head")

@@ -375,12 +375,13 @@ class JobControl:
         (Launch.head_timeout). Returns the jobs it ended."""
         now = time.time() if now is None else now
         ended: list[int] = []
+        connected = self._connected()
         for job in self.store.jobs(states=(JobState.RUNNING,)):
             seen = known.get(key_of(job.id, job.attempt))
             if seen is None or seen.get("finished") or not seen.get("seen"):
                 continue
             last = float(seen["seen"])
-            gone = bool(job.node) and self._connected() and job.node not in self.nodes
+            gone = bool(job.node) and connected and job.node not in self.nodes
             silent = now - last > timeout
             if not (gone or silent):
                 continue

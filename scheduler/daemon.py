@@ -54,7 +54,7 @@ from scheduler.logbook import LogBook
 from scheduler.nodes import NodeBook
 from scheduler.notify import Notifier
 from scheduler.pump import EventPump
-from scheduler.raylink import NAMESPACE, RayLink, TeamRay, executor_name
+from scheduler.raylink import NAMESPACE, RayLink, executor_name
 from scheduler.scheduling import Scheduler
 from scheduler.shapes import ACTIVE
 from scheduler.store import Store
@@ -93,7 +93,7 @@ class Daemon:
         self.ready = threading.Event()  # a launcher is attached and reconciled
         self.started_at = time.time()
         self.tcp: Any = None  # api.TcpApiServer when the config says `listen` (or `advertise`)
-        self.tls_cert = ""
+        self.cert_sha256 = ""  # the TCP listener's certificate, when it has one
         self._lock_fd: int | None = None
         self._code_swept = time.time()
 
@@ -129,9 +129,7 @@ class Daemon:
         safefs.tighten(self.state_dir, into=("logs",))
         self.nodes = NodeBook(self.store)
         address, gpus, cpus = self.ray_args
-        c = self.config
-        team = TeamRay(c.advertise, c.ray_port, c.ray_auth, c.ray_token_file)
-        self.ray = RayLink(self.state_dir, self.nodes, self.stop_event, address, gpus, cpus, team)
+        self.ray = RayLink(self.state_dir, self.nodes, self.stop_event, address, gpus, cpus, c)
         self.ray.executor_name = executor_name(self.instance_id())
         self.team = Team(self.store, enforced=bool(c.advertise) and not address, head=self.head_info)
         self.ray.trusted = self.team.trusted_addresses
@@ -225,20 +223,19 @@ class Daemon:
             except selfcert.CertError as e:
                 raise DaemonError(str(e)) from None
         self.tcp = TcpApiServer(listen, self, cert, key)
-        self.tls_cert = cert
+        # Once: every joined worker asks GET /v1/nodes/head every 2 s.
+        self.cert_sha256 = selfcert.fingerprint(cert) if cert else ""
 
     def head_info(self) -> HeadInfo | None:
         """For `labq node invite` and `labq join`: a team head's addresses and secrets."""
-        from scheduler import selfcert
-
         head = self.ray.head
-        if head is None or self.tcp is None or not self.tls_cert:
+        if head is None or self.tcp is None or not self.cert_sha256:
             return None
         return HeadInfo(
             ray_address=head.address,
             token_path=str(raycluster.auth_token_path(self.state_dir)),
             listener=self.tcp.address,
-            cert_sha256=selfcert.fingerprint(self.tls_cert),
+            cert_sha256=self.cert_sha256,
             epoch=hashlib.sha256(f"{head.pid}:{head.address}:{head.temp_dir}".encode()).hexdigest()[:16],
         )
 

@@ -53,7 +53,7 @@ def run_job(executor: Any, key: str, launch: Launch) -> dict[str, Any]:
             out: dict[str, Any] | None = ray.get(
                 executor.heartbeat.remote(key, info, offset, data, result, err), timeout=cut_off[0]
             )
-        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError):
+        except ray.exceptions.RayError:  # GetTimeoutError among them
             # Cut off from the head (or the Executor is gone): stop rather than run unseen;
             # the daemon has taken (or will take) this node's jobs for lost. Later reports
             # wait only briefly, so the job's grace is not stretched by the timeout.

@@ -192,15 +192,6 @@ def count_gpus() -> int | None:
         return None
 
 
-def _answers(address: str) -> bool:
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=1.0):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
 def supervise(state: Path, cmd: list[str], once: bool, head: str = "", watch: tuple[str, str] | None = None) -> int:
     """Run Ray's worker in the foreground; start it again whenever it stops, and at
     once when the head restarted (`watch`: its listener, asked every 2 s which Ray
@@ -217,6 +208,8 @@ def supervise(state: Path, cmd: list[str], once: bool, head: str = "", watch: tu
                 os.killpg(child.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+    from scheduler.raycluster import reachable  # stdlib-only, like this module
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -277,7 +270,7 @@ def supervise(state: Path, cmd: list[str], once: bool, head: str = "", watch: tu
         delay = RESTART_MIN_S if time.monotonic() - started > 60 else min(delay * 2, RESTART_MAX_S)
         _say(f"Ray on this node stopped (exit {code}): the head restarted or is unreachable; rejoining")
         waited = 0.0
-        while not stopping and (waited < delay or (head and not _answers(head))):
+        while not stopping and (waited < delay or (head and not reachable(head))):
             time.sleep(1.0)
             waited += 1.0
         if stopping:

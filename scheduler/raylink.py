@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler import raycluster
+from scheduler.config import DaemonConfig
 from scheduler.gpu import GpuInventory, detect
 from scheduler.nodes import NodeBook
 
@@ -41,16 +42,6 @@ class RayStatus:
     since: float = field(default_factory=time.time)
 
 
-@dataclass(frozen=True)
-class TeamRay:
-    """The config's say on the cluster (see DaemonConfig: advertise, ray_auth, ...)."""
-
-    advertise: str = ""
-    ray_port: int = 6379
-    ray_auth: str = "token"
-    token_file: str = ""
-
-
 def executor_name(instance: str) -> str:
     """The Executor of one daemon (its state dir's instance id); "" = the name labq
     used before there was one, kept for a state dir that already had an Executor."""
@@ -66,10 +57,11 @@ class RayLink:
         address: str | None = None,
         gpus: int | None = None,
         cpus: int | None = None,
-        team: TeamRay | None = None,
+        config: DaemonConfig | None = None,
     ) -> None:
         self.state_dir = state_dir
-        self.team = team or TeamRay()
+        # Its say on the cluster: advertise, ray_port, ray_auth, ray_token_file.
+        self.config = config or DaemonConfig()
         self.nodes = nodes
         self.stop_event = stop
         self.requested_address = address
@@ -99,18 +91,18 @@ class RayLink:
         from scheduler.raycluster import RayError
 
         self.inventory = detect()
-        team = self.team
+        c = self.config
         if self.requested_address:
             self.status = RayStatus(address=self.requested_address, embedded=False)
             if raycluster.reachable(self.requested_address, 3.0):
-                have_token = bool(team.token_file) or os.environ.get("RAY_AUTH_MODE") == "token"
-                refusal = raycluster.check_external_auth(self.requested_address, team.ray_auth, have_token)
+                have_token = bool(c.ray_token_file) or os.environ.get("RAY_AUTH_MODE") == "token"
+                refusal = raycluster.check_external_auth(self.requested_address, c.ray_auth, have_token)
                 if refusal:
                     raise RayError(refusal)
             raycluster.connect(self.requested_address, NAMESPACE)
         else:
             head = raycluster.find_embedded(self.state_dir)
-            want_host = team.advertise or "127.0.0.1"
+            want_host = c.advertise or "127.0.0.1"
             if head is not None and head.address.rpartition(":")[0] != want_host:
                 raise RayError(
                     f"the embedded Ray from an earlier daemon still runs at {head.address}; "
@@ -123,8 +115,8 @@ class RayLink:
                     gpus,
                     simulated,
                     cpus=self.requested_cpus,
-                    advertise=team.advertise,
-                    port=team.ray_port,
+                    advertise=c.advertise,
+                    port=c.ray_port,
                 )
             elif self.requested_gpus is not None and self.requested_gpus != head.gpus:
                 raise RayError(

@@ -66,6 +66,9 @@ class Team:
         self._head = head
         self._lock = threading.Lock()
         self._refusals: dict[str, tuple[float, int]] = {}  # peer -> (last audited, refused since)
+        # The registry, read once: the node refresh asks for it every 2 s, and only
+        # join and remove (here, under the lock) change it.
+        self._joined: dict[str, dict[str, Any]] = dict(json.loads(store.get_meta("team_nodes") or "{}"))
 
     # -- invites ----------------------------------------------------------------------------------
     def invite(self, caller: Caller, ttl_s: float, now: float | None = None) -> dict[str, Any]:
@@ -122,7 +125,7 @@ class Team:
                 # Same answer for unknown, used and expired: a prober learns nothing.
                 self._refused(peer, hostname, now)
                 raise DaemonError("the invite is not valid (unknown, used or expired): ask an admin for `labq node invite`", 403)
-            taken = self.registry().get(hostname)
+            taken = self._joined.get(hostname)
             if taken is not None and taken["address"] != peer:
                 # One invite must not move another machine's trust to this address.
                 raise DaemonError(
@@ -130,10 +133,10 @@ class Team:
                     f"(`labq node remove {hostname}`), or join from that address", 409)
             invites.remove(found)
             self.store.set_meta("join_invites", json.dumps([i for i in invites if i["expires"] > now]))
-            nodes = self.registry()
             # A host name joined again (reinstalled box) takes its new address.
-            nodes[hostname] = {"address": peer, "joined": now, "by": found["by"], "invite": found["id"]}
+            nodes = {**self._joined, hostname: {"address": peer, "joined": now, "by": found["by"], "invite": found["id"]}}
             self.store.set_meta("team_nodes", json.dumps(nodes))
+            self._joined = nodes
         self.store.audit(found["by"], "node join", hostname, f"{peer} (invite {found['id']})", now)
         log.info("node %s joined from %s (invite %s by %s)", hostname, peer, found["id"], found["by"])
         try:
@@ -162,11 +165,12 @@ class Team:
             raise DaemonError("only admins may remove nodes", 403)
         now = time.time() if now is None else now
         with self._lock:
-            nodes = self.registry()
+            nodes = dict(self._joined)
             if name not in nodes:
                 raise DaemonError(f"no joined node {name!r}", 404)
             gone = nodes.pop(name)
             self.store.set_meta("team_nodes", json.dumps(nodes))
+            self._joined = nodes
         self.store.audit(caller.user, "node remove", name, str(gone.get("address", "")), now)
         return {"node": name, "removed": True}
 
@@ -180,7 +184,7 @@ class Team:
 
     # -- the registry -----------------------------------------------------------------------------
     def registry(self) -> dict[str, dict[str, Any]]:
-        return dict(json.loads(self.store.get_meta("team_nodes") or "{}"))
+        return dict(self._joined)  # replaced whole on a change: a copy of the dict is enough
 
     def trusted_addresses(self) -> set[str] | None:
         """Addresses of joined nodes; None = every Ray node is trusted (no team head)."""

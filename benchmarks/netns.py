@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import shlex
 import signal
 import subprocess
 import time
@@ -23,12 +24,17 @@ class Host:
     ns: str
     ip: str
     name: str
+    # Directories this host does not have (no shared filesystem): each command runs in
+    # a mount namespace of its own with an empty tmpfs over each.
+    hide: tuple[str, ...] = ()
 
     def cmd(self, *argv: str) -> list[str]:
         """argv run on this host: in its network namespace, under its hostname."""
+        mounts = "".join(f"mount -t tmpfs -o mode=755 lqhide {shlex.quote(d)} && " for d in self.hide)
+        private = ["--mount", "--propagation", "private"] if self.hide else []
         return [
             "ip", "netns", "exec", self.ns,
-            "unshare", "--uts", "--", "sh", "-c", f'hostname {self.name} && exec "$@"', "sh", *argv,
+            "unshare", "--uts", *private, "--", "sh", "-c", f'hostname {self.name} && {mounts}exec "$@"', "sh", *argv,
         ]  # fmt: skip
 
     def pids(self) -> list[int]:

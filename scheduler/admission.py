@@ -70,7 +70,10 @@ class Admission:
         self._check_fits(spec)
         self._check_deps(caller, spec)
         self._check_notify(spec)
-        if spec.workdir:
+        if spec.workdir and sum(1 for n in self.nodes.all() if n.alive and n.trusted) <= 1:
+            # On a cluster the head's disk says nothing of the others' (no shared
+            # filesystem): there the scheduler places the job where the directory is,
+            # or says that no node has it.
             problem = safefs.workdir_problem(spec.workdir, caller.uid)
             if problem:
                 raise DaemonError(f"workdir {spec.workdir} {problem}")

@@ -13,6 +13,7 @@ call, so the agent keeps no state the daemon cannot rebuild.
 from __future__ import annotations
 
 import os
+import pwd
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +26,7 @@ import ray
 
 from scheduler.gpu import GpuInventory, detect
 from scheduler.monitor import GpuSample, GpuSampler, job_for_pid
+from scheduler.safefs import workdir_problem
 
 MONITOR_PREFIX = "labq-monitor-"
 
@@ -170,6 +172,22 @@ class NodeAgent:
             self.sampler.close()
 
 
+def has_dirs(queries: Sequence[Sequence[Any]]) -> list[bool]:
+    """For each (uid, directory): could that user's job run there on this node? The
+    user must exist here, and the directory must not be missing as far as they could
+    tell by themselves (`workdir_problem`): the agent is root, and must not tell
+    anyone what lies behind a directory they may not enter."""
+    out = []
+    for uid, path in queries:
+        try:
+            pwd.getpwuid(int(uid))
+        except (KeyError, ValueError, OverflowError):
+            out.append(False)
+            continue
+        out.append(isinstance(path, str) and path.startswith("/") and workdir_problem(path, int(uid)) == "")
+    return out
+
+
 def jobs_from_wire(jobs: Sequence[Mapping[str, Any]]) -> list[JobOnNode]:
     return [JobOnNode(int(j["job_id"]), int(j["pid"]), tuple(int(g) for g in j["gpus"])) for j in jobs]
 
@@ -198,3 +216,6 @@ class NodeMonitor:
 
     def ping(self) -> dict[str, Any]:
         return {"node_id": self.agent.node_id, "pid": os.getpid(), "interval": self.interval}
+
+    def dirs(self, queries: list[list[Any]]) -> list[bool]:
+        return has_dirs(queries)

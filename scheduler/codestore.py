@@ -222,6 +222,9 @@ def _checked_meta(meta: Any) -> dict[str, Any]:
     for key in ("repo", "rel", "commit", "branch"):
         if not isinstance(meta.get(key, ""), str) or len(meta.get(key, "")) > 4096:
             raise bad(key)
+    repo = meta.get("repo", "")
+    if repo and (not repo.startswith("/") or any(ord(ch) < 32 for ch in repo)):
+        raise bad("repo")  # where a node looks for it: an absolute path or nothing
     if meta.get("commit") and not re.fullmatch(r"[0-9a-f]{7,64}", meta["commit"]):
         raise bad("commit")
     for key in ("changed", "deleted", "untracked"):
@@ -239,6 +242,7 @@ def _public_meta(meta: dict[str, Any]) -> dict[str, Any]:
         "kind": meta.get("kind", ""),
         "commit": str(meta.get("commit", ""))[:64],
         "branch": str(meta.get("branch", ""))[:256],
+        "repo": str(meta.get("repo", ""))[:4096] if meta.get("kind") == "git" else "",
     }
 
 

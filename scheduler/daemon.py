@@ -166,6 +166,8 @@ class Daemon:
             unusable=self.gpus.unusable,
             closed=lambda: self.admission.closed,
             wake=self.wake,
+            dirs=self.gpus.dirs,
+            look=self.gpus.poke.set,
         )
         self.pump = EventPump(self.store, self.control)
         self.tokens = Tokens(self.store, self.admins)

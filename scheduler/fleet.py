@@ -76,6 +76,35 @@ class Fleet:
             if report:
                 self.telemetry.ingest(node_id, report, now, all_holders)
 
+    def dirs(self, asks: dict[str, list[tuple[int, str]]], timeout: float) -> dict[str, list[bool]]:
+        """Ask each node's agent which of these (uid, directory) it has; a node that
+        does not answer in time is left out (asked again next round)."""
+        import ray
+
+        refs = {}
+        for node_id, keys in asks.items():
+            m = self.monitors.get(node_id)
+            if m is None:
+                continue
+            try:
+                refs[node_id] = m.dirs.remote([list(k) for k in keys])
+            except AttributeError:
+                # A monitor of an older labq (detached actors outlive the daemon):
+                # dropped, so that the next sync starts one that knows this.
+                self.monitors.pop(node_id, None)
+                try:
+                    ray.kill(m)
+                except Exception:  # noqa: BLE001,S110 - gone already
+                    pass
+        out: dict[str, list[bool]] = {}
+        deadline = time.monotonic() + timeout
+        for node_id, ref in refs.items():
+            try:
+                out[node_id] = list(ray.get(ref, timeout=max(0.01, deadline - time.monotonic())))
+            except Exception as e:  # noqa: BLE001 - a silent node: nothing known there yet
+                log.debug("node %s did not say which directories it has: %s", node_id, e)
+        return out
+
     def stop_all(self) -> None:
         import ray
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from scheduler.config import DaemonConfig
 from scheduler.control import JobControl
+from scheduler.dirbook import DirBook
 from scheduler.nodes import NodeBook, NodeRecord
 from scheduler.quota import QuotaBook
 from scheduler.shapes import ACTIVE, JobState
@@ -51,12 +52,16 @@ class GpuWatch:
             stale_after_s=max(5.0, 3 * config.monitor_interval_s),
         )
         self.fleet: Any = None  # fleet.Fleet once Ray is up
+        # Which nodes have the directories waiting jobs need (asked of the agents here).
+        self.dirs = DirBook()
+        self.poke = threading.Event()  # the scheduler needs an answer now
         self._warned: set[int] = set()  # idle sessions told they will end (GPU thread)
 
     def start_fleet(self, namespace: str) -> None:
         from scheduler.fleet import Fleet
 
         self.fleet = Fleet(namespace, self.telemetry, self.config.monitor_interval_s)
+        self.dirs.active = True
 
     def unusable(self, node_id: str) -> set[int]:
         """GPU indices no new job gets on this node: unhealthy, or held by a process
@@ -66,13 +71,34 @@ class GpuWatch:
     # -- the loop ---------------------------------------------------------------------------------
     def loop(self, stop: threading.Event, connected: Callable[[], bool]) -> None:
         interval = self.config.monitor_interval_s
-        while not stop.wait(interval):
+        next_tick = time.monotonic() + interval
+        while not stop.is_set():
+            # Woken early only to look for a directory a new job needs.
+            self.poke.wait(max(0.0, next_tick - time.monotonic()))
+            self.poke.clear()
+            if stop.is_set():
+                return
             if self.fleet is None or not connected():
+                next_tick = time.monotonic() + interval
                 continue
             try:
-                self.tick(time.time())
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + interval
+                    self.tick(time.time())
+                self.check_dirs(time.time())
             except Exception:  # noqa: BLE001 - monitoring must never stop scheduling
                 log.exception("GPU monitoring pass failed")
+
+    def check_dirs(self, now: float) -> None:
+        alive = [n.id for n in self.nodes.all() if n.alive and n.trusted]
+        due = self.dirs.due(alive, now)
+        if not due:
+            return
+        changed = False
+        for node, answers in self.fleet.dirs(due, timeout=max(1.0, self.config.monitor_interval_s)).items():
+            changed = self.dirs.record(node, due[node], answers, now) or changed
+        if changed:
+            self._wake()
 
     @staticmethod
     def holders(active: list[JobRow]) -> list[Holder]:

@@ -142,6 +142,9 @@ class CodeRef(BaseModel):
     kind: str = Field(default="", max_length=16)
     commit: str = Field(default="", max_length=64)
     branch: str = Field(default="", max_length=256)
+    # A git snapshot holds only what differs from `commit`: the node reads the commit
+    # from this repository (no shared filesystem: it must exist there, issue 14).
+    repo: str = Field(default="", max_length=4096)
 
 
 class JobSpec(BaseModel):
@@ -360,6 +363,17 @@ class JobSpec(BaseModel):
     @property
     def is_array(self) -> bool:
         return bool(self.array or self.sweep)
+
+    @property
+    def needs_dir(self) -> str:
+        """The directory a node must have to run this job ('' when any node can): the
+        live workdir without a snapshot, the repository of a git snapshot (its commit
+        is read there); a snapshot of plain files needs nothing of the node."""
+        if self.code is None:
+            return self.workdir
+        if self.code.kind == "git" and self.code.commit:
+            return self.code.repo
+        return ""
 
     def array_plan(self) -> tuple[IndexPlan, int | None]:
         """(each task's index, in order; the cap on tasks at once). A sweep's index is

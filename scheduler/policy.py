@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from scheduler.policy_types import (
@@ -197,17 +197,21 @@ class _Pass:
         return q
 
     # -- placement ------------------------------------------------------------------
-    def _fits(self, node: _Node, j: PendingJob) -> bool:
-        return node.free >= j.gpus and node.cpus >= j.cpus and node.memory >= j.memory
-
     def best_fit(self, j: PendingJob, gpus: int | None = None, skip: tuple[str, ...] = ()) -> _Node | None:
         need = j.gpus if gpus is None else gpus
         if need > self.largest_free():
             return None
+        only = j.nodes
         for k in range(need, self.max_per_node + 1):
             for nid in self.buckets[k]:
                 node = self.nodes[nid]
-                if nid not in skip and node.free >= need and node.cpus >= j.cpus and node.memory >= j.memory:
+                if (
+                    nid not in skip
+                    and (only is None or nid in only)
+                    and node.free >= need
+                    and node.cpus >= j.cpus
+                    and node.memory >= j.memory
+                ):
                     return node
         return None
 
@@ -222,7 +226,7 @@ class _Pass:
         full = [
             nid
             for nid in self.buckets[self.max_per_node]
-            if self.nodes[nid].free == self.nodes[nid].info.gpus
+            if self.nodes[nid].free == self.nodes[nid].info.gpus and (j.nodes is None or nid in j.nodes)
         ]
         if len(full) < whole + (1 if rest == 0 else 0):
             return None
@@ -290,6 +294,7 @@ class _Pass:
         info = node.info
         return (
             info.schedulable
+            and (j.nodes is None or info.id in j.nodes)
             and info.gpus >= (j.gpus if gpus is None else gpus)
             and info.cpus >= j.cpus
             and info.memory >= j.memory
@@ -452,8 +457,8 @@ def schedule(snap: Snapshot) -> Decision:
 
     order: list[int] = []
     # Free space changes only when a job starts, so the same request gets the same text.
-    resource_reasons: dict[tuple[int, float, int], Reason] = {}
-    etas: dict[int, float | None] = {}
+    resource_reasons: dict[tuple[int, float, int, frozenset[str] | None], Reason] = {}
+    etas: dict[tuple[int, frozenset[str] | None], float | None] = {}
     ahead: Counter[str] = Counter()  # waiting jobs ranked ahead, by owner
     n_ahead = 0
     eta_budget = cfg.eta_depth
@@ -483,14 +488,15 @@ def schedule(snap: Snapshot) -> Decision:
         if eta_budget <= 0 or not explain:
             return None
         eta_budget -= 1
-        if j.gpus in etas:
-            return etas[j.gpus]
+        key = (j.gpus, j.nodes)
+        if key in etas:
+            return etas[key]
         best = INF
         for node in p.nodes.values():
             if p.can_hold(node, j):
                 best = min(best, p.earliest(node, j.gpus))
-        etas[j.gpus] = None if best == INF else best
-        return etas[j.gpus]
+        etas[key] = None if best == INF else best
+        return etas[key]
 
     while heap:
         top = heapq.heappop(heap)
@@ -561,7 +567,7 @@ def schedule(snap: Snapshot) -> Decision:
                 etas.clear()
                 if j.count > 1:
                     # The array's next task is this researcher's next job, as it was.
-                    by_user[u].append(replace(j, count=j.count - 1))
+                    by_user[u].append(j._replace(count=j.count - 1))
             elif conflict is not None:
                 when = conflict.at - snap.now
                 wait(
@@ -581,7 +587,7 @@ def schedule(snap: Snapshot) -> Decision:
                     max(shadow_eta(j) or snap.now, conflict.end) if conflict.end < INF else shadow_eta(j),
                 )
             else:
-                key = (j.gpus, j.cpus, j.memory)
+                key = (j.gpus, j.cpus, j.memory, j.nodes)
                 why = resource_reasons.get(key) if explain else _NO_REASON
                 if why is None:
                     why = resource_reasons[key] = _resource_reason(p, j)
@@ -679,6 +685,8 @@ _NO_REASON = Reason("resources", "")
 
 
 def _resource_reason(p: _Pass, j: PendingJob) -> Reason:
+    if j.nodes is not None:
+        return _placement_reason(p, j)
     biggest = p.biggest_node
     if biggest is None:
         return Reason("drained", "resources: no schedulable node (all drained, unhealthy or gone)")
@@ -718,3 +726,31 @@ def _resource_reason(p: _Pass, j: PendingJob) -> Reason:
             "resources", f"resources: {need}, none is free ({p.schedulable_gpus}/{p.schedulable_gpus} in use)", data
         )
     return Reason("resources", f"resources: {need}, largest free block is {largest}", data)
+
+
+def _placement_reason(p: _Pass, j: PendingJob) -> Reason:
+    """Why a job that only some nodes may run waits: none of them could ever hold it
+    (`where` says why those), or the ones that could are busy."""
+    only = j.nodes or frozenset()
+    allowed = [n for n in p.nodes.values() if n.info.id in only]
+    names = tuple(sorted(n.info.label for n in allowed))
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    data: tuple[tuple[str, Any], ...] = (("gpus", j.gpus), ("nodes", names))
+    holding = [n for n in allowed if p.can_hold(n, j, min(j.gpus, n.info.gpus))]
+    if not holding:
+        if not allowed:
+            text = j.where or "no node it may run on is in the cluster"
+        else:
+            text = f"only {shown} may run it ({j.where}); none can hold it now (drained, unhealthy or too small)"
+        return Reason("placement", f"placement: {text}", (*data, ("never", True)))
+    largest = max(n.free for n in holding)
+    need = f"needs {j.gpus} GPU{'s' if j.gpus > 1 else ''} on {shown}"
+    if largest >= j.gpus:
+        return Reason(
+            "resources",
+            f"resources: {need}, with {j.cpus:g} CPUs and {j.memory / 2**30:.1f} GiB of memory beside its GPUs",
+            (*data, ("largest_free", largest), ("cpus", j.cpus), ("memory", j.memory)),
+        )
+    where = f" ({j.where})" if j.where else ""
+    free = "none is free there" if largest <= 0 else f"largest free block there is {largest}"
+    return Reason("resources", f"resources: {need}{where}, {free}", (*data, ("largest_free", largest)))

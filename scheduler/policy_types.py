@@ -16,8 +16,9 @@ from scheduler.shapes import Reason
 INF = float("inf")
 
 
-@dataclass(frozen=True)
-class PendingJob:
+class PendingJob(NamedTuple):
+    # A NamedTuple, not a frozen dataclass: a pass over 10,000 waiting jobs builds one
+    # each, and a frozen dataclass pays an object.__setattr__ per field.
     id: int
     user: str
     gpus: int
@@ -29,7 +30,12 @@ class PendingJob:
     memory: int = 0
     # An array's waiting tasks are one entry: this many identical tasks, each placed as
     # a job of its own (a Start per task, all with the array's id).
-    count: int = 1
+    count: int = 1  # type: ignore[assignment]  # (shadows tuple.count, which nothing here uses)
+    # Only these nodes (ids) may run it (None: any). The daemon sets it for a job that
+    # needs a directory not every node has (no shared filesystem, issue 14); `where`
+    # then says why, in words the owner may see, for when none of them can hold it.
+    nodes: frozenset[str] | None = None
+    where: str = ""
 
 
 @dataclass(frozen=True)

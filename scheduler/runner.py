@@ -345,7 +345,7 @@ class _Tree:
 
 
 def _unpack(
-    launch: Launch, acct: _Account | None, host: str, env: dict[str, str], cwd: str, cgroup_procs: str, report: Report
+    launch: Launch, acct: _Account | None, host: str, env: dict[str, str], cgroup_procs: str, report: Report
 ) -> str:
     """The job's code, unpacked as its owner in the job's own tree (unpack.py)."""
     home = acct.home if acct is not None else env.get("HOME") or os.path.expanduser("~")
@@ -357,7 +357,9 @@ def _unpack(
         launch.workdir,
         home,
         user,
-        lambda: _child_setup(acct, 0o077, cwd, cgroup_procs, status_w, host),
+        # In "/", not the workdir: a snapshot runs on nodes that lack the workdir
+        # (no shared filesystem); the unpacker names every path it uses in full.
+        lambda: _child_setup(acct, 0o077, "/", cgroup_procs, status_w, host),
         status_r,
         status_w,
         lambda: report(None, 0, b"", None, []),
@@ -431,7 +433,7 @@ def _run(
     cgroup_procs = os.path.join(tree.cgroup, "cgroup.procs") if tree.cgroup else ""
     if launch.code:
         try:
-            run_in = _unpack(launch, acct, host, env, cwd, cgroup_procs, report)
+            run_in = _unpack(launch, acct, host, env, cgroup_procs, report)
         except unpack.Stopped as stopped:
             tree.kill_all()
             tree.close()

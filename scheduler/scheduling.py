@@ -24,6 +24,7 @@ from typing import Any
 from scheduler.auth import Caller
 from scheduler.config import DaemonConfig
 from scheduler.control import JobControl
+from scheduler.dirbook import DirBook
 from scheduler.ledger import UsageLedger
 from scheduler.nodes import NodeBook
 from scheduler.policy import (
@@ -65,7 +66,11 @@ class Scheduler:
         unusable: Callable[[str], set[int]],
         closed: Callable[[], bool] = lambda: False,
         wake: threading.Event | None = None,
+        dirs: DirBook | None = None,
+        look: Callable[[], None] = lambda: None,
     ) -> None:
+        """`dirs`: which nodes have the directories jobs need (the GPU thread asks the
+        agents; `look` asks it to at once)."""
         self.store = store
         self.config = config
         self.nodes = nodes
@@ -74,6 +79,8 @@ class Scheduler:
         self._quotas = quotas
         self._unusable = unusable
         self._closed = closed
+        self.dirs = dirs
+        self._look = look
         self.decision: Decision | None = None
         self.last_pass = 0.0
         self.pass_s = 0.0  # how long the last pass took (health, benchmarks)
@@ -105,8 +112,8 @@ class Scheduler:
         pending_rows = self.store.policy_rows((JobState.PENDING,))
         if chained:
             pending_rows = [r for r in pending_rows if r[0] not in chained]
-        array_jobs = [
-            PendingJob(e.id, e.user, e.gpus, e.submit_time, e.priority, e.time_limit, False, e.cpus, e.memory, e.startable)
+        arrays_in = [
+            e
             for e in (self.store.array_entries() if arrays is None else arrays)
             if e.startable and e.id not in chained
         ]
@@ -127,15 +134,31 @@ class Scheduler:
             )
             for n in self.nodes.all()
         )
+        place = self._placer(arrays_in)
+        if place is None:  # one node, the common case: no call per waiting job
+            pending = [
+                PendingJob(jid, user, gpus, submit, prio, limit, bool(requeued), cpus, memory)
+                for jid, user, gpus, submit, prio, limit, requeued, cpus, memory, *_ in pending_rows
+            ]
+            pending += [
+                PendingJob(e.id, e.user, e.gpus, e.submit_time, e.priority, e.time_limit, False, e.cpus, e.memory,
+                           e.startable)
+                for e in arrays_in
+            ]  # fmt: skip
+        else:
+            needs = place.needs
+            pending = [
+                PendingJob(jid, user, gpus, submit, prio, limit, bool(requeued), cpus, memory, 1, *place(*needs.get(jid, _NO_NEED)))
+                for jid, user, gpus, submit, prio, limit, requeued, cpus, memory, *_ in pending_rows
+            ]
+            pending += [
+                PendingJob(e.id, e.user, e.gpus, e.submit_time, e.priority, e.time_limit, False, e.cpus, e.memory,
+                           e.startable, *place(e.uid, e.needs_dir))
+                for e in arrays_in
+            ]  # fmt: skip
         return Snapshot(
             now=now,
-            pending=(
-                *(
-                    PendingJob(jid, user, gpus, submit, prio, limit, bool(requeued), cpus, memory)
-                    for jid, user, gpus, submit, prio, limit, requeued, cpus, memory, *_ in pending_rows
-                ),
-                *array_jobs,
-            ),
+            pending=tuple(pending),
             running=tuple(
                 RunningJob(
                     id=j.id,
@@ -156,6 +179,26 @@ class Scheduler:
             quotas=self._quotas(),
             config=self.policy_config(),
         )
+
+    def _placer(self, arrays: list[ArrayEntry], want: bool = True) -> _Place | None:
+        """(nodes, why) for a job needing directory `need` (PendingJob.nodes/where).
+
+        None: any node for every job (one node: the embedded default). On
+        a cluster, only the nodes whose agent found the directory; while none has been
+        asked yet the job waits a moment (the GPU thread is asked to look at once)."""
+        # Drained nodes too: a job must wait for the node with its directory, not fail
+        # on the only other one.
+        alive = frozenset(n.id for n in self.nodes.all() if n.alive and n.trusted)
+        if self.dirs is None or not self.dirs.active or len(alive) <= 1:
+            if self.dirs is not None and want:
+                self.dirs.want((), alive)
+            return None
+        place = _Place(self.dirs, alive, self.store.needs_dirs() if want else {})
+        if want:
+            wanted = set(place.needs.values()) | {(e.uid, e.needs_dir) for e in arrays if e.needs_dir}
+            if self.dirs.want(wanted, alive):
+                self._look()
+        return place
 
     def pick_gpus(self, node_id: str, count: int, held: dict[str, set[int]]) -> tuple[int, ...] | None:
         """Healthy free GPU indices for a job on this node; None = let Ray choose.
@@ -278,6 +321,11 @@ class Scheduler:
             cpus=float(spec.cpus),
             memory=int(spec.memory or 0),
         )
+        place = self._placer([], want=False)
+        only, where = _ANYWHERE if place is None else place(caller.uid, spec.needs_dir)
+        if only is not None and where.startswith("looking"):
+            only, where = None, ""  # not asked yet: the preview does not wait for the nodes
+        probe = probe._replace(nodes=only, where=where)
         decision = schedule(replace(snap, pending=(*snap.pending, probe)))
         start = next((s for s in decision.starts if s.job_id == -1), None)
         if start is not None:
@@ -318,6 +366,39 @@ class Scheduler:
             except Exception:  # noqa: BLE001 - the loop must survive any one bad pass
                 log.exception("scheduling pass failed")
                 time.sleep(0.5)
+
+
+_ANYWHERE: tuple[frozenset[str] | None, str] = (None, "")
+_NO_NEED = (-1, "")
+_NOWHERE = (
+    "no node has its directory (without a code snapshot a job runs in its workdir; a git "
+    "snapshot reads its commit from the repository): make it on a node, or submit with a snapshot"
+)
+
+
+class _Place:
+    """One pass's answers to "which nodes may run a job that needs this directory"."""
+
+    def __init__(self, dirs: DirBook, alive: frozenset[str], needs: dict[int, tuple[int, str]]) -> None:
+        self.dirs = dirs
+        self.alive = alive
+        self.needs = needs  # waiting job id -> (uid, directory), for those that need one
+        self.memo: dict[tuple[int, str], tuple[frozenset[str] | None, str]] = {}
+
+    def __call__(self, uid: int, need: str) -> tuple[frozenset[str] | None, str]:
+        if not need:
+            return _ANYWHERE
+        got = self.memo.get((uid, need))
+        if got is None:
+            have = self.dirs.where((uid, need), self.alive)
+            if have is None:
+                got = (frozenset(), "looking for its directory on the nodes (a few seconds)")
+            elif not have:
+                got = (frozenset(), _NOWHERE)
+            else:
+                got = (have, "its directory is there only")
+            self.memo[(uid, need)] = got
+        return got
 
 
 def dependency_wait(deps: list[tuple[int, str, JobState]]) -> Waiting:

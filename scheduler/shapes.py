@@ -95,6 +95,7 @@ KINDS = (
     "quota",  # a cap of the owner's quota (GPUs, jobs)
     "budget",  # the owner's weekly GPU-hours are used up
     "resources",  # not enough free GPUs/CPUs/memory on any node
+    "placement",  # no node it may run on could hold it (e.g. its directory is on none)
     "reclaim",  # GPUs are being reclaimed for it (guarantee)
     "backfill",  # it would delay a job with a reservation
     "fairshare",  # jobs of others rank ahead of it

@@ -22,7 +22,7 @@ from scheduler.store_accounts import AccountTables
 from scheduler.store_arrays import ArrayTables
 from scheduler.store_deps import DependencyTables
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 # Each entry migrates from version i to i+1. Never edit a shipped entry: append one.
 MIGRATIONS: list[str] = [
@@ -166,6 +166,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'batch';
     """,
+    # No shared filesystem (issue 14): the directory a node must have to run the job
+    # (JobSpec.needs_dir), a column so that a pass reads it without the spec. Jobs of
+    # before ran their workdir live, or a snapshot whose repository was not recorded.
+    """
+    ALTER TABLE jobs ADD COLUMN needs_dir TEXT NOT NULL DEFAULT '';
+    UPDATE jobs SET needs_dir = COALESCE(json_extract(spec, '$.workdir'), '')
+        WHERE json_extract(spec, '$.code') IS NULL AND state IN ('PENDING', 'RUNNING');
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -177,7 +185,7 @@ _COLUMNS_NO_SPEC = (
     "id, user, uid, name, '{}' AS spec, gpus, priority, time_limit, state, reason, submit_time, "
     "start_time, end_time, attempt, node, node_name, gpu_ids, pid, exit_code, signal, stop_deadline, "
     "stop_outcome, stop_reason, requeued, log_base, log_bytes, log_removed, cpus, memory, "
-    "array_id, array_index, array_size, array_cap, array_next, notify_pending, kind"
+    "array_id, array_index, array_size, array_cap, array_next, notify_pending, kind, needs_dir"
 )
 
 _STATES = {s.value: s for s in JobState}
@@ -253,6 +261,7 @@ class JobRow:
     array_next: int = 0  # an array: how many of its indices were handed out
     notify_pending: int = 0  # 1: --notify, not sent yet
     kind: str = "batch"  # or an interactive session: "shell", "notebook"
+    needs_dir: str = ""  # a directory the node must have (JobSpec.needs_dir)
 
     def job_spec(self) -> JobSpec:
         """The spec as the typed JobSpec (rows carry it as stored JSON)."""
@@ -443,7 +452,8 @@ class Store(AccountTables, DependencyTables, ArrayTables):
             size = len(indices)
         cur = c.execute(
             "INSERT INTO jobs(user, uid, name, spec, gpus, priority, time_limit, state, "
-            "submit_time, cpus, memory, array_size, array_cap, notify_pending, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "submit_time, cpus, memory, array_size, array_cap, notify_pending, kind, needs_dir) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 r.user,
                 r.uid,
@@ -460,6 +470,7 @@ class Store(AccountTables, DependencyTables, ArrayTables):
                 cap,
                 1 if spec.notify else 0,
                 spec.session or "batch",
+                spec.needs_dir,
             ),
         )
         job_id = int(cur.lastrowid or 0)
@@ -529,6 +540,15 @@ class Store(AccountTables, DependencyTables, ArrayTables):
             [s.value for s in states],
         )
         return [tuple(r) for r in rows]
+
+    def needs_dirs(self) -> dict[int, tuple[int, str]]:
+        """Waiting job id -> (owner's uid, the directory its node must have), for the
+        jobs that need one; read only on a cluster (one node never asks)."""
+        rows = self._reader().execute(
+            "SELECT id, uid, needs_dir FROM jobs WHERE state=? AND needs_dir != '' AND array_size = 0",
+            (JobState.PENDING.value,),
+        )
+        return {int(i): (int(u), str(d)) for i, u, d in rows}
 
     def count_jobs(self, user: str, states: tuple[JobState, ...]) -> int:
         row = self._reader().execute(

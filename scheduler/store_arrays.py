@@ -41,6 +41,8 @@ class ArrayEntry(NamedTuple):
     cap: int | None
     made: int  # tasks with a row (started once, or cancelled before they started)
     live: int  # of those, not ended
+    uid: int = -1
+    needs_dir: str = ""  # a directory its node must have (JobSpec.needs_dir)
 
     @property
     def done(self) -> bool:
@@ -60,7 +62,8 @@ class ArrayTables(Tables):
             "SELECT p.id, p.user, p.gpus, p.submit_time, p.priority, p.time_limit, p.cpus, p.memory, "
             "p.array_size, p.array_cap, "
             "(SELECT COUNT(*) FROM jobs t WHERE t.array_id = p.id), "
-            f"(SELECT COUNT(*) FROM jobs t WHERE t.array_id = p.id AND t.state IN ({_LIVE_SQL})) "
+            f"(SELECT COUNT(*) FROM jobs t WHERE t.array_id = p.id AND t.state IN ({_LIVE_SQL})), "
+            "p.uid, p.needs_dir "
             "FROM jobs p WHERE p.array_size > 0 AND p.state = ? ORDER BY p.id",
             (JobState.PENDING.value,),
         )
@@ -101,8 +104,8 @@ class ArrayTables(Tables):
         data = spec.task_spec(array_id, index)
         cur = c.execute(
             "INSERT INTO jobs(user, uid, name, spec, gpus, priority, time_limit, state, submit_time, "
-            "cpus, memory, array_id, array_index, end_time) VALUES (?,?,?,?,?,?,?,?,"
-            "(SELECT submit_time FROM jobs WHERE id=?),?,?,?,?,?)",
+            "cpus, memory, array_id, array_index, end_time, needs_dir) VALUES (?,?,?,?,?,?,?,?,"
+            "(SELECT submit_time FROM jobs WHERE id=?),?,?,?,?,?,?)",
             (
                 user,
                 uid,
@@ -118,6 +121,7 @@ class ArrayTables(Tables):
                 array_id,
                 index,
                 now if state.terminal else None,
+                spec.needs_dir,
             ),
         )
         task_id = int(cur.lastrowid or 0)

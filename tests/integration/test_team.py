@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,15 @@ def team() -> Iterator[tuple[Labq, list[Host]]]:
 def test_invite_join_outsider_rogue_and_a_worker_lost(team: tuple[Labq, list[Host]]) -> None:
     lq, (head, worker, outsider) = team
     uid = unix_user(RESEARCHER)
+    # No shared filesystem: a directory the head has and the worker does not.
+    only_head = lq.root / "only-head"
+    proj = only_head / "proj"
+    proj.mkdir(parents=True)
+    (proj / "train.py").write_text("import socket\nprint('ran on', socket.gethostname())\n")
+    for p in (only_head, proj, proj / "train.py"):
+        os.chown(p, uid if p != only_head else 0, -1)
+        os.chmod(p, 0o755)
+    worker = replace(worker, hide=(str(only_head),))
     health = lq.client().health()
     assert health["ray"]["address"] == f"{head.ip}:6379"
 
@@ -108,6 +118,26 @@ def test_invite_join_outsider_rogue_and_a_worker_lost(team: tuple[Labq, list[Hos
         again = run_on(outsider, lq, "join", invite["url"], "--secret", invite["secret"], "--cert-sha256",
                        invite["cert_sha256"], "--state-dir", str(lq.root / "x"), "--once")  # fmt: skip
         assert again.returncode == 1 and "invite is not valid" in again.stderr
+
+        # Run live from the head-only directory, a job goes to the head alone: the
+        # second waits there although the worker's GPUs are free ...
+        live = [lq.submit("--no-snapshot", "--gpus", "2", "--", "sleep", "300", user=uid, cwd=str(proj))
+                for _ in range(2)]  # fmt: skip
+        lq.wait(live[0], ("RUNNING",), timeout=90)
+        wait_for(
+            "the second live job's reason",
+            lambda: "on lq-head (its directory is there only)" in " ".join(lq.job(live[1]).get("reasons", [])),
+            30,
+        )
+        assert lq.job(live[0])["node_name"] == "lq-head" and lq.job(live[1])["state"] == "PENDING"
+        # ... while its code snapshot (plain files, frozen at submit) runs on the worker.
+        frozen = lq.submit("--gpus", "2", "--", "python3", "train.py", user=uid, cwd=str(proj))
+        j = lq.wait(frozen, ("SUCCEEDED", "FAILED"), timeout=90)
+        assert j["state"] == "SUCCEEDED" and j["node_name"] == "lq-w1", (j, lq.log(frozen))
+        assert "ran on lq-w1" in lq.log(frozen)
+        for i in live:
+            lq.run("cancel", "--now", str(i))
+        lq.wait_all(live, ("CANCELLED",), timeout=60)
 
         # A researcher's jobs spread over both hosts and run there, as the researcher.
         ids = [lq.submit("--gpus", "2", "--", "sh", "-c", "echo on $(hostname) as $(id -un); sleep 300", user=uid)

@@ -18,7 +18,7 @@ from tests.strategies import SPEC_KEYS, n, scalars, specs, weird_text
 
 
 # LABQ_FUZZ_SCALE=10 for a long run; these counts keep the suite's time.
-@settings(max_examples=n(1000), deadline=None)
+@settings(max_examples=n(400), deadline=None)
 @given(spec=specs)
 def test_job_spec_validation_fuzz(spec: dict[str, Any]) -> None:
     """The validation every submission goes through, alone and fast, many times over."""
@@ -40,7 +40,7 @@ yaml_docs = st.recursive(
 )
 
 
-@settings(max_examples=n(1500), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=n(600), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.one_of(weird_text, yaml_docs.map(lambda d: json.dumps(d, allow_nan=True))))
 def test_job_file_parser_fuzz(tmp_path: Path, text: str) -> None:
     path = tmp_path / "job.yaml"

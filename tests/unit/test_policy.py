@@ -302,6 +302,9 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
                 time_limit=draw(st.one_of(st.none(), st.floats(60, 10 * H))),
                 requeued=draw(st.booleans()),
                 count=draw(st.sampled_from([1, 1, 1, 1, 2, 5])),  # an array's waiting tasks
+                # Only the nodes that have its directory (no shared filesystem), sometimes.
+                nodes=draw(st.one_of(st.none(), st.none(), st.frozensets(st.sampled_from([n.id for n in ns])))),
+                where="its directory is there only",
             )
         )
     total = sum(sizes)
@@ -325,7 +328,7 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
     return Snapshot(NOW, tuple(pending), tuple(running), ns, usage, week, QuotaBook(researchers=people), cfg)
 
 
-PROPS = settings(max_examples=examples(250), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPS = settings(max_examples=examples(120), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROPS
@@ -376,11 +379,25 @@ def test_startable_job_never_waits_while_gpus_idle(s: Snapshot) -> None:
     by_id = {j.id: j for j in s.pending}
     for st_ in d.starts:
         free[st_.node] -= by_id[st_.job_id].gpus
-    largest = max(free.values())
     for jid, w in d.waiting.items():
         if any(r.kind in ("quota", "budget", "backfill", "reclaim") for r in w.reasons):
             continue
+        only = by_id[jid].nodes
+        largest = max((f for n, f in free.items() if only is None or n in only), default=0)
         assert by_id[jid].gpus > largest, (jid, w.reasons, free)
+
+
+@PROPS
+@given(snapshots())
+def test_a_job_runs_only_where_it_may_and_says_why_it_cannot(s: Snapshot) -> None:
+    d = schedule(s)
+    by_id = {j.id: j for j in s.pending}
+    for x in d.starts:
+        only = by_id[x.job_id].nodes
+        assert only is None or (x.node in only and set(x.more_nodes) <= only), (x, only)
+    for jid, w in d.waiting.items():
+        if by_id[jid].nodes == frozenset() and not any(r.kind in ("quota", "budget") for r in w.reasons):
+            assert w.reasons[0].kind == "placement" and "its directory" in w.reasons[0].text, w.reasons
 
 
 @PROPS
@@ -494,3 +511,55 @@ def test_a_job_no_node_can_ever_hold_reserves_nothing_and_blocks_no_one() -> Non
     why = d.waiting[1].reasons[0]
     assert why.kind == "resources" and dict(why.data)["never"] is True
     assert "no node can hold 100 CPUs" in why.text and d.waiting[1].eta is None
+
+
+# -- only some nodes may run it (no shared filesystem, issue 14) ----------------------------------
+def test_a_job_goes_to_a_node_that_has_its_directory_even_when_another_fits_better() -> None:
+    s = snap(
+        pending=(pend(10, "alice", 1, nodes=frozenset({"n1"}), where="its directory is there only"),),
+        running=(run(1, "bob", "n0", 3),),
+        node_sizes=(4, 4),
+    )
+    d = schedule(s)
+    assert [(x.job_id, x.node) for x in d.starts] == [(10, "n1")]  # best fit alone would take n0
+
+
+def test_a_job_whose_nodes_are_busy_waits_for_them_and_its_eta_is_theirs() -> None:
+    s = snap(
+        pending=(pend(10, "alice", 2, nodes=frozenset({"n1"}), where="its directory is there only"),),
+        running=(run(1, "bob", "n1", 4, time_limit=4 * H),),
+        node_sizes=(4, 4),
+    )
+    d = schedule(s)
+    assert not d.starts
+    assert texts(d, 10) == ("resources: needs 2 GPUs on node-1 (its directory is there only), none is free there",)
+    assert d.waiting[10].eta == NOW - 3 * H + 4 * H  # when bob's job on node-1 ends, not now on node-0
+
+
+def test_a_job_no_node_may_run_says_why_in_the_daemons_words() -> None:
+    s = snap(pending=(pend(10, "alice", 1, nodes=frozenset(), where="no node has its directory"),), node_sizes=(4, 4))
+    d = schedule(s)
+    assert not d.starts
+    (r,) = d.waiting[10].reasons
+    assert (r.kind, r.text) == ("placement", "placement: no node has its directory")
+    assert d.waiting[10].eta is None
+    # ... and it holds no reservation: the next job starts.
+    s = snap(
+        pending=(pend(10, "alice", 4, nodes=frozenset(), where="x"), pend(11, "alice", 4, age=30)),
+        node_sizes=(4,),
+    )
+    assert [x.job_id for x in schedule(s).starts] == [11]
+
+
+def test_reclaim_for_a_guaranteed_job_happens_only_on_a_node_it_may_use() -> None:
+    quotas = QuotaBook(researchers={"alice": {"guaranteed_gpus": 2}})
+    s = snap(
+        pending=(pend(10, "alice", 2, nodes=frozenset({"n1"}), where="its directory is there only"),),
+        # Job 1 has less work to lose, but it is on a node the job may not use.
+        running=(run(1, "bob", "n0", 4, age=H), run(2, "bob", "n1", 4, age=3 * H)),
+        node_sizes=(4, 4),
+        quotas=quotas,
+    )
+    d = schedule(s)
+    assert {p.job_id for p in d.preemptions} == {2}
+    assert {p.job_id for p in schedule(replace(s, pending=(s.pending[0]._replace(nodes=None),))).preemptions} == {1}

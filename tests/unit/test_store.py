@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from pathlib import Path
@@ -85,6 +86,31 @@ def test_migrates_from_version_1(tmp_path: Path) -> None:
     st = Store(path)
     assert st.schema_version() == SCHEMA_VERSION
     assert st.quota_overrides() == {}
+
+
+def test_waiting_jobs_of_before_need_their_workdir_after_the_migration(tmp_path: Path) -> None:
+    from scheduler.store import MIGRATIONS
+
+    path = tmp_path / "v10.sqlite"
+    conn = sqlite3.connect(path)
+    for m in MIGRATIONS[:10]:
+        for stmt in m.split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '10')")
+    for spec, state in (
+        ({"command": ["a"], "workdir": "/srv/a"}, "PENDING"),
+        ({"command": ["b"], "workdir": "/srv/b", "code": {"id": "ab" * 32}}, "PENDING"),
+        ({"command": ["c"], "workdir": "/srv/c"}, "SUCCEEDED"),
+    ):
+        conn.execute(
+            "INSERT INTO jobs(user, uid, name, spec, gpus, state, submit_time) VALUES ('a', 1, '', ?, 1, ?, 0)",
+            (json.dumps(spec), state),
+        )
+    conn.commit()
+    conn.close()
+    st = Store(path)
+    assert [st.get(i).needs_dir for i in (1, 2, 3)] == ["/srv/a", "", ""]
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from scheduler import safefs
@@ -32,6 +33,7 @@ class Admission:
         self.uid = os.geteuid()
         self.user = user_name(self.uid)
         self.closed = False  # `labq down`: no new jobs
+        self.clustered: Callable[[], bool] = lambda: False  # the daemon sets Scheduler.clustered
         self._rate_lock = threading.Lock()
         self._buckets: dict[str, tuple[float, float]] = {}  # user -> (tokens, when)
         self._pending: dict[str, int] = {}  # waiting jobs per user at the last pass
@@ -70,7 +72,7 @@ class Admission:
         self._check_fits(spec)
         self._check_deps(caller, spec)
         self._check_notify(spec)
-        if spec.workdir and sum(1 for n in self.nodes.all() if n.alive and n.trusted) <= 1:
+        if spec.workdir and not self.clustered():
             # On a cluster the head's disk says nothing of the others' (no shared
             # filesystem): there the scheduler places the job where the directory is,
             # or says that no node has it.

@@ -172,19 +172,32 @@ class NodeAgent:
             self.sampler.close()
 
 
-def has_dirs(queries: Sequence[Sequence[Any]]) -> list[bool]:
-    """For each (uid, directory): could that user's job run there on this node? The
-    user must exist here, and the directory must not be missing as far as they could
-    tell by themselves (`workdir_problem`): the agent is root, and must not tell
-    anyone what lies behind a directory they may not enter."""
-    out = []
-    for uid, path in queries:
+DIRS_BUDGET_S = 2.0  # per call: what is left is answered None and asked again next round
+
+
+def has_dirs(
+    queries: Sequence[Sequence[Any]], budget_s: float = DIRS_BUDGET_S, clock: Callable[[], float] = time.monotonic
+) -> list[bool | None]:
+    """For each (uid, user, directory): could that user's job run there on this node?
+    The account must exist here under the same name (machines without a shared account
+    database may give one uid to two people), and the directory must not be missing
+    as far as they could tell by themselves (`workdir_problem`): the agent is root, and
+    must tell nobody what lies behind a directory they may not enter. None: not looked
+    at within the time budget (a hung mount, or a queue of slow paths)."""
+    deadline = clock() + budget_s
+    out: list[bool | None] = []
+    for q in queries:
+        if clock() > deadline:
+            out.append(None)
+            continue
         try:
-            pwd.getpwuid(int(uid))
-        except (KeyError, ValueError, OverflowError):
+            uid, user, path = int(q[0]), str(q[1]), q[2]
+            same = pwd.getpwuid(uid).pw_name == user
+        except (KeyError, ValueError, OverflowError, IndexError, TypeError):
             out.append(False)
             continue
-        out.append(isinstance(path, str) and path.startswith("/") and workdir_problem(path, int(uid)) == "")
+        ok = same and isinstance(path, str) and path.startswith("/") and len(path) < 4096
+        out.append(bool(ok) and workdir_problem(path, uid) == "")
     return out
 
 
@@ -192,7 +205,8 @@ def jobs_from_wire(jobs: Sequence[Mapping[str, Any]]) -> list[JobOnNode]:
     return [JobOnNode(int(j["job_id"]), int(j["pid"]), tuple(int(g) for g in j["gpus"])) for j in jobs]
 
 
-@ray.remote(num_cpus=0, max_concurrency=4, max_restarts=0)  # type: ignore[call-overload]
+# `dirs` has a thread of its own: a slow filesystem must never hold up the reports.
+@ray.remote(num_cpus=0, max_concurrency=4, max_restarts=0, concurrency_groups={"dirs": 1})  # type: ignore[call-overload]
 class NodeMonitor:
     """The Ray face of NodeAgent: polls in a thread, answers `report` with the latest."""
 
@@ -217,5 +231,6 @@ class NodeMonitor:
     def ping(self) -> dict[str, Any]:
         return {"node_id": self.agent.node_id, "pid": os.getpid(), "interval": self.interval}
 
-    def dirs(self, queries: list[list[Any]]) -> list[bool]:
+    @ray.method(concurrency_group="dirs")  # type: ignore[call-arg]
+    def dirs(self, queries: list[list[Any]]) -> list[bool | None]:
         return has_dirs(queries)

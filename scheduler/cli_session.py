@@ -216,9 +216,13 @@ def cmd_notebook(c: Client, args: argparse.Namespace) -> int:
     # The token goes in a file of the user's (0600), not in the job's environment,
     # which admins can read: an admin could otherwise use the notebook as its owner.
     token = secrets.token_urlsafe(24)
-    token_dir = os.path.join(os.path.expanduser("~"), ".local", "share", "labq")
-    os.makedirs(token_dir, mode=0o700, exist_ok=True)
-    token_file = os.path.join(token_dir, f"notebook-{secrets.token_hex(6)}.token")
+    # A directory of its own: the daemon places the notebook only on a node that sees
+    # it (JobSpec.needs_dir), so a cluster without shared homes picks this machine.
+    base = os.path.join(os.path.expanduser("~"), ".local", "share", "labq")
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    token_dir = os.path.join(base, f"notebook-{secrets.token_hex(6)}")
+    os.mkdir(token_dir, 0o700)
+    token_file = os.path.join(token_dir, "token")
     fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token)

@@ -223,7 +223,7 @@ def _checked_meta(meta: Any) -> dict[str, Any]:
         if not isinstance(meta.get(key, ""), str) or len(meta.get(key, "")) > 4096:
             raise bad(key)
     repo = meta.get("repo", "")
-    if repo and (not repo.startswith("/") or any(ord(ch) < 32 for ch in repo)):
+    if repo and (not repo.startswith("/") or any(ord(ch) < 32 for ch in repo) or os.path.normpath(repo) != repo):
         raise bad("repo")  # where a node looks for it: an absolute path or nothing
     if meta.get("commit") and not re.fullmatch(r"[0-9a-f]{7,64}", meta["commit"]):
         raise bad("commit")

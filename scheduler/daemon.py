@@ -168,7 +168,11 @@ class Daemon:
             wake=self.wake,
             dirs=self.gpus.dirs,
             look=self.gpus.poke.set,
+            joined=lambda: bool(self.team.registry()),
         )
+        # A workdir the head lacks is refused at submit only where there is no other
+        # machine that could have it.
+        self.admission.clustered = self.scheduler.clustered
         self.pump = EventPump(self.store, self.control)
         self.tokens = Tokens(self.store, self.admins)
         self.views = JobViews(self.store, self.scheduler, self.gpus, self.logs)

@@ -28,6 +28,8 @@ class Fleet:
         self.interval = interval
         self.monitors: dict[str, Any] = {}
         self.errors: dict[str, str] = {}
+        # node -> (the `dirs` call's ref, the keys asked, when): at most one per node.
+        self._dir_calls: dict[str, tuple[Any, list[tuple[int, str, str]], float]] = {}
 
     def sync(self, nodes: dict[str, int]) -> None:
         """`nodes`: alive node id -> GPUs Ray advertises there."""
@@ -76,34 +78,61 @@ class Fleet:
             if report:
                 self.telemetry.ingest(node_id, report, now, all_holders)
 
-    def dirs(self, asks: dict[str, list[tuple[int, str]]], timeout: float) -> dict[str, list[bool]]:
-        """Ask each node's agent which of these (uid, directory) it has; a node that
-        does not answer in time is left out (asked again next round)."""
+    # -- directories (no shared filesystem) ----------------------------------------------
+    SILENT_S = 20.0  # a node whose agent has not answered for this long is taken as silent
+
+    def dirs_busy(self) -> set[str]:
+        """Nodes with a `dirs` call not answered yet: one at a time per node."""
+        return set(self._dir_calls)
+
+    def dirs_send(self, node_id: str, keys: list[tuple[int, str, str]], now: float) -> None:
+        m = self.monitors.get(node_id)
+        if m is None or node_id in self._dir_calls:
+            return
+        try:
+            ref = m.dirs.remote([list(k) for k in keys])
+        except AttributeError:
+            # A monitor of an older labq (detached actors outlive the daemon): dropped,
+            # so that the next sync starts one that knows this.
+            self.monitors.pop(node_id, None)
+            self._kill(m)
+            return
+        self._dir_calls[node_id] = (ref, keys, now)
+
+    def dirs_collect(
+        self, alive: list[str], now: float, wait_s: float = 0.0
+    ) -> tuple[dict[str, tuple[list[tuple[int, str, str]], list[bool | None]]], set[str]]:
+        """Answers that have come (waiting up to `wait_s` for them), and the alive nodes
+        that are silent: no monitor, or a call unanswered for SILENT_S."""
         import ray
 
-        refs = {}
-        for node_id, keys in asks.items():
-            m = self.monitors.get(node_id)
-            if m is None:
+        calls = self._dir_calls
+        ready: list[Any] = []
+        if calls:
+            refs = [c[0] for c in calls.values()]
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=wait_s)
+        done = set(ready)
+        out: dict[str, tuple[list[tuple[int, str, str]], list[bool | None]]] = {}
+        for node_id, (ref, keys, _sent) in list(calls.items()):
+            if ref not in done:
                 continue
+            del calls[node_id]
             try:
-                refs[node_id] = m.dirs.remote([list(k) for k in keys])
-            except AttributeError:
-                # A monitor of an older labq (detached actors outlive the daemon):
-                # dropped, so that the next sync starts one that knows this.
-                self.monitors.pop(node_id, None)
-                try:
-                    ray.kill(m)
-                except Exception:  # noqa: BLE001,S110 - gone already
-                    pass
-        out: dict[str, list[bool]] = {}
-        deadline = time.monotonic() + timeout
-        for node_id, ref in refs.items():
-            try:
-                out[node_id] = list(ray.get(ref, timeout=max(0.01, deadline - time.monotonic())))
-            except Exception as e:  # noqa: BLE001 - a silent node: nothing known there yet
+                out[node_id] = (keys, list(ray.get(ref, timeout=1.0)))
+            except Exception as e:  # noqa: BLE001 - a failed call: asked again next round
                 log.debug("node %s did not say which directories it has: %s", node_id, e)
-        return out
+        silent = {n for n in alive if n not in self.monitors}
+        silent |= {n for n, (_r, _k, sent) in calls.items() if now - sent > self.SILENT_S}
+        return out, silent
+
+    @staticmethod
+    def _kill(handle: Any) -> None:
+        import ray
+
+        try:
+            ray.kill(handle)
+        except Exception:  # noqa: BLE001,S110 - gone already
+            pass
 
     def stop_all(self) -> None:
         import ray

@@ -90,15 +90,27 @@ class GpuWatch:
                 log.exception("GPU monitoring pass failed")
 
     def check_dirs(self, now: float) -> None:
+        """Answers in, silent nodes noted, the next questions out (one call per node at
+        a time: a hung filesystem holds up only that node's answers)."""
         alive = [n.id for n in self.nodes.all() if n.alive and n.trusted]
-        due = self.dirs.due(alive, now)
-        if not due:
-            return
-        changed = False
-        for node, answers in self.fleet.dirs(due, timeout=max(1.0, self.config.monitor_interval_s)).items():
-            changed = self.dirs.record(node, due[node], answers, now) or changed
+        answers, silent = self.fleet.dirs_collect(alive, now)
+        changed = self._take(answers, frozenset(silent), now)
+        due = self.dirs.due(alive, now, busy=self.fleet.dirs_busy())
+        for node, keys in due.items():
+            self.fleet.dirs_send(node, keys, now)
+        if due:
+            # Most answers take milliseconds: take them now rather than a round later.
+            answers, silent = self.fleet.dirs_collect(alive, now, wait_s=1.0)
+            changed = self._take(answers, frozenset(silent), now) or changed
         if changed:
             self._wake()
+
+    def _take(self, answers: dict[str, Any], silent: frozenset[str], now: float) -> bool:
+        changed = silent != self.dirs.silent
+        self.dirs.silent = silent
+        for node, (keys, got) in answers.items():
+            changed = self.dirs.record(node, keys, got, now) or changed
+        return changed
 
     @staticmethod
     def holders(active: list[JobRow]) -> list[Holder]:

@@ -340,7 +340,11 @@ class JobSpec(BaseModel):
             raise ValueError("workdir must be an absolute path")
         if has_controls(v):
             raise ValueError("workdir contains control characters")
-        return v
+        if len(v.encode(errors="surrogateescape")) > 4095:
+            raise ValueError("workdir is longer than a path may be (4,095 bytes)")
+        # Lexically: /a/./b/../c is /a/c (what `cd` does). A node asked whether it
+        # has the directory then walks each name once, never `..` up and down.
+        return os.path.normpath(v) if v else v
 
     @model_validator(mode="after")
     def _array_size(self) -> JobSpec:
@@ -366,14 +370,19 @@ class JobSpec(BaseModel):
 
     @property
     def needs_dir(self) -> str:
-        """The directory a node must have to run this job ('' when any node can): the
-        live workdir without a snapshot, the repository of a git snapshot (its commit
-        is read there); a snapshot of plain files needs nothing of the node."""
+        """The directories a node must have to run this job, one per line ('' when any
+        node can): the live workdir without a snapshot, the repository of a git snapshot
+        (its commit is read there); a snapshot of plain files needs nothing of the node.
+        A notebook also needs the directory of its token file (made for it, private)."""
+        dirs = []
         if self.code is None:
-            return self.workdir
-        if self.code.kind == "git" and self.code.commit:
-            return self.code.repo
-        return ""
+            dirs.append(self.workdir)
+        elif self.code.kind == "git" and self.code.commit:
+            dirs.append(self.code.repo)
+        token = self.env.get("JUPYTER_TOKEN_FILE", "") if self.session == "notebook" else ""
+        if token.startswith("/") and not has_controls(token):
+            dirs.append(os.path.dirname(os.path.normpath(token)))
+        return "\n".join(d for d in dirs if d)
 
     def array_plan(self) -> tuple[IndexPlan, int | None]:
         """(each task's index, in order; the cap on tasks at once). A sweep's index is

@@ -10,7 +10,8 @@ One pass, in words:
    of their running jobs (the entry penalty).
 2. Rank researchers: those still under their guaranteed GPUs first, then by the
    fair-share factor F = 2^(-U/S) plus a small age bonus. Take the best
-   researcher's next job (their own order: requeued first, then priority, then age),
+   researcher's next job (their own order: requeued first, then priority, then age;
+   `duration_hint` orders by highest response ratio instead),
    place it or record why not, recompute that researcher's rank, repeat.
 3. Placement is gang and best-fit: the node with the fewest free GPUs that still fits.
 4. The first job blocked on resources gets a reservation (EASY backfill): later jobs
@@ -61,6 +62,18 @@ __all__ = [
 def _job_key(j: PendingJob) -> tuple[bool, int, float, int]:
     # Within one researcher: requeued (preempted) jobs first, then priority, then age.
     return (not j.requeued, -j.priority, j.submit_time, j.id)
+
+
+def _hrrn_key(now: float, default_limit: float) -> Any:
+    """Requeued first, then priority, then the highest response ratio (see
+    PolicyConfig.duration_hint), then age."""
+
+    def key(j: PendingJob) -> tuple[bool, int, float, float, int]:
+        e = j.expected if j.expected is not None else (j.time_limit or default_limit)
+        e = e if e > 60.0 else 60.0  # a few seconds' estimate must not outrank everyone forever
+        return (not j.requeued, -j.priority, -(now - j.submit_time + e) / e, j.submit_time, j.id)
+
+    return key
 
 
 @dataclass
@@ -421,8 +434,10 @@ def schedule(snap: Snapshot) -> Decision:
     for j in snap.pending:
         by_user.setdefault(j.user, []).append(j)
     pending_count = {u: len(js) for u, js in by_user.items()}
+    own_order = _hrrn_key(snap.now, cfg.default_time_limit) if cfg.duration_hint else _job_key
     for jobs in by_user.values():
-        jobs.sort(key=_job_key, reverse=True)  # pop() from the end gives the next job
+        if len(jobs) > 1:
+            jobs.sort(key=own_order, reverse=True)  # pop() from the end gives the next job
 
     active = sorted(set(by_user) | set(p.held))
     total_shares = sum(p.quota(u).shares for u in active)
@@ -457,7 +472,7 @@ def schedule(snap: Snapshot) -> Decision:
 
     order: list[int] = []
     # Free space changes only when a job starts, so the same request gets the same text.
-    resource_reasons: dict[tuple[int, float, int, frozenset[str] | None], Reason] = {}
+    resource_reasons: dict[tuple[int, float, int, frozenset[str] | None, str], Reason] = {}
     etas: dict[tuple[int, frozenset[str] | None], float | None] = {}
     ahead: Counter[str] = Counter()  # waiting jobs ranked ahead, by owner
     n_ahead = 0
@@ -587,7 +602,7 @@ def schedule(snap: Snapshot) -> Decision:
                     max(shadow_eta(j) or snap.now, conflict.end) if conflict.end < INF else shadow_eta(j),
                 )
             else:
-                key = (j.gpus, j.cpus, j.memory, j.nodes)
+                key = (j.gpus, j.cpus, j.memory, j.nodes, j.where)
                 why = resource_reasons.get(key) if explain else _NO_REASON
                 if why is None:
                     why = resource_reasons[key] = _resource_reason(p, j)

@@ -232,25 +232,40 @@ def workdir_problem(path: str, uid: int) -> str:
     gids = _groups(uid)
     if gids is None:
         return ""
-    cur = Path("/")
-    for part in Path(path).parts[1:]:
-        try:
-            st = os.stat(cur)
-        except OSError:
-            return ""
-        if not _searchable(st, uid, gids):
-            return ""  # they could not tell what is inside: neither do we
-        cur = cur / part
-        try:
-            lst = os.lstat(cur)
-        except FileNotFoundError:
-            return "does not exist"
-        except OSError:
-            return ""
-        if stat.S_ISLNK(lst.st_mode):
-            return ""  # where it points is for the runner to find out, as the user
-        if not stat.S_ISDIR(lst.st_mode):
-            return "is not a directory"
+    # One descriptor per step, never the path again: a user who swaps a directory of
+    # theirs for a link between our look at it and our look inside it must not steer
+    # root into a directory they cannot enter (a name is resolved once, here).
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open("/", flags)
+    except OSError:
+        return ""
+    try:
+        for part in Path(path).parts[1:]:
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                return ""
+            if not _searchable(st, uid, gids):
+                return ""  # they could not tell what is inside: neither do we
+            try:
+                lst = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return "does not exist"
+            except OSError:
+                return ""
+            if stat.S_ISLNK(lst.st_mode):
+                return ""  # where it points is for the runner to find out, as the user
+            if not stat.S_ISDIR(lst.st_mode):
+                return "is not a directory"
+            try:
+                nxt = os.open(part, flags, dir_fd=fd)
+            except OSError:
+                return ""  # it changed under us: no verdict
+            os.close(fd)
+            fd = nxt
+    finally:
+        os.close(fd)
     return ""
 
 

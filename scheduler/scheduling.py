@@ -68,6 +68,7 @@ class Scheduler:
         wake: threading.Event | None = None,
         dirs: DirBook | None = None,
         look: Callable[[], None] = lambda: None,
+        joined: Callable[[], bool] = lambda: False,
     ) -> None:
         """`dirs`: which nodes have the directories jobs need (the GPU thread asks the
         agents; `look` asks it to at once)."""
@@ -81,6 +82,8 @@ class Scheduler:
         self._closed = closed
         self.dirs = dirs
         self._look = look
+        self._joined = joined
+        self._cluster_seen = False
         self.decision: Decision | None = None
         self.last_pass = 0.0
         self.pass_s = 0.0  # how long the last pass took (health, benchmarks)
@@ -105,10 +108,11 @@ class Scheduler:
 
     # -- the snapshot -------------------------------------------------------------------------
     def snapshot(
-        self, now: float, chained: Collection[int] = (), arrays: list[ArrayEntry] | None = None
+        self, now: float, chained: Collection[int] = (), arrays: list[ArrayEntry] | None = None, want: bool = True
     ) -> Snapshot:
         """`chained`: waiting jobs that wait for others (not the policy's to place yet).
-        `arrays`: the waiting arrays (read here when not given)."""
+        `arrays`: the waiting arrays (read here when not given). `want`: say which
+        directories the waiting jobs need (the scheduler thread's own pass only)."""
         pending_rows = self.store.policy_rows((JobState.PENDING,))
         if chained:
             pending_rows = [r for r in pending_rows if r[0] not in chained]
@@ -134,7 +138,7 @@ class Scheduler:
             )
             for n in self.nodes.all()
         )
-        place = self._placer(arrays_in)
+        place = self._placer(arrays_in, want)
         if place is None:  # one node, the common case: no call per waiting job
             pending = [
                 PendingJob(jid, user, gpus, submit, prio, limit, bool(requeued), cpus, memory)
@@ -148,12 +152,13 @@ class Scheduler:
         else:
             needs = place.needs
             pending = [
-                PendingJob(jid, user, gpus, submit, prio, limit, bool(requeued), cpus, memory, 1, *place(*needs.get(jid, _NO_NEED)))
+                PendingJob(jid, user, gpus, submit, prio, limit, bool(requeued), cpus, memory, 1,
+                           *place(*needs.get(jid, _NO_NEED)))
                 for jid, user, gpus, submit, prio, limit, requeued, cpus, memory, *_ in pending_rows
             ]
             pending += [
                 PendingJob(e.id, e.user, e.gpus, e.submit_time, e.priority, e.time_limit, False, e.cpus, e.memory,
-                           e.startable, *place(e.uid, e.needs_dir))
+                           e.startable, *place(e.uid, e.user, e.needs_dir))
                 for e in arrays_in
             ]  # fmt: skip
         return Snapshot(
@@ -180,22 +185,37 @@ class Scheduler:
             config=self.policy_config(),
         )
 
-    def _placer(self, arrays: list[ArrayEntry], want: bool = True) -> _Place | None:
-        """(nodes, why) for a job needing directory `need` (PendingJob.nodes/where).
+    def clustered(self) -> bool:
+        """More than one machine: this daemon has seen two trusted nodes at once, or a
+        machine has joined it. Sticky: with the other machines away, one node left is
+        still a cluster (a job whose directory only they have waits for them)."""
+        if not self._cluster_seen:
+            alive = sum(1 for n in self.nodes.all() if n.alive and n.trusted)
+            self._cluster_seen = alive > 1 or self._joined()
+        return self._cluster_seen
 
-        None: any node for every job (one node: the embedded default). On
-        a cluster, only the nodes whose agent found the directory; while none has been
-        asked yet the job waits a moment (the GPU thread is asked to look at once)."""
+    def _placer(self, arrays: list[ArrayEntry], want: bool = True) -> _Place | None:
+        """Which nodes may run each waiting job that needs directories (PendingJob.nodes,
+        .where). None: any node for every job (one machine, the embedded default, or
+        before the agents are up). On a cluster, only the nodes whose agent found every
+        directory the job needs; while they have not all been asked, the job waits a
+        moment (and the GPU thread is asked to look at once). `want`: this is the
+        scheduler thread's pass (a preview only reads what is known)."""
         # Drained nodes too: a job must wait for the node with its directory, not fail
         # on the only other one.
         alive = frozenset(n.id for n in self.nodes.all() if n.alive and n.trusted)
-        if self.dirs is None or not self.dirs.active or len(alive) <= 1:
+        if self.dirs is None or not self.dirs.active or not self.clustered():
             if self.dirs is not None and want:
                 self.dirs.want((), alive)
             return None
         place = _Place(self.dirs, alive, self.store.needs_dirs() if want else {})
         if want:
-            wanted = set(place.needs.values()) | {(e.uid, e.needs_dir) for e in arrays if e.needs_dir}
+            wanted = {
+                (uid, user, d)
+                for uid, user, dirs in (*place.needs.values(), *((e.uid, e.user, e.needs_dir) for e in arrays))
+                for d in dirs.split("\n")
+                if d
+            }
             if self.dirs.want(wanted, alive):
                 self._look()
         return place
@@ -310,7 +330,7 @@ class Scheduler:
         ]
         if unmet:
             return _preview_answer(dependency_wait(unmet), spec.time)
-        snap = self.snapshot(now, self.store.dependency_waits())
+        snap = self.snapshot(now, self.store.dependency_waits(), want=False)
         probe = PendingJob(
             id=-1,
             user=caller.user,
@@ -322,9 +342,7 @@ class Scheduler:
             memory=int(spec.memory or 0),
         )
         place = self._placer([], want=False)
-        only, where = _ANYWHERE if place is None else place(caller.uid, spec.needs_dir)
-        if only is not None and where.startswith("looking"):
-            only, where = None, ""  # not asked yet: the preview does not wait for the nodes
+        only, where = _ANYWHERE if place is None else place(caller.uid, caller.user, spec.needs_dir)
         probe = probe._replace(nodes=only, where=where)
         decision = schedule(replace(snap, pending=(*snap.pending, probe)))
         start = next((s for s in decision.starts if s.job_id == -1), None)
@@ -369,7 +387,7 @@ class Scheduler:
 
 
 _ANYWHERE: tuple[frozenset[str] | None, str] = (None, "")
-_NO_NEED = (-1, "")
+_NO_NEED = (-1, "", "")
 _NOWHERE = (
     "no node has its directory (without a code snapshot a job runs in its workdir; a git "
     "snapshot reads its commit from the repository): make it on a node, or submit with a snapshot"
@@ -377,28 +395,35 @@ _NOWHERE = (
 
 
 class _Place:
-    """One pass's answers to "which nodes may run a job that needs this directory"."""
+    """One pass's answers to "which nodes may run a job that needs these directories"."""
 
-    def __init__(self, dirs: DirBook, alive: frozenset[str], needs: dict[int, tuple[int, str]]) -> None:
+    def __init__(self, dirs: DirBook, alive: frozenset[str], needs: dict[int, tuple[int, str, str]]) -> None:
         self.dirs = dirs
         self.alive = alive
-        self.needs = needs  # waiting job id -> (uid, directory), for those that need one
-        self.memo: dict[tuple[int, str], tuple[frozenset[str] | None, str]] = {}
+        self.needs = needs  # waiting job id -> (uid, user, directories one per line)
+        self.memo: dict[tuple[int, str, str], tuple[frozenset[str] | None, str]] = {}
 
-    def __call__(self, uid: int, need: str) -> tuple[frozenset[str] | None, str]:
+    def __call__(self, uid: int, user: str, need: str) -> tuple[frozenset[str] | None, str]:
         if not need:
             return _ANYWHERE
-        got = self.memo.get((uid, need))
+        got = self.memo.get((uid, user, need))
         if got is None:
-            have = self.dirs.where((uid, need), self.alive)
-            if have is None:
+            found = [self.dirs.where((uid, user, d), self.alive) for d in need.split("\n")]
+            silent = len(self.dirs.silent & self.alive)
+            if any(h is not None and not h for h in found):
+                got = (frozenset(), _nowhere(silent))  # one of them is on no node
+            elif any(h is None for h in found):
                 got = (frozenset(), "looking for its directory on the nodes (a few seconds)")
-            elif not have:
-                got = (frozenset(), _NOWHERE)
             else:
-                got = (have, "its directory is there only")
-            self.memo[(uid, need)] = got
+                have = frozenset.intersection(*(h for h in found if h is not None))
+                got = (have, "its directory is there only") if have else (frozenset(), _nowhere(silent))
+            self.memo[(uid, user, need)] = got
         return got
+
+
+def _nowhere(silent: int) -> str:
+    quiet = f"; {silent} node{'s' if silent > 1 else ''} did not answer" if silent else ""
+    return _NOWHERE + quiet
 
 
 def dependency_wait(deps: list[tuple[int, str, JobState]]) -> Waiting:

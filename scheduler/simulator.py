@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.policy import NodeInfo, PendingJob, PolicyConfig, RunningJob, Snapshot, schedule
+from scheduler.predict import RuntimeHistory
 from scheduler.quota import QuotaBook, quota_book_from_dict
 from scheduler.traces import TRACE_COLUMNS, TraceError, TraceJob, history_trace, load_trace, shares_from_sizes
 
@@ -48,6 +49,10 @@ def quotas_from_shares(shares: Mapping[str, float], total_gpus: int, guarantee: 
             q["guaranteed_gpus"] = int(total_gpus * s / total)
         people[t] = q
     return quota_book_from_dict({"researchers": people})
+
+
+def _kind(gpus: int) -> str:
+    return f"gpus:{gpus}"
 
 
 def checkpoint_cost(gpus: int) -> float:
@@ -362,6 +367,9 @@ class Simulation:
         self._run_b: dict[str, float] = {}
         self._t0 = self.jobs[0].submit if self.jobs else 0.0
         self._guarantees: dict[str, int] = {}
+        # Runtimes learned as jobs finish in simulated time (a trace knows a job only by
+        # its tenant and GPU count): a waiting job's `expected`, never its true duration.
+        self.history = RuntimeHistory()
 
     # -- views the policies use ---------------------------------------------------------------------
     def queued(self) -> Iterator[SimJob]:
@@ -430,9 +438,15 @@ class Simulation:
         self.waiting_by_tenant[t] = self.waiting_by_tenant.get(t, 0) + 1
         if self.order_key is not None:
             bisect.insort(self.queue, (self.order_key(self, j), j.id))
+        p = self.history.predict(j.trace.tenant, _kind(j.trace.gpus))
+        expected = None
+        if p is not None:
+            ran = j.attained / j.trace.gpus  # a requeued job's attempts so far
+            expected = max(p.seconds - ran, 0.1 * p.seconds)
         self._pending_objs[j.id] = PendingJob(
-            id=j.id, user=j.trace.tenant, gpus=j.trace.gpus, submit_time=j.trace.submit, requeued=j.requeued
-        )
+            id=j.id, user=j.trace.tenant, gpus=j.trace.gpus, submit_time=j.trace.submit, requeued=j.requeued,
+            expected=expected,
+        )  # fmt: skip
 
     def _start(self, j: SimJob, placement: tuple[tuple[str, int], ...], now: float) -> None:
         del self.pending[j.id]
@@ -492,6 +506,7 @@ class Simulation:
         if finished:
             j.work_left, j.restore = 0.0, 0.0
             j.end = now
+            self.history.add(j.trace.tenant, _kind(g), j.trace.duration)
         else:
             j.restore += checkpoint_cost(g)
             j.preemptions += 1

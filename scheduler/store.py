@@ -172,7 +172,7 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN needs_dir TEXT NOT NULL DEFAULT '';
     UPDATE jobs SET needs_dir = COALESCE(json_extract(spec, '$.workdir'), '')
-        WHERE json_extract(spec, '$.code') IS NULL AND state IN ('PENDING', 'RUNNING');
+        WHERE json_extract(spec, '$.code') IS NULL;
     """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -261,7 +261,7 @@ class JobRow:
     array_next: int = 0  # an array: how many of its indices were handed out
     notify_pending: int = 0  # 1: --notify, not sent yet
     kind: str = "batch"  # or an interactive session: "shell", "notebook"
-    needs_dir: str = ""  # a directory the node must have (JobSpec.needs_dir)
+    needs_dir: str = ""  # directories the node must have, one per line (JobSpec.needs_dir)
 
     def job_spec(self) -> JobSpec:
         """The spec as the typed JobSpec (rows carry it as stored JSON)."""
@@ -541,14 +541,14 @@ class Store(AccountTables, DependencyTables, ArrayTables):
         )
         return [tuple(r) for r in rows]
 
-    def needs_dirs(self) -> dict[int, tuple[int, str]]:
-        """Waiting job id -> (owner's uid, the directory its node must have), for the
-        jobs that need one; read only on a cluster (one node never asks)."""
+    def needs_dirs(self) -> dict[int, tuple[int, str, str]]:
+        """Waiting job id -> (owner's uid, their name, the directories its node must have,
+        one per line), for the jobs that need any; read only on a cluster."""
         rows = self._reader().execute(
-            "SELECT id, uid, needs_dir FROM jobs WHERE state=? AND needs_dir != '' AND array_size = 0",
+            "SELECT id, uid, user, needs_dir FROM jobs WHERE state=? AND needs_dir != '' AND array_size = 0",
             (JobState.PENDING.value,),
         )
-        return {int(i): (int(u), str(d)) for i, u, d in rows}
+        return {int(i): (int(u), str(n), str(d)) for i, u, n, d in rows}
 
     def count_jobs(self, user: str, states: tuple[JobState, ...]) -> int:
         row = self._reader().execute(

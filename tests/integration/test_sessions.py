@@ -82,6 +82,24 @@ class Pty:
         os.close(self.master)
 
 
+def _foreground_sleep(uid: int) -> bool:
+    """A `sleep` of `uid`'s whose process group is its terminal's foreground group."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # fields: state ppid pgrp session tty_nr tpgid ...
+        if comm == "sleep" and fields[2] == fields[5]:
+            return True
+    return False
+
+
 def _session_of(lq: Labq, user: str) -> dict[str, Any]:
     c = lq.client()
     try:
@@ -112,7 +130,9 @@ def test_a_shell_session_runs_as_the_user_on_its_gpus_and_exit_ends_it(labq4: La
             c.close()
         # ^C reaches the foreground command (the Ray worker's blocked SIGINT is not inherited).
         term.type("sleep 100\n")
-        time.sleep(0.5)
+        # ^C only once sleep is the terminal's foreground: a ^C that lands while the
+        # shell is still starting it goes to the shell, as on any terminal.
+        wait_for("sleep in the foreground", lambda: _foreground_sleep(bob), 20)
         t0 = time.monotonic()
         term.type(b"\x03")
         term.type("echo after-$((6*7))\n")

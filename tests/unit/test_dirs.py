@@ -15,9 +15,9 @@ from scheduler.dirbook import DirBook
 from scheduler.launcher import MemoryLauncher
 from scheduler.shapes import JobState
 from tests.conftest import unix_user
-from tests.unit.test_control import ALICE, SPEC, open_daemon
+from tests.unit.test_control import ALICE, SPEC, node, open_daemon
 
-K = (1001, "/data/proj")
+K = (1001, "alice", "/data/proj")
 
 
 def test_the_book_knows_nothing_until_every_alive_node_answered_unless_one_has_it() -> None:
@@ -39,7 +39,7 @@ def test_the_book_knows_nothing_until_every_alive_node_answered_unless_one_has_i
     assert b.want([K], ["n1", "n3"]) is True
     assert b.where(K, ["n1", "n3"]) == frozenset({"n1"})
     # Nobody has it, every node said so: nowhere (not unknown).
-    k2 = (1001, "/nowhere")
+    k2 = (1001, "alice", "/nowhere")
     b.want([K, k2], ["n1"])
     b.record("n1", [k2], [False], 32.0)
     assert b.where(k2, ["n1"]) == frozenset()
@@ -63,6 +63,7 @@ def test_an_agent_says_only_what_the_user_could_find_out() -> None:
 
 
 def _agent_answers(uid: int, tmp_path: Path) -> None:
+    user = "labqtest-dirs"
     open_dir = tmp_path / "open"
     (open_dir / "proj").mkdir(parents=True)
     private = tmp_path / "private"
@@ -72,18 +73,48 @@ def _agent_answers(uid: int, tmp_path: Path) -> None:
     os.chmod(private, 0o700)  # root's: the user cannot look inside
     answers = has_dirs(
         [
-            [uid, str(open_dir / "proj")],
-            [uid, str(open_dir / "gone")],
-            [uid, str(private / "secret")],
-            [uid, str(private / "no-such")],
-            [0, str(private / "no-such")],
-            [2**31 - 7, str(open_dir / "proj")],  # no such user here: their job cannot run here
-            [uid, "relative/path"],
+            [uid, user, str(open_dir / "proj")],
+            [uid, user, str(open_dir / "gone")],
+            [uid, user, str(private / "secret")],
+            [uid, user, str(private / "no-such")],
+            [0, "root", str(private / "no-such")],
+            [2**31 - 7, "ghost", str(open_dir / "proj")],  # no such account here
+            [uid, "alice", str(open_dir / "proj")],  # this uid is someone else here
+            [uid, user, "relative/path"],
         ]
     )
     # Behind a directory they may not enter, "there" and "not there" read the same:
     # the root agent tells them nothing they could not see (the runner then fails as them).
-    assert answers == [True, False, True, True, False, False, False]
+    assert answers == [True, False, True, True, False, False, False, False]
+    # A link on the way gives no verdict either way: where it points is not looked at
+    # by root (the walk holds a descriptor per step and never follows one).
+    os.symlink(private, open_dir / "link")
+    assert has_dirs([[uid, user, str(open_dir / "link" / "no-such")]]) == [True]
+    # Out of time: the rest is left for the next round, not answered "no".
+    ticks = iter([0.0, 0.0, 5.0, 5.0])
+    assert has_dirs([[uid, user, str(open_dir / "proj")]] * 3, budget_s=2.0, clock=lambda: next(ticks)) == [
+        True,
+        None,
+        None,
+    ]
+
+
+def test_one_owner_cannot_crowd_out_the_others_and_a_busy_or_silent_node_holds_nothing_up() -> None:
+    b = DirBook()
+    many = [(1001, "alice", f"/a/{i:04d}") for i in range(300)]
+    bob = (1002, "bob", "/b/proj")
+    b.want([*many, bob], ["n1", "n2"])
+    due = b.due(["n1", "n2"], 0.0, busy={"n2"})
+    assert list(due) == ["n1"]  # n2 still has a call out
+    assert bob in due["n1"][:2] and len(due["n1"]) == 256  # bob's turn comes at once
+    b.record("n1", [bob], [True], 0.0)
+    assert b.where(bob, ["n1", "n2"]) == frozenset({"n1"})  # known there: enough to place it
+    # A silent node counts as not having it: a job is told "nowhere", not left looking.
+    b.record("n1", [many[0]], [False], 0.0)
+    assert b.where(many[0], ["n1", "n2"]) is None  # n2 has not said
+    b.silent = frozenset({"n2"})
+    assert b.where(many[0], ["n1", "n2"]) == frozenset()
+    assert b.want([bob], ["n1", "n2"]) is False  # nothing to look for now
 
 
 def test_a_cluster_job_waits_for_a_node_with_its_directory_and_starts_there(tmp_path: Path) -> None:
@@ -99,7 +130,8 @@ def test_a_cluster_job_waits_for_a_node_with_its_directory_and_starts_there(tmp_
         assert "looking for its directory" in d.views.job(d.store.get(live), ALICE)["reasons"][0]
         # The agents answer: only n2 has it.
         due = d.gpus.dirs.due(["n1", "n2"], 0.0)
-        assert due == {"n1": [(ALICE.uid, "/srv/alice/proj")], "n2": [(ALICE.uid, "/srv/alice/proj")]}
+        key = (ALICE.uid, "alice", "/srv/alice/proj")
+        assert due == {"n1": [key], "n2": [key]}
         d.gpus.dirs.record("n1", due["n1"], [False], 0.0)
         d.gpus.dirs.record("n2", due["n2"], [True], 0.0)
         d.scheduler.one_pass()
@@ -110,11 +142,23 @@ def test_a_cluster_job_waits_for_a_node_with_its_directory_and_starts_there(tmp_
         gone = d.control.submit(ALICE, {**SPEC, "workdir": "/srv/alice/gone"})
         d.scheduler.one_pass()
         for n in ("n1", "n2"):
-            d.gpus.dirs.record(n, [(ALICE.uid, "/srv/alice/gone")], [False], 0.0)
+            d.gpus.dirs.record(n, [(ALICE.uid, "alice", "/srv/alice/gone")], [False], 0.0)
         d.scheduler.one_pass()
         assert d.store.get(gone).state is JobState.PENDING
         reason = d.views.job(d.store.get(gone), ALICE)["reasons"][0]
         assert reason.startswith("placement: no node has its directory") and "submit with a snapshot" in reason
+        # The preview says what the job would meet, from what is known (it asks nobody).
+        preview = d.scheduler.preview(ALICE, {**SPEC, "workdir": "/srv/alice/gone"})
+        assert not preview.get("starts_now") and "no node has its directory" in str(preview)
+        preview = d.scheduler.preview(ALICE, {**SPEC, "workdir": "/srv/alice/new"})
+        assert not preview.get("starts_now") and "looking for its directory" in str(preview)
+        # n2 goes away: one machine left is still a cluster. The job that needs n2's
+        # directory waits for it rather than failing on n1.
+        d.nodes.set_all({"n1": node("n1")})
+        back = d.control.submit(ALICE, {**SPEC, "workdir": "/srv/alice/proj"})
+        d.scheduler.one_pass()
+        assert d.store.get(back).state is JobState.PENDING
+        assert "no node has its directory" in d.views.job(d.store.get(back), ALICE)["reasons"][0]
         # A job that needs no directory (as a snapshot of plain files) goes anywhere.
         free = d.control.submit(ALICE, {**SPEC, "workdir": ""})
         d.scheduler.one_pass()
@@ -148,3 +192,8 @@ def test_what_a_job_needs_of_a_node() -> None:
     assert JobSpec.model_validate({**base, "code": files}).needs_dir == ""  # self-contained
     fresh = code_ref({"kind": "git", "repo": "/home/alice/new", "commit": ""}, sha)
     assert JobSpec.model_validate({**base, "code": fresh}).needs_dir == ""  # no commit yet: every file is in it
+    # A notebook also needs its token's own directory: this machine's, or a shared home.
+    nb = {**base, "session": "notebook", "env": {"JUPYTER_TOKEN_FILE": "/home/alice/.local/share/labq/notebook-ab/token"}}
+    assert JobSpec.model_validate(nb).needs_dir == "/home/alice/proj/exp\n/home/alice/.local/share/labq/notebook-ab"
+    # `..` is resolved before any node walks it: /.. x 1,300 costs nothing; longer is refused.
+    assert JobSpec.model_validate({**base, "workdir": "/" + "../" * 1300 + "srv"}).needs_dir == "/srv"

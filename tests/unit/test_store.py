@@ -110,7 +110,7 @@ def test_waiting_jobs_of_before_need_their_workdir_after_the_migration(tmp_path:
     conn.commit()
     conn.close()
     st = Store(path)
-    assert [st.get(i).needs_dir for i in (1, 2, 3)] == ["/srv/a", "", ""]
+    assert [st.get(i).needs_dir for i in (1, 2, 3)] == ["/srv/a", "", "/srv/c"]
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from scheduler import simplot  # noqa: E402
 from scheduler import simulator as sim  # noqa: E402
 from scheduler.cli import _sim_line  # noqa: E402
 
@@ -61,7 +62,7 @@ def main() -> None:
             print(_sim_line(r), flush=True)
         out = Path(args.out)
         (out / f"sim-{nodes * 8}.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-        sim.plot(
+        simplot.plot(
             results, out / f"sim-{nodes * 8}.png", f"Philly 2 months: {len(jobs)} jobs on {nodes * 8} GPUs"
         )
         base = {k: results[k]["mean_jct_s"] for k in ("fifo", "sjf", "fairshare") if k in results}

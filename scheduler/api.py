@@ -388,6 +388,18 @@ def usage(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     return 200, d.gpus.usage_report(since_s, by)
 
 
+@route("GET", "/v1/predictions")
+def predictions(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    """Learned runtimes: their error on the finished runs, and what is known per kind."""
+    from scheduler.units import UnitError, parse_duration
+
+    try:
+        since_s = parse_duration(p.get("since", "30d"))
+    except UnitError as e:
+        raise DaemonError(f"since: {e}") from None
+    return 200, d.scheduler.prediction_report(c, since_s)
+
+
 @route("GET", "/v1/quotas")
 def show_quotas(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     decision = d.scheduler.decision

@@ -19,6 +19,7 @@ from scheduler.client import Client, ClientError, NoDaemon, Remote
 from scheduler.cliparse import build_parser, command_of
 from scheduler.console import UsageError, die, emit_json, say
 from scheduler.present import (
+    clean,
     clean_log,
     gib,
     job_holder,
@@ -352,7 +353,37 @@ def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predictions(c: Client, args: argparse.Namespace) -> int:
+    out = c.predictions(since=args.since if args.since != "7d" else "30d")
+    if args.json:
+        emit_json(out)
+        return 0
+    a = out["accuracy"]
+    if not a["jobs"]:
+        say("no finished jobs to learn from yet (a prediction needs runs of the same kind that succeeded)")
+        return 0
+    say(
+        f"{a['jobs']} finished jobs, {a['predicted']} had a prediction when they were submitted: "
+        f"mean error {format_duration(a['mae_s'])}, median {format_duration(a['median_ae_s'])}; "
+        f"{a['coverage']:.0%} ran within the 90th percentile"
+    )
+    if a["confident"]:
+        say(f"{a['confident']} confident (used for backfill and ETAs): {a['confident_coverage']:.0%} within it")
+    rows = [
+        (k["user"], k["kind"], str(k["runs"]), format_duration(k["median_s"]), format_duration(k["p90_s"]),
+         "yes" if k["confident"] else "no")
+        for k in out["kinds"]
+    ]  # fmt: skip
+    table = [("USER", "KIND", "RUNS", "MEDIAN", "P90", "CONFIDENT"), *rows]
+    widths = [max(len(clean(r[i])) for r in table) for i in range(6)]
+    for r in table:
+        say("  ".join(clean(v).ljust(widths[i]) for i, v in enumerate(r)).rstrip())
+    return 0
+
+
 def cmd_usage(c: Client, args: argparse.Namespace) -> int:
+    if getattr(args, "predictions", False):
+        return cmd_predictions(c, args)
     out = c.usage(since=args.since, by=args.by)
     rows = out["rows"]
     if args.json:

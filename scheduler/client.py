@@ -369,6 +369,10 @@ class Client:
         out: dict[str, Any] = self.request("GET", "/v1/usage", since=since, by=by)
         return out
 
+    def predictions(self, since: str = "30d") -> dict[str, Any]:
+        out: dict[str, Any] = self.request("GET", "/v1/predictions", since=since)
+        return out
+
     def drain(self, node: str, drain: bool = True) -> dict[str, Any]:
         verb = "drain" if drain else "resume"
         out: dict[str, Any] = self.request("POST", f"/v1/nodes/{quote(node, safe='')}/{verb}")

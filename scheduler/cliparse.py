@@ -251,6 +251,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     us = sub.add_parser("usage", help="GPU-hours allocated and really used, per researcher or job")
     us.add_argument("--since", default="7d", help="window, e.g. 24h, 7d, 30d (default 7d)")
     us.add_argument("--by", choices=("user", "job"), default="user")
+    us.add_argument(
+        "--predictions", action="store_true",
+        help="learned runtimes instead: their error on finished jobs (MAE, coverage) and what is known per kind",
+    )  # fmt: skip
     fmt = us.add_mutually_exclusive_group()
     fmt.add_argument("--csv", action="store_true")
     fmt.add_argument("--json", action="store_true")

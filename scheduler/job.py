@@ -369,6 +369,13 @@ class JobSpec(BaseModel):
         return bool(self.array or self.sweep)
 
     @property
+    def signature(self) -> str:
+        """What kind of job this is, for learned runtimes (predict.signature)."""
+        from scheduler.predict import signature
+
+        return signature(self.name, self.command)
+
+    @property
     def needs_dir(self) -> str:
         """The directories a node must have to run this job, one per line ('' when any
         node can): the live workdir without a snapshot, the repository of a git snapshot

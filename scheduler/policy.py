@@ -132,6 +132,8 @@ class _Pass:
         )
         for r in snap.running:
             end = r.start_time + (default_limit if r.time_limit is None else r.time_limit)
+            if r.expected is not None and r.start_time + r.expected < end:
+                end = r.start_time + r.expected  # predicted (a job past it: now, below)
             if r.stop_deadline is not None and r.stop_deadline < end:
                 end = r.stop_deadline
             if end < now:
@@ -194,8 +196,17 @@ class _Pass:
     def _limit(self, limit: float | None) -> float:
         return limit if limit is not None else self.cfg.default_time_limit
 
+    def _dur(self, j: PendingJob) -> float:
+        """How long a job is taken to run: its predicted runtime when there is a
+        confident one (PendingJob.expected), at most its limit; else its limit."""
+        lim = j.time_limit if j.time_limit is not None else self.cfg.default_time_limit
+        e = j.expected
+        return lim if e is None or e >= lim else e
+
     def _end(self, r: RunningJob) -> float:
         end = r.start_time + self._limit(r.time_limit)
+        if r.expected is not None and r.start_time + r.expected < end:
+            end = r.start_time + r.expected
         if r.stop_deadline is not None:
             end = min(end, r.stop_deadline)
         return max(end, self.now)
@@ -262,7 +273,7 @@ class _Pass:
         node.free -= need
         node.cpus -= j.cpus
         node.memory -= j.memory
-        node.releases.append((self.now + self._limit(j.time_limit), need))
+        node.releases.append((self.now + self._dur(j), need))
         node.sorted_releases = None
         self._largest = None
         if node.free > 0:
@@ -281,7 +292,7 @@ class _Pass:
 
     def conflicts(self, node: _Node, j: PendingJob, gpus: int | None = None) -> _Reservation | None:
         """A reservation that starting `j` on `node` now would delay, if any."""
-        end = self.now + self._limit(j.time_limit)
+        end = self.now + self._dur(j)
         need = j.gpus if gpus is None else gpus
         nid = node.info.id
         for res in self.reservations:
@@ -325,7 +336,7 @@ class _Pass:
                 best = (t, nid)
         if best is None:
             return None
-        res = _Reservation(j.id, best[1], best[0], j.gpus, end=best[0] + self._limit(j.time_limit))
+        res = _Reservation(j.id, best[1], best[0], j.gpus, end=best[0] + self._dur(j))
         self.reservations.append(res)
         return res
 
@@ -353,7 +364,7 @@ class _Pass:
             more = tuple(nid for _, nid in chosen[:-1])
         if at == INF:
             return None
-        res = _Reservation(j.id, node, at, j.gpus, more, end=at + self._limit(j.time_limit))
+        res = _Reservation(j.id, node, at, j.gpus, more, end=at + self._dur(j))
         self.reservations.append(res)
         return res
 
@@ -574,7 +585,7 @@ def schedule(snap: Snapshot) -> Decision:
                 p.starts.append(Start(j.id, node.info.id, more))
                 p.held[u] += j.gpus
                 p.jobs_held[u] += 1
-                added = j.gpus * p._limit(j.time_limit)
+                added = j.gpus * p._dur(j)
                 eff_usage[u] += added
                 total_usage += added
                 factors.pop(u, None)
@@ -650,7 +661,7 @@ def schedule(snap: Snapshot) -> Decision:
                         ),
                     )
                     p.reservations.append(
-                        _Reservation(j.id, cnode.info.id, eta, j.gpus, end=eta + p._limit(j.time_limit))
+                        _Reservation(j.id, cnode.info.id, eta, j.gpus, end=eta + p._dur(j))
                     )
                 elif cfg.backfill and not p.easy_reserved:
                     res = p.reserve(j)

@@ -36,8 +36,11 @@ class PendingJob(NamedTuple):
     # then says why, in words the owner may see, for when none of them can hold it.
     nodes: frozenset[str] | None = None
     where: str = ""
-    # Its predicted runtime in seconds (predict.py: similar runs that have finished),
-    # None when nothing like it has run yet. Orders a researcher's own queue.
+    # Its predicted runtime in seconds when the prediction is confident (predict.py:
+    # similar runs that have finished agree), else None. At most its limit, it stands
+    # for the limit in reservations, backfill and ETAs: a job without --time can fill
+    # a hole its 24 h default never could. It is never a limit: a job that runs past
+    # it is not stopped (the reservation it would delay moves, pass after pass).
     expected: float | None = None
 
 
@@ -55,6 +58,8 @@ class RunningJob:
     memory: int = 0
     # A job larger than one node: these whole nodes too (its remainder is on `node`).
     more_nodes: tuple[str, ...] = ()
+    # Its predicted runtime (as PendingJob.expected): when its GPUs are expected back.
+    expected: float | None = None
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,15 @@ from scheduler.policy import (
     Waiting,
     schedule,
 )
+from scheduler.predict import RuntimeHistory
 from scheduler.quota import QuotaBook
 from scheduler.shapes import ACTIVE, JobState, Reason
 from scheduler.store import JobRow, Store
 from scheduler.store_arrays import ArrayEntry
 
 log = logging.getLogger("labq.scheduler")
+
+LEARN_FROM_S = 30 * 86400.0  # a restarted daemon learns from the last 30 days of runs
 
 
 def held_gpus(active: list[JobRow]) -> dict[str, set[int]]:
@@ -84,6 +87,10 @@ class Scheduler:
         self._look = look
         self._joined = joined
         self._cluster_seen = False
+        # Learned runtimes (issue 19): the finished runs, read as they end (this thread
+        # only; the API reads predictions through `expected`).
+        self.history = RuntimeHistory()
+        self._runs_upto = time.time() - LEARN_FROM_S
         self.decision: Decision | None = None
         self.last_pass = 0.0
         self.pass_s = 0.0  # how long the last pass took (health, benchmarks)
@@ -139,26 +146,28 @@ class Scheduler:
             for n in self.nodes.all()
         )
         place = self._placer(arrays_in, want)
+        expected = self.expected
         if place is None:  # one node, the common case: no call per waiting job
             pending = [
-                PendingJob(jid, user, gpus, submit, prio, limit, bool(requeued), cpus, memory)
-                for jid, user, gpus, submit, prio, limit, requeued, cpus, memory, *_ in pending_rows
+                PendingJob(jid, user, gpus, submit, prio, limit, bool(requeued), cpus, memory, 1, None, "",
+                           expected(user, sig) if sig else None)
+                for jid, user, gpus, submit, prio, limit, requeued, cpus, memory, _n, _s, _d, sig in pending_rows
             ]
             pending += [
                 PendingJob(e.id, e.user, e.gpus, e.submit_time, e.priority, e.time_limit, False, e.cpus, e.memory,
-                           e.startable)
+                           e.startable, None, "", expected(e.user, e.sig) if e.sig else None)
                 for e in arrays_in
             ]  # fmt: skip
         else:
             needs = place.needs
             pending = [
                 PendingJob(jid, user, gpus, submit, prio, limit, bool(requeued), cpus, memory, 1,
-                           *place(*needs.get(jid, _NO_NEED)))
-                for jid, user, gpus, submit, prio, limit, requeued, cpus, memory, *_ in pending_rows
+                           *place(*needs.get(jid, _NO_NEED)), expected(user, sig) if sig else None)
+                for jid, user, gpus, submit, prio, limit, requeued, cpus, memory, _n, _s, _d, sig in pending_rows
             ]
             pending += [
                 PendingJob(e.id, e.user, e.gpus, e.submit_time, e.priority, e.time_limit, False, e.cpus, e.memory,
-                           e.startable, *place(e.uid, e.user, e.needs_dir))
+                           e.startable, *place(e.uid, e.user, e.needs_dir), expected(e.user, e.sig) if e.sig else None)
                 for e in arrays_in
             ]  # fmt: skip
         return Snapshot(
@@ -175,6 +184,7 @@ class Scheduler:
                     stop_deadline=j.stop_deadline,
                     cpus=j.cpus,
                     memory=j.memory,
+                    expected=expected(j.user, j.sig) if j.sig else None,
                 )
                 for j in active
             ),
@@ -184,6 +194,44 @@ class Scheduler:
             quotas=self._quotas(),
             config=self.policy_config(),
         )
+
+    def expected(self, user: str, sig: str) -> float | None:
+        """A job's predicted runtime when the prediction is confident (PendingJob.expected)."""
+        p = self.history.predict(user, sig)
+        return p.seconds if p is not None and p.confident else None
+
+    def learn(self) -> None:
+        """Add the runs that have finished since the last pass (scheduler thread)."""
+        for user, sig, start, end in self.store.finished_runs(self._runs_upto):
+            self.history.add(user, sig, end - start)
+            self._runs_upto = end
+
+    def prediction_report(self, caller: Caller, since_s: float = LEARN_FROM_S) -> dict[str, Any]:
+        """How good the predictions were on the runs of the last `since_s` (each predicted
+        from those that ended before it), and what is known per kind of job: the
+        caller's own, or everyone's for an admin. Built apart from the scheduler's own
+        history (this is an API thread)."""
+        from dataclasses import asdict
+
+        from scheduler.predict import accuracy
+
+        runs = [
+            (u, k, end - start)
+            for u, k, start, end in self.store.finished_runs(time.time() - since_s, limit=200_000)
+            if caller.admin or u == caller.user
+        ]
+        h = RuntimeHistory()
+        for u, k, r in runs:
+            h.add(u, k, r)
+        kinds = []
+        for u, k in sorted({(u, k) for u, k, _ in runs}):
+            p = h.predict(u, k)
+            if p is not None:
+                kinds.append(
+                    {"user": u, "kind": k, "runs": p.runs, "median_s": round(p.seconds, 1),
+                     "p90_s": round(p.high, 1), "confident": p.confident}
+                )  # fmt: skip
+        return {"since_s": since_s, "accuracy": asdict(accuracy(runs)), "kinds": kinds}
 
     def clustered(self) -> bool:
         """More than one machine: this daemon has seen two trusted nodes at once, or a
@@ -271,6 +319,7 @@ class Scheduler:
             ended = {a for a, _ in self.store.settle_arrays(now, arrays)}
             arrays = [e for e in arrays if e.id not in ended]
         chained = self.resolve_dependencies(now)
+        self.learn()
         array_ids = {e.id for e in arrays}
         decision = schedule(self.snapshot(now, chained, arrays))
         if chained:

@@ -18,6 +18,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Replay a trace through labq's policy and the baselines; no daemon needed."""
     import json as _json
 
+    from scheduler import simplot
     from scheduler import simulator as sim
     from scheduler.paths import default_state_dir
 
@@ -74,7 +75,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             Path(args.json).write_text(text + "\n")
     if args.plot:
         src = "daemon history" if args.from_history else Path(args.trace).name
-        sim.plot(
+        simplot.plot(
             results, Path(args.plot), f"{src}: {len(jobs)} jobs on {args.nodes}x{args.gpus_per_node} GPUs"
         )
     return 0

@@ -19,7 +19,6 @@ import math
 import statistics
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from scheduler.policy import NodeInfo, PendingJob, PolicyConfig, RunningJob, Snapshot, schedule
@@ -330,6 +329,9 @@ class Simulation:
     shares: Mapping[str, float] = field(default_factory=dict)
     grace: float = 30.0
     half_life: float = 7 * 86400.0
+    # Learned runtimes (predict.py) for backfill, reservations and ETAs; False: every
+    # job is taken to run to its limit, as before issue 19.
+    predict: bool = True
 
     def __post_init__(self) -> None:
         if self.policy not in POLICY_FUNCS:
@@ -438,15 +440,21 @@ class Simulation:
         self.waiting_by_tenant[t] = self.waiting_by_tenant.get(t, 0) + 1
         if self.order_key is not None:
             bisect.insort(self.queue, (self.order_key(self, j), j.id))
-        p = self.history.predict(j.trace.tenant, _kind(j.trace.gpus))
-        expected = None
-        if p is not None:
-            ran = j.attained / j.trace.gpus  # a requeued job's attempts so far
-            expected = max(p.seconds - ran, 0.1 * p.seconds)
+        expected = self._expected(j)
         self._pending_objs[j.id] = PendingJob(
             id=j.id, user=j.trace.tenant, gpus=j.trace.gpus, submit_time=j.trace.submit, requeued=j.requeued,
             expected=expected,
         )  # fmt: skip
+
+    def _expected(self, j: SimJob) -> float | None:
+        """A confident prediction of what is left of the job's run (PendingJob.expected)."""
+        if not self.predict:
+            return None
+        p = self.history.predict(j.trace.tenant, _kind(j.trace.gpus))
+        if p is None or not p.confident:
+            return None
+        ran = j.attained / j.trace.gpus  # a requeued job's attempts so far
+        return max(p.seconds - ran, 0.1 * p.seconds)
 
     def _start(self, j: SimJob, placement: tuple[tuple[str, int], ...], now: float) -> None:
         del self.pending[j.id]
@@ -458,7 +466,7 @@ class Simulation:
             i = bisect.bisect_left(self.queue, entry)
             assert self.queue[i] == entry
             del self.queue[i]
-        self._pending_objs.pop(j.id, None)
+        obj = self._pending_objs.pop(j.id, None)
         self.cluster.take(placement)
         j.start, j.placement, j.stop_at = now, placement, None
         if j.first_start is None:
@@ -471,6 +479,7 @@ class Simulation:
             node=placement[0][0],
             start_time=now,
             more_nodes=tuple(n for n, _ in placement[1:]),
+            expected=None if obj is None else obj.expected,
         )
         self._usage_start(j, now)
         self._push(now + j.remaining, self.FINISH, j.id)
@@ -707,6 +716,7 @@ def replay(
     half_life: float = 7 * 86400.0,
     alone: bool = True,
     quotas: QuotaBook | None = None,
+    predict: bool = True,
 ) -> dict[str, Any]:
     """Replay `jobs` under `policy`; with `alone`, also each tenant on its own slice, for rho.
 
@@ -717,11 +727,11 @@ def replay(
     total = nodes * gpus_per_node
     quotas = quotas if quotas is not None else quotas_from_shares(shares, total)
     cfg = policy_config(policy, base)
-    sim = Simulation(jobs, node_list, policy, quotas, cfg, shares, cfg.grace_period, half_life)
+    sim = Simulation(jobs, node_list, policy, quotas, cfg, shares, cfg.grace_period, half_life, predict)
     res = sim.run()
     alone_jct: dict[str, float] = {}
     if alone:
-        alone_jct = alone_jcts(jobs, nodes, gpus_per_node, policy, shares, cfg, half_life)
+        alone_jct = alone_jcts(jobs, nodes, gpus_per_node, policy, shares, cfg, half_life, predict)
     out = summarize(res, alone_jct)
     out["nodes"], out["gpus_per_node"] = nodes, gpus_per_node
     out["conservation_error_gpu_s"] = sum(j.run_gpu_s for j in sim.sim_jobs.values()) - res.demand_gpu_s
@@ -742,6 +752,7 @@ def alone_jcts(
     shares: Mapping[str, float],
     cfg: PolicyConfig,
     half_life: float,
+    predict: bool = True,
 ) -> dict[str, float]:
     by_tenant: dict[str, list[TraceJob]] = {}
     for j in jobs:
@@ -752,45 +763,8 @@ def alone_jcts(
         n = slice_nodes(shares.get(t, 0.0), total_shares, nodes, max(j.gpus for j in tj), gpus_per_node)
         quotas = quotas_from_shares({t: 1.0}, n * gpus_per_node)
         sim = Simulation(
-            tj, make_nodes(n, gpus_per_node), policy, quotas, cfg, {t: 1.0}, cfg.grace_period, half_life
+            tj, make_nodes(n, gpus_per_node), policy, quotas, cfg, {t: 1.0}, cfg.grace_period, half_life, predict
         )
         r = sim.run()
         out[t] = r.per_tenant_jct.get(t, 0.0)
     return out
-
-
-def plot(results: Mapping[str, Mapping[str, Any]], path: Path, title: str) -> None:
-    """Mean JCT and queueing delay per policy, and each tenant's rho per policy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(results)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
-    jct = [results[n]["mean_jct_s"] / 3600 for n in names]
-    wait = [results[n]["mean_wait_s"] / 3600 for n in names]
-    xs = range(len(names))
-    ax1.bar([x - 0.2 for x in xs], jct, 0.4, label="mean JCT")
-    ax1.bar([x + 0.2 for x in xs], wait, 0.4, label="mean queueing delay")
-    ax1.set_xticks(list(xs), names, rotation=30, ha="right")
-    ax1.set_ylabel("hours")
-    ax1.set_title("Job completion time")
-    ax1.legend()
-    tenants = sorted({t for n in names for t in results[n].get("per_tenant", {})})
-    for i, n in enumerate(names):
-        rhos = [results[n]["per_tenant"].get(t, {}).get("rho") for t in tenants]
-        pts = [(i, r) for r in rhos if r is not None]
-        if pts:
-            ax2.scatter([p[0] for p in pts], [p[1] for p in pts], alpha=0.7)
-    ax2.axhline(2.0, color="red", linestyle="--", linewidth=1, label="rho = 2")
-    ax2.axhline(1.0, color="grey", linestyle=":", linewidth=1)
-    ax2.set_yscale("log")
-    ax2.set_xticks(list(xs), names, rotation=30, ha="right")
-    ax2.set_ylabel("rho = JCT shared / JCT alone on its share")
-    ax2.set_title("Finish-time fairness per tenant")
-    ax2.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

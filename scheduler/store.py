@@ -22,7 +22,7 @@ from scheduler.store_accounts import AccountTables
 from scheduler.store_arrays import ArrayTables
 from scheduler.store_deps import DependencyTables
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 # Each entry migrates from version i to i+1. Never edit a shipped entry: append one.
 MIGRATIONS: list[str] = [
@@ -174,6 +174,12 @@ MIGRATIONS: list[str] = [
     UPDATE jobs SET needs_dir = COALESCE(json_extract(spec, '$.workdir'), '')
         WHERE json_extract(spec, '$.code') IS NULL;
     """,
+    # Learned runtimes (issue 19): what kind of job each is (predict.signature), and
+    # the finished runs in the order they ended, which the predictions learn from.
+    """
+    ALTER TABLE jobs ADD COLUMN sig TEXT NOT NULL DEFAULT '';
+    CREATE INDEX jobs_ended ON jobs(end_time) WHERE end_time IS NOT NULL;
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -185,13 +191,15 @@ _COLUMNS_NO_SPEC = (
     "id, user, uid, name, '{}' AS spec, gpus, priority, time_limit, state, reason, submit_time, "
     "start_time, end_time, attempt, node, node_name, gpu_ids, pid, exit_code, signal, stop_deadline, "
     "stop_outcome, stop_reason, requeued, log_base, log_bytes, log_removed, cpus, memory, "
-    "array_id, array_index, array_size, array_cap, array_next, notify_pending, kind, needs_dir"
+    "array_id, array_index, array_size, array_cap, array_next, notify_pending, kind, needs_dir, sig"
 )
 
 _STATES = {s.value: s for s in JobState}
 
 # What a scheduling pass needs of a job, in the order of policy's PendingJob/RunningJob.
-POLICY_COLUMNS = "id, user, gpus, submit_time, priority, time_limit, requeued, cpus, memory, node, start_time, stop_deadline"
+POLICY_COLUMNS = (
+    "id, user, gpus, submit_time, priority, time_limit, requeued, cpus, memory, node, start_time, stop_deadline, sig"
+)
 
 RUN_STATS = ("sampled_s", "busy_gpu_s", "idle_gpu_s", "util_mean", "mem_peak")
 
@@ -262,6 +270,7 @@ class JobRow:
     notify_pending: int = 0  # 1: --notify, not sent yet
     kind: str = "batch"  # or an interactive session: "shell", "notebook"
     needs_dir: str = ""  # directories the node must have, one per line (JobSpec.needs_dir)
+    sig: str = ""  # what kind of job it is, for learned runtimes (JobSpec.signature)
 
     def job_spec(self) -> JobSpec:
         """The spec as the typed JobSpec (rows carry it as stored JSON)."""
@@ -452,8 +461,8 @@ class Store(AccountTables, DependencyTables, ArrayTables):
             size = len(indices)
         cur = c.execute(
             "INSERT INTO jobs(user, uid, name, spec, gpus, priority, time_limit, state, "
-            "submit_time, cpus, memory, array_size, array_cap, notify_pending, kind, needs_dir) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "submit_time, cpus, memory, array_size, array_cap, notify_pending, kind, needs_dir, sig) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 r.user,
                 r.uid,
@@ -471,6 +480,7 @@ class Store(AccountTables, DependencyTables, ArrayTables):
                 1 if spec.notify else 0,
                 spec.session or "batch",
                 spec.needs_dir,
+                spec.signature,
             ),
         )
         job_id = int(cur.lastrowid or 0)
@@ -540,6 +550,17 @@ class Store(AccountTables, DependencyTables, ArrayTables):
             [s.value for s in states],
         )
         return [tuple(r) for r in rows]
+
+    def finished_runs(self, after: float, limit: int = 5000) -> list[tuple[str, str, float, float]]:
+        """(user, kind, start, end) of jobs that SUCCEEDED, ended after `after`, in the
+        order they ended: what learned runtimes learn from (a failed run says little of
+        how long a good one takes)."""
+        rows = self._reader().execute(
+            "SELECT user, sig, start_time, end_time FROM jobs WHERE end_time > ? AND state = ? "
+            "AND sig != '' AND start_time IS NOT NULL ORDER BY end_time LIMIT ?",
+            (after, JobState.SUCCEEDED.value, limit),
+        )
+        return [(str(u), str(k), float(a), float(b)) for u, k, a, b in rows]
 
     def needs_dirs(self) -> dict[int, tuple[int, str, str]]:
         """Waiting job id -> (owner's uid, their name, the directories its node must have,

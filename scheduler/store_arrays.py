@@ -42,7 +42,8 @@ class ArrayEntry(NamedTuple):
     made: int  # tasks with a row (started once, or cancelled before they started)
     live: int  # of those, not ended
     uid: int = -1
-    needs_dir: str = ""  # a directory its node must have (JobSpec.needs_dir)
+    needs_dir: str = ""  # directories its node must have (JobSpec.needs_dir)
+    sig: str = ""  # what kind of job its tasks are (JobSpec.signature)
 
     @property
     def done(self) -> bool:
@@ -63,7 +64,7 @@ class ArrayTables(Tables):
             "p.array_size, p.array_cap, "
             "(SELECT COUNT(*) FROM jobs t WHERE t.array_id = p.id), "
             f"(SELECT COUNT(*) FROM jobs t WHERE t.array_id = p.id AND t.state IN ({_LIVE_SQL})), "
-            "p.uid, p.needs_dir "
+            "p.uid, p.needs_dir, p.sig "
             "FROM jobs p WHERE p.array_size > 0 AND p.state = ? ORDER BY p.id",
             (JobState.PENDING.value,),
         )
@@ -104,8 +105,8 @@ class ArrayTables(Tables):
         data = spec.task_spec(array_id, index)
         cur = c.execute(
             "INSERT INTO jobs(user, uid, name, spec, gpus, priority, time_limit, state, submit_time, "
-            "cpus, memory, array_id, array_index, end_time, needs_dir) VALUES (?,?,?,?,?,?,?,?,"
-            "(SELECT submit_time FROM jobs WHERE id=?),?,?,?,?,?,?)",
+            "cpus, memory, array_id, array_index, end_time, needs_dir, sig) VALUES (?,?,?,?,?,?,?,?,"
+            "(SELECT submit_time FROM jobs WHERE id=?),?,?,?,?,?,?,?)",
             (
                 user,
                 uid,
@@ -122,6 +123,7 @@ class ArrayTables(Tables):
                 index,
                 now if state.terminal else None,
                 spec.needs_dir,
+                spec.signature,
             ),
         )
         task_id = int(cur.lastrowid or 0)

@@ -287,6 +287,7 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
                     start_time=NOW - draw(st.floats(0, 5 * H)),
                     time_limit=draw(st.one_of(st.none(), st.floats(60, 10 * H))),
                     stop_deadline=draw(st.one_of(st.none(), st.just(NOW + 30))),
+                    expected=draw(st.one_of(st.none(), st.none(), st.floats(10, 10 * H))),  # learned
                 )
             )
     pending = []
@@ -305,6 +306,7 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
                 # Only the nodes that have its directory (no shared filesystem), sometimes.
                 nodes=draw(st.one_of(st.none(), st.none(), st.frozensets(st.sampled_from([n.id for n in ns])))),
                 where="its directory is there only",
+                expected=draw(st.one_of(st.none(), st.none(), st.floats(10, 10 * H))),
             )
         )
     total = sum(sizes)
@@ -563,3 +565,29 @@ def test_reclaim_for_a_guaranteed_job_happens_only_on_a_node_it_may_use() -> Non
     d = schedule(s)
     assert {p.job_id for p in d.preemptions} == {2}
     assert {p.job_id for p in schedule(replace(s, pending=(s.pending[0]._replace(nodes=None),))).preemptions} == {1}
+
+
+# -- learned runtimes (issue 19) ---------------------------------------------------------------------
+def test_a_job_without_a_limit_backfills_a_hole_its_prediction_fits() -> None:
+    running = (run(1, "bob", "n0", 2, age=0, time_limit=H),)  # 2 of 4 GPUs for another hour
+    big = pend(10, "alice", 4, age=600)  # reserved to start when bob's job ends
+    short = pend(11, "carol", 2, age=60)  # no --time: the 24 h default
+    d = schedule(snap(pending=(big, short), running=running))
+    assert not d.starts and d.waiting[11].reasons[0].kind == "backfill"
+    # Ten similar runs of carol's took 10 minutes: it fits before alice's start.
+    d = schedule(snap(pending=(big, short._replace(expected=600.0)), running=running))
+    assert [x.job_id for x in d.starts] == [11]
+    # A prediction longer than the hole does not.
+    d = schedule(snap(pending=(big, short._replace(expected=2 * H)), running=running))
+    assert not d.starts
+
+
+def test_a_running_jobs_prediction_brings_the_etas_of_those_behind_it_forward() -> None:
+    running = (run(1, "bob", "n0", 4, age=600),)  # no --time: taken to hold its GPUs 24 h
+    waiting = (pend(10, "alice", 4),)
+    assert schedule(snap(pending=waiting, running=running)).waiting[10].eta == NOW - 600 + 24 * H
+    running = (run(1, "bob", "n0", 4, age=600, expected=1800.0),)
+    assert schedule(snap(pending=waiting, running=running)).waiting[10].eta == NOW + 1200
+    # Past its prediction it is still running: its GPUs are expected any moment, not gone.
+    running = (run(1, "bob", "n0", 4, age=3600, expected=1800.0),)
+    assert schedule(snap(pending=waiting, running=running)).waiting[10].eta == NOW

@@ -446,7 +446,10 @@ def first_error(exc: Exception) -> tuple[str, str]:
     if callable(errors):
         errs = errors()
         if errs:
+            # A field name is the caller's text (an unknown key): one line, escaped.
             loc = ".".join(str(p) for p in errs[0].get("loc", ()))
+            if has_controls(loc) or len(loc) > 64:
+                loc = repr(loc[:64])[1:-1]
             msg = str(errs[0].get("msg", "invalid"))
             if errs[0].get("type") == "extra_forbidden":
                 msg = "unknown field"

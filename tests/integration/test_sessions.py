@@ -82,22 +82,38 @@ class Pty:
         os.close(self.master)
 
 
-def _foreground_sleep(uid: int) -> bool:
-    """A `sleep` of `uid`'s whose process group is its terminal's foreground group."""
+def _session_procs(leader: int) -> list[tuple[int, str, list[str]]]:
+    """(pid, comm, stat fields after comm) of every process in the session `leader` leads."""
+    out = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if os.stat(f"/proc/{pid}").st_uid != uid:
-                continue
             with open(f"/proc/{pid}/stat") as f:
                 stat = f.read()
         except OSError:
             continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
         # fields: state ppid pgrp session tty_nr tpgid ...
-        if comm == "sleep" and fields[2] == fields[5]:
-            return True
-    return False
+        if fields[3] == str(leader):
+            out.append((int(pid), stat[stat.index("(") + 1 : stat.rindex(")")], fields))
+    return out
+
+
+def _foreground_sleep(leader: int) -> bool:
+    """The session's `sleep` is its terminal's foreground process group."""
+    return any(comm == "sleep" and f[2] == f[5] for _, comm, f in _session_procs(leader))
+
+
+def _signals(leader: int) -> str:
+    """Each of the session's processes and its blocked and ignored signals (for a failure)."""
+    lines = []
+    for pid, comm, f in _session_procs(leader):
+        try:
+            with open(f"/proc/{pid}/status") as st:
+                sig = " ".join(x.strip() for x in st if x.startswith(("SigBlk", "SigIgn")))
+        except OSError:
+            sig = "gone"
+        lines.append(f"{pid} {comm} pgrp={f[2]} tpgid={f[5]} {sig}")
+    return "\n".join(lines)
 
 
 def _session_of(lq: Labq, user: str) -> dict[str, Any]:
@@ -132,11 +148,15 @@ def test_a_shell_session_runs_as_the_user_on_its_gpus_and_exit_ends_it(labq4: La
         term.type("sleep 100\n")
         # ^C only once sleep is the terminal's foreground: a ^C that lands while the
         # shell is still starting it goes to the shell, as on any terminal.
-        wait_for("sleep in the foreground", lambda: _foreground_sleep(bob), 20)
+        leader = int(labq4.job(job_id)["pid"])  # the shell, its session's leader
+        wait_for("sleep in the foreground", lambda: _foreground_sleep(leader), 20)
         t0 = time.monotonic()
         term.type(b"\x03")
         term.type("echo after-$((6*7))\n")
-        term.expect("after-42", timeout=10)
+        try:
+            term.expect("after-42", timeout=10)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nthe session's processes:\n{_signals(leader)}") from None
         assert time.monotonic() - t0 < 5
         term.type("exit 0\n")
         assert term.wait() == 0

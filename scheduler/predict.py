@@ -71,7 +71,8 @@ def signature(name: str, command: Sequence[str]) -> str:
 
 class RuntimeHistory:
     """The last runtimes per (owner, kind) and per owner; predictions are cached until
-    a run of that kind is added."""
+    one of the owner's runs is added. One writer (`add`); readers may be other threads
+    (the cache is replaced whole, never emptied under them)."""
 
     def __init__(self, keep: int = KEEP) -> None:
         self.keep = keep
@@ -91,8 +92,9 @@ class RuntimeHistory:
 
     def predict(self, user: str, kind: str) -> Prediction | None:
         key = (user, kind)
-        if key in self._cache:
-            return self._cache[key]
+        cache = self._cache  # once: `add` (another thread) replaces it whole
+        if key in cache:
+            return cache[key]
         runs = self._kind.get(key)
         own = True
         if not runs:
@@ -103,7 +105,7 @@ class RuntimeHistory:
             mid, high = _quantile(xs, 0.5), _quantile(xs, 0.9)
             confident = own and len(xs) >= MIN_RUNS and high <= MAX_SPREAD * max(mid, 1.0)
             p = Prediction(mid, high, len(xs), confident)
-        self._cache[key] = p
+        cache[key] = p
         return p
 
 

@@ -256,6 +256,14 @@ def job_lines(j: Mapping[str, Any], now: float, events: int | None = None) -> li
             field("code", f"{clean(code.get('summary') or code.get('id', '')[:12])}   (labq diff {ref(j)})")
         elif spec.get("command"):
             field("code", "the workdir as it is when the job starts (no snapshot)")
+    pred = j.get("predicted")
+    if isinstance(pred, Mapping) and pred.get("seconds") is not None:
+        how = "used for backfill and ETAs" if pred.get("confident") else "not confident: not used"
+        field(
+            "predicted",
+            f"runtime {format_duration(pred['seconds'])} (90% within {format_duration(pred.get('high') or 0)}; "
+            f"{pred.get('runs')} runs like it; {how})",
+        )
     field("submitted", f"{stamp(j.get('submit_time'))}   started {stamp(j.get('start_time'))}   ended {stamp(j.get('end_time'))}")
     if j.get("node_name"):
         pid = f"   pid {j.get('pid') or '-'}" if "pid" in j else ""

@@ -129,6 +129,14 @@ def _libc() -> Any:
 
 
 _LIBC = _libc()
+# Signals a job starts with at their default action, whatever the worker had.
+_DEFAULT_SIGNALS = tuple(
+    int(s)
+    for s in (
+        signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2,
+        signal.SIGALRM, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD,
+    )
+)
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -144,6 +152,12 @@ def _child_setup(
         # The Ray worker we were forked from blocks some signals (SIGINT): a blocked
         # mask survives exec, and a job (a session's ^C above all) must get them all.
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        # ... and an ignored signal survives exec too: if another thread of the worker
+        # was inside system(3) as we forked (it ignores SIGINT and SIGQUIT meanwhile),
+        # the job, a session's shell above all, would never see ^C. Seen in CI.
+        if _LIBC is not None:
+            for sig in _DEFAULT_SIGNALS:
+                _LIBC.signal(sig, 0)  # SIG_DFL (libc's own call: no Python handler state)
         if ctty:
             # The pty on stdin becomes the session's controlling terminal (Popen made
             # the session), so a shell has job control and ^C reaches its foreground.

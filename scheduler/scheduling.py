@@ -392,7 +392,7 @@ class Scheduler:
         )
         place = self._placer([], want=False)
         only, where = _ANYWHERE if place is None else place(caller.uid, caller.user, spec.needs_dir)
-        probe = probe._replace(nodes=only, where=where)
+        probe = probe._replace(nodes=only, where=where, expected=self.expected(caller.user, spec.signature))
         decision = schedule(replace(snap, pending=(*snap.pending, probe)))
         start = next((s for s in decision.starts if s.job_id == -1), None)
         if start is not None:

@@ -176,6 +176,13 @@ class JobViews:
         if row.time_limit is None:
             # What "the default" is here, so `show` can say it (it differs per cluster).
             d["default_time_limit"] = self.scheduler.config.default_time_limit_s
+        if row.sig and not row.state.terminal and caller.may_see(row.user):
+            # Learned runtime (issue 19): what runs like it took; the owner's to see.
+            p = self.scheduler.history.predict(row.user, row.sig)
+            if p is not None:
+                d["predicted"] = {
+                    "seconds": round(p.seconds, 1), "high": round(p.high, 1), "runs": p.runs, "confident": p.confident
+                }  # fmt: skip
         return detail(row, caller, d, self.store.events(row.id), str(self.logs.path(row.id)))
 
     def unstarted_task(self, array: JobRow, index: int, caller: Caller) -> dict[str, Any]:

@@ -173,3 +173,28 @@ def test_stderr_is_kept_apart_and_in_order_within_the_log(tmp_path: Path) -> Non
     text = rec.data.decode()
     assert text.startswith("out 0\nerr 0\nout 1\nerr 1\nout 2\nerr 2\n" + "x" * 3_000_000 + "last\n"), text[:80]
     assert rec.err.decode() == "err 0\nerr 1\nerr 2\n" + "x" * 3_000_000 + "boom\n"
+
+
+def test_a_job_gets_default_signal_actions_even_if_its_worker_ignored_some() -> None:
+    """A Ray worker thread inside system(3) ignores SIGINT and SIGQUIT while it waits;
+    a job forked then would inherit that across exec (a session's ^C did nothing)."""
+    import signal
+    import subprocess
+
+    from scheduler import runner
+
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGQUIT)}
+    r, w = os.pipe()
+    try:
+        out = subprocess.run(
+            ["grep", "SigIgn", "/proc/self/status"],
+            preexec_fn=lambda: runner._child_setup(None, 0o022, "/", "", w, "here"),
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        os.close(r)
+        os.close(w)
+    ignored = int(out.split()[1], 16)
+    assert not ignored & (1 << (signal.SIGINT - 1)) and not ignored & (1 << (signal.SIGQUIT - 1)), out

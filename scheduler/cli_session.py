@@ -10,6 +10,7 @@ Stdlib-only, as the rest of the client.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pwd
 import re
@@ -46,6 +47,10 @@ def _wait_started(c: Client, job_id: int, what: str) -> dict[str, Any]:
     """Until the session runs, saying why it waits when that changes; ^C cancels it
     (as Slurm's salloc gives up its allocation)."""
     said = ""
+    # ^C must reach us even if whatever started us ignored SIGINT (a Python started
+    # with SIGINT ignored leaves it so): the wait is promised to give up on ^C.
+    with contextlib.suppress(ValueError):  # not the main thread: leave it as it is
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while True:
             j: dict[str, Any] = dict(c.job(job_id))

@@ -10,6 +10,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import subprocess
 import termios
 import time
@@ -25,23 +26,26 @@ pytestmark = pytest.mark.integration
 class Pty:
     """`labq ARGS` as `uid`, on a terminal of its own, read and typed into as a person would."""
 
-    def __init__(self, lq: Labq, uid: int, *args: str) -> None:
+    def __init__(self, lq: Labq, uid: int, *args: str, sigint_ignored: bool = False) -> None:
         self.master, slave = os.openpty()
         env = {**lq.env(), "PYTHONPATH": str(lq.client_copy()), "HOME": "/tmp", "TERM": "xterm"}
         self.proc = subprocess.Popen(
             [SYSTEM_PYTHON, "-m", "scheduler.cli", *args],
             stdin=slave, stdout=slave, stderr=slave, env=env, cwd="/tmp",
-            preexec_fn=self._setup(uid), start_new_session=True,
+            preexec_fn=self._setup(uid, sigint_ignored), start_new_session=True,
         )
         os.close(slave)
         self.seen = b""
 
     @staticmethod
-    def _setup(uid: int):  # type: ignore[no-untyped-def]
+    def _setup(uid: int, sigint_ignored: bool):  # type: ignore[no-untyped-def]
         drop = as_user(uid)
 
         def setup() -> None:
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # its terminal, as a login's: ^C is SIGINT
+            # As a login would give it, or (`sigint_ignored`) as a parent caught in
+            # system(3) would: labq must take ^C back where it promises to honour it.
+            signal.signal(signal.SIGINT, signal.SIG_IGN if sigint_ignored else signal.SIG_DFL)
             drop()
 
         return setup
@@ -241,7 +245,7 @@ def test_detach_and_attach_again(labq4: Labq) -> None:
 def test_a_session_that_waits_says_why_and_ctrl_c_gives_it_up(labq4: Labq) -> None:
     bob = unix_user("labqtest-bob")
     big = labq4.submit("--no-snapshot", "--gpus", "4", "--", "sleep", "300")
-    term = Pty(labq4, bob, "shell", "--gpus", "1")
+    term = Pty(labq4, bob, "shell", "--gpus", "1", sigint_ignored=True)
     try:
         labq4.wait(big, ("RUNNING",))
         job_id = int(term.expect(r"session (\d+) queued").group(1))

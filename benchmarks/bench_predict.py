@@ -22,13 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.bench_sim import SIZES, TRACE  # noqa: E402
 from scheduler import simulator as sim  # noqa: E402
 from scheduler.policy import PolicyConfig  # noqa: E402
 from scheduler.predict import accuracy  # noqa: E402
-
-TRACES = REPO.parent / "shared" / "traces"
-TRACE = TRACES / "philly_pollux_2017-10-01_to_2017-12-01_normalized.csv"
-SIZES = TRACES / "helios_philly_vc_sizes.csv"
 
 
 def main() -> None:

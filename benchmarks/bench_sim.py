@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from scheduler import simplot  # noqa: E402
 from scheduler import simulator as sim  # noqa: E402
-from scheduler.cli import _sim_line  # noqa: E402
+from scheduler.simcli import _sim_line  # noqa: E402
 
 TRACES = REPO.parent / "shared" / "traces"
 TRACE = TRACES / "philly_pollux_2017-10-01_to_2017-12-01_normalized.csv"

@@ -374,14 +374,19 @@ def doctor(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     return 200, {"checks": d.doctor.run(c)}
 
 
-@route("GET", "/v1/usage")
-def usage(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+def _since(p: Params, default: str) -> float:
+    """The `since` window of a report, in seconds; a bad one is a one-line 400."""
     from scheduler.units import UnitError, parse_duration
 
     try:
-        since_s = parse_duration(p.get("since", "7d"))
+        return parse_duration(p.get("since", default))
     except UnitError as e:
         raise DaemonError(f"since: {e}") from None
+
+
+@route("GET", "/v1/usage")
+def usage(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
+    since_s = _since(p, "7d")
     by = p.get("by", "user")
     if by not in ("user", "job"):
         raise DaemonError(f"by must be user or job, got {by!r}")
@@ -391,13 +396,7 @@ def usage(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
 @route("GET", "/v1/predictions")
 def predictions(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     """Learned runtimes: their error on the finished runs, and what is known per kind."""
-    from scheduler.units import UnitError, parse_duration
-
-    try:
-        since_s = parse_duration(p.get("since", "30d"))
-    except UnitError as e:
-        raise DaemonError(f"since: {e}") from None
-    return 200, d.scheduler.prediction_report(c, since_s)
+    return 200, d.scheduler.prediction_report(c, _since(p, "30d"))
 
 
 @route("GET", "/v1/quotas")

@@ -354,7 +354,7 @@ def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_predictions(c: Client, args: argparse.Namespace) -> int:
-    out = c.predictions(since=args.since if args.since != "7d" else "30d")
+    out = c.predictions(since=args.since or "30d")
     if args.json:
         emit_json(out)
         return 0
@@ -384,7 +384,7 @@ def cmd_predictions(c: Client, args: argparse.Namespace) -> int:
 def cmd_usage(c: Client, args: argparse.Namespace) -> int:
     if getattr(args, "predictions", False):
         return cmd_predictions(c, args)
-    out = c.usage(since=args.since, by=args.by)
+    out = c.usage(since=args.since or "7d", by=args.by)
     rows = out["rows"]
     if args.json:
         emit_json(out)

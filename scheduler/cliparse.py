@@ -249,7 +249,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     gp.add_argument("--json", action="store_true")
 
     us = sub.add_parser("usage", help="GPU-hours allocated and really used, per researcher or job")
-    us.add_argument("--since", default="7d", help="window, e.g. 24h, 7d, 30d (default 7d)")
+    us.add_argument("--since", help="window, e.g. 24h, 7d, 30d (default 7d; 30d with --predictions)")
     us.add_argument("--by", choices=("user", "job"), default="user")
     us.add_argument(
         "--predictions", action="store_true",

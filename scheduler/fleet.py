@@ -33,7 +33,6 @@ class Fleet:
 
     def sync(self, nodes: dict[str, int]) -> None:
         """`nodes`: alive node id -> GPUs Ray advertises there."""
-        import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         for node_id, gpus in nodes.items():
@@ -52,10 +51,7 @@ class Fleet:
         for node_id in [n for n in self.monitors if n not in nodes]:
             handle = self.monitors.pop(node_id)
             self.telemetry.forget_node(node_id)
-            try:
-                ray.kill(handle)
-            except Exception:  # noqa: BLE001,S110 - the node is gone; so is its actor
-                pass
+            self._kill(handle)  # the node is gone; so, most likely, is its actor
 
     def poll(self, holders: Iterable[Holder], now: float, timeout: float) -> None:
         import ray
@@ -135,11 +131,7 @@ class Fleet:
             pass
 
     def stop_all(self) -> None:
-        import ray
 
         for handle in self.monitors.values():
-            try:
-                ray.kill(handle)
-            except Exception:  # noqa: BLE001,S110 - best effort at shutdown
-                pass
+            self._kill(handle)  # best effort at shutdown
         self.monitors.clear()

@@ -93,7 +93,7 @@ def cmd_submit(c: Client, args: argparse.Namespace) -> int:
 # What a rerun keeps of the job it repeats (the rest, e.g. its chain, is the new job's own).
 RERUN_KEEPS = (
     "command", "gpus", "cpus", "memory", "time", "workdir", "env", "name", "priority", "grace", "umask",
-    "array", "sweep", "max_running", "code",
+    "array", "sweep", "max_running", "code", "preemptible",
 )
 
 
@@ -481,6 +481,8 @@ def cmd_quota(c: Client, args: argparse.Namespace) -> int:
                 ) from None
         if args.idle_action is not None:
             fields["idle_action"] = args.idle_action
+        if args.scavenge is not None:
+            fields["scavenge"] = args.scavenge == "yes"
         out = c.set_quota(args.user, fields)
         changes = ", ".join(f"{k}: {out['old'].get(k)} -> {v}" for k, v in out["new"].items())
         say(f"{args.user}: {changes}")
@@ -491,7 +493,7 @@ def cmd_quota(c: Client, args: argparse.Namespace) -> int:
         return 0
     say(
         f"{'USER':<16}{'SHARES':>7}{'GUAR':>6}{'MAXGPU':>7}{'MAXJOB':>7}{'GPUH/WK':>9}"
-        f"{'HELD':>6}{'RUN':>5}{'PEND':>6}{'FACTOR':>8}{'USAGE GPU-h':>13}"
+        f"{'HELD':>6}{'RUN':>5}{'PEND':>6}{'FACTOR':>8}{'USAGE GPU-h':>13}  OVER BUDGET"
     )
     for q in out["quotas"]:
 
@@ -502,6 +504,7 @@ def cmd_quota(c: Client, args: argparse.Namespace) -> int:
             f"{q['user']:<16}{q['shares']:>7g}{q['guaranteed_gpus']:>6}{opt(q['max_gpus']):>7}"
             f"{opt(q['max_jobs']):>7}{opt(q['gpu_hours_per_week']):>9}{q['held_gpus']:>6}"
             f"{q['running_jobs']:>5}{q['pending_jobs']:>6}{q['factor']:>8.3f}{q['usage_gpu_s'] / 3600:>13.2f}"
+            f"  {'scavenge' if q.get('scavenge') else 'wait'}"
         )
     return 0
 

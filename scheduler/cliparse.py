@@ -125,6 +125,11 @@ def _job_options(s: Any) -> None:
     )
     s.add_argument("--max-running", type=int, metavar="N", help="an array's or sweep's tasks at once (the %%N)")
     s.add_argument(
+        "--preemptible", action="store_true", default=None,
+        help="a scavenger: run only on GPUs nobody else can use now, give them back (SIGTERM, grace, requeued) as "
+        "soon as another job needs them; not held back by your weekly budget, not counted toward your guarantee",
+    )
+    s.add_argument(
         "--notify", action="store_true",
         help="tell me when it ends, as ~/.config/labq/config.yaml says: notify: {webhook: URL} (Slack-compatible) "
         "or notify: {command: CMD} (run as you, with $LABQ_MESSAGE)",
@@ -268,6 +273,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name in ("shares", "guaranteed-gpus", "max-gpus", "max-jobs", "gpu-hours-per-week"):
         qset.add_argument(f"--{name}", dest=name.replace("-", "_"))
     qset.add_argument("--idle-action", help="notify, cancel or requeue jobs whose GPUs sit idle")
+    qset.add_argument(
+        "--scavenge", choices=("yes", "no"),
+        help="over the weekly budget, run the user's jobs as scavengers (preemptibly, on idle GPUs) instead of holding them",
+    )
 
     sm = sub.add_parser("simulate", help="replay a job trace through labq's policy and baselines")
     sm.add_argument("trace", nargs="?", help="CSV with job_id,vc,submit_s,num_gpus,duration_s")
@@ -281,6 +290,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     shares.add_argument("--shares", help="CSV of tenant sizes (helios_philly_vc_sizes.csv)")
     sm.add_argument("--limit", type=int, help="only the first N jobs")
     sm.add_argument("--no-rho", action="store_true", help="skip the per-tenant replays alone (faster)")
+    sm.add_argument(
+        "--preemptible", metavar="TENANTS", help="these tenants' jobs are scavengers (labq's own policy only)"
+    )
     sm.add_argument("--json", metavar="FILE", help="write the report as JSON ('-' for stdout)")
     sm.add_argument("--plot", metavar="PNG", help="write a plot")
     sm.add_argument("--quiet", action="store_true")

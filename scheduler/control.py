@@ -184,9 +184,11 @@ class JobControl:
             launcher.stop(job.id, job.attempt, outcome, reason, grace)
 
     # -- from the scheduler loop ----------------------------------------------------------------
-    def start(self, job_id: int, node_id: str, gpu_ids: tuple[int, ...] | None, now: float) -> JobRow | None:
+    def start(
+        self, job_id: int, node_id: str, gpu_ids: tuple[int, ...] | None, now: float, scavenger: bool = False
+    ) -> JobRow | None:
         """PENDING -> STARTING on `node_id`, then launch. None if it moved on meanwhile
-        (cancelled while the pass decided)."""
+        (cancelled while the pass decided). `scavenger`: it runs preemptibly (Start.preemptible)."""
         node_name = self.nodes.name_of(node_id)
         row = self.store.get(job_id)
         if row.state is not JobState.PENDING:
@@ -194,7 +196,7 @@ class JobControl:
         row = self.store.transition(
             row.id,
             JobState.STARTING,
-            f"placed on {node_name}",
+            f"placed on {node_name}" + (" as a scavenger (preemptible, on idle GPUs)" if scavenger else ""),
             now=now,
             expect=(JobState.PENDING,),
             node=node_id,
@@ -207,6 +209,7 @@ class JobControl:
             stop_reason=None,
             exit_code=None,
             signal=None,
+            scavenging=int(scavenger),
         )
         if row.state is not JobState.STARTING:
             return None

@@ -186,6 +186,10 @@ class JobSpec(BaseModel):
     # An interactive session (issue 17): the command runs on a terminal (a pty) that
     # `labq attach` connects to; "notebook" is JupyterLab. None: a batch job.
     session: Literal["shell", "notebook"] | None = None
+    # A scavenger (issue 19): it runs only on GPUs no other job can use now, any job
+    # that needs them takes them back (grace, then requeued), and it is not held back
+    # by its owner's weekly budget nor counted toward anyone's guarantee.
+    preemptible: bool = False
 
     @field_validator("command", mode="before")
     @classmethod

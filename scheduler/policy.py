@@ -23,11 +23,15 @@ One pass, in words:
 
 from __future__ import annotations
 
+import gc
 import heapq
 from collections import Counter
-from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
+from scheduler.policy_pass import Pass
+from scheduler.policy_reasons import NO_REASON, format_ahead, resource_reason, short
+from scheduler.policy_state import NodeState, Reservation
 from scheduler.policy_types import (
     INF,
     Decision,
@@ -41,7 +45,7 @@ from scheduler.policy_types import (
     UserShare,
     Waiting,
 )
-from scheduler.quota import Quota, fair_share_factor
+from scheduler.quota import fair_share_factor
 from scheduler.shapes import Reason
 
 __all__ = [
@@ -57,6 +61,12 @@ __all__ = [
     "Waiting",
     "schedule",
 ]
+
+
+# The sorted merge of a pass's quiet stretches (see _schedule.merged); off only in the test
+# that checks it gives the same decision as the heap alone.
+_MERGE = True
+_gpus = attrgetter("gpus")
 
 
 def _job_key(j: PendingJob) -> tuple[bool, int, float, int]:
@@ -76,381 +86,40 @@ def _hrrn_key(now: float, default_limit: float) -> Any:
     return key
 
 
-@dataclass
-class _Node:
-    info: NodeInfo
-    free: int
-    cpus: float
-    memory: float
-    # (end time, gpus) of what runs here now, including jobs started in this pass.
-    releases: list[tuple[float, int]]
-    sorted_releases: list[tuple[float, int]] | None = None
-
-    def release_order(self) -> list[tuple[float, int]]:
-        if self.sorted_releases is None:
-            self.sorted_releases = sorted(self.releases)
-        return self.sorted_releases
-
-
-@dataclass
-class _Reservation:
-    job_id: int
-    node: str
-    at: float
-    gpus: int
-    more_nodes: tuple[str, ...] = ()
-    # When the reserved job ends if it uses its whole limit: a job held back so as not to
-    # delay it can expect to start then at the latest, as far as that reservation goes.
-    end: float = INF
-
-
-class _Pass:
-    """Mutable working state of one `schedule()` call; never escapes it."""
-
-    def __init__(self, snap: Snapshot) -> None:
-        self.snap = snap
-        self.cfg = snap.config
-        self.now = snap.now
-        self.nodes: dict[str, _Node] = {}
-        for n in sorted(snap.nodes, key=lambda n: n.id):
-            self.nodes[n.id] = _Node(n, n.gpus, n.cpus, n.memory, [])
-        # The hottest loop of a pass (every running job, every pass): plain locals and
-        # dicts rather than helper calls, the same arithmetic as _end().
-        held: dict[str, int] = {}
-        jobs_held: dict[str, int] = {}
-        penalty: dict[str, float] = {}
-        running_by_node: dict[str, list[RunningJob]] = {}
-        nodes = self.nodes
-        now = self.now
-        default_limit = self.cfg.default_time_limit
-        held_get, jobs_get, pen_get, node_get, rbn_get = (
-            held.get,
-            jobs_held.get,
-            penalty.get,
-            nodes.get,
-            running_by_node.get,
-        )
-        for r in snap.running:
-            end = r.start_time + (default_limit if r.time_limit is None else r.time_limit)
-            if r.expected is not None and r.start_time + r.expected < end:
-                end = r.start_time + r.expected  # predicted (a job past it: now, below)
-            if r.stop_deadline is not None and r.stop_deadline < end:
-                end = r.stop_deadline
-            if end < now:
-                end = now
-            u = r.user
-            g = r.gpus
-            held[u] = held_get(u, 0) + g
-            jobs_held[u] = jobs_get(u, 0) + 1
-            penalty[u] = pen_get(u, 0.0) + g * (end - now)
-            rest = g
-            if r.more_nodes:
-                for nid in r.more_nodes:
-                    whole = node_get(nid)
-                    if whole is not None:
-                        whole.free -= whole.info.gpus
-                        rest -= whole.info.gpus
-                        whole.releases.append((end, whole.info.gpus))
-            node = node_get(r.node)
-            if node is None:
-                continue  # a node that left: its jobs are being reported lost elsewhere
-            node.free -= rest
-            if r.cpus:
-                node.cpus -= r.cpus
-            if r.memory:
-                node.memory -= r.memory
-            node.releases.append((end, rest))
-            if not r.more_nodes:
-                lst = rbn_get(r.node)
-                if lst is None:
-                    running_by_node[r.node] = [r]
-                else:
-                    lst.append(r)
-        self.held: Counter[str] = Counter(held)
-        self.jobs_held: Counter[str] = Counter(jobs_held)
-        self.penalty = penalty
-        self.running_by_node = running_by_node
-        # Free-GPU buckets make best-fit O(GPUs per node) instead of O(nodes).
-        self.max_per_node = max((n.gpus for n in snap.nodes), default=0)
-        self.buckets: list[dict[str, None]] = [dict() for _ in range(self.max_per_node + 1)]
-        for nid, node in self.nodes.items():
-            if node.info.schedulable and node.free > 0:
-                self.buckets[min(node.free, self.max_per_node)][nid] = None
-        self.reservations: list[_Reservation] = []
-        self._largest: int | None = None
-        schedulable = [n.gpus for n in snap.nodes if n.schedulable]
-        self.biggest_node: int | None = max(schedulable) if schedulable else None
-        self.schedulable_gpus = sum(schedulable)
-        self.starts: list[Start] = []
-        self.preemptions: list[Preempt] = []
-        self.waiting: dict[int, Waiting] = {}
-        self.stopping_for: set[int] = set()
-        # Claims by researchers under their guarantee, made in this pass.
-        self.claimed: Counter[str] = Counter()
-        self.node_claimed: Counter[str] = Counter()
-        self.reclaimed: Counter[str] = Counter()  # GPUs being taken back from each borrower
-        self.easy_reserved = False
-        self.quota_cache: dict[str, Quota] = {}
-
-    # -- time helpers -------------------------------------------------------------
-    def _limit(self, limit: float | None) -> float:
-        return limit if limit is not None else self.cfg.default_time_limit
-
-    def _dur(self, j: PendingJob) -> float:
-        """How long a job is taken to run: its predicted runtime when there is a
-        confident one (PendingJob.expected), at most its limit; else its limit."""
-        lim = j.time_limit if j.time_limit is not None else self.cfg.default_time_limit
-        e = j.expected
-        return lim if e is None or e >= lim else e
-
-    def _end(self, r: RunningJob) -> float:
-        end = r.start_time + self._limit(r.time_limit)
-        if r.expected is not None and r.start_time + r.expected < end:
-            end = r.start_time + r.expected
-        if r.stop_deadline is not None:
-            end = min(end, r.stop_deadline)
-        return max(end, self.now)
-
-    def _remaining(self, r: RunningJob) -> float:
-        return max(0.0, self._end(r) - self.now)
-
-    def quota(self, user: str) -> Quota:
-        q = self.quota_cache.get(user)
-        if q is None:
-            q = self.quota_cache[user] = self.snap.quotas.for_user(user)
-        return q
-
-    # -- placement ------------------------------------------------------------------
-    def best_fit(self, j: PendingJob, gpus: int | None = None, skip: tuple[str, ...] = ()) -> _Node | None:
-        need = j.gpus if gpus is None else gpus
-        if need > self.largest_free():
-            return None
-        only = j.nodes
-        for k in range(need, self.max_per_node + 1):
-            for nid in self.buckets[k]:
-                node = self.nodes[nid]
-                if (
-                    nid not in skip
-                    and (only is None or nid in only)
-                    and node.free >= need
-                    and node.cpus >= j.cpus
-                    and node.memory >= j.memory
-                ):
-                    return node
-        return None
-
-    def split(self, gpus: int) -> tuple[int, int]:
-        """(whole nodes, remainder on one more node) for a job larger than a node."""
-        whole, rest = divmod(gpus, self.max_per_node)
-        return whole, rest
-
-    def multi_fit(self, j: PendingJob) -> tuple[_Node, tuple[str, ...]] | None:
-        """Whole free nodes plus a best-fit node for the remainder; None if it does not fit now."""
-        whole, rest = self.split(j.gpus)
-        full = [
-            nid
-            for nid in self.buckets[self.max_per_node]
-            if self.nodes[nid].free == self.nodes[nid].info.gpus and (j.nodes is None or nid in j.nodes)
-        ]
-        if len(full) < whole + (1 if rest == 0 else 0):
-            return None
-        if rest == 0:
-            return self.nodes[full[whole - 1]], tuple(full[: whole - 1])
-        taken = tuple(full[:whole])
-        node = self.best_fit(j, rest, skip=taken)
-        return None if node is None else (node, taken)
-
-    def largest_free(self) -> int:
-        if self._largest is None:
-            self._largest = next((k for k in range(self.max_per_node, 0, -1) if self.buckets[k]), 0)
-        return self._largest
-
-    def take(self, node: _Node, j: PendingJob, gpus: int | None = None) -> None:
-        need = j.gpus if gpus is None else gpus
-        old = min(node.free, self.max_per_node)
-        if old > 0:
-            self.buckets[old].pop(node.info.id, None)
-        node.free -= need
-        node.cpus -= j.cpus
-        node.memory -= j.memory
-        node.releases.append((self.now + self._dur(j), need))
-        node.sorted_releases = None
-        self._largest = None
-        if node.free > 0:
-            self.buckets[min(node.free, self.max_per_node)][node.info.id] = None
-
-    def earliest(self, node: _Node, gpus: int) -> float:
-        """When `gpus` GPUs will be free on `node` if every job runs to its limit."""
-        free = node.free
-        if free >= gpus:
-            return self.now
-        for end, g in node.release_order():
-            free += g
-            if free >= gpus:
-                return end
-        return INF
-
-    def conflicts(self, node: _Node, j: PendingJob, gpus: int | None = None) -> _Reservation | None:
-        """A reservation that starting `j` on `node` now would delay, if any."""
-        end = self.now + self._dur(j)
-        need = j.gpus if gpus is None else gpus
-        nid = node.info.id
-        for res in self.reservations:
-            if end <= res.at:
-                continue
-            if res.node == nid:
-                wanted = res.gpus - len(res.more_nodes) * self.max_per_node
-            elif nid in res.more_nodes:
-                wanted = node.info.gpus
-            else:
-                continue
-            # Would the reserved job still find its GPUs at its reserved time?
-            free_then = node.free - need + sum(g for e, g in node.releases if e <= res.at)
-            if free_then < wanted:
-                return res
-        return None
-
-    @staticmethod
-    def can_hold(node: _Node, j: PendingJob, gpus: int | None = None) -> bool:
-        """Could this node ever run `j` (its whole capacity, not what is free now)?
-        A job no node can hold must never hold a reservation: it would block every GPU
-        it reserved for a start that cannot come."""
-        info = node.info
-        return (
-            info.schedulable
-            and (j.nodes is None or info.id in j.nodes)
-            and info.gpus >= (j.gpus if gpus is None else gpus)
-            and info.cpus >= j.cpus
-            and info.memory >= j.memory
-        )
-
-    def reserve(self, j: PendingJob) -> _Reservation | None:
-        if self.cfg.multi_node and 0 < self.max_per_node < j.gpus:
-            return self._reserve_multi(j)
-        best: tuple[float, str] | None = None
-        for nid, node in self.nodes.items():
-            if not self.can_hold(node, j):
-                continue
-            t = self.earliest(node, j.gpus)
-            if t < INF and (best is None or (t, nid) < best):
-                best = (t, nid)
-        if best is None:
-            return None
-        res = _Reservation(j.id, best[1], best[0], j.gpus, end=best[0] + self._dur(j))
-        self.reservations.append(res)
-        return res
-
-    def _reserve_multi(self, j: PendingJob) -> _Reservation | None:
-        whole, rest = self.split(j.gpus)
-        usable = [n for n in self.nodes.values() if n.info.gpus == self.max_per_node and self.can_hold(n, j, 0)]
-        free_at = sorted((self.earliest(n, n.info.gpus), n.info.id) for n in usable)
-        if len(free_at) < whole + (1 if rest else 0):
-            return None
-        chosen = free_at[:whole]
-        at = chosen[-1][0] if chosen else self.now
-        taken = {nid for _, nid in chosen}
-        if rest:
-            rest_at = min(
-                ((self.earliest(n, rest), n.info.id) for n in usable if n.info.id not in taken),
-                default=None,
-            )
-            if rest_at is None:
-                return None
-            at = max(at, rest_at[0])
-            node = rest_at[1]
-            more = tuple(nid for _, nid in chosen)
-        else:
-            node = chosen[-1][1]
-            more = tuple(nid for _, nid in chosen[:-1])
-        if at == INF:
-            return None
-        res = _Reservation(j.id, node, at, j.gpus, more, end=at + self._dur(j))
-        self.reservations.append(res)
-        return res
-
-    # -- reclaim ------------------------------------------------------------------------
-    def reclaim(self, j: PendingJob) -> tuple[list[RunningJob], _Node] | None:
-        """Borrowed jobs to preempt so that `j` (within its owner's guarantee) can start.
-
-        GPUs already on their way out (jobs told to stop) count first, minus what
-        earlier claims in this pass took of them; only the rest is preempted.
-        """
-        cfg = self.cfg
-        best: tuple[float, str, list[RunningJob]] | None = None
-        for nid, node in self.nodes.items():
-            if not self.can_hold(node, j):
-                continue
-            running = self.running_by_node.get(nid, [])
-            available = (
-                node.free
-                + sum(r.gpus for r in running if r.stop_deadline is not None or r.id in self.stopping_for)
-                - self.node_claimed[nid]
-            )
-            if available >= j.gpus:
-                # Enough is already on its way out; wait for it rather than preempt more.
-                best = (0.0, nid, [])
-                break
-            taken: Counter[str] = Counter()
-            victims: list[RunningJob] = []
-            lost = 0.0
-            candidates = sorted(
-                (
-                    r
-                    for r in running
-                    if r.stop_deadline is None
-                    and r.id not in self.stopping_for
-                    and r.user != j.user
-                    and self.now - r.start_time >= cfg.min_runtime
-                ),
-                key=lambda r: (r.gpus * (self.now - r.start_time), r.id),
-            )
-            for r in candidates:
-                if available >= j.gpus:
-                    break
-                # Only borrowed GPUs are taken back: the owner keeps their own guarantee.
-                keeps = self.held[r.user] - self.reclaimed[r.user] - taken[r.user] - r.gpus
-                if keeps < self.quota(r.user).guaranteed_gpus:
-                    continue
-                victims.append(r)
-                taken[r.user] += r.gpus
-                available += r.gpus
-                lost += r.gpus * (self.now - r.start_time)
-            if available >= j.gpus and (best is None or (lost, nid) < (best[0], best[1])):
-                best = (lost, nid, victims)
-        if best is None:
-            return None
-        _, nid, victims = best
-        self.node_claimed[nid] += j.gpus
-        self.claimed[j.user] += j.gpus
-        for r in victims:
-            self.stopping_for.add(r.id)
-            self.reclaimed[r.user] += r.gpus
-        return victims, self.nodes[nid]
-
-
-def _format_ahead(ahead: Counter[str], total: int) -> Reason:
-    top = sorted(ahead.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
-    who = ", ".join(f"{u} x{c}" if c > 1 else u for u, c in top)
-    more = "" if len(ahead) <= 3 else ", ..."
-    plural = "job ranks" if total == 1 else "jobs rank"
-    return Reason("fairshare", f"fair share: {total} {plural} ahead ({who}{more})", (("ahead", total),))
-
-
 def schedule(snap: Snapshot) -> Decision:
     """Decide what starts, what is preempted, and why everything else waits."""
-    p = _Pass(snap)
+    if not gc.isenabled():
+        return _schedule(snap)
+    # A pass allocates a few objects per waiting job and frees them all, with no cycles;
+    # the cyclic collector's scans of them (and of the snapshot) were ~40% of a
+    # 100,000-job pass. Another thread racing this only gets a collection back early.
+    gc.disable()
+    try:
+        return _schedule(snap)
+    finally:
+        gc.enable()
+
+
+def _schedule(snap: Snapshot) -> Decision:
+    p = Pass(snap)
     cfg = snap.config
 
     by_user: dict[str, list[PendingJob]] = {}
+    # Scavengers (scavenge()): --preemptible jobs, and jobs over their owner's budget
+    # when the quota says `scavenge`, with the reasons they would otherwise wait for.
+    scavengers: list[tuple[PendingJob, list[Reason]]] = []
     for j in snap.pending:
-        by_user.setdefault(j.user, []).append(j)
-    pending_count = {u: len(js) for u, js in by_user.items()}
+        if j.preemptible:
+            scavengers.append((j, []))
+        else:
+            by_user.setdefault(j.user, []).append(j)
+    pending_count = Counter(j.user for j in snap.pending)
     own_order = _hrrn_key(snap.now, cfg.default_time_limit) if cfg.duration_hint else _job_key
     for jobs in by_user.values():
         if len(jobs) > 1:
             jobs.sort(key=own_order, reverse=True)  # pop() from the end gives the next job
 
-    active = sorted(set(by_user) | set(p.held))
+    active = sorted(set(pending_count) | set(p.held))
     total_shares = sum(p.quota(u).shares for u in active)
     eff_usage = {u: snap.usage.get(u, 0.0) + p.penalty.get(u, 0.0) for u in active}
     total_usage = sum(eff_usage.values())
@@ -473,7 +142,7 @@ def schedule(snap: Snapshot) -> Decision:
     def rank(u: str) -> tuple[int, float, float, int, str]:
         head = by_user[u][-1]
         q = p.quota(u)
-        under_guarantee = p.held[u] + p.claimed[u] + head.gpus <= q.guaranteed_gpus
+        under_guarantee = p.held[u] - p.scav.get(u, 0) + p.claimed[u] + head.gpus <= q.guaranteed_gpus
         age = min(1.0, max(0.0, snap.now - head.submit_time) / cfg.age_max)
         score = factor(u) + cfg.age_weight * age
         return (0 if under_guarantee else 1, -score, head.submit_time, head.id, u)
@@ -498,9 +167,11 @@ def schedule(snap: Snapshot) -> Decision:
             return
         if n_ahead:
             if len(p.waiting) < cfg.reason_depth:
-                reasons.append(_format_ahead(ahead, n_ahead))
+                reasons.append(format_ahead(ahead, n_ahead))
             else:
-                reasons.append(Reason("fairshare", f"fair share: {n_ahead} jobs rank ahead", (("ahead", n_ahead),)))
+                reasons.append(
+                    Reason("fairshare", f"fair share: {n_ahead} jobs rank ahead", (("ahead", n_ahead),))
+                )
         p.waiting[j.id] = Waiting(tuple(reasons), eta)
         ahead[j.user] += 1
         n_ahead += 1
@@ -524,16 +195,9 @@ def schedule(snap: Snapshot) -> Decision:
         etas[key] = None if best == INF else best
         return etas[key]
 
-    while heap:
-        top = heapq.heappop(heap)
-        if not explain and top[0] == 1 and p.largest_free() == 0:
-            # No GPU free and nobody left under a guarantee: nothing else can start.
-            break
-        u = top[-1]
-        j = by_user[u].pop()
-        order.append(j.id)
+    def quota_reasons(u: str, j: PendingJob) -> list[Reason]:
+        """Why `u`'s quota or budget holds `j` back now (empty: it does not)."""
         q = p.quota(u)
-
         blocked: list[Reason] = []
         if q.max_jobs is not None and p.jobs_held[u] >= q.max_jobs:
             blocked.append(
@@ -563,6 +227,125 @@ def schedule(snap: Snapshot) -> Decision:
                         (("used_gpu_hours", round(used_h, 3)), ("gpu_hours_per_week", q.gpu_hours_per_week)),
                     )
                 )
+
+        return blocked
+
+    def scavenges(u: str, blocked: list[Reason]) -> bool:
+        """Over budget and nothing else in the way: the quota may let it scavenge."""
+        return p.quota(u).scavenge and all(r.kind == "budget" for r in blocked)
+
+    def may_reclaim(u: str) -> bool:
+        # Someone whose smallest waiting job fits under their guarantee may still
+        # reclaim GPUs when none is free.
+        smallest: int = min(map(_gpus, by_user[u]))
+        return p.own(u) + p.claimed[u] + smallest <= p.quota(u).guaranteed_gpus
+
+    def merged() -> list[PendingJob]:
+        """Every waiting job in the order the heap would pop them while no rank moves.
+
+        A researcher's key is their queue head's rank; with ranks frozen the heap's
+        merge of the queues is a sort: each job keyed by its rank as head, raised to
+        the highest key before it in its own queue (a head ranked below an earlier one
+        is popped right after it, as the heap would). (key, seq) is unique, so jobs
+        themselves are never compared."""
+        keyed: list[tuple[tuple[int, float, float, int, str], int, PendingJob]] = []
+        append = keyed.append
+        seq = 0
+        w, age_max, now = cfg.age_weight, cfg.age_max, snap.now
+        for u, jobs in by_user.items():
+            if not jobs:
+                continue
+            f = factor(u)
+            room = p.quota(u).guaranteed_gpus - p.own(u) - p.claimed[u]
+            best: tuple[int, float, float, int, str] | None = None
+            for j in reversed(jobs):
+                age = now - j.submit_time
+                age = 0.0 if age < 0.0 else (1.0 if age >= age_max else age / age_max)
+                k = (0 if j.gpus <= room else 1, -(f + w * age), j.submit_time, j.id, u)
+                if best is None or k > best:
+                    best = k
+                seq += 1
+                append((best, seq, j))
+        keyed.sort()
+        return [t[2] for t in keyed]
+
+    def saturated() -> bool:
+        """No GPU free, the reservation made, and nobody left who may reclaim: nothing
+        can start or change rank any more in this pass."""
+        return (
+            p.largest_free() == 0
+            and (p.easy_reserved or not cfg.backfill or not explain)
+            # A running scavenger yields to anyone: not saturated while one runs.
+            and not (cfg.preemption and (p.scav or any(may_reclaim(v) for v in by_user if by_user[v])))
+        )
+
+    def deep_end(rest: list[PendingJob]) -> None:
+        """Explain the jobs left once the pass is saturated: the same reasons and ETAs
+        as consider() gives them, but past both depths a job costs a lookup."""
+        nonlocal n_ahead
+        for v in by_user.values():
+            v.clear()
+        held_back: dict[tuple[str, int], list[Reason]] = {}
+
+        def why(j: PendingJob) -> list[Reason]:
+            hk = (j.user, j.gpus)
+            blocked = held_back.get(hk)
+            if blocked is None:
+                blocked = held_back[hk] = quota_reasons(j.user, j)
+            if blocked:
+                return blocked
+            key = (j.gpus, j.cpus, j.memory, j.nodes, j.where)
+            r = resource_reasons.get(key)
+            if r is None:
+                r = resource_reasons[key] = resource_reason(p, j)
+            return [r]
+
+        # Scavengers-to-be are placed (or explained) after everyone, as in consider().
+        kept = []
+        for j in rest:
+            b = quota_reasons(j.user, j) if p.quota(j.user).scavenge else None
+            if b and scavenges(j.user, b):
+                scavengers.append((j, b))
+            else:
+                kept.append(j)
+        rest = kept
+        waiting = p.waiting
+        i = 0
+        while i < len(rest) and (len(waiting) < cfg.reason_depth or eta_budget > 0):
+            j = rest[i]
+            order.append(j.id)
+            reasons = why(j)
+            wait(j, list(reasons), None if reasons[0].kind in ("quota", "budget") else shadow_eta(j))
+            i += 1
+        n = n_ahead
+        same: dict[tuple[Any, ...], tuple[Reason, ...]] = {}
+        make = tuple.__new__  # NamedTuples without their Python-level __new__
+        for j in rest[i:]:
+            jid = j.id
+            order.append(jid)
+            sk = (j.user, j.gpus, j.cpus, j.memory, j.nodes, j.where)
+            base = same.get(sk)
+            if base is None:
+                base = same[sk] = tuple(why(j))
+            if n:
+                r = make(Reason, ("fairshare", f"fair share: {n} jobs rank ahead", (("ahead", n),)))
+                waiting[jid] = make(Waiting, ((*base, r), None))
+            else:
+                waiting[jid] = make(Waiting, (base, None))
+            n += 1
+        n_ahead = n
+
+    def consider(u: str, j: PendingJob) -> bool:
+        """Start `j`, reclaim for it, or record why it waits. True when its owner's rank
+        moved (a start or a claim): no one else's rank ever moves within a pass."""
+        nonlocal total_usage, eta_budget
+        q = p.quota(u)
+
+        blocked = quota_reasons(u, j)
+        if blocked and scavenges(u, blocked):
+            scavengers.append((j, blocked))
+            return False
+        order.append(j.id)
 
         if blocked:
             wait(j, blocked, None)
@@ -594,6 +377,7 @@ def schedule(snap: Snapshot) -> Decision:
                 if j.count > 1:
                     # The array's next task is this researcher's next job, as it was.
                     by_user[u].append(j._replace(count=j.count - 1))
+                return True
             elif conflict is not None:
                 when = conflict.at - snap.now
                 wait(
@@ -602,7 +386,7 @@ def schedule(snap: Snapshot) -> Decision:
                         Reason(
                             "backfill",
                             f"backfill: would delay job {conflict.job_id}, reserved to start in "
-                            f"{_short(when)} on {p.nodes[conflict.node].info.label}",
+                            f"{short(when)} on {p.nodes[conflict.node].info.label}",
                             (("delays_job", conflict.job_id), ("reserved_in_s", round(when, 1))),
                         )
                     ]
@@ -614,28 +398,40 @@ def schedule(snap: Snapshot) -> Decision:
                 )
             else:
                 key = (j.gpus, j.cpus, j.memory, j.nodes, j.where)
-                why = resource_reasons.get(key) if explain else _NO_REASON
+                why = resource_reasons.get(key) if explain else NO_REASON
                 if why is None:
-                    why = resource_reasons[key] = _resource_reason(p, j)
+                    why = resource_reasons[key] = resource_reason(p, j)
                 reasons = [why]
                 eta: float | None = None
-                claim = None
+                claim: tuple[list[RunningJob], NodeState, tuple[str, ...]] | None = None
+                evict = False
+                if cfg.preemption and p.scav and not multi:
+                    # GPUs a scavenger holds are anyone's for the asking.
+                    one = p.reclaim(j, scavengers_only=True)
+                    claim = None if one is None else (*one, ())
+                    evict = claim is not None
                 if (
-                    cfg.preemption
-                    and not multi
+                    claim is None
+                    and cfg.preemption
                     and q.guaranteed_gpus > 0
-                    and p.held[u] + p.claimed[u] + j.gpus <= q.guaranteed_gpus
+                    and p.own(u) + p.claimed[u] + j.gpus <= q.guaranteed_gpus
                 ):
-                    claim = p.reclaim(j)
+                    if multi:
+                        claim = p.reclaim_multi(j)
+                    else:
+                        one = p.reclaim(j)
+                        claim = None if one is None else (*one, ())
                 if claim is not None:
-                    victims, cnode = claim
+                    victims, cnode, cmore = claim
                     deadline = snap.now + cfg.grace_period
                     for r in victims:
                         p.preemptions.append(
                             Preempt(
                                 r.id,
                                 j.id,
-                                f"reclaimed for {u}'s job {j.id} ({u} is below "
+                                f"a preemptible job yields its GPUs to {u}'s job {j.id}"
+                                if r.preemptible
+                                else f"reclaimed for {u}'s job {j.id} ({u} is below "
                                 f"{q.guaranteed_gpus} guaranteed GPUs)",
                             )
                         )
@@ -643,7 +439,8 @@ def schedule(snap: Snapshot) -> Decision:
                     stopping = sorted(
                         (
                             r
-                            for r in p.running_by_node.get(cnode.info.id, [])
+                            for nid in (cnode.info.id, *cmore)
+                            for r in p.running_by_node.get(nid, [])
                             if r.id in p.stopping_for or r.stop_deadline is not None
                         ),
                         key=lambda r: r.id,
@@ -651,18 +448,28 @@ def schedule(snap: Snapshot) -> Decision:
                     ends = [r.stop_deadline or deadline for r in stopping] or [snap.now]
                     eta = max(ends)
                     names = ", ".join(f"job {r.id} ({r.user})" for r in stopping)
+                    where = ", ".join(p.nodes[nid].info.label for nid in (*cmore, cnode.info.id))
+                    why_claim = (
+                        "preemptible jobs yield their GPUs"
+                        if evict
+                        else f"{u} is below {q.guaranteed_gpus} guaranteed GPUs"
+                    )
                     reasons.insert(
                         0,
                         Reason(
                             "reclaim",
-                            f"reclaim: {u} is below {q.guaranteed_gpus} guaranteed GPUs; "
-                            f"waiting for {names or 'GPUs'} to stop on {cnode.info.label}",
-                            (("guaranteed_gpus", q.guaranteed_gpus), ("stopping", tuple(r.id for r in stopping))),
+                            f"reclaim: {why_claim}; waiting for {names or 'GPUs'} to stop on {where}",
+                            (
+                                ("guaranteed_gpus", q.guaranteed_gpus),
+                                ("stopping", tuple(r.id for r in stopping)),
+                            ),
                         ),
                     )
                     p.reservations.append(
-                        _Reservation(j.id, cnode.info.id, eta, j.gpus, end=eta + p._dur(j))
+                        Reservation(j.id, cnode.info.id, eta, j.gpus, cmore, end=eta + p._dur(j))
                     )
+                    wait(j, reasons, eta)
+                    return True
                 elif cfg.backfill and not p.easy_reserved:
                     res = p.reserve(j)
                     # EASY: one reservation, for the first blocked job that can ever run.
@@ -672,9 +479,54 @@ def schedule(snap: Snapshot) -> Decision:
                 else:
                     eta = shadow_eta(j)
                 wait(j, reasons, eta)
+        return False
 
+    # The heap pops one researcher's head at a time. Once `patience` jobs in a row
+    # moved no rank, the rest are taken from one sorted list (merged()) instead, until
+    # a job starts or claims; then back to the heap, with twice the patience.
+    quiet = 0
+    patience = 16
+    saturated_checked = False
+    while heap:
+        if _MERGE and quiet >= patience:
+            rest = merged()
+            heap = []
+            for i, j in enumerate(rest):
+                u = j.user
+                if not saturated_checked and p.largest_free() == 0:
+                    saturated_checked = True
+                    if saturated():
+                        if explain:
+                            deep_end(rest[i:])
+                        break
+                by_user[u].pop()
+                if consider(u, j):
+                    heap = [rank(v) for v in by_user if by_user[v]]
+                    heapq.heapify(heap)
+                    quiet, patience = 0, patience * 2
+                    saturated_checked = False
+                    break
+            continue
+        top = heapq.heappop(heap)
+        u = top[-1]
+        if not saturated_checked and p.largest_free() == 0:
+            saturated_checked = True
+            if saturated():
+                if explain:
+                    heapq.heappush(heap, top)
+                    deep_end(merged())
+                break
+        j = by_user[u].pop()
+        if consider(u, j):
+            quiet = 0
+            saturated_checked = False
+        else:
+            quiet += 1
         if by_user[u]:
             heapq.heappush(heap, rank(u))
+
+    if scavengers:
+        scavenge(p, scavengers, order, wait, quota_reasons)
 
     shares = {
         u: UserShare(
@@ -698,85 +550,58 @@ def schedule(snap: Snapshot) -> Decision:
     )
 
 
-def _short(seconds: float) -> str:
-    s = int(max(0, seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
-
-
-_NO_REASON = Reason("resources", "")
-
-
-def _resource_reason(p: _Pass, j: PendingJob) -> Reason:
-    if j.nodes is not None:
-        return _placement_reason(p, j)
-    biggest = p.biggest_node
-    if biggest is None:
-        return Reason("drained", "resources: no schedulable node (all drained, unhealthy or gone)")
-    data: tuple[tuple[str, Any], ...] = (("gpus", j.gpus), ("largest_node", biggest))
-    if j.gpus > biggest:
-        if p.cfg.multi_node:
-            whole, rest = p.split(j.gpus)
-            full = len(p.buckets[p.max_per_node])
-            return Reason(
-                "resources",
-                f"resources: needs {whole} whole free node{'s' if whole != 1 else ''}"
-                f"{f' and {rest} GPUs on another' if rest else ''}; {full} node{'s are' if full != 1 else ' is'} fully free",
-                (*data, ("whole_nodes", whole), ("free_nodes", full)),
+def scavenge(
+    p: Pass,
+    jobs: list[tuple[PendingJob, list[Reason]]],
+    order: list[int],
+    wait: Any,
+    quota_reasons: Any,
+) -> None:
+    """Place scavengers after everyone else: oldest first, on GPUs that are free now,
+    best fit, never on a node where GPUs are being claimed (they would be taken back
+    at once). Reservations do not hold them back: whoever needs their GPUs later takes
+    them (consider() preempts scavengers first). A job over a node does not scavenge."""
+    claimed = tuple(nid for nid, g in p.node_claimed.items() if g > 0)
+    for j, budget in sorted(jobs, key=lambda t: (t[0].submit_time, t[0].id)):
+        u = j.user
+        order.append(j.id)
+        left = j.count
+        caps: list[Reason] = []
+        while left:
+            # Caps still hold (a scavenger is over its budget, not over its caps).
+            caps = [r for r in quota_reasons(u, j) if r.kind != "budget"]
+            if caps:
+                break
+            node = p.best_fit(j, skip=claimed) if j.gpus <= p.max_per_node else None
+            if node is None:
+                break
+            p.take(node, j)
+            p.starts.append(Start(j.id, node.info.id, (), preemptible=True))
+            p.held[u] += j.gpus
+            p.scav[u] = p.scav.get(u, 0) + j.gpus
+            p.jobs_held[u] += 1
+            left -= 1
+        if not left:
+            continue
+        rest = j if left == j.count else j._replace(count=left)
+        if caps:
+            wait(rest, [*caps, *budget], None)
+        elif j.gpus <= p.max_per_node and p.best_fit(j) is not None:
+            why = Reason(
+                "reclaim",
+                "reclaim: as a preemptible job it takes only idle GPUs; the free ones are "
+                "being taken back for a waiting job",
+                (("gpus", j.gpus), ("preemptible", True)),
             )
-        return Reason("resources", f"resources: needs {j.gpus} GPUs on one node, the largest node has {biggest}", data)
-    if (j.cpus or j.memory) and not any(p.can_hold(n, j, min(j.gpus, n.info.gpus)) for n in p.nodes.values()):
-        most_cpus = max((n.info.cpus for n in p.nodes.values() if n.info.schedulable), default=0.0)
-        most_mem = max((n.info.memory for n in p.nodes.values() if n.info.schedulable), default=0.0)
-        return Reason(
-            "resources",
-            f"resources: no node can hold {j.cpus:g} CPUs and {j.memory / 2**30:.1f} GiB of memory beside its "
-            f"GPUs (the most a node has: {most_cpus:g} CPUs, {most_mem / 2**30:.1f} GiB)",
-            (*data, ("cpus", j.cpus), ("memory", j.memory), ("never", True)),
-        )
-    largest = p.largest_free()
-    data = (*data, ("largest_free", largest))
-    if largest >= j.gpus:
-        # GPUs are there but CPUs or memory are not.
-        return Reason(
-            "resources",
-            f"resources: needs {j.cpus:g} CPUs and {j.memory / 2**30:.1f} GiB of memory beside its GPUs",
-            (*data, ("cpus", j.cpus), ("memory", j.memory)),
-        )
-    need = f"needs {j.gpus} GPU{'s' if j.gpus > 1 else ''} on one node"
-    if largest == 0:
-        return Reason(
-            "resources", f"resources: {need}, none is free ({p.schedulable_gpus}/{p.schedulable_gpus} in use)", data
-        )
-    return Reason("resources", f"resources: {need}, largest free block is {largest}", data)
-
-
-def _placement_reason(p: _Pass, j: PendingJob) -> Reason:
-    """Why a job that only some nodes may run waits: none of them could ever hold it
-    (`where` says why those), or the ones that could are busy."""
-    only = j.nodes or frozenset()
-    allowed = [n for n in p.nodes.values() if n.info.id in only]
-    names = tuple(sorted(n.info.label for n in allowed))
-    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-    data: tuple[tuple[str, Any], ...] = (("gpus", j.gpus), ("nodes", names))
-    holding = [n for n in allowed if p.can_hold(n, j, min(j.gpus, n.info.gpus))]
-    if not holding:
-        if not allowed:
-            text = j.where or "no node it may run on is in the cluster"
+            wait(rest, [why, *budget], None)
+        elif j.nodes is not None:
+            wait(rest, [resource_reason(p, j), *budget], None)
         else:
-            text = f"only {shown} may run it ({j.where}); none can hold it now (drained, unhealthy or too small)"
-        return Reason("placement", f"placement: {text}", (*data, ("never", True)))
-    largest = max(n.free for n in holding)
-    need = f"needs {j.gpus} GPU{'s' if j.gpus > 1 else ''} on {shown}"
-    if largest >= j.gpus:
-        return Reason(
-            "resources",
-            f"resources: {need}, with {j.cpus:g} CPUs and {j.memory / 2**30:.1f} GiB of memory beside its GPUs",
-            (*data, ("largest_free", largest), ("cpus", j.cpus), ("memory", j.memory)),
-        )
-    where = f" ({j.where})" if j.where else ""
-    free = "none is free there" if largest <= 0 else f"largest free block there is {largest}"
-    return Reason("resources", f"resources: {need}{where}, {free}", (*data, ("largest_free", largest)))
+            why = Reason(
+                "resources",
+                f"resources: as a preemptible job it takes only idle GPUs; no node has {j.gpus} free now"
+                if j.gpus <= p.max_per_node
+                else "resources: a preemptible job must fit on one node",
+                (("gpus", j.gpus), ("preemptible", True)),
+            )
+            wait(rest, [why, *budget], None)

@@ -42,6 +42,9 @@ class PendingJob(NamedTuple):
     # a hole its 24 h default never could. It is never a limit: a job that runs past
     # it is not stopped (the reservation it would delay moves, pass after pass).
     expected: float | None = None
+    # Submitted --preemptible: it runs only on GPUs no other job can use now and is
+    # the first to go when one can (scavenger mode).
+    preemptible: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,9 @@ class RunningJob:
     more_nodes: tuple[str, ...] = ()
     # Its predicted runtime (as PendingJob.expected): when its GPUs are expected back.
     expected: float | None = None
+    # Started as a scavenger (--preemptible, or over its owner's budget with `scavenge`):
+    # any job that needs its GPUs takes them, and it counts toward nobody's guarantee.
+    preemptible: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,7 @@ class Start:
     job_id: int
     node: str
     more_nodes: tuple[str, ...] = ()  # whole nodes, for a multi-node job
+    preemptible: bool = False  # started as a scavenger
 
 
 @dataclass(frozen=True)

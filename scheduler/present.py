@@ -145,7 +145,8 @@ def where_or_why(j: Mapping[str, Any], detail: bool = False) -> str:
         return clean(f"{array_text(a)}; {first}" if first and j["state"] == "PENDING" else array_text(a))
     if j["state"] in ACTIVE_NAMES:
         # Flags first: on a narrow screen "[idle 35m]" matters more than the node.
-        flags = "".join(f"[{f}] " for f in j.get("flags") or [])
+        marks = [*(j.get("flags") or []), *(["preemptible"] if j.get("preemptible") else [])]
+        flags = "".join(f"[{f}] " for f in marks)
         where = f"{flags}{j.get('node_name') or '-'} [{j.get('gpu_ids') or '-'}]"
         if detail and j.get("reasons"):
             where += f" ({j['reasons'][0]})"

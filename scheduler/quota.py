@@ -25,6 +25,9 @@ class Quota:
     # What happens to this researcher's jobs whose GPUs sit idle past the idle window:
     # "notify" (flag only), "cancel" or "requeue" after a further window.
     idle_action: str = "notify"
+    # Over the weekly budget, jobs run as scavengers (preemptibly, on idle GPUs only)
+    # instead of waiting for the week to roll over.
+    scavenge: bool = False
 
     def merged(self, overrides: Mapping[str, Any]) -> Quota:
         return replace(self, **dict(overrides))
@@ -48,6 +51,11 @@ def validate_quota_fields(values: Mapping[str, Any], where: str = "") -> dict[st
         if key == "idle_action":
             if v not in IDLE_ACTIONS:
                 raise QuotaError(f"{prefix}idle_action must be one of {', '.join(IDLE_ACTIONS)}, got {v!r}")
+            out[key] = v
+            continue
+        if key == "scavenge":
+            if not isinstance(v, bool):
+                raise QuotaError(f"{prefix}scavenge must be true or false, got {v!r}")
             out[key] = v
             continue
         if v is None and key not in ("shares", "guaranteed_gpus"):

@@ -150,24 +150,25 @@ class Scheduler:
         if place is None:  # one node, the common case: no call per waiting job
             pending = [
                 PendingJob(jid, user, gpus, submit, prio, limit, bool(requeued), cpus, memory, 1, None, "",
-                           expected(user, sig) if sig else None)
-                for jid, user, gpus, submit, prio, limit, requeued, cpus, memory, _n, _s, _d, sig in pending_rows
+                           expected(user, sig) if sig else None, bool(pre))
+                for jid, user, gpus, submit, prio, limit, requeued, cpus, memory, _n, _s, _d, sig, pre in pending_rows
             ]
             pending += [
                 PendingJob(e.id, e.user, e.gpus, e.submit_time, e.priority, e.time_limit, False, e.cpus, e.memory,
-                           e.startable, None, "", expected(e.user, e.sig) if e.sig else None)
+                           e.startable, None, "", expected(e.user, e.sig) if e.sig else None, bool(e.preemptible))
                 for e in arrays_in
             ]  # fmt: skip
         else:
             needs = place.needs
             pending = [
                 PendingJob(jid, user, gpus, submit, prio, limit, bool(requeued), cpus, memory, 1,
-                           *place(*needs.get(jid, _NO_NEED)), expected(user, sig) if sig else None)
-                for jid, user, gpus, submit, prio, limit, requeued, cpus, memory, _n, _s, _d, sig in pending_rows
+                           *place(*needs.get(jid, _NO_NEED)), expected(user, sig) if sig else None, bool(pre))
+                for jid, user, gpus, submit, prio, limit, requeued, cpus, memory, _n, _s, _d, sig, pre in pending_rows
             ]
             pending += [
                 PendingJob(e.id, e.user, e.gpus, e.submit_time, e.priority, e.time_limit, False, e.cpus, e.memory,
-                           e.startable, *place(e.uid, e.user, e.needs_dir), expected(e.user, e.sig) if e.sig else None)
+                           e.startable, *place(e.uid, e.user, e.needs_dir), expected(e.user, e.sig) if e.sig else None,
+                           bool(e.preemptible))
                 for e in arrays_in
             ]  # fmt: skip
         return Snapshot(
@@ -185,6 +186,7 @@ class Scheduler:
                     cpus=j.cpus,
                     memory=j.memory,
                     expected=expected(j.user, j.sig) if j.sig else None,
+                    preemptible=bool(j.scavenging),
                 )
                 for j in active
             ),
@@ -340,7 +342,7 @@ class Scheduler:
             picked = self.pick_gpus(start.node, row.gpus, held)
             if picked is not None:
                 held.setdefault(start.node, set()).update(picked)
-            self.control.start(row.id, start.node, picked, now)
+            self.control.start(row.id, start.node, picked, now, start.preemptible)
         for pre in decision.preemptions:
             row = self.store.get(pre.job_id)
             if row.state in ACTIVE and row.stop_outcome is None:
@@ -389,6 +391,7 @@ class Scheduler:
             time_limit=spec.time,
             cpus=float(spec.cpus),
             memory=int(spec.memory or 0),
+            preemptible=spec.preemptible,
         )
         place = self._placer([], want=False)
         only, where = _ANYWHERE if place is None else place(caller.uid, caller.user, spec.needs_dir)

@@ -57,8 +57,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         for n in names:
             t0 = time.perf_counter()
             r = sim.replay(
-                jobs, args.nodes, args.gpus_per_node, n, shares, alone=not args.no_rho, quotas=quotas
-            )
+                jobs, args.nodes, args.gpus_per_node, n, shares, alone=not args.no_rho, quotas=quotas,
+                scavengers=frozenset(t for t in (args.preemptible or "").split(",") if t),
+            )  # fmt: skip
             r["simulate_s"] = time.perf_counter() - t0
             r["jobs_per_s"] = len(jobs) / r["simulate_s"] if r["simulate_s"] > 0 else 0.0
             results[n] = r

@@ -17,17 +17,23 @@ import bisect
 import heapq
 import math
 import statistics
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from scheduler.policy import NodeInfo, PendingJob, PolicyConfig, RunningJob, Snapshot, schedule
 from scheduler.predict import RuntimeHistory
 from scheduler.quota import QuotaBook, quota_book_from_dict
+from scheduler.simrecords import SimJob, SimResult, jain, summarize
 from scheduler.traces import TRACE_COLUMNS, TraceError, TraceJob, history_trace, load_trace, shares_from_sizes
 
 __all__ = [
     "POLICIES",
+    "SimJob",
+    "SimResult",
+    "jain",
+    "summarize",
     "TRACE_COLUMNS",
     "TraceError",
     "TraceJob",
@@ -38,6 +44,8 @@ __all__ = [
 ]
 
 POLICIES = ("fifo", "sjf", "srtf", "tiresias", "partition", "fairshare", "fairshare-nopreempt")
+
+
 def quotas_from_shares(shares: Mapping[str, float], total_gpus: int, guarantee: bool = True) -> QuotaBook:
     """Each tenant's share of the pool, and (for reclaim) a guarantee of that many GPUs."""
     total = sum(shares.values())
@@ -60,30 +68,6 @@ def checkpoint_cost(gpus: int) -> float:
 
 
 # -- the simulated cluster ---------------------------------------------------------------------------
-
-
-@dataclass
-class SimJob:
-    trace: TraceJob
-    work_left: float  # seconds of the job's own work still to do
-    restore: float = 0.0  # seconds of restoring a checkpoint, paid first at the next start
-    first_start: float | None = None
-    end: float | None = None
-    start: float | None = None  # current attempt
-    placement: tuple[tuple[str, int], ...] = ()
-    stop_at: float | None = None  # preemption requested: GPUs free at this time
-    attained: float = 0.0  # GPU-seconds of service so far (Tiresias)
-    preemptions: int = 0
-    requeued: bool = False
-    run_gpu_s: float = 0.0  # GPU-seconds of useful work done (conservation check)
-
-    @property
-    def id(self) -> int:
-        return self.trace.id
-
-    @property
-    def remaining(self) -> float:
-        return self.work_left + self.restore
 
 
 class Cluster:
@@ -129,6 +113,9 @@ class Cluster:
                         return (*out, (nid, rest))
             return None
         return tuple(out)
+
+    def largest_free(self) -> int:
+        return next((k for k in range(self.per, 0, -1) if self.buckets[k]), 0)
 
     def _set(self, nid: str, f: int) -> None:
         del self.buckets[self.free[nid]][nid]
@@ -282,6 +269,7 @@ def fairshare(sim: Simulation, now: float) -> tuple[Starts, list[SimJob]]:
     starts: Starts = []
     for s in decision.starts:
         j = sim.pending[s.job_id]
+        j.scavenging = s.preemptible
         per = {n.id: n.gpus for n in sim.cluster.nodes}
         rest = j.trace.gpus - sum(per[n] for n in s.more_nodes)
         starts.append((j, ((s.node, rest), *((n, per[n]) for n in s.more_nodes))))
@@ -332,6 +320,11 @@ class Simulation:
     # Learned runtimes (predict.py) for backfill, reservations and ETAs; False: every
     # job is taken to run to its limit, as before issue 19.
     predict: bool = True
+    # Every Nth job (by id) that has to wait on arrival: its ETA then, from an explained
+    # pass, against when it really started (eta_errors()). 0: none.
+    eta_every: int = 0
+    # Tenants whose every job is submitted --preemptible (scavengers).
+    scavengers: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.policy not in POLICY_FUNCS:
@@ -348,6 +341,9 @@ class Simulation:
         self.queue: list[tuple[Any, int]] = []  # (order key, job id) of waiting jobs, sorted
         self.held: dict[str, int] = {}
         self.waiting_by_tenant: dict[str, int] = {}
+        # GPU counts of each tenant's waiting jobs: the smallest decides whether a pass
+        # could start or reclaim anything (_worth_a_pass).
+        self.waiting_gpus: dict[str, Counter[int]] = {}
         self.sim_jobs = {j.id: SimJob(j, j.duration) for j in self.jobs}
         self.overhead_gpu_s = 0.0
         self.pending: dict[int, SimJob] = {}
@@ -372,6 +368,7 @@ class Simulation:
         # Runtimes learned as jobs finish in simulated time (a trace knows a job only by
         # its tenant and GPU count): a waiting job's `expected`, never its true duration.
         self.history = RuntimeHistory()
+        self.etas: dict[int, float] = {}
 
     # -- views the policies use ---------------------------------------------------------------------
     def queued(self) -> Iterator[SimJob]:
@@ -438,12 +435,13 @@ class Simulation:
         self.pending[j.id] = j
         t = j.trace.tenant
         self.waiting_by_tenant[t] = self.waiting_by_tenant.get(t, 0) + 1
+        self.waiting_gpus.setdefault(t, Counter())[j.trace.gpus] += 1
         if self.order_key is not None:
             bisect.insort(self.queue, (self.order_key(self, j), j.id))
         expected = self._expected(j)
         self._pending_objs[j.id] = PendingJob(
             id=j.id, user=j.trace.tenant, gpus=j.trace.gpus, submit_time=j.trace.submit, requeued=j.requeued,
-            expected=expected,
+            expected=expected, preemptible=j.trace.tenant in self.scavengers,
         )  # fmt: skip
 
     def _expected(self, j: SimJob) -> float | None:
@@ -460,6 +458,10 @@ class Simulation:
         del self.pending[j.id]
         t = j.trace.tenant
         self.waiting_by_tenant[t] -= 1
+        sizes = self.waiting_gpus[t]
+        sizes[j.trace.gpus] -= 1
+        if not sizes[j.trace.gpus]:
+            del sizes[j.trace.gpus]
         self.held[t] = self.held.get(t, 0) + j.trace.gpus
         if self.order_key is not None:
             entry = (self.order_key(self, j), j.id)
@@ -480,6 +482,7 @@ class Simulation:
             start_time=now,
             more_nodes=tuple(n for n, _ in placement[1:]),
             expected=None if obj is None else obj.expected,
+            preemptible=j.scavenging,
         )
         self._usage_start(j, now)
         self._push(now + j.remaining, self.FINISH, j.id)
@@ -530,8 +533,10 @@ class Simulation:
             t = min(
                 nxt.submit if nxt is not None else math.inf, self.events[0][0] if self.events else math.inf
             )
+            arrived: list[int] = []
             while nxt is not None and nxt.submit <= t:
                 self._enqueue(self.sim_jobs[nxt.id])
+                arrived.append(nxt.id)
                 nxt = next(arrivals, None)
             while self.events and self.events[0][0] <= t:
                 _, kind, _, jid = heapq.heappop(self.events)
@@ -564,23 +569,63 @@ class Simulation:
                     for j in preempts:
                         j.stop_at = t
                         self._stop(j, t, finished=False)
+            if self.eta_every and arrived:
+                self._sample_etas(arrived, t)
         return self.result()
 
+    def _sample_etas(self, arrived: list[int], now: float) -> None:
+        sample = [i for i in arrived if i % self.eta_every == 0 and i in self.pending]
+        if not sample or self.decide is not fairshare:
+            return
+        cfg = replace(self.config, explain=True, eta_depth=1 << 30, reason_depth=0)
+        d = schedule(replace(self.snapshot(now), config=cfg))
+        for i in sample:
+            w = d.waiting.get(i)
+            if w is not None and w.eta is not None:
+                self.etas[i] = w.eta
+
+    def eta_errors(self) -> dict[str, float]:
+        """How far each sampled ETA was from the job's real first start (+: later)."""
+        errs = [
+            self.sim_jobs[i].first_start - eta  # type: ignore[operator]
+            for i, eta in self.etas.items()
+            if self.sim_jobs[i].first_start is not None
+        ]
+        if not errs:
+            return {"samples": 0}
+        ab = sorted(abs(e) for e in errs)
+        return {
+            "samples": len(errs),
+            "median_abs_s": statistics.median(ab),
+            "mean_abs_s": statistics.fmean(ab),
+            "p90_abs_s": ab[int(0.9 * (len(ab) - 1))],
+            "late_fraction": sum(e > 0 for e in errs) / len(errs),
+        }
+
     def _worth_a_pass(self, now: float) -> bool:
-        if self.cluster.total_free > 0:
-            return True
-        # Full cluster: only a reclaim or a preemptive baseline can change anything.
+        """Could a pass change anything now? Skipping one that cannot is what keeps a
+        deep queue on a busy pool fast; a pass that could is never skipped."""
         running_key = RUNNING_KEYS.get(self.policy)
         if running_key is not None:
+            if self.cluster.total_free > 0:
+                return True
             # Only if the best waiting job outranks the worst running one.
             worst = max((k for k, _ in running_key(self, now)), default=None)
             return worst is not None and bool(self.queue) and self.queue[0][0] < worst
-        if self.policy != "fairshare" or not self.config.preemption:
+        if self.scavengers and any(j.scavenging for j in self.running.values()):
+            return True  # any waiting job may take a scavenger's GPUs
+        if self.policy == "fairshare" and self.config.preemption:
+            # A reclaim needs someone waiting whose smallest job fits under their guarantee.
+            for t, sizes in self.waiting_gpus.items():
+                if sizes and self.held.get(t, 0) + min(sizes) <= self._guaranteed(t):
+                    return True
+        if self.cluster.total_free == 0:
             return False
-        # A reclaim needs someone waiting who holds less than their guarantee.
-        return any(
-            n > 0 and self.held.get(t, 0) < self._guaranteed(t) for t, n in self.waiting_by_tenant.items()
-        )
+        # A start needs a waiting job that fits the largest free block (a job over a node
+        # needs a whole free node, so the block must be a whole node).
+        per = self.cluster.per
+        largest = self.cluster.largest_free()
+        return any(sizes and min(min(sizes), per) <= largest for sizes in self.waiting_gpus.values())
 
     def _guaranteed(self, tenant: str) -> int:
         g = self._guarantees.get(tenant)
@@ -597,105 +642,6 @@ class Simulation:
             self.busy_gpu_s,
             self.passes,
         )
-
-
-@dataclass
-class SimResult:
-    policy: str
-    jobs: int
-    finished: int
-    gpus: int
-    jct: list[float]
-    wait: list[float]
-    makespan: float
-    busy_gpu_s: float
-    demand_gpu_s: float
-    preempted_gpu_s: float
-    per_tenant_jct: dict[str, float]
-    passes: int
-    preemptions: int
-
-    @classmethod
-    def from_jobs(
-        cls,
-        policy: str,
-        jobs: list[SimJob],
-        gpus: int,
-        preempted_gpu_s: float,
-        busy_gpu_s: float,
-        passes: int,
-    ) -> SimResult:
-        done = [j for j in jobs if j.end is not None]
-        jct = [j.end - j.trace.submit for j in done if j.end is not None]
-        # Queueing delay: everything that was not running the job's own work.
-        wait = [(j.end - j.trace.submit) - j.trace.duration for j in done if j.end is not None]
-        first = min((j.trace.submit for j in jobs), default=0.0)
-        last = max((j.end for j in done if j.end is not None), default=first)
-        per: dict[str, list[float]] = {}
-        for j in done:
-            if j.end is not None:
-                per.setdefault(j.trace.tenant, []).append(j.end - j.trace.submit)
-        return cls(
-            policy=policy,
-            jobs=len(jobs),
-            finished=len(done),
-            gpus=gpus,
-            jct=jct,
-            wait=wait,
-            makespan=last - first,
-            busy_gpu_s=busy_gpu_s,
-            demand_gpu_s=sum(j.trace.gpus * j.trace.duration for j in jobs),
-            preempted_gpu_s=preempted_gpu_s,
-            per_tenant_jct={t: statistics.fmean(v) for t, v in sorted(per.items())},
-            passes=passes,
-            preemptions=sum(j.preemptions for j in jobs),
-        )
-
-
-def _pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return 0.0
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
-def jain(xs: Sequence[float]) -> float:
-    """Jain's fairness index: 1 when all equal, 1/n when one gets everything.
-
-    Applied to share attainment min(1, 1/rho): a tenant doing at least as well as on
-    its own dedicated slice has attained its share fully (1), so sharing that helps
-    some tenants more than others is not counted as unfair.
-    """
-    if not xs:
-        return 1.0
-    sq = sum(x * x for x in xs)
-    return (sum(xs) ** 2) / (len(xs) * sq) if sq > 0 else 1.0
-
-
-def summarize(res: SimResult, alone: Mapping[str, float] | None = None) -> dict[str, Any]:
-    """The report: the keys the issue names, plus per-tenant detail and rho."""
-    rho = {t: res.per_tenant_jct[t] / alone[t] for t in res.per_tenant_jct if alone and alone.get(t)}
-    return {
-        "policy": res.policy,
-        "jobs": res.jobs,
-        "finished": res.finished,
-        "gpus": res.gpus,
-        "mean_jct_s": statistics.fmean(res.jct) if res.jct else 0.0,
-        "median_jct_s": statistics.median(res.jct) if res.jct else 0.0,
-        "p99_jct_s": _pct(res.jct, 0.99),
-        "mean_wait_s": statistics.fmean(res.wait) if res.wait else 0.0,
-        "p99_wait_s": _pct(res.wait, 0.99),
-        "makespan_s": res.makespan,
-        "utilization": res.busy_gpu_s / (res.gpus * res.makespan) if res.makespan > 0 else 0.0,
-        "max_rho": max(rho.values()) if rho else None,
-        "rho_p50": statistics.median(rho.values()) if rho else None,
-        "jain_index": jain([min(1.0, 1 / r) for r in rho.values()]) if rho else None,
-        "preempted_gpu_hours": res.preempted_gpu_s / 3600,
-        "preempted_fraction": res.preempted_gpu_s / res.busy_gpu_s if res.busy_gpu_s else 0.0,
-        "preemptions": res.preemptions,
-        "passes": res.passes,
-        "per_tenant": {t: {"mean_jct_s": v, "rho": rho.get(t)} for t, v in res.per_tenant_jct.items()},
-    }
 
 
 # -- running a comparison ---------------------------------------------------------------------------------
@@ -717,6 +663,7 @@ def replay(
     alone: bool = True,
     quotas: QuotaBook | None = None,
     predict: bool = True,
+    scavengers: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Replay `jobs` under `policy`; with `alone`, also each tenant on its own slice, for rho.
 
@@ -727,7 +674,9 @@ def replay(
     total = nodes * gpus_per_node
     quotas = quotas if quotas is not None else quotas_from_shares(shares, total)
     cfg = policy_config(policy, base)
-    sim = Simulation(jobs, node_list, policy, quotas, cfg, shares, cfg.grace_period, half_life, predict)
+    sim = Simulation(
+        jobs, node_list, policy, quotas, cfg, shares, cfg.grace_period, half_life, predict, scavengers=scavengers
+    )
     res = sim.run()
     alone_jct: dict[str, float] = {}
     if alone:

@@ -22,7 +22,7 @@ from scheduler.store_accounts import AccountTables
 from scheduler.store_arrays import ArrayTables
 from scheduler.store_deps import DependencyTables
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 # Each entry migrates from version i to i+1. Never edit a shipped entry: append one.
 MIGRATIONS: list[str] = [
@@ -180,6 +180,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN sig TEXT NOT NULL DEFAULT '';
     CREATE INDEX jobs_ended ON jobs(end_time) WHERE end_time IS NOT NULL;
     """,
+    # Scavengers (issue 19): submitted --preemptible, and whether the current attempt
+    # runs as one (it may also be over its owner's budget with the quota's `scavenge`).
+    """
+    ALTER TABLE jobs ADD COLUMN preemptible INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN scavenging INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -191,14 +197,16 @@ _COLUMNS_NO_SPEC = (
     "id, user, uid, name, '{}' AS spec, gpus, priority, time_limit, state, reason, submit_time, "
     "start_time, end_time, attempt, node, node_name, gpu_ids, pid, exit_code, signal, stop_deadline, "
     "stop_outcome, stop_reason, requeued, log_base, log_bytes, log_removed, cpus, memory, "
-    "array_id, array_index, array_size, array_cap, array_next, notify_pending, kind, needs_dir, sig"
+    "array_id, array_index, array_size, array_cap, array_next, notify_pending, kind, needs_dir, sig, "
+    "preemptible, scavenging"
 )
 
 _STATES = {s.value: s for s in JobState}
 
 # What a scheduling pass needs of a job, in the order of policy's PendingJob/RunningJob.
 POLICY_COLUMNS = (
-    "id, user, gpus, submit_time, priority, time_limit, requeued, cpus, memory, node, start_time, stop_deadline, sig"
+    "id, user, gpus, submit_time, priority, time_limit, requeued, cpus, memory, node, start_time, stop_deadline, sig, "
+    "preemptible"
 )
 
 RUN_STATS = ("sampled_s", "busy_gpu_s", "idle_gpu_s", "util_mean", "mem_peak")
@@ -271,6 +279,8 @@ class JobRow:
     kind: str = "batch"  # or an interactive session: "shell", "notebook"
     needs_dir: str = ""  # directories the node must have, one per line (JobSpec.needs_dir)
     sig: str = ""  # what kind of job it is, for learned runtimes (JobSpec.signature)
+    preemptible: int = 0  # 1: submitted --preemptible
+    scavenging: int = 0  # 1: the current (or last) attempt runs as a scavenger
 
     def job_spec(self) -> JobSpec:
         """The spec as the typed JobSpec (rows carry it as stored JSON)."""
@@ -461,8 +471,8 @@ class Store(AccountTables, DependencyTables, ArrayTables):
             size = len(indices)
         cur = c.execute(
             "INSERT INTO jobs(user, uid, name, spec, gpus, priority, time_limit, state, "
-            "submit_time, cpus, memory, array_size, array_cap, notify_pending, kind, needs_dir, sig) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "submit_time, cpus, memory, array_size, array_cap, notify_pending, kind, needs_dir, sig, preemptible) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 r.user,
                 r.uid,
@@ -481,6 +491,7 @@ class Store(AccountTables, DependencyTables, ArrayTables):
                 spec.session or "batch",
                 spec.needs_dir,
                 spec.signature,
+                int(spec.preemptible),
             ),
         )
         job_id = int(cur.lastrowid or 0)

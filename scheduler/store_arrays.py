@@ -44,6 +44,7 @@ class ArrayEntry(NamedTuple):
     uid: int = -1
     needs_dir: str = ""  # directories its node must have (JobSpec.needs_dir)
     sig: str = ""  # what kind of job its tasks are (JobSpec.signature)
+    preemptible: int = 0  # 1: its tasks were submitted --preemptible
 
     @property
     def done(self) -> bool:
@@ -64,7 +65,7 @@ class ArrayTables(Tables):
             "p.array_size, p.array_cap, "
             "(SELECT COUNT(*) FROM jobs t WHERE t.array_id = p.id), "
             f"(SELECT COUNT(*) FROM jobs t WHERE t.array_id = p.id AND t.state IN ({_LIVE_SQL})), "
-            "p.uid, p.needs_dir, p.sig "
+            "p.uid, p.needs_dir, p.sig, p.preemptible "
             "FROM jobs p WHERE p.array_size > 0 AND p.state = ? ORDER BY p.id",
             (JobState.PENDING.value,),
         )
@@ -105,8 +106,8 @@ class ArrayTables(Tables):
         data = spec.task_spec(array_id, index)
         cur = c.execute(
             "INSERT INTO jobs(user, uid, name, spec, gpus, priority, time_limit, state, submit_time, "
-            "cpus, memory, array_id, array_index, end_time, needs_dir, sig) VALUES (?,?,?,?,?,?,?,?,"
-            "(SELECT submit_time FROM jobs WHERE id=?),?,?,?,?,?,?,?)",
+            "cpus, memory, array_id, array_index, end_time, needs_dir, sig, preemptible) VALUES (?,?,?,?,?,?,?,?,"
+            "(SELECT submit_time FROM jobs WHERE id=?),?,?,?,?,?,?,?,?)",
             (
                 user,
                 uid,
@@ -124,6 +125,7 @@ class ArrayTables(Tables):
                 now if state.terminal else None,
                 spec.needs_dir,
                 spec.signature,
+                int(spec.preemptible),
             ),
         )
         task_id = int(cur.lastrowid or 0)

@@ -55,6 +55,9 @@ def summary(row: JobRow, caller: Caller) -> dict[str, Any]:
     d: dict[str, Any] = {k: getattr(row, k) for k in SUMMARY_FIELDS}
     d["state"] = row.state.value
     d["requeued"] = bool(row.requeued)
+    if row.preemptible or (row.scavenging and row.state in ACTIVE):
+        # Submitted as one, or running as one now (over budget, the quota's `scavenge`).
+        d["preemptible"] = True
     if caller.may_see(row.user):
         d["pid"] = row.pid
     if row.array_id is not None:

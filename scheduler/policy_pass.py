@@ -1,0 +1,276 @@
+"""The working state of one `schedule()` call (policy.py): who holds what, free GPUs
+per node (bucketed for best fit), the reservations and claims made so far, and the
+time arithmetic (limits, predictions). Reclaim is in the base class (policy_reclaim.py)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from scheduler.policy_reclaim import Reclaimer
+from scheduler.policy_state import NodeState, Reservation, can_hold
+from scheduler.policy_types import INF, PendingJob, Preempt, RunningJob, Snapshot, Start, Waiting
+from scheduler.quota import Quota
+
+
+class Pass(Reclaimer):
+    """Mutable working state of one `schedule()` call; never escapes it."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self.cfg = snap.config
+        self.now = snap.now
+        self.nodes: dict[str, NodeState] = {}
+        for n in sorted(snap.nodes, key=lambda n: n.id):
+            self.nodes[n.id] = NodeState(n, n.gpus, n.cpus, n.memory, [])
+        # The hottest loop of a pass (every running job, every pass): plain locals and
+        # dicts rather than helper calls, the same arithmetic as _end().
+        held: dict[str, int] = {}
+        jobs_held: dict[str, int] = {}
+        penalty: dict[str, float] = {}
+        scav: dict[str, int] = {}
+        running_by_node: dict[str, list[RunningJob]] = {}
+        nodes = self.nodes
+        now = self.now
+        default_limit = self.cfg.default_time_limit
+        held_get, jobs_get, pen_get, node_get, rbn_get = (
+            held.get,
+            jobs_held.get,
+            penalty.get,
+            nodes.get,
+            running_by_node.get,
+        )
+        for r in snap.running:
+            end = r.start_time + (default_limit if r.time_limit is None else r.time_limit)
+            if r.expected is not None and r.start_time + r.expected < end:
+                end = r.start_time + r.expected  # predicted (a job past it: now, below)
+            if r.stop_deadline is not None and r.stop_deadline < end:
+                end = r.stop_deadline
+            if end < now:
+                end = now
+            u = r.user
+            g = r.gpus
+            held[u] = held_get(u, 0) + g
+            jobs_held[u] = jobs_get(u, 0) + 1
+            if r.preemptible:
+                # A scavenger weighs on nobody's fair share or guarantee, its owner's
+                # included: any job that needs its GPUs takes them.
+                scav[u] = scav.get(u, 0) + g
+            else:
+                penalty[u] = pen_get(u, 0.0) + g * (end - now)
+            rest = g
+            if r.more_nodes:
+                for nid in r.more_nodes:
+                    whole = node_get(nid)
+                    if whole is not None:
+                        whole.free -= whole.info.gpus
+                        rest -= whole.info.gpus
+                        whole.releases.append((end, whole.info.gpus))
+            node = node_get(r.node)
+            if node is None:
+                continue  # a node that left: its jobs are being reported lost elsewhere
+            node.free -= rest
+            if r.cpus:
+                node.cpus -= r.cpus
+            if r.memory:
+                node.memory -= r.memory
+            node.releases.append((end, rest))
+            if not r.more_nodes:
+                lst = rbn_get(r.node)
+                if lst is None:
+                    running_by_node[r.node] = [r]
+                else:
+                    lst.append(r)
+        self.held: Counter[str] = Counter(held)
+        self.jobs_held: Counter[str] = Counter(jobs_held)
+        self.penalty = penalty
+        self.scav = scav  # GPUs each researcher holds as scavengers
+        self.running_by_node = running_by_node
+        # Free-GPU buckets make best-fit O(GPUs per node) instead of O(nodes).
+        self.max_per_node = max((n.gpus for n in snap.nodes), default=0)
+        self.buckets: list[dict[str, None]] = [dict() for _ in range(self.max_per_node + 1)]
+        for nid, node in self.nodes.items():
+            if node.info.schedulable and node.free > 0:
+                self.buckets[min(node.free, self.max_per_node)][nid] = None
+        self.reservations: list[Reservation] = []
+        self._largest: int | None = None
+        schedulable = [n.gpus for n in snap.nodes if n.schedulable]
+        self.biggest_node: int | None = max(schedulable) if schedulable else None
+        self.schedulable_gpus = sum(schedulable)
+        self.starts: list[Start] = []
+        self.preemptions: list[Preempt] = []
+        self.waiting: dict[int, Waiting] = {}
+        self.stopping_for: set[int] = set()
+        # Claims by researchers under their guarantee, made in this pass.
+        self.claimed: Counter[str] = Counter()
+        self.node_claimed: Counter[str] = Counter()
+        self.reclaimed: Counter[str] = Counter()  # GPUs being taken back from each borrower
+        self.easy_reserved = False
+        self.quota_cache: dict[str, Quota] = {}
+
+    # -- time helpers -------------------------------------------------------------
+    def _limit(self, limit: float | None) -> float:
+        return limit if limit is not None else self.cfg.default_time_limit
+
+    def _dur(self, j: PendingJob) -> float:
+        """How long a job is taken to run: its predicted runtime when there is a
+        confident one (PendingJob.expected), at most its limit; else its limit."""
+        lim = j.time_limit if j.time_limit is not None else self.cfg.default_time_limit
+        e = j.expected
+        return lim if e is None or e >= lim else e
+
+    def _end(self, r: RunningJob) -> float:
+        end = r.start_time + self._limit(r.time_limit)
+        if r.expected is not None and r.start_time + r.expected < end:
+            end = r.start_time + r.expected
+        if r.stop_deadline is not None:
+            end = min(end, r.stop_deadline)
+        return max(end, self.now)
+
+    def _remaining(self, r: RunningJob) -> float:
+        return max(0.0, self._end(r) - self.now)
+
+    def quota(self, user: str) -> Quota:
+        q = self.quota_cache.get(user)
+        if q is None:
+            q = self.quota_cache[user] = self.snap.quotas.for_user(user)
+        return q
+
+    # -- placement ------------------------------------------------------------------
+    def best_fit(
+        self, j: PendingJob, gpus: int | None = None, skip: tuple[str, ...] = ()
+    ) -> NodeState | None:
+        need = j.gpus if gpus is None else gpus
+        if need > self.largest_free():
+            return None
+        only = j.nodes
+        for k in range(need, self.max_per_node + 1):
+            for nid in self.buckets[k]:
+                node = self.nodes[nid]
+                if (
+                    nid not in skip
+                    and (only is None or nid in only)
+                    and node.free >= need
+                    and node.cpus >= j.cpus
+                    and node.memory >= j.memory
+                ):
+                    return node
+        return None
+
+    def split(self, gpus: int) -> tuple[int, int]:
+        """(whole nodes, remainder on one more node) for a job larger than a node."""
+        whole, rest = divmod(gpus, self.max_per_node)
+        return whole, rest
+
+    def multi_fit(self, j: PendingJob) -> tuple[NodeState, tuple[str, ...]] | None:
+        """Whole free nodes plus a best-fit node for the remainder; None if it does not fit now."""
+        whole, rest = self.split(j.gpus)
+        full = [
+            nid
+            for nid in self.buckets[self.max_per_node]
+            if self.nodes[nid].free == self.nodes[nid].info.gpus and (j.nodes is None or nid in j.nodes)
+        ]
+        if len(full) < whole + (1 if rest == 0 else 0):
+            return None
+        if rest == 0:
+            return self.nodes[full[whole - 1]], tuple(full[: whole - 1])
+        taken = tuple(full[:whole])
+        node = self.best_fit(j, rest, skip=taken)
+        return None if node is None else (node, taken)
+
+    def largest_free(self) -> int:
+        if self._largest is None:
+            self._largest = next((k for k in range(self.max_per_node, 0, -1) if self.buckets[k]), 0)
+        return self._largest
+
+    def take(self, node: NodeState, j: PendingJob, gpus: int | None = None) -> None:
+        need = j.gpus if gpus is None else gpus
+        old = min(node.free, self.max_per_node)
+        if old > 0:
+            self.buckets[old].pop(node.info.id, None)
+        node.free -= need
+        node.cpus -= j.cpus
+        node.memory -= j.memory
+        node.releases.append((self.now + self._dur(j), need))
+        node.sorted_releases = None
+        self._largest = None
+        if node.free > 0:
+            self.buckets[min(node.free, self.max_per_node)][node.info.id] = None
+
+    def earliest(self, node: NodeState, gpus: int) -> float:
+        """When `gpus` GPUs will be free on `node` if every job runs to its limit."""
+        free = node.free
+        if free >= gpus:
+            return self.now
+        for end, g in node.release_order():
+            free += g
+            if free >= gpus:
+                return end
+        return INF
+
+    def conflicts(self, node: NodeState, j: PendingJob, gpus: int | None = None) -> Reservation | None:
+        """A reservation that starting `j` on `node` now would delay, if any."""
+        end = self.now + self._dur(j)
+        need = j.gpus if gpus is None else gpus
+        nid = node.info.id
+        for res in self.reservations:
+            if end <= res.at:
+                continue
+            if res.node == nid:
+                wanted = res.gpus - len(res.more_nodes) * self.max_per_node
+            elif nid in res.more_nodes:
+                wanted = node.info.gpus
+            else:
+                continue
+            # Would the reserved job still find its GPUs at its reserved time?
+            free_then = node.free - need + sum(g for e, g in node.releases if e <= res.at)
+            if free_then < wanted:
+                return res
+        return None
+
+    can_hold = staticmethod(can_hold)
+
+    def reserve(self, j: PendingJob) -> Reservation | None:
+        if self.cfg.multi_node and 0 < self.max_per_node < j.gpus:
+            return self._reserve_multi(j)
+        best: tuple[float, str] | None = None
+        for nid, node in self.nodes.items():
+            if not self.can_hold(node, j):
+                continue
+            t = self.earliest(node, j.gpus)
+            if t < INF and (best is None or (t, nid) < best):
+                best = (t, nid)
+        if best is None:
+            return None
+        res = Reservation(j.id, best[1], best[0], j.gpus, end=best[0] + self._dur(j))
+        self.reservations.append(res)
+        return res
+
+    def _reserve_multi(self, j: PendingJob) -> Reservation | None:
+        whole, rest = self.split(j.gpus)
+        usable = [
+            n for n in self.nodes.values() if n.info.gpus == self.max_per_node and self.can_hold(n, j, 0)
+        ]
+        free_at = sorted((self.earliest(n, n.info.gpus), n.info.id) for n in usable)
+        if len(free_at) < whole + (1 if rest else 0):
+            return None
+        chosen = free_at[:whole]
+        at = chosen[-1][0] if chosen else self.now
+        taken = {nid for _, nid in chosen}
+        if rest:
+            rest_at = min(
+                ((self.earliest(n, rest), n.info.id) for n in usable if n.info.id not in taken),
+                default=None,
+            )
+            if rest_at is None:
+                return None
+            at = max(at, rest_at[0])
+            node = rest_at[1]
+            more = tuple(nid for _, nid in chosen)
+        else:
+            node = chosen[-1][1]
+            more = tuple(nid for _, nid in chosen[:-1])
+        if at == INF:
+            return None
+        res = Reservation(j.id, node, at, j.gpus, more, end=at + self._dur(j))
+        self.reservations.append(res)
+        return res

@@ -1,0 +1,166 @@
+"""Reclaim: which running jobs to preempt so that a waiting job can start. A base of
+policy_pass.Pass, which owns the state named below; split out only to keep each
+piece small. Scavengers go first, for anyone; borrowed GPUs of others next, for a
+researcher below their guarantee, least work lost first."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from scheduler.policy_state import NodeState, can_hold
+from scheduler.policy_types import PendingJob, PolicyConfig, RunningJob
+from scheduler.quota import Quota
+
+
+class Reclaimer:
+    # Owned by Pass (policy_pass.py), which sets all of them up.
+    cfg: PolicyConfig
+    now: float
+    nodes: dict[str, NodeState]
+    max_per_node: int
+    running_by_node: dict[str, list[RunningJob]]
+    held: Counter[str]
+    scav: dict[str, int]
+    claimed: Counter[str]
+    node_claimed: Counter[str]
+    reclaimed: Counter[str]
+    stopping_for: set[int]
+
+    def quota(self, user: str) -> Quota:
+        raise NotImplementedError
+
+    def split(self, gpus: int) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def reclaim(
+        self, j: PendingJob, scavengers_only: bool = False
+    ) -> tuple[list[RunningJob], NodeState] | None:
+        """Borrowed jobs to preempt so that `j` (within its owner's guarantee) can start.
+
+        GPUs already on their way out (jobs told to stop) count first, minus what
+        earlier claims in this pass took of them; only the rest is preempted.
+        """
+        best: tuple[float, str, list[RunningJob]] | None = None
+        for nid, node in self.nodes.items():
+            if not can_hold(node, j):
+                continue
+            found = self._clear(node, j, j.gpus, Counter(), scavengers_only)
+            if found is None:
+                continue
+            lost, victims = found
+            if not victims:
+                # Enough is already on its way out; wait for it rather than preempt more.
+                best = (0.0, nid, [])
+                break
+            if best is None or (lost, nid) < (best[0], best[1]):
+                best = (lost, nid, victims)
+        if best is None:
+            return None
+        _, nid, victims = best
+        self._claim(j, [(nid, j.gpus)], victims)
+        return victims, self.nodes[nid]
+
+    def reclaim_multi(self, j: PendingJob) -> tuple[list[RunningJob], NodeState, tuple[str, ...]] | None:
+        """reclaim() for a job over a node: whole nodes cleared plus room for the
+        remainder on one more, each node the cheapest to clear (least work lost)."""
+        whole, rest = self.split(j.gpus)
+        costs: list[tuple[float, str, list[RunningJob]]] = []
+        for nid, node in self.nodes.items():
+            if node.info.gpus == self.max_per_node and can_hold(node, j, 0):
+                found = self._clear(node, j, node.info.gpus, Counter())
+                if found is not None:
+                    costs.append((found[0], nid, found[1]))
+        costs.sort(key=lambda c: (c[0], c[1]))
+        if len(costs) < whole:
+            return None
+        chosen = costs[:whole]
+        taken = {nid for _, nid, _ in chosen}
+        parts = [(nid, self.nodes[nid].info.gpus) for _, nid, _ in chosen]
+        victims = [r for _, _, vs in chosen for r in vs]
+        if rest:
+            best: tuple[float, str, list[RunningJob]] | None = None
+            for nid, node in self.nodes.items():
+                if nid in taken or not can_hold(node, j, rest):
+                    continue
+                found = self._clear(node, j, rest, Counter())
+                if found is not None and (best is None or (found[0], nid) < (best[0], best[1])):
+                    best = (found[0], nid, found[1])
+            if best is None:
+                return None
+            parts.append((best[1], rest))
+            victims += best[2]
+            main = best[1]
+        else:
+            main = parts[-1][0]
+        # Each node was costed alone: taken together the victims must still leave every
+        # owner their own guarantee, or this claim is not made at all.
+        left = Counter({u: self.own(u) - self.reclaimed[u] for u in {r.user for r in victims}})
+        for r in victims:
+            if r.preemptible:
+                continue
+            left[r.user] -= r.gpus
+            if left[r.user] < self.quota(r.user).guaranteed_gpus:
+                return None
+        self._claim(j, parts, victims)
+        return victims, self.nodes[main], tuple(nid for nid, _ in parts if nid != main)
+
+    def own(self, u: str) -> int:
+        """GPUs `u` holds that count toward their guarantee (scavengers do not)."""
+        return self.held[u] - self.scav.get(u, 0)
+
+    def _clear(
+        self, node: NodeState, j: PendingJob, need: int, taken: Counter[str], scavengers_only: bool = False
+    ) -> tuple[float, list[RunningJob]] | None:
+        """(GPU-seconds lost, victims) that give `need` GPUs on `node`; None if it cannot.
+        Scavengers go first, whoever owns them and however young; then (unless
+        `scavengers_only`) borrowed GPUs of other researchers, least work lost first."""
+        nid = node.info.id
+        running = self.running_by_node.get(nid, [])
+        available = (
+            node.free
+            + sum(r.gpus for r in running if r.stop_deadline is not None or r.id in self.stopping_for)
+            - self.node_claimed[nid]
+        )
+        if available >= need:
+            return 0.0, []
+        victims: list[RunningJob] = []
+        lost = 0.0
+        candidates = sorted(
+            (
+                r
+                for r in running
+                if r.stop_deadline is None
+                and r.id not in self.stopping_for
+                and (
+                    r.preemptible
+                    or (
+                        not scavengers_only
+                        and r.user != j.user
+                        and self.now - r.start_time >= self.cfg.min_runtime
+                    )
+                )
+            ),
+            key=lambda r: (not r.preemptible, r.gpus * (self.now - r.start_time), r.id),
+        )
+        for r in candidates:
+            if available >= need:
+                break
+            if not r.preemptible:
+                # Only borrowed GPUs are taken back: the owner keeps their own guarantee.
+                keeps = self.own(r.user) - self.reclaimed[r.user] - taken[r.user] - r.gpus
+                if keeps < self.quota(r.user).guaranteed_gpus:
+                    continue
+            victims.append(r)
+            if not r.preemptible:
+                taken[r.user] += r.gpus
+            available += r.gpus
+            lost += r.gpus * (self.now - r.start_time)
+        return (lost, victims) if available >= need else None
+
+    def _claim(self, j: PendingJob, parts: list[tuple[str, int]], victims: list[RunningJob]) -> None:
+        for nid, g in parts:
+            self.node_claimed[nid] += g
+        self.claimed[j.user] += j.gpus
+        for r in victims:
+            self.stopping_for.add(r.id)
+            self.reclaimed[r.user] += r.gpus

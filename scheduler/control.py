@@ -160,6 +160,9 @@ class JobControl:
         cap existed, or under a larger one, gets the cap)."""
         g = job.spec.get("grace")
         grace = float(g) if g is not None else self.config.grace_period_s
+        if job.scavenging:
+            # A scavenger gives GPUs back on request: no longer than the default grace.
+            grace = min(grace, self.config.grace_period_s)
         return min(grace, self.config.max_grace_s)
 
     def notice(self, job: JobRow, text: str) -> None:
@@ -175,7 +178,10 @@ class JobControl:
     def request_stop(self, job: JobRow, outcome: str, reason: str, grace: float) -> None:
         """Ask a running job to stop: SIGTERM now, SIGKILL `grace` seconds later."""
         deadline = time.time() + grace
-        if job.stop_outcome is None:
+        if job.stop_outcome is None or (outcome == "cancelled" and job.stop_outcome != "cancelled"):
+            # A cancel overrides a preemption on its way (the job would be requeued).
+            if job.stop_deadline is not None:
+                deadline = min(deadline, job.stop_deadline)
             self.store.set_fields(job.id, stop_deadline=deadline, stop_outcome=outcome, stop_reason=reason)
         elif job.stop_deadline is not None and deadline < job.stop_deadline:
             self.store.set_fields(job.id, stop_deadline=deadline)
@@ -299,6 +305,9 @@ class JobControl:
             # Not silently LOST: say what came, so a runner/daemon mismatch shows.
             log.error("job %d: the node reported an unknown outcome %r", job.id, ev["outcome"])
             outcome, reason = Outcome.LOST, f"the node reported an unknown outcome {ev['outcome']!r}"
+        if outcome is Outcome.PREEMPTED and job.stop_outcome == "cancelled":
+            # Cancelled while being preempted: the node reports the first request it got.
+            outcome, reason = Outcome.CANCELLED, job.stop_reason or reason
         if outcome is Outcome.LOST and self._node_gone(job, reason):
             took = self.node_lost(job, reason, stats, fields)
         elif outcome is Outcome.PREEMPTED:

@@ -195,26 +195,29 @@ def _schedule(snap: Snapshot) -> Decision:
         etas[key] = None if best == INF else best
         return etas[key]
 
-    def quota_reasons(u: str, j: PendingJob) -> list[Reason]:
-        """Why `u`'s quota or budget holds `j` back now (empty: it does not)."""
+    def quota_reasons(u: str, j: PendingJob, scavenger: bool = False) -> list[Reason]:
+        """Why `u`'s quota or budget holds `j` back now (empty: it does not). A regular
+        job does not count its owner's scavengers: they give way to it (shed())."""
         q = p.quota(u)
         blocked: list[Reason] = []
-        if q.max_jobs is not None and p.jobs_held[u] >= q.max_jobs:
+        jobs = p.jobs_held[u] - (0 if scavenger else p.scav_jobs.get(u, 0))
+        held = p.held[u] - (0 if scavenger else p.scav.get(u, 0))
+        if q.max_jobs is not None and jobs >= q.max_jobs:
             blocked.append(
                 Reason(
                     "quota",
-                    f"quota: {u} runs {p.jobs_held[u]}/{q.max_jobs} jobs",
-                    (("running_jobs", p.jobs_held[u]), ("max_jobs", q.max_jobs)),
+                    f"quota: {u} runs {jobs}/{q.max_jobs} jobs",
+                    (("running_jobs", jobs), ("max_jobs", q.max_jobs)),
                 )
             )
-        if q.max_gpus is not None and p.held[u] + j.gpus > q.max_gpus:
+        if q.max_gpus is not None and held + j.gpus > q.max_gpus:
             blocked.append(
                 Reason(
                     "quota",
-                    f"quota: {u} holds {p.held[u]}/{q.max_gpus} GPUs, this job needs {j.gpus} more"
-                    if p.held[u]
+                    f"quota: {u} holds {held}/{q.max_gpus} GPUs, this job needs {j.gpus} more"
+                    if held
                     else f"quota: needs {j.gpus} GPUs, {u}'s limit is {q.max_gpus}",
-                    (("held_gpus", p.held[u]), ("max_gpus", q.max_gpus), ("gpus", j.gpus)),
+                    (("held_gpus", held), ("max_gpus", q.max_gpus), ("gpus", j.gpus)),
                 )
             )
         if q.gpu_hours_per_week is not None:
@@ -229,6 +232,28 @@ def _schedule(snap: Snapshot) -> Decision:
                 )
 
         return blocked
+
+    def shed(u: str, j: PendingJob) -> None:
+        """After `u`'s regular job `j` starts: `u`'s own scavengers (youngest first) give
+        back what now puts `u` over their caps."""
+        q = p.quota(u)
+        if q.max_gpus is None and q.max_jobs is None:
+            return
+        scavs = [r for rs in p.running_by_node.values() for r in rs if r.user == u and r.preemptible]
+        going = [r for r in scavs if r.stop_deadline is not None or r.id in p.stopping_for]
+        over_g = p.held[u] - sum(r.gpus for r in going) - q.max_gpus if q.max_gpus is not None else 0
+        over_j = p.jobs_held[u] - len(going) - q.max_jobs if q.max_jobs is not None else 0
+        if over_g <= 0 and over_j <= 0:
+            return
+        mine = sorted((r for r in scavs if r not in going), key=lambda r: (-r.start_time, r.id))
+        for r in mine:
+            if over_g <= 0 and over_j <= 0:
+                break
+            p.preemptions.append(Preempt(r.id, j.id, f"{u}'s own job {j.id} needs its room under {u}'s caps"))
+            p.stopping_for.add(r.id)
+            p.scav_free -= r.gpus
+            over_g -= r.gpus
+            over_j -= 1
 
     def scavenges(u: str, blocked: list[Reason]) -> bool:
         """Over budget and nothing else in the way: the quota may let it scavenge."""
@@ -276,7 +301,7 @@ def _schedule(snap: Snapshot) -> Decision:
             p.largest_free() == 0
             and (p.easy_reserved or not cfg.backfill or not explain)
             # A running scavenger yields to anyone: not saturated while one runs.
-            and not (cfg.preemption and (p.scav or any(may_reclaim(v) for v in by_user if by_user[v])))
+            and not (cfg.preemption and (p.scav_free > 0 or any(may_reclaim(v) for v in by_user if by_user[v])))
         )
 
     def deep_end(rest: list[PendingJob]) -> None:
@@ -368,6 +393,8 @@ def _schedule(snap: Snapshot) -> Decision:
                 p.starts.append(Start(j.id, node.info.id, more))
                 p.held[u] += j.gpus
                 p.jobs_held[u] += 1
+                if p.scav_jobs.get(u):
+                    shed(u, j)
                 added = j.gpus * p._dur(j)
                 eff_usage[u] += added
                 total_usage += added
@@ -405,10 +432,13 @@ def _schedule(snap: Snapshot) -> Decision:
                 eta: float | None = None
                 claim: tuple[list[RunningJob], NodeState, tuple[str, ...]] | None = None
                 evict = False
-                if cfg.preemption and p.scav and not multi:
+                if cfg.preemption and p.scav_free > 0:
                     # GPUs a scavenger holds are anyone's for the asking.
-                    one = p.reclaim(j, scavengers_only=True)
-                    claim = None if one is None else (*one, ())
+                    if multi:
+                        claim = p.reclaim_multi(j, scavengers_only=True)
+                    else:
+                        one = p.reclaim(j, scavengers_only=True)
+                        claim = None if one is None else (*one, ())
                     evict = claim is not None
                 if (
                     claim is None
@@ -569,7 +599,7 @@ def scavenge(
         caps: list[Reason] = []
         while left:
             # Caps still hold (a scavenger is over its budget, not over its caps).
-            caps = [r for r in quota_reasons(u, j) if r.kind != "budget"]
+            caps = [r for r in quota_reasons(u, j, scavenger=True) if r.kind != "budget"]
             if caps:
                 break
             node = p.best_fit(j, skip=claimed) if j.gpus <= p.max_per_node else None
@@ -579,6 +609,7 @@ def scavenge(
             p.starts.append(Start(j.id, node.info.id, (), preemptible=True))
             p.held[u] += j.gpus
             p.scav[u] = p.scav.get(u, 0) + j.gpus
+            p.scav_jobs[u] = p.scav_jobs.get(u, 0) + 1
             p.jobs_held[u] += 1
             left -= 1
         if not left:

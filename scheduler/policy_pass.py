@@ -28,6 +28,8 @@ class Pass(Reclaimer):
         jobs_held: dict[str, int] = {}
         penalty: dict[str, float] = {}
         scav: dict[str, int] = {}
+        scav_jobs: dict[str, int] = {}
+        scav_free = 0
         running_by_node: dict[str, list[RunningJob]] = {}
         nodes = self.nodes
         now = self.now
@@ -55,6 +57,9 @@ class Pass(Reclaimer):
                 # A scavenger weighs on nobody's fair share or guarantee, its owner's
                 # included: any job that needs its GPUs takes them.
                 scav[u] = scav.get(u, 0) + g
+                scav_jobs[u] = scav_jobs.get(u, 0) + 1
+                if r.stop_deadline is None:
+                    scav_free += g
             else:
                 penalty[u] = pen_get(u, 0.0) + g * (end - now)
             rest = g
@@ -84,6 +89,9 @@ class Pass(Reclaimer):
         self.jobs_held: Counter[str] = Counter(jobs_held)
         self.penalty = penalty
         self.scav = scav  # GPUs each researcher holds as scavengers
+        self.scav_jobs = scav_jobs
+        # Scavenger GPUs not yet asked back: while there are some, a blocked job may take them.
+        self.scav_free = scav_free
         self.running_by_node = running_by_node
         # Free-GPU buckets make best-fit O(GPUs per node) instead of O(nodes).
         self.max_per_node = max((n.gpus for n in snap.nodes), default=0)
@@ -104,6 +112,9 @@ class Pass(Reclaimer):
         self.claimed: Counter[str] = Counter()
         self.node_claimed: Counter[str] = Counter()
         self.reclaimed: Counter[str] = Counter()  # GPUs being taken back from each borrower
+        # The fewest GPUs a reclaim already failed to find, per (kind, researcher): within a
+        # pass what can be reclaimed only shrinks (starts, claims), so a bigger ask fails too.
+        self.no_reclaim: dict[tuple[str, str], int] = {}
         self.easy_reserved = False
         self.quota_cache: dict[str, Quota] = {}
 
@@ -169,7 +180,7 @@ class Pass(Reclaimer):
             for nid in self.buckets[self.max_per_node]
             if self.nodes[nid].free == self.nodes[nid].info.gpus and (j.nodes is None or nid in j.nodes)
         ]
-        if len(full) < whole + (1 if rest == 0 else 0):
+        if len(full) < whole:
             return None
         if rest == 0:
             return self.nodes[full[whole - 1]], tuple(full[: whole - 1])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from scheduler.policy_state import NodeState, can_hold
+from scheduler.policy_state import NodeState, Reservation, can_hold
 from scheduler.policy_types import PendingJob, PolicyConfig, RunningJob
 from scheduler.quota import Quota
 
@@ -21,6 +21,8 @@ class Reclaimer:
     running_by_node: dict[str, list[RunningJob]]
     held: Counter[str]
     scav: dict[str, int]
+    scav_free: int
+    reservations: list[Reservation]
     claimed: Counter[str]
     node_claimed: Counter[str]
     reclaimed: Counter[str]
@@ -32,6 +34,14 @@ class Reclaimer:
     def split(self, gpus: int) -> tuple[int, int]:
         raise NotImplementedError
 
+    def _dur(self, j: PendingJob) -> float:
+        raise NotImplementedError
+
+    def _end(self, r: RunningJob) -> float:
+        raise NotImplementedError
+
+    no_reclaim: dict[tuple[str, str], int]
+
     def reclaim(
         self, j: PendingJob, scavengers_only: bool = False
     ) -> tuple[list[RunningJob], NodeState] | None:
@@ -40,6 +50,23 @@ class Reclaimer:
         GPUs already on their way out (jobs told to stop) count first, minus what
         earlier claims in this pass took of them; only the rest is preempted.
         """
+        # Within a pass what can be reclaimed only shrinks. Borrowed GPUs: per researcher
+        # (their own jobs are never their victims), a bigger ask fails too. Scavengers:
+        # anyone's, but whether the job then fits depends on all of its shape.
+        if scavengers_only:
+            key = ("scavengers", f"{j.gpus}/{j.cpus}/{j.memory}/{self._dur(j):.0f}")
+            known = key in self.no_reclaim
+        else:
+            key = ("borrowed", f"{j.user}/{j.cpus}/{j.memory}")
+            known = j.gpus >= self.no_reclaim.get(key, 1 << 30)
+        if j.nodes is None and known:
+            return None
+        found = self._reclaim(j, scavengers_only)
+        if found is None and j.nodes is None:
+            self.no_reclaim[key] = min(j.gpus, self.no_reclaim.get(key, 1 << 30))
+        return found
+
+    def _reclaim(self, j: PendingJob, scavengers_only: bool) -> tuple[list[RunningJob], NodeState] | None:
         best: tuple[float, str, list[RunningJob]] | None = None
         for nid, node in self.nodes.items():
             if not can_hold(node, j):
@@ -48,6 +75,10 @@ class Reclaimer:
             if found is None:
                 continue
             lost, victims = found
+            if scavengers_only and not self._fits_after(node, j, victims):
+                # Evicting for a job that still could not start (a reservation, its CPUs)
+                # would only let the scavenger back in next pass, and evict it again.
+                continue
             if not victims:
                 # Enough is already on its way out; wait for it rather than preempt more.
                 best = (0.0, nid, [])
@@ -60,14 +91,58 @@ class Reclaimer:
         self._claim(j, [(nid, j.gpus)], victims)
         return victims, self.nodes[nid]
 
-    def reclaim_multi(self, j: PendingJob) -> tuple[list[RunningJob], NodeState, tuple[str, ...]] | None:
+    def _fits_after(self, node: NodeState, j: PendingJob, victims: list[RunningJob]) -> bool:
+        """Could `j` start on `node` once `victims` and the jobs already stopping there are
+        gone: its CPUs and memory, and no reservation it would delay?"""
+        nid = node.info.id
+        going = [
+            r
+            for r in self.running_by_node.get(nid, [])
+            if r.stop_deadline is not None or r.id in self.stopping_for or r in victims
+        ]
+        if node.cpus + sum(r.cpus for r in going) < j.cpus or node.memory + sum(r.memory for r in going) < j.memory:
+            return False
+        end = self.now + self._dur(j)
+        back = sum(r.gpus for r in going)
+        for res in self.reservations:
+            if end <= res.at:
+                continue
+            if res.node == nid:
+                wanted = res.gpus - len(res.more_nodes) * self.max_per_node
+            elif nid in res.more_nodes:
+                wanted = node.info.gpus
+            else:
+                continue
+            later = sum(g for e, g in node.releases if e <= res.at) - sum(
+                r.gpus for r in going if self._end(r) <= res.at
+            )
+            if node.free + back - j.gpus + later < wanted:
+                return False
+        return True
+
+    def reclaim_multi(
+        self, j: PendingJob, scavengers_only: bool = False
+    ) -> tuple[list[RunningJob], NodeState, tuple[str, ...]] | None:
         """reclaim() for a job over a node: whole nodes cleared plus room for the
         remainder on one more, each node the cheapest to clear (least work lost)."""
+        # Not monotone in size (16 GPUs may clear two whole nodes where 12 fail to pair
+        # one with a remainder): a failure holds for the same size only.
+        key = ("multi-scavengers" if scavengers_only else "multi", f"{j.user}/{j.gpus}")
+        if j.nodes is None and j.gpus >= self.no_reclaim.get(key, 1 << 30):
+            return None
+        found = self._reclaim_multi(j, scavengers_only)
+        if found is None and j.nodes is None:
+            self.no_reclaim[key] = min(j.gpus, self.no_reclaim.get(key, 1 << 30))
+        return found
+
+    def _reclaim_multi(
+        self, j: PendingJob, scavengers_only: bool
+    ) -> tuple[list[RunningJob], NodeState, tuple[str, ...]] | None:
         whole, rest = self.split(j.gpus)
         costs: list[tuple[float, str, list[RunningJob]]] = []
         for nid, node in self.nodes.items():
             if node.info.gpus == self.max_per_node and can_hold(node, j, 0):
-                found = self._clear(node, j, node.info.gpus, Counter())
+                found = self._clear(node, j, node.info.gpus, Counter(), scavengers_only)
                 if found is not None:
                     costs.append((found[0], nid, found[1]))
         costs.sort(key=lambda c: (c[0], c[1]))
@@ -82,7 +157,7 @@ class Reclaimer:
             for nid, node in self.nodes.items():
                 if nid in taken or not can_hold(node, j, rest):
                     continue
-                found = self._clear(node, j, rest, Counter())
+                found = self._clear(node, j, rest, Counter(), scavengers_only)
                 if found is not None and (best is None or (found[0], nid) < (best[0], best[1])):
                     best = (found[0], nid, found[1])
             if best is None:
@@ -92,6 +167,14 @@ class Reclaimer:
             main = best[1]
         else:
             main = parts[-1][0]
+        if scavengers_only:
+            end = self.now + self._dur(j)
+            chosen_ids = {nid for nid, _ in parts}
+            if any(
+                res.at < end and (res.node in chosen_ids or chosen_ids & set(res.more_nodes))
+                for res in self.reservations
+            ):
+                return None  # it could not start there anyway: no eviction (no ping-pong)
         # Each node was costed alone: taken together the victims must still leave every
         # owner their own guarantee, or this claim is not made at all.
         left = Counter({u: self.own(u) - self.reclaimed[u] for u in {r.user for r in victims}})
@@ -163,4 +246,8 @@ class Reclaimer:
         self.claimed[j.user] += j.gpus
         for r in victims:
             self.stopping_for.add(r.id)
-            self.reclaimed[r.user] += r.gpus
+            if r.preemptible:
+                self.scav_free -= r.gpus
+            else:
+                # A scavenger's GPUs never counted toward its owner's holdings.
+                self.reclaimed[r.user] += r.gpus

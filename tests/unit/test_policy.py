@@ -391,12 +391,16 @@ def test_no_cap_exceeded(s: Snapshot) -> None:
         mine = [gpus[x.job_id] for x in d.starts if gpus[x.job_id].user == u]
         if not mine:
             continue
-        held = sum(r.gpus for r in s.running if r.user == u)
-        jobs = sum(1 for r in s.running if r.user == u)
+        # What u holds once this decision is carried out: own scavengers asked back by it
+        # (to make room under a cap for a regular job) and jobs already stopping are gone.
+        asked = {x.job_id for x in d.preemptions}
+        held = sum(r.gpus for r in s.running if r.user == u and r.stop_deadline is None)
+        jobs = sum(1 for r in s.running if r.user == u and r.stop_deadline is None)
+        kept = [r for r in s.running if r.user == u and r.stop_deadline is None and r.id not in asked]
         if q.max_gpus is not None:
-            assert held + sum(j.gpus for j in mine) <= max(q.max_gpus, held)
+            assert sum(r.gpus for r in kept) + sum(j.gpus for j in mine) <= max(q.max_gpus, held)
         if q.max_jobs is not None:
-            assert jobs + len(mine) <= max(q.max_jobs, jobs)
+            assert len(kept) + len(mine) <= max(q.max_jobs, jobs)
         if q.gpu_hours_per_week is not None and s.week_usage.get(u, 0) / 3600 >= q.gpu_hours_per_week:
             # Over budget: only scavengers start: submitted --preemptible, or any job when
             # the quota says `scavenge`.
@@ -801,3 +805,95 @@ def test_a_scavenger_never_lands_on_gpus_being_claimed() -> None:
     )
     assert sorted(x.job_id for x in d.preemptions) == [1, 2]
     assert 11 not in started(d)
+
+
+def _passes(s: Snapshot, n: int = 20, step: float = 15.0) -> tuple[int, Decision]:
+    """Apply each decision for `n` passes: starts run, preempted jobs stop after the grace
+    period and are requeued. Returns how many preemptions there were, and the last decision."""
+    evictions = 0
+    d = schedule(s)
+    for _ in range(n):
+        d = schedule(s)
+        now = s.now + step
+        pending = {j.id: j for j in s.pending}
+        running = {r.id: r for r in s.running}
+        for x in d.starts:
+            j = pending.pop(x.job_id)
+            running[j.id] = RunningJob(
+                j.id, j.user, j.gpus, x.node, s.now, time_limit=j.time_limit, cpus=j.cpus, preemptible=x.preemptible
+            )
+        for x in d.preemptions:
+            evictions += 1
+            running[x.job_id] = replace(running[x.job_id], stop_deadline=s.now + s.config.grace_period)
+        for r in list(running.values()):
+            if r.stop_deadline is not None and r.stop_deadline <= now:
+                del running[r.id]
+                pending[r.id] = PendingJob(
+                    r.id, r.user, r.gpus, r.start_time - 60, time_limit=r.time_limit, cpus=r.cpus,
+                    preemptible=r.preemptible, requeued=True,
+                )  # fmt: skip
+        s = replace(s, now=now, pending=tuple(pending.values()), running=tuple(running.values()))
+    return evictions, d
+
+
+def test_a_job_that_could_not_start_anyway_does_not_evict_a_scavenger() -> None:
+    # c's 24 h job would delay b's reservation even on free GPUs; the scavenger must not
+    # be evicted for it (it came straight back, and was evicted again, pass after pass).
+    s = snap(
+        [
+            pend(10, "b", 4, time_limit=H),
+            pend(11, "c", 2, time_limit=24 * H),
+            pend(12, "d", 2, time_limit=24 * H, preemptible=True),
+        ],
+        [run(1, "a", "n0", 2, age=H, time_limit=10 * H)],
+        usage={"c": 10 * H},
+    )
+    evictions, d = _passes(s)
+    assert evictions <= 1, (evictions, d.waiting[11].reasons[0].text)
+    # Nor for one whose CPUs are not there.
+    s = snap(
+        [pend(11, "c", 2, time_limit=H, cpus=4), pend(12, "d", 2, preemptible=True, cpus=1)],
+        [run(1, "a", "n0", 2, age=H, time_limit=10 * H, cpus=15)],
+    )
+    s = replace(s, nodes=(NodeInfo("n0", 4, "node-0", cpus=16),))
+    assert _passes(s)[0] <= 1
+
+
+def test_a_job_over_a_node_takes_scavengers_gpus_too() -> None:
+    s = snap(
+        [pend(10, "r", 6)],
+        [run(1, "s", "n0", 3, preemptible=True, time_limit=72 * H)],
+        node_sizes=(4, 4),
+        multi_node=True,
+    )
+    assert [x.job_id for x in schedule(s).preemptions] == [1]
+
+
+def test_an_evicted_scavenger_does_not_shield_its_owners_borrowed_jobs() -> None:
+    q = book(v={"guaranteed_gpus": 2}, u={"guaranteed_gpus": 4}, a={"guaranteed_gpus": 4})
+    running = [
+        run(1, "v", "n0", 4, age=H, preemptible=True),
+        run(2, "v", "n1", 4, age=5 * H),
+        run(3, "v", "n1", 4, age=5 * H),
+    ]
+    d = schedule(
+        snap([pend(10, "a", 4, age=600), pend(11, "u", 4)], running, node_sizes=(4, 8), quotas=q, usage={"u": 100 * H})
+    )
+    assert {x.for_job for x in d.preemptions} == {10, 11}
+
+
+def test_own_scavengers_give_way_to_their_owners_job_under_a_cap() -> None:
+    d = schedule(
+        snap(
+            [pend(10, "u", 2)],
+            [run(1, "u", "n0", 4, preemptible=True), run(2, "x", "n0", 4)],
+            node_sizes=(8,),
+            quotas=book(u={"max_gpus": 4}),
+        )
+    )
+    assert [x.job_id for x in d.preemptions] == [1], d.waiting[10].reasons[0].text
+
+
+def test_a_job_of_exactly_two_nodes_starts_on_two_free_nodes() -> None:
+    d = schedule(snap([pend(10, "r", 8)], node_sizes=(4, 4), multi_node=True))
+    assert d.starts and set((d.starts[0].node, *d.starts[0].more_nodes)) == {"n0", "n1"}

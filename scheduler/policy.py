@@ -514,6 +514,23 @@ def _schedule(snap: Snapshot) -> Decision:
     # The heap pops one researcher's head at a time. Once `patience` jobs in a row
     # moved no rank, the rest are taken from one sorted list (merged()) instead, until
     # a job starts or claims; then back to the heap, with twice the patience.
+    smallest: dict[str, int] = {}
+
+    def hopeless(u: str) -> bool:
+        """Without reasons to give (the simulator), once no GPU is free and no scavenger
+        is left to take, a researcher none of whose jobs may reclaim can change nothing
+        more in this pass: their jobs are skipped. Exact for starts and preemptions: free
+        GPUs, scavengers and a researcher's room under their guarantee only shrink."""
+        if explain or p.scav_free > 0 or p.largest_free() > 0:
+            return False
+        q = p.quota(u)
+        if not cfg.preemption or q.guaranteed_gpus <= 0:
+            return True
+        least = smallest.get(u)
+        if least is None:
+            least = smallest[u] = min(map(_gpus, by_user[u]))
+        return p.own(u) + p.claimed[u] + least > q.guaranteed_gpus
+
     quiet = 0
     patience = 16
     saturated_checked = False
@@ -529,6 +546,9 @@ def _schedule(snap: Snapshot) -> Decision:
                         if explain:
                             deep_end(rest[i:])
                         break
+                if hopeless(u):
+                    by_user[u].pop()
+                    continue
                 by_user[u].pop()
                 if consider(u, j):
                     heap = [rank(v) for v in by_user if by_user[v]]
@@ -546,6 +566,9 @@ def _schedule(snap: Snapshot) -> Decision:
                     heapq.heappush(heap, top)
                     deep_end(merged())
                 break
+        if hopeless(u):
+            by_user[u].clear()
+            continue
         j = by_user[u].pop()
         if consider(u, j):
             quiet = 0

@@ -208,23 +208,26 @@ class Reclaimer:
             return 0.0, []
         victims: list[RunningJob] = []
         lost = 0.0
-        candidates = sorted(
-            (
-                r
-                for r in running
-                if r.stop_deadline is None
-                and r.id not in self.stopping_for
-                and (
-                    r.preemptible
-                    or (
-                        not scavengers_only
-                        and r.user != j.user
-                        and self.now - r.start_time >= self.cfg.min_runtime
-                    )
+        now, min_runtime, stopping = self.now, self.cfg.min_runtime, self.stopping_for
+        candidates = [
+            r
+            for r in running
+            if r.stop_deadline is None
+            and r.id not in stopping
+            and (
+                r.preemptible
+                or (
+                    not scavengers_only
+                    and r.user != j.user
+                    and now - r.start_time >= min_runtime
+                    # Borrowing at all (the exact check, with this claim's own takings, is below).
+                    and self.own(r.user) - self.reclaimed[r.user] - r.gpus >= self.quota(r.user).guaranteed_gpus
                 )
-            ),
-            key=lambda r: (not r.preemptible, r.gpus * (self.now - r.start_time), r.id),
-        )
+            )
+        ]
+        if available + sum(r.gpus for r in candidates) < need:
+            return None  # most nodes, on a busy pool: no sort
+        candidates.sort(key=lambda r: (not r.preemptible, r.gpus * (now - r.start_time), r.id))
         for r in candidates:
             if available >= need:
                 break

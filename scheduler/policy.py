@@ -160,6 +160,19 @@ def _schedule(snap: Snapshot) -> Decision:
 
     explain = cfg.explain
 
+    predicted_cache: dict[tuple[float, int, frozenset[str] | None], bool] = {}
+
+    def predicted(j: PendingJob, eta: float) -> bool:
+        """Does an ETA rest on a prediction: a learned runtime's release at or before it,
+        on a node that could hold the job?"""
+        key = (eta, j.gpus, j.nodes)
+        got = predicted_cache.get(key)
+        if got is None:
+            got = predicted_cache[key] = any(
+                n.first_predicted <= eta and p.can_hold(n, j, min(j.gpus, n.info.gpus)) for n in p.nodes.values()
+            )
+        return got
+
     def wait(j: PendingJob, reasons: list[Reason], eta: float | None) -> None:
         nonlocal n_ahead, eta_budget
         if not explain:
@@ -172,7 +185,7 @@ def _schedule(snap: Snapshot) -> Decision:
                 reasons.append(
                     Reason("fairshare", f"fair share: {n_ahead} jobs rank ahead", (("ahead", n_ahead),))
                 )
-        p.waiting[j.id] = Waiting(tuple(reasons), eta)
+        p.waiting[j.id] = Waiting(tuple(reasons), eta, eta is not None and predicted(j, eta))
         ahead[j.user] += 1
         n_ahead += 1
 
@@ -354,9 +367,9 @@ def _schedule(snap: Snapshot) -> Decision:
                 base = same[sk] = tuple(why(j))
             if n:
                 r = make(Reason, ("fairshare", f"fair share: {n} jobs rank ahead", (("ahead", n),)))
-                waiting[jid] = make(Waiting, ((*base, r), None))
+                waiting[jid] = make(Waiting, ((*base, r), None, False))
             else:
-                waiting[jid] = make(Waiting, (base, None))
+                waiting[jid] = make(Waiting, (base, None, False))
             n += 1
         n_ahead = n
 
@@ -401,6 +414,7 @@ def _schedule(snap: Snapshot) -> Decision:
                 factors.pop(u, None)
                 resource_reasons.clear()
                 etas.clear()
+                predicted_cache.clear()
                 if j.count > 1:
                     # The array's next task is this researcher's next job, as it was.
                     by_user[u].append(j._replace(count=j.count - 1))

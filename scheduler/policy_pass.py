@@ -43,10 +43,13 @@ class Pass(Reclaimer):
         )
         for r in snap.running:
             end = r.start_time + (default_limit if r.time_limit is None else r.time_limit)
+            predicted = False
             if r.expected is not None and r.start_time + r.expected < end:
                 end = r.start_time + r.expected  # predicted (a job past it: now, below)
+                predicted = True
             if r.stop_deadline is not None and r.stop_deadline < end:
                 end = r.stop_deadline
+                predicted = False
             if end < now:
                 end = now
             u = r.user
@@ -70,6 +73,8 @@ class Pass(Reclaimer):
                         whole.free -= whole.info.gpus
                         rest -= whole.info.gpus
                         whole.releases.append((end, whole.info.gpus))
+                        if predicted and end < whole.first_predicted:
+                            whole.first_predicted = end
             node = node_get(r.node)
             if node is None:
                 continue  # a node that left: its jobs are being reported lost elsewhere
@@ -79,6 +84,8 @@ class Pass(Reclaimer):
             if r.memory:
                 node.memory -= r.memory
             node.releases.append((end, rest))
+            if predicted and end < node.first_predicted:
+                node.first_predicted = end
             if not r.more_nodes:
                 lst = rbn_get(r.node)
                 if lst is None:
@@ -201,7 +208,10 @@ class Pass(Reclaimer):
         node.free -= need
         node.cpus -= j.cpus
         node.memory -= j.memory
-        node.releases.append((self.now + self._dur(j), need))
+        end = self.now + self._dur(j)
+        node.releases.append((end, need))
+        if j.expected is not None and end < node.first_predicted and end < self.now + self._limit(j.time_limit):
+            node.first_predicted = end
         node.sorted_releases = None
         self._largest = None
         if node.free > 0:

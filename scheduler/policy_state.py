@@ -18,6 +18,9 @@ class NodeState:
     # (end time, gpus) of what runs here now, including jobs started in this pass.
     releases: list[tuple[float, int]]
     sorted_releases: list[tuple[float, int]] | None = None
+    # The earliest release here that rests on a learned runtime, not a limit: an ETA at
+    # or after it is a prediction ("predicted" in the views).
+    first_predicted: float = INF
 
     def release_order(self) -> list[tuple[float, int]]:
         if self.sorted_releases is None:

@@ -145,6 +145,9 @@ class Waiting(NamedTuple):
     # pass, and this is several times cheaper to construct.
     reasons: tuple[Reason, ...]
     eta: float | None = None  # None: cannot be estimated (quota, budget, too deep)
+    # The ETA counts on learned runtimes (a running job's, or one started this pass),
+    # not only on limits: shown as "predicted".
+    predicted: bool = False
 
 
 @dataclass(frozen=True)

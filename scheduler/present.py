@@ -87,7 +87,9 @@ def eta_cell(j: Mapping[str, Any], now: float) -> str:
     passed and it still waits (never "now" for a job that is not starting)."""
     if j["state"] != "PENDING":
         return ""
-    return eta_text(j.get("eta"), now)
+    text = eta_text(j.get("eta"), now)
+    # "~": the estimate counts on learned runtimes (labq show says so in words).
+    return f"~{text}" if j.get("eta_predicted") and text != "?" else text
 
 
 def eta_text(e: float | None, now: float) -> str:
@@ -283,7 +285,12 @@ def job_lines(j: Mapping[str, Any], now: float, events: int | None = None) -> li
         out.append(Line("flag", "flag", clean(flag)))
     if j["state"] == "PENDING":
         eta = j.get("eta")
-        field("waiting", f"estimated start {stamp(eta) if eta and eta > now else 'unknown'}")
+        known = bool(eta and eta > now)
+        basis = ""
+        if known and j.get("eta_predicted"):
+            tl = j.get("time_limit")
+            basis = f" (predicted from similar runs; limit {format_duration(tl) if tl else 'the default'})"
+        field("waiting", f"estimated start {stamp(eta) if known else 'unknown'}{basis}")
         for r in j.get("reasons") or []:
             out.append(Line("reason", "", clean(r)))
         hint = backfill_hint(j.get("why"), j.get("time_limit"))

@@ -159,6 +159,8 @@ class JobViews:
             # second time (10,000 waiting jobs are 10,000 of these).
             d["why"] = [r.as_dict() if full else r.as_dict(text=False) for r in reasons]
             d["eta"] = w.eta if w else None
+            if w is not None and w.predicted:
+                d["eta_predicted"] = True  # it counts on learned runtimes, not only limits
             d["wait_s"] = now - row.submit_time
         elif row.state in ACTIVE:
             d["reasons"] = [row.stop_reason] if row.stop_reason else []

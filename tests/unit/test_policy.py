@@ -631,6 +631,18 @@ def test_a_running_jobs_prediction_brings_the_etas_of_those_behind_it_forward() 
     assert schedule(snap(pending=waiting, running=running)).waiting[10].eta == NOW
 
 
+def test_an_eta_that_counts_on_a_prediction_says_so() -> None:
+    waiting = (pend(10, "alice", 4), pend(11, "carol", 2))
+    limits = schedule(snap(pending=waiting, running=(run(1, "bob", "n0", 4, age=600, time_limit=H),)))
+    assert limits.waiting[10].eta == NOW + 3000 and not limits.waiting[10].predicted
+    learned = schedule(snap(pending=waiting, running=(run(1, "bob", "n0", 4, age=600, expected=1800.0),)))
+    assert learned.waiting[10].eta == NOW + 1200 and learned.waiting[10].predicted
+    assert learned.waiting[11].predicted  # behind the reservation: the same release
+    # Asked to stop: its GPUs come back at the deadline, whatever was predicted.
+    stopping = run(1, "bob", "n0", 4, age=600, expected=1800.0, stop_deadline=NOW + 30)
+    assert not schedule(snap(pending=waiting, running=(stopping,))).waiting[10].predicted
+
+
 # -- the pass's fast paths decide exactly what the plain heap loop decides ------------------------
 
 

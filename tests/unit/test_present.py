@@ -73,3 +73,15 @@ def test_the_preview_says_start_now_only_when_it_would_start() -> None:
     )
     assert out[0].text == "would wait:"  # an eta of now is no estimate
     assert out[-1].label == "hint"
+
+
+def test_an_eta_resting_on_learned_runtimes_is_marked_as_such() -> None:
+    from scheduler.present import eta_cell
+
+    lines = {ln.label: ln.text for ln in job_lines(job(eta_predicted=True, time_limit=3600.0), NOW)}
+    assert lines["waiting"] == "estimated start 2026-11-18 11:31:40 (predicted from similar runs; limit 1h00m)"
+    plain = {ln.label: ln.text for ln in job_lines(job(), NOW)}
+    assert "predicted" not in plain["waiting"]
+    row = job(eta_predicted=True)
+    assert eta_cell(row, NOW) == "~" + eta_text(row["eta"], NOW)
+    assert eta_cell({**row, "eta": NOW - 5}, NOW) == "?"  # past: unknown, never "~?"

@@ -113,7 +113,9 @@ def _schedule(snap: Snapshot) -> Decision:
             scavengers.append((j, []))
         else:
             by_user.setdefault(j.user, []).append(j)
-    pending_count = Counter(j.user for j in snap.pending)
+    pending_count = Counter({u: len(js) for u, js in by_user.items()})
+    for j, _ in scavengers:
+        pending_count[j.user] += 1
     own_order = _hrrn_key(snap.now, cfg.default_time_limit) if cfg.duration_hint else _job_key
     for jobs in by_user.values():
         if len(jobs) > 1:
@@ -272,10 +274,15 @@ def _schedule(snap: Snapshot) -> Decision:
         """Over budget and nothing else in the way: the quota may let it scavenge."""
         return p.quota(u).scavenge and all(r.kind == "budget" for r in blocked)
 
+    least_of: dict[str, int] = {}
+
     def may_reclaim(u: str) -> bool:
         # Someone whose smallest waiting job fits under their guarantee may still
-        # reclaim GPUs when none is free.
-        smallest: int = min(map(_gpus, by_user[u]))
+        # reclaim GPUs when none is free. The smallest is taken once per pass: of what
+        # is left then, so never above the smallest of what is left later (safe).
+        smallest = least_of.get(u)
+        if smallest is None:
+            smallest = least_of[u] = min(map(_gpus, by_user[u]))
         return p.own(u) + p.claimed[u] + smallest <= p.quota(u).guaranteed_gpus
 
     def merged() -> list[PendingJob]:
@@ -339,14 +346,15 @@ def _schedule(snap: Snapshot) -> Decision:
             return [r]
 
         # Scavengers-to-be are placed (or explained) after everyone, as in consider().
-        kept = []
-        for j in rest:
-            b = quota_reasons(j.user, j) if p.quota(j.user).scavenge else None
-            if b and scavenges(j.user, b):
-                scavengers.append((j, b))
-            else:
-                kept.append(j)
-        rest = kept
+        if any(p.quota(u).scavenge for u in by_user):
+            kept = []
+            for j in rest:
+                b = quota_reasons(j.user, j) if p.quota(j.user).scavenge else None
+                if b and scavenges(j.user, b):
+                    scavengers.append((j, b))
+                else:
+                    kept.append(j)
+            rest = kept
         waiting = p.waiting
         i = 0
         while i < len(rest) and (len(waiting) < cfg.reason_depth or eta_budget > 0):

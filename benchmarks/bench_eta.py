@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_sim import SIZES, TRACE  # noqa: E402
+from benchmarks.bench_sim import philly  # noqa: E402
 from scheduler import simulator as sim  # noqa: E402
 
 
@@ -28,8 +28,7 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, nargs="+", default=[64, 80])
     ap.add_argument("--every", type=int, default=10)
     args = ap.parse_args()
-    jobs = sim.load_trace(TRACE, limit=args.limit)
-    shares = sim.shares_from_sizes(SIZES, {j.tenant for j in jobs})
+    jobs, shares = philly(args.limit)
     for nodes in args.nodes:
         for predict in (False, True):
             cfg = sim.policy_config("fairshare")

@@ -23,28 +23,23 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks import stress_traces as st  # noqa: E402
-from benchmarks.bench_sim import SIZES, TRACE  # noqa: E402
+from benchmarks.bench_sim import philly  # noqa: E402
 from scheduler import simulator as sim  # noqa: E402
 from scheduler.traces import TraceJob  # noqa: E402
 
 Case = Callable[[int | None], tuple[list[TraceJob], dict[str, float], int]]
 
 
-def _philly(limit: int | None) -> tuple[list[TraceJob], dict[str, float]]:
-    jobs = sim.load_trace(TRACE, limit=limit)
-    return jobs, sim.shares_from_sizes(SIZES, {j.tenant for j in jobs})
-
-
 def _case(compress: float, nodes: int) -> Case:
     def make(limit: int | None) -> tuple[list[TraceJob], dict[str, float], int]:
-        jobs, shares = _philly(limit)
+        jobs, shares = philly(limit)
         return (st.compressed(jobs, compress) if compress != 1.0 else jobs), shares, nodes
 
     return make
 
 
 def _renamed(limit: int | None) -> tuple[list[TraceJob], dict[str, float], int]:
-    jobs, _ = _philly(limit)
+    jobs, _ = philly(limit)
     jobs, shares = st.renamed(jobs, seed=1)
     return jobs, shares, 80
 

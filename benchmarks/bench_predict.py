@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_sim import SIZES, TRACE  # noqa: E402
+from benchmarks.bench_sim import philly  # noqa: E402
 from scheduler import simulator as sim  # noqa: E402
 from scheduler.policy import PolicyConfig  # noqa: E402
 from scheduler.predict import accuracy  # noqa: E402
@@ -35,8 +35,7 @@ def main() -> None:
     ap.add_argument("--compress", type=float, nargs="+", default=[1.0])
     ap.add_argument("--no-rho", action="store_true")
     args = ap.parse_args()
-    base = sim.load_trace(TRACE, limit=args.limit)
-    shares = sim.shares_from_sizes(SIZES, {j.tenant for j in base})
+    base, shares = philly(args.limit)
 
     ends = sorted(base, key=lambda j: j.submit + j.duration)
     acc = accuracy((j.tenant, f"gpus:{j.gpus}", j.duration) for j in ends)

@@ -28,6 +28,12 @@ TRACE = TRACES / "philly_pollux_2017-10-01_to_2017-12-01_normalized.csv"
 SIZES = TRACES / "helios_philly_vc_sizes.csv"
 
 
+def philly(limit: int | None = None, path: Path = TRACE) -> tuple[list[sim.TraceJob], dict[str, float]]:
+    """The Philly trace (its first `limit` jobs) and its tenants' shares from the Helios VC sizes."""
+    jobs = sim.load_trace(path, limit=limit)
+    return jobs, sim.shares_from_sizes(SIZES, {j.tenant for j in jobs})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nodes", type=int, nargs="+", default=[80, 64])
@@ -35,8 +41,7 @@ def main() -> None:
     ap.add_argument("--trace", default=str(TRACE))
     ap.add_argument("--out", default=str(REPO / "docs"))
     args = ap.parse_args()
-    jobs = sim.load_trace(Path(args.trace))
-    shares = sim.shares_from_sizes(SIZES, {j.tenant for j in jobs})
+    jobs, shares = philly(path=Path(args.trace))
     names = list(sim.POLICIES) if args.policies == "all" else args.policies.split(",")
     for nodes in args.nodes:
         results = {}

@@ -144,7 +144,7 @@ def _schedule(snap: Snapshot) -> Decision:
     def rank(u: str) -> tuple[int, float, float, int, str]:
         head = by_user[u][-1]
         q = p.quota(u)
-        under_guarantee = p.held[u] - p.scav.get(u, 0) + p.claimed[u] + head.gpus <= q.guaranteed_gpus
+        under_guarantee = p.own(u) + p.claimed[u] + head.gpus <= q.guaranteed_gpus
         age = min(1.0, max(0.0, snap.now - head.submit_time) / cfg.age_max)
         score = factor(u) + cfg.age_weight * age
         return (0 if under_guarantee else 1, -score, head.submit_time, head.id, u)
@@ -456,11 +456,7 @@ def _schedule(snap: Snapshot) -> Decision:
                 evict = False
                 if cfg.preemption and p.scav_free > 0:
                     # GPUs a scavenger holds are anyone's for the asking.
-                    if multi:
-                        claim = p.reclaim_multi(j, scavengers_only=True)
-                    else:
-                        one = p.reclaim(j, scavengers_only=True)
-                        claim = None if one is None else (*one, ())
+                    claim = p.claim_for(j, multi, scavengers_only=True)
                     evict = claim is not None
                 if (
                     claim is None
@@ -468,11 +464,7 @@ def _schedule(snap: Snapshot) -> Decision:
                     and q.guaranteed_gpus > 0
                     and p.own(u) + p.claimed[u] + j.gpus <= q.guaranteed_gpus
                 ):
-                    if multi:
-                        claim = p.reclaim_multi(j)
-                    else:
-                        one = p.reclaim(j)
-                        claim = None if one is None else (*one, ())
+                    claim = p.claim_for(j, multi)
                 if claim is not None:
                     victims, cnode, cmore = claim
                     deadline = snap.now + cfg.grace_period
@@ -536,8 +528,6 @@ def _schedule(snap: Snapshot) -> Decision:
     # The heap pops one researcher's head at a time. Once `patience` jobs in a row
     # moved no rank, the rest are taken from one sorted list (merged()) instead, until
     # a job starts or claims; then back to the heap, with twice the patience.
-    smallest: dict[str, int] = {}
-
     def hopeless(u: str) -> bool:
         """Without reasons to give (the simulator), once no GPU is free and no scavenger
         is left to take, a researcher none of whose jobs may reclaim can change nothing
@@ -545,13 +535,7 @@ def _schedule(snap: Snapshot) -> Decision:
         GPUs, scavengers and a researcher's room under their guarantee only shrink."""
         if explain or p.scav_free > 0 or p.largest_free() > 0:
             return False
-        q = p.quota(u)
-        if not cfg.preemption or q.guaranteed_gpus <= 0:
-            return True
-        least = smallest.get(u)
-        if least is None:
-            least = smallest[u] = min(map(_gpus, by_user[u]))
-        return p.own(u) + p.claimed[u] + least > q.guaranteed_gpus
+        return not cfg.preemption or p.quota(u).guaranteed_gpus <= 0 or not may_reclaim(u)
 
     quiet = 0
     patience = 16

@@ -1,13 +1,14 @@
 """The working state of one `schedule()` call (policy.py): who holds what, free GPUs
-per node (bucketed for best fit), the reservations and claims made so far, and the
-time arithmetic (limits, predictions). Reclaim is in the base class (policy_reclaim.py)."""
+per node (bucketed for best fit), the reservations and claims made so far. Reclaim is
+in the base class (policy_reclaim.py), the time arithmetic and reservations' conflicts
+in its base (policy_state.PassCore)."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 from scheduler.policy_reclaim import Reclaimer
-from scheduler.policy_state import NodeState, Reservation, can_hold
+from scheduler.policy_state import NodeState, Reservation
 from scheduler.policy_types import INF, PendingJob, Preempt, RunningJob, Snapshot, Start, Waiting
 from scheduler.quota import Quota
 
@@ -125,34 +126,6 @@ class Pass(Reclaimer):
         self.easy_reserved = False
         self.quota_cache: dict[str, Quota] = {}
 
-    # -- time helpers -------------------------------------------------------------
-    def _limit(self, limit: float | None) -> float:
-        return limit if limit is not None else self.cfg.default_time_limit
-
-    def _dur(self, j: PendingJob) -> float:
-        """How long a job is taken to run: its predicted runtime when there is a
-        confident one (PendingJob.expected), at most its limit; else its limit."""
-        lim = j.time_limit if j.time_limit is not None else self.cfg.default_time_limit
-        e = j.expected
-        return lim if e is None or e >= lim else e
-
-    def _end(self, r: RunningJob) -> float:
-        end = r.start_time + self._limit(r.time_limit)
-        if r.expected is not None and r.start_time + r.expected < end:
-            end = r.start_time + r.expected
-        if r.stop_deadline is not None:
-            end = min(end, r.stop_deadline)
-        return max(end, self.now)
-
-    def _remaining(self, r: RunningJob) -> float:
-        return max(0.0, self._end(r) - self.now)
-
-    def quota(self, user: str) -> Quota:
-        q = self.quota_cache.get(user)
-        if q is None:
-            q = self.quota_cache[user] = self.snap.quotas.for_user(user)
-        return q
-
     # -- placement ------------------------------------------------------------------
     def best_fit(
         self, j: PendingJob, gpus: int | None = None, skip: tuple[str, ...] = ()
@@ -173,11 +146,6 @@ class Pass(Reclaimer):
                 ):
                     return node
         return None
-
-    def split(self, gpus: int) -> tuple[int, int]:
-        """(whole nodes, remainder on one more node) for a job larger than a node."""
-        whole, rest = divmod(gpus, self.max_per_node)
-        return whole, rest
 
     def multi_fit(self, j: PendingJob) -> tuple[NodeState, tuple[str, ...]] | None:
         """Whole free nodes plus a best-fit node for the remainder; None if it does not fit now."""
@@ -227,28 +195,6 @@ class Pass(Reclaimer):
             if free >= gpus:
                 return end
         return INF
-
-    def conflicts(self, node: NodeState, j: PendingJob, gpus: int | None = None) -> Reservation | None:
-        """A reservation that starting `j` on `node` now would delay, if any."""
-        end = self.now + self._dur(j)
-        need = j.gpus if gpus is None else gpus
-        nid = node.info.id
-        for res in self.reservations:
-            if end <= res.at:
-                continue
-            if res.node == nid:
-                wanted = res.gpus - len(res.more_nodes) * self.max_per_node
-            elif nid in res.more_nodes:
-                wanted = node.info.gpus
-            else:
-                continue
-            # Would the reserved job still find its GPUs at its reserved time?
-            free_then = node.free - need + sum(g for e, g in node.releases if e <= res.at)
-            if free_then < wanted:
-                return res
-        return None
-
-    can_hold = staticmethod(can_hold)
 
     def reserve(self, j: PendingJob) -> Reservation | None:
         if self.cfg.multi_node and 0 < self.max_per_node < j.gpus:

@@ -7,40 +7,30 @@ from __future__ import annotations
 
 from collections import Counter
 
-from scheduler.policy_state import NodeState, Reservation, can_hold
-from scheduler.policy_types import PendingJob, PolicyConfig, RunningJob
-from scheduler.quota import Quota
+from scheduler.policy_state import NodeState, PassCore, can_hold
+from scheduler.policy_types import PendingJob, RunningJob
 
 
-class Reclaimer:
+class Reclaimer(PassCore):
     # Owned by Pass (policy_pass.py), which sets all of them up.
-    cfg: PolicyConfig
-    now: float
-    nodes: dict[str, NodeState]
-    max_per_node: int
     running_by_node: dict[str, list[RunningJob]]
     held: Counter[str]
     scav: dict[str, int]
     scav_free: int
-    reservations: list[Reservation]
     claimed: Counter[str]
     node_claimed: Counter[str]
     reclaimed: Counter[str]
     stopping_for: set[int]
-
-    def quota(self, user: str) -> Quota:
-        raise NotImplementedError
-
-    def split(self, gpus: int) -> tuple[int, int]:
-        raise NotImplementedError
-
-    def _dur(self, j: PendingJob) -> float:
-        raise NotImplementedError
-
-    def _end(self, r: RunningJob) -> float:
-        raise NotImplementedError
-
     no_reclaim: dict[tuple[str, str], int]
+
+    def claim_for(
+        self, j: PendingJob, multi: bool, scavengers_only: bool = False
+    ) -> tuple[list[RunningJob], NodeState, tuple[str, ...]] | None:
+        """reclaim() or reclaim_multi(), as (victims, node, more nodes)."""
+        if multi:
+            return self.reclaim_multi(j, scavengers_only)
+        one = self.reclaim(j, scavengers_only)
+        return None if one is None else (*one, ())
 
     def reclaim(
         self, j: PendingJob, scavengers_only: bool = False
@@ -102,23 +92,7 @@ class Reclaimer:
         ]
         if node.cpus + sum(r.cpus for r in going) < j.cpus or node.memory + sum(r.memory for r in going) < j.memory:
             return False
-        end = self.now + self._dur(j)
-        back = sum(r.gpus for r in going)
-        for res in self.reservations:
-            if end <= res.at:
-                continue
-            if res.node == nid:
-                wanted = res.gpus - len(res.more_nodes) * self.max_per_node
-            elif nid in res.more_nodes:
-                wanted = node.info.gpus
-            else:
-                continue
-            later = sum(g for e, g in node.releases if e <= res.at) - sum(
-                r.gpus for r in going if self._end(r) <= res.at
-            )
-            if node.free + back - j.gpus + later < wanted:
-                return False
-        return True
+        return self.conflicts(node, j, j.gpus, tuple(going)) is None
 
     def reclaim_multi(
         self, j: PendingJob, scavengers_only: bool = False

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scheduler.policy_types import INF, NodeInfo, PendingJob
+from scheduler.policy_types import INF, NodeInfo, PendingJob, PolicyConfig, RunningJob, Snapshot
+from scheduler.quota import Quota
 
 
 @dataclass
@@ -52,3 +53,79 @@ def can_hold(node: NodeState, j: PendingJob, gpus: int | None = None) -> bool:
         and info.cpus >= j.cpus
         and info.memory >= j.memory
     )
+
+
+class PassCore:
+    """What every part of a pass shares: its state (set up by policy_pass.Pass), the
+    time arithmetic (limits, predictions), quotas, and the reservations' conflicts.
+    The base of policy_reclaim.Reclaimer, itself the base of Pass."""
+
+    snap: Snapshot
+    cfg: PolicyConfig
+    now: float
+    nodes: dict[str, NodeState]
+    max_per_node: int
+    reservations: list[Reservation]
+    quota_cache: dict[str, Quota]
+
+    can_hold = staticmethod(can_hold)
+
+    # -- time helpers -------------------------------------------------------------
+    def _limit(self, limit: float | None) -> float:
+        return limit if limit is not None else self.cfg.default_time_limit
+
+    def _dur(self, j: PendingJob) -> float:
+        """How long a job is taken to run: its predicted runtime when there is a
+        confident one (PendingJob.expected), at most its limit; else its limit."""
+        lim = j.time_limit if j.time_limit is not None else self.cfg.default_time_limit
+        e = j.expected
+        return lim if e is None or e >= lim else e
+
+    def _end(self, r: RunningJob) -> float:
+        end = r.start_time + self._limit(r.time_limit)
+        if r.expected is not None and r.start_time + r.expected < end:
+            end = r.start_time + r.expected
+        if r.stop_deadline is not None:
+            end = min(end, r.stop_deadline)
+        return max(end, self.now)
+
+    def _remaining(self, r: RunningJob) -> float:
+        return max(0.0, self._end(r) - self.now)
+
+    def quota(self, user: str) -> Quota:
+        q = self.quota_cache.get(user)
+        if q is None:
+            q = self.quota_cache[user] = self.snap.quotas.for_user(user)
+        return q
+
+    def split(self, gpus: int) -> tuple[int, int]:
+        """(whole nodes, remainder on one more node) for a job larger than a node."""
+        whole, rest = divmod(gpus, self.max_per_node)
+        return whole, rest
+
+    def conflicts(
+        self, node: NodeState, j: PendingJob, gpus: int | None = None, going: tuple[RunningJob, ...] = ()
+    ) -> Reservation | None:
+        """A reservation that starting `j` on `node` now would delay, if any. `going`:
+        running jobs there whose GPUs come back first (being preempted for `j`)."""
+        end = self.now + self._dur(j)
+        need = j.gpus if gpus is None else gpus
+        nid = node.info.id
+        back = sum(r.gpus for r in going)
+        for res in self.reservations:
+            if end <= res.at:
+                continue
+            if res.node == nid:
+                wanted = res.gpus - len(res.more_nodes) * self.max_per_node
+            elif nid in res.more_nodes:
+                wanted = node.info.gpus
+            else:
+                continue
+            # Would the reserved job still find its GPUs at its reserved time? (What is
+            # going now does not come back a second time at its own end.)
+            later = sum(g for e, g in node.releases if e <= res.at)
+            if going:
+                later -= sum(r.gpus for r in going if self._end(r) <= res.at)
+            if node.free + back - need + later < wanted:
+                return res
+        return None

@@ -54,8 +54,8 @@ def apply_job_options(spec: dict[str, Any], args: argparse.Namespace) -> None:
         spec.pop("array", None)
     if args.max_running is not None:
         spec["max_running"] = args.max_running
-    if getattr(args, "preemptible", None):
-        spec["preemptible"] = True
+    if getattr(args, "preemptible", None) is not None:
+        spec["preemptible"] = args.preemptible  # False: rerun --no-preemptible
     if args.notify:
         from scheduler.userconfig import user_notify
 

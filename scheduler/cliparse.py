@@ -125,9 +125,10 @@ def _job_options(s: Any) -> None:
     )
     s.add_argument("--max-running", type=int, metavar="N", help="an array's or sweep's tasks at once (the %%N)")
     s.add_argument(
-        "--preemptible", action="store_true", default=None,
+        "--preemptible", action=argparse.BooleanOptionalAction, default=None,
         help="a scavenger: run only on GPUs nobody else can use now, give them back (SIGTERM, grace, requeued) as "
-        "soon as another job needs them; not held back by your weekly budget, not counted toward your guarantee",
+        "soon as another job needs them; not held back by your weekly budget, not counted toward your guarantee "
+        "(rerun --no-preemptible: a regular job again)",
     )
     s.add_argument(
         "--notify", action="store_true",

@@ -26,7 +26,7 @@ from __future__ import annotations
 import gc
 import heapq
 from collections import Counter
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from scheduler.policy_pass import Pass
@@ -67,6 +67,13 @@ __all__ = [
 # that checks it gives the same decision as the heap alone.
 _MERGE = True
 _gpus = attrgetter("gpus")
+_age_key = attrgetter("submit_time", "id")
+_priority = attrgetter("priority")
+_id = attrgetter("id")
+# What a deep job's reasons depend on (user, gpus, cpus, memory, nodes, where): one
+# C-level call instead of six attribute reads per job.
+_why_key = itemgetter(*(PendingJob._fields.index(f) for f in ("user", "gpus", "cpus", "memory", "nodes", "where")))
+_requeued = attrgetter("requeued")
 
 
 def _job_key(j: PendingJob) -> tuple[bool, int, float, int]:
@@ -108,18 +115,37 @@ def _schedule(snap: Snapshot) -> Decision:
     # Scavengers (scavenge()): --preemptible jobs, and jobs over their owner's budget
     # when the quota says `scavenge`, with the reasons they would otherwise wait for.
     scavengers: list[tuple[PendingJob, list[Reason]]] = []
+    # Researchers with a prioritized or a requeued job: only their queues sort on those.
+    prioritized: set[str] = set()
+    requeued: set[str] = set()
     for j in snap.pending:
         if j.preemptible:
             scavengers.append((j, []))
         else:
             by_user.setdefault(j.user, []).append(j)
+            if j.priority:
+                prioritized.add(j.user)
+            if j.requeued:
+                requeued.add(j.user)
     pending_count = Counter({u: len(js) for u, js in by_user.items()})
     for j, _ in scavengers:
         pending_count[j.user] += 1
     own_order = _hrrn_key(snap.now, cfg.default_time_limit) if cfg.duration_hint else _job_key
-    for jobs in by_user.values():
-        if len(jobs) > 1:
-            jobs.sort(key=own_order, reverse=True)  # pop() from the end gives the next job
+    for u, jobs in by_user.items():
+        if len(jobs) < 2:
+            continue
+        if own_order is _job_key:
+            # _job_key's order in stable sorts on C-level keys, least significant first
+            # (several times cheaper than a Python key per job; ids make keys unique,
+            # so the order is the same): age, then priority, then requeued first.
+            jobs.sort(key=_age_key)
+            if u in prioritized:
+                jobs.sort(key=_priority, reverse=True)  # reverse keeps a sort stable
+            if u in requeued:
+                jobs.sort(key=_requeued, reverse=True)
+            jobs.reverse()  # pop() from the end gives the next job
+        else:
+            jobs.sort(key=own_order, reverse=True)
 
     active = sorted(set(pending_count) | set(p.held))
     total_shares = sum(p.quota(u).shares for u in active)
@@ -265,7 +291,7 @@ def _schedule(snap: Snapshot) -> Decision:
             if over_g <= 0 and over_j <= 0:
                 break
             p.preemptions.append(Preempt(r.id, j.id, f"{u}'s own job {j.id} needs its room under {u}'s caps"))
-            p.stopping_for.add(r.id)
+            p.stop(r)
             p.scav_free -= r.gpus
             over_g -= r.gpus
             over_j -= 1
@@ -366,18 +392,21 @@ def _schedule(snap: Snapshot) -> Decision:
         n = n_ahead
         same: dict[tuple[Any, ...], tuple[Reason, ...]] = {}
         make = tuple.__new__  # NamedTuples without their Python-level __new__
-        for j in rest[i:]:
-            jid = j.id
-            order.append(jid)
-            sk = (j.user, j.gpus, j.cpus, j.memory, j.nodes, j.where)
+        deep = rest[i:]
+        order.extend(map(_id, deep))
+        if n == 0 and deep:
+            # The first job with nobody ahead says nothing about who ranks ahead.
+            j = deep[0]
+            waiting[j.id] = make(Waiting, (same.setdefault(_why_key(j), tuple(why(j))), None, False))
+            deep = deep[1:]
+            n = 1
+        for j in deep:
+            sk = _why_key(j)
             base = same.get(sk)
             if base is None:
                 base = same[sk] = tuple(why(j))
-            if n:
-                r = make(Reason, ("fairshare", f"fair share: {n} jobs rank ahead", (("ahead", n),)))
-                waiting[jid] = make(Waiting, ((*base, r), None, False))
-            else:
-                waiting[jid] = make(Waiting, (base, None, False))
+            r = make(Reason, ("fairshare", f"fair share: {n} jobs rank ahead", (("ahead", n),)))
+            waiting[j.id] = make(Waiting, ((*base, r), None, False))
             n += 1
         n_ahead = n
 
@@ -537,6 +566,28 @@ def _schedule(snap: Snapshot) -> Decision:
             return False
         return not cfg.preemption or p.quota(u).guaranteed_gpus <= 0 or not may_reclaim(u)
 
+    def futile(u: str, j: PendingJob) -> bool:
+        """hopeless() for one job, without reasons to give: a job that cannot start (no
+        free block is big enough), whose reservation would change nothing (made already,
+        or no GPU is free so nothing more starts in this pass), that no scavenger can
+        make room for, and whose claim cannot succeed (it does not fit under its owner's
+        guarantee, or a claim for one no bigger already failed): consider() would only
+        record that it waits. Free blocks, scavengers and room only shrink in a pass."""
+        if explain or p.scav_free > 0:
+            return False
+        free = p.largest_free()
+        multi = cfg.multi_node and 0 < p.max_per_node < j.gpus
+        if free >= (p.max_per_node if multi else j.gpus):
+            return False
+        if free > 0 and cfg.backfill and not p.easy_reserved:
+            return False
+        if not cfg.preemption:
+            return True
+        g = p.quota(u).guaranteed_gpus
+        if g <= 0 or p.own(u) + p.claimed[u] + j.gpus > g:
+            return True
+        return p.known_to_fail(j, multi)
+
     quiet = 0
     patience = 16
     saturated_checked = False
@@ -552,10 +603,10 @@ def _schedule(snap: Snapshot) -> Decision:
                         if explain:
                             deep_end(rest[i:])
                         break
-                if hopeless(u):
-                    by_user[u].pop()
-                    continue
+                skip = hopeless(u)  # before the pop: may_reclaim() counts `j` in
                 by_user[u].pop()
+                if skip or futile(u, j):
+                    continue
                 if consider(u, j):
                     heap = [rank(v) for v in by_user if by_user[v]]
                     heapq.heapify(heap)
@@ -576,7 +627,7 @@ def _schedule(snap: Snapshot) -> Decision:
             by_user[u].clear()
             continue
         j = by_user[u].pop()
-        if consider(u, j):
+        if not futile(u, j) and consider(u, j):
             quiet = 0
             saturated_checked = False
         else:

@@ -10,6 +10,10 @@ from collections import Counter
 from scheduler.policy_state import NodeState, PassCore, can_hold
 from scheduler.policy_types import PendingJob, RunningJob
 
+# Look first where a claim may need no victims (_reclaim); off only in the test that
+# checks it picks what the whole scan picks.
+_READY_FIRST = True
+
 
 class Reclaimer(PassCore):
     # Owned by Pass (policy_pass.py), which sets all of them up.
@@ -21,6 +25,8 @@ class Reclaimer(PassCore):
     node_claimed: Counter[str]
     reclaimed: Counter[str]
     stopping_for: set[int]
+    stop_nodes: set[str]
+    buckets: list[dict[str, None]]
     no_reclaim: dict[tuple[str, str], int]
 
     def claim_for(
@@ -47,7 +53,7 @@ class Reclaimer(PassCore):
             key = ("scavengers", f"{j.gpus}/{j.cpus}/{j.memory}/{self._dur(j):.0f}")
             known = key in self.no_reclaim
         else:
-            key = ("borrowed", f"{j.user}/{j.cpus}/{j.memory}")
+            key = self._borrowed_key(j, False)
             known = j.gpus >= self.no_reclaim.get(key, 1 << 30)
         if j.nodes is None and known:
             return None
@@ -56,12 +62,39 @@ class Reclaimer(PassCore):
             self.no_reclaim[key] = min(j.gpus, self.no_reclaim.get(key, 1 << 30))
         return found
 
+    @staticmethod
+    def _borrowed_key(j: PendingJob, multi: bool) -> tuple[str, str]:
+        return ("multi", f"{j.user}/{j.gpus}") if multi else ("borrowed", f"{j.user}/{j.cpus}/{j.memory}")
+
+    def known_to_fail(self, j: PendingJob, multi: bool) -> bool:
+        """A claim on borrowed GPUs for `j` would fail: one no bigger (same owner and
+        shape) already did in this pass (see reclaim())."""
+        return j.nodes is None and j.gpus >= self.no_reclaim.get(self._borrowed_key(j, multi), 1 << 30)
+
     def _reclaim(self, j: PendingJob, scavengers_only: bool) -> tuple[list[RunningJob], NodeState] | None:
         best: tuple[float, str, list[RunningJob]] | None = None
-        for nid, node in self.nodes.items():
+        slack = {} if scavengers_only else self.slack(j.user)
+        nodes = self.nodes.items()
+        if _READY_FIRST and j.gpus > 0:
+            # A job whose GPUs are already on their way out (claimed in an earlier pass,
+            # within its grace period) asks again every pass: look first where enough
+            # may be on hand, free or stopping. The first such node in id order is what
+            # the whole scan below would pick; only when there is none is it needed.
+            ready = set(self.stop_nodes)
+            for k in range(1, self.max_per_node + 1):
+                ready.update(self.buckets[k])
+            for nid in sorted(ready):
+                node = self.nodes[nid]
+                if not can_hold(node, j):
+                    continue
+                found = self._clear(node, j, j.gpus, scavengers_only, slack)
+                if found is not None and not found[1] and (not scavengers_only or self._fits_after(node, j, [])):
+                    self._claim(j, [(nid, j.gpus)], [])
+                    return [], node
+        for nid, node in nodes:
             if not can_hold(node, j):
                 continue
-            found = self._clear(node, j, j.gpus, Counter(), scavengers_only)
+            found = self._clear(node, j, j.gpus, scavengers_only, slack)
             if found is None:
                 continue
             lost, victims = found
@@ -101,7 +134,7 @@ class Reclaimer(PassCore):
         remainder on one more, each node the cheapest to clear (least work lost)."""
         # Not monotone in size (16 GPUs may clear two whole nodes where 12 fail to pair
         # one with a remainder): a failure holds for the same size only.
-        key = ("multi-scavengers" if scavengers_only else "multi", f"{j.user}/{j.gpus}")
+        key = ("multi-scavengers", f"{j.user}/{j.gpus}") if scavengers_only else self._borrowed_key(j, True)
         if j.nodes is None and j.gpus >= self.no_reclaim.get(key, 1 << 30):
             return None
         found = self._reclaim_multi(j, scavengers_only)
@@ -114,9 +147,10 @@ class Reclaimer(PassCore):
     ) -> tuple[list[RunningJob], NodeState, tuple[str, ...]] | None:
         whole, rest = self.split(j.gpus)
         costs: list[tuple[float, str, list[RunningJob]]] = []
+        slack = {} if scavengers_only else self.slack(j.user)
         for nid, node in self.nodes.items():
             if node.info.gpus == self.max_per_node and can_hold(node, j, 0):
-                found = self._clear(node, j, node.info.gpus, Counter(), scavengers_only)
+                found = self._clear(node, j, node.info.gpus, scavengers_only, slack)
                 if found is not None:
                     costs.append((found[0], nid, found[1]))
         costs.sort(key=lambda c: (c[0], c[1]))
@@ -131,7 +165,7 @@ class Reclaimer(PassCore):
             for nid, node in self.nodes.items():
                 if nid in taken or not can_hold(node, j, rest):
                     continue
-                found = self._clear(node, j, rest, Counter(), scavengers_only)
+                found = self._clear(node, j, rest, scavengers_only, slack)
                 if found is not None and (best is None or (found[0], nid) < (best[0], best[1])):
                     best = (found[0], nid, found[1])
             if best is None:
@@ -165,64 +199,78 @@ class Reclaimer(PassCore):
         """GPUs `u` holds that count toward their guarantee (scavengers do not)."""
         return self.held[u] - self.scav.get(u, 0)
 
+    def slack(self, claimant: str) -> dict[str, int]:
+        """GPUs each other researcher holds over their guarantee, net of what this pass
+        already takes back from them: the most a claim by `claimant` may take from
+        each (their own jobs are never the claimant's victims)."""
+        out: dict[str, int] = {}
+        for u in self.held:
+            if u != claimant:
+                s = self.own(u) - self.reclaimed[u] - self.quota(u).guaranteed_gpus
+                if s > 0:
+                    out[u] = s
+        return out
+
     def _clear(
-        self, node: NodeState, j: PendingJob, need: int, taken: Counter[str], scavengers_only: bool = False
+        self,
+        node: NodeState,
+        j: PendingJob,
+        need: int,
+        scavengers_only: bool = False,
+        slack: dict[str, int] | None = None,
     ) -> tuple[float, list[RunningJob]] | None:
         """(GPU-seconds lost, victims) that give `need` GPUs on `node`; None if it cannot.
         Scavengers go first, whoever owns them and however young; then (unless
-        `scavengers_only`) borrowed GPUs of other researchers, least work lost first."""
+        `scavengers_only`) borrowed GPUs of other researchers, least work lost first.
+        `slack`: self.slack(j.user), passed in by callers that clear many nodes."""
+        if slack is None:
+            slack = {} if scavengers_only else self.slack(j.user)
         nid = node.info.id
-        running = self.running_by_node.get(nid, [])
-        available = (
-            node.free
-            + sum(r.gpus for r in running if r.stop_deadline is not None or r.id in self.stopping_for)
-            - self.node_claimed[nid]
-        )
+        available = node.free - self.node_claimed[nid]
+        # One loop over the node's jobs, the hottest of a reclaim: what is already on its
+        # way out counts as available; the rest that may go are the candidates.
+        now, min_runtime, stopping = self.now, self.cfg.min_runtime, self.stopping_for
+        candidates: list[RunningJob] = []
+        offered = 0
+        for r in self.running_by_node.get(nid, ()):
+            if r.stop_deadline is not None or r.id in stopping:
+                available += r.gpus
+            elif r.preemptible or (r.gpus <= slack.get(r.user, -1) and now - r.start_time >= min_runtime):
+                candidates.append(r)
+                offered += r.gpus
         if available >= need:
             return 0.0, []
-        victims: list[RunningJob] = []
-        lost = 0.0
-        now, min_runtime, stopping = self.now, self.cfg.min_runtime, self.stopping_for
-        candidates = [
-            r
-            for r in running
-            if r.stop_deadline is None
-            and r.id not in stopping
-            and (
-                r.preemptible
-                or (
-                    not scavengers_only
-                    and r.user != j.user
-                    and now - r.start_time >= min_runtime
-                    # Borrowing at all (the exact check, with this claim's own takings, is below).
-                    and self.own(r.user) - self.reclaimed[r.user] - r.gpus >= self.quota(r.user).guaranteed_gpus
-                )
-            )
-        ]
-        if available + sum(r.gpus for r in candidates) < need:
+        if available + offered < need:
             return None  # most nodes, on a busy pool: no sort
         candidates.sort(key=lambda r: (not r.preemptible, r.gpus * (now - r.start_time), r.id))
+        victims: list[RunningJob] = []
+        taken: dict[str, int] = {}
+        lost = 0.0
         for r in candidates:
             if available >= need:
                 break
             if not r.preemptible:
                 # Only borrowed GPUs are taken back: the owner keeps their own guarantee.
-                keeps = self.own(r.user) - self.reclaimed[r.user] - taken[r.user] - r.gpus
-                if keeps < self.quota(r.user).guaranteed_gpus:
+                t = taken.get(r.user, 0) + r.gpus
+                if t > slack[r.user]:
                     continue
+                taken[r.user] = t
             victims.append(r)
-            if not r.preemptible:
-                taken[r.user] += r.gpus
             available += r.gpus
-            lost += r.gpus * (self.now - r.start_time)
+            lost += r.gpus * (now - r.start_time)
         return (lost, victims) if available >= need else None
+
+    def stop(self, r: RunningJob) -> None:
+        """`r` is asked to stop in this pass: its GPUs are on their way out."""
+        self.stopping_for.add(r.id)
+        self.stop_nodes.add(r.node)
 
     def _claim(self, j: PendingJob, parts: list[tuple[str, int]], victims: list[RunningJob]) -> None:
         for nid, g in parts:
             self.node_claimed[nid] += g
         self.claimed[j.user] += j.gpus
         for r in victims:
-            self.stopping_for.add(r.id)
+            self.stop(r)
             if r.preemptible:
                 self.scav_free -= r.gpus
             else:

@@ -491,7 +491,7 @@ class Simulation:
         if j.stop_at is not None:
             return
         j.stop_at = now + self.grace
-        self._running_objs[j.id] = replace(self._running_objs[j.id], stop_deadline=j.stop_at)
+        self._running_objs[j.id] = self._running_objs[j.id]._replace(stop_deadline=j.stop_at)
         self._push(j.stop_at, self.STOPPED, j.id)
 
     def _stop(self, j: SimJob, now: float, finished: bool, lost_s: float = 0.0) -> None:

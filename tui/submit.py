@@ -36,6 +36,7 @@ FIELDS = (
     ("array", "array", "many tasks: 0-99%8 ({index} in the command; empty: one job)"),
     ("sweep", "sweep", "a grid: lr=1e-3,3e-4 bs=32,64 ({lr} in the command)"),
     ("notify", "notify me", "y: when it ends, as ~/.config/labq/config.yaml says (webhook or command)"),
+    ("preemptible", "preemptible", "y: a scavenger: only idle GPUs, given back as soon as another job needs them"),
     ("code", "code", "now: freeze the workdir's code as it is now; live: run it as it is when the job starts"),
 )
 CODE_CHOICES = ("now", "live", "as submitted")
@@ -125,6 +126,11 @@ def form_to_spec(
             errors["sweep"] = str(e).removeprefix("--sweep ")
         if array:
             errors["sweep"] = "an array or a sweep, not both"
+    preemptible = values.get("preemptible", "").strip().lower()
+    if preemptible in ("y", "yes"):
+        spec["preemptible"] = True
+    elif preemptible not in ("", "n", "no"):
+        errors["preemptible"] = "y or empty"
     notify = values.get("notify", "").strip().lower()
     if notify in ("y", "yes"):
         from scheduler.console import UsageError
@@ -165,6 +171,8 @@ def spec_to_form(spec: dict[str, Any]) -> dict[str, str]:
         out["array"] = str(spec["array"]) + (f"%{cap}" if cap and "%" not in str(spec["array"]) else "")
     if spec.get("notify"):
         out["notify"] = "y"
+    if spec.get("preemptible"):
+        out["preemptible"] = "y"
     out["code"] = "as submitted" if isinstance(spec.get("code"), dict) else "now"
     sweep = spec.get("sweep") or {}
     if sweep:

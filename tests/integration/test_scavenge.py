@@ -5,6 +5,8 @@ quota says `scavenge`, and then runs as a scavenger."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import Labq, unix_user, wait_for
@@ -37,6 +39,10 @@ def test_a_scavenger_yields_to_any_job_and_comes_back(labq4: Labq) -> None:
         # Once her job is done the GPUs are idle again: it comes back by itself.
         labq4.wait(mine, ("SUCCEEDED",), timeout=60)
         labq4.wait(scav, ("RUNNING",), timeout=60)
+        # Rerun as a regular job: --no-preemptible undoes what the rerun would keep.
+        again = json.loads(labq4.run("rerun", str(scav), "--no-preemptible", "--json", user=bob, cwd="/tmp").stdout)
+        assert labq4.job(again["id"]).get("preemptible") is not True
+        labq4.run("cancel", "--now", str(again["id"]), check=False)
     finally:
         labq4.run("cancel", "--now", str(scav), check=False)
         wait_for("the scavenger gone", lambda: labq4.job(scav)["state"] not in ("RUNNING", "STARTING"), 60)

@@ -392,6 +392,11 @@ def test_form_helpers_round_trip_a_spec() -> None:
     assert "empty range" in form_to_spec({**form, "array": "9-1"}, {})[1]["array"]
     assert form_to_spec({**form, "array": "0-3", "sweep": "lr=1"}, {})[1]["sweep"] == "an array or a sweep, not both"
     assert form_to_spec({**form, "notify": "maybe"}, {})[1]["notify"] == "y or empty"
+    # A scavenger from the form, and back (resubmit keeps it).
+    assert form_to_spec({**form, "preemptible": "y"}, {})[0]["preemptible"] is True
+    assert "preemptible" not in form_to_spec(form, {})[0]
+    assert spec_to_form({**spec, "preemptible": True})["preemptible"] == "y"
+    assert form_to_spec({**form, "preemptible": "maybe"}, {})[1]["preemptible"] == "y or empty"
     assert parse_field("max_gpus", "") == (None, "") and parse_field("shares", "0")[1]
 
 

@@ -100,6 +100,22 @@ def test_requeued_and_priority_order_within_a_researcher() -> None:
     assert list(d.order) == [3, 2, 1]
 
 
+def test_a_researchers_own_order_is_requeued_then_priority_then_age_at_any_length() -> None:
+    # The pass sorts a queue in stable passes on C-level keys; the order must be the one key's.
+    rng = random.Random(5)
+    pending = [
+        pend(i, "a", age=rng.choice([60.0, 120.0, rng.uniform(0, 9000)]), priority=rng.choice([0, 0, 1, -2]),
+             requeued=rng.random() < 0.2)
+        for i in range(1, 400)
+    ]  # fmt: skip
+    d = schedule(snap(pending, running=[run(1000, "b", "n0", gpus=4)]))
+    want = sorted(pending, key=lambda j: (not j.requeued, -j.priority, j.submit_time, j.id))
+    assert list(d.order) == [j.id for j in want]
+    plain = [j._replace(priority=0, requeued=False) for j in pending]
+    d = schedule(snap(plain, running=[run(1000, "b", "n0", gpus=4)]))
+    assert list(d.order) == [j.id for j in sorted(plain, key=lambda j: (j.submit_time, j.id))]
+
+
 def test_gang_best_fit_placement() -> None:
     d = schedule(snap([pend(1, "a", gpus=2)], running=[run(9, "b", "n0", gpus=2)], node_sizes=(4, 8)))
     # Node 0 has exactly 2 free: the tightest fit, leaving node 1's 8 GPUs whole.
@@ -265,7 +281,7 @@ def test_no_ping_pong_between_two_guaranteed_researchers() -> None:
             claimant = owners[p.for_job]
             victim = next(r.user for r in running if r.id == p.job_id)
             pairs.add((claimant, victim))
-            running = [replace(r, stop_deadline=now + 5) if r.id == p.job_id else r for r in running]
+            running = [r._replace(stop_deadline=now + 5) if r.id == p.job_id else r for r in running]
         by_id = {j.id: j for j in pending}
         for st_ in d.starts:
             j = by_id[st_.job_id]
@@ -732,6 +748,24 @@ def test_sorted_merge_of_quiet_stretches_decides_as_the_heap_does(monkeypatch: A
     assert merged_some > 50  # the fast path was really taken, many times
 
 
+def test_reclaim_looking_first_where_gpus_are_on_hand_picks_what_the_whole_scan_picks(monkeypatch: Any) -> None:
+    from scheduler import policy_reclaim
+
+    claimed = 0
+    for seed in range(300):
+        s = _deep_queue(seed)
+        s = replace(s, running=tuple(
+            r._replace(stop_deadline=NOW + 20) if r.id % 5 == 0 else r for r in s.running
+        ))  # fmt: skip
+        monkeypatch.setattr(policy_reclaim, "_READY_FIRST", False)
+        plain = schedule(s)
+        monkeypatch.setattr(policy_reclaim, "_READY_FIRST", True)
+        fast = schedule(s)
+        assert fast == plain, seed
+        claimed += any(r.kind == "reclaim" for w in fast.waiting.values() for r in w.reasons)
+    assert claimed > 30  # claims were really made, many times
+
+
 def test_the_simulators_quiet_pass_starts_and_preempts_what_the_daemons_does() -> None:
     # The simulator runs with explain=False, which stops a pass early once nothing can
     # start or reclaim; it must never stop before a researcher under their guarantee
@@ -836,7 +870,7 @@ def _passes(s: Snapshot, n: int = 20, step: float = 15.0) -> tuple[int, Decision
             )
         for x in d.preemptions:
             evictions += 1
-            running[x.job_id] = replace(running[x.job_id], stop_deadline=s.now + s.config.grace_period)
+            running[x.job_id] = running[x.job_id]._replace(stop_deadline=s.now + s.config.grace_period)
         for r in list(running.values()):
             if r.stop_deadline is not None and r.stop_deadline <= now:
                 del running[r.id]

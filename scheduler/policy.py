@@ -115,23 +115,21 @@ def _schedule(snap: Snapshot) -> Decision:
     # Scavengers (scavenge()): --preemptible jobs, and jobs over their owner's budget
     # when the quota says `scavenge`, with the reasons they would otherwise wait for.
     scavengers: list[tuple[PendingJob, list[Reason]]] = []
-    # Researchers with a prioritized or a requeued job: only their queues sort on those.
-    prioritized: set[str] = set()
-    requeued: set[str] = set()
+    queue_of = by_user.get
     for j in snap.pending:
         if j.preemptible:
             scavengers.append((j, []))
         else:
-            by_user.setdefault(j.user, []).append(j)
-            if j.priority:
-                prioritized.add(j.user)
-            if j.requeued:
-                requeued.add(j.user)
+            q = queue_of(j.user)
+            if q is None:
+                by_user[j.user] = [j]
+            else:
+                q.append(j)
     pending_count = Counter({u: len(js) for u, js in by_user.items()})
     for j, _ in scavengers:
         pending_count[j.user] += 1
     own_order = _hrrn_key(snap.now, cfg.default_time_limit) if cfg.duration_hint else _job_key
-    for u, jobs in by_user.items():
+    for jobs in by_user.values():
         if len(jobs) < 2:
             continue
         if own_order is _job_key:
@@ -139,9 +137,9 @@ def _schedule(snap: Snapshot) -> Decision:
             # (several times cheaper than a Python key per job; ids make keys unique,
             # so the order is the same): age, then priority, then requeued first.
             jobs.sort(key=_age_key)
-            if u in prioritized:
+            if any(map(_priority, jobs)):
                 jobs.sort(key=_priority, reverse=True)  # reverse keeps a sort stable
-            if u in requeued:
+            if any(map(_requeued, jobs)):
                 jobs.sort(key=_requeued, reverse=True)
             jobs.reverse()  # pop() from the end gives the next job
         else:

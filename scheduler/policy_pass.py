@@ -6,11 +6,15 @@ in its base (policy_state.PassCore)."""
 from __future__ import annotations
 
 from collections import Counter
+from operator import attrgetter
 
 from scheduler.policy_reclaim import Reclaimer
 from scheduler.policy_state import NodeState, Reservation
 from scheduler.policy_types import INF, PendingJob, Preempt, RunningJob, Snapshot, Start, Waiting
 from scheduler.quota import Quota
+
+_node_id = attrgetter("id")
+_node_gpus = attrgetter("gpus")
 
 
 class Pass(Reclaimer):
@@ -20,9 +24,9 @@ class Pass(Reclaimer):
         self.snap = snap
         self.cfg = snap.config
         self.now = snap.now
-        self.nodes: dict[str, NodeState] = {}
-        for n in sorted(snap.nodes, key=lambda n: n.id):
-            self.nodes[n.id] = NodeState(n, n.gpus, n.cpus, n.memory, [])
+        self.nodes: dict[str, NodeState] = {
+            n.id: NodeState(n, n.gpus, n.cpus, n.memory, []) for n in sorted(snap.nodes, key=_node_id)
+        }
         # The hottest loop of a pass (every running job, every pass): plain locals and
         # dicts rather than helper calls, the same arithmetic as _end().
         held: dict[str, int] = {}
@@ -107,11 +111,13 @@ class Pass(Reclaimer):
         self.running_by_node = running_by_node
         self.stop_nodes = stop_nodes
         # Free-GPU buckets make best-fit O(GPUs per node) instead of O(nodes).
-        self.max_per_node = max((n.gpus for n in snap.nodes), default=0)
-        self.buckets: list[dict[str, None]] = [dict() for _ in range(self.max_per_node + 1)]
-        for nid, node in self.nodes.items():
-            if node.info.schedulable and node.free > 0:
-                self.buckets[min(node.free, self.max_per_node)][nid] = None
+        self.max_per_node = top = max(map(_node_gpus, snap.nodes), default=0)
+        self.buckets: list[dict[str, None]] = [{} for _ in range(top + 1)]
+        buckets = self.buckets
+        for nid, node in nodes.items():
+            free = node.free
+            if free > 0 and node.info.schedulable:
+                buckets[free if free < top else top][nid] = None
         self.reservations: list[Reservation] = []
         self._largest: int | None = None
         schedulable = [n.gpus for n in snap.nodes if n.schedulable]
@@ -183,7 +189,11 @@ class Pass(Reclaimer):
         node.memory -= j.memory
         end = self.now + self._dur(j)
         node.releases.append((end, need))
-        if j.expected is not None and end < node.first_predicted and end < self.now + self._limit(j.time_limit):
+        if (
+            j.expected is not None
+            and end < node.first_predicted
+            and end < self.now + self._limit(j.time_limit)
+        ):
             node.first_predicted = end
         node.sorted_releases = None
         self._largest = None

@@ -10,7 +10,7 @@ from scheduler.policy_types import INF, NodeInfo, PendingJob, PolicyConfig, Runn
 from scheduler.quota import Quota
 
 
-@dataclass
+@dataclass(slots=True)
 class NodeState:
     info: NodeInfo
     free: int

@@ -648,7 +648,7 @@ def _schedule(snap: Snapshot) -> Decision:
             quota=p.quota(u),
         )
         for u in active
-    }
+    } if explain else {}  # fmt: skip
     return Decision(
         starts=tuple(p.starts),
         preemptions=tuple(p.preemptions),

@@ -109,8 +109,9 @@ class PolicyConfig:
     # else the time limit, as the runtime (Brinch Hansen's HRRN). Off: on the Philly
     # trace at 512 GPUs it made mean JCT worse (issue 19's note); False: oldest first.
     duration_hint: bool = False
-    # False skips the reason texts and ETAs (the simulator needs only the decisions,
-    # which are the same either way) and stops a pass once nothing more can start.
+    # False skips the reason texts, ETAs and the shares table (the simulator needs only
+    # the decisions, which are the same either way) and stops a pass once nothing more
+    # can start.
     explain: bool = True
 
 

@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks import stress_traces as st  # noqa: E402
 from benchmarks.bench_sim import philly  # noqa: E402
 from scheduler import simulator as sim  # noqa: E402
+from scheduler.policy_types import PolicyConfig  # noqa: E402
 from scheduler.traces import TraceJob  # noqa: E402
 
 Case = Callable[[int | None], tuple[list[TraceJob], dict[str, float], int]]
@@ -63,14 +64,17 @@ CASES: dict[str, Case] = {
 }
 
 
-def run_case(name: str, policies: list[str], limit: int | None, rho: bool = True) -> dict[str, dict[str, float]]:
+def run_case(
+    name: str, policies: list[str], limit: int | None, rho: bool = True, base: PolicyConfig | None = None
+) -> dict[str, dict[str, float]]:
     jobs, shares, nodes = CASES[name](limit)
     out: dict[str, dict[str, float]] = {}
     for pol in policies:
         t0 = time.perf_counter()
-        r = sim.replay(jobs, nodes, 8, pol, shares, alone=False)
+        r = sim.replay(jobs, nodes, 8, pol, shares, base=base, alone=False)
         dt = time.perf_counter() - t0
-        alone = sim.alone_jcts(jobs, nodes, 8, pol, shares, sim.policy_config(pol), 7 * 86400.0) if rho else {}
+        cfg = sim.policy_config(pol, base)
+        alone = sim.alone_jcts(jobs, nodes, 8, pol, shares, cfg, 7 * 86400.0) if rho else {}
         per = r["per_tenant"]
         rhos = {t: per[t]["mean_jct_s"] / alone[t] for t in per if alone.get(t)} or {"(not measured)": float("nan")}
         worst = max(rhos, key=lambda t: rhos[t])
@@ -101,9 +105,13 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--json", default=None, help="also write the numbers here")
     ap.add_argument("--no-rho", action="store_true", help="skip the replays alone (speed only)")
+    ap.add_argument(
+        "--duration-hint", action="store_true", help="each researcher's own queue by response ratio (an experiment)"
+    )
     args = ap.parse_args()
     names = list(CASES) if args.cases == "all" else args.cases.split(",")
-    results = {n: run_case(n, args.policies.split(","), args.limit, not args.no_rho) for n in names}
+    base = PolicyConfig(duration_hint=True) if args.duration_hint else None
+    results = {n: run_case(n, args.policies.split(","), args.limit, not args.no_rho, base) for n in names}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
 

@@ -570,7 +570,11 @@ def _schedule(snap: Snapshot) -> Decision:
         or no GPU is free so nothing more starts in this pass), that no scavenger can
         make room for, and whose claim cannot succeed (it does not fit under its owner's
         guarantee, or a claim for one no bigger already failed): consider() would only
-        record that it waits. Free blocks, scavengers and room only shrink in a pass."""
+        record that it waits. Free blocks, scavengers and room only shrink in a pass.
+        Skipping consider() also skips two things that cannot matter then: a job over its
+        budget joining the scavengers (scavenge() needs a free block it does not have),
+        and the EASY reservation when no GPU is free (reservations only hold back starts
+        and evictions of scavengers, and neither can happen any more)."""
         if explain or p.scav_free > 0:
             return False
         free = p.largest_free()

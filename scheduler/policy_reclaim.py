@@ -24,6 +24,8 @@ class Reclaimer(PassCore):
     claimed: Counter[str]
     node_claimed: Counter[str]
     reclaimed: Counter[str]
+    # Add to these only through stop(): _reclaim's first look (where GPUs are on hand)
+    # finds stopping jobs by stop_nodes, and would miss one added to stopping_for alone.
     stopping_for: set[int]
     stop_nodes: set[str]
     buckets: list[dict[str, None]]
@@ -202,7 +204,9 @@ class Reclaimer(PassCore):
     def slack(self, claimant: str) -> dict[str, int]:
         """GPUs each other researcher holds over their guarantee, net of what this pass
         already takes back from them: the most a claim by `claimant` may take from
-        each (their own jobs are never the claimant's victims)."""
+        each (their own jobs are never the claimant's victims). Only researchers with
+        some to give are in it, so a job holding no GPU (CPU only) is never a victim:
+        preempting it would free nothing a claim counts."""
         out: dict[str, int] = {}
         for u in self.held:
             if u != claimant:

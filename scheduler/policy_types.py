@@ -111,7 +111,8 @@ class PolicyConfig:
     duration_hint: bool = False
     # False skips the reason texts, ETAs and the shares table (the simulator needs only
     # the decisions, which are the same either way) and stops a pass once nothing more
-    # can start.
+    # can start. Then only `starts` and `preemptions` are whole: `waiting` and `order`
+    # leave out jobs that were skipped, and `shares` is empty (the daemon always explains).
     explain: bool = True
 
 

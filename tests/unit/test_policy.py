@@ -241,6 +241,21 @@ def test_claims_in_one_pass_do_not_exceed_the_guarantee() -> None:
     assert len(d.preemptions) == 2
 
 
+def test_a_job_holding_no_gpu_is_never_preempted_to_make_room_for_gpus() -> None:
+    # A CPU-only job of someone with no guarantee gives back nothing a claim counts
+    # (found by a review: it once sorted first among the victims, losing "no work").
+    s = snap(
+        pending=[pend(3, "a", gpus=8)],
+        running=[run(1, "b", "n0", gpus=0), run(2, "c", "n0", gpus=8)],
+        node_sizes=(8,),
+        quotas=book(a={"guaranteed_gpus": 8}),
+        min_runtime=0.0,
+    )
+    for explain in (True, False):
+        d = schedule(replace(s, config=replace(s.config, explain=explain)))
+        assert [(x.job_id, x.for_job) for x in d.preemptions] == [(2, 3)], explain
+
+
 def test_preemption_can_be_turned_off() -> None:
     q = book(carol={"guaranteed_gpus": 2})
     running = [run(i, "alice", "n0") for i in range(1, 5)]

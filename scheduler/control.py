@@ -41,6 +41,9 @@ _END_STATE = {
 }
 
 
+# Ray's error for a task pinned (hard node affinity) to a node that is dead.
+_UNPLACEABLE = "TaskUnschedulableError"
+
 class JobControl:
     def __init__(
         self,
@@ -308,6 +311,14 @@ class JobControl:
         if outcome is Outcome.PREEMPTED and job.stop_outcome == "cancelled":
             # Cancelled while being preempted: the node reports the first request it got.
             outcome, reason = Outcome.CANCELLED, job.stop_reason or reason
+        if outcome is Outcome.LOST and job.state is JobState.STARTING and job.node and _UNPLACEABLE in reason:
+            # Ray could not put the task on its node: labq pins a job to its node (hard
+            # affinity), so that node is gone, e.g. a worker's old Ray node just after its
+            # reboot and rejoin. The job never ran: back to the queue without spending a
+            # node-loss retry or any GPU time, and that node is never used again.
+            self.nodes.mark_dead(job.node)
+            self.requeue(job, JobState.STARTING, f"{job.node_name or job.node} was gone before the job started there")
+            return
         if outcome is Outcome.LOST and self._node_gone(job, reason):
             took = self.node_lost(job, reason, stats, fields)
         elif outcome is Outcome.PREEMPTED:
@@ -349,8 +360,9 @@ class JobControl:
         )
 
     def _node_gone(self, job: JobRow, reason: str) -> bool:
-        """Did this job end because its node died (rather than Ray losing track of it)?"""
-        if job.node and ("NodeDied" in reason or "doesn't exist any more" in reason):
+        """Did this job end because its node died (rather than Ray losing track of it)?
+        (The executor reports Ray's error by its type name only: see executor.py.)"""
+        if job.node and ("NodeDied" in reason or _UNPLACEABLE in reason or "doesn't exist any more" in reason):
             self.nodes.mark_dead(job.node)
             return True
         self._refresh_nodes()

@@ -5,7 +5,7 @@ State machine (docs/architecture.md draws it)::
     PENDING -> STARTING -> RUNNING -> SUCCEEDED | FAILED | CANCELLED | TIMEOUT
        |          |           |
        |          |           +-> PREEMPTED -> PENDING      (reclaimed by fair share; runs again)
-       |          +-> PENDING                               (launch never reached Ray)
+       |          +-> PENDING                               (launch never reached Ray, or its node was gone)
        +-> CANCELLED
     STARTING | RUNNING -> LOST                              (Ray no longer runs it; reason required)
     STARTING | RUNNING -> NODE_LOST [-> PENDING]            (its node died; requeued while retries last)

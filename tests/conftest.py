@@ -137,8 +137,15 @@ class Labq:
             f"job {job_id} to be {'/'.join(states)}",
             lambda: (j := self.job(job_id))["state"] in states and j,
             timeout,
-            lambda: f"it is {self.job(job_id)['state']}",
+            lambda: self._why_not(job_id),
         )
+
+    def _why_not(self, job_id: int) -> str:
+        """The state a job is in, with its last events: what a failed wait needs to be
+        diagnosed after the daemon's state directory is gone (e.g. a LOST job's reason)."""
+        j = self.job(job_id)
+        events = "; ".join(f"{e.get('new_state')}: {e.get('reason')}" for e in (j.get("events") or [])[-4:])
+        return f"it is {j['state']}" + (f" (last events: {events})" if events else "")
 
     def wait_all(self, ids: list[int], states: tuple[str, ...], timeout: float = 120) -> list[dict[str, Any]]:
         def done() -> list[dict[str, Any]] | None:

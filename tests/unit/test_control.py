@@ -140,6 +140,30 @@ def test_a_lost_node_requeues_per_the_retry_budget_and_is_never_used_again(
     d.store.close()
 
 
+def test_a_launch_ray_cannot_place_on_its_dead_node_is_requeued_without_spending_a_retry(
+    tmp_path: Path, launcher: MemoryLauncher
+) -> None:
+    # A worker's old Ray node, dead after a reboot but not yet dropped: Ray answers the
+    # pinned task with TaskUnschedulableError (the executor reports the type only).
+    d = open_daemon(tmp_path / "state", launcher, ("n1", "n2"), node_lost_retries=0)
+    job = d.control.submit(ALICE, SPEC)
+    d.scheduler.one_pass()
+    row = d.store.get(job)
+    assert row.state is JobState.STARTING and row.node is not None
+    ghost = row.node
+    reason = "the Ray task ended without a result (TaskUnschedulableError)"
+    launcher.finish(job, row.attempt, "lost", exit_code=None, reason=reason, at=120.0)
+    pump(d, launcher)
+    row = d.store.get(job)
+    assert row.state is JobState.PENDING and row.requeued, row.state
+    assert "was gone before the job started there" in d.store.events(job)[-1]["reason"]
+    assert ghost not in d.nodes
+    d.scheduler.one_pass()  # no retry was spent (the budget is 0): it is placed again, elsewhere
+    row = d.store.get(job)
+    assert row.state is JobState.STARTING and row.node not in (None, ghost)
+    d.store.close()
+
+
 def test_cancel_pending_running_and_now_and_only_by_the_owner_or_an_admin(d: Daemon, launcher: MemoryLauncher) -> None:
     running = submit_and_start(d, launcher)
     waiting = d.control.submit(ALICE, {**SPEC, "gpus": 4})  # 3 of 4 GPUs free: it waits

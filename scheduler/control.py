@@ -312,10 +312,9 @@ class JobControl:
             # Cancelled while being preempted: the node reports the first request it got.
             outcome, reason = Outcome.CANCELLED, job.stop_reason or reason
         if outcome is Outcome.LOST and job.state is JobState.STARTING and job.node and _UNPLACEABLE in reason:
-            # Ray could not put the task on its node: labq pins a job to its node (hard
-            # affinity), so that node is gone, e.g. a worker's old Ray node just after its
-            # reboot and rejoin. The job never ran: back to the queue without spending a
-            # node-loss retry or any GPU time, and that node is never used again.
+            # Ray could not put the task on its pinned node (hard affinity): that node is gone,
+            # e.g. a worker's old Ray node just after its reboot. The job never ran: requeued
+            # without spending a node-loss retry or GPU time; that node is never used again.
             self.nodes.mark_dead(job.node)
             self.requeue(job, JobState.STARTING, f"{job.node_name or job.node} was gone before the job started there")
             return

@@ -76,7 +76,6 @@ class Reclaimer(PassCore):
     def _reclaim(self, j: PendingJob, scavengers_only: bool) -> tuple[list[RunningJob], NodeState] | None:
         best: tuple[float, str, list[RunningJob]] | None = None
         slack = {} if scavengers_only else self.slack(j.user)
-        nodes = self.nodes.items()
         if _READY_FIRST and j.gpus > 0:
             # A job whose GPUs are already on their way out (claimed in an earlier pass,
             # within its grace period) asks again every pass: look first where enough
@@ -93,7 +92,7 @@ class Reclaimer(PassCore):
                 if found is not None and not found[1] and (not scavengers_only or self._fits_after(node, j, [])):
                     self._claim(j, [(nid, j.gpus)], [])
                     return [], node
-        for nid, node in nodes:
+        for nid, node in self.nodes.items():
             if not can_hold(node, j):
                 continue
             found = self._clear(node, j, j.gpus, scavengers_only, slack)
@@ -220,15 +219,13 @@ class Reclaimer(PassCore):
         node: NodeState,
         j: PendingJob,
         need: int,
-        scavengers_only: bool = False,
-        slack: dict[str, int] | None = None,
+        scavengers_only: bool,
+        slack: dict[str, int],
     ) -> tuple[float, list[RunningJob]] | None:
         """(GPU-seconds lost, victims) that give `need` GPUs on `node`; None if it cannot.
         Scavengers go first, whoever owns them and however young; then (unless
         `scavengers_only`) borrowed GPUs of other researchers, least work lost first.
-        `slack`: self.slack(j.user), passed in by callers that clear many nodes."""
-        if slack is None:
-            slack = {} if scavengers_only else self.slack(j.user)
+        `slack`: self.slack(j.user) ({} for scavengers only), once per reclaim."""
         nid = node.info.id
         available = node.free - self.node_claimed[nid]
         # One loop over the node's jobs, the hottest of a reclaim: what is already on its

@@ -183,6 +183,34 @@ class Admission:
                 429,
             )
 
+    def _check_gang(self, spec: JobSpec, sizes: list[int], largest: int) -> None:
+        """A job over several nodes takes whole nodes of the largest size (the policy's
+        placement): say plainly what else would wait forever."""
+        if not self.config.allow_multi_node:
+            raise DaemonError(
+                f"asks for {spec.gpus} GPUs but the largest node has {largest} (multi-node jobs are off: "
+                "allow_multi_node in labq.yaml)"
+            )
+        per = spec.gpus // spec.nodes
+        if spec.nodes > 1 and per != largest:
+            if per > largest:
+                raise DaemonError(f"asks for {per} GPUs per node but the largest node has {largest}")
+            one = f", or --gpus {spec.gpus} on one node" if spec.gpus <= largest else ""
+            raise DaemonError(
+                f"asks for {per} GPUs on each of {spec.nodes} nodes: a job over several nodes takes whole nodes "
+                f"(--gpus-per-node {largest} here){one}"
+            )
+        if spec.gpus % largest:
+            raise DaemonError(
+                f"asks for {spec.gpus} GPUs, more than a node has ({largest}): a job over several nodes takes "
+                f"whole nodes, so ask for a multiple of {largest} (--nodes N --gpus-per-node {largest})"
+            )
+        whole = sum(1 for g in sizes if g == largest)
+        if spec.gpus // largest > whole:
+            raise DaemonError(
+                f"asks for {spec.gpus // largest} whole {largest}-GPU nodes but the cluster has {whole}"
+            )
+
     def _check_fits(self, spec: JobSpec) -> None:
         """Refuse what no node could ever hold (GPUs, CPUs or memory): such a job would
         wait forever (and, before, hold a backfill reservation that blocked others)."""
@@ -201,12 +229,12 @@ class Admission:
             raise DaemonError(
                 f"asks for {memory(spec.memory)} of memory but the most {where} has for jobs is {memory(most_mem)}"
             )
-        if spec.gpus > largest and not self.config.allow_multi_node:
-            if largest == 0:
-                raise DaemonError(
-                    f"asks for {spec.gpus} GPU{'s' if spec.gpus != 1 else ''} but no node has any "
-                    "(start with `labq up --gpus N` on a machine without NVIDIA GPUs)"
-                )
-            raise DaemonError(f"asks for {spec.gpus} GPUs but the largest node has {largest} (multi-node jobs are off)")
+        if largest == 0 and spec.gpus > 0:
+            raise DaemonError(
+                f"asks for {spec.gpus} GPU{'s' if spec.gpus != 1 else ''} but no node has any "
+                "(start with `labq up --gpus N` on a machine without NVIDIA GPUs)"
+            )
+        if spec.nodes > 1 or spec.gpus > largest:
+            self._check_gang(spec, sizes, largest)
         if spec.gpus > sum(sizes):
             raise DaemonError(f"asks for {spec.gpus} GPUs but the whole cluster has {sum(sizes)}")

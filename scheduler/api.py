@@ -239,6 +239,15 @@ def job_log(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     if stream not in ("all", "stderr"):
         raise DaemonError(f"stream is all or stderr, got {stream[:20]!r}")
     path = d.logs.path(job.id) if stream == "all" else d.logs.err_path(job.id, job.attempt)
+    # `rank=N`: rank N's output of a job over several nodes (rank 0's is the job's log).
+    rank = _int(p, "rank", 0, minimum=0)
+    ranks = len(job.rank_list())
+    if rank:
+        if rank >= max(ranks, 1):
+            raise DaemonError(f"job {job.ref} has {'no ranks' if not ranks else f'ranks 0 to {ranks - 1}'}: no rank {rank}")
+        if stream != "all":
+            raise DaemonError("a rank's log has its stderr in it (no stream=stderr with rank)")
+        path = d.logs.rank_path(job.id, job.attempt, rank)
     data = b""
     size = 0
     try:
@@ -276,6 +285,7 @@ def job_log(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
         "state": job.state.value,
         "done": job.state.terminal,
         "yours": c.user == job.user,
+        "ranks": ranks,
     }
 
 

@@ -14,13 +14,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from scheduler.cli_logs import cmd_logs
 from scheduler.cli_spec import apply_job_options, build_spec
 from scheduler.client import Client, ClientError, NoDaemon, Remote
 from scheduler.cliparse import build_parser, command_of
 from scheduler.console import UsageError, die, emit_json, say
 from scheduler.present import (
     clean,
-    clean_log,
     gib,
     job_holder,
     job_text,
@@ -187,53 +187,6 @@ def cmd_show(c: Client, args: argparse.Namespace) -> int:
     for line in job_text(j, time.time()).splitlines():
         say(line)
     return 0
-
-
-def cmd_logs(c: Client, args: argparse.Namespace) -> int:
-    offset = 0
-    tty = sys.stdout.isatty()
-
-    def write(chunk: dict[str, Any]) -> None:
-        data = chunk["data"]
-        # Your own job's output reaches your terminal as it is (colours, progress bars);
-        # someone else's (an admin reading it) has its escape sequences shown, not obeyed.
-        if tty and not args.raw and not chunk.get("yours", True):
-            data = clean_log(data)
-        sys.stdout.write(data)
-        sys.stdout.flush()
-
-    if args.tail is not None:
-        if args.tail < 0:
-            raise UsageError("--tail takes a number of lines, 0 or more")
-        offset = _tail(c, args.job_id, args.tail, write, args.stderr)
-    while True:
-        chunk = c.log(args.job_id, offset, stderr=args.stderr)
-        if chunk["data"]:
-            write(chunk)
-        offset = chunk["offset"]
-        if offset < chunk["size"]:
-            continue
-        if not args.follow or chunk["done"]:
-            # One more read after the end: the last bytes may land just after the state flips.
-            if args.follow:
-                write(c.log(args.job_id, offset, stderr=args.stderr))
-            return 0
-        time.sleep(0.3)
-
-
-def _tail(c: Client, job_id: str, lines: int, write: Any, stderr: bool = False) -> int:
-    """Write the log's last `lines` lines; the offset after them. Reads windows from the
-    end, each twice the last, so a huge log is never read whole."""
-    want = max(4096, lines * 160)
-    while True:
-        chunk = c.log(job_id, tail=want, stderr=stderr)
-        text = chunk["data"]
-        have = text.splitlines(keepends=True)
-        if len(have) > lines or chunk["start"] == 0 or want >= 2**20:
-            if lines:
-                write({**chunk, "data": "".join(have[-lines:])})
-            return int(chunk["offset"])
-        want *= 2
 
 
 def cmd_wait(c: Client, args: argparse.Namespace) -> int:

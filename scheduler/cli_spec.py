@@ -54,12 +54,30 @@ def apply_job_options(spec: dict[str, Any], args: argparse.Namespace) -> None:
         spec.pop("array", None)
     if args.max_running is not None:
         spec["max_running"] = args.max_running
+    _apply_nodes(spec, getattr(args, "nodes", None), getattr(args, "gpus_per_node", None), args.gpus)
     if getattr(args, "preemptible", None) is not None:
         spec["preemptible"] = args.preemptible  # False: rerun --no-preemptible
     if args.notify:
         from scheduler.userconfig import user_notify
 
         spec["notify"] = user_notify()
+
+
+def _apply_nodes(spec: dict[str, Any], nodes: int | None, per_node: int | None, gpus: int | None) -> None:
+    """--nodes N --gpus-per-node G: N*G GPUs on N whole nodes (--gpus, if given, must agree)."""
+    if nodes is not None:
+        if nodes < 1:
+            raise UsageError("--nodes must be 1 or more")
+        spec["nodes"] = nodes
+    if per_node is not None:
+        if per_node < 1:
+            raise UsageError("--gpus-per-node must be 1 or more")
+        total = int(spec.get("nodes") or 1) * per_node
+        if gpus is not None and gpus != total:
+            raise UsageError(f"--gpus {gpus} disagrees with --nodes x --gpus-per-node ({total}): give one or the other")
+        spec["gpus"] = total
+    elif nodes is not None and gpus is None and "gpus" not in spec:
+        raise UsageError("--nodes needs --gpus-per-node G (or --gpus TOTAL)")
 
 
 def build_spec(

@@ -347,9 +347,11 @@ class Client:
         tail: int | None = None,
         before: int | None = None,
         stderr: bool = False,
+        rank: int | None = None,
     ) -> dict[str, Any]:
         """Log bytes from `offset` (at most `limit`); or, with `tail`, the last `tail`
-        bytes (ending at `before`), starting at a line. `start` says where `data` begins."""
+        bytes (ending at `before`), starting at a line. `start` says where `data` begins.
+        `rank`: that rank's output of a job over several nodes (`ranks` says how many)."""
         out: dict[str, Any] = self.request(
             "GET",
             f"/v1/jobs/{_ref(job_id)}/log",
@@ -358,6 +360,7 @@ class Client:
             tail=tail,
             before=before,
             stream="stderr" if stderr else None,
+            rank=rank or None,
         )
         return out
 

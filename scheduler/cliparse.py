@@ -78,7 +78,11 @@ def command_of(argv: list[str]) -> str | None:
 
 def _resource_options(s: Any, time_help: str, grace_help: str) -> None:
     """What any job asks for: resources, time, where, env, name, priority, grace."""
-    s.add_argument("--gpus", type=int)
+    s.add_argument(
+        "--gpus", type=int,
+        help="GPUs in all; more than one node has: spread over whole nodes (a multiple of the node size, e.g. "
+        "--gpus 16 on 8-GPU nodes is 2 nodes), as --nodes 2 --gpus-per-node 8 says explicitly",
+    )
     s.add_argument("--cpus", type=float)
     s.add_argument("--memory", help="e.g. 16G")
     s.add_argument("--time", help=time_help)
@@ -124,6 +128,12 @@ def _job_options(s: Any) -> None:
         "command is the task's value (also $LABQ_PARAM_NAME)",
     )
     s.add_argument("--max-running", type=int, metavar="N", help="an array's or sweep's tasks at once (the %%N)")
+    s.add_argument(
+        "--nodes", type=int, metavar="N",
+        help="run on N whole nodes at once, one rank per node (all start together, one failing stops all); each "
+        "gets $LABQ_MASTER_ADDR, $LABQ_MASTER_PORT, $LABQ_NODE_RANK, $LABQ_NNODES (and torchrun's own names)",
+    )
+    s.add_argument("--gpus-per-node", type=int, metavar="G", help="with --nodes: GPUs on each node (a whole node's)")
     s.add_argument(
         "--preemptible", action=argparse.BooleanOptionalAction, default=None,
         help="a scavenger: run only on GPUs nobody else can use now, give them back (SIGTERM, grace, requeued) as "
@@ -243,6 +253,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     lg.add_argument(
         "--raw", action="store_true", help="another user's log as it is, escape sequences included"
+    )
+    lg.add_argument("--rank", type=int, metavar="N", help="a job over several nodes: rank N's output (default: rank 0)")
+    lg.add_argument(
+        "--all-ranks", action="store_true", help="a job over several nodes: every rank's output, each line prefixed [rank N]"
     )
 
     ca = sub.add_parser("cancel", help="cancel jobs (running ones get SIGTERM, then SIGKILL after the grace)")

@@ -34,7 +34,8 @@ class DaemonConfig:
     # Per-job log; output beyond this is read and dropped (the log says so).
     log_max_bytes: int = 256 * 1024 * 1024
     pass_interval_s: float = 1.0
-    allow_multi_node: bool = False
+    # Jobs over several nodes (gangs on whole nodes, issue 15); off: refused at submit.
+    allow_multi_node: bool = True
     # The team cluster (issue 14). `advertise`: the embedded Ray head listens on this
     # routable address (on ray_port) instead of loopback, and `labq join` reaches the
     # daemon there (on join_port, TLS). Ray always runs with token auth; an external

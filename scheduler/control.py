@@ -13,6 +13,7 @@ thing; the in-memory one lets tests drive every path below in milliseconds.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -23,10 +24,18 @@ from scheduler.auth import Caller
 from scheduler.config import DaemonConfig
 from scheduler.errors import DaemonError
 from scheduler.launcher import Event, Launcher, LauncherDown, key_of
+from scheduler.launching import (
+    build_launch,
+    code_for,
+    gang_launches,
+    nodes_of,
+    placed_ranks,
+    started_ranks,
+    where_running,
+)
 from scheduler.ledger import UsageLedger
 from scheduler.logbook import LogBook
 from scheduler.nodes import NodeBook
-from scheduler.runner import Launch
 from scheduler.shapes import ACTIVE, JobState, Outcome
 from scheduler.store import JobRow, Store
 
@@ -193,19 +202,33 @@ class JobControl:
             launcher.stop(job.id, job.attempt, outcome, reason, grace)
 
     # -- from the scheduler loop ----------------------------------------------------------------
+    def start_gang(
+        self, job_id: int, ranks: list[tuple[str, int, tuple[int, ...] | None]], now: float, scavenger: bool = False
+    ) -> JobRow | None:
+        """A job over several nodes: `ranks` = (node, GPUs, GPU indices or None), rank 0 first."""
+        return self.start(job_id, ranks[0][0], ranks[0][2], now, scavenger, placed_ranks(ranks, self.nodes.name_of))
+
     def start(
-        self, job_id: int, node_id: str, gpu_ids: tuple[int, ...] | None, now: float, scavenger: bool = False
+        self,
+        job_id: int,
+        node_id: str,
+        gpu_ids: tuple[int, ...] | None,
+        now: float,
+        scavenger: bool = False,
+        ranks: str = "",
     ) -> JobRow | None:
         """PENDING -> STARTING on `node_id`, then launch. None if it moved on meanwhile
-        (cancelled while the pass decided). `scavenger`: it runs preemptibly (Start.preemptible)."""
+        (cancelled while the pass decided). `scavenger`: it runs preemptibly (Start.preemptible).
+        `ranks`: a job over several nodes (JobRow.ranks; node_id is rank 0's)."""
         node_name = self.nodes.name_of(node_id)
+        where = ", ".join(r["node_name"] for r in json.loads(ranks)) if ranks else node_name
         row = self.store.get(job_id)
         if row.state is not JobState.PENDING:
             return None
         row = self.store.transition(
             row.id,
             JobState.STARTING,
-            f"placed on {node_name}" + (" as a scavenger (preemptible, on idle GPUs)" if scavenger else ""),
+            f"placed on {where}" + (" as a scavenger (preemptible, on idle GPUs)" if scavenger else ""),
             now=now,
             expect=(JobState.PENDING,),
             node=node_id,
@@ -219,6 +242,7 @@ class JobControl:
             exit_code=None,
             signal=None,
             scavenging=int(scavenger),
+            ranks=ranks,
         )
         if row.state is not JobState.STARTING:
             return None
@@ -229,46 +253,13 @@ class JobControl:
         launcher = self.launcher
         if launcher is None:
             return  # reconcile launches STARTING jobs once the launcher is there
-        spec = job.spec
-        umask = spec.get("umask")
-        code, code_error = self._code(job)
-        launch = Launch(
-            job_id=job.id,
-            attempt=job.attempt,
-            argv=list(spec["command"]),
-            workdir=spec.get("workdir", ""),
-            env=dict(spec.get("env", {})),
-            uid=job.uid,
-            user=job.user,
-            # The default limit is a limit too: backfill and ETAs count on it.
-            time_limit=job.time_limit or self.config.default_time_limit_s,
-            grace=self.grace(job),
-            log_limit=self.logs.room(job),
-            namespace=self._namespace(),
-            gpu_indices=tuple(int(g) for g in job.gpu_ids.split(",")) if job.gpu_ids else None,
-            umask=0o022 if umask is None else int(umask),
-            cgroup=self.config.job_cgroups,
-            code=code,
-            code_error=code_error,
-            code_commit=str((spec.get("code") or {}).get("commit", "")),
-            tty=job.kind == "shell",
-            head_timeout=self.config.node_timeout_s,
+        launch, resources = build_launch(
+            job, self.config, self.grace(job), self.logs.room(job), self._namespace(), code_for(job, self.admission.codes)
         )
-        resources: dict[str, float] = {"GPU": job.gpus, "CPU": float(spec.get("cpus", 0))}
-        if spec.get("memory"):
-            resources["memory"] = float(spec["memory"])
+        if job.ranks:
+            launcher.launch_gang(job.id, job.attempt, gang_launches(launch, job.rank_list(), resources), launch.grace)
+            return
         launcher.launch(job.id, job.attempt, launch, job.node or "", resources)
-
-    def _code(self, job: JobRow) -> tuple[bytes, str]:
-        """The job's code snapshot from the head's store, or why it is not there."""
-        ref = job.spec.get("code")
-        codes = self.admission.codes
-        if not ref or codes is None:
-            return b"", ""
-        try:
-            return codes.get(job.uid, str(ref["id"])), ""
-        except DaemonError:
-            return b"", f"its code snapshot {str(ref['id'])[:12]} is no longer on the head (rerun it with --live)"
 
     # -- from the event pump --------------------------------------------------------------------
     def apply(self, ev: Event) -> None:
@@ -279,18 +270,24 @@ class JobControl:
         kind = ev["type"]
         if kind == "started":
             base = self.logs.open_attempt(job)
+            extra: dict[str, Any] = {"ranks": started_ranks(job.rank_list(), ev["ranks"])} if job.ranks and ev.get("ranks") else {}
             self.store.transition(
                 job.id,
                 JobState.RUNNING,
-                f"running on {job.node_name} with GPUs {','.join(ev['gpu_ids']) or '-'}",
+                where_running(job, ev, extra.get("ranks", "")),
                 expect=(JobState.STARTING,),
                 start_time=ev["start_time"],
                 pid=ev["pid"],
                 gpu_ids=",".join(ev["gpu_ids"]),
                 log_base=base,
+                **extra,
             )
         elif kind == "log":
-            self.logs.write(job, int(ev["offset"]), ev["data"], ev.get("err") or ())
+            rank = int(ev.get("rank") or 0)
+            if rank:
+                self.logs.write_rank(job, rank, int(ev["offset"]), ev["data"])
+            else:
+                self.logs.write(job, int(ev["offset"]), ev["data"], ev.get("err") or ())
         elif kind == "finished":
             self.finish(job, ev)
         else:
@@ -311,6 +308,10 @@ class JobControl:
         if outcome is Outcome.PREEMPTED and job.stop_outcome == "cancelled":
             # Cancelled while being preempted: the node reports the first request it got.
             outcome, reason = Outcome.CANCELLED, job.stop_reason or reason
+        if outcome is Outcome.LOST and job.state is JobState.STARTING and ev.get("unplaced"):
+            # A job over several nodes whose ranks never all met (gang.py): nothing ran.
+            self.requeue(job, JobState.STARTING, f"its nodes could not all be reached ({reason})")
+            return
         if outcome is Outcome.LOST and job.state is JobState.STARTING and job.node and _UNPLACEABLE in reason:
             # Ray could not put the task on its pinned node (hard affinity): that node is gone,
             # e.g. a worker's old Ray node just after its reboot. The job never ran: requeued
@@ -318,7 +319,7 @@ class JobControl:
             self.nodes.mark_dead(job.node)
             self.requeue(job, JobState.STARTING, f"{job.node_name or job.node} was gone before the job started there")
             return
-        if outcome is Outcome.LOST and self._node_gone(job, reason):
+        if outcome is Outcome.LOST and self._node_gone(job, reason, ev.get("lost_node")):
             took = self.node_lost(job, reason, stats, fields)
         elif outcome is Outcome.PREEMPTED:
             row = self.store.transition(job.id, JobState.PREEMPTED, reason, expect=ACTIVE, run_stats=stats, **fields)
@@ -358,14 +359,16 @@ class JobControl:
             stop_reason=None,
         )
 
-    def _node_gone(self, job: JobRow, reason: str) -> bool:
+    def _node_gone(self, job: JobRow, reason: str, lost_node: str | None = None) -> bool:
         """Did this job end because its node died (rather than Ray losing track of it)?
-        (The executor reports Ray's error by its type name only: see executor.py.)"""
-        if job.node and ("NodeDied" in reason or _UNPLACEABLE in reason or "doesn't exist any more" in reason):
-            self.nodes.mark_dead(job.node)
+        (The executor reports Ray's error by its type name only: see executor.py.)
+        `lost_node`: for a job over several nodes, the lost rank's node."""
+        node = lost_node or job.node
+        if node and ("NodeDied" in reason or _UNPLACEABLE in reason):
+            self.nodes.mark_dead(node)
             return True
         self._refresh_nodes()
-        return bool(job.node) and self._connected() and job.node not in self.nodes
+        return bool(node) and self._connected() and any(n not in self.nodes for n in nodes_of(job))
 
     def node_lost(self, job: JobRow, detail: str, stats: Mapping[str, Any] | None, fields: dict[str, Any]) -> bool:
         """The job's node is gone: NODE_LOST (at `end_time`, when it happened), then
@@ -404,12 +407,13 @@ class JobControl:
             if seen is None or seen.get("finished") or not seen.get("seen"):
                 continue
             last = float(seen["seen"])
-            gone = bool(job.node) and connected and job.node not in self.nodes
+            gone = bool(job.node) and connected and any(n not in self.nodes for n in nodes_of(job))
             silent = now - last > timeout
             if not (gone or silent):
                 continue
             if silent and job.node:
-                self.nodes.mark_dead(job.node)
+                # A job over several nodes: the node of its rank heard from least recently.
+                self.nodes.mark_dead(str(seen.get("lagging") or job.node))
             why = "Ray lists its node no longer" if gone else f"no word from its node for {now - last:.0f}s"
             stats = self._finish_stats(job.id)
             if self.node_lost(job, why, stats, {"end_time": last}):
@@ -433,7 +437,7 @@ class JobControl:
                 # The launch may not have reached the launcher before we stopped: a launch
                 # is idempotent per attempt, so sending it again cannot start it twice.
                 self.launch(job)
-            elif job.node and job.node not in self.nodes:
+            elif job.node and any(n not in self.nodes for n in nodes_of(job)):
                 # Its node is gone (e.g. the Ray head died with it): requeue per the retry setting.
                 self.node_lost(job, "not running after Ray came back", None, {"end_time": time.time()})
             else:

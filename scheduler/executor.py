@@ -15,16 +15,20 @@ acknowledging what it has stored so nothing is lost or applied twice.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from scheduler.gang import rank_env, rank_key, split_key
 from scheduler.launcher import Event, LauncherDown, key_of
+from scheduler.raygang import GANG_MEET_S, GangHost
 from scheduler.runner import Launch, run
 
 MAX_EVENTS_PER_POLL = 2000
@@ -33,6 +37,40 @@ TTY_BUFFER = 1 << 16  # bytes typed into a session that its node has not taken y
 
 @ray.remote(max_calls=0, max_retries=0, num_cpus=0)
 def run_job(executor: Any, key: str, launch: Launch) -> dict[str, Any]:
+    return _run_task(executor, key, launch)
+
+
+@ray.remote(max_calls=0, max_retries=0, num_cpus=0)
+def run_rank(executor: Any, key: str, launch: Launch) -> dict[str, Any] | None:
+    """One rank of a gang (gang.py): meet the others, then run as a job does. None: the
+    gang never met (a rank's node is gone, or it was stopped first); nothing ran here."""
+    addr, port = "", 0
+    if launch.rank == 0:
+        addr, port = ray.util.get_node_ip_address(), free_port()  # type: ignore[no-untyped-call]
+    met: dict[str, Any] | None = None
+    give_up = time.monotonic() + GANG_MEET_S
+    while met is None and time.monotonic() < give_up:
+        met = ray.get(executor.gang_arrive.remote(key, launch.rank, addr, port))
+        if met is None:
+            time.sleep(0.1)
+    if met is None or "master" not in met:
+        return None
+    m_addr, m_port = met["master"]
+    gpus = len(launch.gpu_indices) if launch.gpu_indices is not None else len(ray.get_gpu_ids())
+    env = {**launch.env, **rank_env(launch.rank, launch.nnodes, gpus, m_addr, int(m_port))}
+    return _run_task(executor, rank_key(key, launch.rank), replace(launch, env=env))
+
+
+def free_port() -> int:
+    """A TCP port free on this node now, for a gang's rendezvous (as torchrun's own
+    standalone mode picks one: bound and released, so it can be taken meanwhile)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _run_task(executor: Any, key: str, launch: Launch) -> dict[str, Any]:
     if launch.gpu_indices is not None:
         gpu_ids = [str(g) for g in launch.gpu_indices]
     else:
@@ -70,7 +108,9 @@ def run_job(executor: Any, key: str, launch: Launch) -> dict[str, Any]:
 
 
 @ray.remote(num_cpus=0, max_concurrency=256, max_restarts=0)  # type: ignore[call-overload]
-class Executor:
+class Executor(GangHost):
+    _rank_task = run_rank
+
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._events: list[tuple[int, dict[str, Any]]] = []
@@ -123,6 +163,9 @@ class Executor:
             job = self._jobs.get(key)
             if job is None or job["finished"]:
                 return False
+            if "gang" in job:
+                self._gang_stop(job, outcome, reason, grace)
+                return True
             if job["stop"] is None:
                 job["stop"] = {"outcome": outcome, "reason": reason, "grace": grace}
             elif grace < job["stop"]["grace"]:
@@ -144,11 +187,14 @@ class Executor:
         result: dict[str, Any] | None,
         err: list[tuple[int, int, int]] | None = None,
     ) -> dict[str, Any] | None:
+        base, rank = split_key(key)
         with self._cond:
-            job = self._jobs.get(key)
+            job = self._jobs.get(base)
             if job is None:
                 # Unknown to us (we were restarted): tell the job to stop rather than run unseen.
                 return {"outcome": "lost", "reason": "executor no longer knows this job", "grace": 5}
+            if rank is not None and "gang" in job:
+                return self._rank_report(job, rank, info, offset, data, result, err)
             ids = {"job_id": job["job_id"], "attempt": job["attempt"]}
             job["seen"] = time.time()  # the daemon's node watch: when this job's node last spoke
             if info is not None:
@@ -184,16 +230,20 @@ class Executor:
         """Turn tasks that ended without reporting (node died, cancelled) into events."""
         while True:
             with self._cond:
-                refs = {j["ref"]: k for k, j in self._jobs.items() if not j.get("reaped")}
+                refs: dict[Any, tuple[str, int | None]] = {
+                    j["ref"]: (k, None) for k, j in self._jobs.items() if not j.get("reaped") and "gang" not in j
+                }
+                refs.update(self._gang_refs())
                 if not refs:
                     self._cond.wait(timeout=1.0)
                     continue
             ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5, fetch_local=False)
             for ref in ready:
-                key = refs[ref]
+                key, rank = refs[ref]
                 error: str | None = None
+                value: Any = None
                 try:
-                    ray.get(ref)
+                    value = ray.get(ref)
                 except ray.exceptions.TaskCancelledError:
                     error = "cancelled"
                 except Exception as e:  # noqa: BLE001 - every task failure becomes an event
@@ -201,6 +251,9 @@ class Executor:
                     # pids and node addresses (an out-of-memory kill lists them).
                     error = type(e).__name__
                 with self._cond:
+                    if rank is not None:
+                        self._reap_rank(key, rank, value, error)
+                        continue
                     job = self._jobs[key]
                     job["reaped"] = True
                     if not job["finished"]:
@@ -248,7 +301,13 @@ class Executor:
     def known(self) -> dict[str, dict[str, Any]]:
         with self._cond:
             return {
-                k: {"started": j["started"], "finished": j["finished"], "node": j["node"], "seen": j.get("seen")}
+                k: {
+                    "started": j["started"],
+                    "finished": j["finished"],
+                    "node": j["node"],
+                    "seen": j["gang"].last_seen() if "gang" in j else j.get("seen"),
+                    **({"lagging": j["gang"].lagging()} if "gang" in j else {}),
+                }
                 for k, j in self._jobs.items()
             }
 
@@ -264,6 +323,11 @@ class RayLauncher:
     ) -> None:
         # Fire and forget: a launch is idempotent per attempt, reconcile resends it.
         self.handle.launch.remote(job_id, attempt, launch, node_id, dict(resources))
+
+    def launch_gang(
+        self, job_id: int, attempt: int, ranks: Sequence[tuple[Launch, str, Mapping[str, float]]], grace: float
+    ) -> None:
+        self.handle.launch_gang.remote(job_id, attempt, [(la, n, dict(r)) for la, n, r in ranks], grace)
 
     def stop(self, job_id: int, attempt: int, outcome: str, reason: str, grace: float) -> None:
         self.handle.stop.remote(job_id, attempt, outcome, reason, grace)

@@ -190,6 +190,10 @@ class JobSpec(BaseModel):
     # that needs them takes them back (grace, then requeued), and it is not held back
     # by its owner's weekly budget nor counted toward anyone's guarantee.
     preemptible: bool = False
+    # A job over several nodes (issue 15): this many whole nodes, one rank on each
+    # (gang.py), its GPUs split evenly. 1 with more GPUs than a node has: as many
+    # whole nodes as they fill.
+    nodes: int = Field(default=1, ge=1, le=256)
 
     @field_validator("command", mode="before")
     @classmethod
@@ -364,6 +368,11 @@ class JobSpec(BaseModel):
             raise ValueError("max_running (%N) is for arrays and sweeps")
         if self.session and self.is_array:
             raise ValueError("an interactive session is one job, not an array")
+        if self.nodes > 1:
+            if self.session:
+                raise ValueError("an interactive session runs on one node (no --nodes)")
+            if self.gpus % self.nodes:
+                raise ValueError(f"{self.gpus} GPUs do not split evenly over {self.nodes} nodes")
         if self.array and "%" in self.array and self.max_running is not None:
             raise ValueError("give the cap once: --array ...%N or --max-running N")
         return self

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +35,14 @@ class Launcher(Protocol):
     def launch(
         self, job_id: int, attempt: int, launch: Launch, node_id: str, resources: Mapping[str, float]
     ) -> None: ...
+
+    def launch_gang(
+        self, job_id: int, attempt: int, ranks: Sequence[tuple[Launch, str, Mapping[str, float]]], grace: float
+    ) -> None:
+        """A job over several nodes (gang.py): rank r's Launch, node and resources at
+        `ranks[r]`; idempotent per attempt like `launch`. Its events are the job's:
+        `started` once every rank has (with `ranks`), `log` with a `rank`, one `finished`."""
+        ...
 
     def stop(self, job_id: int, attempt: int, outcome: str, reason: str, grace: float) -> None: ...
 
@@ -64,6 +72,7 @@ class MemoryJob:
     finished: bool = False
     seen: float | None = None  # when its node last reported (the node watch reads it)
     typed: list[tuple[bytes, list[int] | None, str]] = field(default_factory=list)  # into a session
+    ranks: list[tuple[Launch, str, dict[str, float]]] = field(default_factory=list)  # a gang's
 
 
 @dataclass
@@ -88,6 +97,18 @@ class MemoryLauncher:
             self.launches.append(key)
             if key not in self.jobs:  # a repeated launch of an attempt changes nothing
                 self.jobs[key] = MemoryJob(job_id, attempt, launch, node_id, dict(resources))
+
+    def launch_gang(
+        self, job_id: int, attempt: int, ranks: Sequence[tuple[Launch, str, Mapping[str, float]]], grace: float
+    ) -> None:
+        key = key_of(job_id, attempt)
+        with self._cond:
+            self.launches.append(key)
+            if key not in self.jobs:
+                launch, node, res = ranks[0]
+                job = MemoryJob(job_id, attempt, launch, node, dict(res))
+                job.ranks = [(la, n, dict(r)) for la, n, r in ranks]
+                self.jobs[key] = job
 
     def stop(self, job_id: int, attempt: int, outcome: str, reason: str, grace: float) -> None:
         with self._cond:
@@ -150,8 +171,13 @@ class MemoryLauncher:
             job = self.jobs[key_of(job_id, attempt)]
             job.started = True
             job.seen = at or time.time()
+            ranks = [
+                {"rank": i, "node": n, "host": f"memhost{i}", "pid": pid + i, "gpu_ids": list(gpu_ids)}
+                for i, (_, n, _) in enumerate(job.ranks)
+            ]
             self._emit(
                 {
+                    **({"ranks": ranks} if ranks else {}),
                     "type": "started",
                     "job_id": job_id,
                     "attempt": attempt,

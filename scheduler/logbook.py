@@ -36,6 +36,20 @@ class LogBook:
         """The stderr of one attempt, apart: a copy of the log's stderr parts."""
         return self.dir / f"{int(job_id)}.{int(attempt)}.err"
 
+    def rank_path(self, job_id: int, attempt: int, rank: int) -> Path:
+        """Rank `rank`'s output of one attempt of a job over several nodes (rank 0's is
+        the job's log); each is bounded as a job's log is."""
+        return self.dir / f"{int(job_id)}.{int(attempt)}.r{int(rank)}.log"
+
+    def write_rank(self, job: JobRow, rank: int, offset: int, data: bytes) -> None:
+        """`data` at `offset` of rank `rank`'s output (a report applied twice lands on itself)."""
+        if offset >= self.max_bytes:
+            return
+        try:
+            self._pwrite(self.rank_path(job.id, job.attempt, rank), data[: self.max_bytes - offset], offset)
+        except OSError as e:
+            log.error("job %d rank %d: %d log bytes lost: %s", job.id, rank, len(data), e.strerror or e)
+
     def size(self, job_id: int) -> int:
         try:
             return self.path(job_id).stat().st_size
@@ -88,8 +102,9 @@ class LogBook:
     def remove(self, job_id: int) -> None:
         """A job's log and its stderr files."""
         self.path(job_id).unlink(missing_ok=True)
-        for p in self.dir.glob(f"{int(job_id)}.*.err"):  # only when logs pass the user's cap
-            p.unlink(missing_ok=True)
+        for pattern in (f"{int(job_id)}.*.err", f"{int(job_id)}.*.r*.log"):  # stderr copies, other ranks
+            for p in self.dir.glob(pattern):
+                p.unlink(missing_ok=True)
 
     def attempt_ended(self, job: JobRow, now: float) -> None:
         """Record the log's size; past the owner's cap, remove their oldest ended jobs'
@@ -101,6 +116,8 @@ class LogBook:
                 err += self.err_path(job.id, attempt).stat().st_size
             except OSError:
                 pass
+        # The other ranks' logs of a job over several nodes count too.
+        err += sum(p.stat().st_size for p in self.dir.glob(f"{int(job.id)}.*.r*.log"))
         self.store.set_fields(job.id, log_bytes=self.size(job.id) + err)
         cap = self.user_max_bytes
         total = self.store.user_log_bytes(job.user)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import gc
 import heapq
 from collections import Counter
+from collections.abc import Mapping
 from operator import attrgetter, itemgetter
 from typing import Any
 
@@ -58,6 +59,7 @@ __all__ = [
     "Snapshot",
     "Start",
     "UserShare",
+    "placement",
     "Waiting",
     "schedule",
 ]
@@ -91,6 +93,17 @@ def _hrrn_key(now: float, default_limit: float) -> Any:
         return (not j.requeued, -j.priority, -(now - j.submit_time + e) / e, j.submit_time, j.id)
 
     return key
+
+
+def placement(start: Start, gpus: int, node_gpus: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+    """Where a started job's `gpus` are, as (node, GPUs there), rank 0 first: its one
+    node; or for a job over several nodes, the remainder on `start.node` and all of
+    each whole node in `more_nodes` (`node_gpus`: each node's GPUs, as in the Snapshot).
+    The daemon and the simulator both turn a Start into ranks through this."""
+    if not start.more_nodes:
+        return ((start.node, gpus),)
+    whole = tuple((n, node_gpus[n]) for n in start.more_nodes)
+    return ((start.node, gpus - sum(g for _, g in whole)), *whole)
 
 
 def schedule(snap: Snapshot) -> Decision:

@@ -85,6 +85,16 @@ class Launch:
     # An interactive session (issue 17): the command gets a terminal (a pty) of its
     # own; what `labq attach` types arrives through `tty_in`, its screen is the log.
     tty: bool = False
+    # One rank of a job over several nodes (gang.py): its files and process tree are
+    # named apart, as two ranks may share a machine's /run (namespace hosts, tests).
+    rank: int = 0
+    nnodes: int = 1
+
+    @property
+    def tag(self) -> str:
+        """This attempt's (and rank's) name for node-local files and cgroups."""
+        base = f"{self.namespace}-{self.job_id}.{self.attempt}"
+        return f"{base}-r{self.rank}" if self.nnodes > 1 else base
 
 
 class Refused(Exception):
@@ -367,7 +377,7 @@ def _unpack(
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     return unpack.unpack(
         launch.code,
-        f"{launch.namespace}-{launch.job_id}.{launch.attempt}",
+        launch.tag,
         launch.workdir,
         home,
         user,
@@ -390,7 +400,7 @@ def run(launch: Launch, gpu_ids: list[str], node: str, report: Report, tty_in: T
         safefs.private_dir(base, 0o711 if os.geteuid() == 0 else 0o700)
     except (Refused, safefs.UnsafePath, OSError) as e:
         return _refuse(report, str(e))
-    deadline_path = base / f"{launch.namespace}-{launch.job_id}.{launch.attempt}.deadline"
+    deadline_path = base / f"{launch.tag}.deadline"
     dfd = safefs.create_exclusive(deadline_path, 0o644)
     try:
         return _run(launch, gpu_ids, node, report, acct, host, deadline_path, dfd, tty_in)
@@ -441,7 +451,7 @@ def _run(
     if launch.code_error:
         return _refuse(report, launch.code_error)
 
-    tree = _Tree(f"{launch.namespace}-{launch.job_id}.{launch.attempt}", launch.cgroup)
+    tree = _Tree(launch.tag, launch.cgroup)
     # Closed by the last report (every way out of here below makes one).
     report = HeadGuard(tree.kill_all, launch.head_timeout).wrap(report)
     cgroup_procs = os.path.join(tree.cgroup, "cgroup.procs") if tree.cgroup else ""

@@ -34,7 +34,9 @@ from scheduler.policy import (
     PolicyConfig,
     RunningJob,
     Snapshot,
+    Start,
     Waiting,
+    placement,
     schedule,
 )
 from scheduler.predict import RuntimeHistory
@@ -52,7 +54,11 @@ def held_gpus(active: list[JobRow]) -> dict[str, set[int]]:
     """GPU indices each node's active jobs hold (as labq assigned them)."""
     held: dict[str, set[int]] = {}
     for j in active:
-        if j.node and j.gpu_ids:
+        if j.ranks:  # a job over several nodes: each rank's GPUs on its node
+            for r in j.rank_list():
+                if r.get("gpu_ids"):
+                    held.setdefault(r["node"], set()).update(int(g) for g in r["gpu_ids"].split(",") if g.isdigit())
+        elif j.node and j.gpu_ids:
             held.setdefault(j.node, set()).update(int(g) for g in j.gpu_ids.split(",") if g.isdigit())
     return held
 
@@ -107,6 +113,7 @@ class Scheduler:
             grace_period=c.grace_period_s,
             preemption=c.preemption,
             backfill=c.backfill,
+            multi_node=c.allow_multi_node,
         )
 
     def waiting_for(self, job_id: int) -> Waiting | None:
@@ -187,6 +194,7 @@ class Scheduler:
                     memory=j.memory,
                     expected=expected(j.user, j.sig) if j.sig else None,
                     preemptible=bool(j.scavenging),
+                    more_nodes=j.more_nodes if j.ranks else (),
                 )
                 for j in active
             ),
@@ -323,7 +331,8 @@ class Scheduler:
         chained = self.resolve_dependencies(now)
         self.learn()
         array_ids = {e.id for e in arrays}
-        decision = schedule(self.snapshot(now, chained, arrays))
+        snap = self.snapshot(now, chained, arrays)
+        decision = schedule(snap)
         if chained:
             waits = {j: dependency_wait(d) for j, (_, d) in chained.items()}
             decision = replace(decision, waiting={**decision.waiting, **waits})
@@ -339,6 +348,9 @@ class Scheduler:
                 row = self.store.get(start.job_id)
             if row.state is not JobState.PENDING:
                 continue  # cancelled while we were deciding
+            if start.more_nodes:
+                self._start_gang(row, start, snap, held, now)
+                continue
             picked = self.pick_gpus(start.node, row.gpus, held)
             if picked is not None:
                 held.setdefault(start.node, set()).update(picked)
@@ -368,6 +380,17 @@ class Scheduler:
         self.control.admission.seen_pending(pending)
         self.pass_s = time.perf_counter() - t0
         return decision
+
+    def _start_gang(self, row: JobRow, start: Start, snap: Snapshot, held: dict[str, set[int]], now: float) -> None:
+        """A job over several nodes: one rank per node of the policy's placement (the
+        same `placement()` the simulator uses), each with healthy free GPUs there."""
+        ranks = []
+        for node, gpus in placement(start, row.gpus, {n.id: n.gpus for n in snap.nodes}):
+            picked = self.pick_gpus(node, gpus, held)
+            if picked is not None:
+                held.setdefault(node, set()).update(picked)
+            ranks.append((node, gpus, picked))
+        self.control.start_gang(row.id, ranks, now, start.preemptible)
 
     def preview(self, caller: Caller, spec_data: dict[str, Any]) -> dict[str, Any]:
         """What would happen if this job were submitted now: the policy's own answer."""

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from scheduler.policy import NodeInfo, PendingJob, PolicyConfig, RunningJob, Snapshot, schedule
+from scheduler.policy import NodeInfo, PendingJob, PolicyConfig, RunningJob, Snapshot, placement, schedule
 from scheduler.predict import RuntimeHistory
 from scheduler.quota import QuotaBook, quota_book_from_dict
 from scheduler.simrecords import SimJob, SimResult, jain, summarize
@@ -267,12 +267,11 @@ def fairshare(sim: Simulation, now: float) -> tuple[Starts, list[SimJob]]:
     """labq's own policy: the daemon's `schedule()` on a Snapshot of the simulation."""
     decision = schedule(sim.snapshot(now))
     starts: Starts = []
+    per = {n.id: n.gpus for n in sim.cluster.nodes} if decision.starts else {}
     for s in decision.starts:
         j = sim.pending[s.job_id]
         j.scavenging = s.preemptible
-        per = {n.id: n.gpus for n in sim.cluster.nodes}
-        rest = j.trace.gpus - sum(per[n] for n in s.more_nodes)
-        starts.append((j, ((s.node, rest), *((n, per[n]) for n in s.more_nodes))))
+        starts.append((j, placement(s, j.trace.gpus, per)))
     preempt = [sim.running[p.job_id] for p in decision.preemptions]
     return starts, preempt
 

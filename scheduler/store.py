@@ -22,7 +22,7 @@ from scheduler.store_accounts import AccountTables
 from scheduler.store_arrays import ArrayTables
 from scheduler.store_deps import DependencyTables
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 # Each entry migrates from version i to i+1. Never edit a shipped entry: append one.
 MIGRATIONS: list[str] = [
@@ -186,6 +186,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN preemptible INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN scavenging INTEGER NOT NULL DEFAULT 0;
     """,
+    # Jobs over several nodes (issue 15): the current attempt's ranks, rank 0 first, as
+    # JSON (node, node_name, gpus, gpu_ids; host and pid once started); '' for one node.
+    """
+    ALTER TABLE jobs ADD COLUMN ranks TEXT NOT NULL DEFAULT '';
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -198,7 +203,7 @@ _COLUMNS_NO_SPEC = (
     "start_time, end_time, attempt, node, node_name, gpu_ids, pid, exit_code, signal, stop_deadline, "
     "stop_outcome, stop_reason, requeued, log_base, log_bytes, log_removed, cpus, memory, "
     "array_id, array_index, array_size, array_cap, array_next, notify_pending, kind, needs_dir, sig, "
-    "preemptible, scavenging"
+    "preemptible, scavenging, ranks"
 )
 
 _STATES = {s.value: s for s in JobState}
@@ -281,6 +286,17 @@ class JobRow:
     sig: str = ""  # what kind of job it is, for learned runtimes (JobSpec.signature)
     preemptible: int = 0  # 1: submitted --preemptible
     scavenging: int = 0  # 1: the current (or last) attempt runs as a scavenger
+    ranks: str = ""  # a job over several nodes: its ranks as JSON (see rank_list)
+
+    def rank_list(self) -> list[dict[str, Any]]:
+        """The current attempt's ranks (rank 0 first), each {node, node_name, gpus,
+        gpu_ids[, host, pid]}; [] for a job on one node."""
+        return json.loads(self.ranks) if self.ranks else []
+
+    @property
+    def more_nodes(self) -> tuple[str, ...]:
+        """The nodes of ranks 1.. (a job over several nodes), as the policy's RunningJob has them."""
+        return tuple(r["node"] for r in self.rank_list()[1:])
 
     def job_spec(self) -> JobSpec:
         """The spec as the typed JobSpec (rows carry it as stored JSON)."""

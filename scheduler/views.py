@@ -60,6 +60,14 @@ def summary(row: JobRow, caller: Caller) -> dict[str, Any]:
         d["preemptible"] = True
     if caller.may_see(row.user):
         d["pid"] = row.pid
+    if row.ranks:
+        # A job over several nodes: where each rank is (its pid only for who may see it).
+        mine = caller.may_see(row.user)
+        d["ranks"] = [
+            {"rank": i, "node": r["node"], "node_name": r.get("node_name"), "gpus": r.get("gpus"),
+             "gpu_ids": r.get("gpu_ids"), "host": r.get("host", ""), **({"pid": r.get("pid")} if mine else {})}
+            for i, r in enumerate(row.rank_list())
+        ]  # fmt: skip
     if row.array_id is not None:
         d["ref"] = row.ref
         d["array_id"] = row.array_id

@@ -43,6 +43,7 @@ CLIENT_MODULES = (
     "snapshot.py",
     "cli_spec.py",
     "cli_session.py",
+    "cli_logs.py",
     "join.py",
 )
 

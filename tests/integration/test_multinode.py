@@ -11,7 +11,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import Labq, cleanup, make_labq
+from tests.conftest import Labq, cleanup, make_labq, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -139,5 +139,68 @@ def test_a_lost_node_ends_its_jobs_node_lost_and_they_are_retried(cluster: Any) 
         assert j["state"] == "NODE_LOST" and j["reasons"][0].startswith("node ")
         for other in jobs:
             lq.run("cancel", str(other), check=False)
+    finally:
+        cleanup(lq)
+
+
+# A rendezvous with the stdlib alone: rank 0 listens on $LABQ_MASTER_PORT, every other
+# rank connects to $LABQ_MASTER_ADDR and says who it is (what torchrun's c10d store does).
+RENDEZVOUS = """
+import os, socket, sys, time
+rank, n = int(os.environ["LABQ_NODE_RANK"]), int(os.environ["LABQ_NNODES"])
+addr, port = os.environ["LABQ_MASTER_ADDR"], int(os.environ["LABQ_MASTER_PORT"])
+print(f"rank {rank}/{n} gpus={os.environ['CUDA_VISIBLE_DEVICES']} world={os.environ['WORLD_SIZE']}", flush=True)
+if rank == 0:
+    srv = socket.create_server(("", port))
+    srv.settimeout(60)
+    for _ in range(n - 1):
+        conn, _ = srv.accept()
+        print("rank 0 heard:", conn.recv(200).decode(), flush=True)
+else:
+    for _ in range(300):
+        try:
+            conn = socket.create_connection((addr, port), timeout=2)
+            break
+        except OSError:
+            time.sleep(0.2)
+    conn.sendall(f"hello from rank {rank}".encode())
+    print("rank", rank, "said hello", flush=True)
+"""
+
+
+def test_a_job_over_two_nodes_meets_fails_as_one_and_is_requeued_whole(cluster: Any) -> None:
+    lq = make_labq(OPEN + "grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 0.5\nnode_lost_retries: 1\n")
+    try:
+        lq.up("--address", cluster.address)
+        worker = cluster.add_node(num_cpus=1, num_gpus=2)
+        wait_nodes(lq, 2)
+        # Both ranks start, meet at rank 0's address and port, and the job succeeds.
+        met = lq.submit("--nodes", "2", "--gpus-per-node", "2", "--", sys.executable, "-c", RENDEZVOUS)
+        j = lq.wait(met, ("SUCCEEDED", "FAILED", "LOST"), timeout=90)
+        assert j["state"] == "SUCCEEDED", (j["reason"], lq.log(met), lq.run("logs", str(met), "--rank", "1").stdout)
+        assert {r["node"] for r in j["ranks"]} == {n["id"] for n in nodes(lq)}
+        assert "rank 0 heard: hello from rank 1" in lq.log(met) and "rank 0/2 gpus=0,1 world=2" in lq.log(met)
+        assert "rank 1 said hello" in lq.run("logs", str(met), "--rank", "1").stdout
+        every = lq.run("logs", str(met), "--all-ranks").stdout
+        assert "[rank 0] rank 0 heard: hello from rank 1" in every and "[rank 1] rank 1 said hello" in every
+
+        # Rank 1 fails: rank 0 (which would sleep) is stopped within the grace, one end.
+        fails = lq.submit("--gpus", "4", "--", "sh", "-c", 'if [ "$LABQ_NODE_RANK" = 1 ]; then sleep 1; exit 3; fi; sleep 300')
+        j = lq.wait(fails, ("FAILED", "SUCCEEDED", "LOST"), timeout=90)
+        assert j["state"] == "FAILED" and j["reason"] == "rank 1 exited 3", j["reason"]
+        assert j["end_time"] - j["start_time"] < 1 + 2 + 5  # rank 1's second, the grace, 5 s
+
+        # A node is lost mid-job: the whole gang is NODE_LOST and requeued; with one node
+        # left it waits, saying so.
+        lost = lq.submit("--nodes", "2", "--gpus-per-node", "2", "--", *BUSY)
+        lq.wait(lost, ("RUNNING",), timeout=90)
+        pids = [r["pid"] for r in lq.job(lost)["ranks"]]
+        cluster.remove_node(worker, allow_graceful=False)
+        j = lq.wait(lost, ("PENDING",), timeout=90)
+        assert [e["new_state"] for e in j["events"]][-2:] == ["NODE_LOST", "PENDING"], j["events"]
+        wait_for("rank 0 stopped with its gang", lambda: not psutil.pid_exists(pids[0]), 30)
+        lq.passes(2)
+        assert lq.job(lost)["state"] == "PENDING" and lq.job(lost)["reasons"], lq.job(lost)
+        lq.run("cancel", str(lost))
     finally:
         cleanup(lq)

@@ -21,6 +21,7 @@ import pytest
 from benchmarks.netns import Host, hosts
 from scheduler import raycluster
 from tests.conftest import Labq, cleanup, free_port, make_labq, unix_user, wait_for
+from tests.integration.test_multinode import RENDEZVOUS
 
 pytestmark = pytest.mark.integration
 
@@ -138,6 +139,16 @@ def test_invite_join_outsider_rogue_and_a_worker_lost(team: tuple[Labq, list[Hos
         for i in live:
             lq.run("cancel", "--now", str(i))
         lq.wait_all(live, ("CANCELLED",), timeout=60)
+
+        # A job over both hosts (issue 15): a rank on each, as the researcher; they meet
+        # at rank 0's address and port, across the hosts' own network.
+        met = lq.submit("--nodes", "2", "--gpus-per-node", "2", "--", "python3", "-c", RENDEZVOUS, user=uid)
+        j = lq.wait(met, ("SUCCEEDED", "FAILED", "LOST"), timeout=90)
+        assert j["state"] == "SUCCEEDED", (j["reason"], lq.run("logs", str(met), "--all-ranks").stdout)
+        assert sorted(r["node_name"] for r in j["ranks"]) == ["lq-head", "lq-w1"]
+        every = lq.run("logs", str(met), "--all-ranks").stdout
+        assert "[rank 0] rank 0 heard: hello from rank 1" in every and "[rank 1] rank 1 said hello" in every
+        assert lq.run("logs", str(met), "--rank", "1", user=uid).returncode == 0
 
         # A researcher's jobs spread over both hosts and run there, as the researcher.
         ids = [lq.submit("--gpus", "2", "--", "sh", "-c", "echo on $(hostname) as $(id -un); sleep 300", user=uid)

@@ -61,6 +61,7 @@ def test_client_modules_are_stdlib_only() -> None:
     for name in (
         "cli.py", "cliparse.py", "client.py", "config.py", "paths.py", "units.py", "present.py", "console.py",
         "jobfile.py", "shapes.py", "cli_code.py", "snapshot.py", "userconfig.py", "cli_spec.py", "cli_session.py",
+        "cli_logs.py",
     ):
         tree = ast.parse((REPO / "scheduler" / name).read_text())
         # Only module-level imports count: the daemon path imports heavy things lazily.
@@ -86,6 +87,7 @@ CLIENT_SIDE = (
     "scheduler.cli_code",
     "scheduler.cli_spec",
     "scheduler.cli_session",
+    "scheduler.cli_logs",
     "scheduler.snapshot",
     "scheduler.userconfig",
 )

@@ -1,0 +1,254 @@
+"""Jobs over several nodes (issue 15): the gang's one fate (gang.py), the policy's
+placement of whole nodes (never half a gang, never a node twice), and the daemon's
+side driven through the MemoryLauncher (start, ranks, per-rank logs, requeue)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scheduler import policy, scheduling, simulator
+from scheduler.daemon import Daemon
+from scheduler.errors import DaemonError
+from scheduler.gang import GANG_ENV, Gang, rank_env, rank_key, split_key
+from scheduler.launcher import MemoryLauncher, key_of
+from scheduler.policy import (
+    NodeInfo,
+    PendingJob,
+    PolicyConfig,
+    RunningJob,
+    Snapshot,
+    Start,
+    placement,
+    schedule,
+)
+from scheduler.shapes import JobState
+from tests.strategies import n as examples
+from tests.unit.test_control import ALICE, BOB, node, open_daemon, pump
+
+NOW = 1_000_000.0
+
+
+def ok(end: float = 10.0) -> dict[str, object]:
+    return {"outcome": "succeeded", "exit_code": 0, "signal": None, "reason": "", "end_time": end}
+
+
+# -- the gang's own rules ----------------------------------------------------------------------
+def test_no_rank_starts_until_all_have_met_and_rank_0_brought_the_address() -> None:
+    g = Gang(["a", "b", "c"], grace=5)
+    assert g.arrive(1) is None and g.arrive(2) is None  # rank 0 not there yet
+    assert g.arrive(0, "10.0.0.1", 29500) == ("10.0.0.1", 29500)
+    assert g.arrive(1) == ("10.0.0.1", 29500) and g.met
+    stopped = Gang(["a", "b"], grace=5)
+    stopped.arrive(0, "10.0.0.1", 1)
+    stopped.ask("cancelled", "cancelled by alice", 5)
+    assert stopped.arrive(1) is None  # a gang stopped before it met never starts
+
+
+def test_the_first_rank_to_fail_stops_the_others_and_names_the_end() -> None:
+    g = Gang(["a", "b"], grace=7)
+    assert g.started(0, {"pid": 1, "gpu_ids": ["0"]}) is None  # not all started yet
+    both = g.started(1, {"pid": 2, "gpu_ids": ["1"]})
+    assert both is not None and [r["node"] for r in both["ranks"]] == ["a", "b"] and both["pid"] == 1
+    assert g.ended(1, {"outcome": "failed", "exit_code": 1, "signal": None, "reason": "exit code 1", "end_time": 5.0}) is None
+    assert g.stop == {"outcome": "failed", "reason": "rank 1 exited 1", "grace": 7}
+    # Rank 0 is stopped by that request: its own end does not change the job's.
+    final = g.ended(0, {"outcome": "failed", "exit_code": None, "signal": 15, "reason": "rank 1 exited 1", "end_time": 9.0})
+    assert final is not None
+    assert final["outcome"] == "failed" and final["reason"] == "rank 1 exited 1" and final["exit_code"] == 1
+    assert final["end_time"] == 9.0 and final["lost_node"] is None
+
+
+def test_all_ranks_succeeding_is_success_and_a_lost_rank_names_its_node() -> None:
+    g = Gang(["a", "b"], grace=7)
+    assert g.ended(0, ok(3.0)) is None  # rank 0 done, rank 1 still running: nothing stops
+    assert g.stop is None
+    final = g.ended(1, ok(4.0))
+    assert final is not None and final["outcome"] == "succeeded" and final["end_time"] == 4.0
+    lost = Gang(["a", "b"], grace=7)
+    lost.ended(1, {"outcome": "lost", "reason": "the Ray task ended without a result (NodeDiedError)", "end_time": 1.0})
+    assert lost.stop is not None and lost.stop["outcome"] == "lost"
+    final = lost.ended(0, {"outcome": "lost", "reason": "rank 1 was lost", "end_time": 2.0})
+    assert final is not None and final["lost_node"] == "b" and "NodeDiedError" in final["reason"]
+
+
+def test_a_stop_asked_of_the_job_goes_to_every_rank_and_the_job_ends_as_rank_0() -> None:
+    g = Gang(["a", "b"], grace=30)
+    assert g.ask("preempted", "reclaimed for bob", 30)
+    assert not g.ask("cancelled", "cancelled", 0)  # a second ask only shortens the grace
+    assert g.stop is not None and g.stop["outcome"] == "preempted" and g.stop["grace"] == 0
+    g.ended(1, {"outcome": "preempted", "reason": "reclaimed for bob", "end_time": 1.0})
+    final = g.ended(0, {"outcome": "preempted", "reason": "reclaimed for bob", "end_time": 2.0, "log_dropped": 5})
+    assert final is not None and final["outcome"] == "preempted" and final["log_dropped"] == 5
+
+
+def test_rank_env_and_keys() -> None:
+    env = rank_env(1, 2, 8, "10.0.0.1", 29500)
+    assert set(env) == set(GANG_ENV)
+    assert env["LABQ_MASTER_ADDR"] == env["MASTER_ADDR"] == env["PET_MASTER_ADDR"] == "10.0.0.1"
+    assert env["LABQ_NODE_RANK"] == env["NODE_RANK"] == env["RANK"] == env["PET_NODE_RANK"] == "1"
+    assert env["LABQ_NNODES"] == env["WORLD_SIZE"] == env["PET_NNODES"] == "2"
+    assert env["LABQ_GPUS_PER_NODE"] == env["PET_NPROC_PER_NODE"] == "8" and env["MASTER_PORT"] == "29500"
+    assert split_key(rank_key("42.1", 3)) == ("42.1", 3) and split_key("42.1") == ("42.1", None)
+
+
+# -- the policy's placement ----------------------------------------------------------------------
+def test_the_daemon_and_the_simulator_place_through_the_same_function() -> None:
+    assert scheduling.placement is simulator.placement is policy.placement
+    assert placement(Start(1, "n2", ("n0", "n1")), 12, {"n0": 4, "n1": 4, "n2": 4}) == (("n2", 4), ("n0", 4), ("n1", 4))
+    assert placement(Start(1, "n2"), 3, {}) == (("n2", 3),)
+
+
+@st.composite
+def gang_snapshots(draw: st.DrawFn) -> Snapshot:
+    sizes = draw(st.lists(st.sampled_from([4, 4, 4, 2]), min_size=1, max_size=6))
+    ns = tuple(NodeInfo(id=f"n{i}", gpus=g) for i, g in enumerate(sizes))
+    free = {n.id: n.gpus for n in ns}
+    running: list[RunningJob] = []
+    jid = 0
+    for n in ns:
+        while free[n.id] and draw(st.integers(0, 2)) == 0:
+            g = draw(st.integers(1, free[n.id]))
+            free[n.id] -= g
+            jid += 1
+            running.append(RunningJob(jid, draw(st.sampled_from("abc")), g, n.id, NOW - 600))
+    whole = [n.id for n in ns if free[n.id] == n.gpus == 4]
+    if len(whole) >= 2 and draw(st.booleans()):  # a gang already running
+        k = draw(st.integers(2, len(whole)))
+        jid += 1
+        running.append(RunningJob(jid, "c", 4 * k, whole[0], NOW - 600, more_nodes=tuple(whole[1:k])))
+    pending = []
+    for _ in range(draw(st.integers(1, 12))):
+        jid += 1
+        gpus = draw(st.sampled_from([1, 2, 4, 8, 8, 12, 16]))
+        pending.append(PendingJob(jid, draw(st.sampled_from("abc")), gpus, NOW - draw(st.floats(0, 3600))))
+    return Snapshot(NOW, tuple(pending), tuple(running), ns, config=PolicyConfig(multi_node=True, min_runtime=0))
+
+
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(gang_snapshots())
+def test_a_gang_is_never_placed_by_half_and_never_twice_on_a_node(s: Snapshot) -> None:
+    d = schedule(s)
+    sizes = {n.id: n.gpus for n in s.nodes}
+    free = dict(sizes)
+    stopping = {p.job_id for p in d.preemptions}
+    for r in s.running:
+        for n, g in placement(Start(r.id, r.node, r.more_nodes), r.gpus, sizes):
+            free[n] -= g
+    by_id = {j.id: j for j in s.pending}
+    for x in d.starts:
+        job = by_id[x.job_id]
+        ranks = placement(x, job.gpus, sizes)
+        nodes = [n for n, _ in ranks]
+        assert len(set(nodes)) == len(nodes), ranks  # never a node twice
+        assert sum(g for _, g in ranks) == job.gpus and all(g > 0 for _, g in ranks), ranks  # never half
+        if len(ranks) > 1:
+            # Whole nodes only (the remainder too, for multiples of the node size).
+            assert all(g == sizes[n] == 4 for n, g in ranks[1:]), ranks
+        for n, g in ranks:
+            free[n] -= g
+    if not stopping:
+        assert all(f >= 0 for f in free.values()), free  # nothing started on GPUs that are taken
+
+
+# -- the daemon's side, through the MemoryLauncher -----------------------------------------------
+@pytest.fixture
+def two(tmp_path: Path, launcher: MemoryLauncher) -> Iterator[Daemon]:
+    d = open_daemon(tmp_path / "state", launcher, ("n1", "n2"), node_lost_retries=1)
+    d.nodes.set_all({n: node(n, gpus=2) for n in ("n1", "n2")})
+    yield d
+    d.store.close()
+
+
+def gang_started(d: Daemon, launcher: MemoryLauncher, **spec: object) -> int:
+    job = d.control.submit(ALICE, {"command": ["train"], "workdir": "/tmp", "nodes": 2, "gpus": 4, **spec})
+    d.scheduler.one_pass()
+    row = d.store.get(job)
+    assert row.state is JobState.STARTING, row.reason
+    return job
+
+
+def test_a_gang_starts_on_both_nodes_with_a_rank_each_and_logs_per_rank(two: Daemon, launcher: MemoryLauncher) -> None:
+    d = two
+    job = gang_started(d, launcher)
+    row = d.store.get(job)
+    mem = launcher.jobs[key_of(job, 1)]
+    assert [(la.rank, la.nnodes, n, r["GPU"]) for la, n, r in mem.ranks] == [(0, 2, row.node, 2.0), (1, 2, mem.ranks[1][1], 2.0)]
+    assert {n for _, n, _ in mem.ranks} == {"n1", "n2"} and row.reason.startswith("placed on box-")
+    # Both nodes are taken: a one-GPU job waits.
+    other = d.control.submit(BOB, {"command": ["x"], "workdir": "/tmp", "gpus": 1})
+    d.scheduler.one_pass()
+    assert d.store.get(other).state is JobState.PENDING
+    launcher.start(job, 1, at=100.0)
+    pump(d, launcher)
+    row = d.store.get(job)
+    assert row.state is JobState.RUNNING and [r["pid"] for r in row.rank_list()] == [4242, 4243]
+    assert "rank 1 on box-" in row.reason
+    launcher.emit({"type": "log", "job_id": job, "attempt": 1, "rank": 1, "offset": 0, "data": b"from rank 1\n", "err": []})
+    launcher.log(job, 1, 0, b"from rank 0\n")
+    launcher.finish(job, 1, "failed", exit_code=1, reason="rank 1 exited 1", at=160.0)
+    pump(d, launcher)
+    row = d.store.get(job)
+    assert row.state is JobState.FAILED and row.reason == "rank 1 exited 1"
+    assert d.logs.path(job).read_bytes() == b"from rank 0\n"
+    assert d.logs.rank_path(job, 1, 1).read_bytes() == b"from rank 1\n"
+    assert d.ledger.usage(200.0, [])[1]["alice"] == pytest.approx(4 * 60.0)  # all GPUs of all nodes
+
+
+def test_a_gang_that_never_met_is_requeued_without_a_retry_and_a_lost_rank_requeues_all(
+    two: Daemon, launcher: MemoryLauncher
+) -> None:
+    d = two
+    job = gang_started(d, launcher)
+    launcher.finish(job, 1, "lost", exit_code=None, reason="rank 1 could not start (NodeDiedError)", unplaced=True)
+    pump(d, launcher)
+    row = d.store.get(job)
+    assert row.state is JobState.PENDING and "NODE_LOST" not in [e["new_state"] for e in d.store.events(job)]
+    d.scheduler.one_pass()
+    launcher.start(job, 2, at=100.0)
+    pump(d, launcher)
+    second = d.store.get(job).rank_list()[1]["node"]
+    launcher.finish(job, 2, "lost", exit_code=None, reason="rank 1 was lost: (NodeDiedError)", lost_node=second, at=150.0)
+    pump(d, launcher)
+    row = d.store.get(job)
+    assert row.state is JobState.PENDING and row.requeued
+    assert second not in d.nodes  # that node, not rank 0's, is taken for dead
+    assert [e["new_state"] for e in d.store.events(job)][-2:] == ["NODE_LOST", "PENDING"]
+
+
+def test_a_gang_is_cancelled_and_preempted_as_one(two: Daemon, launcher: MemoryLauncher) -> None:
+    d = two
+    job = gang_started(d, launcher)
+    launcher.start(job, 1)
+    pump(d, launcher)
+    assert d.control.cancel(ALICE, job) == "stopping"
+    assert launcher.jobs[key_of(job, 1)].stop is not None  # the Executor passes it to every rank
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ({"nodes": 2, "gpus": 2}, "takes whole nodes (--gpus-per-node 2 here), or --gpus 2 on one node"),
+        ({"gpus": 3}, "ask for a multiple of 2"),
+        ({"gpus": 6}, "asks for 3 whole 2-GPU nodes but the cluster has 2"),
+        ({"nodes": 2, "gpus": 6}, "asks for 3 GPUs per node but the largest node has 2"),
+        ({"nodes": 2, "gpus": 3}, "do not split evenly over 2 nodes"),
+        ({"nodes": 2, "gpus": 4, "session": "shell"}, "runs on one node"),
+    ],
+)
+def test_a_gang_no_cluster_could_run_is_refused_in_one_line(two: Daemon, spec: dict[str, object], words: str) -> None:
+    with pytest.raises(DaemonError) as e:
+        two.control.submit(ALICE, {"command": ["x"], "workdir": "/tmp", **spec})
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_multi_node_off_refuses_what_one_node_cannot_hold(tmp_path: Path, launcher: MemoryLauncher) -> None:
+    d = open_daemon(tmp_path / "s", launcher, ("n1", "n2"), allow_multi_node=False)
+    with pytest.raises(DaemonError, match="multi-node jobs are off"):
+        d.control.submit(ALICE, {"command": ["x"], "workdir": "/tmp", "gpus": 8})
+    assert replace(d.scheduler.policy_config()).multi_node is False

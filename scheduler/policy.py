@@ -560,6 +560,12 @@ def _schedule(snap: Snapshot) -> Decision:
                     p.easy_reserved = res is not None
                     eta = res.at if res is not None else None
                     eta_budget -= 1
+                    if res is not None and res.more_nodes and explain and reasons[0].kind == "resources":
+                        # A job over several nodes: which nodes it is to start on, too.
+                        ids = (res.node, *res.more_nodes)
+                        on = ", ".join(sorted(p.nodes[n].info.label for n in ids))
+                        first = reasons[0]
+                        reasons = [first._replace(text=f"{first.text}; reserved on {on}", data=(*first.data, ("reserved_nodes", ids))), *reasons[1:]]
                 else:
                     eta = shadow_eta(j)
                 wait(j, reasons, eta)

@@ -44,8 +44,8 @@ def resource_reason(p: Pass, j: PendingJob) -> Reason:
             full = len(p.buckets[p.max_per_node])
             return Reason(
                 "resources",
-                f"resources: needs {whole} whole free node{'s' if whole != 1 else ''}"
-                f"{f' and {rest} GPUs on another' if rest else ''}; {full} node{'s are' if full != 1 else ' is'} fully free",
+                f"resources: needs {whole} whole free {p.max_per_node}-GPU node{'s' if whole != 1 else ''}"
+                f"{f' and {rest} GPUs on another' if rest else ''}, {full} {'is' if full == 1 else 'are'} free",
                 (*data, ("whole_nodes", whole), ("free_nodes", full)),
             )
         return Reason(

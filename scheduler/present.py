@@ -237,9 +237,11 @@ def job_lines(j: Mapping[str, Any], now: float, events: int | None = None) -> li
         if j.get("time_limit")
         else f"the default ({format_duration(default)})" if default else "the default"
     )
+    n_nodes = len(j.get("ranks") or ()) or int(spec.get("nodes") or 1)
+    over = f" over {n_nodes} whole nodes" if n_nodes > 1 else ""
     field(
         "resources",
-        f"{j['gpus']} GPU{'s' if j['gpus'] != 1 else ''}   cpus {spec.get('cpus', 0):g}   "
+        f"{j['gpus']} GPU{'s' if j['gpus'] != 1 else ''}{over}   cpus {spec.get('cpus', 0):g}   "
         f"memory {memory(spec.get('memory'))}   time limit {limit}   priority {j.get('priority', 0)}",
     )
     chain = [f"{', '.join(map(str, spec[k]))} ({how})" for k, how in (("after", "must succeed"), ("after_any", "any end")) if spec.get(k)]
@@ -268,7 +270,14 @@ def job_lines(j: Mapping[str, Any], now: float, events: int | None = None) -> li
             f"{pred.get('runs')} runs like it; {how})",
         )
     field("submitted", f"{stamp(j.get('submit_time'))}   started {stamp(j.get('start_time'))}   ended {stamp(j.get('end_time'))}")
-    if j.get("node_name"):
+    ranks = j.get("ranks") or []
+    if ranks:
+        # A job over several nodes: a line per rank (labq logs --rank N shows its output).
+        for r in ranks:
+            pid = f"   pid {r.get('pid') or '-'}" if "pid" in r else ""
+            field(f"rank {r.get('rank')}", f"{clean(str(r.get('node_name') or '-'))}   GPUs {r.get('gpu_ids') or '-'}{pid}")
+        field("nodes", f"{len(ranks)}, one rank each   attempt {j.get('attempt')}   (labq logs {ref(j)} --rank N)")
+    elif j.get("node_name"):
         pid = f"   pid {j.get('pid') or '-'}" if "pid" in j else ""
         field("node", f"{clean(j['node_name'])}   GPUs {j.get('gpu_ids') or '-'}{pid}   attempt {j.get('attempt')}")
     if j.get("exit_code") is not None or j.get("signal") is not None:

@@ -422,7 +422,8 @@ class Scheduler:
         decision = schedule(replace(snap, pending=(*snap.pending, probe)))
         start = next((s for s in decision.starts if s.job_id == -1), None)
         if start is not None:
-            return _preview_answer(None, spec.time, node=self.nodes.name_of(start.node), now=now)
+            names = ", ".join(self.nodes.name_of(n) for n in (start.node, *start.more_nodes))
+            return _preview_answer(None, spec.time, node=names, now=now)
         return _preview_answer(decision.waiting.get(-1), spec.time)
 
     # -- the loop ---------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ class Backend(Protocol):
         tail: int | None = None,
         before: int | None = None,
         stderr: bool = False,
+        rank: int = 0,
     ) -> dict[str, Any]: ...
     def nodes(self, history: bool = False) -> dict[str, Any]: ...
     def quotas(self) -> dict[str, Any]: ...
@@ -93,8 +94,9 @@ class ClientBackend:
         tail: int | None = None,
         before: int | None = None,
         stderr: bool = False,
+        rank: int = 0,
     ) -> dict[str, Any]:
-        out: dict[str, Any] = self._call("log", job_id, offset, tail=tail, before=before, stderr=stderr)
+        out: dict[str, Any] = self._call("log", job_id, offset, tail=tail, before=before, stderr=stderr, rank=rank)
         return out
 
     def nodes(self, history: bool = False) -> dict[str, Any]:

@@ -99,6 +99,7 @@ class JobScreen(DataScreen):
         Binding("N", "previous_match", "Previous", show=False, id="labq.job.previous"),
         Binding("left_square_bracket", "earlier", "Earlier", id="labq.job.earlier"),
         Binding("e", "stderr", "Stderr", id="labq.job.stderr"),
+        Binding("k", "rank", "Rank", id="labq.job.rank"),
         Binding("end", "end", "End", show=False, id="labq.job.end"),
     ]
 
@@ -122,6 +123,7 @@ class JobScreen(DataScreen):
         self.done = False
         self.opened = False
         self.stderr = False  # show only what the job wrote to stderr
+        self.rank = 0  # a job over several nodes: whose output is shown (k: the next rank)
         self.title_text = f"Job {job_id}"
         self._bindings_for: tuple[Any, ...] | None = None
 
@@ -164,12 +166,12 @@ class JobScreen(DataScreen):
         stream = self.stderr
         try:
             if not self.opened:
-                part = backend.log(self.job_id, tail=WINDOW, stderr=self.stderr)
+                part = backend.log(self.job_id, tail=WINDOW, stderr=self.stderr, rank=self.rank)
                 chunks = [part]
             else:
                 chunks, off, got = [], self.log_offset, 0
                 while got < FOLLOW_READ:
-                    part = backend.log(self.job_id, off, stderr=self.stderr)
+                    part = backend.log(self.job_id, off, stderr=self.stderr, rank=self.rank)
                     if not part["data"]:
                         chunks.append(part)
                         break
@@ -186,7 +188,7 @@ class JobScreen(DataScreen):
     @work(thread=True, exclusive=True, group="earlier")
     def fetch_earlier(self) -> None:
         try:
-            part = self.lapp.backend.log(self.job_id, tail=WINDOW, before=self.start, stderr=self.stderr)
+            part = self.lapp.backend.log(self.job_id, tail=WINDOW, before=self.start, stderr=self.stderr, rank=self.rank)
         except BackendError as e:
             self.later(self.log_refused, e)
             return
@@ -298,7 +300,9 @@ class JobScreen(DataScreen):
         if self.log_state in ("private", "removed", "error", "loading", "array"):
             self.query_one("#logbar", TextLine).show(_escape(self.log_note or "log: loading…"))
             return
-        parts = [f"{'stderr only (e: both)' if self.stderr else 'log'} · {len(self.lines):,} lines"]
+        ranks = len((self.job or {}).get("ranks") or ())
+        whose = f"rank {self.rank} of {ranks} (k: next)" if ranks else "log"
+        parts = [f"{'stderr only (e: both)' if self.stderr else whose} · {len(self.lines):,} lines"]
         if self.start > 0:
             parts.append(f"{self.start / 2**20:.1f} MiB before them not shown (\\[ loads earlier)")
         elif self.start < 0:
@@ -358,9 +362,18 @@ class JobScreen(DataScreen):
     def action_end(self) -> None:
         self.view.scroll_end(animate=False)
 
+    def action_rank(self) -> None:
+        """A job over several nodes: the next rank's output (rank 0's is the job's log)."""
+        ranks = len((self.job or {}).get("ranks") or ())
+        self.rank = (self.rank + 1) % max(ranks, 1)
+        self.stderr = not self.stderr  # action_stderr flips it back: a rank's log has both
+        self.action_stderr()
+
     def action_stderr(self) -> None:
         """Stderr alone, or both streams again: the window is read afresh from its end."""
         self.stderr = not self.stderr
+        if self.stderr and self.rank:
+            self.rank = 0  # a rank's log has both streams; stderr apart is rank 0's
         self.lines, self.partial, self.start, self.log_offset, self.log_size = [], "", 0, 0, 0
         self.opened = self.done = False
         self.matches, self.match_at = [], -1
@@ -419,4 +432,6 @@ class JobScreen(DataScreen):
         if action == "cancel" and self.job is not None and not self.lapp.may_cancel(self.job):
             return False
         # someone else's command, environment and output are not ours to see
+        if action == "rank" and not (self.job or {}).get("ranks"):
+            return False
         return not (action in ("resubmit", "stderr") and self.job is not None and self.job.get("private"))

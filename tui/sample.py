@@ -300,12 +300,15 @@ class FakeBackend:
         tail: int | None = None,
         before: int | None = None,
         stderr: bool = False,
+        rank: int = 0,
     ) -> dict[str, Any]:
         self._check()
         j = next(j for j in self.job_list if j["id"] == job_id)
         if j["user"] != self.me and not self.admin:
             raise BackendError(f"job {job_id}'s log belongs to {j['user']}", 403)
         data = self.log_bytes()
+        if rank:  # another rank of a job over several nodes: its own output
+            data = b"".join(f"rank {rank} step {i}\n".encode() for i in range(50))
         if stderr:  # the sample's stderr: its warnings
             data = b"".join(line for line in data.splitlines(keepends=True) if line.startswith(b"WARNING"))
         if tail:

@@ -25,6 +25,7 @@ from tui.base import Modal
 FIELDS = (
     ("command", "command", "python train.py --lr 3e-4"),
     ("gpus", "GPUs", "1"),
+    ("nodes", "nodes", "1 (more: the GPUs above, in all, over that many whole nodes, one rank each)"),
     ("cpus", "CPUs", "0"),
     ("memory", "memory", "e.g. 32G (empty: none)"),
     ("time", "time limit", "e.g. 4h (empty: the default)"),
@@ -63,7 +64,7 @@ def form_to_spec(
         spec["command"] = argv
     elif "command" not in errors:
         errors["command"] = "give the command to run"
-    for f, lo in (("gpus", 1), ("priority", -1000)):
+    for f, lo in (("gpus", 1), ("nodes", 1), ("priority", -1000)):
         raw = values.get(f, "").strip()
         if raw:
             try:
@@ -153,7 +154,7 @@ def spec_to_form(spec: dict[str, Any]) -> dict[str, str]:
         "workdir": str(spec.get("workdir") or ""),
         "name": str(spec.get("name") or ""),
     }
-    for f in ("gpus", "cpus", "priority"):
+    for f in ("gpus", "nodes", "cpus", "priority"):
         if spec.get(f) is not None:
             out[f] = f"{spec[f]:g}" if isinstance(spec[f], float) else str(spec[f])
     if spec.get("memory"):

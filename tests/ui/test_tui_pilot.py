@@ -133,6 +133,32 @@ def test_e_shows_stderr_alone_and_back() -> None:
     run(FakeBackend(), body)
 
 
+def test_k_shows_the_next_ranks_output_of_a_job_over_several_nodes() -> None:
+    fake = FakeBackend()
+    first = next(j for j in fake.job_list if j["state"] == "RUNNING" and j["user"] == fake.me)
+    first["ranks"] = [
+        {"rank": 0, "node": "a", "node_name": "gpu-a", "gpus": 4, "gpu_ids": "0,1,2,3", "pid": 11},
+        {"rank": 1, "node": "b", "node_name": "gpu-b", "gpus": 4, "gpu_ids": "0,1,2,3", "pid": 12},
+    ]
+
+    async def body(app: LabqApp, pilot: Pilot[None]) -> None:
+        await pilot.app.push_screen(JobScreen(first["id"]))
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, JobScreen) and len(screen.lines) == 200
+        assert "rank 0 of 2 (k: next)" in str(screen.query_one("#logbar", Static).render())
+        assert "gpu-b" in str(screen.query_one("#fields", Static).render())  # a line per rank
+        await pilot.press("k")
+        await settle(pilot)
+        assert screen.rank == 1 and screen.lines[0] == "rank 1 step 0" and len(screen.lines) == 50
+        assert "rank 1 of 2" in str(screen.query_one("#logbar", Static).render())
+        await pilot.press("k")
+        await settle(pilot)
+        assert screen.rank == 0 and len(screen.lines) == 200
+
+    run(fake, body)
+
+
 def test_an_array_is_one_row_and_t_shows_its_tasks() -> None:
     fake = FakeBackend()
     base = next(j for j in fake.job_list if j["state"] == "RUNNING" and j["user"] == fake.me)
@@ -392,6 +418,10 @@ def test_form_helpers_round_trip_a_spec() -> None:
     assert "empty range" in form_to_spec({**form, "array": "9-1"}, {})[1]["array"]
     assert form_to_spec({**form, "array": "0-3", "sweep": "lr=1"}, {})[1]["sweep"] == "an array or a sweep, not both"
     assert form_to_spec({**form, "notify": "maybe"}, {})[1]["notify"] == "y or empty"
+    # A job over several nodes (issue 15): GPUs in all, over that many whole nodes.
+    gang = form_to_spec({**form, "gpus": "16", "nodes": "2"}, {})[0]
+    assert gang["gpus"] == 16 and gang["nodes"] == 2 and spec_to_form(gang)["nodes"] == "2"
+    assert form_to_spec({**form, "nodes": "0"}, {})[1]["nodes"] == "must be >= 1"
     # A scavenger from the form, and back (resubmit keeps it).
     assert form_to_spec({**form, "preemptible": "y"}, {})[0]["preemptible"] is True
     assert "preemptible" not in form_to_spec(form, {})[0]

@@ -149,7 +149,8 @@ def test_a_gang_is_never_placed_by_half_and_never_twice_on_a_node(s: Snapshot) -
         assert sum(g for _, g in ranks) == job.gpus and all(g > 0 for _, g in ranks), ranks  # never half
         if len(ranks) > 1:
             # Whole nodes only (the remainder too, for multiples of the node size).
-            assert all(g == sizes[n] == 4 for n, g in ranks[1:]), ranks
+            top = max(sizes.values())
+            assert all(g == sizes[n] == top for n, g in ranks[1:]), ranks
         for n, g in ranks:
             free[n] -= g
     if not stopping:
@@ -252,3 +253,24 @@ def test_multi_node_off_refuses_what_one_node_cannot_hold(tmp_path: Path, launch
     with pytest.raises(DaemonError, match="multi-node jobs are off"):
         d.control.submit(ALICE, {"command": ["x"], "workdir": "/tmp", "gpus": 8})
     assert replace(d.scheduler.policy_config()).multi_node is False
+
+
+def test_a_waiting_gang_says_what_it_needs_is_reserved_and_small_jobs_backfill_around_it() -> None:
+    h = 3600.0
+    nodes = tuple(NodeInfo(id=f"n{i}", gpus=4, name=f"node-{i}") for i in range(3))
+    running = (
+        RunningJob(1, "a", 2, "n0", NOW - 600, time_limit=h),  # n0 frees up in 50 min
+        RunningJob(2, "a", 3, "n1", NOW - 600, time_limit=4 * h),  # n1 only in 3h50
+    )
+    pending = (
+        PendingJob(10, "b", 8, NOW - 300, time_limit=2 * h),  # 2 whole nodes: n2 now, n0 at 50 min
+        PendingJob(11, "c", 2, NOW - 200, time_limit=0.5 * h),  # fits n0's hole before the gang needs it
+        PendingJob(12, "c", 2, NOW - 100, time_limit=2 * h),  # would delay the gang: waits
+    )
+    d = schedule(Snapshot(NOW, pending, running, nodes, config=PolicyConfig(multi_node=True, min_runtime=0)))
+    assert [s.job_id for s in d.starts] == [11]
+    w = d.waiting[10]
+    text = w.reasons[0].text
+    assert "needs 2 whole free 4-GPU nodes, 1 is free" in text and "reserved on node-0, node-2" in text, text
+    assert w.eta == pytest.approx(NOW - 600 + h)
+    assert d.waiting[12].reasons[0].kind == "backfill"

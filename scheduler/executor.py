@@ -50,9 +50,8 @@ def run_rank(executor: Any, key: str, launch: Launch) -> dict[str, Any] | None:
     met: dict[str, Any] | None = None
     give_up = time.monotonic() + GANG_MEET_S
     while met is None and time.monotonic() < give_up:
+        # Each call waits up to 2 s in the Executor for the others to arrive.
         met = ray.get(executor.gang_arrive.remote(key, launch.rank, addr, port))
-        if met is None:
-            time.sleep(0.1)
     if met is None or "master" not in met:
         return None
     m_addr, m_port = met["master"]

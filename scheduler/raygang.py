@@ -94,8 +94,13 @@ class GangHost:
                 return {"stop": "ended"}
             gang: Gang = job["gang"]
             master = gang.arrive(rank, addr, port)
-            if gang.stop is not None:
-                return {"stop": gang.stop["outcome"]}
+            self._cond.notify_all()
+            # Wait here (briefly: each waiting rank holds one of the actor's threads) for
+            # the others, so that all start the moment the last one is in.
+            self._cond.wait_for(lambda: gang.met or gang.stop is not None or job["finished"], timeout=2.0)
+            master = gang.arrive(rank, addr, port) if gang.met else master
+            if gang.stop is not None or job["finished"]:
+                return {"stop": (gang.stop or {}).get("outcome", "ended")}
             return None if master is None else {"master": list(master)}
 
     def _rank_report(

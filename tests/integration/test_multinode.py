@@ -190,6 +190,23 @@ def test_a_job_over_two_nodes_meets_fails_as_one_and_is_requeued_whole(cluster: 
         assert j["state"] == "FAILED" and j["reason"] == "rank 1 exited 3", j["reason"]
         assert j["end_time"] - j["start_time"] < 1 + 2 + 5  # rank 1's second, the grace, 5 s
 
+        # The daemon dies while a gang runs: the new one adopts it (attempt 1 goes on).
+        adopted = lq.submit("--nodes", "2", "--gpus-per-node", "2", "--", "sleep", "6")
+        lq.wait(adopted, ("RUNNING",), timeout=90)
+        os.kill(lq.daemon_pid(), 9)
+        lq.up("--address", cluster.address)
+        j = lq.wait(adopted, ("SUCCEEDED", "FAILED", "LOST", "NODE_LOST"), timeout=90)
+        assert j["state"] == "SUCCEEDED" and j["attempt"] == 1, (j["state"], j["reason"])
+
+        # Cancelled: every rank stops.
+        gone = lq.submit("--nodes", "2", "--gpus-per-node", "2", "--", *BUSY)
+        lq.wait(gone, ("RUNNING",), timeout=90)
+        pids = [r["pid"] for r in lq.job(gone)["ranks"]]
+        assert all(psutil.pid_exists(p) for p in pids)
+        lq.run("cancel", str(gone))
+        lq.wait(gone, ("CANCELLED",), timeout=30)
+        wait_for("every rank stopped", lambda: not any(psutil.pid_exists(p) for p in pids), 15)
+
         # A node is lost mid-job: the whole gang is NODE_LOST and requeued; with one node
         # left it waits, saying so.
         lost = lq.submit("--nodes", "2", "--gpus-per-node", "2", "--", *BUSY)
@@ -202,5 +219,36 @@ def test_a_job_over_two_nodes_meets_fails_as_one_and_is_requeued_whole(cluster: 
         lq.passes(2)
         assert lq.job(lost)["state"] == "PENDING" and lq.job(lost)["reasons"], lq.job(lost)
         lq.run("cancel", str(lost))
+    finally:
+        cleanup(lq)
+
+
+ALL_REDUCE = """
+import torch, torch.distributed as dist
+dist.init_process_group("gloo")
+t = torch.ones(1) * dist.get_rank()
+dist.all_reduce(t)
+print(f"worker {dist.get_rank()}/{dist.get_world_size()} sum {int(t.item())}", flush=True)
+"""
+
+
+def test_torchrun_finds_its_rendezvous_in_what_labq_sets(cluster: Any, tmp_path: Any) -> None:
+    """A bare `torchrun script.py` over two nodes (gloo on CPU): nnodes, node rank, master
+    and processes per node come from labq's PET_* variables."""
+    pytest.importorskip("torch", reason="torch is not installed in this environment: torchrun cannot be tried")
+    lq = make_labq(OPEN + "grace_period_s: 2\nmin_runtime_s: 0\nmonitor_interval_s: 0.5\n")
+    try:
+        lq.up("--address", cluster.address)
+        extra = cluster.add_node(num_cpus=1, num_gpus=2)
+        wait_nodes(lq, 2)
+        script = lq.work() / "allreduce.py"
+        script.write_text(ALL_REDUCE)
+        job = lq.submit("--nodes", "2", "--gpus-per-node", "2", "--", sys.executable, "-m", "torch.distributed.run",
+                        str(script))  # fmt: skip
+        j = lq.wait(job, ("SUCCEEDED", "FAILED", "LOST"), timeout=180)
+        every = lq.run("logs", str(job), "--all-ranks").stdout
+        assert j["state"] == "SUCCEEDED", (j["reason"], every)
+        assert every.count("sum 6") == 4, every  # 4 workers (2 per node), ranks 0+1+2+3
+        cluster.remove_node(extra)
     finally:
         cleanup(lq)

@@ -17,8 +17,9 @@ from scheduler.auth import Caller, user_name
 from scheduler.codestore import CodeStore, code_ref
 from scheduler.config import DaemonConfig
 from scheduler.errors import DaemonError
+from scheduler.gputypes import matching, parse_wants
 from scheduler.job import JobSpec, JobState
-from scheduler.nodes import NodeBook
+from scheduler.nodes import NodeBook, NodeRecord
 from scheduler.present import memory
 from scheduler.store import Store, UnknownJob
 from scheduler.units import format_duration
@@ -183,6 +184,17 @@ class Admission:
                 429,
             )
 
+    @staticmethod
+    def _check_kind(spec: JobSpec, nodes: list[NodeRecord]) -> None:
+        """A GPU type or label no node has is refused (it would wait forever), once the
+        nodes have said what they have (a type is known after its monitor's first report)."""
+        view = [(n.id, n.gpu_type, n.labels) for n in nodes if n.trusted]
+        if not any(t for _, t, _ in view) and parse_wants(spec.wants)[0]:
+            return  # no GPU report yet: let it wait, the reason will say
+        ok, why = matching(spec.wants, view)
+        if not ok:
+            raise DaemonError(why)
+
     def _check_gang(self, spec: JobSpec, sizes: list[int], largest: int) -> None:
         """A job over several nodes takes whole nodes of the largest size (the policy's
         placement): say plainly what else would wait forever."""
@@ -229,6 +241,13 @@ class Admission:
             raise DaemonError(
                 f"asks for {memory(spec.memory)} of memory but the most {where} has for jobs is {memory(most_mem)}"
             )
+        if spec.wants:
+            # Only the nodes of the kind it wants count; a gang's whole nodes are still
+            # of the cluster's largest size (the policy's placement).
+            self._check_kind(spec, nodes)
+            sizes = [n.gpus for n in nodes if matching(spec.wants, [(n.id, n.gpu_type, n.labels)])[0]] or sizes
+            if spec.gpus <= largest:
+                largest = max(sizes)
         if largest == 0 and spec.gpus > 0:
             raise DaemonError(
                 f"asks for {spec.gpus} GPU{'s' if spec.gpus != 1 else ''} but no node has any "

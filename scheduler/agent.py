@@ -72,8 +72,10 @@ class NodeAgent:
         nvml: ModuleType | Any | None = None,
         clock: Callable[[], float] = time.time,
         parent: Callable[[int], int | None] = _parent,
+        simulate: str = "",
     ) -> None:
-        """`nvml`: the pynvml module to use (tests pass a FakeNVML); None = the real one."""
+        """`nvml`: the pynvml module to use (tests pass a FakeNVML); None = the real one.
+        `simulate`: the GPU model simulated GPUs are served as (fakenvml.MODELS; '' = h200)."""
         self.node_id = node_id
         self.ray_gpus = ray_gpus
         self.clock = clock
@@ -98,7 +100,8 @@ class NodeAgent:
             # serve them from the recording, following the jobs on them.
             from scheduler.fakenvml import FakeNVML
 
-            driver = FakeNVML(ray_gpus, load=self._pids_on, clock=clock, activity=self._activity_of)
+            driver = FakeNVML(ray_gpus, load=self._pids_on, clock=clock, activity=self._activity_of,
+                              model=simulate or "h200")  # fmt: skip
             self.simulated = True
         self.sampler = None if driver is None else GpuSampler(driver, clock=clock)
         psutil.cpu_percent(None)  # first call primes the counter
@@ -210,8 +213,8 @@ def jobs_from_wire(jobs: Sequence[Mapping[str, Any]]) -> list[JobOnNode]:
 class NodeMonitor:
     """The Ray face of NodeAgent: polls in a thread, answers `report` with the latest."""
 
-    def __init__(self, node_id: str, ray_gpus: int, interval: float) -> None:
-        self.agent = NodeAgent(node_id, ray_gpus)
+    def __init__(self, node_id: str, ray_gpus: int, interval: float, simulate: str = "") -> None:
+        self.agent = NodeAgent(node_id, ray_gpus, simulate=simulate)
         self.interval = interval
         self.agent.poll()
         threading.Thread(target=self._loop, name="labq-nvml", daemon=True).start()

@@ -36,7 +36,7 @@ from scheduler.gpuwatch import GpuWatch
 from scheduler.logbook import LogBook
 from scheduler.nodes import NodeBook
 from scheduler.raylink import RayLink
-from scheduler.scheduling import Scheduler
+from scheduler.scheduling import Scheduler, prediction_report
 from scheduler.shapes import QUEUED, JobState
 from scheduler.store import JobRow, Store, StoreError, UnknownJob
 from scheduler.team import Team
@@ -406,7 +406,7 @@ def usage(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
 @route("GET", "/v1/predictions")
 def predictions(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     """Learned runtimes: their error on the finished runs, and what is known per kind."""
-    return 200, d.scheduler.prediction_report(c, _since(p, "30d"))
+    return 200, prediction_report(d.store, c, _since(p, "30d"))
 
 
 @route("GET", "/v1/quotas")

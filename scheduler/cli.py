@@ -93,7 +93,7 @@ def cmd_submit(c: Client, args: argparse.Namespace) -> int:
 # What a rerun keeps of the job it repeats (the rest, e.g. its chain, is the new job's own).
 RERUN_KEEPS = (
     "command", "gpus", "cpus", "memory", "time", "workdir", "env", "name", "priority", "grace", "umask",
-    "array", "sweep", "max_running", "code", "preemptible",
+    "array", "sweep", "max_running", "code", "preemptible", "nodes", "gpu_type", "constraint",
 )
 
 
@@ -251,7 +251,9 @@ def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
             state = "UNTRUSTED: in Ray without `labq join`, gets no jobs"
         if not n.get("alive", True):
             state = "LOST"
-        say(f"{n['name']}  {n['gpus_used']}/{n['gpus']} GPUs in use  ({kind}, {state})")
+        typed = f"{n['gpu_type']} " if n.get("gpu_type") else ""
+        labels = f"  labels: {', '.join(n['labels'])}" if n.get("labels") else ""
+        say(f"{n['name']}  {n['gpus_used']}/{n['gpus']} {typed}GPUs in use  ({kind}, {state}){labels}")
         host = n.get("host")
         if host:
             say(

@@ -26,7 +26,7 @@ def _cwd() -> str:
 def apply_job_options(spec: dict[str, Any], args: argparse.Namespace) -> None:
     """`submit`'s and `rerun`'s job options (cliparse._job_options) over `spec`; --env
     is merged by each (submit adds the inherited environment first)."""
-    for field in ("gpus", "cpus", "memory", "time", "workdir", "name", "priority", "grace"):
+    for field in ("gpus", "cpus", "memory", "time", "workdir", "name", "priority", "grace", "gpu_type", "constraint"):
         value = getattr(args, field)
         if value is not None:
             spec[field] = value

@@ -84,6 +84,8 @@ def _resource_options(s: Any, time_help: str, grace_help: str) -> None:
         "--gpus 16 on 8-GPU nodes is 2 nodes), as --nodes 2 --gpus-per-node 8 says explicitly",
     )
     s.add_argument("--cpus", type=float)
+    s.add_argument("--gpu-type", metavar="TYPE", help="only GPUs of this type (labq gpus shows them): h100, a100-80g")
+    s.add_argument("--constraint", metavar="L1,L2", help="only nodes with these labels (labq gpus shows them): ib")
     s.add_argument("--memory", help="e.g. 16G")
     s.add_argument("--time", help=time_help)
     s.add_argument("--workdir")
@@ -340,6 +342,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     jn.add_argument("--rejoin", action="store_true", help="start again from the saved join (the systemd unit)")
     jn.add_argument("--gpus", type=int, help="GPUs to offer (default: what NVML finds)")
     jn.add_argument("--cpus", type=int, help="CPUs to offer (default: all)")
+    jn.add_argument("--labels", metavar="L1,L2", help="this machine's node labels (--constraint asks for them): ib,nvlink")
+    jn.add_argument(
+        "--simulate-gpu", metavar="MODEL", help="no NVIDIA GPU here: serve the --gpus as this model's (h200, h100)"
+    )
     jn.add_argument("--node-ip", help="this machine's address toward the head (default: the route's)")
     jn.add_argument("--state-dir", help="where the token and Ray's files live (default /var/lib/labq-node)")
     jn.add_argument("--once", action="store_true", help="do not restart Ray when it stops")

@@ -11,7 +11,11 @@ from pathlib import Path
 from typing import Any
 
 # Keys whose value is a list of strings, and what each string is.
-_LIST_KEYS = {"admins": "user names", "notify_allow_hosts": "host names, addresses or networks (10.0.0.0/8)"}
+_LIST_KEYS = {
+    "admins": "user names",
+    "notify_allow_hosts": "host names, addresses or networks (10.0.0.0/8)",
+    "labels": "node labels (e.g. [ib, nvlink])",
+}
 
 
 class ConfigError(ValueError):
@@ -36,6 +40,11 @@ class DaemonConfig:
     pass_interval_s: float = 1.0
     # Jobs over several nodes (gangs on whole nodes, issue 15); off: refused at submit.
     allow_multi_node: bool = True
+    # This machine's node labels (`--constraint ib` asks for them; joined machines give
+    # theirs to `labq join --labels`), and the GPU model its simulated GPUs are served
+    # as (no NVIDIA GPU here; one of fakenvml.MODELS, e.g. h100 for a mixed test cluster).
+    labels: tuple[str, ...] = ()
+    simulate_gpu: str = ""
     # The team cluster (issue 14). `advertise`: the embedded Ray head listens on this
     # routable address (on ray_port) instead of loopback, and `labq join` reaches the
     # daemon there (on join_port, TLS). Ray always runs with token auth; an external
@@ -199,6 +208,12 @@ def load_daemon_config(path: Path | None) -> DaemonConfig:
                 raise ConfigError(f"config {path}: {k} must be a list of {_LIST_KEYS[k]}")
             v = tuple(v)
         out[k] = v
+    from scheduler.gputypes import ray_labels
+
+    try:
+        ray_labels(out.get("labels", ()), out.get("simulate_gpu", ""))
+    except ValueError as e:
+        raise ConfigError(f"config {path}: {e}") from None
     if out.get("ray_auth", "token") not in ("token", "disabled"):
         raise ConfigError(f"config {path}: ray_auth must be token or disabled, got {out['ray_auth']!r}")
     for k in ("quotas_file", "tls_cert", "tls_key", "ray_token_file"):

@@ -27,6 +27,9 @@ from typing import Any
 import pynvml
 
 DATA = Path(__file__).resolve().parent / "data" / "nvml-h200"
+# The recordings simulated GPUs may be served from (`--simulate-gpu MODEL`): a mixed
+# cluster from real shapes and values.
+MODELS = ("h200", "h100")
 
 # The real exception classes, so `except nvml.NVMLError_NotSupported` means the same
 # thing against the fake as against the driver.
@@ -42,8 +45,10 @@ NVML_MEMORY_ERROR_TYPE_UNCORRECTED = pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
 NVML_VOLATILE_ECC = pynvml.NVML_VOLATILE_ECC
 
 
-def _load(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((DATA / name).read_text())
+def _load(name: str, model: str = "h200") -> dict[str, Any]:
+    if model not in MODELS:
+        raise ValueError(f"no recording of a {model!r} GPU to simulate (there are: {', '.join(MODELS)})")
+    data: dict[str, Any] = json.loads((DATA.parent / f"nvml-{model}" / name).read_text())
     return data
 
 
@@ -77,9 +82,10 @@ class FakeNVML:
         load: Callable[[int], list[int]] | None = None,
         clock: Callable[[], float] | None = None,
         activity: Callable[[int], float] | None = None,
+        model: str = "h200",
     ) -> None:
-        self.idle = _load("nvml_idle.json")
-        self.busy = _load("nvml_busy.json")
+        self.idle = _load("nvml_idle.json", model)
+        self.busy = _load("nvml_busy.json", model)
         self.count = count
         self.load = load or (lambda index: [])
         self.clock = clock or (lambda: 0.0)

@@ -31,8 +31,9 @@ class Fleet:
         # node -> (the `dirs` call's ref, the keys asked, when): at most one per node.
         self._dir_calls: dict[str, tuple[Any, list[tuple[int, str, str]], float]] = {}
 
-    def sync(self, nodes: dict[str, int]) -> None:
-        """`nodes`: alive node id -> GPUs Ray advertises there."""
+    def sync(self, nodes: dict[str, int], simulate: dict[str, str] | None = None) -> None:
+        """`nodes`: alive node id -> GPUs Ray advertises there; `simulate`: the GPU model
+        a node's simulated GPUs are served as (its `labq.io/simulated-gpu` label)."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         for node_id, gpus in nodes.items():
@@ -45,7 +46,7 @@ class Fleet:
                     lifetime="detached",
                     get_if_exists=True,
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-                ).remote(node_id, gpus, self.interval)
+                ).remote(node_id, gpus, self.interval, (simulate or {}).get(node_id, ""))
             except Exception as e:  # noqa: BLE001 - one node's monitor must not stop the others
                 self.errors[node_id] = f"cannot start the GPU monitor: {e}"
         for node_id in [n for n in self.monitors if n not in nodes]:

@@ -19,6 +19,7 @@ from typing import Any
 from scheduler.config import DaemonConfig
 from scheduler.control import JobControl
 from scheduler.dirbook import DirBook
+from scheduler.gputypes import node_type
 from scheduler.nodes import NodeBook, NodeRecord
 from scheduler.quota import QuotaBook
 from scheduler.shapes import ACTIVE, JobState
@@ -122,7 +123,7 @@ class GpuWatch:
 
     def tick(self, now: float) -> None:
         alive = {n.id: n.gpus for n in self.nodes.all() if n.alive}
-        self.fleet.sync(alive)
+        self.fleet.sync(alive, {n.id: n.simulate for n in self.nodes.all() if n.alive and n.simulate})
         active = self.store.jobs(states=ACTIVE)
         before = {n: set(self.telemetry.unhealthy(n)) for n in alive}
         self.fleet.poll(self.holders(active), now, timeout=max(0.5, self.config.monitor_interval_s))
@@ -133,7 +134,8 @@ class GpuWatch:
                 continue
             r = st.report
             self.nodes.update_monitor(
-                node.id, bool(r.get("simulated")), int(r.get("nvml_gpus") or 0), self.cross_check(node, r)
+                node.id, bool(r.get("simulated")), int(r.get("nvml_gpus") or 0), self.cross_check(node, r),
+                node_type([str(g.get("name") or "") for g in r.get("gpus") or ()]),
             )
             if set(self.telemetry.unhealthy(node.id)) != before.get(node.id, set()):
                 changed = True

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from scheduler.gputypes import check_name
 from scheduler.shapes import TERMINAL, JobState
 from scheduler.units import (
     MAX_ARRAY_TASKS,
@@ -194,6 +195,10 @@ class JobSpec(BaseModel):
     # (gang.py), its GPUs split evenly. 1 with more GPUs than a node has: as many
     # whole nodes as they fill.
     nodes: int = Field(default=1, ge=1, le=256)
+    # Only nodes whose GPUs are of this type (gputypes.gpu_type: h100, a100-80g, ...) and
+    # that have every one of these labels (the node's `labels:`, e.g. ib).
+    gpu_type: str = Field(default="", max_length=63)
+    constraint: list[str] = Field(default_factory=list, max_length=16)
 
     @field_validator("command", mode="before")
     @classmethod
@@ -214,6 +219,26 @@ class JobSpec(BaseModel):
             if len(arg) > MAX_ARG_LEN or "\x00" in arg:
                 raise ValueError("command argument too long or contains a NUL byte")
         return v
+
+    @field_validator("gpu_type")
+    @classmethod
+    def _gpu_type(cls, v: str) -> str:
+        return check_name("GPU type", v) if v else ""
+
+    @field_validator("constraint", mode="before")
+    @classmethod
+    def _constraint(cls, v: Any) -> Any:
+        return [x for x in v.split(",") if x.strip()] if isinstance(v, str) else v
+
+    @field_validator("constraint")
+    @classmethod
+    def _labels(cls, v: list[str]) -> list[str]:
+        return sorted({check_name("label", x) for x in v})
+
+    @property
+    def wants(self) -> str:
+        """What kind of node it must run on, as the store keeps it: TYPE|LABEL,LABEL ('' any)."""
+        return f"{self.gpu_type}|{','.join(self.constraint)}" if self.gpu_type or self.constraint else ""
 
     @field_validator("after", "after_any", mode="before")
     @classmethod

@@ -14,7 +14,7 @@ from typing import Any
 # The fields a job file (and `labq submit`) may give; the daemon's JobSpec checks them.
 SPEC_FIELDS = (
     "command", "gpus", "cpus", "memory", "time", "workdir", "env", "name", "priority", "grace", "after", "after_any",
-    "array", "sweep", "max_running", "notify", "preemptible",
+    "array", "sweep", "max_running", "notify", "preemptible", "nodes", "gpu_type", "constraint",
 )
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from scheduler.gputypes import ray_labels
+
 DEFAULT_STATE = "/var/lib/labq-node"
 RESTART_MIN_S = 2.0
 RESTART_MAX_S = 10.0
@@ -133,9 +135,10 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
-def save(state: Path, answer: dict[str, Any], url: str, fingerprint: str) -> None:
+def save(state: Path, answer: dict[str, Any], url: str, fingerprint: str, labels: str = "") -> None:
     _write_private(state / "ray-token", str(answer["ray_token"]))
-    meta = {"ray_address": answer["ray_address"], "name": answer["name"], "url": url, "cert_sha256": fingerprint}
+    meta = {"ray_address": answer["ray_address"], "name": answer["name"], "url": url, "cert_sha256": fingerprint,
+            "ray_labels": labels}  # fmt: skip
     _write_private(state / "join.json", json.dumps(meta))
 
 
@@ -154,7 +157,9 @@ def _open_log(path: Path) -> int:
     return fd
 
 
-def ray_command(state: Path, ray_address: str, node_ip: str, gpus: int | None, cpus: int | None) -> list[str]:
+def ray_command(
+    state: Path, ray_address: str, node_ip: str, gpus: int | None, cpus: int | None, labels: str = ""
+) -> list[str]:
     cmd = [
         str(Path(sys.executable).parent / "ray"),
         "start",
@@ -168,6 +173,8 @@ def ray_command(state: Path, ray_address: str, node_ip: str, gpus: int | None, c
         cmd.append(f"--num-gpus={gpus}")
     if cpus is not None:
         cmd.append(f"--num-cpus={cpus}")
+    if labels:
+        cmd.append(f"--labels={labels}")  # node labels, simulated GPU model (gputypes.ray_labels)
     return cmd
 
 
@@ -281,6 +288,11 @@ def supervise(state: Path, cmd: list[str], once: bool, head: str = "", watch: tu
 def cmd_join(args: Any) -> int:
     state = Path(args.state_dir or DEFAULT_STATE).absolute()
     prepare_state(state)
+    given = args.labels is not None or args.simulate_gpu is not None
+    try:
+        labels = ray_labels([x for x in (args.labels or "").split(",") if x.strip()], args.simulate_gpu or "")
+    except ValueError as e:
+        raise JoinError(str(e)) from None
     if args.rejoin:
         try:
             meta = json.loads((state / "join.json").read_text())
@@ -290,7 +302,7 @@ def cmd_join(args: Any) -> int:
         if not (args.url and args.secret and args.cert_sha256):
             raise JoinError("give the head's URL, --secret and --cert-sha256 as `labq node invite` prints them")
         answer = ask_head(args.url, args.secret, args.cert_sha256, socket.gethostname())
-        save(state, answer, args.url, args.cert_sha256)
+        save(state, answer, args.url, args.cert_sha256, labels)
         meta = json.loads((state / "join.json").read_text())
         _say(f"joined as {meta['name']}; Ray head at {meta['ray_address']}")
     host, _, port = str(meta["ray_address"]).rpartition(":")
@@ -301,6 +313,8 @@ def cmd_join(args: Any) -> int:
     except OSError as e:
         raise JoinError(f"no route to the Ray head at {host}: {e.strerror or e}") from None
     gpus = args.gpus if args.gpus is not None else count_gpus()
-    command = ray_command(state, meta["ray_address"], node_ip, gpus, args.cpus)
+    # Labels given now, else those of the first join (the systemd unit rejoins without).
+    labels = labels if given else str(meta.get("ray_labels") or "")
+    command = ray_command(state, meta["ray_address"], node_ip, gpus, args.cpus, labels)
     watch = (str(meta["url"]), str(meta["cert_sha256"]))
     return supervise(state, command, args.once, str(meta["ray_address"]), watch)

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from scheduler.gputypes import LABEL_PREFIX, SIMULATE_LABEL
 from scheduler.store import Store
 
 
@@ -36,6 +37,12 @@ class NodeRecord:
     note: str = ""
     # False: a Ray node that did not come in through `labq join` (team head only).
     trusted: bool = True
+    # Issue 15: its GPUs' type (gputypes.gpu_type of NVML's product name, once its
+    # monitor has reported), the labels it was started with (`labels:`, `--labels`),
+    # and the model its simulated GPUs are served as (`--simulate-gpu`).
+    gpu_type: str = ""
+    labels: tuple[str, ...] = ()
+    simulate: str = ""
 
     def public(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -110,6 +117,7 @@ class NodeBook:
                 simulated = simulated_head and is_head
                 address = n.get("NodeManagerAddress", head_address)
                 ok = trusted is None or is_head or address in trusted
+                marks = n.get("Labels") or {}
                 views[n["NodeID"]] = NodeRecord(
                     id=n["NodeID"],
                     name=name,
@@ -122,6 +130,9 @@ class NodeBook:
                     nvml_gpus=old.nvml_gpus if old else None,
                     note=old.note if old else "",
                     trusted=ok,
+                    gpu_type=old.gpu_type if old else "",
+                    labels=tuple(sorted(k.removeprefix(LABEL_PREFIX) for k in marks if k.startswith(LABEL_PREFIX))),
+                    simulate=str(marks.get(SIMULATE_LABEL, "")),
                 )
             # Comings and goings as Ray sees them (a node labq took for dead first still
             # leaves Ray's table later, and that is worth a line in the audit).
@@ -141,11 +152,12 @@ class NodeBook:
             self._dead.add(node_id)
             return self._nodes.pop(node_id, None)
 
-    def update_monitor(self, node_id: str, simulated: bool, nvml_gpus: int, note: str) -> None:
+    def update_monitor(self, node_id: str, simulated: bool, nvml_gpus: int, note: str, gpu_type: str = "") -> None:
         with self._lock:
             n = self._nodes.get(node_id)
             if n is not None:
                 n.simulated, n.nvml_gpus, n.note = simulated, nvml_gpus, note
+                n.gpu_type = gpu_type or n.gpu_type
 
     # -- drain ---------------------------------------------------------------------------------
     def find(self, ref: str) -> list[NodeRecord]:

@@ -239,6 +239,10 @@ def job_lines(j: Mapping[str, Any], now: float, events: int | None = None) -> li
     )
     n_nodes = len(j.get("ranks") or ()) or int(spec.get("nodes") or 1)
     over = f" over {n_nodes} whole nodes" if n_nodes > 1 else ""
+    if spec.get("gpu_type"):
+        over += f" of type {clean(str(spec['gpu_type']))}"
+    if spec.get("constraint"):
+        over += f" on nodes labelled {clean(', '.join(map(str, spec['constraint'])))}"
     field(
         "resources",
         f"{j['gpus']} GPU{'s' if j['gpus'] != 1 else ''}{over}   cpus {spec.get('cpus', 0):g}   "

@@ -203,9 +203,12 @@ def find_embedded(state_dir: Path) -> EmbeddedHead | None:
     return None
 
 
-def head_command(port: int, gpus: int, temp_dir: str, cpus: int | None = None, node_ip: str = "127.0.0.1") -> list[str]:
+def head_command(
+    port: int, gpus: int, temp_dir: str, cpus: int | None = None, node_ip: str = "127.0.0.1", labels: str = ""
+) -> list[str]:
     """`ray start` for the head in the foreground (its own session kills it): on
-    loopback for one machine, on the advertised address for a team's cluster."""
+    loopback for one machine, on the advertised address for a team's cluster.
+    `labels`: its Ray node labels (gputypes.ray_labels)."""
     cmd = [
         str(Path(sys.executable).parent / "ray"),
         "start",
@@ -220,6 +223,8 @@ def head_command(port: int, gpus: int, temp_dir: str, cpus: int | None = None, n
     ]
     if cpus is not None:
         cmd.append(f"--num-cpus={cpus}")
+    if labels:
+        cmd.append(f"--labels={labels}")
     return cmd
 
 
@@ -231,6 +236,7 @@ def start_embedded(
     timeout: float = 90.0,
     advertise: str = "",
     port: int = 0,
+    labels: str = "",
 ) -> EmbeddedHead:
     # On one machine any free port; a team's head keeps one port, so that joined
     # workers find it again after a restart.
@@ -242,7 +248,7 @@ def start_embedded(
     except (OSError, UnsafePath) as e:
         raise RayError(f"cannot make Ray's temp dir: {e}") from None
     ray_bin = Path(sys.executable).parent / "ray"
-    cmd = head_command(port, gpus, temp_dir, cpus, node_ip=advertise or "127.0.0.1")
+    cmd = head_command(port, gpus, temp_dir, cpus, node_ip=advertise or "127.0.0.1", labels=labels)
     if advertise:
         _wait_for_old_head(f"{advertise}:{port}", temp_dir, 20.0)
     log_path = state_dir / "ray-head.log"

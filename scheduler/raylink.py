@@ -26,6 +26,7 @@ from typing import Any
 from scheduler import raycluster
 from scheduler.config import DaemonConfig
 from scheduler.gpu import GpuInventory, detect
+from scheduler.gputypes import ray_labels
 from scheduler.nodes import NodeBook
 
 log = logging.getLogger("labq.ray")
@@ -117,6 +118,7 @@ class RayLink:
                     cpus=self.requested_cpus,
                     advertise=c.advertise,
                     port=c.ray_port,
+                    labels=ray_labels(c.labels, c.simulate_gpu),
                 )
             elif self.requested_gpus is not None and self.requested_gpus != head.gpus:
                 raise RayError(

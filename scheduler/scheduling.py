@@ -25,8 +25,9 @@ from scheduler.auth import Caller
 from scheduler.config import DaemonConfig
 from scheduler.control import JobControl
 from scheduler.dirbook import DirBook
+from scheduler.gputypes import matching
 from scheduler.ledger import UsageLedger
-from scheduler.nodes import NodeBook
+from scheduler.nodes import NodeBook, NodeRecord
 from scheduler.policy import (
     Decision,
     NodeInfo,
@@ -178,6 +179,10 @@ class Scheduler:
                            bool(e.preemptible))
                 for e in arrays_in
             ]  # fmt: skip
+        kinds = self.store.wanted_kinds()
+        kinds.update((e.id, e.wants) for e in arrays_in if e.wants)
+        if kinds:
+            pending = narrow(pending, kinds, self.nodes.all())
         return Snapshot(
             now=now,
             pending=tuple(pending),
@@ -215,33 +220,6 @@ class Scheduler:
         for user, sig, start, end in self.store.finished_runs(self._runs_upto):
             self.history.add(user, sig, end - start)
             self._runs_upto = end
-
-    def prediction_report(self, caller: Caller, since_s: float = LEARN_FROM_S) -> dict[str, Any]:
-        """How good the predictions were on the runs of the last `since_s` (each predicted
-        from those that ended before it), and what is known per kind of job: the
-        caller's own, or everyone's for an admin. Built apart from the scheduler's own
-        history (this is an API thread)."""
-        from dataclasses import asdict
-
-        from scheduler.predict import accuracy
-
-        runs = [
-            (u, k, end - start)
-            for u, k, start, end in self.store.finished_runs(time.time() - since_s, limit=200_000)
-            if caller.admin or u == caller.user
-        ]
-        h = RuntimeHistory()
-        for u, k, r in runs:
-            h.add(u, k, r)
-        kinds = []
-        for u, k in sorted({(u, k) for u, k, _ in runs}):
-            p = h.predict(u, k)
-            if p is not None:
-                kinds.append(
-                    {"user": u, "kind": k, "runs": p.runs, "median_s": round(p.seconds, 1),
-                     "p90_s": round(p.high, 1), "confident": p.confident}
-                )  # fmt: skip
-        return {"since_s": since_s, "accuracy": asdict(accuracy(runs)), "kinds": kinds}
 
     def clustered(self) -> bool:
         """More than one machine: this daemon has seen two trusted nodes at once, or a
@@ -419,6 +397,8 @@ class Scheduler:
         place = self._placer([], want=False)
         only, where = _ANYWHERE if place is None else place(caller.uid, caller.user, spec.needs_dir)
         probe = probe._replace(nodes=only, where=where, expected=self.expected(caller.user, spec.signature))
+        if spec.wants:
+            probe = narrow([probe], {-1: spec.wants}, self.nodes.all())[0]
         decision = schedule(replace(snap, pending=(*snap.pending, probe)))
         start = next((s for s in decision.starts if s.job_id == -1), None)
         if start is not None:
@@ -460,6 +440,52 @@ class Scheduler:
             except Exception:  # noqa: BLE001 - the loop must survive any one bad pass
                 log.exception("scheduling pass failed")
                 time.sleep(0.5)
+
+
+def prediction_report(store: Store, caller: Caller, since_s: float = LEARN_FROM_S) -> dict[str, Any]:
+    """How good the predictions were on the runs of the last `since_s` (each predicted
+    from those that ended before it), and what is known per kind of job: the
+    caller's own, or everyone's for an admin. Built apart from the scheduler's own
+    history (this is an API thread)."""
+    from dataclasses import asdict
+
+    from scheduler.predict import accuracy
+
+    runs = [
+        (u, k, end - start)
+        for u, k, start, end in store.finished_runs(time.time() - since_s, limit=200_000)
+        if caller.admin or u == caller.user
+    ]
+    h = RuntimeHistory()
+    for u, k, r in runs:
+        h.add(u, k, r)
+    kinds = []
+    for u, k in sorted({(u, k) for u, k, _ in runs}):
+        p = h.predict(u, k)
+        if p is not None:
+            kinds.append(
+                {"user": u, "kind": k, "runs": p.runs, "median_s": round(p.seconds, 1),
+                 "p90_s": round(p.high, 1), "confident": p.confident}
+            )  # fmt: skip
+    return {"since_s": since_s, "accuracy": asdict(accuracy(runs)), "kinds": kinds}
+
+
+def narrow(pending: list[PendingJob], kinds: dict[int, str], nodes: list[NodeRecord]) -> list[PendingJob]:
+    """Jobs that want a kind of node (--gpu-type, --constraint) may run only on the
+    nodes of that kind: a node restriction, as for a directory (both apply)."""
+    view = [(n.id, n.gpu_type, n.labels) for n in nodes if n.alive and n.trusted]
+    memo: dict[str, tuple[frozenset[str], str]] = {}
+    out = []
+    for j in pending:
+        w = kinds.get(j.id)
+        if w:
+            ok, why = memo.get(w) or memo.setdefault(w, matching(w, view))
+            if j.nodes is None:
+                j = j._replace(nodes=ok, where=why)
+            else:
+                j = j._replace(nodes=j.nodes & ok, where=f"{j.where}; {why}" if j.where else why)
+        out.append(j)
+    return out
 
 
 _ANYWHERE: tuple[frozenset[str] | None, str] = (None, "")

@@ -21,6 +21,7 @@ from scheduler.job import JobSpec, JobState, transition
 from scheduler.store_accounts import AccountTables
 from scheduler.store_arrays import ArrayTables
 from scheduler.store_deps import DependencyTables
+from scheduler.store_needs import NeedTables
 
 SCHEMA_VERSION = 14
 
@@ -188,8 +189,10 @@ MIGRATIONS: list[str] = [
     """,
     # Jobs over several nodes (issue 15): the current attempt's ranks, rank 0 first, as
     # JSON (node, node_name, gpus, gpu_ids; host and pid once started); '' for one node.
+    # And what kind of node a job must run on (JobSpec.wants: GPU type and labels).
     """
     ALTER TABLE jobs ADD COLUMN ranks TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN wants TEXT NOT NULL DEFAULT '';
     """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -203,7 +206,7 @@ _COLUMNS_NO_SPEC = (
     "start_time, end_time, attempt, node, node_name, gpu_ids, pid, exit_code, signal, stop_deadline, "
     "stop_outcome, stop_reason, requeued, log_base, log_bytes, log_removed, cpus, memory, "
     "array_id, array_index, array_size, array_cap, array_next, notify_pending, kind, needs_dir, sig, "
-    "preemptible, scavenging, ranks"
+    "preemptible, scavenging, ranks, wants"
 )
 
 _STATES = {s.value: s for s in JobState}
@@ -287,6 +290,7 @@ class JobRow:
     preemptible: int = 0  # 1: submitted --preemptible
     scavenging: int = 0  # 1: the current (or last) attempt runs as a scavenger
     ranks: str = ""  # a job over several nodes: its ranks as JSON (see rank_list)
+    wants: str = ""  # the kind of node it must run on: TYPE|LABEL,... (JobSpec.wants)
 
     def rank_list(self) -> list[dict[str, Any]]:
         """The current attempt's ranks (rank 0 first), each {node, node_name, gpus,
@@ -318,7 +322,7 @@ class JobRow:
         return cls(*v)
 
 
-class Store(AccountTables, DependencyTables, ArrayTables):
+class Store(AccountTables, DependencyTables, ArrayTables, NeedTables):
     """Jobs, their events and runs; the admin tables come from AccountTables."""
 
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
@@ -487,8 +491,8 @@ class Store(AccountTables, DependencyTables, ArrayTables):
             size = len(indices)
         cur = c.execute(
             "INSERT INTO jobs(user, uid, name, spec, gpus, priority, time_limit, state, "
-            "submit_time, cpus, memory, array_size, array_cap, notify_pending, kind, needs_dir, sig, preemptible) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "submit_time, cpus, memory, array_size, array_cap, notify_pending, kind, needs_dir, sig, preemptible, "
+            "wants) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 r.user,
                 r.uid,
@@ -508,6 +512,7 @@ class Store(AccountTables, DependencyTables, ArrayTables):
                 spec.needs_dir,
                 spec.signature,
                 int(spec.preemptible),
+                spec.wants,
             ),
         )
         job_id = int(cur.lastrowid or 0)
@@ -588,15 +593,6 @@ class Store(AccountTables, DependencyTables, ArrayTables):
             (after, JobState.SUCCEEDED.value, limit),
         )
         return [(str(u), str(k), float(a), float(b)) for u, k, a, b in rows]
-
-    def needs_dirs(self) -> dict[int, tuple[int, str, str]]:
-        """Waiting job id -> (owner's uid, their name, the directories its node must have,
-        one per line), for the jobs that need any; read only on a cluster."""
-        rows = self._reader().execute(
-            "SELECT id, uid, user, needs_dir FROM jobs WHERE state=? AND needs_dir != '' AND array_size = 0",
-            (JobState.PENDING.value,),
-        )
-        return {int(i): (int(u), str(n), str(d)) for i, u, n, d in rows}
 
     def count_jobs(self, user: str, states: tuple[JobState, ...]) -> int:
         row = self._reader().execute(

@@ -45,6 +45,7 @@ class ArrayEntry(NamedTuple):
     needs_dir: str = ""  # directories its node must have (JobSpec.needs_dir)
     sig: str = ""  # what kind of job its tasks are (JobSpec.signature)
     preemptible: int = 0  # 1: its tasks were submitted --preemptible
+    wants: str = ""  # the kind of node its tasks must run on (JobSpec.wants)
 
     @property
     def done(self) -> bool:
@@ -65,7 +66,7 @@ class ArrayTables(Tables):
             "p.array_size, p.array_cap, "
             "(SELECT COUNT(*) FROM jobs t WHERE t.array_id = p.id), "
             f"(SELECT COUNT(*) FROM jobs t WHERE t.array_id = p.id AND t.state IN ({_LIVE_SQL})), "
-            "p.uid, p.needs_dir, p.sig, p.preemptible "
+            "p.uid, p.needs_dir, p.sig, p.preemptible, p.wants "
             "FROM jobs p WHERE p.array_size > 0 AND p.state = ? ORDER BY p.id",
             (JobState.PENDING.value,),
         )
@@ -106,8 +107,8 @@ class ArrayTables(Tables):
         data = spec.task_spec(array_id, index)
         cur = c.execute(
             "INSERT INTO jobs(user, uid, name, spec, gpus, priority, time_limit, state, submit_time, "
-            "cpus, memory, array_id, array_index, end_time, needs_dir, sig, preemptible) VALUES (?,?,?,?,?,?,?,?,"
-            "(SELECT submit_time FROM jobs WHERE id=?),?,?,?,?,?,?,?,?)",
+            "cpus, memory, array_id, array_index, end_time, needs_dir, sig, preemptible, wants) VALUES "
+            "(?,?,?,?,?,?,?,?,(SELECT submit_time FROM jobs WHERE id=?),?,?,?,?,?,?,?,?,?)",
             (
                 user,
                 uid,
@@ -126,6 +127,7 @@ class ArrayTables(Tables):
                 spec.needs_dir,
                 spec.signature,
                 int(spec.preemptible),
+                spec.wants,
             ),
         )
         task_id = int(cur.lastrowid or 0)

@@ -44,6 +44,7 @@ CLIENT_MODULES = (
     "cli_spec.py",
     "cli_session.py",
     "cli_logs.py",
+    "gputypes.py",
     "join.py",
 )
 

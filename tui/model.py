@@ -270,6 +270,9 @@ def gpu_rows(data: Data, now: float, spark_width: int = 20) -> list[tuple[str, t
     rows: list[tuple[str, tuple[str, ...]]] = []
     for n in data.nodes:
         kind = "simulated" if n.get("simulated") else "real"
+        if n.get("gpu_type"):
+            kind = f"{safe(n['gpu_type'])} {kind}"
+        labels = f"labels {safe(', '.join(n['labels']))}" if n.get("labels") else ""
         status = "LOST" if not n.get("alive", True) else ("" if n.get("schedulable") else "drained")
         if n.get("alive", True) and not n.get("trusted", True):
             status = "UNTRUSTED"  # in Ray without `labq join`: gets no jobs
@@ -291,7 +294,7 @@ def gpu_rows(data: Data, now: float, spark_width: int = 20) -> list[tuple[str, t
                     "",
                     " ".join(x for x in (status, stale) if x),
                     # In the last column: the one every terminal width shows.
-                    " · ".join(x for x in (f"{n.get('gpus_used', 0)}/{n['gpus']} GPUs held", safe(note)) if x),
+                    " · ".join(x for x in (f"{n.get('gpus_used', 0)}/{n['gpus']} GPUs held", labels, safe(note)) if x),
                 ),
             )
         )

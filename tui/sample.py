@@ -95,6 +95,8 @@ def make_nodes(count: int, per: int, jobs: list[dict[str, Any]], history: int = 
                 "schedulable": True,
                 "nvml_gpus": per,
                 "note": "",
+                "gpu_type": "h200",
+                "labels": ["ib"] if n % 2 == 0 else [],
                 "host": {
                     "cpu_percent": 12.0,
                     "cpus": 64,

@@ -26,6 +26,8 @@ FIELDS = (
     ("command", "command", "python train.py --lr 3e-4"),
     ("gpus", "GPUs", "1"),
     ("nodes", "nodes", "1 (more: the GPUs above, in all, over that many whole nodes, one rank each)"),
+    ("gpu_type", "GPU type", "e.g. h100 (empty: any; the GPUs screen shows each node's)"),
+    ("constraint", "node labels", "labels the node must have: ib,nvlink (empty: none)"),
     ("cpus", "CPUs", "0"),
     ("memory", "memory", "e.g. 32G (empty: none)"),
     ("time", "time limit", "e.g. 4h (empty: the default)"),
@@ -89,6 +91,20 @@ def form_to_spec(
                 spec[f] = raw
             except UnitError as e:
                 errors[f] = str(e)
+    from scheduler.gputypes import check_name
+
+    gtype = values.get("gpu_type", "").strip()
+    if gtype:
+        try:
+            spec["gpu_type"] = check_name("GPU type", gtype)
+        except ValueError as e:
+            errors["gpu_type"] = str(e)
+    labels = [x for x in values.get("constraint", "").replace(" ", ",").split(",") if x]
+    if labels:
+        try:
+            spec["constraint"] = sorted({check_name("label", x) for x in labels})
+        except ValueError as e:
+            errors["constraint"] = str(e)
     workdir = values.get("workdir", "").strip()
     if workdir:
         spec["workdir"] = os.path.abspath(os.path.expanduser(workdir))
@@ -159,6 +175,10 @@ def spec_to_form(spec: dict[str, Any]) -> dict[str, str]:
             out[f] = f"{spec[f]:g}" if isinstance(spec[f], float) else str(spec[f])
     if spec.get("memory"):
         out["memory"] = str(spec["memory"])
+    if spec.get("gpu_type"):
+        out["gpu_type"] = str(spec["gpu_type"])
+    if spec.get("constraint"):
+        out["constraint"] = ",".join(map(str, spec["constraint"]))
     if spec.get("time"):
         t = spec["time"]
         out["time"] = f"{int(t)}s" if isinstance(t, (int, float)) else str(t)

@@ -107,7 +107,8 @@ def test_invite_join_outsider_rogue_and_a_worker_lost(team: tuple[Labq, list[Hos
     # The worker joins with the invite; the invite is spent.
     agent = subprocess.Popen(
         labq_on(worker, lq, "join", invite["url"], "--secret", invite["secret"], "--cert-sha256",
-                invite["cert_sha256"], "--gpus", "2", "--cpus", "1", "--state-dir", str(wstate)),
+                invite["cert_sha256"], "--gpus", "2", "--cpus", "1", "--state-dir", str(wstate),
+                "--simulate-gpu", "h100", "--labels", "ib"),
         env=lq.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
     try:
@@ -119,6 +120,22 @@ def test_invite_join_outsider_rogue_and_a_worker_lost(team: tuple[Labq, list[Hos
         again = run_on(outsider, lq, "join", invite["url"], "--secret", invite["secret"], "--cert-sha256",
                        invite["cert_sha256"], "--state-dir", str(lq.root / "x"), "--once")  # fmt: skip
         assert again.returncode == 1 and "invite is not valid" in again.stderr
+
+        # A mixed cluster (issue 15): the head's GPUs are H200s, the worker's H100s (each
+        # served from NVML's own recording of that model), the worker has InfiniBand.
+        wait_for("the worker's GPU type", lambda: nodes(lq)["lq-w1"].get("gpu_type") == "h100", 30)
+        ns = nodes(lq)
+        assert ns["lq-head"]["gpu_type"] == "h200" and ns["lq-w1"]["labels"] == ["ib"], ns
+        shown = lq.run("gpus").stdout
+        assert "2 h100 GPUs in use" in shown and "labels: ib" in shown, shown
+        kinds = [lq.submit(*ask, "--", "hostname", user=uid) for ask in (("--gpu-type", "h100"), ("--constraint", "ib"))]
+        for j in lq.wait_all(kinds, ("SUCCEEDED", "FAILED"), timeout=90):
+            assert j["state"] == "SUCCEEDED" and j["node_name"] == "lq-w1", (j["reason"], j["node_name"])
+        h200 = lq.submit("--gpu-type", "h200", "--", "hostname", user=uid)
+        assert lq.wait(h200, ("SUCCEEDED", "FAILED"), timeout=90)["node_name"] == "lq-head"
+        none = lq.run("submit", "--gpu-type", "a100-80g", "--", "true", user=uid, check=False)
+        assert none.returncode == 1 and "no node has a100-80g GPUs (GPU types here: h100, h200" in none.stderr
+        assert len(none.stderr.strip().splitlines()) == 1
 
         # Run live from the head-only directory, a job goes to the head alone: the
         # second waits there although the worker's GPUs are free ...

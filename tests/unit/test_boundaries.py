@@ -37,6 +37,7 @@ def test_ui_talks_only_to_the_client_api() -> None:
         "scheduler.userconfig",
         "scheduler.console",
         "scheduler.cli_code",
+        "scheduler.gputypes",
         "scheduler",
     }
     for path in (REPO / "tui").rglob("*.py"):
@@ -61,7 +62,7 @@ def test_client_modules_are_stdlib_only() -> None:
     for name in (
         "cli.py", "cliparse.py", "client.py", "config.py", "paths.py", "units.py", "present.py", "console.py",
         "jobfile.py", "shapes.py", "cli_code.py", "snapshot.py", "userconfig.py", "cli_spec.py", "cli_session.py",
-        "cli_logs.py",
+        "cli_logs.py", "gputypes.py",
     ):
         tree = ast.parse((REPO / "scheduler" / name).read_text())
         # Only module-level imports count: the daemon path imports heavy things lazily.
@@ -88,6 +89,7 @@ CLIENT_SIDE = (
     "scheduler.cli_spec",
     "scheduler.cli_session",
     "scheduler.cli_logs",
+    "scheduler.gputypes",
     "scheduler.snapshot",
     "scheduler.userconfig",
 )

@@ -274,3 +274,49 @@ def test_a_waiting_gang_says_what_it_needs_is_reserved_and_small_jobs_backfill_a
     assert "needs 2 whole free 4-GPU nodes, 1 is free" in text and "reserved on node-0, node-2" in text, text
     assert w.eta == pytest.approx(NOW - 600 + h)
     assert d.waiting[12].reasons[0].kind == "backfill"
+
+
+# -- GPU types and node labels -------------------------------------------------------------------
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+
+
+def test_gpu_types_come_from_nvmls_own_names_normalized() -> None:
+    import json
+
+    from scheduler.gputypes import check_name, gpu_type, matching, node_type
+
+    recorded = {m: json.loads((FIXTURES / f"nvml-{m}" / "nvml_idle.json").read_text())["devices"][0]["name"] for m in ("h100", "h200")}
+    assert gpu_type(recorded["h100"]) == "h100" and gpu_type(recorded["h200"]) == "h200"  # real NVML names
+    assert gpu_type("NVIDIA A100-SXM4-80GB") == "a100-80g" and gpu_type("NVIDIA A100-PCIE-40GB") == "a100-40g"
+    assert gpu_type("NVIDIA GeForce RTX 4090") == "rtx-4090" and gpu_type("") == ""
+    assert node_type(["NVIDIA H200", "NVIDIA H200", "NVIDIA H100 80GB HBM3"]) == "h200"
+    with pytest.raises(ValueError, match="letters, digits"):
+        check_name("label", "ib; rm -rf")
+    nodes = [("a", "h100", ("ib",)), ("b", "h200", ())]
+    assert matching("h100|", nodes)[0] == {"a"} and matching("|ib", nodes)[0] == {"a"}
+    none, why = matching("a100-80g|ib", nodes)
+    assert not none and why == "no node has a100-80g GPUs and label ib (GPU types here: h100, h200; labels: ib)"
+
+
+def test_a_job_wanting_a_gpu_type_or_label_runs_only_there_and_says_so(
+    tmp_path: Path, launcher: MemoryLauncher
+) -> None:
+    d = open_daemon(tmp_path / "state", launcher, ("n1", "n2"))
+    d.nodes.set_all({"n1": replace(node("n1"), gpu_type="h200"), "n2": replace(node("n2"), gpu_type="h100", labels=("ib",))})
+    try:
+        typed = d.control.submit(ALICE, {"command": ["x"], "workdir": "/tmp", "gpus": 4, "gpu_type": "H100"})
+        labelled = d.control.submit(BOB, {"command": ["x"], "workdir": "/tmp", "gpus": 1, "constraint": "ib"})
+        d.scheduler.one_pass()
+        assert d.store.get(typed).node == "n2" and d.store.get(typed).state is JobState.STARTING
+        row = d.store.get(labelled)
+        assert row.state is JobState.PENDING  # n2 is full; n1 has no ib
+        why = d.scheduler.waiting_for(labelled)
+        assert why is not None and "needs 1 GPU on box-n2 (label ib only), none is free there" in why.reasons[0].text
+        with pytest.raises(DaemonError, match="no node has a100-80g GPUs"):
+            d.control.submit(ALICE, {"command": ["x"], "workdir": "/tmp", "gpu_type": "a100-80g"})
+        with pytest.raises(DaemonError, match="no node has labels ib, nvlink"):
+            d.control.submit(ALICE, {"command": ["x"], "workdir": "/tmp", "constraint": ["ib", "nvlink"]})
+        with pytest.raises(DaemonError, match="GPU type"):
+            d.control.submit(ALICE, {"command": ["x"], "workdir": "/tmp", "gpu_type": "h100 && true"})
+    finally:
+        d.store.close()

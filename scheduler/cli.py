@@ -24,6 +24,7 @@ from scheduler.present import (
     gib,
     job_holder,
     job_text,
+    max_gpus_text,
     parse_env,
     pct,
     preview_lines,
@@ -428,6 +429,13 @@ def cmd_quota(c: Client, args: argparse.Namespace) -> int:
             if raw.lower() == "none":
                 fields[name] = None
                 continue
+            if name == "max_gpus" and ":" in raw:
+                # Per GPU type: --max-gpus h100:4,a100-80g:8
+                try:
+                    fields["max_gpus_per_type"] = {t.strip(): int(n) for t, _, n in (x.partition(":") for x in raw.split(","))}
+                except ValueError:
+                    raise UsageError(f"--max-gpus takes N, TYPE:N[,TYPE:N] or 'none', got {raw!r}") from None
+                continue
             try:
                 fields[name] = float(raw) if name in ("shares", "gpu_hours_per_week") else int(raw)
             except ValueError:
@@ -456,7 +464,7 @@ def cmd_quota(c: Client, args: argparse.Namespace) -> int:
             return "-" if v is None else f"{v:g}"
 
         say(
-            f"{q['user']:<16}{q['shares']:>7g}{q['guaranteed_gpus']:>6}{opt(q['max_gpus']):>7}"
+            f"{q['user']:<16}{q['shares']:>7g}{q['guaranteed_gpus']:>6}{max_gpus_text(q):>7}"
             f"{opt(q['max_jobs']):>7}{opt(q['gpu_hours_per_week']):>9}{q['held_gpus']:>6}"
             f"{q['running_jobs']:>5}{q['pending_jobs']:>6}{q['factor']:>8.3f}{q['usage_gpu_s'] / 3600:>13.2f}"
             f"  {'scavenge' if q.get('scavenge') else 'wait'}"

@@ -299,7 +299,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sm.add_argument("trace", nargs="?", help="CSV with job_id,vc,submit_s,num_gpus,duration_s")
     sm.add_argument("--from-history", action="store_true", help="replay this daemon's own finished jobs")
     sm.add_argument("--state-dir", help="the daemon's state dir (for --from-history)")
-    sm.add_argument("--nodes", type=int, default=80)
+    sm.add_argument(
+        "--nodes", default="80", help="how many nodes (default 80); or a typed cluster: 40:h100,40:a100 (with a "
+        "gpu_type column in the trace; no rho then)",
+    )
     sm.add_argument("--gpus-per-node", type=int, default=8)
     sm.add_argument("--policy", default="fairshare", help="one, a comma list, or all")
     shares = sm.add_mutually_exclusive_group()

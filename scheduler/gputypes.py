@@ -9,6 +9,7 @@ size (`NVIDIA A100-SXM4-80GB` is `a100-80g`). Stdlib only: the client checks nam
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 # Models NVIDIA sold in more than one memory size: their type keeps the size.
 _SIZED = ("a100", "v100", "a800")
@@ -72,7 +73,7 @@ def describe_wants(wants: str) -> str:
     return " and ".join(parts)
 
 
-def matching(wants: str, nodes: list[tuple[str, str, tuple[str, ...]]]) -> tuple[frozenset[str], str]:
+def matching(wants: str, nodes: Sequence[tuple[str, str, tuple[str, ...]]]) -> tuple[frozenset[str], str]:
     """The nodes (id, GPU type, labels) a job that wants this kind may run on, and the
     words for its waiting reason: what it wants, or that no node here has it."""
     gtype, labels = parse_wants(wants)

@@ -106,6 +106,13 @@ def placement(start: Start, gpus: int, node_gpus: Mapping[str, int]) -> tuple[tu
     return ((start.node, gpus - sum(g for _, g in whole)), *whole)
 
 
+class _Sizes(dict[str, int]):
+    """Node sizes for placement() of a running job, 0 for a node that left."""
+
+    def __missing__(self, key: str) -> int:
+        return 0
+
+
 def schedule(snap: Snapshot) -> Decision:
     """Decide what starts, what is preempted, and why everything else waits."""
     if not gc.isenabled():
@@ -246,6 +253,38 @@ def _schedule(snap: Snapshot) -> Decision:
                 best = min(best, p.earliest(node, j.gpus))
         etas[key] = None if best == INF else best
         return etas[key]
+
+    type_held: dict[str, Counter[str]] = {}  # GPUs held per GPU type, for those with per-type caps
+
+    def held_of_type(u: str) -> Counter[str]:
+        got = type_held.get(u)
+        if got is None:
+            got = type_held[u] = Counter()
+            sizes = {nid: n.info.gpus for nid, n in p.nodes.items()}
+            for r in snap.running:
+                if r.user == u:
+                    for nid, g in placement(Start(r.id, r.node, r.more_nodes), r.gpus, _Sizes(sizes)):
+                        if nid in p.nodes:
+                            got[p.nodes[nid].info.gpu_type] += g
+        return got
+
+    def type_capped(u: str, j: PendingJob, caps: tuple[tuple[str, int], ...]) -> tuple[PendingJob, Reason | None]:
+        """A quota with per-type caps (`max_gpus: {h100: 4}`): `j` may not go to nodes of
+        a type its owner would exceed; if no node is left, the cap is why it waits."""
+        held = held_of_type(u)
+        over = [(t, cap) for t, cap in caps if held[t] + j.gpus > cap]
+        if not over:
+            return j, None
+        banned = {t for t, _ in over}
+        ok = frozenset(nid for nid, n in p.nodes.items() if n.info.gpu_type not in banned)
+        if j.nodes is not None:
+            ok &= j.nodes
+        if ok:
+            note = f"not on {', '.join(sorted(banned))} GPUs: {u}'s cap"
+            return j._replace(nodes=ok, where=f"{j.where}; {note}" if j.where else note), None
+        t, cap = over[0]
+        text = f"quota: {u} holds {held[t]}/{cap} {t} GPUs, this job needs {j.gpus} more"
+        return j, Reason("quota", text, (("gpu_type", t), ("held_gpus", held[t]), ("max_gpus", cap), ("gpus", j.gpus)))
 
     def quota_reasons(u: str, j: PendingJob, scavenger: bool = False) -> list[Reason]:
         """Why `u`'s quota or budget holds `j` back now (empty: it does not). A regular
@@ -428,6 +467,10 @@ def _schedule(snap: Snapshot) -> Decision:
         q = p.quota(u)
 
         blocked = quota_reasons(u, j)
+        if q.max_gpus_per_type and not blocked:
+            j, capped = type_capped(u, j, q.max_gpus_per_type)
+            if capped is not None:
+                blocked = [capped]
         if blocked and scavenges(u, blocked):
             scavengers.append((j, blocked))
             return False
@@ -452,6 +495,9 @@ def _schedule(snap: Snapshot) -> Decision:
                     p.take(p.nodes[nid], j, p.nodes[nid].free)
                 p.take(node, j, rest)
                 p.starts.append(Start(j.id, node.info.id, more))
+                if u in type_held:
+                    for nid, g in placement(p.starts[-1], j.gpus, _Sizes({n: x.info.gpus for n, x in p.nodes.items()})):
+                        type_held[u][p.nodes[nid].info.gpu_type] += g
                 p.held[u] += j.gpus
                 p.jobs_held[u] += 1
                 if p.scav_jobs.get(u):

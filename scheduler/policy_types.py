@@ -77,6 +77,7 @@ class NodeInfo:
     cpus: float = INF
     memory: float = INF
     schedulable: bool = True  # False while drained or unhealthy
+    gpu_type: str = ""  # gputypes.gpu_type of its GPUs ('' unknown): per-type quota caps
 
     @property
     def label(self) -> str:

@@ -354,3 +354,10 @@ def parse_env(items: list[str]) -> dict[str, str]:
             raise ValueError(f"use KEY=VALUE, got {item!r}")
         env[key] = value
     return env
+
+
+def max_gpus_text(q: Mapping[str, Any]) -> str:
+    """A quota's GPU caps in one cell: `8`, `h100:4`, `8 h100:4`; '-' for none."""
+    parts = [] if q.get("max_gpus") is None else [f"{q['max_gpus']:g}"]
+    parts += [f"{t}:{n}" for t, n in q.get("max_gpus_per_type") or ()]
+    return " ".join(parts) or "-"

@@ -28,6 +28,9 @@ class Quota:
     # Over the weekly budget, jobs run as scavengers (preemptibly, on idle GPUs only)
     # instead of waiting for the week to roll over.
     scavenge: bool = False
+    # At most this many GPUs of each listed type at once (`max_gpus: {h100: 4}` in the
+    # quota file), sorted (type, GPUs) pairs; other types are not capped by it.
+    max_gpus_per_type: tuple[tuple[str, int], ...] = ()
 
     def merged(self, overrides: Mapping[str, Any]) -> Quota:
         return replace(self, **dict(overrides))
@@ -41,6 +44,22 @@ class QuotaError(ValueError):
     """A quota value or file that cannot be used; the message is user-facing."""
 
 
+def _per_type(caps: Mapping[Any, Any], prefix: str) -> tuple[tuple[str, int], ...]:
+    """`{h100: 4, a100-80g: 8}` as Quota.max_gpus_per_type."""
+    from scheduler.gputypes import check_name
+
+    out = {}
+    for t, n in caps.items():
+        try:
+            name = check_name("GPU type", str(t))
+        except ValueError as e:
+            raise QuotaError(f"{prefix}max_gpus: {e}") from None
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 1_000_000:
+            raise QuotaError(f"{prefix}max_gpus: {name} must be a whole number >= 0, got {n!r}")
+        out[name] = n
+    return tuple(sorted(out.items()))
+
+
 def validate_quota_fields(values: Mapping[str, Any], where: str = "") -> dict[str, Any]:
     """Check and normalise a mapping of quota fields; raise QuotaError naming the field."""
     out: dict[str, Any] = {}
@@ -52,6 +71,12 @@ def validate_quota_fields(values: Mapping[str, Any], where: str = "") -> dict[st
             if v not in IDLE_ACTIONS:
                 raise QuotaError(f"{prefix}idle_action must be one of {', '.join(IDLE_ACTIONS)}, got {v!r}")
             out[key] = v
+            continue
+        if key in ("max_gpus", "max_gpus_per_type") and isinstance(v, Mapping):
+            out["max_gpus_per_type"] = _per_type(v, prefix)
+            continue
+        if key == "max_gpus_per_type" and isinstance(v, (list, tuple)):
+            out[key] = _per_type(dict(v), prefix)
             continue
         if key == "scavenge":
             if not isinstance(v, bool):

@@ -150,6 +150,7 @@ class Scheduler:
                 cpus=n.cpus,
                 memory=n.memory,
                 schedulable=n.schedulable and n.alive and not closed,
+                gpu_type=n.gpu_type,
             )
             for n in self.nodes.all()
         )

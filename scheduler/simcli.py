@@ -51,14 +51,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         for n in names:
             if n not in sim.POLICIES:
                 raise UsageError(f"unknown policy {n!r} (known: {', '.join(sim.POLICIES)}, all)")
-        if args.nodes < 1 or args.gpus_per_node < 1:
-            raise UsageError("--nodes and --gpus-per-node must be >= 1")
+        types = "" if args.nodes.isdigit() else args.nodes
+        count = int(args.nodes) if args.nodes.isdigit() else 0
+        if (not types and count < 1) or args.gpus_per_node < 1:
+            raise UsageError("--nodes and --gpus-per-node must be >= 1 (--nodes may also be N:TYPE,N:TYPE)")
         results: dict[str, Any] = {}
         for n in names:
             t0 = time.perf_counter()
             r = sim.replay(
-                jobs, args.nodes, args.gpus_per_node, n, shares, alone=not args.no_rho, quotas=quotas,
-                scavengers=frozenset(t for t in (args.preemptible or "").split(",") if t),
+                jobs, count, args.gpus_per_node, n, shares, alone=not args.no_rho, quotas=quotas,
+                scavengers=frozenset(t for t in (args.preemptible or "").split(",") if t), types=types,
             )  # fmt: skip
             r["simulate_s"] = time.perf_counter() - t0
             r["jobs_per_s"] = len(jobs) / r["simulate_s"] if r["simulate_s"] > 0 else 0.0

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from scheduler.gputypes import matching
 from scheduler.policy import NodeInfo, PendingJob, PolicyConfig, RunningJob, Snapshot, placement, schedule
 from scheduler.predict import RuntimeHistory
 from scheduler.quota import QuotaBook, quota_book_from_dict
@@ -92,24 +93,26 @@ class Cluster:
     def gpus(self) -> int:
         return sum(n.gpus for n in self.nodes)
 
-    def best_fit(self, gpus: int) -> tuple[tuple[str, int], ...] | None:
-        """Single node with the fewest free GPUs that fits; for big jobs, whole nodes + remainder."""
+    def best_fit(self, gpus: int, only: frozenset[str] | None = None) -> tuple[tuple[str, int], ...] | None:
+        """Single node with the fewest free GPUs that fits; for big jobs, whole nodes +
+        remainder. `only`: these nodes alone (a job that wants a GPU type)."""
         if gpus > self.total_free:
             return None
         if gpus <= self.per:
             for k in range(gpus, self.per + 1):
                 for nid in self.buckets[k]:
-                    return ((nid, gpus),)
+                    if only is None or nid in only:
+                        return ((nid, gpus),)
             return None
         whole, rest = divmod(gpus, self.per)
-        full = list(self.buckets[self.per])[:whole]
+        full = [nid for nid in self.buckets[self.per] if only is None or nid in only][:whole]
         if len(full) < whole:
             return None
         out = [(nid, self.per) for nid in full]
         if rest:
             for k in range(rest, self.per + 1):
                 for nid in self.buckets[k]:
-                    if nid not in full:
+                    if nid not in full and (only is None or nid in only):
                         return (*out, (nid, rest))
             return None
         return tuple(out)
@@ -133,8 +136,19 @@ class Cluster:
             self._set(nid, self.free[nid] + g)
 
 
-def make_nodes(count: int, gpus_per_node: int) -> list[NodeInfo]:
-    return [NodeInfo(id=f"n{i:03d}", gpus=gpus_per_node, name=f"node-{i}") for i in range(count)]
+def make_nodes(count: int, gpus_per_node: int, types: str = "") -> list[NodeInfo]:
+    """`count` nodes; or, with `types` ("40:h100,40:a100"), that many of each GPU type."""
+    if not types:
+        return [NodeInfo(id=f"n{i:03d}", gpus=gpus_per_node, name=f"node-{i}") for i in range(count)]
+    out: list[NodeInfo] = []
+    for part in types.split(","):
+        n, _, t = part.partition(":")
+        if not n.strip().isdigit() or not t.strip():
+            raise TraceError(f"--nodes {types}: give N:TYPE[,N:TYPE] (e.g. 40:h100,40:a100) or a number")
+        for _ in range(int(n)):
+            i = len(out)
+            out.append(NodeInfo(id=f"n{i:03d}", gpus=gpus_per_node, name=f"node-{i}", gpu_type=t.strip().lower()))
+    return out
 
 
 # -- policies ------------------------------------------------------------------------------------------
@@ -148,7 +162,7 @@ def _greedy(sim: Simulation, order: Iterable[SimJob], strict: bool) -> Starts:
     scratch = sim.cluster.copy()
     out: Starts = []
     for j in order:
-        place = scratch.best_fit(j.trace.gpus)
+        place = scratch.best_fit(j.trace.gpus, sim.only.get(j.trace.gpu_type))
         if place is None:
             if strict or scratch.total_free == 0:
                 break
@@ -193,7 +207,7 @@ def _preemptive(
         j = sim.running[jid]
         scratch.give(j.placement)
         victims.append(j)
-        if scratch.best_fit(blocked.trace.gpus) is not None:
+        if scratch.best_fit(blocked.trace.gpus, sim.only.get(blocked.trace.gpu_type)) is not None:
             return starts, victims
     return starts, []  # even all of them would not make room: preempting is pure loss
 
@@ -253,7 +267,7 @@ def partition(sim: Simulation, now: float) -> tuple[Starts, list[SimJob]]:
         if h + j.trace.gpus > cap and h > 0:
             blocked.add(t)
             continue
-        place = free.best_fit(j.trace.gpus)
+        place = free.best_fit(j.trace.gpus, sim.only.get(j.trace.gpu_type))
         if place is None:
             blocked.add(t)
             continue
@@ -335,6 +349,14 @@ class Simulation:
             raise TraceError(
                 f"job {j.name} asks for {j.gpus} GPUs but the simulated cluster has {self.cluster.gpus}"
             )
+        # A typed cluster: the nodes each GPU type a job may want is on (gputypes.matching,
+        # as the daemon narrows a job that wants one).
+        view = [(n.id, n.gpu_type, ()) for n in self.nodes]
+        self.only: dict[str, frozenset[str]] = {}
+        for t in sorted({j.gpu_type for j in self.jobs if j.gpu_type}):
+            self.only[t], why = matching(f"{t}|", view)
+            if not self.only[t]:
+                raise TraceError(f"the trace asks for {why.removeprefix('no node has ')}: no simulated node has them")
         self.decide = POLICY_FUNCS[self.policy]
         self.order_key = ORDER_KEYS.get(self.policy)
         self.queue: list[tuple[Any, int]] = []  # (order key, job id) of waiting jobs, sorted
@@ -441,6 +463,7 @@ class Simulation:
         self._pending_objs[j.id] = PendingJob(
             id=j.id, user=j.trace.tenant, gpus=j.trace.gpus, submit_time=j.trace.submit, requeued=j.requeued,
             expected=expected, preemptible=j.trace.tenant in self.scavengers,
+            nodes=self.only.get(j.trace.gpu_type), where=f"{j.trace.gpu_type} GPUs only" if j.trace.gpu_type else "",
         )  # fmt: skip
 
     def _expected(self, j: SimJob) -> float | None:
@@ -663,13 +686,18 @@ def replay(
     quotas: QuotaBook | None = None,
     predict: bool = True,
     scavengers: frozenset[str] = frozenset(),
+    types: str = "",
 ) -> dict[str, Any]:
     """Replay `jobs` under `policy`; with `alone`, also each tenant on its own slice, for rho.
 
     `quotas`: a full quota book (guarantees, caps, budgets: what `--quotas` gives);
     without one, each tenant is guaranteed the GPUs its share of the pool is worth.
+    `types`: a typed cluster ("40:h100,40:a100", instead of `nodes`); no rho then (a
+    tenant's slice would not have the types its jobs want).
     """
-    node_list = make_nodes(nodes, gpus_per_node)
+    node_list = make_nodes(nodes, gpus_per_node, types)
+    nodes = len(node_list)
+    alone = alone and not types
     total = nodes * gpus_per_node
     quotas = quotas if quotas is not None else quotas_from_shares(shares, total)
     cfg = policy_config(policy, base)

@@ -27,6 +27,8 @@ class TraceJob:
     submit: float
     gpus: int
     duration: float
+    # Only GPUs of this type (an optional `gpu_type` column; a typed cluster: --nodes 40:h100,40:a100).
+    gpu_type: str = ""
 
 
 def load_trace(path: Path, limit: int | None = None) -> list[TraceJob]:
@@ -54,7 +56,8 @@ def load_trace(path: Path, limit: int | None = None) -> list[TraceJob]:
                 ) from None
             if gpus < 1 or duration < 0 or submit < 0 or not math.isfinite(submit + duration):
                 raise TraceError(f"{path}:{line}: needs num_gpus >= 1, submit_s >= 0 and duration_s >= 0")
-            jobs.append(TraceJob(len(jobs) + 1, row["job_id"], row["vc"], submit, gpus, duration))
+            gtype = (row.get("gpu_type") or "").strip().lower()
+            jobs.append(TraceJob(len(jobs) + 1, row["job_id"], row["vc"], submit, gpus, duration, gtype))
             if limit is not None and len(jobs) >= limit:
                 break
     if not jobs:

@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.present import age, clean, clock, gib, job_holder, pct, queue_cells, stamp
+from scheduler.present import age, clean, clock, gib, job_holder, max_gpus_text, pct, queue_cells, stamp
 from scheduler.shapes import ACTIVE_NAMES, TERMINAL_NAMES, WAITING_NAMES
 
 __all__ = ["age", "clock", "gib", "pct", "stamp"]  # re-exported for the screens
@@ -228,7 +228,7 @@ def team_rows(data: Data, width: int = 20) -> list[tuple[str, tuple[str, ...]]]:
                     opt(q["factor"], ".3f"),
                     str(q["held_gpus"]),
                     opt(q["guaranteed_gpus"]),
-                    opt(q.get("max_gpus")),
+                    max_gpus_text(q),
                     str(q["pending_jobs"]),
                     f"{u.get('allocated_gpu_h', 0.0):.1f}",
                     f"{u.get('idle_gpu_h', 0.0):.1f}",

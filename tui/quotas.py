@@ -10,6 +10,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
+from scheduler.present import max_gpus_text
 from tui.api import BackendError
 from tui.base import DataScreen
 from tui.model import stamp
@@ -120,7 +121,7 @@ class QuotasScreen(DataScreen):
                         q["user"],
                         f"{q['shares']:g}",
                         str(q["guaranteed_gpus"]),
-                        _opt(q.get("max_gpus")) or "-",
+                        max_gpus_text(q),
                         _opt(q.get("max_jobs")) or "-",
                         _opt(q.get("gpu_hours_per_week")) or "-",
                         str(q.get("idle_action", "notify")),

@@ -320,3 +320,38 @@ def test_a_job_wanting_a_gpu_type_or_label_runs_only_there_and_says_so(
             d.control.submit(ALICE, {"command": ["x"], "workdir": "/tmp", "gpu_type": "h100 && true"})
     finally:
         d.store.close()
+
+
+def test_a_quota_may_cap_gpus_per_type_and_the_rest_go_elsewhere() -> None:
+    from scheduler.quota import QuotaBook, QuotaError, validate_quota_fields
+
+    assert validate_quota_fields({"max_gpus": {"H100": 2}}) == {"max_gpus_per_type": (("h100", 2),)}
+    with pytest.raises(QuotaError, match="h100 must be a whole number"):
+        validate_quota_fields({"max_gpus": {"h100": -1}})
+    book = QuotaBook(researchers={"ana": {"max_gpus_per_type": (("h100", 2),)}})
+    ns = (NodeInfo("h", 4, gpu_type="h100"), NodeInfo("g", 4, gpu_type="h200"))
+    running = (RunningJob(1, "ana", 2, "h", NOW - 60),)
+    pending = (
+        PendingJob(10, "ana", 1, NOW - 30),  # any type: h100 is at her cap, so the h200 node
+        PendingJob(11, "ana", 1, NOW - 20, nodes=frozenset({"h"}), where="h100 GPUs only"),  # wants h100: waits
+        PendingJob(12, "bo", 2, NOW - 10, nodes=frozenset({"h"}), where="h100 GPUs only"),  # not capped
+    )
+    d = schedule(Snapshot(NOW, pending, running, ns, quotas=book, config=PolicyConfig(min_runtime=0)))
+    assert {(s.job_id, s.node) for s in d.starts} == {(10, "g"), (12, "h")}
+    assert d.waiting[11].reasons[0].text == "quota: ana holds 2/2 h100 GPUs, this job needs 1 more"
+
+
+def test_the_simulator_replays_a_typed_cluster_through_the_same_placement(tmp_path: Path) -> None:
+    from scheduler.traces import TraceError, TraceJob
+
+    jobs = [TraceJob(i + 1, f"j{i}", "ab"[i % 2], float(i), 2, 100.0, "h100" if i % 3 else "a100-80g") for i in range(12)]
+    for pol in ("fairshare", "fifo", "srtf", "partition"):
+        sim = simulator.Simulation(jobs, simulator.make_nodes(0, 4, "1:h100,1:a100-80g"), pol, shares={"a": 1, "b": 1})
+        sim.run()
+        by_type = {n.id: n.gpu_type for n in sim.nodes}
+        for j in sim.sim_jobs.values():
+            assert j.placement and all(by_type[n] == j.trace.gpu_type for n, _ in j.placement), (pol, j)
+    with pytest.raises(TraceError, match="asks for h200 GPUs"):
+        simulator.Simulation([replace(jobs[0], gpu_type="h200")], simulator.make_nodes(0, 4, "1:h100"), "fifo")
+    out = simulator.replay(jobs, 0, 4, "fairshare", {"a": 1, "b": 1}, types="2:h100,1:a100-80g")
+    assert out["nodes"] == 3 and out["jobs"] == 12

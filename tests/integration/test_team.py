@@ -166,6 +166,12 @@ def test_invite_join_outsider_rogue_and_a_worker_lost(team: tuple[Labq, list[Hos
         every = lq.run("logs", str(met), "--all-ranks").stdout
         assert "[rank 0] rank 0 heard: hello from rank 1" in every and "[rank 1] rank 1 said hello" in every
         assert lq.run("logs", str(met), "--rank", "1", user=uid).returncode == 0
+        # Another researcher gets none of it: no rank's log, no pid, no way to stop it.
+        other = unix_user("labqtest-team2")
+        peek = lq.run("logs", str(met), "--rank", "1", user=other, check=False)
+        assert peek.returncode == 1 and "belongs to labqtest-team" in peek.stderr, peek.stderr
+        seen = json.loads(lq.run("show", "--json", str(met), user=other).stdout)
+        assert seen["ranks"] and all("pid" not in r for r in seen["ranks"])
 
         # A researcher's jobs spread over both hosts and run there, as the researcher.
         ids = [lq.submit("--gpus", "2", "--", "sh", "-c", "echo on $(hostname) as $(id -un); sleep 300", user=uid)

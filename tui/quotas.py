@@ -23,6 +23,22 @@ QUOTA_COLUMNS = ("USER", "SHARES", "GUAR", "MAX GPUS", "MAX JOBS", "GPU-h/WEEK",
 AUDIT_COLUMNS = ("TIME", "WHO", "ACTION", "TARGET", "DETAIL")
 
 
+def parse_max_gpus(raw: str) -> tuple[tuple[int | None, dict[str, int]], str]:
+    """The max GPUs field as `quota show` writes it: `8`, `h100:4`, `8 h100:4` or empty."""
+    overall: int | None = None
+    per_type: dict[str, int] = {}
+    for part in raw.replace(",", " ").split():
+        t, sep, n = part.partition(":")
+        v, err = parse_field("max_gpus", n if sep else t)
+        if err or (sep and v is None):
+            return (None, {}), "max gpus: N, TYPE:N (e.g. 8 h100:4) or empty for no limit" if sep else err
+        if sep:
+            per_type[t.lower()] = int(v)
+        else:
+            overall = v
+    return (overall, per_type), ""
+
+
 def parse_field(name: str, raw: str) -> tuple[Any, str]:
     """(value, error) for one form field, checked the way the daemon will check it."""
     raw = raw.strip()
@@ -158,6 +174,8 @@ class QuotasScreen(DataScreen):
         self.query_one("#formtitle", Static).update(f"[b]{user}[/b]")
         for f in FIELDS:
             self.query_one(f"#q-{f}", Input).value = _opt(q.get(f))
+        # Per GPU type too (`8 h100:4`), as quota show writes it.
+        self.query_one("#q-max_gpus", Input).value = max_gpus_text(q).strip("-")
         self.query_one("#q-idle_action", Select).value = q.get("idle_action", "notify")
         self.query_one("#formerror", Static).update("")
         self._editable = None  # said again for this user
@@ -167,7 +185,12 @@ class QuotasScreen(DataScreen):
         values: dict[str, Any] = {}
         errors: list[str] = []
         for f in FIELDS:
-            v, err = parse_field(f, self.query_one(f"#q-{f}", Input).value)
+            raw = self.query_one(f"#q-{f}", Input).value
+            if f == "max_gpus":
+                (v, per_type), err = parse_max_gpus(raw)
+                values["max_gpus_per_type"] = per_type
+            else:
+                v, err = parse_field(f, raw)
             if err:
                 errors.append(err)
             else:
@@ -194,6 +217,7 @@ class QuotasScreen(DataScreen):
         current: dict[str, Any] = next(
             (q for q in self.data.quotas.get("quotas", []) if q["user"] == self.user), {}
         )
+        current = {**current, "max_gpus_per_type": {t: n for t, n in current.get("max_gpus_per_type") or ()}}
         changed = {k: v for k, v in values.items() if current.get(k) != v}
         if not changed:
             self.query_one("#formerror", Static).update("nothing changed")

@@ -309,9 +309,16 @@ def test_admin_edits_a_quota() -> None:
         box.value = "6"
         await pilot.press("ctrl+s")
         await settle(pilot)
+        box.value = "6 h100:x"
+        await pilot.pause()
+        assert "max gpus: N, TYPE:N" in str(screen.query_one("#formerror", Static).render())
+        box.value = "6 H100:2"  # and at most 2 H100s (a per-type cap)
+        await pilot.press("ctrl+s")
+        await settle(pilot)
 
     run(fake, body)
-    assert fake.quota_changes == [("ana", {"max_gpus": 6})]
+    assert fake.quota_changes[0] == ("ana", {"max_gpus": 6})
+    assert fake.quota_changes[1][1]["max_gpus_per_type"] == {"h100": 2} and len(fake.quota_changes) == 2
 
 
 def test_non_admin_sees_quotas_read_only() -> None:

@@ -355,3 +355,23 @@ def test_the_simulator_replays_a_typed_cluster_through_the_same_placement(tmp_pa
         simulator.Simulation([replace(jobs[0], gpu_type="h200")], simulator.make_nodes(0, 4, "1:h100"), "fifo")
     out = simulator.replay(jobs, 0, 4, "fairshare", {"a": 1, "b": 1}, types="2:h100,1:a100-80g")
     assert out["nodes"] == 3 and out["jobs"] == 12
+
+
+def test_an_admin_sets_a_per_type_cap_and_the_next_pass_keeps_to_it(tmp_path: Path, launcher: MemoryLauncher) -> None:
+    from tests.unit.test_control import ROOT
+
+    d = open_daemon(tmp_path / "state", launcher, ("n1", "n2"))
+    d.nodes.set_all({"n1": replace(node("n1"), gpu_type="h200"), "n2": replace(node("n2"), gpu_type="h100")})
+    try:
+        out = d.admin.set_quota(ROOT, "alice", {"max_gpus_per_type": {"h100": 2}})
+        assert out["new"] == {"max_gpus_per_type": (("h100", 2),)}
+        first = d.control.submit(ALICE, {"command": ["x"], "workdir": "/tmp", "gpus": 2, "gpu_type": "h100"})
+        second = d.control.submit(ALICE, {"command": ["x"], "workdir": "/tmp", "gpus": 2, "gpu_type": "h100"})
+        d.scheduler.one_pass()
+        assert d.store.get(first).state is JobState.STARTING and d.store.get(second).state is JobState.PENDING
+        why = d.scheduler.waiting_for(second)
+        assert why is not None and why.reasons[0].text == "quota: alice holds 2/2 h100 GPUs, this job needs 2 more"
+        with pytest.raises(DaemonError, match="max_gpus: h100 must be a whole number"):
+            d.admin.set_quota(ROOT, "alice", {"max_gpus": {"h100": "lots"}})
+    finally:
+        d.store.close()

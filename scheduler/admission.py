@@ -17,7 +17,7 @@ from scheduler.auth import Caller, user_name
 from scheduler.codestore import CodeStore, code_ref
 from scheduler.config import DaemonConfig
 from scheduler.errors import DaemonError
-from scheduler.gputypes import matching, parse_wants
+from scheduler.gputypes import describe_wants, matching, parse_wants
 from scheduler.job import JobSpec, JobState
 from scheduler.nodes import NodeBook, NodeRecord
 from scheduler.present import memory
@@ -189,15 +189,20 @@ class Admission:
         """A GPU type or label no node has is refused (it would wait forever), once the
         nodes have said what they have (a type is known after its monitor's first report)."""
         view = [(n.id, n.gpu_type, n.labels) for n in nodes if n.trusted]
-        if not any(t for _, t, _ in view) and parse_wants(spec.wants)[0]:
-            return  # no GPU report yet: let it wait, the reason will say
-        ok, why = matching(spec.wants, view)
+        gtype, labels = parse_wants(spec.wants)
+        if gtype and not any(t for _, t, _ in view):
+            # No GPU report yet: the type cannot be judged (the reason will say); labels can.
+            if not labels:
+                return
+            gtype = ""
+        ok, why = matching(f"{gtype}|{','.join(labels)}", view)
         if not ok:
             raise DaemonError(why)
 
-    def _check_gang(self, spec: JobSpec, sizes: list[int], largest: int) -> None:
-        """A job over several nodes takes whole nodes of the largest size (the policy's
-        placement): say plainly what else would wait forever."""
+    def _check_gang(self, spec: JobSpec, nodes: list[NodeRecord], largest: int) -> None:
+        """A job over several nodes takes whole nodes of the cluster's largest size (the
+        policy's placement), each with the job's CPUs and memory (per node): say plainly
+        what else would wait forever. `nodes`: those of the kind it wants."""
         if not self.config.allow_multi_node:
             raise DaemonError(
                 f"asks for {spec.gpus} GPUs but the largest node has {largest} (multi-node jobs are off: "
@@ -210,17 +215,24 @@ class Admission:
             one = f", or --gpus {spec.gpus} on one node" if spec.gpus <= largest else ""
             raise DaemonError(
                 f"asks for {per} GPUs on each of {spec.nodes} nodes: a job over several nodes takes whole nodes "
-                f"(--gpus-per-node {largest} here){one}"
+                f"of the cluster's largest size (--gpus-per-node {largest} here){one}"
             )
         if spec.gpus % largest:
             raise DaemonError(
                 f"asks for {spec.gpus} GPUs, more than a node has ({largest}): a job over several nodes takes "
                 f"whole nodes, so ask for a multiple of {largest} (--nodes N --gpus-per-node {largest})"
             )
-        whole = sum(1 for g in sizes if g == largest)
-        if spec.gpus // largest > whole:
+        want = spec.gpus // largest
+        kind = f" {describe_wants(spec.wants)}" if spec.wants else ""
+        whole = [n for n in nodes if n.gpus == largest]
+        if want > len(whole):
+            with_kind = f" with{kind}" if kind else ""
+            raise DaemonError(f"asks for {want} whole {largest}-GPU nodes{with_kind} but the cluster has {len(whole)}")
+        roomy = [n for n in whole if n.cpus >= spec.cpus and n.memory >= (spec.memory or 0)]
+        if want > len(roomy):
             raise DaemonError(
-                f"asks for {spec.gpus // largest} whole {largest}-GPU nodes but the cluster has {whole}"
+                f"asks for {spec.cpus:g} CPUs and {memory(spec.memory)} of memory on each of {want} nodes (per node), "
+                f"but only {len(roomy)} whole {largest}-GPU node{'s' if len(roomy) != 1 else ''} can hold that"
             )
 
     def _check_fits(self, spec: JobSpec) -> None:
@@ -241,19 +253,22 @@ class Admission:
             raise DaemonError(
                 f"asks for {memory(spec.memory)} of memory but the most {where} has for jobs is {memory(most_mem)}"
             )
-        if spec.wants:
-            # Only the nodes of the kind it wants count; a gang's whole nodes are still
-            # of the cluster's largest size (the policy's placement).
-            self._check_kind(spec, nodes)
-            sizes = [n.gpus for n in nodes if matching(spec.wants, [(n.id, n.gpu_type, n.labels)])[0]] or sizes
-            if spec.gpus <= largest:
-                largest = max(sizes)
         if largest == 0 and spec.gpus > 0:
             raise DaemonError(
                 f"asks for {spec.gpus} GPU{'s' if spec.gpus != 1 else ''} but no node has any "
                 "(start with `labq up --gpus N` on a machine without NVIDIA GPUs)"
             )
+        kind = nodes
+        if spec.wants:
+            # Only the nodes of the kind it wants count (once their types are known).
+            self._check_kind(spec, nodes)
+            kind = [n for n in nodes if matching(spec.wants, [(n.id, n.gpu_type, n.labels)])[0]] or nodes
+            sizes = [n.gpus for n in kind]
         if spec.nodes > 1 or spec.gpus > largest:
-            self._check_gang(spec, sizes, largest)
+            self._check_gang(spec, kind, largest)
+        elif spec.gpus > max(sizes):
+            raise DaemonError(
+                f"asks for {spec.gpus} GPUs on one node but the most a node of its kind has is {max(sizes)}"
+            )
         if spec.gpus > sum(sizes):
             raise DaemonError(f"asks for {spec.gpus} GPUs but the whole cluster has {sum(sizes)}")

@@ -22,6 +22,7 @@ from typing import Any
 from scheduler.admission import Admission
 from scheduler.auth import Caller
 from scheduler.config import DaemonConfig
+from scheduler.control_loss import UNPLACEABLE, NodeLoss
 from scheduler.errors import DaemonError
 from scheduler.launcher import Event, Launcher, LauncherDown, key_of
 from scheduler.launching import (
@@ -50,10 +51,8 @@ _END_STATE = {
 }
 
 
-# Ray's error for a task pinned (hard node affinity) to a node that is dead.
-_UNPLACEABLE = "TaskUnschedulableError"
 
-class JobControl:
+class JobControl(NodeLoss):
     def __init__(
         self,
         store: Store,
@@ -268,8 +267,13 @@ class JobControl:
         if job.attempt != ev["attempt"]:
             return  # a late report from an older attempt
         kind = ev["type"]
-        if kind == "started":
+        if kind in ("started", "log") and job.log_attempt != job.attempt:
+            # Its log, opened once per attempt, on the first report, whatever that is:
+            # a gang's rank 0 may write before every rank has started.
             base = self.logs.open_attempt(job)
+            self.store.set_fields(job.id, log_base=base, log_attempt=job.attempt)
+            job = self.store.get(job.id)
+        if kind == "started":
             extra: dict[str, Any] = {"ranks": started_ranks(job.rank_list(), ev["ranks"])} if job.ranks and ev.get("ranks") else {}
             self.store.transition(
                 job.id,
@@ -279,7 +283,6 @@ class JobControl:
                 start_time=ev["start_time"],
                 pid=ev["pid"],
                 gpu_ids=",".join(ev["gpu_ids"]),
-                log_base=base,
                 **extra,
             )
         elif kind == "log":
@@ -310,9 +313,9 @@ class JobControl:
             outcome, reason = Outcome.CANCELLED, job.stop_reason or reason
         if outcome is Outcome.LOST and job.state is JobState.STARTING and ev.get("unplaced"):
             # A job over several nodes whose ranks never all met (gang.py): nothing ran.
-            self.requeue(job, JobState.STARTING, f"its nodes could not all be reached ({reason})")
+            self.unplaced(job, reason, now)
             return
-        if outcome is Outcome.LOST and job.state is JobState.STARTING and job.node and _UNPLACEABLE in reason:
+        if outcome is Outcome.LOST and job.state is JobState.STARTING and job.node and UNPLACEABLE in reason:
             # Ray could not put the task on its pinned node (hard affinity): that node is gone,
             # e.g. a worker's old Ray node just after its reboot. The job never ran: requeued
             # without spending a node-loss retry or GPU time; that node is never used again.
@@ -320,7 +323,7 @@ class JobControl:
             self.requeue(job, JobState.STARTING, f"{job.node_name or job.node} was gone before the job started there")
             return
         if outcome is Outcome.LOST and self._node_gone(job, reason, ev.get("lost_node")):
-            took = self.node_lost(job, reason, stats, fields)
+            took = self.node_lost(job, reason, stats, fields, ev.get("lost_node"))
         elif outcome is Outcome.PREEMPTED:
             row = self.store.transition(job.id, JobState.PREEMPTED, reason, expect=ACTIVE, run_stats=stats, **fields)
             took = row.state is JobState.PREEMPTED
@@ -353,79 +356,12 @@ class JobControl:
             expect=(ended,),
             requeued=1,
             node=None,
+            ranks="",
             pid=None,
             stop_deadline=None,
             stop_outcome=None,
             stop_reason=None,
         )
-
-    def _node_gone(self, job: JobRow, reason: str, lost_node: str | None = None) -> bool:
-        """Did this job end because its node died (rather than Ray losing track of it)?
-        (The executor reports Ray's error by its type name only: see executor.py.)
-        `lost_node`: for a job over several nodes, the lost rank's node."""
-        node = lost_node or job.node
-        if node and ("NodeDied" in reason or _UNPLACEABLE in reason):
-            self.nodes.mark_dead(node)
-            return True
-        self._refresh_nodes()
-        return bool(node) and self._connected() and any(n not in self.nodes for n in nodes_of(job))
-
-    def node_lost(self, job: JobRow, detail: str, stats: Mapping[str, Any] | None, fields: dict[str, Any]) -> bool:
-        """The job's node is gone: NODE_LOST (at `end_time`, when it happened), then
-        requeued per node_lost_retries. False if the job had already moved on."""
-        now = float(fields["end_time"])
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-        reason = f"node {job.node_name or job.node} was lost at {when}"
-        if job.stop_outcome == "cancelled":
-            reason += " (cancelled: the node is unreachable, the job is presumed dead)"
-        # Dated when it happened (the last word from the node), not when it was noticed.
-        row = self.store.transition(
-            job.id, JobState.NODE_LOST, reason, expect=ACTIVE, run_stats=stats, now=min(now, time.time()), **fields
-        )
-        if row.state is not JobState.NODE_LOST:
-            return False
-        lost_before = sum(1 for e in self.store.events(job.id) if e["new_state"] == JobState.NODE_LOST.value)
-        retries = self.config.node_lost_retries
-        # A job someone asked to cancel stays ended; anything else may run again.
-        if lost_before <= retries and job.stop_outcome != "cancelled":
-            self.requeue(job, JobState.NODE_LOST, f"requeued after its node was lost (retry {lost_before} of {retries})")
-        log.warning("job %d: %s (%s)", job.id, reason, detail)
-        return True
-
-    def check_silent(self, known: Mapping[str, Mapping[str, Any]], timeout: float, now: float | None = None) -> list[int]:
-        """The node watch (every couple of seconds): a running job whose node Ray no
-        longer lists, or whose runner has not been heard from for `timeout` (a node cut
-        off from the head), is NODE_LOST now, at the time it was last heard from,
-        instead of when Ray's own timeouts give up on the task. Its node takes no new
-        jobs; its runner stops the job by itself once it finds the head unreachable
-        (Launch.head_timeout). Returns the jobs it ended."""
-        now = time.time() if now is None else now
-        ended: list[int] = []
-        connected = self._connected()
-        for job in self.store.jobs(states=(JobState.RUNNING,)):
-            seen = known.get(key_of(job.id, job.attempt))
-            if seen is None or seen.get("finished") or not seen.get("seen"):
-                continue
-            last = float(seen["seen"])
-            gone = bool(job.node) and connected and any(n not in self.nodes for n in nodes_of(job))
-            silent = now - last > timeout
-            if not (gone or silent):
-                continue
-            if silent and job.node:
-                # A job over several nodes: the node of its rank heard from least recently.
-                self.nodes.mark_dead(str(seen.get("lagging") or job.node))
-            why = "Ray lists its node no longer" if gone else f"no word from its node for {now - last:.0f}s"
-            stats = self._finish_stats(job.id)
-            if self.node_lost(job, why, stats, {"end_time": last}):
-                self._attempt_ended(job, last)
-                ended.append(job.id)
-                launcher = self.launcher
-                if launcher is not None:
-                    try:  # reaches the node if it comes back before it stops by itself
-                        launcher.stop(job.id, job.attempt, "lost", "its node was lost", 0.0)
-                    except LauncherDown:
-                        pass
-        return ended
 
     # -- after a (re)start ----------------------------------------------------------------------
     def reconcile(self, known: Mapping[str, Any]) -> None:

@@ -175,14 +175,25 @@ class Gang:
                 "lost_node": self.ranks[rank].node if res.get("outcome") == "lost" else None,
             }
         elif self.stop is not None:
-            # Stopped as a whole (cancel, preemption): as rank 0 reports it.
-            out = {k: results[0].get(k) for k in ("outcome", "exit_code", "signal", "reason")}
+            # Stopped as a whole (cancel, preemption): the stop's end, whatever each rank
+            # was doing (one may have ended well before, one may never have run).
+            out = {
+                "outcome": self.stop["outcome"], "reason": self.stop["reason"],
+                "exit_code": results[0].get("exit_code"), "signal": results[0].get("signal"),
+            }  # fmt: skip
         else:
             out = {"outcome": "succeeded", "exit_code": 0, "signal": None, "reason": ""}
         out["end_time"] = end
         if dropped:
             out["log_dropped"] = dropped
         return out
+
+    def never_ran(self) -> dict[str, Any]:
+        """The result of a rank whose task returned without running anything (the gang
+        was stopped before it met): the stop's, if any."""
+        stop = self.stop or {"outcome": "lost", "reason": "its rank never started"}
+        return {"outcome": stop["outcome"], "exit_code": None, "signal": None, "reason": stop["reason"],
+                "end_time": time.time()}  # fmt: skip
 
     def unplaced(self, why: str) -> dict[str, Any]:
         """The attempt could not start on its nodes (one is gone): its result, for a gang
@@ -199,10 +210,6 @@ class Gang:
         return min(running)[1] if running else self.nodes[0]
 
     def last_seen(self) -> float | None:
-        """When the rank heard from least recently last spoke (the node watch's clock)."""
-        seen = [r.seen for r in self.ranks if r.result is None]
-        if not seen:
-            return None
-        if any(s is None for s in seen):
-            return None if all(s is None for s in seen) else min(s for s in seen if s is not None)
-        return min(s for s in seen if s is not None)
+        """When the running rank heard from least recently last spoke (None: none has yet)."""
+        seen = [r.seen for r in self.ranks if r.result is None and r.seen is not None]
+        return min(seen) if seen else None

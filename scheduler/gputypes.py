@@ -15,7 +15,9 @@ from collections.abc import Sequence
 _SIZED = ("a100", "v100", "a800")
 _DROP = {"nvidia", "tesla", "geforce", "quadro", "sxm", "sxm2", "sxm4", "sxm5", "pcie", "nvl", "hbm2", "hbm2e",
          "hbm3", "hbm3e", "nvlink"}  # fmt: skip
-NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")  # a type or label as typed: also a Ray label value
+# A type or label as typed. Also part of a Ray node label (`labq.io/label-NAME`, whose
+# name part Ray allows 63 characters, alphanumeric at both ends): at most 57 here.
+NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,55}[a-z0-9])?")
 
 
 def gpu_type(product: str) -> str:
@@ -43,7 +45,9 @@ def check_name(kind: str, value: str) -> str:
     """A GPU type or label as given, lower-cased; ValueError (one line) if it cannot be one."""
     v = value.strip().lower()
     if not NAME.fullmatch(v):
-        raise ValueError(f"{kind} {value[:40]!r}: letters, digits, '.', '-' and '_', at most 63, e.g. h100 or ib")
+        raise ValueError(
+            f"{kind} {value[:40]!r}: letters and digits, with '.', '-' or '_' inside, at most 57, e.g. h100 or ib"
+        )
     return v
 
 

@@ -194,7 +194,7 @@ class JobSpec(BaseModel):
     # A job over several nodes (issue 15): this many whole nodes, one rank on each
     # (gang.py), its GPUs split evenly. 1 with more GPUs than a node has: as many
     # whole nodes as they fill.
-    nodes: int = Field(default=1, ge=1, le=256)
+    nodes: int = Field(default=1, ge=1, le=64)  # each rank waits in the Executor (a thread) to meet
     # Only nodes whose GPUs are of this type (gputypes.gpu_type: h100, a100-80g, ...) and
     # that have every one of these labels (the node's `labels:`, e.g. ib).
     gpu_type: str = Field(default="", max_length=63)

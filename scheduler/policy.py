@@ -703,7 +703,7 @@ def _schedule(snap: Snapshot) -> Decision:
             heapq.heappush(heap, rank(u))
 
     if scavengers:
-        scavenge(p, scavengers, order, wait, quota_reasons)
+        scavenge(p, scavengers, order, wait, quota_reasons, type_capped, type_held)
 
     shares = {
         u: UserShare(
@@ -733,6 +733,8 @@ def scavenge(
     order: list[int],
     wait: Any,
     quota_reasons: Any,
+    type_capped: Any,
+    type_held: dict[str, Counter[str]],
 ) -> None:
     """Place scavengers after everyone else: oldest first, on GPUs that are free now,
     best fit, never on a node where GPUs are being claimed (they would be taken back
@@ -747,13 +749,19 @@ def scavenge(
         while left:
             # Caps still hold (a scavenger is over its budget, not over its caps).
             caps = [r for r in quota_reasons(u, j, scavenger=True) if r.kind != "budget"]
+            typed = j
+            if not caps and p.quota(u).max_gpus_per_type:
+                typed, capped = type_capped(u, j, p.quota(u).max_gpus_per_type)
+                caps = [capped] if capped is not None else []
             if caps:
                 break
-            node = p.best_fit(j, skip=claimed) if j.gpus <= p.max_per_node else None
+            node = p.best_fit(typed, skip=claimed) if j.gpus <= p.max_per_node else None
             if node is None:
                 break
             p.take(node, j)
             p.starts.append(Start(j.id, node.info.id, (), preemptible=True))
+            if u in type_held:
+                type_held[u][node.info.gpu_type] += j.gpus
             p.held[u] += j.gpus
             p.scav[u] = p.scav.get(u, 0) + j.gpus
             p.scav_jobs[u] = p.scav_jobs.get(u, 0) + 1

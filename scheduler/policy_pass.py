@@ -161,10 +161,15 @@ class Pass(Reclaimer):
     def multi_fit(self, j: PendingJob) -> tuple[NodeState, tuple[str, ...]] | None:
         """Whole free nodes plus a best-fit node for the remainder; None if it does not fit now."""
         whole, rest = self.split(j.gpus)
+        nodes = self.nodes
         full = [
             nid
             for nid in self.buckets[self.max_per_node]
-            if self.nodes[nid].free == self.nodes[nid].info.gpus and (j.nodes is None or nid in j.nodes)
+            if nodes[nid].free == nodes[nid].info.gpus
+            and (j.nodes is None or nid in j.nodes)
+            # Each rank asks its node for the job's CPUs and memory (per node).
+            and nodes[nid].cpus >= j.cpus
+            and nodes[nid].memory >= j.memory
         ]
         if len(full) < whole:
             return None

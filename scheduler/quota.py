@@ -75,7 +75,13 @@ def validate_quota_fields(values: Mapping[str, Any], where: str = "") -> dict[st
         if key in ("max_gpus", "max_gpus_per_type") and isinstance(v, Mapping):
             out["max_gpus_per_type"] = _per_type(v, prefix)
             continue
-        if key == "max_gpus_per_type" and isinstance(v, (list, tuple)):
+        if key == "max_gpus_per_type":
+            # As stored: a list of [type, GPUs] pairs; None or empty: no per-type caps.
+            if v is None:
+                out[key] = ()
+                continue
+            if not isinstance(v, (list, tuple)) or not all(isinstance(x, (list, tuple)) and len(x) == 2 for x in v):
+                raise QuotaError(f"{prefix}max_gpus_per_type must map GPU types to GPUs ({{h100: 4}}), got {v!r}")
             out[key] = _per_type(dict(v), prefix)
             continue
         if key == "scavenge":

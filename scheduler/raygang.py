@@ -180,6 +180,9 @@ class GangHost:
         if gang.ranks[rank].result is None and not job["finished"]:
             if error is None and isinstance(value, dict):
                 self._rank_ended(job, rank, value)
+            elif error is None and value is None and gang.met:
+                # It returned without running: the gang was stopped as it met.
+                self._rank_ended(job, rank, gang.never_ran())
             elif not gang.met:
                 # Which node is gone is the node watch's to find out (Ray lists it no more).
                 self._unplace(job, f"rank {rank} could not start on its node ({error or 'stopped'})")

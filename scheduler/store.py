@@ -189,10 +189,13 @@ MIGRATIONS: list[str] = [
     """,
     # Jobs over several nodes (issue 15): the current attempt's ranks, rank 0 first, as
     # JSON (node, node_name, gpus, gpu_ids; host and pid once started); '' for one node.
-    # And what kind of node a job must run on (JobSpec.wants: GPU type and labels).
+    # And what kind of node a job must run on (JobSpec.wants: GPU type and labels), and
+    # the attempt whose log was opened (its header and log_base set once, on its first report).
     """
     ALTER TABLE jobs ADD COLUMN ranks TEXT NOT NULL DEFAULT '';
     ALTER TABLE jobs ADD COLUMN wants TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN log_attempt INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET log_attempt = attempt WHERE start_time IS NOT NULL AND state != 'STARTING';
     """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -206,7 +209,7 @@ _COLUMNS_NO_SPEC = (
     "start_time, end_time, attempt, node, node_name, gpu_ids, pid, exit_code, signal, stop_deadline, "
     "stop_outcome, stop_reason, requeued, log_base, log_bytes, log_removed, cpus, memory, "
     "array_id, array_index, array_size, array_cap, array_next, notify_pending, kind, needs_dir, sig, "
-    "preemptible, scavenging, ranks, wants"
+    "preemptible, scavenging, ranks, wants, log_attempt"
 )
 
 _STATES = {s.value: s for s in JobState}
@@ -291,6 +294,7 @@ class JobRow:
     scavenging: int = 0  # 1: the current (or last) attempt runs as a scavenger
     ranks: str = ""  # a job over several nodes: its ranks as JSON (see rank_list)
     wants: str = ""  # the kind of node it must run on: TYPE|LABEL,... (JobSpec.wants)
+    log_attempt: int = 0  # the attempt whose log is open (LogBook.open_attempt done, log_base set)
 
     def rank_list(self) -> list[dict[str, Any]]:
         """The current attempt's ranks (rank 0 first), each {node, node_name, gpus,

@@ -99,7 +99,7 @@ class JobScreen(DataScreen):
         Binding("N", "previous_match", "Previous", show=False, id="labq.job.previous"),
         Binding("left_square_bracket", "earlier", "Earlier", id="labq.job.earlier"),
         Binding("e", "stderr", "Stderr", id="labq.job.stderr"),
-        Binding("k", "rank", "Rank", id="labq.job.rank"),
+        Binding("o", "rank", "Other rank", id="labq.job.rank"),
         Binding("end", "end", "End", show=False, id="labq.job.end"),
     ]
 
@@ -301,7 +301,7 @@ class JobScreen(DataScreen):
             self.query_one("#logbar", TextLine).show(_escape(self.log_note or "log: loading…"))
             return
         ranks = len((self.job or {}).get("ranks") or ())
-        whose = f"rank {self.rank} of {ranks} (k: next)" if ranks else "log"
+        whose = f"rank {self.rank} of {ranks} (o: next)" if ranks else "log"
         parts = [f"{'stderr only (e: both)' if self.stderr else whose} · {len(self.lines):,} lines"]
         if self.start > 0:
             parts.append(f"{self.start / 2**20:.1f} MiB before them not shown (\\[ loads earlier)")
@@ -363,17 +363,21 @@ class JobScreen(DataScreen):
         self.view.scroll_end(animate=False)
 
     def action_rank(self) -> None:
-        """A job over several nodes: the next rank's output (rank 0's is the job's log)."""
+        """A job over several nodes: the next rank's output (rank 0's is the job's log;
+        a rank's log has both streams, so this shows both)."""
         ranks = len((self.job or {}).get("ranks") or ())
         self.rank = (self.rank + 1) % max(ranks, 1)
-        self.stderr = not self.stderr  # action_stderr flips it back: a rank's log has both
-        self.action_stderr()
+        self.stderr = False
+        self._reread()
 
     def action_stderr(self) -> None:
         """Stderr alone, or both streams again: the window is read afresh from its end."""
         self.stderr = not self.stderr
-        if self.stderr and self.rank:
-            self.rank = 0  # a rank's log has both streams; stderr apart is rank 0's
+        if self.stderr:
+            self.rank = 0  # stderr apart is kept for rank 0 (the job's own log)
+        self._reread()
+
+    def _reread(self) -> None:
         self.lines, self.partial, self.start, self.log_offset, self.log_size = [], "", 0, 0, 0
         self.opened = self.done = False
         self.matches, self.match_at = [], -1

@@ -133,7 +133,7 @@ def test_e_shows_stderr_alone_and_back() -> None:
     run(FakeBackend(), body)
 
 
-def test_k_shows_the_next_ranks_output_of_a_job_over_several_nodes() -> None:
+def test_o_shows_the_next_ranks_output_of_a_job_over_several_nodes() -> None:
     fake = FakeBackend()
     first = next(j for j in fake.job_list if j["state"] == "RUNNING" and j["user"] == fake.me)
     first["ranks"] = [
@@ -146,13 +146,15 @@ def test_k_shows_the_next_ranks_output_of_a_job_over_several_nodes() -> None:
         await settle(pilot)
         screen = app.screen
         assert isinstance(screen, JobScreen) and len(screen.lines) == 200
-        assert "rank 0 of 2 (k: next)" in str(screen.query_one("#logbar", Static).render())
+        assert "rank 0 of 2 (o: next)" in str(screen.query_one("#logbar", Static).render())
         assert "gpu-b" in str(screen.query_one("#fields", Static).render())  # a line per rank
-        await pilot.press("k")
+        await pilot.press("e")  # stderr alone, then the next rank: both of its streams
         await settle(pilot)
-        assert screen.rank == 1 and screen.lines[0] == "rank 1 step 0" and len(screen.lines) == 50
+        await pilot.press("o")
+        await settle(pilot)
+        assert screen.rank == 1 and not screen.stderr and screen.lines[0] == "rank 1 step 0" and len(screen.lines) == 50
         assert "rank 1 of 2" in str(screen.query_one("#logbar", Static).render())
-        await pilot.press("k")
+        await pilot.press("o")
         await settle(pilot)
         assert screen.rank == 0 and len(screen.lines) == 200
 

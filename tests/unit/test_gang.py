@@ -234,7 +234,7 @@ def test_a_gang_is_cancelled_and_preempted_as_one(two: Daemon, launcher: MemoryL
 @pytest.mark.parametrize(
     ("spec", "words"),
     [
-        ({"nodes": 2, "gpus": 2}, "takes whole nodes (--gpus-per-node 2 here), or --gpus 2 on one node"),
+        ({"nodes": 2, "gpus": 2}, "(--gpus-per-node 2 here), or --gpus 2 on one node"),
         ({"gpus": 3}, "ask for a multiple of 2"),
         ({"gpus": 6}, "asks for 3 whole 2-GPU nodes but the cluster has 2"),
         ({"nodes": 2, "gpus": 6}, "asks for 3 GPUs per node but the largest node has 2"),
@@ -277,7 +277,8 @@ def test_a_waiting_gang_says_what_it_needs_is_reserved_and_small_jobs_backfill_a
 
 
 # -- GPU types and node labels -------------------------------------------------------------------
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+# The repo's copies of the shared NVML recordings (scheduler/data, copied unchanged).
+RECORDINGS = Path(__file__).resolve().parents[2] / "scheduler" / "data"
 
 
 def test_gpu_types_come_from_nvmls_own_names_normalized() -> None:
@@ -285,12 +286,12 @@ def test_gpu_types_come_from_nvmls_own_names_normalized() -> None:
 
     from scheduler.gputypes import check_name, gpu_type, matching, node_type
 
-    recorded = {m: json.loads((FIXTURES / f"nvml-{m}" / "nvml_idle.json").read_text())["devices"][0]["name"] for m in ("h100", "h200")}
+    recorded = {m: json.loads((RECORDINGS / f"nvml-{m}" / "nvml_idle.json").read_text())["devices"][0]["name"] for m in ("h100", "h200")}
     assert gpu_type(recorded["h100"]) == "h100" and gpu_type(recorded["h200"]) == "h200"  # real NVML names
     assert gpu_type("NVIDIA A100-SXM4-80GB") == "a100-80g" and gpu_type("NVIDIA A100-PCIE-40GB") == "a100-40g"
     assert gpu_type("NVIDIA GeForce RTX 4090") == "rtx-4090" and gpu_type("") == ""
     assert node_type(["NVIDIA H200", "NVIDIA H200", "NVIDIA H100 80GB HBM3"]) == "h200"
-    with pytest.raises(ValueError, match="letters, digits"):
+    with pytest.raises(ValueError, match="letters and digits"):
         check_name("label", "ib; rm -rf")
     nodes = [("a", "h100", ("ib",)), ("b", "h200", ())]
     assert matching("h100|", nodes)[0] == {"a"} and matching("|ib", nodes)[0] == {"a"}
@@ -375,3 +376,114 @@ def test_an_admin_sets_a_per_type_cap_and_the_next_pass_keeps_to_it(tmp_path: Pa
             d.admin.set_quota(ROOT, "alice", {"max_gpus": {"h100": "lots"}})
     finally:
         d.store.close()
+
+
+# -- found in review (each failed before its fix) ------------------------------------------------
+def test_a_gang_stopped_as_it_met_ends_as_the_stop_says_not_lost_and_not_succeeded() -> None:
+    g = Gang(["a", "b"], grace=5)
+    g.arrive(0, "10.0.0.1", 1)
+    g.arrive(1)
+    assert g.met
+    assert g.ended(0, ok(3.0)) is None  # rank 0 already done
+    g.ask("preempted", "reclaimed for bo", 5)
+    final = g.ended(1, g.never_ran())  # rank 1's task returned without running
+    assert final is not None and final["outcome"] == "preempted" and final["reason"] == "reclaimed for bo"
+
+
+def test_a_cancel_racing_an_unplaced_gang_ends_it_cancelled_and_repeated_misses_end_it_lost(
+    two: Daemon, launcher: MemoryLauncher
+) -> None:
+    d = two
+    job = gang_started(d, launcher)
+    assert d.control.cancel(ALICE, job) == "stopping"
+    launcher.finish(job, 1, "lost", exit_code=None, reason="never met (GangUnplaced)", unplaced=True)
+    pump(d, launcher)
+    assert d.store.get(job).state is JobState.CANCELLED
+    other = gang_started(d, launcher)
+    for attempt in (1, 2, 3):
+        launcher.finish(other, attempt, "lost", exit_code=None, reason="never met (GangUnplaced)", unplaced=True)
+        pump(d, launcher)
+        if attempt < 3:
+            assert d.store.get(other).state is JobState.PENDING and not d.store.get(other).ranks
+            d.scheduler.one_pass()
+    row = d.store.get(other)
+    assert row.state is JobState.LOST and "could not all be reached 3 times" in row.reason
+
+
+def test_rank_0s_output_before_every_rank_started_lands_in_its_own_attempts_log(
+    two: Daemon, launcher: MemoryLauncher
+) -> None:
+    d = two
+    job = gang_started(d, launcher)
+    launcher.start(job, 1)
+    launcher.log(job, 1, 0, b"first attempt\n")
+    launcher.finish(job, 1, "preempted", exit_code=None, reason="reclaimed")
+    pump(d, launcher)
+    d.scheduler.one_pass()
+    launcher.log(job, 2, 0, b"early\n")  # rank 0 writes before rank 1 has started
+    pump(d, launcher)
+    launcher.start(job, 2)
+    launcher.log(job, 2, 6, b"later\n")
+    pump(d, launcher)
+    pump(d, launcher)  # the same events again change nothing
+    text = d.logs.path(job).read_bytes()
+    assert text.startswith(b"first attempt\n") and text.endswith(b"---\nearly\nlater\n") and b"\x00" not in text
+    assert text.count(b"--- labq: attempt 2") == 1
+
+
+def test_a_lost_ranks_node_is_the_one_named_and_checks_of_kinds_and_caps(two: Daemon, launcher: MemoryLauncher) -> None:
+    from scheduler.gputypes import check_name
+    from scheduler.quota import QuotaError, validate_quota_fields
+
+    d = two
+    job = gang_started(d, launcher)
+    launcher.start(job, 1)
+    pump(d, launcher)
+    ranks = d.store.get(job).rank_list()
+    launcher.finish(job, 1, "lost", exit_code=None, reason="rank 1 was lost: (NodeDiedError)", lost_node=ranks[1]["node"])
+    pump(d, launcher)
+    lost = next(e for e in d.store.events(job) if e["new_state"] == "NODE_LOST")
+    assert lost["reason"].startswith(f"node {ranks[1]['node_name']} was lost"), lost
+    for bad in ("ib-", "x.", "a" * 58, "-ib"):
+        with pytest.raises(ValueError):
+            check_name("label", bad)
+    assert check_name("label", "a" * 57) == "a" * 57
+    for bad_cap in (5, [["h100"]], [1, 2], "h100"):
+        with pytest.raises(QuotaError):
+            validate_quota_fields({"max_gpus_per_type": bad_cap})
+
+
+def test_a_gang_takes_only_nodes_with_its_cpus_and_kind_and_is_refused_when_none_can() -> None:
+    ns = (NodeInfo("a", 4, cpus=16), NodeInfo("b", 4, cpus=16), NodeInfo("c", 4, cpus=64), NodeInfo("d", 4, cpus=64))
+    d = schedule(Snapshot(NOW, (PendingJob(1, "x", 8, NOW, cpus=32.0),), (), ns, config=PolicyConfig(multi_node=True)))
+    assert [set((s.node, *s.more_nodes)) for s in d.starts] == [{"c", "d"}]
+
+
+def test_admission_knows_a_gangs_cpus_and_kind(tmp_path: Path, launcher: MemoryLauncher) -> None:
+    d = open_daemon(tmp_path / "s", launcher, ("a1", "a2", "h1"))
+    d.nodes.set_all({
+        "a1": replace(node("a1", 4), gpu_type="a100"), "a2": replace(node("a2", 4), gpu_type="a100"),
+        "h1": replace(node("h1", 8), gpu_type="h100", cpus=64),
+    })  # fmt: skip
+    try:
+        with pytest.raises(DaemonError, match="whole nodes of the cluster's largest size"):
+            d.control.submit(ALICE, {"command": ["x"], "workdir": "/tmp", "nodes": 2, "gpus": 8, "gpu_type": "a100"})
+        with pytest.raises(DaemonError, match="asks for 2 whole 8-GPU nodes with h100 GPUs but the cluster has 1"):
+            d.control.submit(ALICE, {"command": ["x"], "workdir": "/tmp", "gpus": 16, "gpu_type": "h100"})
+        with pytest.raises(DaemonError, match="most a node of its kind has is 4"):
+            d.control.submit(ALICE, {"command": ["x"], "workdir": "/tmp", "gpus": 6, "gpu_type": "a100"})
+        d.nodes.set_all({n: replace(node(n, 4), cpus=c) for n, c in (("a", 16), ("b", 16), ("c", 64))})
+        with pytest.raises(DaemonError, match="on each of 2 nodes .per node., but only 1 whole 4-GPU node can hold"):
+            d.control.submit(ALICE, {"command": ["x"], "workdir": "/tmp", "gpus": 8, "cpus": 32})
+    finally:
+        d.store.close()
+
+
+def test_a_scavenger_keeps_to_its_owners_per_type_caps() -> None:
+    from scheduler.quota import QuotaBook
+
+    book = QuotaBook(researchers={"ana": {"max_gpus_per_type": (("h100", 2),)}})
+    ns = (NodeInfo("h", 4, gpu_type="h100"),)
+    running = (RunningJob(1, "ana", 2, "h", NOW - 60),)
+    d = schedule(Snapshot(NOW, (PendingJob(2, "ana", 2, NOW, preemptible=True),), running, ns, quotas=book))
+    assert not d.starts and d.waiting[2].reasons[0].text.startswith("quota: ana holds 2/2 h100 GPUs")

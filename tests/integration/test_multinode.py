@@ -229,6 +229,8 @@ dist.init_process_group("gloo")
 t = torch.ones(1) * dist.get_rank()
 dist.all_reduce(t)
 print(f"worker {dist.get_rank()}/{dist.get_world_size()} sum {int(t.item())}", flush=True)
+dist.barrier()
+dist.destroy_process_group()  # else gloo's threads may abort the process at exit
 """
 
 

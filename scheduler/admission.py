@@ -209,6 +209,9 @@ class Admission:
                 "allow_multi_node in labq.yaml)"
             )
         per = spec.gpus // spec.nodes
+        if spec.nodes == 1 and not spec.wants and sum(1 for n in nodes if n.gpus == largest) < 2:
+            # One machine (or one of the largest size): no whole nodes to spread over.
+            raise DaemonError(f"asks for {spec.gpus} GPUs but the largest node has {largest}")
         if spec.nodes > 1 and per != largest:
             if per > largest:
                 raise DaemonError(f"asks for {per} GPUs per node but the largest node has {largest}")

@@ -165,6 +165,12 @@ def test_invite_join_outsider_rogue_and_a_worker_lost(team: tuple[Labq, list[Hos
         assert sorted(r["node_name"] for r in j["ranks"]) == ["lq-head", "lq-w1"]
         every = lq.run("logs", str(met), "--all-ranks").stdout
         assert "[rank 0] rank 0 heard: hello from rank 1" in every and "[rank 1] rank 1 said hello" in every
+        # One fate: rank 1 (on the worker) fails, rank 0 (on the head) is stopped.
+        fails = lq.submit("--nodes", "2", "--gpus-per-node", "2", "--", "sh", "-c",
+                          'if [ "$LABQ_NODE_RANK" = 1 ]; then sleep 1; exit 3; fi; sleep 300', user=uid)  # fmt: skip
+        j = lq.wait(fails, ("FAILED", "SUCCEEDED", "LOST"), timeout=90)
+        assert j["state"] == "FAILED" and j["reason"] == "rank 1 exited 3", j["reason"]
+        assert j["end_time"] - j["start_time"] < 1 + 2 + 5  # rank 1's second, the grace, 5 s
         assert lq.run("logs", str(met), "--rank", "1", user=uid).returncode == 0
         # Another researcher gets none of it: no rank's log, no pid, no way to stop it.
         other = unix_user("labqtest-team2")
@@ -242,14 +248,17 @@ def test_invite_join_outsider_rogue_and_a_worker_lost(team: tuple[Labq, list[Hos
             90,
         )
 
-        # Its cable is cut: the job there is NODE_LOST after node_timeout_s (dated when
-        # it last spoke), and stops by itself on the cut-off machine.
-        cut = lq.submit("--gpus", "2", "--", "sleep", "300", user=uid)
+        # Its cable is cut while a job over both hosts runs: the job is NODE_LOST after
+        # node_timeout_s (dated when the worker's rank last spoke) and requeued whole;
+        # its rank on the head is stopped, the one on the cut-off machine stops by itself.
+        lq.run("cancel", "--now", str(on_head))
+        cut = lq.submit("--nodes", "2", "--gpus-per-node", "2", "--", "sleep", "300", user=uid)
         j = lq.wait(cut, ("RUNNING",), timeout=90)
-        # On the worker: named lq-w1, or lq-w1-<id> while Ray still lists the dead raylet
+        # The worker's rank: on lq-w1, or lq-w1-<id> while Ray still lists the dead raylet
         # of before the reboot under the same host name (both get the suffix then).
-        assert lq.job(cut)["node_name"].startswith("lq-w1"), lq.job(cut)["node_name"]
-        pid = int(j["pid"])
+        by_name = {r["node_name"][:5]: r for r in j["ranks"]}
+        assert sorted(by_name) == ["lq-he", "lq-w1"], j["ranks"]
+        pid, head_pid = int(by_name["lq-w1"]["pid"]), int(by_name["lq-he"]["pid"])
         time.sleep(1)
         t0 = time.time()
         worker.link(False)
@@ -257,8 +266,9 @@ def test_invite_join_outsider_rogue_and_a_worker_lost(team: tuple[Labq, list[Hos
         lost = [e for e in lq.job(cut)["events"] if e["new_state"] == "NODE_LOST"]
         requeued = [e for e in lq.job(cut)["events"] if e["new_state"] == "PENDING"][-1]
         assert requeued["time"] - t0 < 10 + 8, (t0, requeued)
-        assert lost and t0 - 2 <= lost[0]["time"] <= t0 + 1, (t0, lost)
-        wait_for("the cut-off job to stop by itself", lambda: not psutil.pid_exists(pid), 10 + 30)
+        assert lost and t0 - 2 <= lost[0]["time"] <= t0 + 1 and "lq-w1" in lost[0]["reason"], (t0, lost)
+        wait_for("the head's rank stopped with its gang", lambda: not psutil.pid_exists(head_pid), 2 + 10)
+        wait_for("the cut-off rank to stop by itself", lambda: not psutil.pid_exists(pid), 10 + 30)
         worker.link(True)
         wait_for("the worker back after the cut", lambda: nodes(lq).get("lq-w1", {}).get("trusted"), 90)
         lq.run("cancel", "--now", str(cut))

@@ -207,6 +207,25 @@ def test_a_job_over_two_nodes_meets_fails_as_one_and_is_requeued_whole(cluster: 
         lq.wait(gone, ("CANCELLED",), timeout=30)
         wait_for("every rank stopped", lambda: not any(psutil.pid_exists(p) for p in pids), 15)
 
+        # Behind one-node jobs a gang waits with a reservation on both nodes; a short job
+        # backfills around it, a long one does not; it starts once its nodes are free.
+        long = lq.submit("--gpus", "2", "--time", "2h", "--", *BUSY)
+        lq.wait(long, ("RUNNING",), timeout=60)
+        short = lq.submit("--gpus", "1", "--time", "1h", "--", *BUSY)
+        lq.wait(short, ("RUNNING",), timeout=60)
+        gang = lq.submit("--nodes", "2", "--gpus-per-node", "2", "--time", "1h", "--", "true")
+        wait_for("the gang's reservation", lambda: "reserved on" in " ".join(lq.job(gang).get("reasons", [])), 30)
+        late = lq.submit("--gpus", "1", "--time", "3h", "--", *BUSY)
+        wait_for("the long job held back", lambda: "backfill: would delay" in " ".join(lq.job(late).get("reasons", [])), 30)
+        fits = lq.submit("--gpus", "1", "--time", "30m", "--", *BUSY)
+        lq.wait(fits, ("RUNNING",), timeout=60)  # backfilled: it ends before the gang's start
+        assert lq.job(gang)["state"] == "PENDING" and lq.job(late)["state"] == "PENDING"
+        lq.run("cancel", "--now", str(long), str(short), str(fits))
+        j = lq.wait(gang, ("SUCCEEDED", "FAILED", "LOST"), timeout=60)
+        assert j["state"] == "SUCCEEDED", j["reason"]
+        lq.run("cancel", "--now", str(late))
+        lq.wait(late, ("CANCELLED",), timeout=30)
+
         # A node is lost mid-job: the whole gang is NODE_LOST and requeued; with one node
         # left it waits, saying so.
         lost = lq.submit("--nodes", "2", "--gpus-per-node", "2", "--", *BUSY)

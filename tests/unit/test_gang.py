@@ -487,3 +487,21 @@ def test_a_scavenger_keeps_to_its_owners_per_type_caps() -> None:
     running = (RunningJob(1, "ana", 2, "h", NOW - 60),)
     d = schedule(Snapshot(NOW, (PendingJob(2, "ana", 2, NOW, preemptible=True),), running, ns, quotas=book))
     assert not d.starts and d.waiting[2].reasons[0].text.startswith("quota: ana holds 2/2 h100 GPUs")
+
+
+def test_a_guaranteed_gang_reclaims_across_nodes_losing_the_least_work() -> None:
+    from scheduler.quota import QuotaBook
+
+    h = 3600.0
+    ns = tuple(NodeInfo(f"n{i}", 2) for i in range(3))
+    running = (  # bob borrows all 6 GPUs; the youngest two lose the least work
+        RunningJob(1, "bob", 2, "n0", NOW - 3 * h),
+        RunningJob(2, "bob", 2, "n1", NOW - 1 * h),
+        RunningJob(3, "bob", 2, "n2", NOW - 2 * h),
+    )
+    book = QuotaBook(researchers={"alice": {"guaranteed_gpus": 4}})
+    snap = Snapshot(NOW, (PendingJob(10, "alice", 4, NOW - 60),), running, ns, quotas=book,
+                    config=PolicyConfig(multi_node=True, min_runtime=0))  # fmt: skip
+    d = schedule(snap)
+    assert sorted(p.job_id for p in d.preemptions) == [2, 3] and all(p.for_job == 10 for p in d.preemptions)
+    assert not d.starts and d.waiting[10].reasons[0].kind == "reclaim"

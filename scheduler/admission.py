@@ -211,7 +211,10 @@ class Admission:
         per = spec.gpus // spec.nodes
         if spec.nodes == 1 and not spec.wants and sum(1 for n in nodes if n.gpus == largest) < 2:
             # One machine (or one of the largest size): no whole nodes to spread over.
-            raise DaemonError(f"asks for {spec.gpus} GPUs but the largest node has {largest}")
+            raise DaemonError(
+                f"asks for {spec.gpus} GPUs but the largest node has {largest}, and no other node of that size "
+                "to spread a job over"
+            )
         if spec.nodes > 1 and per != largest:
             if per > largest:
                 raise DaemonError(f"asks for {per} GPUs per node but the largest node has {largest}")

@@ -244,7 +244,8 @@ def job_log(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     ranks = len(job.rank_list())
     if rank:
         if rank >= max(ranks, 1):
-            raise DaemonError(f"job {job.ref} has {'no ranks' if not ranks else f'ranks 0 to {ranks - 1}'}: no rank {rank}")
+            has = f"ranks 0 to {ranks - 1}" if ranks else "one node: rank 0 only (its log)"
+            raise DaemonError(f"job {job.ref} has {has}, no rank {rank}")
         if stream != "all":
             raise DaemonError("a rank's log has its stderr in it (no stream=stderr with rank)")
         path = d.logs.rank_path(job.id, job.attempt, rank)
@@ -340,7 +341,8 @@ def job_tty(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
 @route("GET", "/v1/nodes")
 def list_nodes(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     history = p.get("history", "") in ("1", "true", "yes")
-    return 200, {"nodes": d.gpus.node_views(history=history), "ray": dict(d.ray.status.__dict__), "time": time.time()}
+    views = d.gpus.node_views(history=history, may_see=lambda user: c.admin or (bool(user) and c.may_see(user)))
+    return 200, {"nodes": views, "ray": dict(d.ray.status.__dict__), "time": time.time()}
 
 
 @route("POST", r"/v1/nodes/(?P<ref>[^/]+)/(?P<verb>drain|resume)")

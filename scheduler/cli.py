@@ -302,7 +302,7 @@ def cmd_gpus(c: Client, args: argparse.Namespace) -> int:
                     else "OUTSIDE labq (not started by the scheduler)"
                 )
                 say(
-                    f"      pid {proc['pid']:<8} {gib(proc['used_memory'])} GiB  SM {pct(proc['sm_util'])}  {who}"
+                    f"      pid {proc.get('pid', '-')!s:<8} {gib(proc['used_memory'])} GiB  SM {pct(proc['sm_util'])}  {who}"
                 )
     if not out["ray"].get("connected"):
         say(f"Ray: unreachable ({out['ray'].get('error')})")
@@ -428,13 +428,23 @@ def cmd_quota(c: Client, args: argparse.Namespace) -> int:
                 continue
             if raw.lower() == "none":
                 fields[name] = None
+                if name == "max_gpus":
+                    fields["max_gpus_per_type"] = None  # no cap at all, per type neither
                 continue
-            if name == "max_gpus" and ":" in raw:
-                # Per GPU type: --max-gpus h100:4,a100-80g:8
+            if name == "max_gpus":
+                # N, TYPE:N per GPU type, or both (4,h100:2).
                 try:
-                    fields["max_gpus_per_type"] = {t.strip(): int(n) for t, _, n in (x.partition(":") for x in raw.split(","))}
+                    parts = [x.strip().partition(":") for x in raw.split(",") if x.strip()]
+                    per_type = {t: int(n) for t, sep, n in parts if sep}
+                    overall = [int(t) for t, sep, _ in parts if not sep]
                 except ValueError:
-                    raise UsageError(f"--max-gpus takes N, TYPE:N[,TYPE:N] or 'none', got {raw!r}") from None
+                    raise UsageError(f"--max-gpus takes N, TYPE:N (h100:4), both (8,h100:4) or 'none', got {raw!r}") from None
+                if len(overall) > 1:
+                    raise UsageError(f"--max-gpus: one overall N at most, got {raw!r}")
+                if overall:
+                    fields["max_gpus"] = overall[0]
+                if per_type:
+                    fields["max_gpus_per_type"] = per_type
                 continue
             try:
                 fields[name] = float(raw) if name in ("shares", "gpu_hours_per_week") else int(raw)
@@ -447,15 +457,22 @@ def cmd_quota(c: Client, args: argparse.Namespace) -> int:
         if args.scavenge is not None:
             fields["scavenge"] = args.scavenge == "yes"
         out = c.set_quota(args.user, fields)
-        changes = ", ".join(f"{k}: {out['old'].get(k)} -> {v}" for k, v in out["new"].items())
+        def shown(k: str, v: Any) -> str:
+            if k == "max_gpus_per_type":
+                pairs = v.items() if isinstance(v, dict) else v or ()
+                return " ".join(f"{t}:{n}" for t, n in pairs) or "none"
+            return str(v)
+
+        changes = ", ".join(f"{k}: {shown(k, out['old'].get(k))} -> {shown(k, v)}" for k, v in out["new"].items())
         say(f"{args.user}: {changes}")
         return 0
     out = c.quotas()
     if args.json:
         emit_json(out)
         return 0
+    cap_w = max([7, *(len(max_gpus_text(q)) + 2 for q in out["quotas"])])  # `8 h100:4` fits
     say(
-        f"{'USER':<16}{'SHARES':>7}{'GUAR':>6}{'MAXGPU':>7}{'MAXJOB':>7}{'GPUH/WK':>9}"
+        f"{'USER':<16}{'SHARES':>7}{'GUAR':>6}{'MAXGPU':>{cap_w}}{'MAXJOB':>7}{'GPUH/WK':>9}"
         f"{'HELD':>6}{'RUN':>5}{'PEND':>6}{'FACTOR':>8}{'USAGE GPU-h':>13}  OVER BUDGET"
     )
     for q in out["quotas"]:
@@ -464,7 +481,7 @@ def cmd_quota(c: Client, args: argparse.Namespace) -> int:
             return "-" if v is None else f"{v:g}"
 
         say(
-            f"{q['user']:<16}{q['shares']:>7g}{q['guaranteed_gpus']:>6}{max_gpus_text(q):>7}"
+            f"{q['user']:<16}{q['shares']:>7g}{q['guaranteed_gpus']:>6}{max_gpus_text(q):>{cap_w}}"
             f"{opt(q['max_jobs']):>7}{opt(q['gpu_hours_per_week']):>9}{q['held_gpus']:>6}"
             f"{q['running_jobs']:>5}{q['pending_jobs']:>6}{q['factor']:>8.3f}{q['usage_gpu_s'] / 3600:>13.2f}"
             f"  {'scavenge' if q.get('scavenge') else 'wait'}"

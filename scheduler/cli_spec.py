@@ -72,9 +72,15 @@ def _apply_nodes(spec: dict[str, Any], nodes: int | None, per_node: int | None, 
     if per_node is not None:
         if per_node < 1:
             raise UsageError("--gpus-per-node must be 1 or more")
-        total = int(spec.get("nodes") or 1) * per_node
+        if nodes is None and spec.get("nodes"):
+            nodes = int(spec["nodes"])  # from a job file, or the job a rerun repeats
+        if nodes is None and gpus is not None and gpus % per_node == 0:
+            spec["nodes"] = nodes = gpus // per_node  # --gpus 16 --gpus-per-node 8: 2 nodes
+        if nodes is None:
+            raise UsageError("--gpus-per-node goes with --nodes N (N nodes of that many GPUs each)")
+        total = nodes * per_node
         if gpus is not None and gpus != total:
-            raise UsageError(f"--gpus {gpus} disagrees with --nodes x --gpus-per-node ({total}): give one or the other")
+            raise UsageError(f"--gpus {gpus} disagrees with --nodes {nodes} x --gpus-per-node {per_node}: give one or the other")
         spec["gpus"] = total
     elif nodes is not None and gpus is None and "gpus" not in spec:
         raise UsageError("--nodes needs --gpus-per-node G (or --gpus TOTAL)")

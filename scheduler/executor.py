@@ -76,6 +76,11 @@ def _run_task(executor: Any, key: str, launch: Launch) -> dict[str, Any]:
         gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     node = ray.get_runtime_context().get_node_id()
     cut_off = [launch.head_timeout]  # how long the next report may wait for the head
+    if launch.nnodes == 1:
+        # One node is a gang of one: the same LABQ_* names (not torch's own, which a
+        # one-node job's own launcher sets), so one script serves both.
+        one = rank_env(0, 1, len(gpu_ids), "127.0.0.1", free_port())
+        launch = replace(launch, env={**launch.env, **{k: v for k, v in one.items() if k.startswith("LABQ_")}})
 
     def report(
         info: dict[str, Any] | None,

@@ -218,17 +218,23 @@ class GpuWatch:
         self._warned &= running
 
     # -- views ------------------------------------------------------------------------------------
-    def node_views(self, history: bool = False) -> list[dict[str, Any]]:
-        """Every node with its GPUs as the agents last saw them, and who holds each."""
+    def node_views(self, history: bool = False, may_see: Callable[[str], bool] = lambda user: True) -> list[dict[str, Any]]:
+        """Every node with its GPUs as the agents last saw them, and who holds each.
+        `may_see(user)`: whether the caller may see that user's pids (views.py's rule)."""
         now = time.time()
         active = self.store.jobs(states=ACTIVE, with_spec=False)
         holder: dict[tuple[str, int], JobRow] = {}
         used: dict[str, int] = {}
         for j in active:
-            used[j.node or ""] = used.get(j.node or "", 0) + j.gpus
-            for idx in (j.gpu_ids or "").split(","):
-                if j.node and idx.isdigit():
-                    holder[(j.node, int(idx))] = j
+            # A job over several nodes: each rank's GPUs on its node.
+            parts = [(r["node"], r["gpus"], r.get("gpu_ids") or "") for r in j.rank_list()] or [
+                (j.node or "", j.gpus, j.gpu_ids or "")
+            ]
+            for node, gpus, ids in parts:
+                used[node] = used.get(node, 0) + int(gpus)
+                for idx in ids.split(","):
+                    if node and idx.isdigit():
+                        holder[(node, int(idx))] = j
         by_id = {j.id: j for j in active}
         nodes = [n.public() for n in self.nodes.all()]
         for n in nodes:
@@ -256,6 +262,10 @@ class GpuWatch:
                 procs = []
                 for proc in raw.get("processes", []):
                     owner = by_id.get(proc.get("job_id") or -1)
+                    if owner is not None and not may_see(owner.user):
+                        proc = {k: v for k, v in proc.items() if k != "pid"}  # another's job: no pid
+                    elif owner is None and not may_see(""):
+                        proc = {k: v for k, v in proc.items() if k != "pid"}  # outside labq: admins only
                     procs.append(
                         {
                             **proc,

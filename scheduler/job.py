@@ -397,7 +397,10 @@ class JobSpec(BaseModel):
             if self.session:
                 raise ValueError("an interactive session runs on one node (no --nodes)")
             if self.gpus % self.nodes:
-                raise ValueError(f"{self.gpus} GPUs do not split evenly over {self.nodes} nodes")
+                raise ValueError(
+                    f"{self.gpus} GPU{'s' if self.gpus != 1 else ''} cannot be split evenly over {self.nodes} nodes: "
+                    "give the GPUs per node (--gpus-per-node, gpus_per_node:) or a multiple of the nodes"
+                )
         if self.array and "%" in self.array and self.max_running is not None:
             raise ValueError("give the cap once: --array ...%N or --max-running N")
         return self

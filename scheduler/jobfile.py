@@ -14,7 +14,7 @@ from typing import Any
 # The fields a job file (and `labq submit`) may give; the daemon's JobSpec checks them.
 SPEC_FIELDS = (
     "command", "gpus", "cpus", "memory", "time", "workdir", "env", "name", "priority", "grace", "after", "after_any",
-    "array", "sweep", "max_running", "notify", "preemptible", "nodes", "gpu_type", "constraint",
+    "array", "sweep", "max_running", "notify", "preemptible", "nodes", "gpus_per_node", "gpu_type", "constraint",
 )
 
 
@@ -52,6 +52,16 @@ def load_job_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
         raise JobFileError(
             f"{path} line {lines.get('time', '?')}: time: {n} what? give a unit ({n}m, {n}h or HH:MM:SS)"
         )
+    per = data.pop("gpus_per_node", None)
+    if per is not None:
+        # As --gpus-per-node: nodes x gpus_per_node GPUs in all.
+        n = data.get("nodes", 1)
+        at = f"{path} line {lines.get('gpus_per_node', '?')}"
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (per, n)):
+            raise JobFileError(f"{at}: gpus_per_node and nodes must be whole numbers >= 1")
+        if data.get("gpus") not in (None, n * per):
+            raise JobFileError(f"{at}: gpus {data['gpus']} disagrees with nodes x gpus_per_node ({n * per})")
+        data["gpus"] = n * per
     if data.get("env") is not None and not isinstance(data["env"], dict):
         raise JobFileError(f"{path} line {lines.get('env', '?')}: env must be a mapping")
     if isinstance(data.get("workdir"), str) and not os.path.isabs(data["workdir"]):

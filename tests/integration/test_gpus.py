@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Labq, daemon, free_port
+from tests.conftest import Labq, daemon, free_port, unix_user
 
 pytestmark = pytest.mark.integration
 
@@ -102,6 +102,12 @@ def test_gpus_follow_the_jobs_holding_them(gpulq: tuple[Labq, int]) -> None:
 
     text = lq.run("gpus").stdout
     assert "SIMULATED" in text and f"job {busy} ({user})" in text and "NVIDIA H200" in text
+    # Another researcher sees which job and user hold a GPU, never the job's pid.
+    other = unix_user("labqtest-bob")
+    theirs = [p for g in json.loads(lq.run("gpus", "--json", user=other).stdout)["nodes"][0]["gpu_list"]
+              for p in g["processes"]]  # fmt: skip
+    assert theirs and all("pid" not in p and p["job_id"] in (busy, sleepy) for p in theirs), theirs
+    assert "pid -" in lq.run("gpus", user=other).stdout
 
     # Prometheus: DCGM names, the job (dcgm-exporter's `hpc_job`: Prometheus renames a
     # `job` label to `exported_job`) and the user as labels.

@@ -183,6 +183,13 @@ def test_a_job_over_two_nodes_meets_fails_as_one_and_is_requeued_whole(cluster: 
         assert "rank 1 said hello" in lq.run("logs", str(met), "--rank", "1").stdout
         every = lq.run("logs", str(met), "--all-ranks").stdout
         assert "[rank 0] rank 0 heard: hello from rank 1" in every and "[rank 1] rank 1 said hello" in every
+        # A one-node job is a gang of one: the same LABQ_* names, so one script serves both.
+        one = lq.submit("--gpus", "2", "--", "sh", "-c",
+                        "echo one $LABQ_NODE_RANK/$LABQ_NNODES/$LABQ_GPUS_PER_NODE/$LABQ_MASTER_ADDR/${MASTER_ADDR:-unset}")  # fmt: skip
+        assert lq.wait(one, ("SUCCEEDED", "FAILED"), timeout=60)["state"] == "SUCCEEDED"
+        assert "one 0/1/2/127.0.0.1/unset" in lq.log(one), lq.log(one)
+        refused = lq.run("logs", str(one), "--rank", "1", check=False)
+        assert refused.returncode == 1 and "one node: rank 0 only" in refused.stderr
 
         # Rank 1 fails: rank 0 (which would sleep) is stopped within the grace, one end.
         fails = lq.submit("--gpus", "4", "--", "sh", "-c", 'if [ "$LABQ_NODE_RANK" = 1 ]; then sleep 1; exit 3; fi; sleep 300')

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +75,54 @@ def test_array_and_sweep_options_build_the_spec_and_refuse_both() -> None:
         spec("--array", "5-9", "--sweep", "lr=1,2", "--", "x")
     with pytest.raises(UsageError, match="index 3 is given twice"):
         spec("--array", "1-5,3", "--", "x")
+
+
+def test_nodes_and_gpus_per_node_build_the_spec_and_say_what_is_missing(tmp_path: Path) -> None:
+    import pytest
+
+    from scheduler.cli import build_spec
+    from scheduler.cliparse import build_parser
+    from scheduler.console import UsageError
+    from scheduler.jobfile import JobFileError, load_job_file
+
+    def spec(*argv: str) -> dict[str, object]:
+        return build_spec(build_parser("submit").parse_args(["submit", *argv]), remote=True)[0]
+
+    got = spec("--nodes", "2", "--gpus-per-node", "8", "--gpu-type", "H100", "--constraint", "ib", "--", "x")
+    assert (got["nodes"], got["gpus"], got["gpu_type"], got["constraint"]) == (2, 16, "H100", "ib")
+    assert spec("--gpus", "16", "--gpus-per-node", "8", "--", "x")["nodes"] == 2  # worked out
+    with pytest.raises(UsageError, match="--gpus-per-node goes with --nodes"):
+        spec("--gpus-per-node", "2", "--", "x")
+    with pytest.raises(UsageError, match="--gpus 8 disagrees with --nodes 3 x --gpus-per-node 2"):
+        spec("--nodes", "3", "--gpus", "8", "--gpus-per-node", "2", "--", "x")
+    with pytest.raises(UsageError, match="--nodes needs --gpus-per-node"):
+        spec("--nodes", "2", "--", "x")
+    job = tmp_path / "job.yaml"
+    job.write_text("command: [x]\nnodes: 2\ngpus_per_node: 4\ngpu_type: h100\nconstraint: [ib]\n")
+    data, _ = load_job_file(job)
+    assert data["gpus"] == 8 and data["nodes"] == 2 and "gpus_per_node" not in data
+    job.write_text("command: [x]\nnodes: 2\ngpus_per_node: 4\ngpus: 6\n")
+    with pytest.raises(JobFileError, match="line 3: gpus 6 disagrees with nodes x gpus_per_node .8."):
+        load_job_file(job)
+
+
+def test_quota_set_takes_overall_and_per_type_caps_and_none_clears_both() -> None:
+    from scheduler.cli import cmd_quota
+    from scheduler.cliparse import build_parser
+
+    sent: list[dict[str, object]] = []
+
+    class Fake:
+        def set_quota(self, user: str, fields: dict[str, object]) -> dict[str, object]:
+            sent.append(fields)
+            return {"old": {}, "new": fields}
+
+    def run(*argv: str) -> None:
+        cmd_quota(Fake(), build_parser("quota").parse_args(["quota", "set", "ana", *argv]))  # type: ignore[arg-type]
+
+    run("--max-gpus", "8,h100:4,a100-80g:2")
+    run("--max-gpus", "none")
+    assert sent == [{"max_gpus": 8, "max_gpus_per_type": {"h100": 4, "a100-80g": 2}},
+                    {"max_gpus": None, "max_gpus_per_type": None}]  # fmt: skip
+    with pytest.raises(Exception, match="one overall N at most"):
+        run("--max-gpus", "4,8")

@@ -238,7 +238,7 @@ def test_a_gang_is_cancelled_and_preempted_as_one(two: Daemon, launcher: MemoryL
         ({"gpus": 3}, "ask for a multiple of 2"),
         ({"gpus": 6}, "asks for 3 whole 2-GPU nodes but the cluster has 2"),
         ({"nodes": 2, "gpus": 6}, "asks for 3 GPUs per node but the largest node has 2"),
-        ({"nodes": 2, "gpus": 3}, "do not split evenly over 2 nodes"),
+        ({"nodes": 2, "gpus": 3}, "cannot be split evenly over 2 nodes"),
         ({"nodes": 2, "gpus": 4, "session": "shell"}, "runs on one node"),
     ],
 )

@@ -124,7 +124,7 @@ def test_week_trace_invariants(pol: str) -> None:
 
 
 def test_the_same_numbers_on_every_run() -> None:
-    jobs = load_trace(WEEK, limit=3000)
+    jobs = load_trace(WEEK, limit=1500)
     shares = shares_from_sizes(SIZES, {j.tenant for j in jobs})
     a = replay(jobs, 16, 8, "fairshare", shares)
     b = replay(jobs, 16, 8, "fairshare", shares)

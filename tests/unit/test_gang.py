@@ -240,6 +240,8 @@ def test_a_gang_is_cancelled_and_preempted_as_one(two: Daemon, launcher: MemoryL
         ({"nodes": 2, "gpus": 6}, "asks for 3 GPUs per node but the largest node has 2"),
         ({"nodes": 2, "gpus": 3}, "cannot be split evenly over 2 nodes"),
         ({"nodes": 2, "gpus": 4, "session": "shell"}, "runs on one node"),
+        ({"nodes": 0}, "nodes: must be 1 or more"),  # pydantic's words, said plainly
+        ({"gpus": 0}, "gpus: must be 1 or more"),
     ],
 )
 def test_a_gang_no_cluster_could_run_is_refused_in_one_line(two: Daemon, spec: dict[str, object], words: str) -> None:

@@ -268,7 +268,8 @@ class Admission:
         if spec.wants:
             # Only the nodes of the kind it wants count (once their types are known).
             self._check_kind(spec, nodes)
-            kind = [n for n in nodes if matching(spec.wants, [(n.id, n.gpu_type, n.labels)])[0]] or nodes
+            ok, _ = matching(spec.wants, [(n.id, n.gpu_type, n.labels) for n in nodes])
+            kind = [n for n in nodes if n.id in ok] or nodes
             sizes = [n.gpus for n in kind]
         if spec.nodes > 1 or spec.gpus > largest:
             self._check_gang(spec, kind, largest)

@@ -28,7 +28,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from scheduler.gang import rank_env, rank_key, split_key
 from scheduler.launcher import Event, LauncherDown, key_of
-from scheduler.raygang import GANG_MEET_S, GangHost
+from scheduler.raygang import GANG_MEET_S, GangHost, task_options
 from scheduler.runner import Launch, run
 
 MAX_EVENTS_PER_POLL = 2000
@@ -143,12 +143,7 @@ class Executor(GangHost):
             if key in self._jobs:
                 return False  # a retried launch after a daemon restart: already running
             strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
-            ref = run_job.options(
-                num_gpus=resources.get("GPU", 0),
-                num_cpus=resources.get("CPU", 0),
-                memory=resources.get("memory") or None,
-                scheduling_strategy=strategy,
-            ).remote(self._me, key, launch)
+            ref = run_job.options(**task_options(resources, strategy)).remote(self._me, key, launch)
             self._jobs[key] = {
                 "ref": ref,
                 "stop": None,
@@ -197,8 +192,8 @@ class Executor(GangHost):
             if job is None:
                 # Unknown to us (we were restarted): tell the job to stop rather than run unseen.
                 return {"outcome": "lost", "reason": "executor no longer knows this job", "grace": 5}
-            if rank is not None and "gang" in job:
-                return self._rank_report(job, rank, info, offset, data, result, err)
+            if "gang" in job:  # ranks report as KEY#RANK
+                return self._rank_report(job, rank or 0, info, offset, data, result, err)
             ids = {"job_id": job["job_id"], "attempt": job["attempt"]}
             job["seen"] = time.time()  # the daemon's node watch: when this job's node last spoke
             if info is not None:

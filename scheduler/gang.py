@@ -129,10 +129,6 @@ class Gang:
         first = self.ranks[0].info or {}
         return {**first, "ranks": [dict(x.info or {}, rank=i, node=x.node) for i, x in enumerate(self.ranks)]}
 
-    @property
-    def all_started(self) -> bool:
-        return all(r.started for r in self.ranks)
-
     def ask(self, outcome: str, reason: str, grace: float) -> bool:
         """The job is asked to stop (cancel, preemption): every rank is. False if a stop
         was already on its way (a shorter grace still shortens it)."""
@@ -151,7 +147,7 @@ class Gang:
             return None
         r.result = dict(result)
         bad = result.get("outcome") != "succeeded"
-        if bad and self.cause is None and self.stop is None:
+        if bad and self.stop is None:  # (a cause is only ever set with the stop)
             # This rank's end is the job's: the others stop (grace, then killed).
             self.cause = (rank, r.result)
             outcome = str(result.get("outcome"))

@@ -226,12 +226,8 @@ class GpuWatch:
         holder: dict[tuple[str, int], JobRow] = {}
         used: dict[str, int] = {}
         for j in active:
-            # A job over several nodes: each rank's GPUs on its node.
-            parts = [(r["node"], r["gpus"], r.get("gpu_ids") or "") for r in j.rank_list()] or [
-                (j.node or "", j.gpus, j.gpu_ids or "")
-            ]
-            for node, gpus, ids in parts:
-                used[node] = used.get(node, 0) + int(gpus)
+            for node, count, ids in j.placements():  # a gang: each rank's GPUs on its node
+                used[node] = used.get(node, 0) + count
                 for idx in ids.split(","):
                     if node and idx.isdigit():
                         holder[(node, int(idx))] = j

@@ -18,7 +18,7 @@ from scheduler.store import JobRow
 
 def nodes_of(job: JobRow) -> list[str]:
     """Every node the job's current attempt is on (rank 0's first)."""
-    return [n for n in (job.node, *job.more_nodes) if n] if job.ranks else [job.node] if job.node else []
+    return [node for node, _, _ in job.placements() if node]
 
 
 def gang_launches(

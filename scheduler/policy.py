@@ -255,15 +255,16 @@ def _schedule(snap: Snapshot) -> Decision:
         return etas[key]
 
     type_held: dict[str, Counter[str]] = {}  # GPUs held per GPU type, for those with per-type caps
+    sizes = _Sizes()  # node -> GPUs, filled when first needed (per-type caps only)
 
     def held_of_type(u: str) -> Counter[str]:
         got = type_held.get(u)
         if got is None:
             got = type_held[u] = Counter()
-            sizes = {nid: n.info.gpus for nid, n in p.nodes.items()}
+            sizes.update((nid, n.info.gpus) for nid, n in p.nodes.items())
             for r in snap.running:
                 if r.user == u:
-                    for nid, g in placement(Start(r.id, r.node, r.more_nodes), r.gpus, _Sizes(sizes)):
+                    for nid, g in placement(Start(r.id, r.node, r.more_nodes), r.gpus, sizes):
                         if nid in p.nodes:
                             got[p.nodes[nid].info.gpu_type] += g
         return got
@@ -496,7 +497,7 @@ def _schedule(snap: Snapshot) -> Decision:
                 p.take(node, j, rest)
                 p.starts.append(Start(j.id, node.info.id, more))
                 if u in type_held:
-                    for nid, g in placement(p.starts[-1], j.gpus, _Sizes({n: x.info.gpus for n, x in p.nodes.items()})):
+                    for nid, g in placement(p.starts[-1], j.gpus, sizes):
                         type_held[u][p.nodes[nid].info.gpu_type] += g
                 p.held[u] += j.gpus
                 p.jobs_held[u] += 1

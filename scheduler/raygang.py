@@ -13,7 +13,7 @@ ready, or whose ranks have not all met, within GANG_MEET_S ends unplaced.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ray
@@ -28,6 +28,16 @@ NODE_ID_LABEL = "ray.io/node-id"  # Ray's own label on every node (ray.util.plac
 # A gang whose ranks have not all met by then never will (a node is gone, or Ray cannot
 # reserve the nodes): it ends unplaced and goes back to the queue.
 GANG_MEET_S = 60.0
+
+
+def task_options(resources: Mapping[str, float], strategy: Any) -> dict[str, Any]:
+    """Ray's options for a job's task (one node's, or one rank's) from labq's resources."""
+    return {
+        "num_gpus": resources.get("GPU", 0),
+        "num_cpus": resources.get("CPU", 0),
+        "memory": resources.get("memory") or None,
+        "scheduling_strategy": strategy,
+    }
 
 
 def _bundle(resources: dict[str, float]) -> dict[str, float]:
@@ -58,24 +68,18 @@ class GangHost:
                 strategy="STRICT_SPREAD",
                 bundle_label_selector=[{NODE_ID_LABEL: node} for node in nodes],
             )
-            refs = []
-            for i, (launch, _node, res) in enumerate(ranks):
-                strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
-                refs.append(
-                    self._rank_task.options(
-                        num_gpus=res.get("GPU", 0),
-                        num_cpus=res.get("CPU", 0),
-                        memory=res.get("memory") or None,
-                        scheduling_strategy=strategy,
-                    ).remote(self._me, key, launch)
-                )
+            refs = [
+                self._rank_task.options(
+                    **task_options(res, PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i))
+                ).remote(self._me, key, launch)
+                for i, (launch, _node, res) in enumerate(ranks)
+            ]
+            # A gang's stop is its Gang's (the one-node jobs' "ref" and "stop" are not used).
             self._jobs[key] = {
-                "ref": None,
                 "refs": refs,
                 "pg": pg,
                 "gang": Gang(nodes, grace),
                 "reaped_ranks": set(),
-                "stop": None,
                 "started": False,
                 "finished": False,
                 "job_id": job_id,
@@ -93,15 +97,14 @@ class GangHost:
             if job is None or job["finished"]:
                 return {"stop": "ended"}
             gang: Gang = job["gang"]
-            master = gang.arrive(rank, addr, port)
+            gang.arrive(rank, addr, port)
             self._cond.notify_all()
             # Wait here (briefly: each waiting rank holds one of the actor's threads) for
             # the others, so that all start the moment the last one is in.
             self._cond.wait_for(lambda: gang.met or gang.stop is not None or job["finished"], timeout=2.0)
-            master = gang.arrive(rank, addr, port) if gang.met else master
             if gang.stop is not None or job["finished"]:
                 return {"stop": (gang.stop or {}).get("outcome", "ended")}
-            return None if master is None else {"master": list(master)}
+            return {"master": list(gang.master)} if gang.met and gang.master else None
 
     def _rank_report(
         self,

@@ -35,7 +35,6 @@ from scheduler.policy import (
     PolicyConfig,
     RunningJob,
     Snapshot,
-    Start,
     Waiting,
     placement,
     schedule,
@@ -55,12 +54,9 @@ def held_gpus(active: list[JobRow]) -> dict[str, set[int]]:
     """GPU indices each node's active jobs hold (as labq assigned them)."""
     held: dict[str, set[int]] = {}
     for j in active:
-        if j.ranks:  # a job over several nodes: each rank's GPUs on its node
-            for r in j.rank_list():
-                if r.get("gpu_ids"):
-                    held.setdefault(r["node"], set()).update(int(g) for g in r["gpu_ids"].split(",") if g.isdigit())
-        elif j.node and j.gpu_ids:
-            held.setdefault(j.node, set()).update(int(g) for g in j.gpu_ids.split(",") if g.isdigit())
+        for node, _gpus, ids in j.placements():
+            if node and ids:
+                held.setdefault(node, set()).update(int(g) for g in ids.split(",") if g.isdigit())
     return held
 
 
@@ -160,7 +156,7 @@ class Scheduler:
             pending = [
                 PendingJob(jid, user, gpus, submit, prio, limit, bool(requeued), cpus, memory, 1, None, "",
                            expected(user, sig) if sig else None, bool(pre))
-                for jid, user, gpus, submit, prio, limit, requeued, cpus, memory, _n, _s, _d, sig, pre in pending_rows
+                for jid, user, gpus, submit, prio, limit, requeued, cpus, memory, _n, _s, _d, sig, pre, _w in pending_rows
             ]
             pending += [
                 PendingJob(e.id, e.user, e.gpus, e.submit_time, e.priority, e.time_limit, False, e.cpus, e.memory,
@@ -172,7 +168,7 @@ class Scheduler:
             pending = [
                 PendingJob(jid, user, gpus, submit, prio, limit, bool(requeued), cpus, memory, 1,
                            *place(*needs.get(jid, _NO_NEED)), expected(user, sig) if sig else None, bool(pre))
-                for jid, user, gpus, submit, prio, limit, requeued, cpus, memory, _n, _s, _d, sig, pre in pending_rows
+                for jid, user, gpus, submit, prio, limit, requeued, cpus, memory, _n, _s, _d, sig, pre, _w in pending_rows
             ]
             pending += [
                 PendingJob(e.id, e.user, e.gpus, e.submit_time, e.priority, e.time_limit, False, e.cpus, e.memory,
@@ -180,7 +176,8 @@ class Scheduler:
                            bool(e.preemptible))
                 for e in arrays_in
             ]  # fmt: skip
-        kinds = self.store.wanted_kinds()
+        # Jobs that want a kind of node (POLICY_COLUMNS' last, `wants`), arrays too.
+        kinds = {r[0]: r[-1] for r in pending_rows if r[-1]}
         kinds.update((e.id, e.wants) for e in arrays_in if e.wants)
         if kinds:
             pending = narrow(pending, kinds, self.nodes.all())
@@ -200,7 +197,7 @@ class Scheduler:
                     memory=j.memory,
                     expected=expected(j.user, j.sig) if j.sig else None,
                     preemptible=bool(j.scavenging),
-                    more_nodes=j.more_nodes if j.ranks else (),
+                    more_nodes=j.more_nodes,
                 )
                 for j in active
             ),
@@ -316,6 +313,7 @@ class Scheduler:
             waits = {j: dependency_wait(d) for j, (_, d) in chained.items()}
             decision = replace(decision, waiting={**decision.waiting, **waits})
         held = held_gpus(self.store.jobs(states=ACTIVE, with_spec=False)) if decision.starts else {}
+        sizes = {n.id: n.gpus for n in snap.nodes} if decision.starts else {}
         for start in decision.starts:
             if start.job_id in array_ids:
                 # One of the array's tasks: its row is made now, with the next index.
@@ -327,13 +325,18 @@ class Scheduler:
                 row = self.store.get(start.job_id)
             if row.state is not JobState.PENDING:
                 continue  # cancelled while we were deciding
-            if start.more_nodes:
-                self._start_gang(row, start, snap, held, now)
-                continue
-            picked = self.pick_gpus(start.node, row.gpus, held)
-            if picked is not None:
-                held.setdefault(start.node, set()).update(picked)
-            self.control.start(row.id, start.node, picked, now, start.preemptible)
+            # Rank by rank (one, or one per node of a job over several: the same
+            # `placement()` the simulator uses), healthy free GPUs on each node.
+            ranks = []
+            for node, gpus in placement(start, row.gpus, sizes):
+                picked = self.pick_gpus(node, gpus, held)
+                if picked is not None:
+                    held.setdefault(node, set()).update(picked)
+                ranks.append((node, gpus, picked))
+            if len(ranks) > 1:
+                self.control.start_gang(row.id, ranks, now, start.preemptible)
+            else:
+                self.control.start(row.id, start.node, ranks[0][2], now, start.preemptible)
         for pre in decision.preemptions:
             row = self.store.get(pre.job_id)
             if row.state in ACTIVE and row.stop_outcome is None:
@@ -359,17 +362,6 @@ class Scheduler:
         self.control.admission.seen_pending(pending)
         self.pass_s = time.perf_counter() - t0
         return decision
-
-    def _start_gang(self, row: JobRow, start: Start, snap: Snapshot, held: dict[str, set[int]], now: float) -> None:
-        """A job over several nodes: one rank per node of the policy's placement (the
-        same `placement()` the simulator uses), each with healthy free GPUs there."""
-        ranks = []
-        for node, gpus in placement(start, row.gpus, {n.id: n.gpus for n in snap.nodes}):
-            picked = self.pick_gpus(node, gpus, held)
-            if picked is not None:
-                held.setdefault(node, set()).update(picked)
-            ranks.append((node, gpus, picked))
-        self.control.start_gang(row.id, ranks, now, start.preemptible)
 
     def preview(self, caller: Caller, spec_data: dict[str, Any]) -> dict[str, Any]:
         """What would happen if this job were submitted now: the policy's own answer."""

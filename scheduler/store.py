@@ -217,7 +217,7 @@ _STATES = {s.value: s for s in JobState}
 # What a scheduling pass needs of a job, in the order of policy's PendingJob/RunningJob.
 POLICY_COLUMNS = (
     "id, user, gpus, submit_time, priority, time_limit, requeued, cpus, memory, node, start_time, stop_deadline, sig, "
-    "preemptible"
+    "preemptible, wants"
 )
 
 RUN_STATS = ("sampled_s", "busy_gpu_s", "idle_gpu_s", "util_mean", "mem_peak")
@@ -300,6 +300,13 @@ class JobRow:
         """The current attempt's ranks (rank 0 first), each {node, node_name, gpus,
         gpu_ids[, host, pid]}; [] for a job on one node."""
         return json.loads(self.ranks) if self.ranks else []
+
+    def placements(self) -> list[tuple[str, int, str]]:
+        """(node, GPUs, GPU indices) per rank of the current attempt: one, or a gang's each."""
+        ranks = self.rank_list()
+        if ranks:
+            return [(str(r["node"]), int(r["gpus"]), str(r.get("gpu_ids") or "")) for r in ranks]
+        return [(self.node or "", self.gpus, self.gpu_ids or "")]
 
     @property
     def more_nodes(self) -> tuple[str, ...]:

@@ -106,11 +106,13 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the numbers here")
     ap.add_argument("--no-rho", action="store_true", help="skip the replays alone (speed only)")
     ap.add_argument(
-        "--duration-hint", action="store_true", help="each researcher's own queue by response ratio (an experiment)"
+        "--shortest-first",
+        action="store_true",
+        help="each researcher's own queue shortest expected run first (PolicyConfig.duration_hint)",
     )
     args = ap.parse_args()
     names = list(CASES) if args.cases == "all" else args.cases.split(",")
-    base = PolicyConfig(duration_hint=True) if args.duration_hint else None
+    base = PolicyConfig(duration_hint=True) if args.shortest_first else None
     results = {n: run_case(n, args.policies.split(","), args.limit, not args.no_rho, base) for n in names}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")

@@ -25,7 +25,9 @@ from scheduler.quota import QuotaBook  # noqa: E402
 NOW = 1_000_000.0
 
 
-def make_snapshot(pending: int, nodes: int = 125, gpus: int = 8, users: int = 100, seed: int = 0) -> Snapshot:
+def make_snapshot(
+    pending: int, nodes: int = 125, gpus: int = 8, users: int = 100, seed: int = 0, config: PolicyConfig | None = None
+) -> Snapshot:
     rng = random.Random(seed)
     names = [f"user{i:03d}" for i in range(users)]
     ns = tuple(NodeInfo(id=f"node{i:03d}", gpus=gpus) for i in range(nodes))
@@ -67,12 +69,12 @@ def make_snapshot(pending: int, nodes: int = 125, gpus: int = 8, users: int = 10
     }
     usage = {u: rng.uniform(0, 500 * 3600) for u in names}
     return Snapshot(
-        NOW, tuple(jobs), tuple(running), ns, usage, {}, QuotaBook(researchers=people), PolicyConfig()
+        NOW, tuple(jobs), tuple(running), ns, usage, {}, QuotaBook(researchers=people), config or PolicyConfig()
     )
 
 
-def measure(n: int, repeats: int) -> list[float]:
-    snap = make_snapshot(n)
+def measure(n: int, repeats: int, config: PolicyConfig | None = None) -> list[float]:
+    snap = make_snapshot(n, config=config)
     schedule(snap)  # warm caches
     times = []
     for _ in range(repeats):
@@ -86,13 +88,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--sizes", default="1000,10000,100000")
+    ap.add_argument(
+        "--shortest-first", action="store_true", help="each researcher's queue shortest expected run first"
+    )
     args = ap.parse_args()
+    config = PolicyConfig(duration_hint=True) if args.shortest_first else None
     sizes = [int(s) for s in args.sizes.split(",")]
     print("one pass: 1,000 GPUs on 125 nodes, 100 researchers, ~90% busy")
     print(f"{'pending':>9}{'median ms':>12}{'p99 ms':>10}{'growth exp':>12}")
     prev: tuple[int, float] | None = None
     for n in sizes:
-        ts = measure(n, args.repeats if n <= 10000 else max(3, args.repeats // 3))
+        ts = measure(n, args.repeats if n <= 10000 else max(3, args.repeats // 3), config)
         med = statistics.median(ts)
         p99 = sorted(ts)[min(len(ts) - 1, int(0.99 * len(ts)))]
         exp = "" if prev is None else f"{math.log(med / prev[1]) / math.log(n / prev[0]):.2f}"

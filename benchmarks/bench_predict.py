@@ -50,9 +50,9 @@ def main() -> None:
             for name, policy, predict, hint in (
                 ("FIFO", "fifo", False, False),
                 ("SJF (oracle)", "sjf", False, False),
-                ("fair share", "fairshare", False, False),
-                ("fair share + learned runtimes", "fairshare", True, False),
-                ("... + HRRN order (duration_hint)", "fairshare", True, True),
+                ("fair share, oldest first", "fairshare", False, False),
+                ("+ learned runtimes", "fairshare", True, False),
+                ("+ shortest expected first (shortest_first)", "fairshare", True, True),
             ):
                 t0 = time.perf_counter()
                 cfg = PolicyConfig(duration_hint=hint)

@@ -31,6 +31,9 @@ class DaemonConfig:
     half_life_s: float = 7 * 86400.0
     preemption: bool = True
     backfill: bool = True
+    # Each researcher's own waiting jobs: shortest expected run first (a learned
+    # runtime, else --time), a job waiting a week before all; false: oldest first.
+    shortest_first: bool = False
     # When the daemon runs as an ordinary user, accept jobs from other users only if
     # the team really shares that one account.
     shared_account: bool = False

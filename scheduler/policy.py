@@ -10,8 +10,8 @@ One pass, in words:
    of their running jobs (the entry penalty).
 2. Rank researchers: those still under their guaranteed GPUs first, then by the
    fair-share factor F = 2^(-U/S) plus a small age bonus. Take the best
-   researcher's next job (their own order: requeued first, then priority, then age;
-   `duration_hint` orders by highest response ratio instead),
+   researcher's next job (their own order: requeued first, then priority, then the
+   shortest expected run (`duration_hint`: a learned runtime, else the limit), then age),
    place it or record why not, recompute that researcher's rank, repeat.
 3. Placement is gang and best-fit: the node with the fewest free GPUs that still fits.
 4. The first job blocked on resources gets a reservation (EASY backfill): later jobs
@@ -27,10 +27,12 @@ import gc
 import heapq
 from collections import Counter
 from collections.abc import Mapping
+from itertools import islice
 from operator import attrgetter, itemgetter
 from typing import Any
 
 from scheduler.policy_pass import Pass
+from scheduler.policy_queue import queues, scavenge
 from scheduler.policy_reasons import NO_REASON, format_ahead, resource_reason, short
 from scheduler.policy_state import NodeState, Reservation
 from scheduler.policy_types import (
@@ -68,31 +70,18 @@ __all__ = [
 # The sorted merge of a pass's quiet stretches (see _schedule.merged); off only in the test
 # that checks it gives the same decision as the heap alone.
 _MERGE = True
+# deep_run(): off only in the test that checks it explains as consider() does,
+# which reads how many jobs deep_run() explained.
+_DEEP = True
+_deep_explained = 0
 _gpus = attrgetter("gpus")
-_age_key = attrgetter("submit_time", "id")
-_priority = attrgetter("priority")
 _id = attrgetter("id")
 # What a deep job's reasons depend on (user, gpus, cpus, memory, nodes, where): one
 # C-level call instead of six attribute reads per job.
 _why_key = itemgetter(*(PendingJob._fields.index(f) for f in ("user", "gpus", "cpus", "memory", "nodes", "where")))
-_requeued = attrgetter("requeued")
-
-
-def _job_key(j: PendingJob) -> tuple[bool, int, float, int]:
-    # Within one researcher: requeued (preempted) jobs first, then priority, then age.
-    return (not j.requeued, -j.priority, j.submit_time, j.id)
-
-
-def _hrrn_key(now: float, default_limit: float) -> Any:
-    """Requeued first, then priority, then the highest response ratio (see
-    PolicyConfig.duration_hint), then age."""
-
-    def key(j: PendingJob) -> tuple[bool, int, float, float, int]:
-        e = j.expected if j.expected is not None else (j.time_limit or default_limit)
-        e = e if e > 60.0 else 60.0  # a few seconds' estimate must not outrank everyone forever
-        return (not j.requeued, -j.priority, -(now - j.submit_time + e) / e, j.submit_time, j.id)
-
-    return key
+# What a job's fit depends on (GPUs, CPUs, memory, nodes, and its length: limit and
+# prediction): jobs alike in these start or fail alike until something starts.
+_fit_key = itemgetter(*(PendingJob._fields.index(f) for f in ("gpus", "cpus", "memory", "nodes", "time_limit", "expected")))
 
 
 def placement(start: Start, gpus: int, node_gpus: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
@@ -131,39 +120,8 @@ def _schedule(snap: Snapshot) -> Decision:
     p = Pass(snap)
     cfg = snap.config
 
-    by_user: dict[str, list[PendingJob]] = {}
-    # Scavengers (scavenge()): --preemptible jobs, and jobs over their owner's budget
-    # when the quota says `scavenge`, with the reasons they would otherwise wait for.
-    scavengers: list[tuple[PendingJob, list[Reason]]] = []
-    queue_of = by_user.get
-    for j in snap.pending:
-        if j.preemptible:
-            scavengers.append((j, []))
-        else:
-            q = queue_of(j.user)
-            if q is None:
-                by_user[j.user] = [j]
-            else:
-                q.append(j)
-    pending_count = Counter({u: len(js) for u, js in by_user.items()})
-    for j, _ in scavengers:
-        pending_count[j.user] += 1
-    own_order = _hrrn_key(snap.now, cfg.default_time_limit) if cfg.duration_hint else _job_key
-    for jobs in by_user.values():
-        if len(jobs) < 2:
-            continue
-        if own_order is _job_key:
-            # _job_key's order in stable sorts on C-level keys, least significant first
-            # (several times cheaper than a Python key per job; ids make keys unique,
-            # so the order is the same): age, then priority, then requeued first.
-            jobs.sort(key=_age_key)
-            if any(map(_priority, jobs)):
-                jobs.sort(key=_priority, reverse=True)  # reverse keeps a sort stable
-            if any(map(_requeued, jobs)):
-                jobs.sort(key=_requeued, reverse=True)
-            jobs.reverse()  # pop() from the end gives the next job
-        else:
-            jobs.sort(key=own_order, reverse=True)
+    # Each researcher's queue in their own order (next job last), and the scavengers.
+    by_user, scavengers, pending_count = queues(snap)
 
     active = sorted(set(pending_count) | set(p.held))
     total_shares = sum(p.quota(u).shares for u in active)
@@ -205,6 +163,14 @@ def _schedule(snap: Snapshot) -> Decision:
     eta_budget = cfg.eta_depth
 
     explain = cfg.explain
+    # Where a job of one shape and length failed to start (no node fits, or the one
+    # that does would delay a reservation), until the next start: free GPUs change only
+    # then, and reservations are only added, so each failure stands. A deep queue of
+    # jobs blocked by the EASY reservation then costs a lookup each.
+    no_fit: dict[tuple[Any, ...], tuple[NodeState | None, Reservation | None]] = {}
+    delay_reasons: dict[tuple[int, str, float], Reason] = {}
+    # deep_run(): a failed fit's reasons, ETA and whether the ETA is predicted, by _fit_key.
+    deep_told: dict[tuple[Any, ...], tuple[tuple[Reason, ...], float | None, bool]] = {}
 
     predicted_cache: dict[tuple[float, int, frozenset[str] | None], bool] = {}
 
@@ -461,6 +427,90 @@ def _schedule(snap: Snapshot) -> Decision:
             n += 1
         n_ahead = n
 
+    def delay_reason(conflict: Reservation) -> Reason:
+        key = (conflict.job_id, conflict.node, conflict.at)
+        r = delay_reasons.get(key)
+        if r is None:
+            when = conflict.at - snap.now
+            r = delay_reasons[key] = Reason(
+                "backfill",
+                f"backfill: would delay job {conflict.job_id}, reserved to start in "
+                f"{short(when)} on {p.nodes[conflict.node].info.label}",
+                (("delays_job", conflict.job_id), ("reserved_in_s", round(when, 1))),
+            )
+        return r
+
+    def deep_run(rest: list[PendingJob], i: int) -> int:
+        """consider() for a stretch of merged(), from rest[i] on, while each job is past
+        both depths (reason texts, ETAs), nothing but a wait can come of it (no claim,
+        type cap or scavenging; the EASY reservation made) and its shape and length
+        already failed to fit since the last start: the very reasons and ETA consider()
+        would give, from caches. A deep queue behind free GPUs that only the reservation
+        may use then costs a few lookups per job. Returns where it stopped."""
+        nonlocal n_ahead
+        if eta_budget > 0 or len(p.waiting) < cfg.reason_depth or not n_ahead:
+            return i
+        if (cfg.backfill and not p.easy_reserved) or (cfg.preemption and p.scav_free > 0):
+            return i
+        multi_from = p.max_per_node if cfg.multi_node and p.max_per_node > 0 else 1 << 30
+        # Per researcher: jobs of up to `claim` GPUs may claim (or, with type caps or
+        # scavenging, none is taken here), so those go to consider(); jobs of up to
+        # `free` GPUs are held back by no quota (-1: every job is).
+        users: dict[str, tuple[int, int]] = {}
+        waiting, make, n, start = p.waiting, tuple.__new__, n_ahead, i
+        told_get, users_get = deep_told.get, users.get
+        # (`ahead` is not counted on: past reason_depth nobody reads it any more.)
+        for j in islice(rest, i, None):
+            u = j.user
+            lim = users_get(u)
+            if lim is None:
+                q = p.quota(u)
+                if q.max_gpus_per_type or q.scavenge:
+                    claim = 1 << 30
+                elif cfg.preemption and q.guaranteed_gpus > 0:
+                    claim = q.guaranteed_gpus - p.own(u) - p.claimed[u]
+                else:
+                    claim = 0
+                if quota_reasons(u, j._replace(gpus=0)):
+                    free = -1
+                elif q.max_gpus is not None:
+                    free = q.max_gpus - (p.held[u] - p.scav.get(u, 0))
+                else:
+                    free = 1 << 30
+                lim = users[u] = (claim, free)
+            g = j.gpus
+            if g <= lim[0] or g > multi_from:
+                break
+            fk = _fit_key(j)
+            told = told_get(fk)
+            if told is None:
+                failed = no_fit.get(fk)
+                if failed is None:
+                    break
+                conflict = failed[1]
+                if conflict is not None:
+                    eta = max(snap.now, conflict.end) if conflict.end < INF else None
+                    told = (delay_reason(conflict),), eta, eta is not None and predicted(j, eta)
+                else:
+                    key = (g, j.cpus, j.memory, j.nodes, j.where)
+                    why = resource_reasons.get(key)
+                    if why is None:
+                        why = resource_reasons[key] = resource_reason(p, j)
+                    told = (why,), None, False
+                deep_told[fk] = told
+            if g > lim[1]:
+                told = tuple(quota_reasons(u, j)), None, False
+            by_user[u].pop()
+            r = make(Reason, ("fairshare", f"fair share: {n} jobs rank ahead", (("ahead", n),)))
+            waiting[j.id] = make(Waiting, ((*told[0], r), told[1], told[2]))
+            n += 1
+        i = start + n - n_ahead
+        order.extend(map(_id, rest[start:i]))
+        global _deep_explained
+        _deep_explained += i - start
+        n_ahead = n
+        return i
+
     def consider(u: str, j: PendingJob) -> bool:
         """Start `j`, reclaim for it, or record why it waits. True when its owner's rank
         moved (a start or a claim): no one else's rank ever moves within a pass."""
@@ -482,15 +532,35 @@ def _schedule(snap: Snapshot) -> Decision:
         else:
             multi = cfg.multi_node and 0 < p.max_per_node < j.gpus
             more: tuple[str, ...] = ()
-            if multi:
-                fit = p.multi_fit(j)
-                node, more = fit if fit is not None else (None, ())
+            fk = None if multi else _fit_key(j)
+            failed = no_fit.get(fk) if fk is not None else None
+            if failed is not None:
+                node, conflict = failed
             else:
-                node = p.best_fit(j)
-            rest = j.gpus - len(more) * p.max_per_node
-            conflict = p.conflicts(node, j, rest) if node is not None else None
-            for nid in more:
-                conflict = conflict or p.conflicts(p.nodes[nid], j, p.nodes[nid].free)
+                if multi:
+                    fit = p.multi_fit(j)
+                    node, more = fit if fit is not None else (None, ())
+                    rest = j.gpus - len(more) * p.max_per_node
+                    conflict = p.conflicts(node, j, rest) if node is not None else None
+                    for nid in more:
+                        conflict = conflict or p.conflicts(p.nodes[nid], j, p.nodes[nid].free)
+                else:
+                    rest = j.gpus
+                    node, conflict = p.best_fit(j), None
+                    if node is not None and p.reservations:
+                        # Best fit among the nodes where it delays no reservation: the
+                        # tightest node may be the reserved one while another has room.
+                        conflict = p.conflicts(node, j, rest)
+                        tried = {node.info.id}
+                        while conflict is not None:
+                            other = p.best_fit(j, skip=tried)
+                            if other is None:
+                                break
+                            if p.conflicts(other, j, rest) is None:
+                                node, conflict = other, None
+                            tried.add(other.info.id)
+                if fk is not None and (node is None or conflict is not None):
+                    no_fit[fk] = (node, conflict)
             if node is not None and conflict is None:
                 for nid in more:
                     p.take(p.nodes[nid], j, p.nodes[nid].free)
@@ -508,6 +578,8 @@ def _schedule(snap: Snapshot) -> Decision:
                 total_usage += added
                 factors.pop(u, None)
                 resource_reasons.clear()
+                no_fit.clear()
+                deep_told.clear()
                 etas.clear()
                 predicted_cache.clear()
                 if j.count > 1:
@@ -515,19 +587,9 @@ def _schedule(snap: Snapshot) -> Decision:
                     by_user[u].append(j._replace(count=j.count - 1))
                 return True
             elif conflict is not None:
-                when = conflict.at - snap.now
                 wait(
                     j,
-                    [
-                        Reason(
-                            "backfill",
-                            f"backfill: would delay job {conflict.job_id}, reserved to start in "
-                            f"{short(when)} on {p.nodes[conflict.node].info.label}",
-                            (("delays_job", conflict.job_id), ("reserved_in_s", round(when, 1))),
-                        )
-                    ]
-                    if explain
-                    else [],
+                    [delay_reason(conflict)] if explain else [],
                     # Free GPUs now are not a start now: the earliest start that delays
                     # nobody is when the reserved job is done (never "now", never unknown).
                     max(shadow_eta(j) or snap.now, conflict.end) if conflict.end < INF else shadow_eta(j),
@@ -658,19 +720,27 @@ def _schedule(snap: Snapshot) -> Decision:
 
     quiet = 0
     patience = 16
+    deep_ok = _DEEP and explain
     saturated_checked = False
     while heap:
         if _MERGE and quiet >= patience:
             rest = merged()
             heap = []
-            for i, j in enumerate(rest):
-                u = j.user
+            i, n_rest = 0, len(rest)
+            while i < n_rest:
                 if not saturated_checked and p.largest_free() == 0:
                     saturated_checked = True
                     if saturated():
                         if explain:
                             deep_end(rest[i:])
                         break
+                if deep_ok:
+                    i = deep_run(rest, i)
+                    if i == n_rest:
+                        break
+                j = rest[i]
+                i += 1
+                u = j.user
                 skip = hopeless(u)  # before the pop: may_reclaim() counts `j` in
                 by_user[u].pop()
                 if skip or futile(u, j):
@@ -727,68 +797,3 @@ def _schedule(snap: Snapshot) -> Decision:
         order=tuple(order),
     )
 
-
-def scavenge(
-    p: Pass,
-    jobs: list[tuple[PendingJob, list[Reason]]],
-    order: list[int],
-    wait: Any,
-    quota_reasons: Any,
-    type_capped: Any,
-    type_held: dict[str, Counter[str]],
-) -> None:
-    """Place scavengers after everyone else: oldest first, on GPUs that are free now,
-    best fit, never on a node where GPUs are being claimed (they would be taken back
-    at once). Reservations do not hold them back: whoever needs their GPUs later takes
-    them (consider() preempts scavengers first). A job over a node does not scavenge."""
-    claimed = tuple(nid for nid, g in p.node_claimed.items() if g > 0)
-    for j, budget in sorted(jobs, key=lambda t: (t[0].submit_time, t[0].id)):
-        u = j.user
-        order.append(j.id)
-        left = j.count
-        caps: list[Reason] = []
-        while left:
-            # Caps still hold (a scavenger is over its budget, not over its caps).
-            caps = [r for r in quota_reasons(u, j, scavenger=True) if r.kind != "budget"]
-            typed = j
-            if not caps and p.quota(u).max_gpus_per_type:
-                typed, capped = type_capped(u, j, p.quota(u).max_gpus_per_type)
-                caps = [capped] if capped is not None else []
-            if caps:
-                break
-            node = p.best_fit(typed, skip=claimed) if j.gpus <= p.max_per_node else None
-            if node is None:
-                break
-            p.take(node, j)
-            p.starts.append(Start(j.id, node.info.id, (), preemptible=True))
-            if u in type_held:
-                type_held[u][node.info.gpu_type] += j.gpus
-            p.held[u] += j.gpus
-            p.scav[u] = p.scav.get(u, 0) + j.gpus
-            p.scav_jobs[u] = p.scav_jobs.get(u, 0) + 1
-            p.jobs_held[u] += 1
-            left -= 1
-        if not left:
-            continue
-        rest = j if left == j.count else j._replace(count=left)
-        if caps:
-            wait(rest, [*caps, *budget], None)
-        elif j.gpus <= p.max_per_node and p.best_fit(j) is not None:
-            why = Reason(
-                "reclaim",
-                "reclaim: as a preemptible job it takes only idle GPUs; the free ones are "
-                "being taken back for a waiting job",
-                (("gpus", j.gpus), ("preemptible", True)),
-            )
-            wait(rest, [why, *budget], None)
-        elif j.nodes is not None:
-            wait(rest, [resource_reason(p, j), *budget], None)
-        else:
-            why = Reason(
-                "resources",
-                f"resources: as a preemptible job it takes only idle GPUs; no node has {j.gpus} free now"
-                if j.gpus <= p.max_per_node
-                else "resources: a preemptible job must fit on one node",
-                (("gpus", j.gpus), ("preemptible", True)),
-            )
-            wait(rest, [why, *budget], None)

@@ -6,6 +6,7 @@ in its base (policy_state.PassCore)."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from operator import attrgetter
 
 from scheduler.policy_reclaim import Reclaimer
@@ -139,7 +140,7 @@ class Pass(Reclaimer):
 
     # -- placement ------------------------------------------------------------------
     def best_fit(
-        self, j: PendingJob, gpus: int | None = None, skip: tuple[str, ...] = ()
+        self, j: PendingJob, gpus: int | None = None, skip: Collection[str] = ()
     ) -> NodeState | None:
         need = j.gpus if gpus is None else gpus
         if need > self.largest_free():

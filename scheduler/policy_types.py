@@ -101,15 +101,16 @@ class PolicyConfig:
     # Full reason texts (with who ranks ahead) for this many waiting jobs; deeper ones
     # say how many rank ahead without naming them, which keeps a pass O(n log n).
     reason_depth: int = 200
-    # Jobs larger than a node take whole free nodes plus a best-fit remainder. The
-    # simulator turns it on (the traces have 32-GPU jobs); the daemon cannot launch
-    # across nodes yet.
+    # Jobs larger than a node take whole free nodes plus a best-fit remainder (the
+    # simulator's traces have 32-GPU jobs; the daemon's gangs, config allow_multi_node).
     multi_node: bool = False
-    # A researcher's own queue, after requeued jobs and priority: highest response
-    # ratio next, (wait + expected runtime) / expected runtime, with the prediction, or
-    # else the time limit, as the runtime (Brinch Hansen's HRRN). Off: on the Philly
-    # trace at 512 GPUs it made mean JCT worse (issue 19's note); False: oldest first.
+    # A researcher's own queue, after requeued jobs and priority: shortest expected run
+    # first (a confident learned runtime, else the time limit), then oldest; a job that
+    # has waited `hint_age_max` goes before its owner's shorter ones. False (default):
+    # oldest first. On the Philly replays it cuts mean JCT 3-5% under load but makes
+    # the replay 15-30% slower (more passes); docs/benchmarks.md, issue 19.
     duration_hint: bool = False
+    hint_age_max: float | None = 7 * 86400.0
     # False skips the reason texts, ETAs and the shares table (the simulator needs only
     # the decisions, which are the same either way) and stops a pass once nothing more
     # can start. Then only `starts` and `preemptions` are whole: `waiting` and `order`

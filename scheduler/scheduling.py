@@ -111,6 +111,7 @@ class Scheduler:
             preemption=c.preemption,
             backfill=c.backfill,
             multi_node=c.allow_multi_node,
+            duration_hint=c.shortest_first,
         )
 
     def waiting_for(self, job_id: int) -> Waiting | None:

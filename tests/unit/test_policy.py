@@ -116,6 +116,45 @@ def test_a_researchers_own_order_is_requeued_then_priority_then_age_at_any_lengt
     assert list(d.order) == [j.id for j in sorted(plain, key=lambda j: (j.submit_time, j.id))]
 
 
+def test_a_researchers_own_queue_is_shortest_expected_run_first_then_age() -> None:
+    # duration_hint (config shortest_first): after requeued and priority, the shortest expected run
+    # (a confident learned runtime, else --time, else the default limit), then age; a job
+    # that has waited hint_age_max goes before its owner's shorter ones.
+    rng = random.Random(7)
+    week = 7 * 86400.0
+    pending = [
+        pend(i, "a", age=rng.choice([60.0, rng.uniform(0, 3 * H), week + rng.uniform(0, H)]),
+             priority=rng.choice([0, 0, 0, 1]), requeued=rng.random() < 0.1,
+             expected=rng.choice([None, None, rng.uniform(60, 5 * H)]),
+             time_limit=rng.choice([None, rng.choice([H, 2 * H, 48 * H])]))
+        for i in range(1, 300)
+    ]  # fmt: skip
+
+    def length(j: PendingJob) -> float:
+        if NOW - j.submit_time >= week:
+            return 0.0
+        return j.expected if j.expected is not None else (j.time_limit or 24 * H)
+
+    busy = [run(1000, "b", "n0", gpus=4)]
+    d = schedule(snap(pending, running=busy, duration_hint=True))
+    want = sorted(pending, key=lambda j: (not j.requeued, -j.priority, length(j), j.submit_time, j.id))
+    assert list(d.order) == [j.id for j in want]
+    # The plain case, and what each part does: a 1-hour prediction before an older
+    # 10-hour limit, an older job without either last, a week-old job first of all.
+    plain = [
+        pend(1, "a", age=3 * H, time_limit=10 * H),
+        pend(2, "a", age=H, expected=H),
+        pend(3, "a", age=4 * H),
+        pend(4, "a", age=week, time_limit=48 * H),
+    ]
+    assert list(schedule(snap(plain, node_sizes=(1,), running=[run(9, "b", "n0")], duration_hint=True)).order) == [4, 2, 1, 3]
+    old = [pend(1, "a", age=week + 1, expected=H), pend(2, "a", age=week + 2, time_limit=48 * H)]
+    assert list(schedule(snap(old, node_sizes=(1,), running=[run(9, "b", "n0")], duration_hint=True)).order) == [2, 1]
+    # Off (the default): oldest first.
+    off = schedule(snap(plain, node_sizes=(1,), running=[run(9, "b", "n0")]))
+    assert list(off.order) == [4, 3, 1, 2]
+
+
 def test_gang_best_fit_placement() -> None:
     d = schedule(snap([pend(1, "a", gpus=2)], running=[run(9, "b", "n0", gpus=2)], node_sizes=(4, 8)))
     # Node 0 has exactly 2 free: the tightest fit, leaving node 1's 8 GPUs whole.
@@ -761,6 +800,34 @@ def test_sorted_merge_of_quiet_stretches_decides_as_the_heap_does(monkeypatch: A
         assert fast == plain, seed
         merged_some += len(s.pending) > 40 and len(fast.waiting) > 20
     assert merged_some > 50  # the fast path was really taken, many times
+
+
+def test_deep_jobs_explained_from_caches_get_what_consider_gives_them(monkeypatch: Any) -> None:
+    # deep_run(): past both depths, a job whose shape and length already
+    # failed to fit since the last start is explained from caches. Same decision, to the
+    # last reason and ETA, with either order of a researcher's queue.
+    from scheduler import policy
+
+    before = policy._deep_explained
+    for seed in range(300):
+        s = _deep_queue(seed)
+        for hint in (True, False):
+            s = replace(s, config=replace(s.config, duration_hint=hint))
+            monkeypatch.setattr(policy, "_DEEP", False)
+            plain = schedule(s)
+            monkeypatch.setattr(policy, "_DEEP", True)
+            assert schedule(s) == plain, (seed, hint)
+    assert policy._deep_explained - before > 1000  # the fast path was really taken
+
+
+def test_a_job_backfills_on_a_node_where_it_delays_no_reservation() -> None:
+    # The tightest fit (n0, 1 GPU free) is where an 8-hour job is reserved; n1 has room
+    # and no reservation: the 2-hour job starts there instead of waiting.
+    running = [run(1, "b", "n0", gpus=3, time_limit=4 * H, age=3 * H), run(2, "b", "n1", gpus=2, time_limit=8 * H)]
+    pending = [pend(3, "a", gpus=4, age=600, time_limit=8 * H), pend(4, "c", gpus=1, age=60, time_limit=2 * H)]
+    d = schedule(snap(pending, running, node_sizes=(4, 4)))
+    assert d.starts and d.starts[0].job_id == 4 and d.starts[0].node == "n1"
+    assert d.waiting[3].reasons[0].kind == "resources"
 
 
 def test_reclaim_looking_first_where_gpus_are_on_hand_picks_what_the_whole_scan_picks(monkeypatch: Any) -> None:

@@ -70,10 +70,9 @@ __all__ = [
 # The sorted merge of a pass's quiet stretches (see _schedule.merged); off only in the test
 # that checks it gives the same decision as the heap alone.
 _MERGE = True
-# deep_run(): off only in the test that checks it explains as consider() does,
-# which reads how many jobs deep_run() explained.
-_DEEP = True
-_deep_explained = 0
+# deep_run() and the cache of failed fits (no_fit): off only in the test that checks they
+# decide and explain as the plain path does, which reads _deep_explained.
+_DEEP, _deep_explained = True, 0
 _gpus = attrgetter("gpus")
 _id = attrgetter("id")
 # What a deep job's reasons depend on (user, gpus, cpus, memory, nodes, where): one
@@ -81,7 +80,10 @@ _id = attrgetter("id")
 _why_key = itemgetter(*(PendingJob._fields.index(f) for f in ("user", "gpus", "cpus", "memory", "nodes", "where")))
 # What a job's fit depends on (GPUs, CPUs, memory, nodes, and its length: limit and
 # prediction): jobs alike in these start or fail alike until something starts.
-_fit_key = itemgetter(*(PendingJob._fields.index(f) for f in ("gpus", "cpus", "memory", "nodes", "time_limit", "expected")))
+_FIT_FIELDS = ("gpus", "cpus", "memory", "nodes", "time_limit", "expected")
+_fit_key = itemgetter(*(PendingJob._fields.index(f) for f in _FIT_FIELDS))
+# ... and what its reasons say besides (`where` is in a placement reason's text).
+_told_key = itemgetter(*(PendingJob._fields.index(f) for f in _FIT_FIELDS + ("where",)))
 
 
 def placement(start: Start, gpus: int, node_gpus: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
@@ -163,13 +165,12 @@ def _schedule(snap: Snapshot) -> Decision:
     eta_budget = cfg.eta_depth
 
     explain = cfg.explain
-    # Where a job of one shape and length failed to start (no node fits, or the one
-    # that does would delay a reservation), until the next start: free GPUs change only
-    # then, and reservations are only added, so each failure stands. A deep queue of
-    # jobs blocked by the EASY reservation then costs a lookup each.
+    # Where a job of one shape and length failed to start (no node fits, or it would
+    # delay a reservation), until the next start: free GPUs change only then, and
+    # reservations are only added, so each failure stands.
     no_fit: dict[tuple[Any, ...], tuple[NodeState | None, Reservation | None]] = {}
     delay_reasons: dict[tuple[int, str, float], Reason] = {}
-    # deep_run(): a failed fit's reasons, ETA and whether the ETA is predicted, by _fit_key.
+    # deep_run(): a failed fit's reasons, ETA and whether the ETA is predicted, by _told_key.
     deep_told: dict[tuple[Any, ...], tuple[tuple[Reason, ...], float | None, bool]] = {}
 
     predicted_cache: dict[tuple[float, int, frozenset[str] | None], bool] = {}
@@ -481,10 +482,10 @@ def _schedule(snap: Snapshot) -> Decision:
             g = j.gpus
             if g <= lim[0] or g > multi_from:
                 break
-            fk = _fit_key(j)
-            told = told_get(fk)
+            tk = _told_key(j)
+            told = told_get(tk)
             if told is None:
-                failed = no_fit.get(fk)
+                failed = no_fit.get(_fit_key(j))
                 if failed is None:
                     break
                 conflict = failed[1]
@@ -497,7 +498,7 @@ def _schedule(snap: Snapshot) -> Decision:
                     if why is None:
                         why = resource_reasons[key] = resource_reason(p, j)
                     told = (why,), None, False
-                deep_told[fk] = told
+                deep_told[tk] = told
             if g > lim[1]:
                 told = tuple(quota_reasons(u, j)), None, False
             by_user[u].pop()
@@ -532,7 +533,7 @@ def _schedule(snap: Snapshot) -> Decision:
         else:
             multi = cfg.multi_node and 0 < p.max_per_node < j.gpus
             more: tuple[str, ...] = ()
-            fk = None if multi else _fit_key(j)
+            fk = None if multi or not _DEEP else _fit_key(j)
             failed = no_fit.get(fk) if fk is not None else None
             if failed is not None:
                 node, conflict = failed

@@ -64,15 +64,19 @@ def queues(snap: Snapshot) -> tuple[dict[str, list[PendingJob]], list[tuple[Pend
 def _shortest_first(jobs: list[PendingJob], default_limit: float, young_after: float) -> list[PendingJob]:
     """`jobs` (oldest first) in the order of PolicyConfig.duration_hint: those submitted
     at or before `young_after` (they have waited hint_age_max) as they are, then the
-    rest by expected length (a confident prediction, else the time limit, else the
-    default), oldest first among equals. Every pass sorts every queue, so the lengths
-    are one comprehension and the sort a C-level key (a Python key per job cost the
-    x1.25 replay a third of its speed)."""
+    rest by expected length (a confident prediction capped by the limit, else the time
+    limit, else the default), oldest first among equals. Every pass sorts every queue,
+    so the lengths are one comprehension and the sort a C-level key (a Python key per
+    job cost the x1.25 replay a third of its speed)."""
     k = bisect_right(jobs, young_after, key=_submit)
     rest = jobs[k:] if k else jobs
     if len(rest) < 2:
         return jobs
-    lens = [e if e is not None else (t or default_limit) for e, t in map(_length_fields, rest)]
+    # A prediction counts at most up to the limit (as PassCore._dur has it).
+    lens = [
+        (e if e < (t or default_limit) else (t or default_limit)) if e is not None else (t or default_limit)
+        for e, t in map(_length_fields, rest)
+    ]
     if min(lens) == max(lens):
         return jobs
     order = sorted(range(len(rest)), key=lens.__getitem__)  # stable: ties stay oldest first

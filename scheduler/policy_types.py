@@ -107,8 +107,8 @@ class PolicyConfig:
     # A researcher's own queue, after requeued jobs and priority: shortest expected run
     # first (a confident learned runtime, else the time limit), then oldest; a job that
     # has waited `hint_age_max` goes before its owner's shorter ones. False (default):
-    # oldest first. On the Philly replays it cuts mean JCT 3-5% under load but makes
-    # the replay 15-30% slower (more passes); docs/benchmarks.md, issue 19.
+    # oldest first. On the Philly replays it cut mean JCT 2% under load (not at x1.5)
+    # and made the replay up to 30% slower (more passes); docs/benchmarks.md.
     duration_hint: bool = False
     hint_age_max: float | None = 7 * 86400.0
     # False skips the reason texts, ETAs and the shares table (the simulator needs only

@@ -1,5 +1,5 @@
 """A researcher's own queue on a real daemon (MemoryLauncher, real SQLite): shortest
-expected run first (config shortest_first, the default), oldest first when it is off."""
+expected run first with config shortest_first, oldest first without (the default)."""
 
 from __future__ import annotations
 

@@ -133,7 +133,8 @@ def test_a_researchers_own_queue_is_shortest_expected_run_first_then_age() -> No
     def length(j: PendingJob) -> float:
         if NOW - j.submit_time >= week:
             return 0.0
-        return j.expected if j.expected is not None else (j.time_limit or 24 * H)
+        limit = j.time_limit or 24 * H
+        return min(j.expected, limit) if j.expected is not None else limit
 
     busy = [run(1000, "b", "n0", gpus=4)]
     d = schedule(snap(pending, running=busy, duration_hint=True))
@@ -146,13 +147,15 @@ def test_a_researchers_own_queue_is_shortest_expected_run_first_then_age() -> No
         pend(2, "a", age=H, expected=H),
         pend(3, "a", age=4 * H),
         pend(4, "a", age=week, time_limit=48 * H),
+        pend(5, "a", age=60, expected=5 * H, time_limit=0.5 * H),  # its limit is what counts
     ]
-    assert list(schedule(snap(plain, node_sizes=(1,), running=[run(9, "b", "n0")], duration_hint=True)).order) == [4, 2, 1, 3]
+    on = schedule(snap(plain, node_sizes=(1,), running=[run(9, "b", "n0")], duration_hint=True))
+    assert list(on.order) == [4, 5, 2, 1, 3]
     old = [pend(1, "a", age=week + 1, expected=H), pend(2, "a", age=week + 2, time_limit=48 * H)]
     assert list(schedule(snap(old, node_sizes=(1,), running=[run(9, "b", "n0")], duration_hint=True)).order) == [2, 1]
     # Off (the default): oldest first.
     off = schedule(snap(plain, node_sizes=(1,), running=[run(9, "b", "n0")]))
-    assert list(off.order) == [4, 3, 1, 2]
+    assert list(off.order) == [4, 3, 1, 2, 5]
 
 
 def test_gang_best_fit_placement() -> None:
@@ -747,7 +750,7 @@ def _deep_queue(seed: int) -> Snapshot:
     pending = []
     for _ in range(rng.randint(0, 300)):
         jid += 1
-        only = None if rng.random() < 0.85 else frozenset(rng.sample([n.id for n in ns], rng.randint(1, len(ns))))
+        only = None if rng.random() < 0.85 else frozenset(rng.sample([n.id for n in ns], rng.randint(0, len(ns))))
         pending.append(
             PendingJob(
                 jid,
@@ -759,7 +762,7 @@ def _deep_queue(seed: int) -> Snapshot:
                 requeued=rng.random() < 0.05,
                 expected=rng.choice([None, 100.0]),
                 nodes=only,
-                where="its directory is there only" if only else None,
+                where=rng.choice(["its directory is there only", "looking for its directory"]) if only is not None else "",
                 count=rng.choice([1] * 9 + [5]),
                 preemptible=rng.random() < 0.1,
             )
@@ -803,7 +806,7 @@ def test_sorted_merge_of_quiet_stretches_decides_as_the_heap_does(monkeypatch: A
 
 
 def test_deep_jobs_explained_from_caches_get_what_consider_gives_them(monkeypatch: Any) -> None:
-    # deep_run(): past both depths, a job whose shape and length already
+    # deep_run() and the cache of failed fits: past both depths, a job whose shape and length already
     # failed to fit since the last start is explained from caches. Same decision, to the
     # last reason and ETA, with either order of a researcher's queue.
     from scheduler import policy
@@ -818,6 +821,24 @@ def test_deep_jobs_explained_from_caches_get_what_consider_gives_them(monkeypatc
             monkeypatch.setattr(policy, "_DEEP", True)
             assert schedule(s) == plain, (seed, hint)
     assert policy._deep_explained - before > 1000  # the fast path was really taken
+
+
+def test_deep_jobs_alike_but_for_where_they_may_run_keep_their_own_words(monkeypatch: Any) -> None:
+    # Found by review: the deep cache once keyed a placement reason without `where`.
+    from scheduler import policy
+
+    none: frozenset[str] = frozenset()
+    pending = [
+        pend(i, "a", age=1000 - i, nodes=none,
+             where="no node has its directory" if i < 30 else "looking for its directory on the nodes")
+        for i in range(1, 41)
+    ] + [pend(99, "c", gpus=4, age=5000)]  # fmt: skip
+    s = snap(pending, running=[run(100, "b", "n0", gpus=2)], reason_depth=2, eta_depth=0)
+    monkeypatch.setattr(policy, "_DEEP", False)
+    plain = schedule(s)
+    monkeypatch.setattr(policy, "_DEEP", True)
+    assert schedule(s) == plain
+    assert "looking for its directory" in texts(plain, 35)[0]
 
 
 def test_a_job_backfills_on_a_node_where_it_delays_no_reservation() -> None:

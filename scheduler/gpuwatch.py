@@ -220,7 +220,7 @@ class GpuWatch:
     # -- views ------------------------------------------------------------------------------------
     def node_views(self, history: bool = False, may_see: Callable[[str], bool] = lambda user: True) -> list[dict[str, Any]]:
         """Every node with its GPUs as the agents last saw them, and who holds each.
-        `may_see(user)`: whether the caller may see that user's pids (views.py's rule)."""
+        `may_see(user)`: whether the caller may see that user's pids ("": a process outside labq)."""
         now = time.time()
         active = self.store.jobs(states=ACTIVE, with_spec=False)
         holder: dict[tuple[str, int], JobRow] = {}
@@ -258,10 +258,9 @@ class GpuWatch:
                 procs = []
                 for proc in raw.get("processes", []):
                     owner = by_id.get(proc.get("job_id") or -1)
-                    if owner is not None and not may_see(owner.user):
-                        proc = {k: v for k, v in proc.items() if k != "pid"}  # another's job: no pid
-                    elif owner is None and not may_see(""):
-                        proc = {k: v for k, v in proc.items() if k != "pid"}  # outside labq: admins only
+                    if not may_see(owner.user if owner is not None else ""):
+                        # Another's job, or a process outside labq (admins only): no pid.
+                        proc = {k: v for k, v in proc.items() if k != "pid"}
                     procs.append(
                         {
                             **proc,

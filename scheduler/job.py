@@ -494,7 +494,8 @@ def first_error(exc: Exception) -> tuple[str, str]:
             msg = str(errs[0].get("msg", "invalid"))
             if errs[0].get("type") == "extra_forbidden":
                 msg = "unknown field"
-            limit = (errs[0].get("ctx") or {}).get("ge", (errs[0].get("ctx") or {}).get("le"))
+            ctx = errs[0].get("ctx") or {}
+            limit = ctx.get("ge", ctx.get("le"))
             if errs[0].get("type") in ("greater_than_equal", "less_than_equal") and limit is not None:
                 # pydantic's "Input should be greater than or equal to 1", in plain words.
                 msg = f"must be {limit} or {'more' if errs[0]['type'] == 'greater_than_equal' else 'less'}"

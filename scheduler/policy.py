@@ -455,16 +455,16 @@ def _schedule(snap: Snapshot) -> Decision:
             return i
         multi_from = p.max_per_node if cfg.multi_node and p.max_per_node > 0 else 1 << 30
         # Per researcher: jobs of up to `claim` GPUs may claim (or, with type caps or
-        # scavenging, none is taken here), so those go to consider(); jobs of up to
-        # `free` GPUs are held back by no quota (-1: every job is).
-        users: dict[str, tuple[int, int]] = {}
+        # scavenging, none is taken here), so those go to consider(); and quota_reasons()
+        # by GPUs asked (nothing starts within the stretch, so they hold).
+        users: dict[str, tuple[int, dict[int, tuple[Reason, ...]]]] = {}
         waiting, make, n, start = p.waiting, tuple.__new__, n_ahead, i
         told_get, users_get = deep_told.get, users.get
         # (`ahead` is not counted on: past reason_depth nobody reads it any more.)
         for j in islice(rest, i, None):
             u = j.user
-            lim = users_get(u)
-            if lim is None:
+            known = users_get(u)
+            if known is None:
                 q = p.quota(u)
                 if q.max_gpus_per_type or q.scavenge:
                     claim = 1 << 30
@@ -472,15 +472,9 @@ def _schedule(snap: Snapshot) -> Decision:
                     claim = q.guaranteed_gpus - p.own(u) - p.claimed[u]
                 else:
                     claim = 0
-                if quota_reasons(u, j._replace(gpus=0)):
-                    free = -1
-                elif q.max_gpus is not None:
-                    free = q.max_gpus - (p.held[u] - p.scav.get(u, 0))
-                else:
-                    free = 1 << 30
-                lim = users[u] = (claim, free)
+                known = users[u] = (claim, {})
             g = j.gpus
-            if g <= lim[0] or g > multi_from:
+            if g <= known[0] or g > multi_from:
                 break
             tk = _told_key(j)
             told = told_get(tk)
@@ -499,8 +493,11 @@ def _schedule(snap: Snapshot) -> Decision:
                         why = resource_reasons[key] = resource_reason(p, j)
                     told = (why,), None, False
                 deep_told[tk] = told
-            if g > lim[1]:
-                told = tuple(quota_reasons(u, j)), None, False
+            blocked = known[1].get(g)
+            if blocked is None:
+                blocked = known[1][g] = tuple(quota_reasons(u, j))
+            if blocked:
+                told = blocked, None, False
             by_user[u].pop()
             r = make(Reason, ("fairshare", f"fair share: {n} jobs rank ahead", (("ahead", n),)))
             waiting[j.id] = make(Waiting, ((*told[0], r), told[1], told[2]))

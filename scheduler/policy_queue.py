@@ -74,8 +74,9 @@ def _shortest_first(jobs: list[PendingJob], default_limit: float, young_after: f
         return jobs
     # A prediction counts at most up to the limit (as PassCore._dur has it).
     lens = [
-        (e if e < (t or default_limit) else (t or default_limit)) if e is not None else (t or default_limit)
+        e if e is not None and e < limit else limit
         for e, t in map(_length_fields, rest)
+        for limit in (t or default_limit,)
     ]
     if min(lens) == max(lens):
         return jobs

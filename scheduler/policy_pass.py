@@ -10,6 +10,7 @@ from collections.abc import Collection
 from operator import attrgetter
 
 from scheduler.policy_reclaim import Reclaimer
+from scheduler.policy_running import RunningIndex
 from scheduler.policy_state import NodeState, Reservation
 from scheduler.policy_types import INF, PendingJob, Preempt, RunningJob, Snapshot, Start, Waiting
 from scheduler.quota import Quota
@@ -25,90 +26,56 @@ class Pass(Reclaimer):
         self.snap = snap
         self.cfg = snap.config
         self.now = snap.now
-        self.nodes: dict[str, NodeState] = {
-            n.id: NodeState(n, n.gpus, n.cpus, n.memory, []) for n in sorted(snap.nodes, key=_node_id)
-        }
-        # The hottest loop of a pass (every running job, every pass): plain locals and
-        # dicts rather than helper calls, the same arithmetic as _end().
-        held: dict[str, int] = {}
-        jobs_held: dict[str, int] = {}
-        penalty: dict[str, float] = {}
-        scav: dict[str, int] = {}
-        scav_jobs: dict[str, int] = {}
-        scav_free = 0
+        idx: RunningIndex | None = snap.running_index
+        if idx is None or (idx.nodes is not snap.nodes and idx.nodes != snap.nodes) or (
+            idx.default_limit != self.cfg.default_time_limit
+        ):
+            idx = RunningIndex(snap.nodes, self.cfg.default_time_limit, snap.running)
+        now = self.now
+        # Each node's state from its running jobs' parts (RunningIndex). A release whose
+        # time has passed (a job past its prediction or limit) stays as it is: earliest()
+        # and conflicts() count it as now.
+        nodes: dict[str, NodeState] = {}
         running_by_node: dict[str, list[RunningJob]] = {}
         # Nodes where a job (on that node alone) is on its way out: see Reclaimer.stop().
         stop_nodes: set[str] = set()
-        nodes = self.nodes
-        now = self.now
-        default_limit = self.cfg.default_time_limit
-        held_get, jobs_get, pen_get, node_get, rbn_get = (
-            held.get,
-            jobs_held.get,
-            penalty.get,
-            nodes.get,
-            running_by_node.get,
-        )
-        for r in snap.running:
-            # One unpack instead of a dozen attribute reads (fields in RunningJob's order).
-            _, u, g, nid0, start, limit, stop, cpus, memory, more, expected, preemptible = r
-            end = start + (default_limit if limit is None else limit)
-            predicted = False
-            if expected is not None and start + expected < end:
-                end = start + expected  # predicted (a job past it: now, below)
-                predicted = True
-            if stop is not None and stop < end:
-                end = stop
-                predicted = False
-            if end < now:
-                end = now
-            held[u] = held_get(u, 0) + g
-            jobs_held[u] = jobs_get(u, 0) + 1
-            if preemptible:
-                # A scavenger weighs on nobody's fair share or guarantee, its owner's
-                # included: any job that needs its GPUs takes them.
-                scav[u] = scav.get(u, 0) + g
-                scav_jobs[u] = scav_jobs.get(u, 0) + 1
-                if stop is None:
-                    scav_free += g
-            else:
-                penalty[u] = pen_get(u, 0.0) + g * (end - now)
-            rest = g
-            if more:
-                for nid in more:
-                    whole = node_get(nid)
-                    if whole is not None:
-                        whole.free -= whole.info.gpus
-                        rest -= whole.info.gpus
-                        whole.releases.append((end, whole.info.gpus))
-                        if predicted and end < whole.first_predicted:
-                            whole.first_predicted = end
-            node = node_get(nid0)
-            if node is None:
-                continue  # a node that left: its jobs are being reported lost elsewhere
-            node.free -= rest
-            if cpus:
-                node.cpus -= cpus
-            if memory:
-                node.memory -= memory
-            node.releases.append((end, rest))
-            if predicted and end < node.first_predicted:
-                node.first_predicted = end
-            if not more:
-                if stop is not None:
-                    stop_nodes.add(nid0)
-                lst = rbn_get(nid0)
-                if lst is None:
-                    running_by_node[nid0] = [r]
-                else:
-                    lst.append(r)
-        self.held: Counter[str] = Counter(held)
-        self.jobs_held: Counter[str] = Counter(jobs_held)
+        view, single, stopping = idx.view, idx.single, idx.stopping
+        for n in sorted(snap.nodes, key=_node_id):
+            nid = n.id
+            v = view(nid)
+            if v is None:
+                nodes[nid] = NodeState(n, n.gpus, n.cpus, n.memory, [])
+                continue
+            used, ends, first, earliest, cpus, memory = v
+            nodes[nid] = NodeState(
+                n,
+                n.gpus - used,
+                n.cpus - cpus if cpus else n.cpus,
+                n.memory - memory if memory else n.memory,
+                list(ends),
+                first_predicted=first if first > now else now,
+            )
+            on = single.get(nid)
+            if on is not None:
+                running_by_node[nid] = list(on.values())
+                if nid in stopping:
+                    stop_nodes.add(nid)
+        self.nodes = nodes
+        # The entry penalty: what each researcher's running jobs will still use, by their
+        # expected ends (scavengers weigh on nobody's fair share, their owner's included).
+        penalty: dict[str, float] = {}
+        for u, by_job in idx.ends.items():
+            pen = 0.0
+            for e, g in by_job.values():
+                pen += g * (e - now) if e > now else 0.0
+            penalty[u] = pen
+        self.held: Counter[str] = Counter(idx.held)
+        self.jobs_held: Counter[str] = Counter(idx.jobs_held)
         self.penalty = penalty
-        self.scav = scav  # GPUs each researcher holds as scavengers
-        self.scav_jobs = scav_jobs
+        self.scav = dict(idx.scav)  # GPUs each researcher holds as scavengers
+        self.scav_jobs = dict(idx.scav_jobs)
         # Scavenger GPUs not yet asked back: while there are some, a blocked job may take them.
-        self.scav_free = scav_free
+        self.scav_free = idx.scav_free
         self.running_by_node = running_by_node
         self.stop_nodes = stop_nodes
         # Free-GPU buckets make best-fit O(GPUs per node) instead of O(nodes).
@@ -214,7 +181,7 @@ class Pass(Reclaimer):
         for end, g in node.release_order():
             free += g
             if free >= gpus:
-                return end
+                return end if end > self.now else self.now
         return INF
 
     def reserve(self, j: PendingJob) -> Reservation | None:

@@ -123,7 +123,8 @@ class PassCore:
                 continue
             # Would the reserved job still find its GPUs at its reserved time? (What is
             # going now does not come back a second time at its own end.)
-            later = sum(g for e, g in node.releases if e <= res.at)
+            # (A release already due counts as now: none before now, all after it.)
+            later = sum(g for e, g in node.releases if e <= res.at) if res.at >= self.now else 0
             if going:
                 later -= sum(r.gpus for r in going if self._end(r) <= res.at)
             if node.free + back - need + later < wanted:

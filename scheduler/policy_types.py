@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from scheduler.quota import Quota, QuotaBook
 from scheduler.shapes import Reason
@@ -128,6 +128,11 @@ class Snapshot:
     week_usage: Mapping[str, float] = field(default_factory=dict)  # GPU-seconds, last 7 days
     quotas: QuotaBook = QuotaBook()
     config: PolicyConfig = PolicyConfig()
+    # `running` summed by node and researcher, kept between passes by a caller that sees
+    # every start and stop (the simulator); it must hold exactly `running`, in its order.
+    # None: the pass sums them itself (the daemon). A policy_running.RunningIndex, typed
+    # Any because that module builds on this one.
+    running_index: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

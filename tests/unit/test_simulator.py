@@ -91,6 +91,40 @@ def test_fairshare_reclaims_borrowed_gpus_for_a_guarantee() -> None:
     assert nopre.sim_jobs[5].first_start == 10_000
 
 
+def test_a_claim_is_made_the_moment_borrowed_gpus_may_be_reclaimed() -> None:
+    # "a" arrives while b's borrowed jobs are younger than min_runtime (600 s): nothing
+    # else happens until they end at 10,000 s, but the daemon's pass (once a second)
+    # would reclaim when they turn 600 s old; so does the replay (its MATURE event).
+    jobs = [*(job(i, "b", 0, 1, 10_000) for i in range(1, 5)), job(5, "a", 100, 2, 100)]
+    sim = run(jobs, "fairshare", a=1, b=1)
+    assert sim.sim_jobs[5].first_start == pytest.approx(600 + 30)  # min_runtime, then the grace
+    assert sum(sim.sim_jobs[i].preemptions for i in range(1, 5)) == 2
+
+
+def test_a_pass_runs_only_when_something_happened() -> None:
+    # A preempted job's finish event stays in the heap; at its time nothing has changed,
+    # so no pass runs there (it used to: a fifth of the passes of the x1.5 replay).
+    # Here b's jobs 1 and 2 are preempted at 1000 (for job 5) and again at 4990 (job 6);
+    # at 5000, job 1's first finish time, job 6 waits for its claim and could reclaim,
+    # but nothing happened: no pass (8 with one there, same decisions).
+    jobs = [
+        *(job(i, "b", 0, 1, 4900 + 100 * i) for i in range(1, 5)),
+        job(5, "a", 1000, 2, 100),
+        job(6, "a", 4990, 2, 100),
+    ]
+    sim = run(jobs, "fairshare", a=1, b=1)
+    got = {i: (j.preemptions, j.first_start, j.end) for i, j in sim.sim_jobs.items()}
+    assert got == {
+        1: (2, 0, 5274.0),
+        2: (2, 0, 5374.0),
+        3: (0, 0, 5200.0),
+        4: (0, 0, 5300.0),
+        5: (0, 1030.0, 1130.0),
+        6: (0, 5020.0, 5120.0),
+    }
+    assert sim.passes == 7
+
+
 def test_partition_caps_each_tenant_at_its_share() -> None:
     jobs = [*(job(i, "b", 0, 1, 100) for i in range(1, 5)), job(5, "a", 0, 1, 100)]
     sim = run(jobs, "partition", a=1, b=1)

@@ -1,0 +1,192 @@
+"""What the running jobs add up to, per node and per researcher: the part of a pass
+(policy_pass.Pass) that does not depend on the waiting jobs.
+
+The daemon builds one from a Snapshot's running jobs each pass. The simulator keeps one
+between passes (add at a start, replace at a preemption, remove at a stop): under load,
+with hundreds of jobs running and a pass at nearly every event, rebuilding it was a
+quarter of a replay (docs/benchmarks.md). Both give the same numbers: everything is
+kept in the order jobs were added, the order of Snapshot.running, and only integers are
+kept as running sums; what depends on the pass's `now` (ends already passed, the entry
+penalty) is worked out by the pass, in that order (tests/unit/test_policy_running.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from scheduler.policy_types import INF, NodeInfo, RunningJob
+
+# One node's share of a running job: (end, GPUs there, end is a prediction, CPUs, memory).
+Part = tuple[float, int, bool, float, float]
+# What a node's parts add up to (RunningIndex.view()): (GPUs used, (end, GPUs) of each
+# part, the earliest predicted end, the earliest end, CPUs and memory they hold).
+View = tuple[int, tuple[tuple[float, int], ...], float, float, float, float]
+
+
+class RunningIndex:
+    """Running jobs by node and by researcher; owned by whoever builds the Snapshots."""
+
+    def __init__(
+        self, nodes: tuple[NodeInfo, ...], default_limit: float, running: Iterable[RunningJob] = ()
+    ) -> None:
+        self.nodes = nodes
+        self.default_limit = default_limit
+        self._size = {n.id: n.gpus for n in nodes}
+        self.jobs: dict[int, RunningJob] = {}
+        self.parts: dict[str, dict[int, Part]] = {}  # node -> job id -> its part there
+        self.used: dict[str, int] = {}  # node -> GPUs its parts hold
+        self.asks: dict[str, int] = {}  # node -> parts there that hold CPUs or memory
+        # node -> view() of it, until a part there changes: most nodes do not change
+        # between two passes, and a pass per event on a pool of many nodes adds up.
+        self._views: dict[str, View] = {}
+        self.single: dict[str, dict[int, RunningJob]] = {}  # node -> jobs on that node alone
+        self.stopping: dict[str, int] = {}  # node -> jobs on it alone that were asked to stop
+        self.held: dict[str, int] = {}
+        self.jobs_held: dict[str, int] = {}
+        self.scav: dict[str, int] = {}  # GPUs held as scavengers
+        self.scav_jobs: dict[str, int] = {}
+        self.scav_free = 0  # scavengers' GPUs not yet asked back
+        self.ends: dict[str, dict[int, tuple[float, int]]] = {}  # user -> (end, GPUs), scavengers not
+        for r in running:
+            self.add(r)
+
+    def end(self, r: RunningJob) -> tuple[float, bool]:
+        """(when `r`'s GPUs are expected back, before clamping to now; whether that is a
+        prediction): its limit, or its learned runtime when sooner, or its stop deadline."""
+        _, _, _, _, start, limit, stop, *_, expected, _ = r
+        end = start + (self.default_limit if limit is None else limit)
+        predicted = False
+        if expected is not None and start + expected < end:
+            end = start + expected
+            predicted = True
+        if stop is not None and stop < end:
+            end = stop
+            predicted = False
+        return end, predicted
+
+    def add(self, r: RunningJob) -> None:
+        """A job started."""
+        if r.id in self.jobs:
+            raise ValueError(f"job {r.id} is already running")
+        self._put(r)
+
+    def replace(self, r: RunningJob) -> None:
+        """`r` changed while running (asked to stop, a new prediction); it keeps its
+        place in every order. Where it runs and for whom cannot change."""
+        old = self.jobs[r.id]
+        if (old.user, old.gpus, old.node, old.more_nodes, old.preemptible) != (
+            r.user, r.gpus, r.node, r.more_nodes, r.preemptible,
+        ):  # fmt: skip
+            raise ValueError(f"job {r.id} changed where it runs or whose it is: remove and add it")
+        self._take(old, keep_order=True)
+        self._put(r)
+
+    def remove(self, job_id: int) -> None:
+        self._take(self.jobs.pop(job_id), keep_order=False)
+
+    # -- internals ------------------------------------------------------------------
+    def _put(self, r: RunningJob) -> None:
+        job_id, u, g, nid0, _, _, stop, cpus, memory, more, _, preemptible = r
+        self.jobs[job_id] = r
+        end, predicted = self.end(r)
+        # A researcher is in held (and jobs_held) while they run a job, even one of no GPUs.
+        self.held[u] = self.held.get(u, 0) + g
+        self.jobs_held[u] = self.jobs_held.get(u, 0) + 1
+        if preemptible:
+            self.scav[u] = self.scav.get(u, 0) + g
+            self.scav_jobs[u] = self.scav_jobs.get(u, 0) + 1
+            if stop is None:
+                self.scav_free += g
+        else:
+            self.ends.setdefault(u, {})[job_id] = (end, g)
+        rest = g
+        for nid in more:
+            size = self._size.get(nid)
+            if size is not None:
+                rest -= size
+                self._part(nid, job_id, (end, size, predicted, 0.0, 0.0))
+        if nid0 not in self._size:
+            return  # a node that left: its jobs are being reported lost elsewhere
+        self._part(nid0, job_id, (end, rest, predicted, cpus, memory))
+        if not more:
+            self.single.setdefault(nid0, {})[job_id] = r
+            if stop is not None:
+                self.stopping[nid0] = self.stopping.get(nid0, 0) + 1
+
+    def view(self, nid: str) -> View | None:
+        """The node's parts summed (View), None if nothing runs there. Ends are not
+        clamped to a pass's now: the pass does that where the earliest end has passed."""
+        got = self._views.get(nid)
+        if got is None:
+            parts = self.parts.get(nid)
+            if parts is None:
+                return None
+            vals = parts.values()
+            cpus = memory = 0.0
+            if nid in self.asks:
+                for _, _, _, c, m in vals:
+                    cpus += c
+                    memory += m
+            ends = tuple((e, g) for e, g, _, _, _ in vals)
+            got = self._views[nid] = (
+                self.used[nid],
+                ends,
+                min([e for e, _, pr, _, _ in vals if pr], default=INF),
+                min(e for e, _ in ends),
+                cpus,
+                memory,
+            )
+        return got
+
+    def _part(self, nid: str, job_id: int, part: Part) -> None:
+        self._views.pop(nid, None)
+        self.parts.setdefault(nid, {})[job_id] = part
+        self.used[nid] = self.used.get(nid, 0) + part[1]
+        if part[3] or part[4]:
+            self.asks[nid] = self.asks.get(nid, 0) + 1
+
+    def _take(self, r: RunningJob, keep_order: bool) -> None:
+        """Undo _put(r)'s sums. With keep_order (replace()) the job's entries stay, for
+        _put to overwrite in place, so that it keeps its position in every dict."""
+        job_id, u, g, nid0, _, _, stop, _, _, more, _, preemptible = r
+        self.held[u] -= g
+        self.jobs_held[u] -= 1
+        if not self.jobs_held[u] and not keep_order:
+            del self.held[u], self.jobs_held[u]
+        if preemptible:
+            self.scav[u] -= g
+            self.scav_jobs[u] -= 1
+            if not self.scav_jobs[u] and not keep_order:
+                del self.scav[u], self.scav_jobs[u]
+            if stop is None:
+                self.scav_free -= g
+        elif not keep_order:
+            ends = self.ends[u]
+            del ends[job_id]
+            if not ends:
+                del self.ends[u]
+        for nid in (*more, nid0):
+            parts = self.parts.get(nid)
+            if parts is None or job_id not in parts:
+                continue
+            self._views.pop(nid, None)
+            _, gpus, _, cpus, memory = parts[job_id]
+            self.used[nid] -= gpus
+            if cpus or memory:
+                self.asks[nid] -= 1
+                if not self.asks[nid]:
+                    del self.asks[nid]
+            if not keep_order:
+                del parts[job_id]
+                if not parts:
+                    del self.parts[nid], self.used[nid]
+        if not more and nid0 in self._size:
+            if stop is not None:
+                self.stopping[nid0] -= 1
+                if not self.stopping[nid0]:
+                    del self.stopping[nid0]
+            if not keep_order:
+                single = self.single[nid0]
+                del single[job_id]
+                if not single:
+                    del self.single[nid0]

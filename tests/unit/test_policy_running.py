@@ -1,0 +1,142 @@
+"""RunningIndex (policy_running.py): kept between passes by the simulator, built per pass
+by the daemon; both must give schedule() the same Decision."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from scheduler.policy import PendingJob, PolicyConfig, RunningJob, Snapshot, schedule
+from scheduler.policy_running import RunningIndex
+from scheduler.quota import QuotaBook
+from tests.unit.test_policy import NOW, H, nodes
+
+USERS = ["alice", "bob", "carol", "dave"]
+
+
+def _job(rng: random.Random, jid: int, free: dict[str, int], size: dict[str, int]) -> RunningJob | None:
+    """A random job that fits what is free: on one node, or (sometimes) over whole nodes."""
+    whole = [nid for nid, f in free.items() if f == size[nid] and f > 0]
+    if len(whole) >= 2 and rng.random() < 0.15:
+        more = rng.sample(whole, rng.randint(1, len(whole) - 1))
+        main = rng.choice([nid for nid in free if nid not in more and free[nid] > 0] or [more.pop()])
+        rest = rng.randint(0, free[main]) if main not in more else 0
+        gpus = sum(size[n] for n in more) + rest
+    else:
+        more = []
+        some = [nid for nid in free if free[nid] > 0]
+        if not some:
+            return None
+        main = rng.choice(some)
+        rest = gpus = rng.randint(0, free[main])  # 0: a CPU-only job
+    for nid in more:
+        free[nid] = 0
+    free[main] -= rest
+    return RunningJob(
+        jid,
+        rng.choice(USERS),
+        gpus,
+        main,
+        start_time=NOW - rng.uniform(0, 30 * H),  # some past their limit or prediction
+        time_limit=rng.choice([None, rng.uniform(60, 10 * H)]),
+        stop_deadline=rng.choice([None, None, NOW + 30, NOW - 5]),
+        cpus=rng.choice([0.0, 0.0, 2.0, 0.5]),
+        memory=rng.choice([0, 0, 4 << 30]),
+        more_nodes=tuple(more),
+        expected=rng.choice([None, None, rng.uniform(10, 10 * H)]),
+        preemptible=rng.random() < 0.2,
+    )
+
+
+def _history(rng: random.Random) -> tuple[Snapshot, RunningIndex]:
+    """An index after random starts, stops and stop requests, and the Snapshot it stands for."""
+    ns = nodes(*rng.choices([8, 8, 4, 2], k=rng.randint(1, 6)))
+    size = {n.id: n.gpus for n in ns}
+    free = dict(size)
+    cfg = PolicyConfig(multi_node=True, min_runtime=rng.choice([0.0, 600.0]))
+    idx = RunningIndex(ns, cfg.default_time_limit)
+    jid = 0
+    for _ in range(rng.randint(0, 40)):
+        op = rng.random()
+        if op < 0.55 or not idx.jobs:
+            jid += 1
+            r = _job(rng, jid, free, size)
+            if r is not None:
+                idx.add(r)
+        elif op < 0.8:
+            r = idx.jobs[rng.choice(list(idx.jobs))]
+            idx.remove(r.id)
+            for nid in r.more_nodes:
+                free[nid] = size[nid]
+            free[r.node] += r.gpus - sum(size[n] for n in r.more_nodes)
+        else:
+            r = idx.jobs[rng.choice(list(idx.jobs))]
+            idx.replace(
+                r._replace(stop_deadline=NOW + rng.uniform(-10, 30), expected=rng.choice([None, 100.0]))
+            )
+    pending = tuple(
+        PendingJob(
+            1000 + i,
+            rng.choice(USERS),
+            rng.choice([1, 1, 2, 4, 8, 16]),
+            submit_time=NOW - rng.uniform(0, 10 * H),
+            time_limit=rng.choice([None, rng.uniform(60, 10 * H)]),
+            expected=rng.choice([None, rng.uniform(10, H)]),
+            cpus=rng.choice([0.0, 1.0]),
+            preemptible=rng.random() < 0.1,
+        )
+        for i in range(rng.randint(0, 25))
+    )
+    quotas = QuotaBook(researchers={u: {"guaranteed_gpus": rng.randint(0, 6)} for u in USERS})
+    usage = {u: rng.uniform(0, 100 * H) for u in USERS}
+    s = Snapshot(NOW, pending, tuple(idx.jobs.values()), ns, usage, {}, quotas, cfg, running_index=idx)
+    return s, idx
+
+
+def _sums(idx: RunningIndex) -> tuple[object, ...]:
+    return (
+        idx.held, idx.jobs_held, idx.scav, idx.scav_jobs, idx.scav_free, idx.ends, idx.used,
+        idx.asks, idx.stopping, {n: list(js) for n, js in idx.single.items()},
+        {n: list(ps.items()) for n, ps in idx.parts.items()},
+        {n.id: idx.view(n.id) for n in idx.nodes},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_an_index_kept_between_passes_decides_as_one_built_for_the_pass(seed: int) -> None:
+    rng = random.Random(seed)
+    s, idx = _history(rng)
+    fresh = RunningIndex(s.nodes, s.config.default_time_limit, s.running)
+    # The same sums, and the same orders where a pass depends on them.
+    assert _sums(fresh) == _sums(idx)
+    for explain in (True, False):
+        s2 = replace(s, config=replace(s.config, explain=explain))
+        assert schedule(s2) == schedule(replace(s2, running_index=None))
+
+
+def test_an_index_for_other_nodes_or_limits_is_not_used() -> None:
+    ns = nodes(4)
+    idx = RunningIndex(ns, 24 * H, [RunningJob(1, "alice", 4, "n0", NOW - H)])
+    # The snapshot says nothing runs: an index that does not match its nodes or its
+    # default limit is rebuilt from `running`, so the job starts.
+    for other in (
+        RunningIndex(nodes(4, 4), 24 * H, idx.jobs.values()),
+        RunningIndex(ns, H, idx.jobs.values()),
+    ):
+        s = Snapshot(NOW, (PendingJob(2, "bob", 4, NOW),), (), nodes(4), running_index=other)
+        assert [st.job_id for st in schedule(s).starts] == [2]
+    # One that matches is taken as it is (the caller keeps it equal to `running`).
+    s = Snapshot(NOW, (PendingJob(2, "bob", 4, NOW),), (), nodes(4), running_index=idx)
+    assert not schedule(s).starts
+
+
+def test_replace_keeps_where_and_whose() -> None:
+    idx = RunningIndex(nodes(4, 4), 24 * H, [RunningJob(1, "alice", 2, "n0", NOW - H)])
+    with pytest.raises(ValueError, match="remove and add"):
+        idx.replace(RunningJob(1, "alice", 2, "n1", NOW - H))
+    with pytest.raises(ValueError, match="already running"):
+        idx.add(RunningJob(1, "alice", 2, "n0", NOW - H))
+    idx.remove(1)
+    assert not idx.held and not idx.parts and not idx.used and idx.view("n0") is None

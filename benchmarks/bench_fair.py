@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,9 +111,17 @@ def main() -> None:
         action="store_true",
         help="each researcher's own queue shortest expected run first (PolicyConfig.duration_hint)",
     )
+    ap.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        help="seconds a preempted job has to stop (PolicyConfig.grace_period; default 30)",
+    )
     args = ap.parse_args()
     names = list(CASES) if args.cases == "all" else args.cases.split(",")
     base = PolicyConfig(duration_hint=True) if args.shortest_first else None
+    if args.grace is not None:
+        base = replace(base or PolicyConfig(), grace_period=args.grace)
     results = {n: run_case(n, args.policies.split(","), args.limit, not args.no_rho, base) for n in names}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")

@@ -32,9 +32,7 @@ class Pass(Reclaimer):
         ):
             idx = RunningIndex(snap.nodes, self.cfg.default_time_limit, snap.running)
         now = self.now
-        # Each node's state from its running jobs' parts (RunningIndex). A release whose
-        # time has passed (a job past its prediction or limit) stays as it is: earliest()
-        # and conflicts() count it as now.
+        # Each node's state from its running jobs' parts (RunningIndex).
         nodes: dict[str, NodeState] = {}
         running_by_node: dict[str, list[RunningJob]] = {}
         # Nodes where a job (on that node alone) is on its way out: see Reclaimer.stop().
@@ -47,12 +45,19 @@ class Pass(Reclaimer):
                 nodes[nid] = NodeState(n, n.gpus, n.cpus, n.memory, [])
                 continue
             used, ends, first, earliest, cpus, memory = v
+            # Taken off one job at a time, in order, as floats always were (RunningIndex).
+            c, m = n.cpus, n.memory
+            for x in cpus:
+                c -= x
+            for x in memory:
+                m -= x
             nodes[nid] = NodeState(
                 n,
                 n.gpus - used,
-                n.cpus - cpus if cpus else n.cpus,
-                n.memory - memory if memory else n.memory,
-                list(ends),
+                c,
+                m,
+                # A release due already counts as now (only a node with one pays for this).
+                list(ends) if earliest >= now else [(e if e > now else now, g) for e, g in ends],
                 first_predicted=first if first > now else now,
             )
             on = single.get(nid)

@@ -6,8 +6,11 @@ between passes (add at a start, replace at a preemption, remove at a stop): unde
 with hundreds of jobs running and a pass at nearly every event, rebuilding it was a
 quarter of a replay (docs/benchmarks.md). Both give the same numbers: everything is
 kept in the order jobs were added, the order of Snapshot.running, and only integers are
-kept as running sums; what depends on the pass's `now` (ends already passed, the entry
-penalty) is worked out by the pass, in that order (tests/unit/test_policy_running.py).
+kept as running sums. CPUs and memory are floats, so a node's are kept as the jobs'
+amounts in that order, for the pass to take off its node one at a time as it always
+did (a sum taken off once rounds differently: 4.0 - 0.05 - 1.1 is not 4.0 - 1.15).
+What depends on the pass's `now` (ends already passed, the entry penalty) is worked
+out by the pass, in that order (tests/unit/test_policy_running.py).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from scheduler.policy_types import INF, NodeInfo, RunningJob
 # One node's share of a running job: (end, GPUs there, end is a prediction, CPUs, memory).
 Part = tuple[float, int, bool, float, float]
 # What a node's parts add up to (RunningIndex.view()): (GPUs used, (end, GPUs) of each
-# part, the earliest predicted end, the earliest end, CPUs and memory they hold).
-View = tuple[int, tuple[tuple[float, int], ...], float, float, float, float]
+# part, the earliest predicted end, the earliest end, the CPUs and the memory of each
+# part that holds some, in order).
+View = tuple[int, tuple[tuple[float, int], ...], float, float, tuple[float, ...], tuple[float, ...]]
 
 
 class RunningIndex:
@@ -100,14 +104,24 @@ class RunningIndex:
         else:
             self.ends.setdefault(u, {})[job_id] = (end, g)
         rest = g
+        # A job's GPUs on each node: whole nodes in more_nodes, the rest on its main node.
+        # A node named twice (or the main node in more_nodes) is one part holding both.
+        on: dict[str, int] = {}
         for nid in more:
             size = self._size.get(nid)
             if size is not None:
                 rest -= size
-                self._part(nid, job_id, (end, size, predicted, 0.0, 0.0))
-        if nid0 not in self._size:
-            return  # a node that left: its jobs are being reported lost elsewhere
-        self._part(nid0, job_id, (end, rest, predicted, cpus, memory))
+                on[nid] = on.get(nid, 0) + size
+        main = nid0 in self._size  # not: a node that left, its jobs reported lost elsewhere
+        if main:
+            on[nid0] = on.get(nid0, 0) + rest
+        for nid, gpus in on.items():
+            if nid == nid0:
+                self._part(nid, job_id, (end, gpus, predicted, cpus, memory))
+            else:
+                self._part(nid, job_id, (end, gpus, predicted, 0.0, 0.0))
+        if not main:
+            return
         if not more:
             self.single.setdefault(nid0, {})[job_id] = r
             if stop is not None:
@@ -122,11 +136,11 @@ class RunningIndex:
             if parts is None:
                 return None
             vals = parts.values()
-            cpus = memory = 0.0
+            cpus: tuple[float, ...] = ()
+            memory: tuple[float, ...] = ()
             if nid in self.asks:
-                for _, _, _, c, m in vals:
-                    cpus += c
-                    memory += m
+                cpus = tuple(c for _, _, _, c, _ in vals if c)
+                memory = tuple(m for _, _, _, _, m in vals if m)
             ends = tuple((e, g) for e, g, _, _, _ in vals)
             got = self._views[nid] = (
                 self.used[nid],
@@ -165,7 +179,7 @@ class RunningIndex:
             del ends[job_id]
             if not ends:
                 del self.ends[u]
-        for nid in (*more, nid0):
+        for nid in dict.fromkeys((*more, nid0)):  # each node once: _put made one part there
             parts = self.parts.get(nid)
             if parts is None or job_id not in parts:
                 continue

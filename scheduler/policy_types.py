@@ -130,8 +130,9 @@ class Snapshot:
     config: PolicyConfig = PolicyConfig()
     # `running` summed by node and researcher, kept between passes by a caller that sees
     # every start and stop (the simulator); it must hold exactly `running`, in its order.
-    # None: the pass sums them itself (the daemon). A policy_running.RunningIndex, typed
-    # Any because that module builds on this one.
+    # It is live: the caller changes it after the pass, so a Snapshot kept for later must
+    # drop it (replace(snap, running_index=None)). None: the pass sums them itself (the
+    # daemon). A policy_running.RunningIndex, typed Any because that module builds on this.
     running_index: Any = field(default=None, compare=False, repr=False)
 
 

@@ -140,3 +140,46 @@ def test_replace_keeps_where_and_whose() -> None:
         idx.add(RunningJob(1, "alice", 2, "n0", NOW - H))
     idx.remove(1)
     assert not idx.held and not idx.parts and not idx.used and idx.view("n0") is None
+
+
+def test_cpus_are_taken_off_their_node_one_job_at_a_time() -> None:
+    # Floats: 4.0 - 0.05 - 1.1 leaves 2.85, 4.0 - (0.05 + 1.1) leaves a hair less. The pass
+    # always took each job's CPUs off in turn; summing them first refused this job.
+    assert 4.0 - 0.05 - 1.1 >= 2.85 > 4.0 - (0.05 + 1.1)
+    ns = (replace(nodes(4)[0], cpus=4.0),)
+    running = (
+        RunningJob(1, "alice", 1, "n0", NOW - 60, cpus=0.05),
+        RunningJob(2, "bob", 1, "n0", NOW - 60, cpus=1.1),
+    )
+    idx = RunningIndex(ns, 24 * H, running)
+    for index in (None, idx):
+        s = Snapshot(NOW, (PendingJob(3, "carol", 1, NOW - 60, cpus=2.85),), running, ns, running_index=index)
+        assert [st.job_id for st in schedule(s).starts] == [3]
+
+
+def test_odd_multi_node_shapes_count_as_they_always_did() -> None:
+    # A Snapshot is data from the store: a main node also in more_nodes, a node named
+    # twice, more_nodes holding more GPUs than the job. Each is counted as the pass
+    # always counted it (the ETAs below are what the code before RunningIndex gave),
+    # and a kept index stays equal to a fresh one through replace() and remove().
+    ns = nodes(4, 4, 4)
+    dup = RunningJob(1, "alice", 4, "n0", NOW - 60, time_limit=H, more_nodes=("n0",))
+    over = (
+        RunningJob(1, "alice", 2, "n0", NOW - 2 * H, time_limit=H, more_nodes=("n1",)),  # -2 on n0, past due
+        RunningJob(2, "bob", 4, "n0", NOW - 3 * H, time_limit=H),
+        RunningJob(3, "carol", 2, "n0", NOW - 60, time_limit=H),
+    )
+    for running in ((dup,), over):
+        want = PendingJob(4, "dave", 4, NOW - 60, nodes=frozenset({"n0"}))
+        s = Snapshot(NOW, (want,), running, ns)
+        w = schedule(s).waiting[4]
+        assert w.eta is not None and w.eta - NOW == pytest.approx(H - 60)
+        idx = RunningIndex(ns, s.config.default_time_limit)
+        for r in running:
+            idx.add(r)
+        idx.add(RunningJob(7, "erin", 4, "n2", NOW - 60, more_nodes=("n2", "n2")))
+        idx.replace(running[0]._replace(stop_deadline=NOW + 3 * H))
+        idx.replace(running[0])
+        idx.remove(7)
+        assert _sums(idx) == _sums(RunningIndex(ns, s.config.default_time_limit, running))
+        assert schedule(replace(s, running_index=idx)) == schedule(s)

@@ -258,8 +258,14 @@ class Executor(GangHost):
                     if not job["finished"]:
                         job["finished"] = True
                         ids = {"job_id": job["job_id"], "attempt": job["attempt"]}
-                        if error == "cancelled" and job["stop"] is not None:
-                            outcome, reason = job["stop"]["outcome"], job["stop"]["reason"]
+                        stop = job["stop"]
+                        if stop is not None and (error == "cancelled" or not job["started"]):
+                            # Stopped before it reported a start: ray.cancel() interrupts the
+                            # task wherever it is (a KeyboardInterrupt), and what the task
+                            # raises then is not always TaskCancelledError (a TypeError was
+                            # seen in CI when `cancel --now` met a job starting). It was
+                            # asked to stop; that is its end, not a lost node.
+                            outcome, reason = stop["outcome"], stop["reason"]
                         else:
                             outcome = "lost"
                             reason = f"the Ray task ended without a result ({error})"

@@ -8,6 +8,7 @@ see half of one; and the shutdown request the composition acts on.
 from __future__ import annotations
 
 import logging
+import pwd
 import threading
 import time
 from collections.abc import Callable
@@ -76,12 +77,35 @@ class Admin:
         if not clean:
             raise DaemonError("nothing to change: give at least one field")
         with self._lock:
+            known = self._known(user)  # before this change makes them a named researcher
             current = self.quotas.for_user(user)
             old = {k: getattr(current, k) for k in clean}
             self.store.set_quota_override(caller.user, user, old, clean, time.time())
             self.quotas = self.quotas.with_override(user, clean)
         self._wake()
-        return {"user": user, "old": old, "new": clean}
+        out: dict[str, Any] = {"user": user, "old": old, "new": clean}
+        if not known:
+            # Set all the same (a researcher may be set up before their first job, or
+            # have an account only on the machines they log into), but a typo would
+            # otherwise change nobody's quota without a word.
+            out["warning"] = (
+                f"no account, job, token or quotas-file entry for {user!r} here: "
+                "set anyway; check the name"
+            )
+        return out
+
+    def _known(self, user: str) -> bool:
+        """Does anything here know `user`: a Unix account, a named quota (the quotas file
+        or an earlier `quota set`), a job, a token?"""
+        try:
+            pwd.getpwnam(user)
+            return True
+        except KeyError:
+            pass
+        book = self.quotas
+        if user in book.researchers or user in book.members:
+            return True
+        return bool(self.store.jobs(user=user, limit=1, with_spec=False)) or bool(self.store.tokens(user))
 
     # -- nodes ----------------------------------------------------------------------------------
     def set_drained(self, caller: Caller, ref: str, drain: bool) -> dict[str, Any]:

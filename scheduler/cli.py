@@ -465,6 +465,8 @@ def cmd_quota(c: Client, args: argparse.Namespace) -> int:
 
         changes = ", ".join(f"{k}: {shown(k, out['old'].get(k))} -> {shown(k, v)}" for k, v in out["new"].items())
         say(f"{args.user}: {changes}")
+        if out.get("warning"):
+            print(f"labq: warning: {out['warning']}", file=sys.stderr)
         return 0
     out = c.quotas()
     if args.json:

@@ -227,14 +227,16 @@ class QuotasScreen(DataScreen):
     @work(thread=True, exclusive=True, group="save")
     def save(self, user: str, changed: dict[str, Any]) -> None:
         try:
-            self.lapp.backend.set_quota(user, changed)
+            out = self.lapp.backend.set_quota(user, changed)
         except BackendError as e:
             self.later(self.query_one("#formerror", Static).update, str(e))
             return
-        self.later(self.saved, user, changed)
+        self.later(self.saved, user, changed, out.get("warning"))
 
-    def saved(self, user: str, changed: dict[str, Any]) -> None:
+    def saved(self, user: str, changed: dict[str, Any], warning: str | None = None) -> None:
         self.notify(f"{user}: {', '.join(f'{k} = {v}' for k, v in changed.items())}", title="quota saved")
+        if warning:
+            self.notify(warning, title="check the name", severity="warning")
         self.query_one("#formerror", Static).update("saved")
         self.lapp.poll_now()
         self.load_audit()

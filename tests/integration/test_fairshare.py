@@ -92,6 +92,11 @@ def test_quota_changes_are_admin_only_persisted_and_audited(lq: Labq) -> None:
     out = lq.run("quota", "set", "labqtest-alice", "--max-gpus", "3", user=bob, check=False)
     assert out.returncode == 1 and "only admins may change quotas" in out.stderr
     lq.run("quota", "set", "labqtest-alice", "--max-gpus", "3", "--shares", "2")
+    # A name nothing here knows (a typo) is set all the same, with a warning; a Unix
+    # account is known.
+    out = lq.run("quota", "set", "labqtest-alcie", "--shares", "2")
+    assert "warning: no account, job, token or quotas-file entry for 'labqtest-alcie'" in out.stderr
+    assert "warning" not in lq.run("quota", "set", "labqtest-bob", "--shares", "1").stderr
     out = lq.run("quota", "set", "labqtest-alice", "--shares", "-1", check=False)
     assert out.returncode == 1 and "shares must be > 0" in out.stderr
     q = {r["user"]: r for r in lq.json("quota", "show")["quotas"]}

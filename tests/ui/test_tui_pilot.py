@@ -323,6 +323,29 @@ def test_admin_edits_a_quota() -> None:
     assert fake.quota_changes[1][1]["max_gpus_per_type"] == {"h100": 2} and len(fake.quota_changes) == 2
 
 
+def test_a_quota_saved_for_a_name_nobody_knows_shows_the_daemons_warning() -> None:
+    class Warns(FakeBackend):
+        def set_quota(self, user: str, fields: dict[str, Any]) -> dict[str, Any]:
+            return {**super().set_quota(user, fields), "warning": f"no account ... for {user!r} here"}
+
+    fake = Warns()
+    seen: list[str] = []
+
+    async def body(app: LabqApp, pilot: Pilot[None]) -> None:
+        await pilot.press("4")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, QuotasScreen)
+        screen.query_one("#q-max_gpus", Input).value = "5"
+        await pilot.press("ctrl+s")
+        await settle(pilot)
+        seen.extend(n.message for n in app._notifications)
+
+    run(fake, body)
+    assert fake.quota_changes == [("ana", {"max_gpus": 5})]
+    assert "no account ... for 'ana' here" in seen, seen
+
+
 def test_non_admin_sees_quotas_read_only() -> None:
     fake = FakeBackend(admin=False)
 

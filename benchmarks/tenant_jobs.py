@@ -38,16 +38,17 @@ def main() -> None:
     s = sim.Simulation(jobs, sim.make_nodes(nodes, 8), args.policy, quotas, cfg, shares, cfg.grace_period)
     total_shares = sum(shares.get(t, 0.0) for t in {j.tenant for j in jobs}) or 1.0
     print(
-        f"{args.tenant}: share {shares.get(args.tenant, 0.0):g} of {total_shares:g} = "
-        f"{total * shares.get(args.tenant, 0.0) / total_shares:.1f} of {total} GPUs; {len(mine)} jobs"
+        f"{args.tenant}: share {shares.get(args.tenant, 0.0):g} of {total_shares:g} "
+        f"({total * shares.get(args.tenant, 0.0) / total_shares:.1f} of {total} GPUs), guaranteed "
+        f"{quotas.for_user(args.tenant).guaranteed_gpus} GPUs; {len(mine)} jobs"
     )
-    seen: dict[int, float] = {}
+    seen: dict[int, int] = {}
     enqueue = s._enqueue
 
     def spy(j: SimJob) -> None:
         # The moment it arrives: the largest block free on one node (before this pass).
         if j.id in mine and j.id not in seen:
-            seen[j.id] = max((s.cluster.free.get(n.id, 0) for n in s.nodes), default=0)
+            seen[j.id] = s.cluster.largest_free()
         enqueue(j)
 
     s._enqueue = spy  # type: ignore[method-assign]

@@ -186,7 +186,7 @@ class Pass(Reclaimer):
         for end, g in node.release_order():
             free += g
             if free >= gpus:
-                return end if end > self.now else self.now
+                return end
         return INF
 
     def reserve(self, j: PendingJob) -> Reservation | None:

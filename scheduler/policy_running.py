@@ -27,6 +27,22 @@ Part = tuple[float, int, bool, float, float]
 View = tuple[int, tuple[tuple[float, int], ...], float, float, tuple[float, ...], tuple[float, ...]]
 
 
+def running_end(r: RunningJob, default_limit: float) -> tuple[float, bool]:
+    """(when `r`'s GPUs are expected back, not clamped to any now; whether that is a
+    prediction): its limit, or its learned runtime when sooner, or its stop deadline.
+    The one place this is worked out (PassCore._end clamps it to the pass's now)."""
+    _, _, _, _, start, limit, stop, *_, expected, _ = r
+    end = start + (default_limit if limit is None else limit)
+    predicted = False
+    if expected is not None and start + expected < end:
+        end = start + expected
+        predicted = True
+    if stop is not None and stop < end:
+        end = stop
+        predicted = False
+    return end, predicted
+
+
 class RunningIndex:
     """Running jobs by node and by researcher; owned by whoever builds the Snapshots."""
 
@@ -54,20 +70,6 @@ class RunningIndex:
         for r in running:
             self.add(r)
 
-    def end(self, r: RunningJob) -> tuple[float, bool]:
-        """(when `r`'s GPUs are expected back, before clamping to now; whether that is a
-        prediction): its limit, or its learned runtime when sooner, or its stop deadline."""
-        _, _, _, _, start, limit, stop, *_, expected, _ = r
-        end = start + (self.default_limit if limit is None else limit)
-        predicted = False
-        if expected is not None and start + expected < end:
-            end = start + expected
-            predicted = True
-        if stop is not None and stop < end:
-            end = stop
-            predicted = False
-        return end, predicted
-
     def add(self, r: RunningJob) -> None:
         """A job started."""
         if r.id in self.jobs:
@@ -92,7 +94,7 @@ class RunningIndex:
     def _put(self, r: RunningJob) -> None:
         job_id, u, g, nid0, _, _, stop, cpus, memory, more, _, preemptible = r
         self.jobs[job_id] = r
-        end, predicted = self.end(r)
+        end, predicted = running_end(r, self.default_limit)
         # A researcher is in held (and jobs_held) while they run a job, even one of no GPUs.
         self.held[u] = self.held.get(u, 0) + g
         self.jobs_held[u] = self.jobs_held.get(u, 0) + 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from scheduler.policy_running import running_end
 from scheduler.policy_types import INF, NodeInfo, PendingJob, PolicyConfig, RunningJob, Snapshot
 from scheduler.quota import Quota
 
@@ -82,12 +83,8 @@ class PassCore:
         return lim if e is None or e >= lim else e
 
     def _end(self, r: RunningJob) -> float:
-        end = r.start_time + self._limit(r.time_limit)
-        if r.expected is not None and r.start_time + r.expected < end:
-            end = r.start_time + r.expected
-        if r.stop_deadline is not None:
-            end = min(end, r.stop_deadline)
-        return max(end, self.now)
+        end = running_end(r, self.cfg.default_time_limit)[0]
+        return end if end > self.now else self.now
 
     def _remaining(self, r: RunningJob) -> float:
         return max(0.0, self._end(r) - self.now)
@@ -123,8 +120,7 @@ class PassCore:
                 continue
             # Would the reserved job still find its GPUs at its reserved time? (What is
             # going now does not come back a second time at its own end.)
-            # (A release already due counts as now: none before now, all after it.)
-            later = sum(g for e, g in node.releases if e <= res.at) if res.at >= self.now else 0
+            later = sum(g for e, g in node.releases if e <= res.at)
             if going:
                 later -= sum(r.gpus for r in going if self._end(r) <= res.at)
             if node.free + back - need + later < wanted:

@@ -5,6 +5,7 @@ in its base (policy_state.PassCore)."""
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Collection
 from operator import attrgetter
@@ -15,7 +16,6 @@ from scheduler.policy_state import NodeState, Reservation
 from scheduler.policy_types import INF, PendingJob, Preempt, RunningJob, Snapshot, Start, Waiting
 from scheduler.quota import Quota
 
-_node_id = attrgetter("id")
 _node_gpus = attrgetter("gpus")
 
 
@@ -34,36 +34,21 @@ class Pass(Reclaimer):
         now = self.now
         # Each node's state from its running jobs' parts (RunningIndex).
         nodes: dict[str, NodeState] = {}
-        running_by_node: dict[str, list[RunningJob]] = {}
+        running_by_node: dict[str, tuple[RunningJob, ...]] = {}
         # Nodes where a job (on that node alone) is on its way out: see Reclaimer.stop().
         stop_nodes: set[str] = set()
-        view, single, stopping = idx.view, idx.single, idx.stopping
-        for n in sorted(snap.nodes, key=_node_id):
+        kept, node_parts = idx.states, idx.node_parts
+        for n in idx.by_id:
             nid = n.id
-            v = view(nid)
+            v = kept.get(nid) or node_parts(n)  # (a call per node was a tenth of this loop)
             if v is None:
-                nodes[nid] = NodeState(n, n.gpus, n.cpus, n.memory, [])
+                nodes[nid] = NodeState(n, n.gpus, n.cpus, n.memory, ())
                 continue
-            used, ends, first, earliest, cpus, memory = v
-            # Taken off one job at a time, in order, as floats always were (RunningIndex).
-            c, m = n.cpus, n.memory
-            for x in cpus:
-                c -= x
-            for x in memory:
-                m -= x
-            nodes[nid] = NodeState(
-                n,
-                n.gpus - used,
-                c,
-                m,
-                # A release due already counts as now (only a node with one pays for this).
-                list(ends) if earliest >= now else [(e if e > now else now, g) for e, g in ends],
-                first_predicted=first if first > now else now,
-            )
-            on = single.get(nid)
-            if on is not None:
-                running_by_node[nid] = list(on.values())
-                if nid in stopping:
+            free, c, m, ends, first, on, stop = v
+            nodes[nid] = NodeState(n, free, c, m, ends, first_predicted=first if first > now else now)
+            if on:
+                running_by_node[nid] = on
+                if stop:
                     stop_nodes.add(nid)
         self.nodes = nodes
         # The entry penalty: what each researcher's running jobs will still use, by their
@@ -166,7 +151,7 @@ class Pass(Reclaimer):
         node.cpus -= j.cpus
         node.memory -= j.memory
         end = self.now + self._dur(j)
-        node.releases.append((end, need))
+        node.releases = (*node.releases, (end, need))
         if (
             j.expected is not None
             and end < node.first_predicted
@@ -183,7 +168,16 @@ class Pass(Reclaimer):
         free = node.free
         if free >= gpus:
             return self.now
-        for end, g in node.release_order():
+        order = node.sorted_releases
+        if order is None:
+            order = node.sorted_releases = sorted(node.releases)
+            now = self.now
+            if order and order[0][0] < now:
+                # Ends already past are now, so among them the order is by GPUs (a part
+                # can be negative: a job whose more_nodes hold more than it has).
+                k = bisect_right(order, (now, INF))
+                order[:k] = [(now, g) for g in sorted([g for _, g in order[:k]])]
+        for end, g in order:
             free += g
             if free >= gpus:
                 return end

@@ -3,8 +3,9 @@ and the scavengers, placed after everyone else."""
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import Counter
+from collections.abc import Iterable
 from operator import attrgetter
 from typing import Any
 
@@ -20,11 +21,71 @@ _priority = attrgetter("priority")
 _requeued = attrgetter("requeued")
 
 
+def _own_key(j: PendingJob) -> tuple[bool, int, float, int]:
+    # Ascending, so the next job is last: requeued first, then priority, then oldest.
+    return (j.requeued, j.priority, -j.submit_time, -j.id)
+
+
+class PendingIndex:
+    """Each researcher's waiting jobs kept in the order queues() gives them (next job
+    last), and the scavengers apart, for a caller that sees every arrival and start:
+    the simulator. Under load its queue holds hundreds to thousands of jobs and it passes
+    at nearly every event; grouping and sorting them again each pass was a seventh of a
+    replay. The daemon's pass builds the queues from its Snapshot as before. Owned by
+    whoever builds the Snapshots; it must hold exactly Snapshot.pending."""
+
+    def __init__(self, pending: Iterable[PendingJob] = ()) -> None:
+        self.queues: dict[str, list[PendingJob]] = {}
+        self._keys: dict[str, list[tuple[bool, int, float, int]]] = {}
+        # Preemptible jobs, in the order they came (Snapshot.pending's order).
+        self.scavengers: dict[int, PendingJob] = {}
+        self.size = 0
+        for j in pending:
+            self.add(j)
+
+    def add(self, j: PendingJob) -> None:
+        self.size += 1
+        if j.preemptible:
+            self.scavengers[j.id] = j
+            return
+        keys = self._keys.get(j.user)
+        if keys is None:
+            keys = self._keys[j.user] = []
+            self.queues[j.user] = []
+        k = _own_key(j)
+        i = bisect_left(keys, k)
+        keys.insert(i, k)
+        self.queues[j.user].insert(i, j)
+
+    def remove(self, j: PendingJob) -> None:
+        self.size -= 1
+        if j.preemptible:
+            del self.scavengers[j.id]
+            return
+        keys = self._keys[j.user]
+        i = bisect_left(keys, _own_key(j))
+        if i == len(keys) or self.queues[j.user][i].id != j.id:
+            raise KeyError(j.id)
+        del keys[i]
+        del self.queues[j.user][i]
+
+
 def queues(snap: Snapshot) -> tuple[dict[str, list[PendingJob]], list[tuple[PendingJob, list[Reason]]], Counter[str]]:
     """(each researcher's waiting jobs, their next job last; the scavengers, with the
     reasons they would otherwise wait for (filled in by the pass); waiting jobs per
     researcher)."""
     cfg = snap.config
+    idx: PendingIndex | None = snap.pending_index
+    if idx is not None and not cfg.duration_hint and idx.size == len(snap.pending):
+        # Kept by the caller (the simulator) in this very order; copied, as the pass
+        # pops from them. (Which researcher comes first in the dict does not matter:
+        # every use of it is keyed or sorted.)
+        kept = {u: q[:] for u, q in idx.queues.items() if q}
+        kept_scav: list[tuple[PendingJob, list[Reason]]] = [(j, []) for j in idx.scavengers.values()]
+        counts = Counter({u: len(q) for u, q in kept.items()})
+        for j, _ in kept_scav:
+            counts[j.user] += 1
+        return kept, kept_scav, counts
     by_user: dict[str, list[PendingJob]] = {}
     # Scavengers (scavenge()): --preemptible jobs, and jobs over their owner's budget
     # when the quota says `scavenge`, with the reasons they would otherwise wait for.

@@ -17,7 +17,7 @@ _READY_FIRST = True
 
 class Reclaimer(PassCore):
     # Owned by Pass (policy_pass.py), which sets all of them up.
-    running_by_node: dict[str, list[RunningJob]]
+    running_by_node: dict[str, tuple[RunningJob, ...]]
     held: Counter[str]
     scav: dict[str, int]
     scav_free: int
@@ -121,7 +121,7 @@ class Reclaimer(PassCore):
         nid = node.info.id
         going = [
             r
-            for r in self.running_by_node.get(nid, [])
+            for r in self.running_by_node.get(nid, ())
             if r.stop_deadline is not None or r.id in self.stopping_for or r in victims
         ]
         if node.cpus + sum(r.cpus for r in going) < j.cpus or node.memory + sum(r.memory for r in going) < j.memory:

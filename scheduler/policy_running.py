@@ -25,6 +25,10 @@ Part = tuple[float, int, bool, float, float]
 # part, the earliest predicted end, the earliest end, the CPUs and the memory of each
 # part that holds some, in order).
 View = tuple[int, tuple[tuple[float, int], ...], float, float, tuple[float, ...], tuple[float, ...]]
+# A node as a pass starts from it (RunningIndex.node_parts()): (GPUs free, CPUs free,
+# memory free, (end, GPUs) of each part, the earliest predicted end, the jobs on that node
+# alone, whether one of those was asked to stop).
+NodeParts = tuple[int, float, float, tuple[tuple[float, int], ...], float, tuple[RunningJob, ...], bool]
 
 
 def running_end(r: RunningJob, default_limit: float) -> tuple[float, bool]:
@@ -59,6 +63,8 @@ class RunningIndex:
         # node -> view() of it, until a part there changes: most nodes do not change
         # between two passes, and a pass per event on a pool of many nodes adds up.
         self._views: dict[str, View] = {}
+        self.states: dict[str, NodeParts] = {}  # node -> node_parts() of it, the same way
+        self.by_id = tuple(sorted(nodes, key=lambda n: n.id))  # a pass's order of nodes
         self.single: dict[str, dict[int, RunningJob]] = {}  # node -> jobs on that node alone
         self.stopping: dict[str, int] = {}  # node -> jobs on it alone that were asked to stop
         self.held: dict[str, int] = {}
@@ -131,7 +137,7 @@ class RunningIndex:
 
     def view(self, nid: str) -> View | None:
         """The node's parts summed (View), None if nothing runs there. Ends are not
-        clamped to a pass's now: the pass does that where the earliest end has passed."""
+        clamped to a pass's now: its earliest() and conflicts() count an end past as now."""
         got = self._views.get(nid)
         if got is None:
             parts = self.parts.get(nid)
@@ -154,8 +160,30 @@ class RunningIndex:
             )
         return got
 
+    def node_parts(self, n: NodeInfo) -> NodeParts | None:
+        """What a pass starts from on node `n` (NodeParts), None if nothing runs there;
+        kept until a part there changes. CPUs and memory are taken off the node's one
+        job at a time, in order, as floats always were."""
+        got = self.states.get(n.id)
+        if got is None:
+            v = self.view(n.id)
+            if v is None:
+                return None
+            used, ends, first, _, cpus, memory = v
+            c, m = n.cpus, n.memory
+            for x in cpus:
+                c -= x
+            for x in memory:
+                m -= x
+            on = self.single.get(n.id)
+            got = self.states[n.id] = (
+                n.gpus - used, c, m, ends, first, () if on is None else tuple(on.values()), n.id in self.stopping
+            )
+        return got
+
     def _part(self, nid: str, job_id: int, part: Part) -> None:
         self._views.pop(nid, None)
+        self.states.pop(nid, None)
         self.parts.setdefault(nid, {})[job_id] = part
         self.used[nid] = self.used.get(nid, 0) + part[1]
         if part[3] or part[4]:
@@ -186,6 +214,7 @@ class RunningIndex:
             if parts is None or job_id not in parts:
                 continue
             self._views.pop(nid, None)
+            self.states.pop(nid, None)
             _, gpus, _, cpus, memory = parts[job_id]
             self.used[nid] -= gpus
             if cpus or memory:

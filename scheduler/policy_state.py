@@ -17,17 +17,15 @@ class NodeState:
     free: int
     cpus: float
     memory: float
-    # (end time, gpus) of what runs here now, including jobs started in this pass.
-    releases: list[tuple[float, int]]
-    sorted_releases: list[tuple[float, int]] | None = None
+    # (end time, gpus) of what runs here now, including jobs started in this pass (a
+    # start makes a new tuple: most nodes start nothing in a pass, and this one is the
+    # RunningIndex's own, shared by every pass until a job here starts or ends). Not
+    # clamped: an end already past stands for the pass's now (earliest(), conflicts()).
+    releases: tuple[tuple[float, int], ...]
+    sorted_releases: list[tuple[float, int]] | None = None  # by PassCore.earliest(), ends past as now
     # The earliest release here that rests on a learned runtime, not a limit: an ETA at
     # or after it is a prediction ("predicted" in the views).
     first_predicted: float = INF
-
-    def release_order(self) -> list[tuple[float, int]]:
-        if self.sorted_releases is None:
-            self.sorted_releases = sorted(self.releases)
-        return self.sorted_releases
 
 
 @dataclass
@@ -120,7 +118,9 @@ class PassCore:
                 continue
             # Would the reserved job still find its GPUs at its reserved time? (What is
             # going now does not come back a second time at its own end.)
-            later = sum(g for e, g in node.releases if e <= res.at)
+            # An end already past counts as now: before a reservation made for earlier
+            # than now (a stop deadline passed), none; after, all of them.
+            later = sum(g for e, g in node.releases if e <= res.at) if res.at >= self.now else 0
             if going:
                 later -= sum(r.gpus for r in going if self._end(r) <= res.at)
             if node.free + back - need + later < wanted:

@@ -134,6 +134,10 @@ class Snapshot:
     # drop it (replace(snap, running_index=None)). None: the pass sums them itself (the
     # daemon). A policy_running.RunningIndex, typed Any because that module builds on this.
     running_index: Any = field(default=None, compare=False, repr=False)
+    # `pending` by researcher in their own order, kept the same way (the simulator): a
+    # policy_queue.PendingIndex holding exactly `pending`. Not used with duration_hint
+    # (that order moves with the clock). None: the pass groups and sorts them itself.
+    pending_index: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

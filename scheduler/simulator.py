@@ -24,6 +24,7 @@ from typing import Any
 
 from scheduler.gputypes import matching
 from scheduler.policy import NodeInfo, PendingJob, PolicyConfig, RunningJob, Snapshot, placement, schedule
+from scheduler.policy_queue import PendingIndex
 from scheduler.policy_running import RunningIndex
 from scheduler.predict import RuntimeHistory
 from scheduler.quota import QuotaBook, quota_book_from_dict
@@ -376,6 +377,7 @@ class Simulation:
         # redone by every pass (policy_running.py; the same sums either way).
         self._nodes = tuple(self.nodes)
         self._index = RunningIndex(self._nodes, self.config.default_time_limit)
+        self._queues = PendingIndex()  # _pending_objs by tenant, in each one's order
         self.events: list[tuple[float, int, int, int]] = []  # (time, kind, seq, job id)
         self._seq = 0
         self.busy_gpu_s = 0.0
@@ -431,6 +433,7 @@ class Simulation:
             quotas=self.quotas,
             config=self.config,
             running_index=self._index,
+            pending_index=self._queues,
         )
 
     # -- events ------------------------------------------------------------------------------------------
@@ -466,11 +469,12 @@ class Simulation:
         if self.order_key is not None:
             bisect.insort(self.queue, (self.order_key(self, j), j.id))
         expected = self._expected(j)
-        self._pending_objs[j.id] = PendingJob(
+        self._pending_objs[j.id] = obj = PendingJob(
             id=j.id, user=j.trace.tenant, gpus=j.trace.gpus, submit_time=j.trace.submit, requeued=j.requeued,
             expected=expected, preemptible=j.trace.tenant in self.scavengers,
             nodes=self.only.get(j.trace.gpu_type), where=f"{j.trace.gpu_type} GPUs only" if j.trace.gpu_type else "",
         )  # fmt: skip
+        self._queues.add(obj)
 
     def _expected(self, j: SimJob) -> float | None:
         """A confident prediction of what is left of the job's run (PendingJob.expected)."""
@@ -497,6 +501,8 @@ class Simulation:
             assert self.queue[i] == entry
             del self.queue[i]
         obj = self._pending_objs.pop(j.id, None)
+        if obj is not None:
+            self._queues.remove(obj)
         self.cluster.take(placement)
         j.start, j.placement, j.stop_at = now, placement, None
         if j.first_start is None:

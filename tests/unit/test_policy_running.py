@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from scheduler.policy import PendingJob, PolicyConfig, RunningJob, Snapshot, schedule
+from scheduler.policy_queue import PendingIndex, queues
 from scheduler.policy_running import RunningIndex
 from scheduler.quota import QuotaBook
 from tests.unit.test_policy import NOW, H, nodes
@@ -212,3 +213,35 @@ def test_what_a_pass_starts_from_on_each_node_follows_every_start_stop_and_stop_
             idx.replace(r._replace(stop_deadline=NOW + rng.uniform(-10, 30)))
         fresh = RunningIndex(ns, 24 * H, idx.jobs.values())
         assert [idx.node_parts(n) for n in ns] == [fresh.node_parts(n) for n in ns]
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_waiting_jobs_kept_by_researcher_give_the_queues_a_pass_would_sort(seed: int) -> None:
+    # PendingIndex (the simulator's) through random arrivals and starts, requeued jobs,
+    # priorities, scavengers: the same queues, in the same order, and the same Decision.
+    rng = random.Random(seed)
+    s, _ = _history(rng)
+    kept = PendingIndex()
+    waiting: dict[int, PendingJob] = {}
+    for jid in range(2000, 2000 + rng.randint(0, 60)):
+        if waiting and rng.random() < 0.3:
+            kept.remove(waiting.pop(rng.choice(list(waiting))))
+            continue
+        j = PendingJob(
+            jid,
+            rng.choice(USERS),
+            rng.choice([1, 2, 4, 8]),
+            submit_time=NOW - rng.choice([0.0, 60.0, rng.uniform(0, 10 * H)]),  # some submitted together
+            priority=rng.choice([0, 0, 0, 5, -1]),
+            requeued=rng.random() < 0.2,
+            preemptible=rng.random() < 0.1,
+        )
+        waiting[jid] = j
+        kept.add(j)
+    for explain in (True, False):
+        plain = replace(s, pending=tuple(waiting.values()), config=replace(s.config, explain=explain))
+        with_kept = replace(plain, pending_index=kept)
+        assert queues(with_kept) == queues(plain)
+        assert schedule(with_kept) == schedule(plain)
+    with pytest.raises(KeyError):
+        kept.remove(PendingJob(1, "alice", 1, NOW))

@@ -377,7 +377,9 @@ class Simulation:
         # redone by every pass (policy_running.py; the same sums either way).
         self._nodes = tuple(self.nodes)
         self._index = RunningIndex(self._nodes, self.config.default_time_limit)
-        self._queues = PendingIndex()  # _pending_objs by tenant, in each one's order
+        # _pending_objs by tenant, in each one's order: for schedule() (fairshare) only; a
+        # FIFO replay's queue of tens of thousands would pay for inserts it never uses.
+        self._queues: PendingIndex | None = PendingIndex() if self.decide is fairshare else None
         self.events: list[tuple[float, int, int, int]] = []  # (time, kind, seq, job id)
         self._seq = 0
         self.busy_gpu_s = 0.0
@@ -474,7 +476,8 @@ class Simulation:
             expected=expected, preemptible=j.trace.tenant in self.scavengers,
             nodes=self.only.get(j.trace.gpu_type), where=f"{j.trace.gpu_type} GPUs only" if j.trace.gpu_type else "",
         )  # fmt: skip
-        self._queues.add(obj)
+        if self._queues is not None:
+            self._queues.add(obj)
 
     def _expected(self, j: SimJob) -> float | None:
         """A confident prediction of what is left of the job's run (PendingJob.expected)."""
@@ -501,7 +504,7 @@ class Simulation:
             assert self.queue[i] == entry
             del self.queue[i]
         obj = self._pending_objs.pop(j.id, None)
-        if obj is not None:
+        if obj is not None and self._queues is not None:
             self._queues.remove(obj)
         self.cluster.take(placement)
         j.start, j.placement, j.stop_at = now, placement, None

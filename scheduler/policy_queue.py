@@ -3,7 +3,7 @@ and the scavengers, placed after everyone else."""
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, bisect_right, insort
 from collections import Counter
 from collections.abc import Iterable
 from operator import attrgetter
@@ -36,7 +36,6 @@ class PendingIndex:
 
     def __init__(self, pending: Iterable[PendingJob] = ()) -> None:
         self.queues: dict[str, list[PendingJob]] = {}
-        self._keys: dict[str, list[tuple[bool, int, float, int]]] = {}
         # Preemptible jobs, in the order they came (Snapshot.pending's order).
         self.scavengers: dict[int, PendingJob] = {}
         self.size = 0
@@ -47,27 +46,19 @@ class PendingIndex:
         self.size += 1
         if j.preemptible:
             self.scavengers[j.id] = j
-            return
-        keys = self._keys.get(j.user)
-        if keys is None:
-            keys = self._keys[j.user] = []
-            self.queues[j.user] = []
-        k = _own_key(j)
-        i = bisect_left(keys, k)
-        keys.insert(i, k)
-        self.queues[j.user].insert(i, j)
+        else:
+            insort(self.queues.setdefault(j.user, []), j, key=_own_key)
 
     def remove(self, j: PendingJob) -> None:
-        self.size -= 1
         if j.preemptible:
             del self.scavengers[j.id]
-            return
-        keys = self._keys[j.user]
-        i = bisect_left(keys, _own_key(j))
-        if i == len(keys) or self.queues[j.user][i].id != j.id:
-            raise KeyError(j.id)
-        del keys[i]
-        del self.queues[j.user][i]
+        else:
+            q = self.queues.get(j.user, [])
+            i = bisect_left(q, _own_key(j), key=_own_key)
+            if i == len(q) or q[i].id != j.id:
+                raise KeyError(j.id)
+            del q[i]
+        self.size -= 1
 
 
 def queues(snap: Snapshot) -> tuple[dict[str, list[PendingJob]], list[tuple[PendingJob, list[Reason]]], Counter[str]]:

@@ -21,13 +21,9 @@ from scheduler.policy_types import INF, NodeInfo, RunningJob
 
 # One node's share of a running job: (end, GPUs there, end is a prediction, CPUs, memory).
 Part = tuple[float, int, bool, float, float]
-# What a node's parts add up to (RunningIndex.view()): (GPUs used, (end, GPUs) of each
-# part, the earliest predicted end, the earliest end, the CPUs and the memory of each
-# part that holds some, in order).
-View = tuple[int, tuple[tuple[float, int], ...], float, float, tuple[float, ...], tuple[float, ...]]
 # A node as a pass starts from it (RunningIndex.node_parts()): (GPUs free, CPUs free,
-# memory free, (end, GPUs) of each part, the earliest predicted end, the jobs on that node
-# alone, whether one of those was asked to stop).
+# memory free, (end, GPUs) of each part in order, the earliest predicted end, the jobs
+# on that node alone, whether one of those was asked to stop).
 NodeParts = tuple[int, float, float, tuple[tuple[float, int], ...], float, tuple[RunningJob, ...], bool]
 
 
@@ -59,11 +55,9 @@ class RunningIndex:
         self.jobs: dict[int, RunningJob] = {}
         self.parts: dict[str, dict[int, Part]] = {}  # node -> job id -> its part there
         self.used: dict[str, int] = {}  # node -> GPUs its parts hold
-        self.asks: dict[str, int] = {}  # node -> parts there that hold CPUs or memory
-        # node -> view() of it, until a part there changes: most nodes do not change
+        # node -> node_parts() of it, until a part there changes: most nodes do not change
         # between two passes, and a pass per event on a pool of many nodes adds up.
-        self._views: dict[str, View] = {}
-        self.states: dict[str, NodeParts] = {}  # node -> node_parts() of it, the same way
+        self.states: dict[str, NodeParts] = {}
         self.by_id = tuple(sorted(nodes, key=lambda n: n.id))  # a pass's order of nodes
         self.single: dict[str, dict[int, RunningJob]] = {}  # node -> jobs on that node alone
         self.stopping: dict[str, int] = {}  # node -> jobs on it alone that were asked to stop
@@ -135,59 +129,37 @@ class RunningIndex:
             if stop is not None:
                 self.stopping[nid0] = self.stopping.get(nid0, 0) + 1
 
-    def view(self, nid: str) -> View | None:
-        """The node's parts summed (View), None if nothing runs there. Ends are not
-        clamped to a pass's now: its earliest() and conflicts() count an end past as now."""
-        got = self._views.get(nid)
-        if got is None:
-            parts = self.parts.get(nid)
-            if parts is None:
-                return None
-            vals = parts.values()
-            cpus: tuple[float, ...] = ()
-            memory: tuple[float, ...] = ()
-            if nid in self.asks:
-                cpus = tuple(c for _, _, _, c, _ in vals if c)
-                memory = tuple(m for _, _, _, _, m in vals if m)
-            ends = tuple((e, g) for e, g, _, _, _ in vals)
-            got = self._views[nid] = (
-                self.used[nid],
-                ends,
-                min([e for e, _, pr, _, _ in vals if pr], default=INF),
-                min(e for e, _ in ends),
-                cpus,
-                memory,
-            )
-        return got
-
     def node_parts(self, n: NodeInfo) -> NodeParts | None:
         """What a pass starts from on node `n` (NodeParts), None if nothing runs there;
-        kept until a part there changes. CPUs and memory are taken off the node's one
-        job at a time, in order, as floats always were."""
+        kept until a part there changes. CPUs and memory are taken off the node one job
+        at a time, in order, as floats always were. Ends are not clamped to a pass's now:
+        its earliest() and conflicts() count an end past as now."""
         got = self.states.get(n.id)
         if got is None:
-            v = self.view(n.id)
-            if v is None:
+            parts = self.parts.get(n.id)
+            if parts is None:
                 return None
-            used, ends, first, _, cpus, memory = v
-            c, m = n.cpus, n.memory
-            for x in cpus:
-                c -= x
-            for x in memory:
-                m -= x
+            ends: list[tuple[float, int]] = []
+            first, c, m = INF, n.cpus, n.memory
+            for e, g, predicted, cpus, memory in parts.values():
+                ends.append((e, g))
+                if predicted and e < first:
+                    first = e
+                if cpus:
+                    c -= cpus
+                if memory:
+                    m -= memory
             on = self.single.get(n.id)
             got = self.states[n.id] = (
-                n.gpus - used, c, m, ends, first, () if on is None else tuple(on.values()), n.id in self.stopping
-            )
+                n.gpus - self.used[n.id], c, m, tuple(ends), first,
+                () if on is None else tuple(on.values()), n.id in self.stopping,
+            )  # fmt: skip
         return got
 
     def _part(self, nid: str, job_id: int, part: Part) -> None:
-        self._views.pop(nid, None)
         self.states.pop(nid, None)
         self.parts.setdefault(nid, {})[job_id] = part
         self.used[nid] = self.used.get(nid, 0) + part[1]
-        if part[3] or part[4]:
-            self.asks[nid] = self.asks.get(nid, 0) + 1
 
     def _take(self, r: RunningJob, keep_order: bool) -> None:
         """Undo _put(r)'s sums. With keep_order (replace()) the job's entries stay, for
@@ -213,14 +185,8 @@ class RunningIndex:
             parts = self.parts.get(nid)
             if parts is None or job_id not in parts:
                 continue
-            self._views.pop(nid, None)
             self.states.pop(nid, None)
-            _, gpus, _, cpus, memory = parts[job_id]
-            self.used[nid] -= gpus
-            if cpus or memory:
-                self.asks[nid] -= 1
-                if not self.asks[nid]:
-                    del self.asks[nid]
+            self.used[nid] -= parts[job_id][1]
             if not keep_order:
                 del parts[job_id]
                 if not parts:

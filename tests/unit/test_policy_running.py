@@ -51,6 +51,26 @@ def _job(rng: random.Random, jid: int, free: dict[str, int], size: dict[str, int
     )
 
 
+def _step(rng: random.Random, idx: RunningIndex, jid: int, free: dict[str, int], size: dict[str, int]) -> int:
+    """One random change to `idx`: a start, a stop or a stop request; the last job id used."""
+    op = rng.random()
+    if op < 0.55 or not idx.jobs:
+        jid += 1
+        r = _job(rng, jid, free, size)
+        if r is not None:
+            idx.add(r)
+    elif op < 0.8:
+        r = idx.jobs[rng.choice(list(idx.jobs))]
+        idx.remove(r.id)
+        for nid in r.more_nodes:
+            free[nid] = size[nid]
+        free[r.node] += r.gpus - sum(size[n] for n in r.more_nodes)
+    else:
+        r = idx.jobs[rng.choice(list(idx.jobs))]
+        idx.replace(r._replace(stop_deadline=NOW + rng.uniform(-10, 30), expected=rng.choice([None, 100.0])))
+    return jid
+
+
 def _history(rng: random.Random) -> tuple[Snapshot, RunningIndex]:
     """An index after random starts, stops and stop requests, and the Snapshot it stands for."""
     ns = nodes(*rng.choices([8, 8, 4, 2], k=rng.randint(1, 6)))
@@ -60,23 +80,7 @@ def _history(rng: random.Random) -> tuple[Snapshot, RunningIndex]:
     idx = RunningIndex(ns, cfg.default_time_limit)
     jid = 0
     for _ in range(rng.randint(0, 40)):
-        op = rng.random()
-        if op < 0.55 or not idx.jobs:
-            jid += 1
-            r = _job(rng, jid, free, size)
-            if r is not None:
-                idx.add(r)
-        elif op < 0.8:
-            r = idx.jobs[rng.choice(list(idx.jobs))]
-            idx.remove(r.id)
-            for nid in r.more_nodes:
-                free[nid] = size[nid]
-            free[r.node] += r.gpus - sum(size[n] for n in r.more_nodes)
-        else:
-            r = idx.jobs[rng.choice(list(idx.jobs))]
-            idx.replace(
-                r._replace(stop_deadline=NOW + rng.uniform(-10, 30), expected=rng.choice([None, 100.0]))
-            )
+        jid = _step(rng, idx, jid, free, size)
     pending = tuple(
         PendingJob(
             1000 + i,
@@ -99,9 +103,8 @@ def _history(rng: random.Random) -> tuple[Snapshot, RunningIndex]:
 def _sums(idx: RunningIndex) -> tuple[object, ...]:
     return (
         idx.held, idx.jobs_held, idx.scav, idx.scav_jobs, idx.scav_free, idx.ends, idx.used,
-        idx.asks, idx.stopping, {n: list(js) for n, js in idx.single.items()},
+        idx.stopping, {n: list(js) for n, js in idx.single.items()},
         {n: list(ps.items()) for n, ps in idx.parts.items()},
-        {n.id: idx.view(n.id) for n in idx.nodes},
         {n.id: idx.node_parts(n) for n in idx.nodes},
     )  # fmt: skip
 
@@ -141,7 +144,7 @@ def test_replace_keeps_where_and_whose() -> None:
     with pytest.raises(ValueError, match="already running"):
         idx.add(RunningJob(1, "alice", 2, "n0", NOW - H))
     idx.remove(1)
-    assert not idx.held and not idx.parts and not idx.used and idx.view("n0") is None
+    assert not idx.held and not idx.parts and not idx.used and idx.node_parts(idx.nodes[0]) is None
 
 
 def test_cpus_are_taken_off_their_node_one_job_at_a_time() -> None:
@@ -196,21 +199,9 @@ def test_what_a_pass_starts_from_on_each_node_follows_every_start_stop_and_stop_
     size = {n.id: n.gpus for n in ns}
     free = dict(size)
     idx = RunningIndex(ns, 24 * H)
-    for jid in range(1, 50):
-        op = rng.random()
-        if op < 0.55 or not idx.jobs:
-            r = _job(rng, jid, free, size)
-            if r is not None:
-                idx.add(r)
-        elif op < 0.8:
-            r = idx.jobs[rng.choice(list(idx.jobs))]
-            idx.remove(r.id)
-            for nid in r.more_nodes:
-                free[nid] = size[nid]
-            free[r.node] += r.gpus - sum(size[n] for n in r.more_nodes)
-        else:
-            r = idx.jobs[rng.choice(list(idx.jobs))]
-            idx.replace(r._replace(stop_deadline=NOW + rng.uniform(-10, 30)))
+    jid = 0
+    for _ in range(50):
+        jid = _step(rng, idx, jid, free, size)
         fresh = RunningIndex(ns, 24 * H, idx.jobs.values())
         assert [idx.node_parts(n) for n in ns] == [fresh.node_parts(n) for n in ns]
 

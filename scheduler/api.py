@@ -371,7 +371,7 @@ def join_node(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
 @route("GET", "/v1/nodes/head")
 def head_epoch(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     peer = c.via.removeprefix("join ") if c.via.startswith("join ") else ""
-    return 200, d.team.epoch(peer, d.nodes.lost_addresses())
+    return 200, d.team.epoch(peer, d.nodes.lost_addresses(), d.config.node_timeout_s)
 
 
 @route("POST", r"/v1/nodes/(?P<ref>[^/]+)/remove")

@@ -130,4 +130,20 @@ class NodeLoss:
                         launcher.stop(job.id, job.attempt, "lost", "its node was lost", 0.0)
                     except LauncherDown:
                         pass
+        if connected and self.launcher is not None:
+            self._unplace_gangs_on_lost_nodes(self.launcher)
         return ended
+
+    def _unplace_gangs_on_lost_nodes(self, launcher: Launcher) -> None:
+        """A job over several nodes still starting (its ranks have not all met) on a node
+        Ray no longer lists never will meet: it is stopped now, and goes back to the
+        queue as a gang that could not be placed, rather than after GANG_MEET_S (60 s; a
+        rebooted machine's Ray node that drained away once held one for all of that)."""
+        for job in self.store.jobs(states=(JobState.STARTING,)):
+            where = nodes_of(job)
+            if len(where) < 2 or all(n in self.nodes for n in where):
+                continue
+            try:  # again every watch until it ends: a stop of a gang that ended is a no-op
+                launcher.stop(job.id, job.attempt, "lost", "a node it was placed on left before its ranks met", 0.0)
+            except LauncherDown:
+                return

@@ -25,6 +25,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -199,6 +200,22 @@ def count_gpus() -> int | None:
         return None
 
 
+def rejoin_reason(epoch: str, answer: Mapping[str, Any], up_s: float) -> str:
+    """Why the Ray worker that has been up `up_s` seconds must start again now ("" if
+    it need not), from the head's answer to GET /v1/nodes/head; `epoch`: the head's
+    epoch when it started. A restarted head is a new Ray cluster, which the old worker
+    would only leave after Ray's own timeouts. A node the head took for lost (cut off
+    past node_timeout_s) while Ray still lists it comes back as a new node, not a ghost
+    of the old; but a worker younger than node_timeout_s cannot be that node: it is the
+    new one, which the head has not listed yet (it lists nodes every few seconds), and
+    stopping it would only leave a draining node behind for jobs to be placed on."""
+    if answer.get("epoch") != epoch:
+        return "the head restarted"
+    if answer.get("lost") and up_s >= float(answer.get("node_timeout_s") or 0.0):
+        return "the head took this node for lost"
+    return ""
+
+
 def supervise(state: Path, cmd: list[str], once: bool, head: str = "", watch: tuple[str, str] | None = None) -> int:
     """Run Ray's worker in the foreground; start it again whenever it stops, and at
     once when the head restarted (`watch`: its listener, asked every 2 s which Ray
@@ -247,12 +264,7 @@ def supervise(state: Path, cmd: list[str], once: bool, head: str = "", watch: tu
             if now is None:
                 continue  # the head is away: Ray's own timeouts, and the loop below
             epoch = epoch or now["epoch"]
-            if now["epoch"] != epoch:
-                why = "the head restarted"
-            elif now.get("lost"):
-                # The head took this node for lost (cut off past node_timeout_s) while
-                # Ray still lists it: come back as a new node, not a ghost of the old.
-                why = "the head took this node for lost"
+            why = rejoin_reason(epoch, now, time.monotonic() - started)
             if why:
                 os.killpg(child.pid, signal.SIGTERM)
                 try:

@@ -105,14 +105,21 @@ class NodeBook:
         """Replace the alive set with what `ray.nodes()` says, keeping what the GPU
         monitors learned about nodes that stay. `trusted`: the addresses of joined
         nodes (None: all are); the head is. Returns the nodes (added, removed)."""
-        names = Counter(n.get("NodeManagerHostname", "") for n in raw)
         with self._lock:
+            # Two nodes of one host name are told apart by their ids, but a node labq took
+            # for dead does not count: a rebooted machine's new node is its plain name at
+            # once, not only once Ray's health checks drop the old one (~15 s), and the old
+            # one keeps the name it had for the audit's "node down".
+            names = Counter(n.get("NodeManagerHostname", "") for n in raw if n["NodeID"] not in self._dead)
             views: dict[str, NodeRecord] = {}
             for n in raw:
                 res = n.get("Resources", {})
                 host = n.get("NodeManagerHostname", "") or n["NodeID"][:8]
-                name = host if names.get(host, 0) <= 1 else f"{host}-{n['NodeID'][:6]}"
                 old = self._nodes.get(n["NodeID"]) or self._in_ray.get(n["NodeID"])
+                if n["NodeID"] in self._dead and old is not None:
+                    name = old.name
+                else:
+                    name = host if names.get(host, 0) <= 1 else f"{host}-{n['NodeID'][:6]}"
                 is_head = "node:__internal_head__" in res
                 simulated = simulated_head and is_head
                 address = n.get("NodeManagerAddress", head_address)

@@ -174,13 +174,14 @@ class Team:
         self.store.audit(caller.user, "node remove", name, str(gone.get("address", "")), now)
         return {"node": name, "removed": True}
 
-    def epoch(self, peer: str, lost: set[str]) -> dict[str, Any]:
-        """`GET /v1/nodes/head` (no token): which Ray head runs, and whether the asking
-        machine's Ray node is one the head took for lost (`lost`: their addresses)."""
+    def epoch(self, peer: str, lost: set[str], node_timeout_s: float) -> dict[str, Any]:
+        """`GET /v1/nodes/head` (no token): which Ray head runs, whether the asking
+        machine's Ray node is one the head took for lost (`lost`: their addresses), and
+        after how long silent the head takes a node for lost (join.rejoin_reason())."""
         head = self._head()
         if head is None or not self.enforced:
             raise DaemonError("this daemon runs no team head", 404)
-        return {"epoch": head.epoch, "lost": peer in lost}
+        return {"epoch": head.epoch, "lost": peer in lost, "node_timeout_s": node_timeout_s}
 
     # -- the registry -----------------------------------------------------------------------------
     def registry(self) -> dict[str, dict[str, Any]]:

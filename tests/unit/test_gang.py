@@ -222,6 +222,30 @@ def test_a_gang_that_never_met_is_requeued_without_a_retry_and_a_lost_rank_reque
     assert [e["new_state"] for e in d.store.events(job)][-2:] == ["NODE_LOST", "PENDING"]
 
 
+def test_a_gang_still_meeting_on_a_node_ray_no_longer_lists_is_stopped_at_the_next_watch(
+    two: Daemon, launcher: MemoryLauncher
+) -> None:
+    # Not after GANG_MEET_S: in test_team a job over two hosts waited 60 s for a rebooted
+    # machine's Ray node that had drained away just after it was placed there.
+    d = two
+    job = gang_started(d, launcher)
+    assert d.control.check_silent(launcher.known(), timeout=60) == []
+    assert launcher.jobs[key_of(job, 1)].stop is None  # both nodes there: it may still meet
+    row = d.store.get(job)
+    left = launcher.jobs[key_of(job, 1)].ranks[1][1]
+    d.nodes.set_all({n: node(n, gpus=2) for n in ("n1", "n2") if n != left})
+    assert d.control.check_silent(launcher.known(), timeout=60) == []  # nothing ran: no NODE_LOST
+    assert launcher.jobs[key_of(job, 1)].stop == {
+        "outcome": "lost", "reason": "a node it was placed on left before its ranks met", "grace": 0.0,
+    }  # fmt: skip
+    assert d.store.get(job).state is JobState.STARTING and row.state is JobState.STARTING
+    # What the executor then reports for a gang stopped before it met: back in the queue.
+    launcher.finish(job, 1, "lost", exit_code=None, reason="a node it was placed on left before its ranks met",
+                    unplaced=True)  # fmt: skip
+    pump(d, launcher)
+    assert d.store.get(job).state is JobState.PENDING
+
+
 def test_a_gang_is_cancelled_and_preempted_as_one(two: Daemon, launcher: MemoryLauncher) -> None:
     d = two
     job = gang_started(d, launcher)

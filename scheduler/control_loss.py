@@ -135,15 +135,16 @@ class NodeLoss:
         return ended
 
     def _unplace_gangs_on_lost_nodes(self, launcher: Launcher) -> None:
-        """A job over several nodes still starting (its ranks have not all met) on a node
-        Ray no longer lists never will meet: it is stopped now, and goes back to the
-        queue as a gang that could not be placed, rather than after GANG_MEET_S (60 s; a
-        rebooted machine's Ray node that drained away once held one for all of that)."""
+        """A job over several nodes still starting on a node Ray no longer lists: if its
+        ranks have not all met, they never will; it goes back to the queue now as a gang
+        that could not be placed, rather than after GANG_MEET_S (60 s; a rebooted
+        machine's Ray node that drained away once held one for all of that). One that
+        met meanwhile is left to the lost-node path, which names the node."""
         for job in self.store.jobs(states=(JobState.STARTING,)):
             where = nodes_of(job)
             if len(where) < 2 or all(n in self.nodes for n in where):
                 continue
-            try:  # again every watch until it ends: a stop of a gang that ended is a no-op
-                launcher.stop(job.id, job.attempt, "lost", "a node it was placed on left before its ranks met", 0.0)
+            try:  # again every watch until it ends (a launch may not have reached it yet)
+                launcher.unplace(job.id, job.attempt, "a node it was placed on left before its ranks met")
             except LauncherDown:
                 return

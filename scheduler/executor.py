@@ -337,6 +337,9 @@ class RayLauncher:
     def stop(self, job_id: int, attempt: int, outcome: str, reason: str, grace: float) -> None:
         self.handle.stop.remote(job_id, attempt, outcome, reason, grace)
 
+    def unplace(self, job_id: int, attempt: int, reason: str) -> None:
+        self.handle.unplace_gang.remote(job_id, attempt, reason)
+
     def tty(self, job_id: int, attempt: int, data: bytes, winsize: list[int] | None, notice: str = "") -> bool:
         try:
             ok: bool = ray.get(self.handle.tty_put.remote(job_id, attempt, data, winsize, notice), timeout=5)

@@ -200,6 +200,11 @@ def count_gpus() -> int | None:
         return None
 
 
+# The head lists a new Ray node within seconds (its Ray link polls every ~2 s): a worker
+# up this long that the head still takes for lost is the lost node (rejoin_reason()).
+NEW_NODE_S = 20.0
+
+
 def rejoin_reason(epoch: str, answer: Mapping[str, Any], up_s: float) -> str:
     """Why the Ray worker that has been up `up_s` seconds must start again now ("" if
     it need not), from the head's answer to GET /v1/nodes/head; `epoch`: the head's
@@ -208,10 +213,16 @@ def rejoin_reason(epoch: str, answer: Mapping[str, Any], up_s: float) -> str:
     past node_timeout_s) while Ray still lists it comes back as a new node, not a ghost
     of the old; but a worker younger than node_timeout_s cannot be that node: it is the
     new one, which the head has not listed yet (it lists nodes every few seconds), and
-    stopping it would only leave a draining node behind for jobs to be placed on."""
+    stopping it would only leave a draining node behind for jobs to be placed on. At
+    most NEW_NODE_S, though: the head may also take a node for lost because Ray said it
+    died, and a long node_timeout_s must not leave such a machine out for that long."""
     if answer.get("epoch") != epoch:
         return "the head restarted"
-    if answer.get("lost") and up_s >= float(answer.get("node_timeout_s") or 0.0):
+    try:
+        young = min(float(answer.get("node_timeout_s") or 0.0), NEW_NODE_S)
+    except (TypeError, ValueError):
+        young = 0.0  # an answer we cannot read: as before the head said it
+    if answer.get("lost") and up_s >= young:
         return "the head took this node for lost"
     return ""
 

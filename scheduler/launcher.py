@@ -46,6 +46,13 @@ class Launcher(Protocol):
 
     def stop(self, job_id: int, attempt: int, outcome: str, reason: str, grace: float) -> None: ...
 
+    def unplace(self, job_id: int, attempt: int, reason: str) -> None:
+        """A gang whose ranks have not all met ends unplaced (`finished` with `unplaced`:
+        back to the queue, no retry spent); nothing if it met, ended or is not known.
+        Met or not is decided where the ranks meet, so a gang meeting meanwhile is not
+        stopped as if it had not (a stop would end it lost, blaming rank 0's node)."""
+        ...
+
     def tty(self, job_id: int, attempt: int, data: bytes, winsize: list[int] | None, notice: str = "") -> bool:
         """Type into a session's terminal (`notice`: a line labq shows on it); False if
         it is not running there."""
@@ -119,6 +126,14 @@ class MemoryLauncher:
                 job.stop = {"outcome": outcome, "reason": reason, "grace": grace}
             elif grace < job.stop["grace"]:
                 job.stop = {**job.stop, "grace": grace}
+
+    def unplace(self, job_id: int, attempt: int, reason: str) -> None:
+        with self._cond:
+            job = self.jobs.get(key_of(job_id, attempt))
+            # A gang here has met once a test says it started.
+            if job is None or job.finished or not job.ranks or job.started:
+                return
+            self.finish(job_id, attempt, "lost", exit_code=None, reason=reason, unplaced=True)
 
     def tty(self, job_id: int, attempt: int, data: bytes, winsize: list[int] | None, notice: str = "") -> bool:
         with self._cond:

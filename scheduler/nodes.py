@@ -105,25 +105,39 @@ class NodeBook:
         """Replace the alive set with what `ray.nodes()` says, keeping what the GPU
         monitors learned about nodes that stay. `trusted`: the addresses of joined
         nodes (None: all are); the head is. Returns the nodes (added, removed)."""
+
+        def host_of(n: Mapping[str, Any]) -> str:
+            return str(n.get("NodeManagerHostname", "") or n["NodeID"][:8])
+
+        def trusted_node(n: Mapping[str, Any]) -> bool:
+            is_head = "node:__internal_head__" in n.get("Resources", {})
+            return trusted is None or is_head or n.get("NodeManagerAddress", head_address) in trusted
+
         with self._lock:
-            # Two nodes of one host name are told apart by their ids, but a node labq took
-            # for dead does not count: a rebooted machine's new node is its plain name at
-            # once, not only once Ray's health checks drop the old one (~15 s), and the old
-            # one keeps the name it had for the audit's "node down".
-            names = Counter(n.get("NodeManagerHostname", "") for n in raw if n["NodeID"] not in self._dead)
+            # Nodes of one host name are told apart by their ids (a Ray node names itself).
+            # A node labq took for dead does not count: a rebooted machine's new node has
+            # its plain name at once, not once Ray's health checks drop the old one (~15 s);
+            # the old one keeps the name it had, for the audit's "node down". Nor does an
+            # untrusted node: one calling itself after a joined machine gets the suffix,
+            # and the machine keeps its name (and a drain by that name keeps holding).
+            live = [n for n in raw if n["NodeID"] not in self._dead]
+            ours = Counter(host_of(n) for n in live if trusted_node(n))
+            others = Counter(host_of(n) for n in live if not trusted_node(n))
             views: dict[str, NodeRecord] = {}
             for n in raw:
                 res = n.get("Resources", {})
-                host = n.get("NodeManagerHostname", "") or n["NodeID"][:8]
+                host = host_of(n)
+                ok = trusted_node(n)
                 old = self._nodes.get(n["NodeID"]) or self._in_ray.get(n["NodeID"])
                 if n["NodeID"] in self._dead and old is not None:
                     name = old.name
+                elif ok:
+                    name = host if ours[host] <= 1 else f"{host}-{n['NodeID'][:6]}"
                 else:
-                    name = host if names.get(host, 0) <= 1 else f"{host}-{n['NodeID'][:6]}"
+                    name = host if not ours[host] and others[host] <= 1 else f"{host}-{n['NodeID'][:6]}"
                 is_head = "node:__internal_head__" in res
                 simulated = simulated_head and is_head
                 address = n.get("NodeManagerAddress", head_address)
-                ok = trusted is None or is_head or address in trusted
                 marks = n.get("Labels") or {}
                 views[n["NodeID"]] = NodeRecord(
                     id=n["NodeID"],

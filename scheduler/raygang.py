@@ -138,6 +138,17 @@ class GangHost:
             job["finished"] = True
             self._emit({"type": "finished", "job_id": job["job_id"], "attempt": job["attempt"], **final})
 
+    def unplace_gang(self, job_id: int, attempt: int, reason: str) -> bool:
+        """Launcher.unplace(): end a gang that has not met (its node is gone) now,
+        rather than after GANG_MEET_S; False if it met, ended or is not known here."""
+        with self._cond:
+            job = self._jobs.get(key_of(job_id, attempt))
+            if job is None or job["finished"] or "gang" not in job or job["gang"].met:
+                return False
+            self._unplace(job, reason)
+            self._cond.notify_all()  # ranks waiting to meet see the stop and return
+            return True
+
     def _gang_stop(self, job: dict[str, Any], outcome: str, reason: str, grace: float) -> None:
         gang: Gang = job["gang"]
         gang.ask(outcome, reason, grace)

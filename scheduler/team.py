@@ -196,13 +196,15 @@ class Team:
     def membership(self, added: list[NodeRecord], removed: list[NodeRecord], now: float | None = None) -> None:
         """Ray's node table changed: every node's coming and going goes in the audit."""
         now = time.time() if now is None else now
+        # The Ray node's id too: a rebooted machine's new node is up under its name
+        # before its old node is down under the same name.
         for n in added:
             action = "node up" if n.trusted else "node up untrusted"
-            self.store.audit("ray", action, n.name, f"{n.address}, {n.gpus} GPUs", now)
+            self.store.audit("ray", action, n.name, f"{n.address}, {n.gpus} GPUs, Ray node {n.id[:8]}", now)
             if not n.trusted:
                 log.warning("untrusted Ray node %s (%s) joined without `labq join`: it gets no jobs", n.name, n.address)
         for n in removed:
-            self.store.audit("ray", "node down", n.name, n.address, now)
+            self.store.audit("ray", "node down", n.name, f"{n.address}, Ray node {n.id[:8]}", now)
 
     def missing(self, alive: list[NodeRecord]) -> list[str]:
         """Joined nodes Ray does not list: down, cut off, or their Ray stopped."""

@@ -222,7 +222,7 @@ def test_a_gang_that_never_met_is_requeued_without_a_retry_and_a_lost_rank_reque
     assert [e["new_state"] for e in d.store.events(job)][-2:] == ["NODE_LOST", "PENDING"]
 
 
-def test_a_gang_still_meeting_on_a_node_ray_no_longer_lists_is_stopped_at_the_next_watch(
+def test_a_gang_still_meeting_on_a_node_ray_no_longer_lists_is_requeued_at_the_next_watch(
     two: Daemon, launcher: MemoryLauncher
 ) -> None:
     # Not after GANG_MEET_S: in test_team a job over two hosts waited 60 s for a rebooted
@@ -230,20 +230,25 @@ def test_a_gang_still_meeting_on_a_node_ray_no_longer_lists_is_stopped_at_the_ne
     d = two
     job = gang_started(d, launcher)
     assert d.control.check_silent(launcher.known(), timeout=60) == []
-    assert launcher.jobs[key_of(job, 1)].stop is None  # both nodes there: it may still meet
-    row = d.store.get(job)
+    pump(d, launcher)
+    assert d.store.get(job).state is JobState.STARTING  # both nodes there: it may still meet
     left = launcher.jobs[key_of(job, 1)].ranks[1][1]
     d.nodes.set_all({n: node(n, gpus=2) for n in ("n1", "n2") if n != left})
     assert d.control.check_silent(launcher.known(), timeout=60) == []  # nothing ran: no NODE_LOST
-    assert launcher.jobs[key_of(job, 1)].stop == {
-        "outcome": "lost", "reason": "a node it was placed on left before its ranks met", "grace": 0.0,
-    }  # fmt: skip
-    assert d.store.get(job).state is JobState.STARTING and row.state is JobState.STARTING
-    # What the executor then reports for a gang stopped before it met: back in the queue.
-    launcher.finish(job, 1, "lost", exit_code=None, reason="a node it was placed on left before its ranks met",
-                    unplaced=True)  # fmt: skip
     pump(d, launcher)
-    assert d.store.get(job).state is JobState.PENDING
+    row = d.store.get(job)
+    assert row.state is JobState.PENDING, row
+    assert "left before its ranks met" in d.store.events(job)[-1]["reason"]
+    assert "NODE_LOST" not in [e["new_state"] for e in d.store.events(job)]
+    # One whose ranks met meanwhile is not unplaced: the lost-node path names its node.
+    d.nodes.set_all({n: node(n, gpus=2) for n in ("n1", "n2")})
+    d.scheduler.one_pass()
+    assert d.store.get(job).state is JobState.STARTING
+    launcher.start(job, 2, at=100.0)  # met, its start not yet pumped
+    left = launcher.jobs[key_of(job, 2)].ranks[1][1]
+    d.nodes.set_all({n: node(n, gpus=2) for n in ("n1", "n2") if n != left})
+    d.control.check_silent(launcher.known(), timeout=60)
+    assert not launcher.jobs[key_of(job, 2)].finished and launcher.jobs[key_of(job, 2)].stop is None
 
 
 def test_a_gang_is_cancelled_and_preempted_as_one(two: Daemon, launcher: MemoryLauncher) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from scheduler.auth import Caller
 from scheduler.errors import DaemonError
-from scheduler.join import rejoin_reason
+from scheduler.join import NEW_NODE_S, rejoin_reason
 from scheduler.nodes import NodeBook
 from scheduler.store import Store
 from scheduler.team import HeadInfo, Team
@@ -144,6 +144,20 @@ def test_a_machine_is_asked_to_rejoin_only_while_its_old_node_alone_is_listed() 
     assert sorted(n.name for n in book.all()) == ["box-new", "box-other"]
 
 
+def test_a_rogue_node_calling_itself_after_a_joined_machine_takes_neither_its_name_nor_its_drain() -> None:
+    book = NodeBook()
+    box = {"NodeID": "aaaaaaaa", "NodeManagerHostname": "box", "NodeManagerAddress": "10.0.0.2", "Resources": {"GPU": 2.0}}
+    rogue = {**box, "NodeID": "bbbbbbbb", "NodeManagerAddress": "10.0.0.9"}
+    book.update_from_ray([box], "10.0.0.1", False, trusted={"10.0.0.2"})
+    book.set_drained("box", True)
+    book.update_from_ray([box, rogue], "10.0.0.1", False, trusted={"10.0.0.2"})
+    got = {n.id: (n.name, n.trusted, n.schedulable) for n in book.all()}
+    assert got == {"aaaaaaaa": ("box", True, False), "bbbbbbbb": ("box-bbbbbb", False, False)}
+    # Alone, an untrusted node keeps its own name (the admin sees what it calls itself).
+    book.update_from_ray([rogue], "10.0.0.1", False, trusted={"10.0.0.2"})
+    assert [n.name for n in book.all()] == ["box"]
+
+
 def test_a_worker_restarts_its_ray_for_a_new_head_or_as_a_lost_nodes_ghost_but_not_when_new(team: Team) -> None:
     # Found in test_team: a rebooted machine's new Ray node asked the head before the head
     # had listed it, was told "lost" (its old node, still in Ray's list), stopped, and left
@@ -157,6 +171,12 @@ def test_a_worker_restarts_its_ray_for_a_new_head_or_as_a_lost_nodes_ghost_but_n
     assert rejoin_reason("another head", answer, up_s=1.0) == "the head restarted"
     # An older head does not say node_timeout_s: as before, "lost" is acted on at once.
     assert rejoin_reason(epoch, {"epoch": epoch, "lost": True}, up_s=0.5) == "the head took this node for lost"
+    # A long node_timeout_s keeps a machine out no longer than NEW_NODE_S (its node may be
+    # taken for lost because Ray said it died, not only for its silence).
+    long = {**answer, "node_timeout_s": 3600.0}
+    assert rejoin_reason(epoch, long, up_s=NEW_NODE_S - 1) == ""
+    assert rejoin_reason(epoch, long, up_s=NEW_NODE_S) == "the head took this node for lost"
+    assert rejoin_reason(epoch, {**answer, "node_timeout_s": "soon"}, up_s=0.5) == "the head took this node for lost"
 
 
 def test_refused_joins_are_audited_once_a_minute_per_address_and_no_name_is_taken_over(team: Team) -> None:

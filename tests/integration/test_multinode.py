@@ -245,6 +245,34 @@ def test_a_job_over_two_nodes_meets_fails_as_one_and_is_requeued_whole(cluster: 
         lq.passes(2)
         assert lq.job(lost)["state"] == "PENDING" and lq.job(lost)["reasons"], lq.job(lost)
         lq.run("cancel", str(lost))
+
+        # A node a gang was placed on leaves before its ranks meet: the gang is back in the
+        # queue at the next node watch, not after GANG_MEET_S (60 s). A Ray task labq does
+        # not know of holds Ray's GPUs on the new node, so the ranks cannot meet there.
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        spare = cluster.add_node(num_cpus=1, num_gpus=2)
+        wait_nodes(lq, 2)
+        flag = lq.root / "held"
+        ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+        try:
+            hold = ray.remote(num_gpus=2, num_cpus=0)(lambda path: (open(path, "w").close(), time.sleep(300)))
+            hold.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(spare.node_id, soft=False), max_retries=0
+            ).remote(str(flag))
+            wait_for("Ray's GPUs on the new node held", flag.exists, 60)
+            stuck = lq.submit("--nodes", "2", "--gpus-per-node", "2", "--", "true")
+            lq.wait(stuck, ("STARTING",), timeout=30)
+            t0 = time.monotonic()
+            cluster.remove_node(spare, allow_graceful=False)
+            j = lq.wait(stuck, ("PENDING",), timeout=60)
+            assert time.monotonic() - t0 < 20, j["events"]
+            assert any("left before its ranks met" in e["reason"] for e in j["events"]), j["events"]
+            assert "NODE_LOST" not in [e["new_state"] for e in j["events"]]
+            lq.run("cancel", str(stuck))
+        finally:
+            ray.shutdown()
     finally:
         cleanup(lq)
 

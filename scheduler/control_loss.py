@@ -107,7 +107,11 @@ class NodeLoss:
         now = time.time() if now is None else now
         ended: list[int] = []
         connected = self._connected()
-        for job in self.store.jobs(states=(JobState.RUNNING,)):
+        # One read of the store per watch: running jobs here, starting ones for the gangs.
+        watched = self.store.jobs(states=(JobState.RUNNING, JobState.STARTING))
+        for job in watched:
+            if job.state is not JobState.RUNNING:
+                continue
             seen = known.get(key_of(job.id, job.attempt))
             if seen is None or seen.get("finished") or not seen.get("seen"):
                 continue
@@ -131,16 +135,16 @@ class NodeLoss:
                     except LauncherDown:
                         pass
         if connected and self.launcher is not None:
-            self._unplace_gangs_on_lost_nodes(self.launcher)
+            self._unplace_gangs_on_lost_nodes(self.launcher, [j for j in watched if j.state is JobState.STARTING])
         return ended
 
-    def _unplace_gangs_on_lost_nodes(self, launcher: Launcher) -> None:
+    def _unplace_gangs_on_lost_nodes(self, launcher: Launcher, starting: list[JobRow]) -> None:
         """A job over several nodes still starting on a node Ray no longer lists: if its
         ranks have not all met, they never will; it goes back to the queue now as a gang
         that could not be placed, rather than after GANG_MEET_S (60 s; a rebooted
         machine's Ray node that drained away once held one for all of that). One that
         met meanwhile is left to the lost-node path, which names the node."""
-        for job in self.store.jobs(states=(JobState.STARTING,)):
+        for job in starting:
             where = nodes_of(job)
             if len(where) < 2 or all(n in self.nodes for n in where):
                 continue

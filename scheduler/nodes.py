@@ -106,13 +106,12 @@ class NodeBook:
         monitors learned about nodes that stay. `trusted`: the addresses of joined
         nodes (None: all are); the head is. Returns the nodes (added, removed)."""
 
-        def host_of(n: Mapping[str, Any]) -> str:
-            return str(n.get("NodeManagerHostname", "") or n["NodeID"][:8])
-
-        def trusted_node(n: Mapping[str, Any]) -> bool:
+        # Each node's (host name, is the head, trusted), worked out once.
+        facts: dict[str, tuple[str, bool, bool]] = {}
+        for n in raw:
             is_head = "node:__internal_head__" in n.get("Resources", {})
-            return trusted is None or is_head or n.get("NodeManagerAddress", head_address) in trusted
-
+            ok = trusted is None or is_head or n.get("NodeManagerAddress", head_address) in trusted
+            facts[n["NodeID"]] = (str(n.get("NodeManagerHostname", "") or n["NodeID"][:8]), is_head, ok)
         with self._lock:
             # Nodes of one host name are told apart by their ids (a Ray node names itself).
             # A node labq took for dead does not count: a rebooted machine's new node has
@@ -120,22 +119,19 @@ class NodeBook:
             # the old one keeps the name it had, for the audit's "node down". Nor does an
             # untrusted node: one calling itself after a joined machine gets the suffix,
             # and the machine keeps its name (and a drain by that name keeps holding).
-            live = [n for n in raw if n["NodeID"] not in self._dead]
-            ours = Counter(host_of(n) for n in live if trusted_node(n))
-            others = Counter(host_of(n) for n in live if not trusted_node(n))
+            live = [f for i, f in facts.items() if i not in self._dead]
+            ours = Counter(host for host, _, ok in live if ok)
+            others = Counter(host for host, _, ok in live if not ok)
             views: dict[str, NodeRecord] = {}
             for n in raw:
                 res = n.get("Resources", {})
-                host = host_of(n)
-                ok = trusted_node(n)
+                host, is_head, ok = facts[n["NodeID"]]
                 old = self._nodes.get(n["NodeID"]) or self._in_ray.get(n["NodeID"])
                 if n["NodeID"] in self._dead and old is not None:
                     name = old.name
-                elif ok:
-                    name = host if ours[host] <= 1 else f"{host}-{n['NodeID'][:6]}"
                 else:
-                    name = host if not ours[host] and others[host] <= 1 else f"{host}-{n['NodeID'][:6]}"
-                is_head = "node:__internal_head__" in res
+                    alone = ours[host] <= 1 if ok else not ours[host] and others[host] <= 1
+                    name = host if alone else f"{host}-{n['NodeID'][:6]}"
                 simulated = simulated_head and is_head
                 address = n.get("NodeManagerAddress", head_address)
                 marks = n.get("Labels") or {}

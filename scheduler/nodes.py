@@ -143,7 +143,7 @@ class NodeBook:
                     cpus=float(res.get("CPU", 0)),
                     memory=float(res.get("memory", 0)),
                     simulated=old.simulated if old and old.nvml_gpus is not None else simulated,
-                    schedulable=ok and name not in self._drained,
+                    schedulable=ok and not self._is_drained(name, n["NodeID"]),
                     nvml_gpus=old.nvml_gpus if old else None,
                     note=old.note if old else "",
                     trusted=ok,
@@ -186,6 +186,16 @@ class NodeBook:
                 if ref in (n.name, n.id) or (len(ref) >= 6 and n.id.startswith(ref))
             ]
 
+    def _is_drained(self, name: str, node_id: str) -> bool:
+        """A drain holds on a node by any name it goes by: its host name (a drained
+        machine that rebooted while Ray still lists its old node has two live nodes,
+        both named `host-<id>`) and its own `host-<id>` (the node's sibling gone, it is
+        plain `host` again). Both names are the admin's word about this machine."""
+        suffix = "-" + node_id[:6]
+        host = name[: -len(suffix)] if name.endswith(suffix) else name
+        d = self._drained
+        return name in d or host in d or host + suffix in d
+
     def set_drained(self, name: str, drained: bool) -> None:
         with self._lock:
             if drained:
@@ -193,7 +203,7 @@ class NodeBook:
             else:
                 self._drained.discard(name)
             for n in self._nodes.values():
-                n.schedulable = n.trusted and n.name not in self._drained
+                n.schedulable = n.trusted and not self._is_drained(n.name, n.id)
             names = sorted(self._drained)
         if self.store is not None:
             self.store.set_meta("drained_nodes", json.dumps(names))

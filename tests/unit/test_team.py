@@ -158,6 +158,34 @@ def test_a_rogue_node_calling_itself_after_a_joined_machine_takes_neither_its_na
     assert [n.name for n in book.all()] == ["box"]
 
 
+def test_a_drain_holds_on_a_machine_whichever_of_its_names_it_goes_by() -> None:
+    book = NodeBook()
+
+    def raw(node_id: str) -> dict[str, object]:
+        return {"NodeID": node_id, "NodeManagerHostname": "box", "NodeManagerAddress": "10.0.0.2",
+                "Resources": {"GPU": 2.0}}  # fmt: skip
+
+    def schedulable() -> dict[str, tuple[str, bool]]:
+        return {n.id: (n.name, n.schedulable) for n in book.all()}
+
+    # Drained by its host name, it reboots while Ray still lists its old node: both
+    # nodes are suffixed, and neither takes jobs.
+    book.update_from_ray([raw("old111")], "10.0.0.1", False)
+    book.set_drained("box", True)
+    book.update_from_ray([raw("old111"), raw("new222")], "10.0.0.1", False)
+    assert schedulable() == {"old111": ("box-old111", False), "new222": ("box-new222", False)}
+    book.set_drained("box", False)
+    assert schedulable() == {"old111": ("box-old111", True), "new222": ("box-new222", True)}
+    # Drained by its suffixed name: still drained once its sibling is gone and it is
+    # plain "box" again; the sibling's drain does not spill onto it.
+    book.set_drained("box-new222", True)
+    assert schedulable() == {"old111": ("box-old111", True), "new222": ("box-new222", False)}
+    book.update_from_ray([raw("new222")], "10.0.0.1", False)
+    assert schedulable() == {"new222": ("box", False)}
+    book.set_drained("box-new222", False)
+    assert schedulable() == {"new222": ("box", True)}
+
+
 def test_a_worker_restarts_its_ray_for_a_new_head_or_as_a_lost_nodes_ghost_but_not_when_new(team: Team) -> None:
     # Found in test_team: a rebooted machine's new Ray node asked the head before the head
     # had listed it, was told "lost" (its old node, still in Ray's list), stopped, and left

@@ -25,6 +25,13 @@ UNPLACEABLE = "TaskUnschedulableError"
 # A gang whose ranks never all met (requeued; after UNPLACED_LIMIT times, LOST).
 _UNMET = "its nodes could not all be reached"
 UNPLACED_LIMIT = 3
+# Why the node watch ends a gang unplaced: one of its nodes left. That is the node's
+# doing, not a sign the gang cannot be placed, so it does not count toward the limit.
+NODE_LEFT = "a node it was placed on left before its ranks met"
+
+
+def _node_left(reason: str) -> bool:
+    return NODE_LEFT in reason or "NodeDied" in reason
 
 
 class NodeLoss:
@@ -46,12 +53,13 @@ class NodeLoss:
     def unplaced(self, job: JobRow, why: str, now: float) -> None:
         """A gang that never met: requeued without spending a node-loss retry, unless it
         was cancelled meanwhile, or this keeps happening (its nodes cannot hold it as Ray
-        counts them: it would be placed the same way again and again)."""
+        counts them: it would be placed the same way again and again). A node that
+        left (NODE_LEFT, or Ray's NodeDied) is churn, and does not count as a miss."""
         if job.stop_outcome == "cancelled":
             self.store.transition(job.id, JobState.CANCELLED, job.stop_reason or "cancelled", expect=ACTIVE, end_time=now)
             return
-        before = sum(1 for e in self.store.events(job.id) if e["reason"].startswith(_UNMET))
-        if before >= UNPLACED_LIMIT - 1:
+        before = sum(1 for e in self.store.events(job.id) if e["reason"].startswith(_UNMET) and not _node_left(e["reason"]))
+        if not _node_left(why) and before >= UNPLACED_LIMIT - 1:
             self.store.transition(
                 job.id, JobState.LOST, f"{_UNMET} {UNPLACED_LIMIT} times, last: {why}", expect=ACTIVE, end_time=now
             )
@@ -149,6 +157,6 @@ class NodeLoss:
             if len(where) < 2 or all(n in self.nodes for n in where):
                 continue
             try:  # again every watch until it ends (a launch may not have reached it yet)
-                launcher.unplace(job.id, job.attempt, "a node it was placed on left before its ranks met")
+                launcher.unplace(job.id, job.attempt, NODE_LEFT)
             except LauncherDown:
                 return

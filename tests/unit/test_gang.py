@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scheduler import policy, scheduling, simulator
+from scheduler.control_loss import NODE_LEFT
 from scheduler.daemon import Daemon
 from scheduler.errors import DaemonError
 from scheduler.gang import GANG_ENV, Gang, rank_env, rank_key, split_key
@@ -439,6 +440,17 @@ def test_a_cancel_racing_an_unplaced_gang_ends_it_cancelled_and_repeated_misses_
             d.scheduler.one_pass()
     row = d.store.get(other)
     assert row.state is JobState.LOST and "could not all be reached 3 times" in row.reason
+    # Nodes that left under a gang (the node watch, Ray's NodeDied) are churn, not misses:
+    # however often, it is requeued; the misses of its own still end it after three.
+    third = gang_started(d, launcher)
+    reasons = [NODE_LEFT, "rank 1 could not start (NodeDiedError)"] * 2 + ["never met (GangUnplaced)"] * 3
+    for attempt, why in enumerate(reasons, start=1):
+        launcher.finish(third, attempt, "lost", exit_code=None, reason=why, unplaced=True)
+        pump(d, launcher)
+        if attempt < len(reasons):
+            assert d.store.get(third).state is JobState.PENDING, (attempt, why)
+            d.scheduler.one_pass()
+    assert d.store.get(third).state is JobState.LOST
 
 
 def test_rank_0s_output_before_every_rank_started_lands_in_its_own_attempts_log(

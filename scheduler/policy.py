@@ -182,7 +182,9 @@ def _schedule(snap: Snapshot) -> Decision:
         got = predicted_cache.get(key)
         if got is None:
             got = predicted_cache[key] = any(
-                n.first_predicted <= eta and p.can_hold(n, j, min(j.gpus, n.info.gpus)) for n in p.nodes.values()
+                # A predicted end already past counts as now (PassBase keeps it as it was).
+                max(n.first_predicted, snap.now) <= eta and p.can_hold(n, j, min(j.gpus, n.info.gpus))
+                for n in p.nodes.values()
             )
         return got
 

@@ -8,15 +8,88 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Collection
+from dataclasses import replace
 from operator import attrgetter
 
 from scheduler.policy_reclaim import Reclaimer
 from scheduler.policy_running import RunningIndex
 from scheduler.policy_state import NodeState, Reservation
-from scheduler.policy_types import INF, PendingJob, Preempt, RunningJob, Snapshot, Start, Waiting
+from scheduler.policy_types import INF, NodeInfo, PendingJob, Preempt, RunningJob, Snapshot, Start, Waiting
 from scheduler.quota import Quota
 
 _node_gpus = attrgetter("gpus")
+
+
+class PassBase:
+    """What every pass starts from, given the running jobs: each node's NodeState, the
+    jobs on each node alone, the nodes where one is stopping, the free-GPU buckets (in
+    node id order). Kept on a RunningIndex and redone for the nodes where a job started
+    or ended since (RunningIndex.dirty): the simulator's index lives for a whole replay,
+    and building every node's state each pass was a sixth of it. A pass copies the
+    containers, and a NodeState before it takes GPUs there (Pass.take())."""
+
+    __slots__ = ("nodes", "running_by_node", "stop_nodes", "buckets", "max_per_node", "biggest_node", "gpus")
+
+    def __init__(self, idx: RunningIndex) -> None:
+        by_id = idx.by_id
+        self.max_per_node = top = max(map(_node_gpus, by_id), default=0)
+        schedulable = [n.gpus for n in by_id if n.schedulable]
+        self.biggest_node: int | None = max(schedulable) if schedulable else None
+        self.gpus = sum(schedulable)
+        self.nodes: dict[str, NodeState] = {n.id: _state(idx, n) for n in by_id}
+        self.running_by_node: dict[str, tuple[RunningJob, ...]] = {}
+        self.stop_nodes: set[str] = set()
+        for n in by_id:
+            self._jobs(idx, n)
+        self.buckets: list[dict[str, None]] = [{} for _ in range(top + 1)]
+        self._bucket()
+        idx.dirty.clear()
+
+    def update(self, idx: RunningIndex) -> None:
+        """Redo the nodes changed since the last pass."""
+        dirty = idx.dirty
+        if not dirty:
+            return
+        nodes = self.nodes
+        for n in idx.by_id:
+            if n.id in dirty:
+                nodes[n.id] = _state(idx, n)  # an existing key: the dict keeps its order
+                self._jobs(idx, n)
+        dirty.clear()
+        for b in self.buckets:
+            b.clear()
+        self._bucket()
+
+    def _jobs(self, idx: RunningIndex, n: NodeInfo) -> None:
+        v = idx.states.get(n.id)
+        nid = n.id
+        if v is not None and v[5]:
+            self.running_by_node[nid] = v[5]
+            if v[6]:
+                self.stop_nodes.add(nid)
+            else:
+                self.stop_nodes.discard(nid)
+        else:
+            self.running_by_node.pop(nid, None)
+            self.stop_nodes.discard(nid)
+
+    def _bucket(self) -> None:
+        buckets, top = self.buckets, self.max_per_node
+        for nid, node in self.nodes.items():
+            free = node.free
+            if free > 0 and node.info.schedulable:
+                buckets[free if free < top else top][nid] = None
+
+
+def _state(idx: RunningIndex, n: NodeInfo) -> NodeState:
+    """Node `n`'s state as a pass starts from it. Its earliest predicted end is kept as
+    it is (an end already past is not clamped to a now: predicted() and take() compare
+    with times at or after the pass's now, where either gives the same answer)."""
+    v = idx.node_parts(n)
+    if v is None:
+        return NodeState(n, n.gpus, n.cpus, n.memory, ())
+    free, c, m, ends, first, _, _ = v
+    return NodeState(n, free, c, m, ends, first_predicted=first)
 
 
 class Pass(Reclaimer):
@@ -32,25 +105,20 @@ class Pass(Reclaimer):
         ):
             idx = RunningIndex(snap.nodes, self.cfg.default_time_limit, snap.running)
         now = self.now
-        # Each node's state from its running jobs' parts (RunningIndex).
-        nodes: dict[str, NodeState] = {}
-        running_by_node: dict[str, tuple[RunningJob, ...]] = {}
-        # Nodes where a job (on that node alone) is on its way out: see Reclaimer.stop().
-        stop_nodes: set[str] = set()
-        kept, node_parts = idx.states, idx.node_parts
-        for n in idx.by_id:
-            nid = n.id
-            v = kept.get(nid) or node_parts(n)  # (a call per node was a tenth of this loop)
-            if v is None:
-                nodes[nid] = NodeState(n, n.gpus, n.cpus, n.memory, ())
-                continue
-            free, c, m, ends, first, on, stop = v
-            nodes[nid] = NodeState(n, free, c, m, ends, first_predicted=first if first > now else now)
-            if on:
-                running_by_node[nid] = on
-                if stop:
-                    stop_nodes.add(nid)
-        self.nodes = nodes
+        base = idx.pass_base
+        if isinstance(base, PassBase):
+            base.update(idx)
+        else:
+            base = idx.pass_base = PassBase(idx)
+        # Copies of what this pass changes; the NodeStates themselves are copied by take().
+        self.nodes = dict(base.nodes)
+        self._own: set[str] = set()  # nodes whose NodeState is this pass's own copy
+        self.running_by_node = base.running_by_node  # read only
+        self.stop_nodes = set(base.stop_nodes)
+        self.buckets = [dict(b) for b in base.buckets]
+        self.max_per_node = base.max_per_node
+        self.biggest_node = base.biggest_node
+        self.schedulable_gpus = base.gpus
         # The entry penalty: what each researcher's running jobs will still use, by their
         # expected ends (scavengers weigh on nobody's fair share, their owner's included).
         penalty: dict[str, float] = {}
@@ -66,21 +134,8 @@ class Pass(Reclaimer):
         self.scav_jobs = dict(idx.scav_jobs)
         # Scavenger GPUs not yet asked back: while there are some, a blocked job may take them.
         self.scav_free = idx.scav_free
-        self.running_by_node = running_by_node
-        self.stop_nodes = stop_nodes
-        # Free-GPU buckets make best-fit O(GPUs per node) instead of O(nodes).
-        self.max_per_node = top = max(map(_node_gpus, snap.nodes), default=0)
-        self.buckets: list[dict[str, None]] = [{} for _ in range(top + 1)]
-        buckets = self.buckets
-        for nid, node in nodes.items():
-            free = node.free
-            if free > 0 and node.info.schedulable:
-                buckets[free if free < top else top][nid] = None
         self.reservations: list[Reservation] = []
         self._largest: int | None = None
-        schedulable = [n.gpus for n in snap.nodes if n.schedulable]
-        self.biggest_node: int | None = max(schedulable) if schedulable else None
-        self.schedulable_gpus = sum(schedulable)
         self.starts: list[Start] = []
         self.preemptions: list[Preempt] = []
         self.waiting: dict[int, Waiting] = {}
@@ -144,6 +199,12 @@ class Pass(Reclaimer):
 
     def take(self, node: NodeState, j: PendingJob, gpus: int | None = None) -> None:
         need = j.gpus if gpus is None else gpus
+        nid = node.info.id
+        if nid in self._own:
+            node = self.nodes[nid]
+        else:  # the first start here in this pass: the shared state is left as it was
+            self._own.add(nid)
+            node = self.nodes[nid] = replace(self.nodes[nid], sorted_releases=None)
         old = min(node.free, self.max_per_node)
         if old > 0:
             self.buckets[old].pop(node.info.id, None)
@@ -169,9 +230,10 @@ class Pass(Reclaimer):
         if free >= gpus:
             return self.now
         order = node.sorted_releases
-        if order is None:
+        now = self.now
+        if order is None or node.sorted_at != now:  # kept between passes at one now only
             order = node.sorted_releases = sorted(node.releases)
-            now = self.now
+            node.sorted_at = now
             if order and order[0][0] < now:
                 # Ends already past are now, so among them the order is by GPUs (a part
                 # can be negative: a job whose more_nodes hold more than it has).

@@ -67,6 +67,10 @@ class RunningIndex:
         self.scav_jobs: dict[str, int] = {}
         self.scav_free = 0  # scavengers' GPUs not yet asked back
         self.ends: dict[str, dict[int, tuple[float, int]]] = {}  # user -> (end, GPUs), scavengers not
+        # What a pass starts from, beyond node_parts() (policy_pass.PassBase: its NodeStates,
+        # shared between passes until one takes GPUs there), and the nodes changed since.
+        self.pass_base: object | None = None
+        self.dirty: set[str] = set(self._size)
         for r in running:
             self.add(r)
 
@@ -158,6 +162,7 @@ class RunningIndex:
 
     def _part(self, nid: str, job_id: int, part: Part) -> None:
         self.states.pop(nid, None)
+        self.dirty.add(nid)
         self.parts.setdefault(nid, {})[job_id] = part
         self.used[nid] = self.used.get(nid, 0) + part[1]
 
@@ -186,6 +191,7 @@ class RunningIndex:
             if parts is None or job_id not in parts:
                 continue
             self.states.pop(nid, None)
+            self.dirty.add(nid)
             self.used[nid] -= parts[job_id][1]
             if not keep_order:
                 del parts[job_id]

@@ -23,8 +23,10 @@ class NodeState:
     # clamped: an end already past stands for the pass's now (earliest(), conflicts()).
     releases: tuple[tuple[float, int], ...]
     sorted_releases: list[tuple[float, int]] | None = None  # by PassCore.earliest(), ends past as now
+    sorted_at: float = -INF  # the now sorted_releases was made at (a NodeState outlives a pass)
     # The earliest release here that rests on a learned runtime, not a limit: an ETA at
-    # or after it is a prediction ("predicted" in the views).
+    # or after it is a prediction ("predicted" in the views). Possibly before the
+    # pass's now (an end past), which counts as now.
     first_predicted: float = INF
 
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from scheduler.policy import PendingJob, PolicyConfig, RunningJob, Snapshot, schedule
+from scheduler.policy_pass import PassBase
 from scheduler.policy_queue import PendingIndex, queues
 from scheduler.policy_running import RunningIndex
 from scheduler.quota import QuotaBook
@@ -204,6 +205,32 @@ def test_what_a_pass_starts_from_on_each_node_follows_every_start_stop_and_stop_
         jid = _step(rng, idx, jid, free, size)
         fresh = RunningIndex(ns, 24 * H, idx.jobs.values())
         assert [idx.node_parts(n) for n in ns] == [fresh.node_parts(n) for n in ns]
+
+
+def _base(b: PassBase) -> tuple[object, ...]:
+    states = {nid: (n.free, n.cpus, n.memory, n.releases, n.first_predicted) for nid, n in b.nodes.items()}
+    return states, b.running_by_node, b.stop_nodes, [list(k) for k in b.buckets], b.max_per_node, b.gpus
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_what_passes_start_from_is_kept_between_them_and_no_pass_changes_it(seed: int) -> None:
+    # PassBase lives on the index across passes, redone for the nodes that changed; each
+    # pass copies a node's state before it takes GPUs there. After every change and a
+    # pass on it: the same Decision as with a fresh index, and the same base as a fresh
+    # one (a start in a pass, on a shared state, would show in both).
+    rng = random.Random(seed)
+    s, idx = _history(rng)
+    ns, size = s.nodes, {n.id: n.gpus for n in s.nodes}
+    free = {nid: g - idx.used.get(nid, 0) for nid, g in size.items()}
+    jid = 500
+    for step in range(12):
+        s = replace(s, running=tuple(idx.jobs.values()), config=replace(s.config, explain=step % 2 == 0))
+        d = schedule(s)
+        assert d == schedule(replace(s, running_index=None))
+        fresh = RunningIndex(ns, s.config.default_time_limit, idx.jobs.values())
+        assert isinstance(idx.pass_base, PassBase)
+        assert _base(idx.pass_base) == _base(PassBase(fresh))
+        jid = _step(rng, idx, jid, free, size)
 
 
 @pytest.mark.parametrize("seed", range(60))

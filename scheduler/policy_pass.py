@@ -204,7 +204,7 @@ class Pass(Reclaimer):
             node = self.nodes[nid]
         else:  # the first start here in this pass: the shared state is left as it was
             self._own.add(nid)
-            node = self.nodes[nid] = replace(self.nodes[nid], sorted_releases=None)
+            node = self.nodes[nid] = replace(self.nodes[nid], sorted_releases=None, sorted_raw=None)
         old = min(node.free, self.max_per_node)
         if old > 0:
             self.buckets[old].pop(node.info.id, None)
@@ -219,7 +219,7 @@ class Pass(Reclaimer):
             and end < self.now + self._limit(j.time_limit)
         ):
             node.first_predicted = end
-        node.sorted_releases = None
+        node.sorted_releases = node.sorted_raw = None
         self._largest = None
         if node.free > 0:
             self.buckets[min(node.free, self.max_per_node)][node.info.id] = None
@@ -231,14 +231,19 @@ class Pass(Reclaimer):
             return self.now
         order = node.sorted_releases
         now = self.now
-        if order is None or node.sorted_at != now:  # kept between passes at one now only
-            order = node.sorted_releases = sorted(node.releases)
-            node.sorted_at = now
-            if order and order[0][0] < now:
+        if order is None or node.sorted_at != now:  # for this now; the sort for its life
+            raw = node.sorted_raw
+            if raw is None:
+                raw = node.sorted_raw = sorted(node.releases)
+            if raw and raw[0][0] < now:
                 # Ends already past are now, so among them the order is by GPUs (a part
                 # can be negative: a job whose more_nodes hold more than it has).
-                k = bisect_right(order, (now, INF))
-                order[:k] = [(now, g) for g in sorted([g for _, g in order[:k]])]
+                k = bisect_right(raw, (now, INF))
+                order = [(now, g) for g in sorted([g for _, g in raw[:k]])]
+                order += raw[k:]
+            else:
+                order = raw
+            node.sorted_releases, node.sorted_at = order, now
         for end, g in order:
             free += g
             if free >= gpus:

@@ -24,6 +24,7 @@ class NodeState:
     releases: tuple[tuple[float, int], ...]
     sorted_releases: list[tuple[float, int]] | None = None  # by PassCore.earliest(), ends past as now
     sorted_at: float = -INF  # the now sorted_releases was made at (a NodeState outlives a pass)
+    sorted_raw: list[tuple[float, int]] | None = None  # releases sorted, ends past as they are
     # The earliest release here that rests on a learned runtime, not a limit: an ETA at
     # or after it is a prediction ("predicted" in the views). Possibly before the
     # pass's now (an end past), which counts as now.

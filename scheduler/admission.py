@@ -68,6 +68,8 @@ class Admission:
         except ValidationError as e:
             field_name, msg = first_error(e)
             raise DaemonError(f"{field_name}: {msg}" if field_name else msg) from None
+        if spec.is_array:
+            self._check_expanded(spec)
         if spec.grace is not None and spec.grace > c.max_grace_s:
             raise DaemonError(f"grace: at most {format_duration(c.max_grace_s)} on this cluster (max_grace_s)")
         self._check_fits(spec)
@@ -81,6 +83,26 @@ class Admission:
             if problem:
                 raise DaemonError(f"workdir {spec.workdir} {problem}")
         return spec
+
+    def _check_expanded(self, spec: JobSpec) -> None:
+        """Each task is stored as its own spec, placeholders replaced: a 45 KiB sweep
+        once made 150 MB of task rows. Bounded as expanded, not as submitted."""
+        c = self.config
+        each = spec.task_bytes_bound()
+        if each > c.max_spec_bytes:
+            raise DaemonError(
+                f"each task's spec would be up to {each // 1024} KiB with its sweep values and index filled in, "
+                f"over this daemon's max_spec_bytes of {c.max_spec_bytes // 1024} KiB",
+                413,
+            )
+        n = len(spec.array_plan()[0])
+        if n * each > c.max_array_bytes:
+            raise DaemonError(
+                f"the array's {n:,} tasks would take up to {n * each / 1024**2:.0f} MiB together, over this "
+                f"daemon's max_array_bytes of {c.max_array_bytes / 1024**2:.0f} MiB (fewer tasks, or a shorter "
+                "command and environment)",
+                413,
+            )
 
     def _code(self, caller: Caller, spec_data: dict[str, Any]) -> dict[str, Any]:
         """A job's `code` names a snapshot the caller uploaded; what it says about that

@@ -443,14 +443,15 @@ def set_quota(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     return 200, d.admin.set_quota(c, p["user"], body)
 
 
+AUDIT_MAX = 10_000  # entries in one answer
+
+
 @route("GET", "/v1/audit")
 def audit(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
-    rows = d.store.audit_log(_int(p, "limit", 200))
-    if not c.admin:
-        # What concerns them: their own actions, their quota, their jobs.
-        mine = {str(j.id) for j in d.store.jobs(user=c.user, with_spec=False)}
-        rows = [r for r in rows if r["actor"] == c.user or r["target"] == c.user or r["target"] in mine]
-    return 200, {"audit": rows}
+    limit = min(_int(p, "limit", 200, minimum=1), AUDIT_MAX)
+    # A researcher sees what concerns them (their own actions, their quota, their jobs),
+    # chosen before the limit: filtered after it, a busy admin's log hid all of theirs.
+    return 200, {"audit": d.store.audit_log(limit, None if c.admin else c.user)}
 
 
 @route("POST", "/v1/tokens")

@@ -543,7 +543,7 @@ def cmd_doctor(c: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_audit(c: Client, args: argparse.Namespace) -> int:
-    rows = c.audit()
+    rows = c.audit(args.limit)
     if args.json:
         emit_json(rows)
         return 0

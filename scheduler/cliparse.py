@@ -368,6 +368,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     au = sub.add_parser("audit", help="quota changes, cancels and other admin actions")
     au.add_argument("--json", action="store_true")
+    au.add_argument("-n", "--limit", type=int, default=200, metavar="N", help="the N latest entries you may see (200)")
     return p
 
 

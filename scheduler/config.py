@@ -108,6 +108,9 @@ class DaemonConfig:
     max_pending_jobs_per_user: int = 10000
     max_submissions_per_minute: int = 6000
     max_spec_bytes: int = 64 * 1024
+    # An array's or sweep's tasks all together, each as expanded ({lr} replaced by its
+    # longest value): what one submission may add to the state file.
+    max_array_bytes: int = 128 * 1024**2
     # API connections: per Unix user (or per token user / address over TCP) and in all;
     # a request (or an idle kept-alive connection) gets this long, however it trickles.
     max_connections_per_user: int = 64
@@ -136,7 +139,7 @@ _DURATION_KEYS = {
 }
 
 
-_SIZE_KEYS = {"log_max_bytes", "user_log_max_bytes", "max_spec_bytes", "code_max_bytes", "code_user_max_bytes"}
+_SIZE_KEYS = {"log_max_bytes", "user_log_max_bytes", "max_spec_bytes", "max_array_bytes", "code_max_bytes", "code_user_max_bytes"}
 
 
 def _typed(path: Path, key: str, v: Any) -> Any:

@@ -78,7 +78,13 @@ class NodeLoss:
         return bool(node) and self._connected() and any(n not in self.nodes for n in nodes_of(job))
 
     def node_lost(
-        self, job: JobRow, detail: str, stats: Mapping[str, Any] | None, fields: dict[str, Any], node: str | None = None
+        self,
+        job: JobRow,
+        detail: str,
+        stats: Mapping[str, Any] | None,
+        fields: dict[str, Any],
+        node: str | None = None,
+        runner_only: bool = False,
     ) -> bool:
         """The job's node (`node`: which of a gang's) is gone: NODE_LOST (at `end_time`,
         when it happened), then requeued per node_lost_retries. False if the job had
@@ -89,6 +95,8 @@ class NodeLoss:
         if node and node != job.node:  # a gang's other rank: its node's name as placed
             name = next((r.get("node_name") for r in job.rank_list() if r.get("node") == node), None) or node
         reason = f"node {name} was lost at {when}"
+        if runner_only:  # the node still reports for its other jobs: only this runner went quiet
+            reason = f"its runner on node {name} stopped reporting at {when} (the node's other jobs still report)"
         if job.stop_outcome == "cancelled":
             reason += " (cancelled: the node is unreachable, the job is presumed dead)"
         # Dated when it happened (the last word from the node), not when it was noticed.
@@ -117,6 +125,14 @@ class NodeLoss:
         connected = self._connected()
         # One read of the store per watch: running jobs here, starting ones for the gangs.
         watched = self.store.jobs(states=(JobState.RUNNING, JobState.STARTING))
+        # When each node's runners last spoke, any of them: one job's silent runner on a
+        # node whose other jobs still report is that job's trouble, not the node's (a
+        # researcher's stuck session must not cost the others their jobs on that node).
+        heard: dict[str, float] = {}
+        for entry in known.values():
+            if entry.get("seen") and not entry.get("finished") and "lagging" not in entry and entry.get("node"):
+                node = str(entry["node"])
+                heard[node] = max(heard.get(node, 0.0), float(entry["seen"]))
         for job in watched:
             if job.state is not JobState.RUNNING:
                 continue
@@ -128,12 +144,19 @@ class NodeLoss:
             silent = now - last > timeout
             if not (gone or silent):
                 continue
-            if silent and job.node:
+            where = str(seen.get("lagging") or job.node)
+            node_speaks = not gone and now - heard.get(where, 0.0) <= timeout
+            if silent and job.node and not node_speaks:
                 # A job over several nodes: the node of its rank heard from least recently.
-                self.nodes.mark_dead(str(seen.get("lagging") or job.node))
-            why = "Ray lists its node no longer" if gone else f"no word from its node for {now - last:.0f}s"
+                self.nodes.mark_dead(where)
+            if gone:
+                why = "Ray lists its node no longer"
+            elif node_speaks:
+                why = f"no word from its runner for {now - last:.0f}s while its node's other jobs report"
+            else:
+                why = f"no word from its node for {now - last:.0f}s"
             stats = self._finish_stats(job.id)
-            if self.node_lost(job, why, stats, {"end_time": last}, str(seen.get("lagging") or job.node)):
+            if self.node_lost(job, why, stats, {"end_time": last}, where, runner_only=node_speaks):
                 self._attempt_ended(job, last)
                 ended.append(job.id)
                 launcher = self.launcher

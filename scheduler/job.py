@@ -15,6 +15,7 @@ Only `transition()` changes a state, and it refuses anything not in TRANSITIONS.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import unicodedata
@@ -459,15 +460,26 @@ class JobSpec(BaseModel):
         --env with `{index}`, `{array_id}` and each sweep name replaced (other braces are
         left alone: a shell `${HOME}` or a JSON argument stays as written), and
         LABQ_ARRAY_ID, LABQ_ARRAY_INDEX and LABQ_PARAM_<NAME> in its environment."""
-        values = self.task_values(index)
-        subs = {"index": str(index), "array_id": str(array_id), **values}
+        return self._expand(str(array_id), str(index), self.task_values(index))
+
+    def task_bytes_bound(self) -> int:
+        """The most one task's spec can take once expanded (JSON bytes): each sweep name
+        at its longest value, the largest index. A submission's size says little here
+        (`{lr}` written a thousand times, a long value): admission bounds this instead."""
+        indices, _ = self.array_plan()
+        top = max((r[-1] for r in indices.ranges if len(r)), default=0)
+        longest = {k: max(vals, key=lambda v: len(json.dumps(v))) for k, vals in self.sweep.items()}
+        return len(json.dumps(self._expand("9" * 19, str(top), longest)))
+
+    def _expand(self, array_id: str, index: str, values: dict[str, str]) -> dict[str, Any]:
+        subs = {"index": index, "array_id": array_id, **values}
         pattern = re.compile(r"\{(" + "|".join(re.escape(k) for k in subs) + r")\}")
         # The array is told of once, when it ends: its tasks carry no notify.
         data = self.model_dump(exclude={"array", "sweep", "max_running", "after", "after_any", "notify"})
         data["command"] = [pattern.sub(lambda m: subs[m.group(1)], a) for a in self.command]
         env = {k: pattern.sub(lambda m: subs[m.group(1)], v) for k, v in self.env.items()}
-        env["LABQ_ARRAY_ID"] = str(array_id)
-        env["LABQ_ARRAY_INDEX"] = str(index)
+        env["LABQ_ARRAY_ID"] = array_id
+        env["LABQ_ARRAY_INDEX"] = index
         for k, v in values.items():
             env[f"LABQ_PARAM_{k.upper()}"] = v
         data["env"] = env

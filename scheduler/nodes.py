@@ -101,15 +101,23 @@ class NodeBook:
         head_address: str,
         simulated_head: bool,
         trusted: set[str] | None = None,
+        head_id: str = "",
     ) -> tuple[list[NodeRecord], list[NodeRecord]]:
         """Replace the alive set with what `ray.nodes()` says, keeping what the GPU
         monitors learned about nodes that stay. `trusted`: the addresses of joined
-        nodes (None: all are); the head is. Returns the nodes (added, removed)."""
+        nodes (None: all are); the head is. `head_id`: the daemon's own Ray node, which
+        is the head. Returns the nodes (added, removed)."""
 
         # Each node's (host name, is the head, trusted), worked out once.
         facts: dict[str, tuple[str, bool, bool]] = {}
         for n in raw:
-            is_head = "node:__internal_head__" in n.get("Resources", {})
+            # Not by Ray's `node:__internal_head__` resource alone: any node may declare
+            # that resource (`ray start --resources`) and would be taken as trusted. The
+            # daemon's own node, or one with that mark at the head's address.
+            is_head = n["NodeID"] == head_id or (
+                "node:__internal_head__" in n.get("Resources", {})
+                and n.get("NodeManagerAddress", head_address) == head_address
+            )
             ok = trusted is None or is_head or n.get("NodeManagerAddress", head_address) in trusted
             facts[n["NodeID"]] = (str(n.get("NodeManagerHostname", "") or n["NodeID"][:8]), is_head, ok)
         with self._lock:

@@ -73,6 +73,7 @@ class RayLink:
         self.inventory: GpuInventory | None = None
         self.launcher: Any = None  # executor.RayLauncher once attached
         self.executor_id = ""
+        self.head_id = ""  # the daemon's own Ray node: the head (no resource a node declares says so)
         # The detached Executor's name: one per daemon (state dir), so two daemons on
         # one Ray cluster, or a new state dir after an old one, never share jobs.
         self.executor_name = "labq-executor"
@@ -129,6 +130,9 @@ class RayLink:
             self.status = RayStatus(address=head.address, embedded=True)
             raycluster.connect(head.address, NAMESPACE)
         self.status.connected = True
+        import ray
+
+        self.head_id = str(ray.get_runtime_context().get_node_id())
         self.refresh_nodes()
         self._attach_executor()
 
@@ -180,7 +184,7 @@ class RayLink:
             return
         simulated = bool(self.status.embedded and self.head is not None and self.head.simulated)
         added, removed = self.nodes.update_from_ray(
-            raw, self.status.address.rpartition(":")[0], simulated, self.trusted()
+            raw, self.status.address.rpartition(":")[0], simulated, self.trusted(), self.head_id
         )
         if added or removed:
             try:

@@ -38,6 +38,10 @@ HEARTBEAT_S = 0.25  # how often a running job asks whether it should stop
 TtyIn = Callable[[], list[dict[str, Any]]]
 TTY_HEARTBEAT_S = 0.025  # a session's keystrokes wait at most this long on the node
 TTY_ECHO_S = 0.005  # and what it prints, at most this long (batched a little)
+# Typed bytes the session's terminal has not taken yet: past this, the runner takes no
+# more from the Executor, whose own bound then refuses typing with a clear error.
+TTY_PENDING_MAX = 1 << 16
+TTY_RETRY_S = 0.05  # how soon a full terminal is offered the rest again
 
 # report(info, offset, data, result) -> stop request or None.
 # report(info, offset, data, result, err): `err` lists the stderr parts of `data` as
@@ -519,6 +523,7 @@ def _run(
     if efd >= 0:
         os.set_blocking(efd, False)
     out = _Output(rfd, launch.log_limit, efd if efd >= 0 else None)
+    keys = _Typed(rfd)
     heartbeat_s = TTY_HEARTBEAT_S if launch.tty else HEARTBEAT_S
 
     started = time.time()
@@ -565,7 +570,10 @@ def _run(
             wait_s = min(wait_s, max(0.01, deadline - now))
         if launch.tty and out.pending():
             wait_s = min(wait_s, TTY_ECHO_S)
+        if keys.pending():
+            wait_s = min(wait_s, TTY_RETRY_S)
         out.pump(wait_s)
+        keys.flush()
         if proc.poll() is not None:
             break
         # A session's screen goes out as soon as it changes (an echo is waited for).
@@ -574,12 +582,13 @@ def _run(
             offset, data, err = out.take()
             stop = report(None, offset, data, None, err) or stop
             last_report = time.monotonic()
-            if launch.tty and tty_in is not None and not out.closed:
+            if launch.tty and tty_in is not None and not out.closed and keys.pending() < TTY_PENDING_MAX:
                 typed = tty_in()
                 for item in typed:
                     if item.get("notice"):  # labq's own line on the session's screen
                         out.buf += f"\r\n{item['notice']}\r\n".encode(errors="replace")
-                _type_into(rfd, typed)
+                keys.add(typed)
+                keys.flush()
 
     # Whatever the job left behind goes too, wherever it went: nothing may keep GPUs
     # after labq records the job as ended.
@@ -613,20 +622,42 @@ def _set_winsize(fd: int, rows: int, cols: int) -> None:
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-def _type_into(master: int, typed: list[dict[str, Any]]) -> None:
-    """What was typed into a session, onto its terminal (and its new size, if any)."""
-    for item in typed:
-        size = item.get("winsize")
-        if size:
-            _set_winsize(master, int(size[0]), int(size[1]))
-        data = item.get("input") or b""
-        while data:
+class _Typed:
+    """What was typed into a session and its terminal has not taken yet.
+
+    Written without ever blocking: a program that does not read its terminal (a full
+    line buffer, a `sleep` in the foreground) must not stop this loop, which is also
+    what enforces the time limit, acts on `labq cancel` and tells the head the node is
+    alive. What waits here is bounded by TTY_PENDING_MAX (the loop stops taking more).
+    """
+
+    def __init__(self, master: int) -> None:
+        self.master = master
+        self.buf = bytearray()
+        self.gone = False
+
+    def pending(self) -> int:
+        return len(self.buf)
+
+    def add(self, typed: list[dict[str, Any]]) -> None:
+        for item in typed:
+            size = item.get("winsize")
+            if size:
+                _set_winsize(self.master, int(size[0]), int(size[1]))
+            if not self.gone:
+                self.buf += item.get("input") or b""
+
+    def flush(self) -> None:
+        while self.buf:
             try:
-                data = data[os.write(master, data):]
+                n = os.write(self.master, self.buf)
             except BlockingIOError:
-                select.select([], [master], [], 0.5)
+                return  # the terminal is full: the rest when it has room
             except OSError:
-                return  # the session's terminal is gone
+                self.gone = True  # the session's terminal is gone
+                self.buf.clear()
+                return
+            del self.buf[:n]
 
 
 def _read_status(fd: int) -> tuple[str, str]:

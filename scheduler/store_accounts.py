@@ -167,11 +167,20 @@ class AccountTables(Tables):
                 (now, actor, action, target, detail),
             )
 
-    def audit_log(self, limit: int = 200) -> list[dict[str, Any]]:
-        rows = self._reader().execute(
-            "SELECT time, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?",
-            (limit,),
-        )
+    def audit_log(self, limit: int = 200, concerning: str | None = None) -> list[dict[str, Any]]:
+        """The latest `limit` entries; with `concerning`, only that user's own actions,
+        those on them, and those on their jobs (a job's target is its id)."""
+        if concerning is None:
+            rows = self._reader().execute(
+                "SELECT time, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?",
+                (limit,),
+            )
+        else:
+            rows = self._reader().execute(
+                "SELECT time, actor, action, target, detail FROM audit WHERE actor=? OR target=? "
+                "OR target IN (SELECT CAST(id AS TEXT) FROM jobs WHERE user=?) ORDER BY id DESC LIMIT ?",
+                (concerning, concerning, concerning, limit),
+            )
         return [dict(r) for r in rows]
 
     def code_refs(self, ended_after: float) -> set[tuple[int, str]]:

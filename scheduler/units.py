@@ -132,6 +132,7 @@ def parse_job_ids(text: str) -> list[int]:
 
 
 MAX_ARRAY_TASKS = 100_000
+MAX_SWEEP_VALUE = 256  # characters in one --sweep value
 
 
 class IndexPlan:
@@ -221,5 +222,8 @@ def parse_sweep(items: list[str]) -> dict[str, list[str]]:
         vals = [v.strip() for v in values.split(",")]
         if not all(vals):
             raise UnitError(f"--sweep {item[:60]}: an empty value")
+        if any(len(v) > MAX_SWEEP_VALUE for v in vals):
+            # A value is a learning rate or a dataset name; each is copied into every task.
+            raise UnitError(f"--sweep {name}: a value longer than {MAX_SWEEP_VALUE} characters (put it in a file)")
         out[name] = vals
     return out

@@ -30,9 +30,16 @@ class Later(Message):
         self.args = args
 
 
-def run_later(m: Later) -> None:
+def run_later(m: Later, alive: bool) -> None:
+    """Run a worker's result, unless what it was for is going away.
+
+    A poll thread that finishes while the app shuts down posts its result after the
+    screens were pruned; redrawing then fails (`No screens on stack`, `No nodes match`)
+    and that error, not the data, is what the user would see on quit.
+    """
     m.stop()
-    m.fn(*m.args)
+    if alive:
+        m.fn(*m.args)
 
 
 class DataScreen(Screen[None]):
@@ -62,7 +69,7 @@ class DataScreen(Screen[None]):
         self.post_message(Later(fn, *args))
 
     def on_later(self, m: Later) -> None:
-        run_later(m)
+        run_later(m, self.is_running and not self._closing and self.app.is_running)
 
     def refresh_data(self) -> None:
         self.update_status()
@@ -101,4 +108,4 @@ class Modal(ModalScreen[Any]):
         self.post_message(Later(fn, *args))
 
     def on_later(self, m: Later) -> None:
-        run_later(m)
+        run_later(m, self.is_running and not self._closing and self.app.is_running)

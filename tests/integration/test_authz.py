@@ -256,6 +256,13 @@ def test_audit_shows_others_only_what_concerns_them(lq: Labq) -> None:
     assert not any(r["target"] == OTHER for r in mine)  # bob's quota is bob's business
     everything = lq.json("audit")
     assert any(r["target"] == OTHER for r in everything)
+    # Chosen before the limit: the admin's later entries do not push hers out of it.
+    for shares in (3, 4, 5):
+        lq.run("quota", "set", OTHER, "--shares", str(shares))
+    latest = json.loads(lq.run("audit", "--json", "--limit", "1", user=unix_user(OWNER)).stdout)
+    assert [(r["action"], r["target"]) for r in latest] == [("job.cancel", str(job))]
+    r = lq.run("audit", "--limit", "0", user=unix_user(OWNER), check=False)
+    assert r.returncode != 0 and "limit must be 1 or more" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_drain_keeps_running_jobs_and_places_nothing_new(lq: Labq) -> None:

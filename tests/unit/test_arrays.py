@@ -212,3 +212,29 @@ def test_a_task_whose_node_died_runs_again_under_its_arrays_cap(tmp_path: Path, 
         assert d.store.get(lost).ref == f"{arr}.0"
     finally:
         d.store.close()
+
+
+def test_a_sweep_is_bounded_as_its_tasks_expand_not_as_it_was_submitted(tmp_path: Path, launcher: MemoryLauncher) -> None:
+    """A 45 KB sweep (`{v}` written hundreds of times, long values) once made ~150 MB of
+    task rows: the submission passed max_spec_bytes, each task was far over it."""
+    d = open_daemon(tmp_path / "state", launcher, max_array_bytes=4 * 1024**2)
+    try:
+        many = ["{v}"] * 1000  # 4 KB as written
+        with pytest.raises(DaemonError, match=r"each task's spec would be up to \d+ KiB .* max_spec_bytes") as e:
+            d.control.submit(ALICE, {**SPEC, "command": ["echo", *many], "sweep": {"v": ["y" * 200, "z"]}})
+        assert "\n" not in str(e.value)
+        with pytest.raises(DaemonError, match="a value longer than 256 characters"):
+            d.control.submit(ALICE, {**SPEC, "sweep": {"v": ["y" * 300]}})
+        # Each task fine, all of them together over the bound.
+        with pytest.raises(DaemonError, match=r"the array's 20,000 tasks would take up to \d+ MiB .* max_array_bytes"):
+            d.control.submit(ALICE, {**SPEC, "command": ["echo", "{index}", "x" * 300], "array": "0-19999"})
+        assert d.store.jobs() == []  # nothing was stored
+        # What a researcher writes still goes in, and expands as bounded.
+        arr = d.control.submit(ALICE, {**SPEC, "command": ["train", "--lr", "{lr}"], "sweep": {"lr": ["1e-3", "3e-4"]}})
+        spec = d.store.get(arr).job_spec()
+        bound = spec.task_bytes_bound()
+        import json
+
+        assert all(len(json.dumps(spec.task_spec(arr, i))) <= bound for i in range(2))
+    finally:
+        d.store.close()

@@ -423,6 +423,31 @@ def test_the_ledger_carries_its_sums_and_matches_summing_every_run(d: Daemon) ->
             assert got[1][u] == pytest.approx(want[1][u], rel=1e-9)
 
 
+def test_one_silent_runner_does_not_condemn_a_node_whose_other_jobs_report(
+    tmp_path: Path, launcher: MemoryLauncher
+) -> None:
+    """A researcher's stuck session (its runner wedged) once made the watch take its
+    whole node for dead: everyone's jobs there went NODE_LOST. Only that job goes now."""
+    d = open_daemon(tmp_path / "state", launcher, ("n1",), node_lost_retries=0)
+    stuck = submit_and_start(d, launcher, gpus=1)
+    other = submit_and_start(d, launcher, gpus=1)
+    node = d.store.get(stuck).node
+    assert node and d.store.get(other).node == node
+    launcher.jobs[key_of(stuck, 1)].seen = 1000.0
+    launcher.jobs[key_of(other, 1)].seen = 1060.5
+    assert d.control.check_silent(launcher.known(), timeout=60, now=1061.0) == [stuck]
+    assert node in d.nodes  # still takes jobs
+    assert d.store.get(other).state is JobState.RUNNING
+    lost = [e for e in d.store.events(stuck) if e["new_state"] == "NODE_LOST"]
+    assert len(lost) == 1 and "runner" in lost[0]["reason"] and "other jobs still report" in lost[0]["reason"]
+    assert launcher.jobs[key_of(stuck, 1)].stop is not None  # told to stop, should its runner wake
+    # Once the whole node is quiet, the node is what is lost.
+    launcher.jobs[key_of(other, 1)].seen = 1000.0
+    assert d.control.check_silent(launcher.known(), timeout=60, now=1100.0) == [other]
+    assert node not in d.nodes
+    d.store.close()
+
+
 def test_the_node_watch_ends_a_silent_or_vanished_nodes_jobs_at_their_last_word_once(
     tmp_path: Path, launcher: MemoryLauncher
 ) -> None:

@@ -198,3 +198,28 @@ def test_a_job_gets_default_signal_actions_even_if_its_worker_ignored_some() -> 
         os.close(w)
     ignored = int(out.split()[1], 16)
     assert not ignored & (1 << (signal.SIGINT - 1)) and not ignored & (1 << (signal.SIGQUIT - 1)), out
+
+
+def test_a_session_that_never_reads_what_is_typed_still_stops_on_time(tmp_path: Path) -> None:
+    """Typing ~200 KB into a session whose program does not read its terminal once
+    wedged the runner on a full pty: the job outlived its limit and `cancel --now`, and
+    the silent runner made the head take the whole node for dead. The runner keeps
+    reporting, takes no more than it can hold, and enforces the limit."""
+    rec = Recorder()
+    calls: list[float] = []
+    # Lines: a terminal holds whole lines for a reader, and refuses more once full.
+    flood = [{"input": b"x" * 99 + b"\n", "winsize": None, "notice": ""}] * 2000
+
+    def tty_in() -> list[dict[str, Any]]:
+        calls.append(time.monotonic())
+        return list(flood) if len(calls) == 1 else []
+
+    t0 = time.monotonic()
+    res = run(launch(tmp_path, ["sleep", "30"], tty=True, time_limit=2.0, grace=0.5), [], "n", rec, tty_in)
+    took = time.monotonic() - t0
+    assert res["outcome"] == "timeout", res
+    assert took < 6, f"the runner stalled for {took:.1f}s"
+    # After the flood it stopped asking for more (its own buffer was full) ...
+    assert len(calls) == 1, len(calls)
+    # ... but kept talking to the head all along (heartbeats while the terminal was full).
+    assert rec.result is not None

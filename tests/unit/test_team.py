@@ -80,6 +80,15 @@ def test_ray_nodes_that_did_not_join_are_untrusted_and_unschedulable(team: Team)
     _, removed = book.update_from_ray([raw("head", "10.0.0.1", head=True)], "10.0.0.1", False, team.trusted_addresses())
     assert {n.name for n in removed} == {"box-2", "rogue"}
     assert team.missing(book.all()) == ["box-2 (10.0.0.2)"]
+    # A node that declares Ray's head resource is not the head for it (`ray start
+    # --resources '{"node:__internal_head__": 1}'` is anyone's to type).
+    book.update_from_ray(
+        [raw("head", "10.0.0.1", head=True), raw("fake", "10.0.0.9", head=True)],
+        "10.0.0.1", False, team.trusted_addresses(), head_id="head",
+    )  # fmt: skip
+    assert {n.name: n.trusted for n in book.all()} == {"head": True, "fake": False}
+    book.update_from_ray([raw("fake", "10.0.0.9", head=True)], "10.0.0.1", False, team.trusted_addresses())
+    assert not book.get("fake").trusted  # type: ignore[union-attr]
 
 
 def test_the_ui_marks_an_untrusted_node() -> None:

@@ -111,12 +111,12 @@ class JobControl(NodeLoss):
         if job.state in (JobState.PENDING, JobState.PREEMPTED):
             self.store.transition(job_id, JobState.CANCELLED, reason, expect=(job.state,), end_time=time.time())
             if self.store.get(job_id).state is JobState.CANCELLED:
-                self.store.audit(caller.user, "job.cancel", job.ref, reason, time.time())
+                self.store.audit(caller.user, "job.cancel", job.ref, reason, time.time(), job.user)
                 self._wake()
                 return "cancelled"
             job = self.store.get(job_id)  # it started meanwhile: stop it like a running one
         self.request_stop(job, "cancelled", reason, 0.0 if now else self.grace(job))
-        self.store.audit(caller.user, "job.cancel", job.ref, reason, time.time())
+        self.store.audit(caller.user, "job.cancel", job.ref, reason, time.time(), job.user)
         return "killed" if now else "stopping"
 
     def _cancel_array(self, caller: Caller, array: JobRow, reason: str, now: bool) -> str:
@@ -131,7 +131,7 @@ class JobControl(NodeLoss):
             if task.state in ACTIVE:
                 self.request_stop(task, "cancelled", reason, 0.0 if now else self.grace(task))
                 stopping += 1
-        self.store.audit(caller.user, "job.cancel", str(array.id), f"{reason} (array)", time.time())
+        self.store.audit(caller.user, "job.cancel", str(array.id), f"{reason} (array)", time.time(), array.user)
         self._wake()
         return f"cancelled ({stopping} running task{'s' if stopping != 1 else ''} {'killed' if now else 'stopping'})" if stopping else "cancelled"
 
@@ -150,7 +150,7 @@ class JobControl(NodeLoss):
             reason = f"cancelled by {caller.user} before it started"
             task_id = self.store.cancel_unstarted(array_id, index, reason, time.time())
             if task_id is not None:
-                self.store.audit(caller.user, "job.cancel", f"{array_id}.{index}", reason, time.time())
+                self.store.audit(caller.user, "job.cancel", f"{array_id}.{index}", reason, time.time(), array.user)
                 self._wake()
                 return "cancelled"
             task_id = self.store.task_id(array_id, index)  # it started meanwhile

@@ -23,7 +23,7 @@ from scheduler.store_arrays import ArrayTables
 from scheduler.store_deps import DependencyTables
 from scheduler.store_needs import NeedTables
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 
 # Each entry migrates from version i to i+1. Never edit a shipped entry: append one.
 MIGRATIONS: list[str] = [
@@ -196,6 +196,21 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN wants TEXT NOT NULL DEFAULT '';
     ALTER TABLE jobs ADD COLUMN log_attempt INTEGER NOT NULL DEFAULT 0;
     UPDATE jobs SET log_attempt = attempt WHERE start_time IS NOT NULL AND state != 'STARTING';
+    """,
+    # Whom an audit line concerns (a researcher sees those and no other): said when it is
+    # written, not guessed from its target's text, where a quota on user `1` matched job
+    # 1's owner and a Unix user named `ray` matched every node line. Older lines: their
+    # job's owner (a task's `A.I` by its array A), or the user a quota or token change
+    # was about, or whoever did it (but not Ray's or a stranger's node lines).
+    """
+    ALTER TABLE audit ADD COLUMN concerns TEXT NOT NULL DEFAULT '';
+    UPDATE audit SET concerns = COALESCE((SELECT user FROM jobs WHERE jobs.id =
+        CAST(substr(audit.target, 1, instr(audit.target || '.', '.') - 1) AS INTEGER)), '')
+        WHERE action = 'job.cancel';
+    UPDATE audit SET concerns = target WHERE action IN ('quota.set', 'token.create', 'token.revoke');
+    UPDATE audit SET concerns = actor WHERE concerns = '' AND action NOT LIKE 'node %'
+        AND action NOT IN ('job.cancel', 'node.drain', 'node.resume', 'daemon.down');
+    CREATE INDEX audit_concerns ON audit(concerns, id);
     """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -105,8 +105,8 @@ class AccountTables(Tables):
             )
             detail = json.dumps({"old": dict(old), "new": dict(new)}, sort_keys=True)
             c.execute(
-                "INSERT INTO audit(time, actor, action, target, detail) VALUES (?,?,?,?,?)",
-                (now, actor, "quota.set", user, detail),
+                "INSERT INTO audit(time, actor, action, target, detail, concerns) VALUES (?,?,?,?,?,?)",
+                (now, actor, "quota.set", user, detail, user),
             )
 
     # -- API tokens ---------------------------------------------------------------------------------
@@ -124,8 +124,8 @@ class AccountTables(Tables):
                 f", expires {time.strftime('%Y-%m-%d', time.localtime(expires))}" if expires else ""
             )
             c.execute(
-                "INSERT INTO audit(time, actor, action, target, detail) VALUES (?,?,?,?,?)",
-                (now, actor, "token.create", user, detail),
+                "INSERT INTO audit(time, actor, action, target, detail, concerns) VALUES (?,?,?,?,?,?)",
+                (now, actor, "token.create", user, detail, user),
             )
 
     def token(self, token_id: str) -> dict[str, Any] | None:
@@ -151,8 +151,8 @@ class AccountTables(Tables):
                 return False
             c.execute("UPDATE api_tokens SET revoked=? WHERE id=?", (now, token_id))
             c.execute(
-                "INSERT INTO audit(time, actor, action, target, detail) VALUES (?,?,?,?,?)",
-                (now, actor, "token.revoke", row[0], f"token {token_id}"),
+                "INSERT INTO audit(time, actor, action, target, detail, concerns) VALUES (?,?,?,?,?,?)",
+                (now, actor, "token.revoke", row[0], f"token {token_id}", row[0]),
             )
             return True
 
@@ -160,16 +160,18 @@ class AccountTables(Tables):
         with self._tx() as c:
             c.execute("UPDATE api_tokens SET last_used=? WHERE id=?", (now, token_id))
 
-    def audit(self, actor: str, action: str, target: str, detail: str, now: float) -> None:
+    def audit(self, actor: str, action: str, target: str, detail: str, now: float, concerns: str = "") -> None:
+        """`concerns`: the researcher this line is about (who may read it besides the
+        admins); "" for the cluster's own business (nodes, the daemon)."""
         with self._tx() as c:
             c.execute(
-                "INSERT INTO audit(time, actor, action, target, detail) VALUES (?,?,?,?,?)",
-                (now, actor, action, target, detail),
+                "INSERT INTO audit(time, actor, action, target, detail, concerns) VALUES (?,?,?,?,?,?)",
+                (now, actor, action, target, detail, concerns),
             )
 
     def audit_log(self, limit: int = 200, concerning: str | None = None) -> list[dict[str, Any]]:
-        """The latest `limit` entries; with `concerning`, only that user's own actions,
-        those on them, and those on their jobs (a job's target is its id)."""
+        """The latest `limit` entries; with `concerning`, only those about that user
+        (their jobs, their quota and tokens), chosen before the limit."""
         if concerning is None:
             rows = self._reader().execute(
                 "SELECT time, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?",
@@ -177,9 +179,8 @@ class AccountTables(Tables):
             )
         else:
             rows = self._reader().execute(
-                "SELECT time, actor, action, target, detail FROM audit WHERE actor=? OR target=? "
-                "OR target IN (SELECT CAST(id AS TEXT) FROM jobs WHERE user=?) ORDER BY id DESC LIMIT ?",
-                (concerning, concerning, concerning, limit),
+                "SELECT time, actor, action, target, detail FROM audit WHERE concerns=? ORDER BY id DESC LIMIT ?",
+                (concerning, limit),
             )
         return [dict(r) for r in rows]
 

@@ -113,6 +113,48 @@ def test_waiting_jobs_of_before_need_their_workdir_after_the_migration(tmp_path:
     assert [st.get(i).needs_dir for i in (1, 2, 3)] == ["/srv/a", "", "/srv/c"]
 
 
+def test_an_audit_line_is_shown_to_whom_it_concerns_old_lines_too(tmp_path: Path) -> None:
+    """Matched by whom a line is about, not by its target's text: a quota on a user
+    named `1` is not job 1's owner's business, nor is every node line a user named
+    `ray`'s; an admin's cancel of a user's array task is that user's."""
+    from scheduler.store import MIGRATIONS
+
+    path = tmp_path / "v14.sqlite"
+    conn = sqlite3.connect(path)
+    for m in MIGRATIONS[:14]:
+        for stmt in m.split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '14')")
+    conn.execute("INSERT INTO jobs(user, uid, name, spec, gpus, state, submit_time) VALUES ('ana', 1, '', '{}', 1, 'PENDING', 0)")
+    old = [
+        ("root", "job.cancel", "1", "cancelled by root"),
+        ("root", "job.cancel", "1.3", "cancelled by root"),
+        ("root", "quota.set", "1", "{}"),
+        ("ray", "node up", "box-2", ""),
+        ("(unknown)", "node join refused", "ana", "from 10.0.0.9"),
+        ("root", "token.create", "ana", "token t1"),
+    ]
+    for i, (actor, action, target, detail) in enumerate(old):
+        conn.execute(
+            "INSERT INTO audit(time, actor, action, target, detail) VALUES (?,?,?,?,?)", (i, actor, action, target, detail)
+        )
+    conn.commit()
+    conn.close()
+    st = Store(path)
+    seen = [(r["action"], r["target"]) for r in st.audit_log(100, "ana")]
+    assert seen == [("token.create", "ana"), ("job.cancel", "1.3"), ("job.cancel", "1")]
+    assert st.audit_log(100, "ray") == [] and [r["target"] for r in st.audit_log(100, "1")] == ["1"]
+    # New lines say whom they concern; the limit counts only those.
+    for k in range(5):
+        st.audit("root", "node.drain", f"box-{k}", "", 10.0 + k)
+    st.audit("root", "job.cancel", "1", "cancelled by root", 20.0, concerns="ana")
+    st.audit("root", "node.drain", "ana", "", 21.0)  # a node named after her: not hers
+    assert [r["time"] for r in st.audit_log(1, "ana")] == [20.0]
+    assert len(st.audit_log(100)) == len(old) + 7  # an admin sees all
+    st.close()
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     st = Store(tmp_path / "db.sqlite")
     st.set_meta("schema_version", str(SCHEMA_VERSION + 1))

@@ -124,6 +124,7 @@ class _Terminal:
         self.error = ""
         self.resized = threading.Event()
         self.tty = os.isatty(0)
+        self._said_full = 0.0
 
     def _size(self) -> tuple[int, int] | None:
         try:
@@ -135,11 +136,11 @@ class _Terminal:
     def _type(self) -> None:
         """Keystrokes (and new sizes) to the session until detached or it ends."""
         try:
-            self.typer.tty(self.job_ref, b"", self._size())
+            self._send(b"", self._size())
             while not self.done.is_set():
                 if self.resized.is_set():
                     self.resized.clear()
-                    self.typer.tty(self.job_ref, b"", self._size())
+                    self._send(b"", self._size())
                 ready, _, _ = select.select([0], [], [], 0.1)
                 if not ready:
                     continue
@@ -149,17 +150,31 @@ class _Terminal:
                 if DETACH in data:
                     data = data[: data.index(DETACH)]
                     if data:
-                        self.typer.tty(self.job_ref, data)
+                        self._send(data)
                     self.detached = True
                     self.done.set()
                     return
-                self.typer.tty(self.job_ref, data)
+                self._send(data)
         except ClientError as e:
             if e.status != 409:  # 409: the session ended, and the main thread says how
                 self.error = str(e)
                 self.done.set()
         finally:
             self.typer.close()
+
+    def _send(self, data: bytes, size: tuple[int, int] | None = None) -> None:
+        try:
+            self.typer.tty(self.job_ref, data, size)
+        except ClientError as e:
+            if e.status != 429:
+                raise
+            # The session is not reading what it is sent (its terminal is full): this
+            # input is dropped, and this terminal stays joined, Ctrl-] still detaching.
+            now = time.monotonic()
+            if now - self._said_full > 2.0:
+                self._said_full = now
+                sys.stderr.write(f"\r\nlabq: {e}\r\n")
+                sys.stderr.flush()
 
     def run(self, offset: int) -> int:
         saved = None

@@ -27,7 +27,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from scheduler.gang import rank_env, rank_key, split_key
-from scheduler.launcher import Event, LauncherDown, key_of
+from scheduler.launcher import TTY_FULL, TTY_GONE, Event, LauncherDown, key_of
 from scheduler.raygang import GANG_MEET_S, GangHost, task_options
 from scheduler.runner import Launch, run
 
@@ -208,16 +208,17 @@ class Executor(GangHost):
             return stop
 
     # -- interactive sessions: keystrokes wait here for the session's next heartbeat --
-    def tty_put(self, job_id: int, attempt: int, data: bytes, winsize: list[int] | None, notice: str = "") -> bool:
+    def tty_put(self, job_id: int, attempt: int, data: bytes, winsize: list[int] | None, notice: str = "") -> str:
+        """"" when taken; TTY_GONE or TTY_FULL (launcher.py) when not."""
         with self._cond:
             job = self._jobs.get(key_of(job_id, attempt))
             if job is None or job["finished"]:
-                return False
+                return TTY_GONE
             typed = job.setdefault("tty", [])
             if sum(len(t["input"]) for t in typed) + len(data) > TTY_BUFFER:
-                return False  # nobody reads it (stopped?): typing ahead is bounded
+                return TTY_FULL  # nobody reads it (stopped?): typing ahead is bounded
             typed.append({"input": data, "winsize": winsize, "notice": notice})
-            return True
+            return ""
 
     def tty_take(self, key: str) -> list[dict[str, Any]]:
         with self._cond:
@@ -340,12 +341,12 @@ class RayLauncher:
     def unplace(self, job_id: int, attempt: int, reason: str) -> None:
         self.handle.unplace_gang.remote(job_id, attempt, reason)
 
-    def tty(self, job_id: int, attempt: int, data: bytes, winsize: list[int] | None, notice: str = "") -> bool:
+    def tty(self, job_id: int, attempt: int, data: bytes, winsize: list[int] | None, notice: str = "") -> str:
         try:
-            ok: bool = ray.get(self.handle.tty_put.remote(job_id, attempt, data, winsize, notice), timeout=5)
+            why: str = ray.get(self.handle.tty_put.remote(job_id, attempt, data, winsize, notice), timeout=5)
         except Exception as e:  # noqa: BLE001
             raise LauncherDown(_why(e, 5)) from None
-        return ok
+        return why
 
     def poll(self, ack: int, timeout: float) -> list[tuple[int, Event]]:
         try:

@@ -23,6 +23,11 @@ from scheduler.runner import Launch
 Event = dict[str, Any]
 
 
+# Why typing into a session was refused (Launcher.tty).
+TTY_GONE = "gone"  # the session is not running there (ended, or not yet)
+TTY_FULL = "full"  # it has not read what was typed before: the new input is dropped
+
+
 class LauncherDown(Exception):
     """The launcher does not answer (its Ray cluster is gone)."""
 
@@ -53,9 +58,10 @@ class Launcher(Protocol):
         stopped as if it had not (a stop would end it lost, blaming rank 0's node)."""
         ...
 
-    def tty(self, job_id: int, attempt: int, data: bytes, winsize: list[int] | None, notice: str = "") -> bool:
-        """Type into a session's terminal (`notice`: a line labq shows on it); False if
-        it is not running there."""
+    def tty(self, job_id: int, attempt: int, data: bytes, winsize: list[int] | None, notice: str = "") -> str:
+        """Type into a session's terminal (`notice`: a line labq shows on it): "" when
+        taken, TTY_GONE if it is not running there, TTY_FULL if what was typed before
+        still waits unread (the input is dropped)."""
         ...
 
     def poll(self, ack: int, timeout: float) -> list[tuple[int, Event]]:
@@ -135,13 +141,13 @@ class MemoryLauncher:
                 return
             self.finish(job_id, attempt, "lost", exit_code=None, reason=reason, unplaced=True)
 
-    def tty(self, job_id: int, attempt: int, data: bytes, winsize: list[int] | None, notice: str = "") -> bool:
+    def tty(self, job_id: int, attempt: int, data: bytes, winsize: list[int] | None, notice: str = "") -> str:
         with self._cond:
             job = self.jobs.get(key_of(job_id, attempt))
             if job is None or job.finished:
-                return False
+                return TTY_GONE
             job.typed.append((data, winsize, notice))
-            return True
+            return ""
 
     def poll(self, ack: int, timeout: float) -> list[tuple[int, Event]]:
         deadline = time.monotonic() + timeout

@@ -13,7 +13,7 @@ from typing import Any
 
 from scheduler.auth import Caller
 from scheduler.errors import DaemonError
-from scheduler.launcher import Launcher, LauncherDown
+from scheduler.launcher import TTY_FULL, Launcher, LauncherDown
 from scheduler.shapes import JobState
 from scheduler.store import JobRow
 
@@ -44,8 +44,11 @@ def type_into(launcher: Launcher | None, caller: Caller, job: JobRow, data: byte
     if launcher is None:
         raise DaemonError("the cluster is not reachable right now", 503)
     try:
-        ok = launcher.tty(job.id, job.attempt, data, winsize)
+        why = launcher.tty(job.id, job.attempt, data, winsize)
     except LauncherDown as e:
         raise DaemonError(str(e), 503) from None
-    if not ok:
-        raise DaemonError(f"session {job.ref} is not running any more (or is not reading what you type)", 409)
+    if why == TTY_FULL:
+        # Its own status: the session runs, and `labq attach` keeps going (saying so).
+        raise DaemonError(f"session {job.ref} is not reading what you type: this input was dropped", 429)
+    if why:
+        raise DaemonError(f"session {job.ref} is not running any more", 409)

@@ -191,6 +191,40 @@ def test_cancelling_a_session_hangs_it_up_at_once_saying_so(labq4: Labq) -> None
     ], r.stderr
 
 
+def test_a_session_that_does_not_read_refuses_more_typing_and_attach_stays_usable(labq4: Labq) -> None:
+    """A big paste into a session that does not read its terminal: labq holds a bounded
+    amount, then says so on the terminal; Ctrl-] still detaches (a red-team pass found
+    the client stuck for good in raw mode), and cancel --now ends the session at once."""
+    bob = unix_user("labqtest-bob")
+    term = Pty(labq4, bob, "shell", "--time", "10m")
+    try:
+        job_id = int(term.expect(r"session (\d+) queued").group(1))
+        term.expect(r"[$#] $")
+        term.type("stty raw -echo; echo not-$((6*7)); exec sleep 1000\n")
+        term.expect("not-42")
+        chunk = b"y" * 4095 + b"\n"
+        sent, deadline = 0, time.monotonic() + 90
+        while b"is not reading what you type" not in term.seen:
+            assert time.monotonic() < deadline and sent < 4 << 20, f"{sent} bytes typed, no refusal"
+            _, writable, _ = select.select([], [term.master], [], 0.2)
+            if writable:
+                sent += os.write(term.master, chunk)
+            try:
+                term.expect(r"\Z\A", timeout=0.01)  # drain the screen
+            except AssertionError:
+                pass
+        assert sent < 1 << 20  # bounded: runner 64 KiB, Executor 64 KiB, the terminal's own
+        term.type(b"\x1d")  # Ctrl-]
+        assert term.wait(timeout=30) == 0
+        term.expect(rf"detached from session {job_id}; it keeps running")
+        t0 = time.monotonic()
+        labq4.run("cancel", "--now", str(job_id))
+        wait_for("the session cancelled", lambda: labq4.job(job_id)["state"] == "CANCELLED", 30)
+        assert time.monotonic() - t0 < 15
+    finally:
+        term.close()
+
+
 def test_detach_and_attach_again(labq4: Labq) -> None:
     bob = unix_user("labqtest-bob")
     term = Pty(labq4, bob, "shell")

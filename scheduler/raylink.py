@@ -160,7 +160,6 @@ class RayLink:
 
         from scheduler.executor import Executor, RayLauncher
 
-        node_id = ray.get_runtime_context().get_node_id()
         handle = Executor.options(  # type: ignore[attr-defined]
             name=self.executor_name,
             namespace=NAMESPACE,
@@ -168,7 +167,7 @@ class RayLink:
             get_if_exists=True,
             # Hard: the Executor owns every job's task, so it lives on the daemon's own
             # node; on a worker, losing that worker would lose every job's owner.
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=self.head_id, soft=False),
         ).remote()
         launcher = RayLauncher(handle)
         info = ray.get(handle.ping.remote(), timeout=60)

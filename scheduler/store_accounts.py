@@ -7,6 +7,7 @@ split out only to keep each class small; there is one database and one writer.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -104,10 +105,7 @@ class AccountTables(Tables):
                 (user, json.dumps(merged, sort_keys=True)),
             )
             detail = json.dumps({"old": dict(old), "new": dict(new)}, sort_keys=True)
-            c.execute(
-                "INSERT INTO audit(time, actor, action, target, detail, concerns) VALUES (?,?,?,?,?,?)",
-                (now, actor, "quota.set", user, detail, user),
-            )
+            _audit_row(c, now, actor, "quota.set", user, detail, user)
 
     # -- API tokens ---------------------------------------------------------------------------------
     def add_token(
@@ -123,10 +121,7 @@ class AccountTables(Tables):
             detail = f"token {token_id}" + (
                 f", expires {time.strftime('%Y-%m-%d', time.localtime(expires))}" if expires else ""
             )
-            c.execute(
-                "INSERT INTO audit(time, actor, action, target, detail, concerns) VALUES (?,?,?,?,?,?)",
-                (now, actor, "token.create", user, detail, user),
-            )
+            _audit_row(c, now, actor, "token.create", user, detail, user)
 
     def token(self, token_id: str) -> dict[str, Any] | None:
         row = self._reader().execute("SELECT * FROM api_tokens WHERE id=?", (token_id,)).fetchone()
@@ -150,10 +145,7 @@ class AccountTables(Tables):
             if row is None or row[1] is not None:
                 return False
             c.execute("UPDATE api_tokens SET revoked=? WHERE id=?", (now, token_id))
-            c.execute(
-                "INSERT INTO audit(time, actor, action, target, detail, concerns) VALUES (?,?,?,?,?,?)",
-                (now, actor, "token.revoke", row[0], f"token {token_id}", row[0]),
-            )
+            _audit_row(c, now, actor, "token.revoke", row[0], f"token {token_id}", row[0])
             return True
 
     def token_used(self, token_id: str, now: float) -> None:
@@ -164,24 +156,15 @@ class AccountTables(Tables):
         """`concerns`: the researcher this line is about (who may read it besides the
         admins); "" for the cluster's own business (nodes, the daemon)."""
         with self._tx() as c:
-            c.execute(
-                "INSERT INTO audit(time, actor, action, target, detail, concerns) VALUES (?,?,?,?,?,?)",
-                (now, actor, action, target, detail, concerns),
-            )
+            _audit_row(c, now, actor, action, target, detail, concerns)
 
     def audit_log(self, limit: int = 200, concerning: str | None = None) -> list[dict[str, Any]]:
         """The latest `limit` entries; with `concerning`, only those about that user
         (their jobs, their quota and tokens), chosen before the limit."""
-        if concerning is None:
-            rows = self._reader().execute(
-                "SELECT time, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?",
-                (limit,),
-            )
-        else:
-            rows = self._reader().execute(
-                "SELECT time, actor, action, target, detail FROM audit WHERE concerns=? ORDER BY id DESC LIMIT ?",
-                (concerning, limit),
-            )
+        where, args = ("", ()) if concerning is None else ("WHERE concerns=? ", (concerning,))
+        rows = self._reader().execute(
+            f"SELECT time, actor, action, target, detail FROM audit {where}ORDER BY id DESC LIMIT ?", (*args, limit)
+        )
         return [dict(r) for r in rows]
 
     def code_refs(self, ended_after: float) -> set[tuple[int, str]]:
@@ -193,3 +176,13 @@ class AccountTables(Tables):
             (ended_after,),
         )
         return {(int(uid), str(sha)) for uid, sha in rows}
+
+
+def _audit_row(
+    c: sqlite3.Connection, now: float, actor: str, action: str, target: str, detail: str, concerns: str
+) -> None:
+    """One audit line, inside the caller's transaction (with the change it records)."""
+    c.execute(
+        "INSERT INTO audit(time, actor, action, target, detail, concerns) VALUES (?,?,?,?,?,?)",
+        (now, actor, action, target, detail, concerns),
+    )

@@ -201,7 +201,7 @@ class LabqApp(App[None]):
         self.post_message(Later(fn, *args))
 
     def on_later(self, m: Later) -> None:
-        run_later(m, self.is_running and bool(self.screen_stack))
+        run_later(m, self)
 
     def apply(self, got: dict[str, Any]) -> None:
         self.polls += 1

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from textual.app import ComposeResult
 from textual.message import Message
+from textual.message_pump import MessagePump
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer
 
@@ -30,15 +31,16 @@ class Later(Message):
         self.args = args
 
 
-def run_later(m: Later, alive: bool) -> None:
-    """Run a worker's result, unless what it was for is going away.
+def run_later(m: Later, pump: MessagePump) -> None:
+    """Run a worker's result on `pump` (the app, a screen), unless it is going away.
 
     A poll thread that finishes while the app shuts down posts its result after the
     screens were pruned; redrawing then fails (`No screens on stack`, `No nodes match`)
     and that error, not the data, is what the user would see on quit.
     """
     m.stop()
-    if alive:
+    app = pump.app
+    if pump.is_running and not pump._closing and app.is_running and app.screen_stack:
         m.fn(*m.args)
 
 
@@ -69,7 +71,7 @@ class DataScreen(Screen[None]):
         self.post_message(Later(fn, *args))
 
     def on_later(self, m: Later) -> None:
-        run_later(m, self.is_running and not self._closing and self.app.is_running)
+        run_later(m, self)
 
     def refresh_data(self) -> None:
         self.update_status()
@@ -108,4 +110,4 @@ class Modal(ModalScreen[Any]):
         self.post_message(Later(fn, *args))
 
     def on_later(self, m: Later) -> None:
-        run_later(m, self.is_running and not self._closing and self.app.is_running)
+        run_later(m, self)

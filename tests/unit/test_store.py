@@ -88,16 +88,22 @@ def test_migrates_from_version_1(tmp_path: Path) -> None:
     assert st.quota_overrides() == {}
 
 
-def test_waiting_jobs_of_before_need_their_workdir_after_the_migration(tmp_path: Path) -> None:
+def _db_at(path: Path, version: int) -> sqlite3.Connection:
+    """A state file as labq of schema `version` left it (empty), open for a test to fill."""
     from scheduler.store import MIGRATIONS
 
-    path = tmp_path / "v10.sqlite"
     conn = sqlite3.connect(path)
-    for m in MIGRATIONS[:10]:
+    for m in MIGRATIONS[:version]:
         for stmt in m.split(";"):
             if stmt.strip():
                 conn.execute(stmt)
-    conn.execute("INSERT INTO meta VALUES ('schema_version', '10')")
+    conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(version),))
+    return conn
+
+
+def test_waiting_jobs_of_before_need_their_workdir_after_the_migration(tmp_path: Path) -> None:
+    path = tmp_path / "v10.sqlite"
+    conn = _db_at(path, 10)
     for spec, state in (
         ({"command": ["a"], "workdir": "/srv/a"}, "PENDING"),
         ({"command": ["b"], "workdir": "/srv/b", "code": {"id": "ab" * 32}}, "PENDING"),
@@ -117,15 +123,8 @@ def test_an_audit_line_is_shown_to_whom_it_concerns_old_lines_too(tmp_path: Path
     """Matched by whom a line is about, not by its target's text: a quota on a user
     named `1` is not job 1's owner's business, nor is every node line a user named
     `ray`'s; an admin's cancel of a user's array task is that user's."""
-    from scheduler.store import MIGRATIONS
-
     path = tmp_path / "v14.sqlite"
-    conn = sqlite3.connect(path)
-    for m in MIGRATIONS[:14]:
-        for stmt in m.split(";"):
-            if stmt.strip():
-                conn.execute(stmt)
-    conn.execute("INSERT INTO meta VALUES ('schema_version', '14')")
+    conn = _db_at(path, 14)
     conn.execute("INSERT INTO jobs(user, uid, name, spec, gpus, state, submit_time) VALUES ('ana', 1, '', '{}', 1, 'PENDING', 0)")
     old = [
         ("root", "job.cancel", "1", "cancelled by root"),

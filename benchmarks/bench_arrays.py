@@ -155,6 +155,19 @@ def daemon_runs(tasks: int, drain: int, repeats: int, rounds: int) -> dict[str, 
     return out
 
 
+def admission(tasks: int, repeats: int) -> dict[str, float]:
+    """What bounding an array as expanded adds to its submission (admission's
+    `task_bytes_bound()`), next to validating the spec, which every submission does."""
+    from scheduler.job import JobSpec
+
+    raw = {"command": ["python", "train.py", "--seed", "{index}"], "array": f"0-{tasks - 1}%8", "gpus": 1}
+    spec = JobSpec.model_validate(raw)
+    return {
+        "validate the spec (every submission)": median_time(lambda: JobSpec.model_validate(raw), repeats * 200),
+        "bound its tasks as expanded (arrays)": median_time(spec.task_bytes_bound, repeats * 200),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=10_000)
@@ -167,6 +180,9 @@ def main() -> None:
     print("policy pass (in-process, 4 GPUs all held):")
     for k, v in policy_pass(args.tasks, args.repeats).items():
         print(f"  {k:<44}{v * 1000:>10.3f} ms")
+    print(f"admission of an array of {args.tasks:,} (in-process):")
+    for k, v in admission(args.tasks, args.repeats).items():
+        print(f"  {k:<44}{v * 1e6:>10.1f} us")
     if args.skip_daemon:
         return
     print("real daemon (embedded Ray, 4 logical GPUs):")

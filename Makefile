@@ -21,7 +21,7 @@ demo-down: $(STAMP)
 
 ## test: set up and run every check: lint, types, unit, integration
 test: $(STAMP) lint typecheck
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder --durations=20 tests
 
 ## install: (root) labq for every user of this machine: /opt/labq, /usr/local/bin/labq,
 ## /etc/labq, systemd units. CLIENT_ONLY=1 for a desktop. See scripts/install.sh.

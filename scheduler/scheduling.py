@@ -60,6 +60,13 @@ def held_gpus(active: list[JobRow]) -> dict[str, set[int]]:
     return held
 
 
+def unplaced(active: list[JobRow]) -> set[str]:
+    """Nodes where an active job holds GPUs whose indices labq does not know yet: Ray
+    chose them (pick_gpus gave None) and the job has not said which. labq cannot pick
+    around those, so Ray chooses there too until they are known (pick_gpus)."""
+    return {node for j in active for node, gpus, ids in j.placements() if node and gpus > 0 and not ids}
+
+
 class Scheduler:
     def __init__(
         self,
@@ -255,16 +262,21 @@ class Scheduler:
                 self._look()
         return place
 
-    def pick_gpus(self, node_id: str, count: int, held: dict[str, set[int]]) -> tuple[int, ...] | None:
+    def pick_gpus(
+        self, node_id: str, count: int, held: dict[str, set[int]], unknown: Collection[str] = ()
+    ) -> tuple[int, ...] | None:
         """Healthy free GPU indices for a job on this node; None = let Ray choose.
 
         labq picks the indices itself so that a GPU NVML calls unhealthy (or one a stray
         process holds) is never handed out; Ray still counts them. Where Ray and NVML
         disagree on the count (e.g. the raylet was started with CUDA_VISIBLE_DEVICES),
-        the indices would not mean the same thing, so Ray chooses.
+        the indices would not mean the same thing, so Ray chooses. Ray chooses too on a
+        node in `unknown` (unplaced()): a job Ray placed there before the node's first
+        GPU report has not said which GPUs it got, and labq picking GPU 0 for the next
+        one while Ray gives the first GPU 0 would put both on one GPU.
         """
         node = self.nodes.get(node_id)
-        if node is None or node.nvml_gpus is None:
+        if node is None or node.nvml_gpus is None or node_id in unknown:
             return None
         if not node.simulated and node.nvml_gpus != node.gpus:
             return None
@@ -313,7 +325,8 @@ class Scheduler:
         if chained:
             waits = {j: dependency_wait(d) for j, (_, d) in chained.items()}
             decision = replace(decision, waiting={**decision.waiting, **waits})
-        held = held_gpus(self.store.jobs(states=ACTIVE, with_spec=False)) if decision.starts else {}
+        active = self.store.jobs(states=ACTIVE, with_spec=False) if decision.starts else []
+        held, unknown = held_gpus(active), unplaced(active)
         sizes = {n.id: n.gpus for n in snap.nodes} if decision.starts else {}
         for start in decision.starts:
             if start.job_id in array_ids:
@@ -330,9 +343,11 @@ class Scheduler:
             # `placement()` the simulator uses), healthy free GPUs on each node.
             ranks = []
             for node, gpus in placement(start, row.gpus, sizes):
-                picked = self.pick_gpus(node, gpus, held)
+                picked = self.pick_gpus(node, gpus, held, unknown)
                 if picked is not None:
                     held.setdefault(node, set()).update(picked)
+                elif gpus > 0:
+                    unknown.add(node)
                 ranks.append((node, gpus, picked))
             if len(ranks) > 1:
                 self.control.start_gang(row.id, ranks, now, start.preemptible)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pwd
@@ -290,19 +291,60 @@ def free_port() -> int:
         return int(sk.getsockname()[1])
 
 
-# Test users this run created; removed (with their homes and processes) at the end.
-_CREATED_USERS: list[str] = []
+# Test users this run created are removed (with their homes and processes) when the run
+# ends. Under pytest-xdist the workers share them: one lock makes `useradd` happen once,
+# and the names go to a file the controller (the process without PYTEST_XDIST_WORKER)
+# empties at its end, after every worker has finished with them.
+_USERS_LOCK = "/tmp/labq-test-users.lock"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        # Inherited by the workers, which start after this.
+        os.environ["LABQ_TEST_USERS_FILE"] = f"/tmp/labq-test-users-{os.getpid()}"
+
+
+# `make test` runs the files on two workers (pytest-xdist, `--dist loadfile
+# --no-loadscope-reorder`), dealt out in collection order: the longest files go first, so
+# that none of them starts last and runs alone at the end. Measured in docs/benchmarks.md
+# ("The test suite's time"); a file missing here only costs balance, never a result.
+_LONGEST_FIRST = (
+    "integration/test_team.py",
+    "integration/test_multinode.py",
+    "integration/test_fuzz.py",
+    "integration/test_core.py",
+    "integration/test_authz.py",
+    "integration/test_chaos.py",
+    "integration/test_security.py",
+    "integration/test_ray_lost.py",
+    "integration/test_workflow.py",
+    "ui/test_tui_pilot.py",
+    "unit/test_policy.py",
+    "ui/test_tui_snapshots.py",
+    "integration/test_fairshare.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return next((i for i, f in enumerate(_LONGEST_FIRST) if path.endswith(f)), len(_LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: each file's tests stay together and in their order
 
 
 def unix_user(name: str) -> int:
     """The uid of a local test user, created (as root) if it does not exist yet, and
-    removed again when the test session ends."""
-    try:
-        return pwd.getpwnam(name).pw_uid
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", name], check=True, capture_output=True)
-        _CREATED_USERS.append(name)
-        return pwd.getpwnam(name).pw_uid
+    removed again when the test run ends."""
+    with open(_USERS_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return pwd.getpwnam(name).pw_uid
+        except KeyError:
+            subprocess.run(["useradd", "--create-home", name], check=True, capture_output=True)
+            with open(os.environ.get("LABQ_TEST_USERS_FILE", f"/tmp/labq-test-users-{os.getpid()}"), "a") as made:
+                made.write(name + "\n")
+            return pwd.getpwnam(name).pw_uid
 
 
 def remove_unix_user(name: str) -> None:
@@ -315,8 +357,13 @@ def remove_unix_user(name: str) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    while _CREATED_USERS:
-        remove_unix_user(_CREATED_USERS.pop())
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    made = Path(os.environ.get("LABQ_TEST_USERS_FILE", "/nonexistent"))
+    if made.exists():
+        for name in dict.fromkeys(made.read_text().split()):
+            remove_unix_user(name)
+        made.unlink()
 
 
 def as_user(uid: int) -> Callable[[], None]:

@@ -16,7 +16,11 @@ DONE = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT", "LOST")
 
 
 def test_six_one_gpu_jobs_on_four_gpus(labq4: Labq) -> None:
-    script = "echo cvd=$CUDA_VISIBLE_DEVICES; sleep 4; echo bye"
+    # Each job holds its GPU until the gate opens: on a loaded machine (the suite runs on
+    # two workers) a fixed sleep could end before the fourth one starts.
+    gate = labq4.root / "six-gate"
+    gate.unlink(missing_ok=True)
+    script = f"echo cvd=$CUDA_VISIBLE_DEVICES; while [ ! -e {gate} ]; do sleep 0.2; done; echo bye"
     ids = [labq4.submit("--gpus", "1", "--name", f"six{i}", "--", "sh", "-c", script) for i in range(6)]
     deadline = time.monotonic() + 30
     while True:
@@ -32,6 +36,7 @@ def test_six_one_gpu_jobs_on_four_gpus(labq4: Labq) -> None:
     for j in pending:
         assert j["why"] and j["why"][0]["kind"] == "resources", j  # the kind, not the words
         assert j["eta"] is not None
+    gate.touch()
     done = labq4.wait_all(ids, DONE)
     assert all(j["state"] == "SUCCEEDED" and j["exit_code"] == 0 for j in done), done
     seen = set()

@@ -102,7 +102,7 @@ def test_a_uid_without_an_account_is_refused_at_the_door(lq: Labq) -> None:
 def test_a_deleted_users_queued_job_fails_and_never_runs_as_root(lq: Labq, shared: Path) -> None:
     from tests.conftest import remove_unix_user
 
-    carol = "labqtest-carol"
+    carol = "labqtest-gone"
     unix_user(carol)
     marker = shared / "carol-ran-as"
     lq.run("node", "drain", node(lq))

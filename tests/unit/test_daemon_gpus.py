@@ -124,3 +124,29 @@ def test_a_running_jobs_own_gpu_is_not_blocked_by_its_processes(tmp_path: Path) 
     assert d.gpus.unusable("n1") == {1} and d.scheduler.snapshot(10.0).nodes[0].gpus == 4
     g1 = next(g for g in d.gpus.node_views()[0]["gpu_list"] if g["index"] == 1)
     assert g1["job_id"] == job and g1["blocked"] is None
+
+
+def test_gpus_ray_chose_before_the_first_report_are_never_handed_out_again(tmp_path: Path) -> None:
+    """A job started before the node's first GPU report gets whatever GPU Ray chooses, and
+    says which only once it runs. Seen under load (test_core's six jobs, two RUNNING with
+    CUDA_VISIBLE_DEVICES=0): the report came, and labq picked GPU 0 for the next job while
+    Ray was giving the first one GPU 0. Until the first job's GPUs are known, Ray chooses
+    for the node's next ones too; then labq picks around them."""
+    d = make(tmp_path)
+    d.nodes.set_all({"n1": NodeRecord(id="n1", name="box", address="", gpus=4, cpus=8, memory=0, simulated=True)})
+    spec = JobSpec.model_validate({"command": ["x"], "gpus": 1})
+    first = d.store.add_job("ana", 1000, spec)
+    d.scheduler.one_pass()
+    assert d.store.get(first).state is JobState.STARTING and d.store.get(first).gpu_ids is None  # Ray chooses
+    d.gpus.telemetry.ingest("n1", report(4, {}), 10.0, [])
+    d.nodes.update_monitor("n1", simulated=True, nvml_gpus=0, note="")
+    second = d.store.add_job("ana", 1000, spec)
+    d.scheduler.one_pass()
+    assert d.store.get(second).state is JobState.STARTING
+    assert d.store.get(second).gpu_ids is None  # not "0": the first one's GPU is not known yet
+    # Both say which GPUs Ray gave them; from then on labq picks around those.
+    for job, got in ((first, "0"), (second, "1")):
+        d.store.transition(job, JobState.RUNNING, "running", pid=4242, start_time=1.0, gpu_ids=got)
+    third = d.store.add_job("ana", 1000, spec)
+    d.scheduler.one_pass()
+    assert d.store.get(third).gpu_ids == "2"

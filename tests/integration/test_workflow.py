@@ -25,7 +25,10 @@ def test_a_three_stage_chain_with_a_failing_middle(labq4: Labq) -> None:
     """preprocess -> train (fails) -> eval: eval is cancelled saying why, never runs;
     a cleanup chained with --after-any runs anyway; `labq wait` says so in its status."""
     marker = labq4.root / "eval-ran"
-    pre = labq4.submit("--name", "pre", "--", "sh", "-c", "sleep 1")
+    # `pre` runs until the test opens the gate: under load a fixed sleep could end, and
+    # `train` fail, before the queue below is read.
+    gate = labq4.root / "pre-gate"
+    pre = labq4.submit("--name", "pre", "--", "sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.2; done")
     train = labq4.submit("--name", "train", "--after", str(pre), "--", "sh", "-c", "exit 3")
     ev = labq4.submit("--name", "eval", "--after", str(train), "--", "touch", str(marker))
     cleanup = labq4.submit("--name", "cleanup", "--after-any", f"{train},{pre}", "--", "true")
@@ -35,6 +38,7 @@ def test_a_three_stage_chain_with_a_failing_middle(labq4: Labq) -> None:
     row = next(line for line in queue.splitlines() if line.lstrip().startswith(f"{train} "))
     assert f"dependency: waits for job {pre}" in row, row
 
+    gate.touch()
     t0 = time.monotonic()
     out = labq4.run("wait", str(pre), str(train), str(ev), str(cleanup), check=False, timeout=120)
     assert out.returncode == 1, out  # not all succeeded

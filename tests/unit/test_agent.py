@@ -106,7 +106,9 @@ def test_simulated_utilization_follows_what_the_job_does(procs: list[subprocess.
     agent.poll()  # first look at the CPU counters
     time.sleep(1.0)
     gpus = by_index(agent.poll())
-    assert gpus[0]["util_gpu"] >= 30, gpus[0]  # one core, shared with the test on 2 cores
+    # One core's worth at most, shared on 2 cores with this test and the suite's other
+    # worker (seen at 18% with four workers): far above the sleeper's < 2 all the same.
+    assert gpus[0]["util_gpu"] >= 10, gpus[0]
     assert gpus[0]["processes"][0]["job_id"] == 1
     assert gpus[1]["util_gpu"] < 2 and gpus[1]["processes"][0]["job_id"] == 2
     assert gpus[2]["util_gpu"] == 0 and gpus[2]["processes"] == []

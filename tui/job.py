@@ -163,15 +163,19 @@ class JobScreen(DataScreen):
         if job.get("array"):
             self.later(self.no_log, "an array: each task has its own log (t in the queue lists its tasks)")
             return
-        stream = self.stderr
+        # What this read is of: apply() drops it unless the screen still wants exactly
+        # that (a timer's read and a key's read can both be in flight; `exclusive` does
+        # not stop a thread already waiting on the daemon, and both would be applied).
+        stream, rank = self.stderr, self.rank
+        base = self.log_offset if self.opened else None
         try:
-            if not self.opened:
-                part = backend.log(self.job_id, tail=WINDOW, stderr=self.stderr, rank=self.rank)
+            if base is None:
+                part = backend.log(self.job_id, tail=WINDOW, stderr=stream, rank=rank)
                 chunks = [part]
             else:
-                chunks, off, got = [], self.log_offset, 0
+                chunks, off, got = [], base, 0
                 while got < FOLLOW_READ:
-                    part = backend.log(self.job_id, off, stderr=self.stderr, rank=self.rank)
+                    part = backend.log(self.job_id, off, stderr=stream, rank=rank)
                     if not part["data"]:
                         chunks.append(part)
                         break
@@ -183,7 +187,7 @@ class JobScreen(DataScreen):
         except BackendError as e:
             self.later(self.log_refused, e)
             return
-        self.later(self.apply, job, chunks, stream)
+        self.later(self.apply, job, chunks, (stream, rank, base))
 
     @work(thread=True, exclusive=True, group="earlier")
     def fetch_earlier(self) -> None:
@@ -231,9 +235,13 @@ class JobScreen(DataScreen):
         *complete, self.partial = text.split("\n")
         return [clean_log(line) for line in complete]
 
-    def apply(self, job: dict[str, Any], chunks: list[dict[str, Any]], stream: bool = False) -> None:
-        if stream != self.stderr:
-            return  # read before `e` switched the stream: the next read is the right one
+    def apply(self, job: dict[str, Any], chunks: list[dict[str, Any]], read: tuple[bool, int, int | None]) -> None:
+        """`read`: (stderr alone, rank, the offset it read from; None: the last window)."""
+        stream, rank, base = read
+        if stream != self.stderr or rank != self.rank:
+            return  # read before `e` or `o` switched the stream: the next read is the right one
+        if base != (self.log_offset if self.opened else None):
+            return  # another read got there first (or `e` began afresh): this one is stale
         at_end = self.view.scroll_offset.y >= self.view.max_scroll_y
         new: list[str] = []
         for c in chunks:

@@ -133,6 +133,33 @@ def test_e_shows_stderr_alone_and_back() -> None:
     run(FakeBackend(), body)
 
 
+def test_a_late_second_read_of_the_same_log_is_not_shown_twice() -> None:
+    """Seen under load (the suite on two workers): after `e`, the timer's read and the
+    key's read were both in flight, both of the last window, and the warning showed twice.
+    Each read says what it read from; one the screen no longer wants is dropped."""
+    fake = FakeBackend()
+
+    async def body(app: LabqApp, pilot: Pilot[None]) -> None:
+        await pilot.press("enter")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, JobScreen)
+        await pilot.press("e")
+        await settle(pilot)
+        warning = ["WARNING: NaN in gradients, skipping step"]
+        assert screen.lines == warning
+        job = fake.job(screen.job_id)
+        late = fake.log(screen.job_id, tail=WINDOW, stderr=True)
+        screen.apply(job, [late], (True, 0, None))  # the same window, read twice
+        both = fake.log(screen.job_id, tail=WINDOW)
+        screen.apply(job, [both], (False, 0, None))  # read before `e`
+        from_start = fake.log(screen.job_id, 0, stderr=True)
+        screen.apply(job, [from_start], (True, 0, 0))  # a follow read from where it no longer is
+        assert screen.lines == warning
+
+    run(fake, body)
+
+
 def test_o_shows_the_next_ranks_output_of_a_job_over_several_nodes() -> None:
     fake = FakeBackend()
     first = next(j for j in fake.job_list if j["state"] == "RUNNING" and j["user"] == fake.me)

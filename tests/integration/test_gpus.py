@@ -285,3 +285,29 @@ def test_an_idle_session_is_warned_on_its_terminal_then_ended(gpulq: tuple[Labq,
         assert ended - warned >= 2, (warned, ended)  # warned ahead, not at the end
     finally:
         c.close()
+
+
+def test_jobs_started_around_a_nodes_first_gpu_report_never_share_a_gpu() -> None:
+    """A fresh daemon, its first GPU report 2 s in, one 1-GPU job submitted every 0.3 s
+    on a busy machine (two busy loops, as when the suite runs on two workers): a job
+    Ray placed before the report says which GPU it got only once it runs. labq used to
+    pick GPU 0 for the next job meanwhile (4 runs in 5 ended with two RUNNING jobs on
+    one GPU index); now Ray chooses there until the indices are known."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        with daemon("monitor_interval_s: 2\n", "--gpus", "4") as lq:
+            ids = []
+            for _ in range(8):
+                ids.append(lq.submit("--gpus", "1", "--", "sleep", "300"))
+                time.sleep(0.3)
+
+            def four() -> list[dict[str, Any]] | None:
+                running = [j for j in lq.json("queue") if j["id"] in ids and j["state"] == "RUNNING"]
+                return running if len(running) == 4 else None
+
+            running = wait_for("four jobs RUNNING", four, 90)
+            assert sorted(j["gpu_ids"] for j in running) == ["0", "1", "2", "3"], running
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()

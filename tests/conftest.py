@@ -298,10 +298,14 @@ def free_port() -> int:
 _USERS_LOCK = "/tmp/labq-test-users.lock"
 
 
+def _users_file() -> Path:
+    """The file of names to remove: the controller's, set before its workers start (they
+    inherit it); a run without workers is its own controller."""
+    return Path(os.environ.setdefault("LABQ_TEST_USERS_FILE", f"/tmp/labq-test-users-{os.getpid()}"))
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        # Inherited by the workers, which start after this.
-        os.environ["LABQ_TEST_USERS_FILE"] = f"/tmp/labq-test-users-{os.getpid()}"
+    _users_file()
 
 
 # `make test` runs the files on two workers (pytest-xdist, `--dist loadfile
@@ -342,7 +346,7 @@ def unix_user(name: str) -> int:
             return pwd.getpwnam(name).pw_uid
         except KeyError:
             subprocess.run(["useradd", "--create-home", name], check=True, capture_output=True)
-            with open(os.environ.get("LABQ_TEST_USERS_FILE", f"/tmp/labq-test-users-{os.getpid()}"), "a") as made:
+            with _users_file().open("a") as made:
                 made.write(name + "\n")
             return pwd.getpwnam(name).pw_uid
 
@@ -359,7 +363,7 @@ def remove_unix_user(name: str) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return
-    made = Path(os.environ.get("LABQ_TEST_USERS_FILE", "/nonexistent"))
+    made = _users_file()
     if made.exists():
         for name in dict.fromkeys(made.read_text().split()):
             remove_unix_user(name)

@@ -166,8 +166,7 @@ class JobScreen(DataScreen):
         # What this read is of: apply() drops it unless the screen still wants exactly
         # that (a timer's read and a key's read can both be in flight; `exclusive` does
         # not stop a thread already waiting on the daemon, and both would be applied).
-        stream, rank = self.stderr, self.rank
-        base = self.log_offset if self.opened else None
+        stream, rank, base = self.stderr, self.rank, self.read_from
         try:
             if base is None:
                 part = backend.log(self.job_id, tail=WINDOW, stderr=stream, rank=rank)
@@ -188,6 +187,11 @@ class JobScreen(DataScreen):
             self.later(self.log_refused, e)
             return
         self.later(self.apply, job, chunks, (stream, rank, base))
+
+    @property
+    def read_from(self) -> int | None:
+        """Where the next read of the log starts: None for its last window (not opened yet)."""
+        return self.log_offset if self.opened else None
 
     @work(thread=True, exclusive=True, group="earlier")
     def fetch_earlier(self) -> None:
@@ -240,7 +244,7 @@ class JobScreen(DataScreen):
         stream, rank, base = read
         if stream != self.stderr or rank != self.rank:
             return  # read before `e` or `o` switched the stream: the next read is the right one
-        if base != (self.log_offset if self.opened else None):
+        if base != self.read_from:
             return  # another read got there first (or `e` began afresh): this one is stale
         at_end = self.view.scroll_offset.y >= self.view.max_scroll_y
         new: list[str] = []

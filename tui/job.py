@@ -26,6 +26,7 @@ from tui.widgets import TextLine
 WINDOW = 256 * 1024
 MAX_LOG_LINES = 100_000
 FOLLOW_READ = 4 * 1024 * 1024  # at most this much new output is read per refresh
+READING_EARLIER = "reading earlier lines…"
 
 
 def job_details(j: dict[str, Any], now: float) -> str:
@@ -195,12 +196,15 @@ class JobScreen(DataScreen):
 
     @work(thread=True, exclusive=True, group="earlier")
     def fetch_earlier(self) -> None:
+        # As in fetch(): the window goes on top only if the screen still starts where
+        # this read ended, on the same stream and rank (`[` twice, or `e` meanwhile).
+        read = (self.stderr, self.rank, self.start)
         try:
-            part = self.lapp.backend.log(self.job_id, tail=WINDOW, before=self.start, stderr=self.stderr, rank=self.rank)
+            part = self.lapp.backend.log(self.job_id, tail=WINDOW, before=read[2], stderr=read[0], rank=read[1])
         except BackendError as e:
             self.later(self.log_refused, e)
             return
-        self.later(self.prepend, part)
+        self.later(self.prepend, part, read)
 
     # -- applying (UI loop) ------------------------------------------------------------------------
     def show_error(self, message: str) -> None:
@@ -271,7 +275,13 @@ class JobScreen(DataScreen):
                 self.view.scroll_end(animate=False)
         self.update_logbar()
 
-    def prepend(self, part: dict[str, Any]) -> None:
+    def prepend(self, part: dict[str, Any], read: tuple[bool, int, int]) -> None:
+        """`read`: (stderr alone, rank, the offset the window ends at)."""
+        if self.log_note == READING_EARLIER:
+            self.log_note = ""  # read: the bar shows where the window now starts instead
+        if read != (self.stderr, self.rank, self.start):
+            self.update_logbar()
+            return  # the screen moved on (another window went on top, or `e`/`o`): stale
         text = part["data"]
         if not text:
             self.update_logbar()
@@ -403,7 +413,7 @@ class JobScreen(DataScreen):
 
     def action_earlier(self) -> None:
         if self.start > 0 and self.log_state == "ok":
-            self.log_note = "reading earlier lines…"
+            self.log_note = READING_EARLIER
             self.update_logbar()
             self.fetch_earlier()
 

@@ -234,6 +234,39 @@ def test_a_huge_log_opens_at_its_end_reading_one_window() -> None:
     run(fake, body)
 
 
+def test_an_earlier_window_read_late_is_not_put_on_top_twice() -> None:
+    """`[` reads the window before the screen's start; a read that comes back after the
+    screen moved on (a second `[` got there first, or `e` switched the stream) is dropped,
+    as fetch()'s are, and the bar stops saying it is reading."""
+    fake = FakeBackend()
+    line = b"step 0000000 loss 0.1234 lr 3e-4 " + b"x" * 60 + b"\n"
+    warn = b"WARNING: NaN in gradients, skipping step " + b"y" * 50 + b"\n"
+    fake.log_blob = (line * 9 + warn) * (8 * 2**20 // (10 * len(line)))  # stderr alone: ~0.8 MiB
+
+    async def body(app: LabqApp, pilot: Pilot[None]) -> None:
+        await pilot.press("enter")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, JobScreen)
+        first = screen.start
+        late = fake.log(screen.job_id, tail=WINDOW, before=first)  # what `[` reads now
+        await pilot.press("left_square_bracket")
+        await settle(pilot)
+        shown = list(screen.lines)
+        assert screen.start < first and len(shown) > 0
+        assert "reading earlier" not in str(screen.query_one("#logbar", Static).render())
+        screen.prepend(late, (False, 0, first))  # the same window, read twice
+        assert screen.lines == shown
+        await pilot.press("e")
+        await settle(pilot)
+        stderr_only = list(screen.lines)
+        earlier = fake.log(screen.job_id, tail=WINDOW, before=screen.start)
+        screen.prepend(earlier, (False, 0, screen.start))  # read of both streams, before `e`
+        assert screen.lines == stderr_only
+
+    run(fake, body)
+
+
 def test_someone_elses_job_shows_its_details_and_says_the_log_is_private() -> None:
     fake = FakeBackend(me="zed", admin=False)
 

@@ -2,8 +2,10 @@
 listener), the job-spec validation the API runs, and the job-file parser.
 
 Every refusal must be one clear line with a 4xx status; the daemon must never crash
-or answer 500, and must still be healthy afterwards. About 19,000 cases per run (the
-write-route test sends each body to five routes); LABQ_FUZZ_SCALE=N multiplies them.
+or answer 500, and must still be healthy afterwards. About 6,000 requests per run here
+(the write-route test sends each body to five routes): half of what it once sent, to
+keep the whole suite near its time budget; hypothesis draws new cases each run, and
+LABQ_FUZZ_SCALE=N multiplies them (N=2 is the old depth) for a longer session.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def check_refusal(e: ClientError) -> None:
     assert msg and "\n" not in msg and "Traceback" not in msg, msg
 
 
-@settings(max_examples=n(800), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=n(400), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(spec=specs)
 def test_api_preview_fuzz(labq4: Labq, spec: dict[str, Any]) -> None:
     c = Client(labq4.socket, timeout=30)
@@ -42,7 +44,7 @@ def test_api_preview_fuzz(labq4: Labq, spec: dict[str, Any]) -> None:
         c.close()
 
 
-@settings(max_examples=n(1000), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=n(500), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=values)
 def test_api_any_body_on_every_write_route(labq4: Labq, body: Any) -> None:
     c = Client(labq4.socket, timeout=30)
@@ -65,7 +67,7 @@ def test_api_any_body_on_every_write_route(labq4: Labq, body: Any) -> None:
 
 
 def test_garbage_on_the_socket_never_kills_the_daemon(labq4: Labq) -> None:
-    @settings(max_examples=n(5000), deadline=None)
+    @settings(max_examples=n(2500), deadline=None)
     @given(raw=st.binary(max_size=2000))
     def send(raw: bytes) -> None:
         s = socket.socket(socket.AF_UNIX)
@@ -88,7 +90,7 @@ def test_garbage_on_the_socket_never_kills_the_daemon(labq4: Labq) -> None:
     assert h["ray"]["connected"] and h["last_pass"] > 0
 
 
-@settings(max_examples=n(1500), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=n(750), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     auth=st.none() | weird_text.filter(lambda t: "\r" not in t and "\n" not in t and "\x00" not in t),
     path=st.sampled_from(["/v1/health", "/v1/jobs", "/v1/tokens", "/v1/quotas/x", "/v1/jobs/1/cancel"]),

@@ -503,6 +503,9 @@ def cmd_node(c: Client, args: argparse.Namespace) -> int:
     if args.node_cmd == "remove":
         out = c.remove_node(args.node)
         say(f"{out['node']}: removed; a Ray node there is untrusted now and gets no new jobs")
+        # Said here because it is the moment it matters: trust only decides where labq
+        # places jobs; the token decides who may use Ray at all.
+        say("it still holds Ray's token (with it, code runs on every node): wipe /var/lib/labq-node there")
         return 0
     out = c.drain(args.node, drain=args.node_cmd == "drain")
     if args.node_cmd == "drain":

@@ -283,6 +283,20 @@ def test_invite_join_outsider_rogue_and_a_worker_lost(team: tuple[Labq, list[Hos
         wait_for("the worker rejoining the new head", lambda: nodes(lq).get("lq-w1", {}).get("trusted"), 90)
         assert time.monotonic() - t1 < 60
         assert doctor(lq)["cluster"]["ok"]
+
+        # An admin removes the worker: its Ray node, which keeps Ray's token, is
+        # untrusted from the next look on (and the admin is told to wipe that token).
+        refused = lq.run("node", "remove", "lq-w1", user=uid, check=False)
+        assert refused.returncode == 1 and "only admins may remove nodes" in refused.stderr
+        said = lq.run("node", "remove", "lq-w1").stdout
+        assert "untrusted now" in said and "wipe /var/lib/labq-node" in said, said
+        wait_for(
+            "the removed worker untrusted",
+            lambda: (on := [n for n in nodes(lq).values() if n.get("address") == worker.ip])
+            and not any(n["trusted"] or n["schedulable"] for n in on),
+            30,
+        )
+        assert ("node remove", "lq-w1") in {(a["action"], a["target"]) for a in lq.json("audit")}
         for i in (on_head, on_worker, third, cut):
             lq.run("cancel", "--now", str(i), check=False)
     finally:

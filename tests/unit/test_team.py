@@ -91,6 +91,30 @@ def test_ray_nodes_that_did_not_join_are_untrusted_and_unschedulable(team: Team)
     assert not book.get("fake").trusted  # type: ignore[union-attr]
 
 
+def test_node_remove_is_for_admins_and_the_machine_is_untrusted_at_the_next_look(team: Team) -> None:
+    inv = team.invite(ROOT, 900)
+    team.join(inv["secret"], "box-2", "10.0.0.2")
+    book = NodeBook()
+    ray_nodes = [
+        {"NodeID": "head", "NodeManagerHostname": "head", "NodeManagerAddress": "10.0.0.1",
+         "Resources": {"GPU": 2.0, "node:__internal_head__": 1.0}},
+        {"NodeID": "box-2", "NodeManagerHostname": "box-2", "NodeManagerAddress": "10.0.0.2", "Resources": {"GPU": 2.0}},
+    ]  # fmt: skip
+    book.update_from_ray(ray_nodes, "10.0.0.1", False, team.trusted_addresses())
+    assert book.get("box-2").schedulable  # type: ignore[union-attr]
+    for caller, name, status in ((ALICE, "box-2", 403), (ROOT, "box-9", 404)):
+        with pytest.raises(DaemonError) as e:
+            team.leave(caller, name)
+        assert e.value.status == status
+    assert team.leave(ROOT, "box-2") == {"node": "box-2", "removed": True}
+    assert team.registry() == {} and team.trusted_addresses() == set()
+    # Its Ray node is still there (it keeps Ray's token): untrusted from the next look on.
+    book.update_from_ray(ray_nodes, "10.0.0.1", False, team.trusted_addresses())
+    box = book.get("box-2")
+    assert box is not None and not box.trusted and not box.schedulable
+    assert ("node remove", "box-2") in [(a["action"], a["target"]) for a in team.store.audit_log()]
+
+
 def test_the_ui_marks_an_untrusted_node() -> None:
     from tui.model import Data, gpu_rows
 

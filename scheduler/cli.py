@@ -505,7 +505,10 @@ def cmd_node(c: Client, args: argparse.Namespace) -> int:
         say(f"{out['node']}: removed; a Ray node there is untrusted now and gets no new jobs")
         # Said here because it is the moment it matters: trust only decides where labq
         # places jobs; the token decides who may use Ray at all.
-        say("it still holds Ray's token (with it, code runs on every node): wipe /var/lib/labq-node there")
+        say(
+            "it still holds Ray's token (with it, code runs on every node): stop labq-join there and wipe its "
+            "state dir (/var/lib/labq-node unless --state-dir); labq cannot change the token yet"
+        )
         return 0
     out = c.drain(args.node, drain=args.node_cmd == "drain")
     if args.node_cmd == "drain":

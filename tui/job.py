@@ -195,14 +195,15 @@ class JobScreen(DataScreen):
         return self.log_offset if self.opened else None
 
     @work(thread=True, exclusive=True, group="earlier")
-    def fetch_earlier(self) -> None:
-        # As in fetch(): the window goes on top only if the screen still starts where
-        # this read ended, on the same stream and rank (`[` twice, or `e` meanwhile).
-        read = (self.stderr, self.rank, self.start)
+    def fetch_earlier(self, read: tuple[bool, int, int]) -> None:
+        """`read`: (stderr alone, rank, the screen's start), taken when `[` was pressed.
+        As in fetch(): the window goes on top only if the screen still starts there, on
+        the same stream and rank (`[` twice, or `e`/`o` meanwhile); so does an error."""
+        stream, rank, before = read
         try:
-            part = self.lapp.backend.log(self.job_id, tail=WINDOW, before=read[2], stderr=read[0], rank=read[1])
+            part = self.lapp.backend.log(self.job_id, tail=WINDOW, before=before, stderr=stream, rank=rank)
         except BackendError as e:
-            self.later(self.log_refused, e)
+            self.later(self.earlier_refused, e, read)
             return
         self.later(self.prepend, part, read)
 
@@ -275,13 +276,29 @@ class JobScreen(DataScreen):
                 self.view.scroll_end(animate=False)
         self.update_logbar()
 
+    def _wanted(self, read: tuple[bool, int, int]) -> bool:
+        """Does the screen still want the earlier window `read` asked for? If so, the
+        note that it is being read goes (the bar says where the window starts)."""
+        if read != (self.stderr, self.rank, self.start):
+            return False  # the screen moved on (another window went on top, or `e`/`o`): stale
+        if self.log_note == READING_EARLIER:
+            self.log_note = ""
+        return True
+
+    def earlier_refused(self, e: BackendError, read: tuple[bool, int, int]) -> None:
+        if not self._wanted(read):
+            return
+        if e.status in (403, 410):
+            self.log_refused(e)  # the log itself is no longer readable
+        else:
+            # The window shown is still good: say why no earlier lines came, keep it.
+            self.log_note = f"earlier lines: {e}"
+            self.update_logbar()
+
     def prepend(self, part: dict[str, Any], read: tuple[bool, int, int]) -> None:
         """`read`: (stderr alone, rank, the offset the window ends at)."""
-        if self.log_note == READING_EARLIER:
-            self.log_note = ""  # read: the bar shows where the window now starts instead
-        if read != (self.stderr, self.rank, self.start):
-            self.update_logbar()
-            return  # the screen moved on (another window went on top, or `e`/`o`): stale
+        if not self._wanted(read):
+            return
         text = part["data"]
         if not text:
             self.update_logbar()
@@ -401,6 +418,8 @@ class JobScreen(DataScreen):
 
     def _reread(self) -> None:
         self.lines, self.partial, self.start, self.log_offset, self.log_size = [], "", 0, 0, 0
+        if self.log_note == READING_EARLIER:
+            self.log_note = ""  # that read was of the stream left behind
         self.opened = self.done = False
         self.matches, self.match_at = [], -1
         self.follow = True
@@ -415,7 +434,7 @@ class JobScreen(DataScreen):
         if self.start > 0 and self.log_state == "ok":
             self.log_note = READING_EARLIER
             self.update_logbar()
-            self.fetch_earlier()
+            self.fetch_earlier((self.stderr, self.rank, self.start))
 
     def action_search(self) -> None:
         box = self.query_one("#search", Input)

@@ -1,4 +1,4 @@
-"""The daemon killed (SIGKILL) at random moments under a 120-job, 5-user workload.
+"""The daemon killed (SIGKILL) at random moments under a 150-job, 5-user workload.
 
 Each job writes its own start and end times to a marker file; at the end every job
 must have exactly one terminal state, have run exactly once, and its GPU-seconds in
@@ -30,9 +30,11 @@ pytestmark = [
 ]
 
 USERS = [f"labqtest-u{i}" for i in range(5)]
-# 120 jobs run for ~30 s on 2 cores (~4 starts a second): past the fourth kill, which
-# lands within ~25 s. More jobs only lengthen the quiet tail after the kills.
-JOBS_PER_USER = 24
+# The four kills land within ~12-25 s of the start (seeded sleeps, plus each restart);
+# the jobs must still be running then, or `kills == 4` fails. 150 jobs are at least
+# 163 GPU-seconds, 20 s on 8 GPUs however fast the machine (~40 s here: ~4 starts a
+# second on 2 cores). Fewer than the old 200 for the suite's time: 49 s alone, not 62.
+JOBS_PER_USER = 30
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT", "LOST", "NODE_LOST")
 
 # Each user submits its jobs in a loop, the way a script would: when the daemon is down

@@ -9,6 +9,7 @@ from typing import Any
 from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
+from tui.api import BackendError
 from tui.app import LabqApp
 from tui.dialogs import Confirm, Pick
 from tui.job import WINDOW, JobScreen, LogView
@@ -263,6 +264,13 @@ def test_an_earlier_window_read_late_is_not_put_on_top_twice() -> None:
         earlier = fake.log(screen.job_id, tail=WINDOW, before=screen.start)
         screen.prepend(earlier, (False, 0, screen.start))  # read of both streams, before `e`
         assert screen.lines == stderr_only
+        # So is a failed one: an old read's 410 does not end the new stream's reading ...
+        screen.earlier_refused(BackendError("gone", 410), (False, 0, first))
+        assert screen.log_state == "ok"
+        # ... and a wanted one that fails keeps the window shown and says why.
+        screen.earlier_refused(BackendError("the daemon is busy", 503), (True, 0, screen.start))
+        bar = str(screen.query_one("#logbar", Static).render())
+        assert screen.log_state == "ok" and screen.lines == stderr_only and "earlier lines: the daemon is busy" in bar
 
     run(fake, body)
 

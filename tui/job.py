@@ -246,11 +246,10 @@ class JobScreen(DataScreen):
 
     def apply(self, job: dict[str, Any], chunks: list[dict[str, Any]], read: tuple[bool, int, int | None]) -> None:
         """`read`: (stderr alone, rank, the offset it read from; None: the last window)."""
-        stream, rank, base = read
-        if stream != self.stderr or rank != self.rank:
-            return  # read before `e` or `o` switched the stream: the next read is the right one
-        if base != self.read_from:
-            return  # another read got there first (or `e` began afresh): this one is stale
+        if read != (self.stderr, self.rank, self.read_from):
+            # Read before `e` or `o` switched the stream, or another read got there first
+            # (or `e` began afresh): stale; the next read is the right one.
+            return
         at_end = self.view.scroll_offset.y >= self.view.max_scroll_y
         new: list[str] = []
         for c in chunks:

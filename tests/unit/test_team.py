@@ -56,15 +56,16 @@ def test_without_a_team_head_every_node_is_trusted_and_nobody_joins(tmp_path: Pa
         team.invite(ROOT, 900)
 
 
+def raw(node_id: str, addr: str, head: bool = False) -> dict[str, object]:
+    """A node as Ray lists it (its host name is its id here)."""
+    res = {"GPU": 2.0, "CPU": 4.0, **({"node:__internal_head__": 1.0} if head else {})}
+    return {"NodeID": node_id, "NodeManagerHostname": node_id, "NodeManagerAddress": addr, "Resources": res}
+
+
 def test_ray_nodes_that_did_not_join_are_untrusted_and_unschedulable(team: Team) -> None:
     inv = team.invite(ROOT, 900)
     team.join(inv["secret"], "box-2", "10.0.0.2")
     book = NodeBook()
-
-    def raw(node_id: str, addr: str, head: bool = False) -> dict[str, object]:
-        res = {"GPU": 2.0, "CPU": 4.0, **({"node:__internal_head__": 1.0} if head else {})}
-        return {"NodeID": node_id, "NodeManagerHostname": node_id, "NodeManagerAddress": addr, "Resources": res}
-
     added, removed = book.update_from_ray(
         [raw("head", "10.0.0.1", head=True), raw("box-2", "10.0.0.2"), raw("rogue", "10.0.0.9")],
         "10.0.0.1", False, team.trusted_addresses(),
@@ -95,11 +96,7 @@ def test_node_remove_is_for_admins_and_the_machine_is_untrusted_at_the_next_look
     inv = team.invite(ROOT, 900)
     team.join(inv["secret"], "box-2", "10.0.0.2")
     book = NodeBook()
-    ray_nodes = [
-        {"NodeID": "head", "NodeManagerHostname": "head", "NodeManagerAddress": "10.0.0.1",
-         "Resources": {"GPU": 2.0, "node:__internal_head__": 1.0}},
-        {"NodeID": "box-2", "NodeManagerHostname": "box-2", "NodeManagerAddress": "10.0.0.2", "Resources": {"GPU": 2.0}},
-    ]  # fmt: skip
+    ray_nodes = [raw("head", "10.0.0.1", head=True), raw("box-2", "10.0.0.2")]
     book.update_from_ray(ray_nodes, "10.0.0.1", False, team.trusted_addresses())
     assert book.get("box-2").schedulable  # type: ignore[union-attr]
     for caller, name, status in ((ALICE, "box-2", 403), (ROOT, "box-9", 404)):

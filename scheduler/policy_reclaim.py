@@ -204,8 +204,7 @@ class Reclaimer(PassCore):
         """GPUs each other researcher holds over their guarantee, net of what this pass
         already takes back from them: the most a claim by `claimant` may take from
         each (their own jobs are never the claimant's victims). Only researchers with
-        some to give are in it, so a job holding no GPU (CPU only) is never a victim:
-        preempting it would free nothing a claim counts."""
+        some to give are in it (_clear never takes a job that holds no GPU)."""
         out: dict[str, int] = {}
         for u in self.held:
             if u != claimant:
@@ -236,7 +235,12 @@ class Reclaimer(PassCore):
         for r in self.running_by_node.get(nid, ()):
             if r.stop_deadline is not None or r.id in stopping:
                 available += r.gpus
-            elif r.preemptible or (r.gpus <= slack.get(r.user, -1) and now - r.start_time >= min_runtime):
+            elif r.gpus > 0 and (
+                r.preemptible or (r.gpus <= slack.get(r.user, -1) and now - r.start_time >= min_runtime)
+            ):
+                # A job holding no GPU frees nothing a claim counts, whoever owns it:
+                # a borrower's CPU-only job beside their GPU jobs stays (it once sorted
+                # first among the victims, losing "no work").
                 candidates.append(r)
                 offered += r.gpus
         if available >= need:

@@ -298,6 +298,22 @@ def test_a_job_holding_no_gpu_is_never_preempted_to_make_room_for_gpus() -> None
         assert [(x.job_id, x.for_job) for x in d.preemptions] == [(2, 3)], explain
 
 
+def test_a_borrowers_cpu_only_job_stays_when_their_gpu_job_is_reclaimed() -> None:
+    # b borrows (no guarantee) and runs a CPU-only job beside a GPU job: taking back
+    # the GPUs needs the GPU job alone. The CPU-only one once sorted first among the
+    # victims (no work lost) and was stopped for nothing.
+    s = snap(
+        pending=[pend(3, "a", gpus=4)],
+        running=[run(1, "b", "n0", gpus=0), run(2, "b", "n0", gpus=4), run(4, "c", "n1", gpus=8)],
+        node_sizes=(4, 8),
+        quotas=book(a={"guaranteed_gpus": 8}),
+        min_runtime=0.0,
+    )
+    for explain in (True, False):
+        d = schedule(replace(s, config=replace(s.config, explain=explain)))
+        assert [(x.job_id, x.for_job) for x in d.preemptions] == [(2, 3)], explain
+
+
 def test_preemption_can_be_turned_off() -> None:
     q = book(carol={"guaranteed_gpus": 2})
     running = [run(i, "alice", "n0") for i in range(1, 5)]

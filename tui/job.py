@@ -117,6 +117,7 @@ class JobScreen(DataScreen):
         self.lines: list[str] = []  # the window, as received (cleaned, unwrapped)
         self.partial = ""
         self.start = 0  # byte offset where the window begins
+        self.full = False  # `[` found no room for earlier lines (MAX_LOG_LINES): it reads no more
         self.log_offset = 0  # next byte to read
         self.log_size = 0
         self.log_state = "loading"  # loading, ok, private, removed, error
@@ -306,7 +307,9 @@ class JobScreen(DataScreen):
         if earlier and earlier[-1] == "":
             earlier.pop()
         if len(self.lines) + len(earlier) > MAX_LOG_LINES:
-            self.log_note = f"the window holds {MAX_LOG_LINES:,} lines: `labq logs {self.job_id}` prints the rest"
+            # The bar says so in place of "[ loads earlier"; `[` stops reading a window it
+            # would refuse again (reset when the window is read afresh: `e`, `o`).
+            self.full = True
             self.update_logbar()
             return
         self.start = int(part.get("start", 0))
@@ -341,7 +344,12 @@ class JobScreen(DataScreen):
         ranks = len((self.job or {}).get("ranks") or ())
         whose = f"rank {self.rank} of {ranks} (o: next)" if ranks else "log"
         parts = [f"{'stderr only (e: both)' if self.stderr else whose} · {len(self.lines):,} lines"]
-        if self.start > 0:
+        if self.start > 0 and self.full:
+            parts.append(
+                f"{self.start / 2**20:.1f} MiB before them not shown"
+                f" (the window holds {MAX_LOG_LINES:,} lines: `labq logs {self.job_id}` prints them)"
+            )
+        elif self.start > 0:
             parts.append(f"{self.start / 2**20:.1f} MiB before them not shown (\\[ loads earlier)")
         elif self.start < 0:
             parts.append(f"the first lines were dropped (the window holds {MAX_LOG_LINES:,})")
@@ -417,6 +425,7 @@ class JobScreen(DataScreen):
 
     def _reread(self) -> None:
         self.lines, self.partial, self.start, self.log_offset, self.log_size = [], "", 0, 0, 0
+        self.full = False
         if self.log_note == READING_EARLIER:
             self.log_note = ""  # that read was of the stream left behind
         self.opened = self.done = False
@@ -430,7 +439,7 @@ class JobScreen(DataScreen):
         self.redraw()
 
     def action_earlier(self) -> None:
-        if self.start > 0 and self.log_state == "ok":
+        if self.start > 0 and self.log_state == "ok" and not self.full:
             self.log_note = READING_EARLIER
             self.update_logbar()
             self.fetch_earlier((self.stderr, self.rank, self.start))

@@ -235,6 +235,40 @@ def test_a_huge_log_opens_at_its_end_reading_one_window() -> None:
     run(fake, body)
 
 
+def test_a_full_window_says_where_the_rest_is_and_stops_reading_earlier(monkeypatch: Any) -> None:
+    """Once earlier lines would take the window past MAX_LOG_LINES, `[` is refused: the
+    bar says `labq logs` prints the rest instead of "[ loads earlier", and a second `[`
+    reads nothing (each once re-read 256 KiB to be refused again)."""
+    import tui.job
+
+    fake = FakeBackend()
+    line = b"step 0000000 loss 0.1234 lr 3e-4 " + b"x" * 60 + b"\n"
+    fake.log_blob = line * (8 * 2**20 // len(line))
+    monkeypatch.setattr(tui.job, "MAX_LOG_LINES", (WINDOW // len(line)) * 3 // 2)  # one window, not two
+
+    async def body(app: LabqApp, pilot: Pilot[None]) -> None:
+        await pilot.press("enter")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, JobScreen)
+        shown, start = list(screen.lines), screen.start
+        assert "loads earlier" in str(screen.query_one("#logbar", Static).render())
+        await pilot.press("left_square_bracket")
+        await settle(pilot)
+        bar = str(screen.query_one("#logbar", Static).render())
+        assert screen.lines == shown and screen.start == start
+        assert "loads earlier" not in bar and f"`labq logs {screen.job_id}` prints them" in bar
+        read = sum(fake.log_reads)
+        await pilot.press("left_square_bracket")
+        await settle(pilot)
+        assert sum(fake.log_reads) == read  # bytes: a follow poll of a log that does not grow reads none
+        await pilot.press("e")  # the window read afresh (stderr alone): `[` may read again
+        await settle(pilot)
+        assert not screen.full
+
+    run(fake, body)
+
+
 def test_an_earlier_window_read_late_is_not_put_on_top_twice() -> None:
     """`[` reads the window before the screen's start; a read that comes back after the
     screen moved on (a second `[` got there first, or `e` switched the stream) is dropped,

@@ -62,6 +62,12 @@ def raw(node_id: str, addr: str, head: bool = False) -> dict[str, object]:
     return {"NodeID": node_id, "NodeManagerHostname": node_id, "NodeManagerAddress": addr, "Resources": res}
 
 
+def on_box(node_id: str) -> dict[str, object]:
+    """The machine "box" (10.0.0.2) as Ray lists it under `node_id`: one Ray node id per
+    Ray start, so a reboot shows the same machine under a new id."""
+    return {"NodeID": node_id, "NodeManagerHostname": "box", "NodeManagerAddress": "10.0.0.2", "Resources": {"GPU": 2.0}}
+
+
 def test_ray_nodes_that_did_not_join_are_untrusted_and_unschedulable(team: Team) -> None:
     inv = team.invite(ROOT, 900)
     team.join(inv["secret"], "box-2", "10.0.0.2")
@@ -155,22 +161,18 @@ def test_a_report_blocked_past_the_head_timeout_kills_the_job_once() -> None:
 def test_a_machine_is_asked_to_rejoin_only_while_its_old_node_alone_is_listed() -> None:
     book = NodeBook()
 
-    def raw(node_id: str) -> dict[str, object]:
-        return {"NodeID": node_id, "NodeManagerHostname": "box", "NodeManagerAddress": "10.0.0.2",
-                "Resources": {"GPU": 2.0}}  # fmt: skip
-
-    book.update_from_ray([raw("old")], "10.0.0.1", False)
+    book.update_from_ray([on_box("old")], "10.0.0.1", False)
     book.mark_dead("old")  # cut off past node_timeout_s; Ray still lists it
-    book.update_from_ray([raw("old")], "10.0.0.1", False)
+    book.update_from_ray([on_box("old")], "10.0.0.1", False)
     assert book.lost_addresses() == {"10.0.0.2"}
-    book.update_from_ray([raw("old"), raw("new")], "10.0.0.1", False)  # its Ray restarted
+    book.update_from_ray([on_box("old"), on_box("new")], "10.0.0.1", False)  # its Ray restarted
     assert book.lost_addresses() == set()
     # The new node has the machine's name while Ray still lists the old one too.
     assert [(n.id, n.name) for n in book.all()] == [("new", "box")]
-    _, removed = book.update_from_ray([raw("new")], "10.0.0.1", False)
+    _, removed = book.update_from_ray([on_box("new")], "10.0.0.1", False)
     assert [(n.id, n.name) for n in removed] == [("old", "box")]
     # Two live nodes of one host name (two Rays on one machine) are told apart.
-    book.update_from_ray([raw("new"), raw("other")], "10.0.0.1", False)
+    book.update_from_ray([on_box("new"), on_box("other")], "10.0.0.1", False)
     assert sorted(n.name for n in book.all()) == ["box-new", "box-other"]
 
 
@@ -191,18 +193,14 @@ def test_a_rogue_node_calling_itself_after_a_joined_machine_takes_neither_its_na
 def test_a_drain_holds_on_a_machine_whichever_of_its_names_it_goes_by() -> None:
     book = NodeBook()
 
-    def raw(node_id: str) -> dict[str, object]:
-        return {"NodeID": node_id, "NodeManagerHostname": "box", "NodeManagerAddress": "10.0.0.2",
-                "Resources": {"GPU": 2.0}}  # fmt: skip
-
     def schedulable() -> dict[str, tuple[str, bool]]:
         return {n.id: (n.name, n.schedulable) for n in book.all()}
 
     # Drained by its host name, it reboots while Ray still lists its old node: both
     # nodes are suffixed, and neither takes jobs.
-    book.update_from_ray([raw("old111")], "10.0.0.1", False)
+    book.update_from_ray([on_box("old111")], "10.0.0.1", False)
     book.set_drained("box", True)
-    book.update_from_ray([raw("old111"), raw("new222")], "10.0.0.1", False)
+    book.update_from_ray([on_box("old111"), on_box("new222")], "10.0.0.1", False)
     assert schedulable() == {"old111": ("box-old111", False), "new222": ("box-new222", False)}
     book.set_drained("box", False)
     assert schedulable() == {"old111": ("box-old111", True), "new222": ("box-new222", True)}
@@ -210,7 +208,7 @@ def test_a_drain_holds_on_a_machine_whichever_of_its_names_it_goes_by() -> None:
     # plain "box" again; the sibling's drain does not spill onto it.
     book.set_drained("box-new222", True)
     assert schedulable() == {"old111": ("box-old111", True), "new222": ("box-new222", False)}
-    book.update_from_ray([raw("new222")], "10.0.0.1", False)
+    book.update_from_ray([on_box("new222")], "10.0.0.1", False)
     assert schedulable() == {"new222": ("box", False)}
     book.set_drained("box-new222", False)
     assert schedulable() == {"new222": ("box", True)}

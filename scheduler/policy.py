@@ -17,8 +17,9 @@ One pass, in words:
 4. The first job blocked on resources gets a reservation (EASY backfill): later jobs
    start only if they cannot delay it.
 5. A researcher below `guaranteed_gpus` whose job cannot start reclaims borrowed
-   GPUs: least work lost first, never a job younger than `min_runtime`, never
-   taking a victim's owner below their own guarantee (so nobody preempts back).
+   GPUs: least work lost first, never a job younger than `min_runtime` or holding
+   no GPU, never taking a victim's owner below their own guarantee (so nobody
+   preempts back).
 """
 
 from __future__ import annotations

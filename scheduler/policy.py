@@ -149,7 +149,8 @@ def _schedule(snap: Snapshot) -> Decision:
     def rank(u: str) -> tuple[int, float, float, int, str]:
         head = by_user[u][-1]
         q = p.quota(u)
-        under_guarantee = p.own(u) + p.claimed[u] + head.gpus <= q.guaranteed_gpus
+        # A job that holds no GPU is not a guarantee's: it would rank ahead of everyone.
+        under_guarantee = head.gpus > 0 and p.own(u) + p.claimed[u] + head.gpus <= q.guaranteed_gpus
         age = min(1.0, max(0.0, snap.now - head.submit_time) / cfg.age_max)
         score = factor(u) + cfg.age_weight * age
         return (0 if under_guarantee else 1, -score, head.submit_time, head.id, u)
@@ -322,6 +323,16 @@ def _schedule(snap: Snapshot) -> Decision:
         return p.quota(u).scavenge and all(r.kind == "budget" for r in blocked)
 
     least_of: dict[str, int] = {}
+    cpu_only: set[str] | None = None
+
+    def waits_cpu_only(u: str | None = None) -> bool:
+        """Does `u` (None: anyone) wait with a job that holds no GPU? It may start where
+        no GPU is free, so "no GPU free: nothing more starts" does not hold for it. Taken
+        once per pass: one that started since still counts (safe, only slower)."""
+        nonlocal cpu_only
+        if cpu_only is None:
+            cpu_only = {v for v, q in by_user.items() if q and min(map(_gpus, q)) == 0}
+        return bool(cpu_only) if u is None else u in cpu_only
 
     def may_reclaim(u: str) -> bool:
         # Someone whose smallest waiting job fits under their guarantee may still
@@ -367,6 +378,7 @@ def _schedule(snap: Snapshot) -> Decision:
         return (
             p.largest_free() == 0
             and (p.easy_reserved or not cfg.backfill or not explain)
+            and not waits_cpu_only()
             # A running scavenger yields to anyone: not saturated while one runs.
             and not (cfg.preemption and (p.scav_free > 0 or any(may_reclaim(v) for v in by_user if by_user[v])))
         )
@@ -604,14 +616,16 @@ def _schedule(snap: Snapshot) -> Decision:
                 eta: float | None = None
                 claim: tuple[list[RunningJob], NodeState, tuple[str, ...]] | None = None
                 evict = False
-                if cfg.preemption and p.scav_free > 0:
-                    # GPUs a scavenger holds are anyone's for the asking.
+                if cfg.preemption and p.scav_free > 0 and j.gpus > 0:
+                    # GPUs a scavenger holds are anyone's for the asking (a job that needs
+                    # none waits for CPUs or memory, which no claim frees).
                     claim = p.claim_for(j, multi, scavengers_only=True)
                     evict = claim is not None
                 if (
                     claim is None
                     and cfg.preemption
                     and q.guaranteed_gpus > 0
+                    and j.gpus > 0
                     and p.own(u) + p.claimed[u] + j.gpus <= q.guaranteed_gpus
                 ):
                     claim = p.claim_for(j, multi)
@@ -640,7 +654,7 @@ def _schedule(snap: Snapshot) -> Decision:
                         key=lambda r: r.id,
                     )
                     ends = [r.stop_deadline or deadline for r in stopping] or [snap.now]
-                    eta = max(ends)
+                    eta = max(*ends, snap.now)  # a victim past its deadline is stopping now
                     names = ", ".join(f"job {r.id} ({r.user})" for r in stopping)
                     where = ", ".join(p.nodes[nid].info.label for nid in (*cmore, cnode.info.id))
                     why_claim = (
@@ -664,6 +678,10 @@ def _schedule(snap: Snapshot) -> Decision:
                     )
                     wait(j, reasons, eta)
                     return True
+                elif j.gpus == 0:
+                    # It waits for CPUs or memory, whose ends no ETA here counts; and a
+                    # reservation of no GPU would only take the EASY one from a job after it.
+                    eta = None
                 elif cfg.backfill and not p.easy_reserved:
                     res = p.reserve(j)
                     # EASY: one reservation, for the first blocked job that can ever run.
@@ -689,7 +707,7 @@ def _schedule(snap: Snapshot) -> Decision:
         is left to take, a researcher none of whose jobs may reclaim can change nothing
         more in this pass: their jobs are skipped. Exact for starts and preemptions: free
         GPUs, scavengers and a researcher's room under their guarantee only shrink."""
-        if explain or p.scav_free > 0 or p.largest_free() > 0:
+        if explain or p.scav_free > 0 or p.largest_free() > 0 or waits_cpu_only(u):
             return False
         return not cfg.preemption or p.quota(u).guaranteed_gpus <= 0 or not may_reclaim(u)
 

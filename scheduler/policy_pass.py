@@ -131,6 +131,7 @@ class Pass(Reclaimer):
         self.jobs_held: Counter[str] = Counter(idx.jobs_held)
         self.penalty = penalty
         self.scav = dict(idx.scav)  # GPUs each researcher holds as scavengers
+        self.going = idx.going  # read only: regular jobs' GPUs asked to stop before this pass
         self.scav_jobs = dict(idx.scav_jobs)
         # Scavenger GPUs not yet asked back: while there are some, a blocked job may take them.
         self.scav_free = idx.scav_free
@@ -158,7 +159,20 @@ class Pass(Reclaimer):
         if need > self.largest_free():
             return None
         only = j.nodes
-        for k in range(need, self.max_per_node + 1):
+        if need == 0:
+            # A job that holds no GPU (CPU only) fits where no GPU is free too, which no
+            # bucket holds: those nodes first, as the fullest (it takes no GPU from anyone).
+            for nid, node in self.nodes.items():
+                if (
+                    node.free <= 0
+                    and node.info.schedulable
+                    and nid not in skip
+                    and (only is None or nid in only)
+                    and node.cpus >= j.cpus
+                    and node.memory >= j.memory
+                ):
+                    return node
+        for k in range(max(need, 1), self.max_per_node + 1):
             for nid in self.buckets[k]:
                 node = self.nodes[nid]
                 if (

@@ -66,7 +66,8 @@ def resource_reason(p: Pass, j: PendingJob) -> Reason:
         # GPUs are there but CPUs or memory are not.
         return Reason(
             "resources",
-            f"resources: needs {j.cpus:g} CPUs and {j.memory / 2**30:.1f} GiB of memory beside its GPUs",
+            f"resources: needs {j.cpus:g} CPUs and {j.memory / 2**30:.1f} GiB of memory"
+            + (" beside its GPUs" if j.gpus else " (no GPU), no node has them free"),
             (*data, ("cpus", j.cpus), ("memory", j.memory)),
         )
     need = f"needs {j.gpus} GPU{'s' if j.gpus > 1 else ''} on one node"

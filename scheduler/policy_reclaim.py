@@ -20,6 +20,7 @@ class Reclaimer(PassCore):
     running_by_node: dict[str, tuple[RunningJob, ...]]
     held: Counter[str]
     scav: dict[str, int]
+    going: dict[str, int]
     scav_free: int
     claimed: Counter[str]
     node_claimed: Counter[str]
@@ -186,7 +187,7 @@ class Reclaimer(PassCore):
                 return None  # it could not start there anyway: no eviction (no ping-pong)
         # Each node was costed alone: taken together the victims must still leave every
         # owner their own guarantee, or this claim is not made at all.
-        left = Counter({u: self.own(u) - self.reclaimed[u] for u in {r.user for r in victims}})
+        left = Counter({u: self.keeps(u) for u in {r.user for r in victims}})
         for r in victims:
             if r.preemptible:
                 continue
@@ -200,6 +201,11 @@ class Reclaimer(PassCore):
         """GPUs `u` holds that count toward their guarantee (scavengers do not)."""
         return self.held[u] - self.scav.get(u, 0)
 
+    def keeps(self, u: str) -> int:
+        """GPUs `u` keeps toward their guarantee once what is already on its way out
+        is gone: stopping since an earlier pass (going), or taken back in this one."""
+        return self.own(u) - self.going.get(u, 0) - self.reclaimed[u]
+
     def slack(self, claimant: str) -> dict[str, int]:
         """GPUs each other researcher holds over their guarantee, net of what this pass
         already takes back from them: the most a claim by `claimant` may take from
@@ -208,7 +214,7 @@ class Reclaimer(PassCore):
         out: dict[str, int] = {}
         for u in self.held:
             if u != claimant:
-                s = self.own(u) - self.reclaimed[u] - self.quota(u).guaranteed_gpus
+                s = self.keeps(u) - self.quota(u).guaranteed_gpus
                 if s > 0:
                     out[u] = s
         return out

@@ -66,6 +66,9 @@ class RunningIndex:
         self.scav: dict[str, int] = {}  # GPUs held as scavengers
         self.scav_jobs: dict[str, int] = {}
         self.scav_free = 0  # scavengers' GPUs not yet asked back
+        # GPUs of each researcher's regular jobs already asked to stop (an earlier pass's
+        # reclaim, a cancel in its grace): gone soon, so they guarantee their owner nothing.
+        self.going: dict[str, int] = {}
         self.ends: dict[str, dict[int, tuple[float, int]]] = {}  # user -> (end, GPUs), scavengers not
         # What a pass starts from, beyond node_parts() (policy_pass.PassBase: its NodeStates,
         # shared between passes until one takes GPUs there), and the nodes changed since.
@@ -109,6 +112,8 @@ class RunningIndex:
                 self.scav_free += g
         else:
             self.ends.setdefault(u, {})[job_id] = (end, g)
+            if stop is not None and g:
+                self.going[u] = self.going.get(u, 0) + g
         rest = g
         # A job's GPUs on each node: whole nodes in more_nodes, the rest on its main node.
         # A node named twice (or the main node in more_nodes) is one part holding both.
@@ -181,11 +186,16 @@ class RunningIndex:
                 del self.scav[u], self.scav_jobs[u]
             if stop is None:
                 self.scav_free -= g
-        elif not keep_order:
-            ends = self.ends[u]
-            del ends[job_id]
-            if not ends:
-                del self.ends[u]
+        else:
+            if stop is not None and g:
+                self.going[u] -= g
+                if not self.going[u]:
+                    del self.going[u]
+            if not keep_order:
+                ends = self.ends[u]
+                del ends[job_id]
+                if not ends:
+                    del self.ends[u]
         for nid in dict.fromkeys((*more, nid0)):  # each node once: _put made one part there
             parts = self.parts.get(nid)
             if parts is None or job_id not in parts:

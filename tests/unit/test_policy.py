@@ -314,6 +314,64 @@ def test_a_borrowers_cpu_only_job_stays_when_their_gpu_job_is_reclaimed() -> Non
         assert [(x.job_id, x.for_job) for x in d.preemptions] == [(2, 3)], explain
 
 
+def _cpu_nodes(s: Snapshot, *sizes: int) -> Snapshot:
+    return replace(s, nodes=tuple(replace(n, cpus=16.0) for n in nodes(*sizes)))
+
+
+def test_a_job_holding_no_gpu_starts_where_every_gpu_is_taken() -> None:
+    # Only nodes with a free GPU were looked at, so a CPU-only job waited for a GPU it
+    # does not need ("needs 2 CPUs ... beside its GPUs"), and with a guarantee made an
+    # empty claim. Found by a review.
+    for quotas in (None, book(a={"guaranteed_gpus": 2})):
+        s = snap([pend(10, "a", gpus=0, cpus=2)], [run(1, "b", "n0", gpus=4)], quotas=quotas)
+        for explain in (True, False):
+            d = schedule(replace(s, config=replace(s.config, explain=explain)))
+            assert started(d) == [10] and d.preemptions == (), (quotas, explain)
+
+
+def test_a_job_holding_no_gpu_does_not_rank_in_the_guarantee_tier() -> None:
+    # 0 GPUs is always "within the guarantee": a heavy user's CPU-only job went ahead of
+    # everyone and took the CPUs a GPU job needed. It waits now, saying for what, with
+    # no ETA (no end of anyone's CPUs is counted) and no EASY reservation of no GPU.
+    s = _cpu_nodes(
+        snap([pend(10, "a", gpus=4, cpus=16, age=600), pend(11, "b", gpus=0, cpus=8, time_limit=24 * H)],
+             usage={"b": 1000 * H}),
+        4,
+    )  # fmt: skip
+    for explain in (True, False):
+        d = schedule(replace(s, config=replace(s.config, explain=explain)))
+        assert started(d) == [10] and d.order == (10, 11), explain
+    d = schedule(s)
+    assert d.waiting[11].eta is None and "(no GPU), no node has them free" in texts(d, 11)[0]
+
+
+def test_a_claims_eta_is_never_in_the_past() -> None:
+    # Its victim is past its stop deadline (the daemon is about to kill it): now, not then.
+    s = snap([pend(10, "a", gpus=4)], [run(1, "b", "n0", gpus=4, stop_deadline=NOW - 120)],
+             quotas=book(a={"guaranteed_gpus": 4}))  # fmt: skip
+    d = schedule(s)
+    assert d.waiting[10].eta == NOW and texts(d, 10)[0].startswith("reclaim:")
+
+
+def test_a_victims_job_already_stopping_counts_against_what_it_may_lose() -> None:
+    # b (guarantee 4) holds 8 GPUs, 4 of them already stopping (an earlier pass's claim):
+    # only 4 stay, its guarantee. Taking job 2 as well left b with none (and b would
+    # reclaim back). c waits for d's job to pass min_runtime instead. Found by a review.
+    s = snap(
+        [pend(10, "a", gpus=4, age=600), pend(11, "c", gpus=4)],
+        [run(1, "b", "n0", gpus=4, stop_deadline=NOW + 10), run(2, "b", "n1", gpus=4),
+         run(3, "d", "n2", gpus=4, age=60)],
+        node_sizes=(4, 4, 4),
+        quotas=book(a={"guaranteed_gpus": 4}, b={"guaranteed_gpus": 4}, c={"guaranteed_gpus": 4}),
+    )  # fmt: skip
+    for explain in (True, False):
+        d = schedule(replace(s, config=replace(s.config, explain=explain)))
+        assert d.preemptions == () and started(d) == [], explain
+    # Once d's job is old enough, it is the one taken back.
+    later = replace(s, running=(*s.running[:2], run(3, "d", "n2", gpus=4)))
+    assert [(x.job_id, x.for_job) for x in schedule(later).preemptions] == [(3, 11)]
+
+
 def test_preemption_can_be_turned_off() -> None:
     q = book(carol={"guaranteed_gpus": 2})
     running = [run(i, "alice", "n0") for i in range(1, 5)]

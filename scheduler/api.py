@@ -35,6 +35,7 @@ from scheduler.errors import DaemonError
 from scheduler.gpuwatch import GpuWatch
 from scheduler.logbook import LogBook
 from scheduler.nodes import NodeBook
+from scheduler.quota import fair_share_factor
 from scheduler.raylink import RayLink
 from scheduler.scheduling import Scheduler, prediction_report
 from scheduler.shapes import QUEUED, JobState
@@ -415,19 +416,27 @@ def predictions(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
 def show_quotas(d: Service, c: Caller, p: Params, body: Any) -> tuple[int, Any]:
     decision = d.scheduler.decision
     quotas = d.admin.quotas
-    users = set(quotas.known_users())
-    if decision:
-        users |= set(decision.shares)
+    seen = d.scheduler.usage_seen
+    shares = decision.shares if decision else {}
+    # The last pass ranked only those with a job; anyone else's usage is the ledger's, and
+    # their factor what it would be were they to submit now (that pass's totals plus
+    # theirs). Without this, usage read 0 and the factor 1 once a queue was empty.
+    users = set(quotas.known_users()) | set(shares) | {u for u, used in seen.items() if used > 0}
+    total_usage = sum(s.usage for s in shares.values())
+    total_shares = sum(s.shares for s in shares.values())
     out = []
     for u in sorted(users):
         q = quotas.for_user(u)
-        share = decision.shares.get(u) if decision else None
+        share = shares.get(u)
+        used = share.usage if share else seen.get(u, 0.0)
         out.append(
             {
                 "user": u,
                 **q.__dict__,
-                "usage_gpu_s": share.usage if share else 0.0,
-                "factor": share.factor if share else 1.0,
+                "usage_gpu_s": used,
+                "factor": share.factor
+                if share
+                else fair_share_factor(used, total_usage + used, q.shares, total_shares + q.shares),
                 "held_gpus": share.held_gpus if share else 0,
                 "running_jobs": share.running_jobs if share else 0,
                 "pending_jobs": share.pending_jobs if share else 0,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.cli_logs import cmd_logs
-from scheduler.cli_spec import apply_job_options, build_spec
+from scheduler.cli_spec import apply_job_options, build_spec, placeholder_warning
 from scheduler.client import Client, ClientError, NoDaemon, Remote
 from scheduler.cliparse import build_parser, command_of
 from scheduler.console import UsageError, die, emit_json, say
@@ -66,6 +66,9 @@ def show_preview(out: dict[str, Any], as_json: bool) -> int:
 
 def cmd_submit(c: Client, args: argparse.Namespace) -> int:
     spec, job_file, lines = build_spec(args, remote=c.remote is not None)
+    typo = placeholder_warning(spec)
+    if typo:
+        say(f"labq: warning: {typo}", file=sys.stderr)
     try:
         if args.dry_run:
             return show_preview(c.preview(spec), args.json)

@@ -102,6 +102,10 @@ class Scheduler:
         self.history = RuntimeHistory()
         self._runs_upto = time.time() - LEARN_FROM_S
         self.decision: Decision | None = None
+        # Everyone's decayed usage (GPU-seconds) as the last snapshot read it, those with
+        # no job now included (the decision's shares are only those with one). This
+        # thread replaces the dict whole; the API reads it (`labq quota show`).
+        self.usage_seen: dict[str, float] = {}
         self.last_pass = 0.0
         self.pass_s = 0.0  # how long the last pass took (health, benchmarks)
         self.wake = wake or threading.Event()
@@ -142,6 +146,7 @@ class Scheduler:
         ]
         active = self.store.jobs(states=ACTIVE, with_spec=False)
         decayed, week = self.ledger.usage(now, active)
+        self.usage_seen = dict(decayed)
         held = held_gpus(active)
         closed = self._closed()
         nodes = tuple(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from tests.conftest import SYSTEM_PYTHON, Labq, daemon, unix_user
+from tests.conftest import SYSTEM_PYTHON, Labq, daemon, unix_user, wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -85,6 +86,16 @@ def test_equal_shares_split_the_gpus_and_a_guarantee_is_reclaimed(lq: Labq) -> N
     assert held(lq) == after
     for jid in [*ids["a"], *ids["b"], *mine]:
         lq.run("cancel", str(jid), check=False)
+
+    # Usage outlives the jobs: with nothing of hers queued or running, alice's is still
+    # shown, and so is the lower factor it gives her (it read 0 and 1.000 once her
+    # queue was empty; found by a newcomer).
+    def idle(u: str) -> dict[str, Any] | None:
+        row = next((r for r in lq.json("quota", "show")["quotas"] if r["user"] == u), None)
+        return row if row and row["running_jobs"] == row["pending_jobs"] == 0 and row["held_gpus"] == 0 else None
+
+    row = wait_for("alice's jobs to be gone from quota show", lambda: idle("labqtest-alice"))
+    assert row["usage_gpu_s"] > 0 and row["factor"] < 1.0, row
 
 
 def test_quota_changes_are_admin_only_persisted_and_audited(lq: Labq) -> None:

@@ -77,6 +77,30 @@ def test_array_and_sweep_options_build_the_spec_and_refuse_both() -> None:
         spec("--array", "1-5,3", "--", "x")
 
 
+def test_a_placeholder_no_task_replaces_gets_a_warning_and_the_job_goes_ahead() -> None:
+    # `{lrr}` for `{lr}` ran a whole sweep with the literal text, silently (a newcomer).
+    from scheduler.cli import build_spec
+    from scheduler.cli_spec import placeholder_warning
+
+    def warn(*argv: str) -> str | None:
+        return placeholder_warning(build_spec(build_parser("submit").parse_args(["submit", *argv]), remote=True)[0])
+
+    assert warn("--sweep", "lr=1,2", "--", "echo", "{lrr}") == (
+        "{lrr} is not one of {index}, {array_id}, {lr}: each task gets it as written"
+    )
+    assert warn("--array", "0-1", "--", "echo", "{idx}") == (
+        "{idx} is not one of {index}, {array_id}: each task gets it as written"
+    )
+    assert "{lrr}" in (warn("--sweep", "lr=1", "--env", "LR={lrr}", "--", "x") or "")
+    assert warn("--", "echo", "{index}") == (
+        "{index} is replaced only in an array or a sweep (--array, --sweep): this job gets it as written"
+    )
+    # What a task does replace, a shell's ${HOME}, JSON and Python braces: no warning.
+    assert warn("--sweep", "lr=1,2", "--", "sh", "-c", "echo {lr} {index} {array_id} ${HOME}") is None
+    assert warn("--", "python", "-c", "print({1: 2}); d = {}") is None
+    assert warn("--", "sh", "-c", "echo ${HOME} {name}") is None  # not an array: braces are its own
+
+
 def test_nodes_and_gpus_per_node_build_the_spec_and_say_what_is_missing(tmp_path: Path) -> None:
     import pytest
 

@@ -464,7 +464,7 @@ def cmd_quota(c: Client, args: argparse.Namespace) -> int:
             if k == "max_gpus_per_type":
                 pairs = v.items() if isinstance(v, dict) else v or ()
                 return " ".join(f"{t}:{n}" for t, n in pairs) or "none"
-            return str(v)
+            return "none" if v is None else str(v)  # the word `quota set` takes, not Python's None
 
         changes = ", ".join(f"{k}: {shown(k, out['old'].get(k))} -> {shown(k, v)}" for k, v in out["new"].items())
         say(f"{args.user}: {changes}")

@@ -102,7 +102,8 @@ def test_quota_changes_are_admin_only_persisted_and_audited(lq: Labq) -> None:
     bob = unix_user("labqtest-bob")
     out = lq.run("quota", "set", "labqtest-alice", "--max-gpus", "3", user=bob, check=False)
     assert out.returncode == 1 and "only admins may change quotas" in out.stderr
-    lq.run("quota", "set", "labqtest-alice", "--max-gpus", "3", "--shares", "2")
+    out = lq.run("quota", "set", "labqtest-alice", "--max-gpus", "3", "--shares", "2")
+    assert "max_gpus: none -> 3" in out.stdout  # the word it takes, not Python's None
     # A name nothing here knows (a typo) is set all the same, with a warning; a Unix
     # account is known.
     out = lq.run("quota", "set", "labqtest-alcie", "--shares", "2")

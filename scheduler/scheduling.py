@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -328,7 +328,8 @@ class Scheduler:
         snap = self.snapshot(now, chained, arrays)
         decision = schedule(snap)
         if chained:
-            waits = {j: dependency_wait(d) for j, (_, d) in chained.items()}
+            by_id = {e.id: e for e in arrays}
+            waits = {j: dependency_wait(d, by_id) for j, (_, d) in chained.items()}
             decision = replace(decision, waiting={**decision.waiting, **waits})
         active = self.store.jobs(states=ACTIVE, with_spec=False) if decision.starts else []
         held, unknown = held_gpus(active), unplaced(active)
@@ -542,9 +543,18 @@ def _nowhere(silent: int) -> str:
     return _NOWHERE + quiet
 
 
-def dependency_wait(deps: list[tuple[int, str, JobState]]) -> Waiting:
-    """Why a chained job waits: the jobs it waits for, and for what of each."""
-    parts = [f"job {d} ({st.value}) to {'succeed' if kind == 'ok' else 'end'}" for d, kind, st in deps[:5]]
+def dependency_wait(deps: list[tuple[int, str, JobState]], arrays: Mapping[int, ArrayEntry] | None = None) -> Waiting:
+    """Why a chained job waits: the jobs it waits for, and for what of each. An array
+    waited for is told by its tasks: its own row stays PENDING while they run, which
+    read "job 40 (PENDING)" beside a queue showing it RUNNING."""
+
+    def what(d: int, st: JobState) -> str:
+        e = (arrays or {}).get(d)
+        if e is None:
+            return f"job {d} ({st.value})"
+        return f"array {d} ({e.made - e.live} of {e.size} tasks ended)"
+
+    parts = [f"{what(d, st)} to {'succeed' if kind == 'ok' else 'end'}" for d, kind, st in deps[:5]]
     more = f" and {len(deps) - 5} more" if len(deps) > 5 else ""
     return Waiting(
         (

@@ -238,3 +238,15 @@ def test_a_sweep_is_bounded_as_its_tasks_expand_not_as_it_was_submitted(tmp_path
         assert all(len(json.dumps(spec.task_spec(arr, i))) <= bound for i in range(2))
     finally:
         d.store.close()
+
+
+def test_a_job_after_an_array_is_told_how_far_the_array_is_not_its_rows_pending() -> None:
+    # The array's own row stays PENDING while its tasks run: "waits for job 40 (PENDING)"
+    # beside a queue showing 40[] RUNNING (a newcomer).
+    from scheduler.scheduling import dependency_wait
+    from scheduler.store_arrays import ArrayEntry
+
+    e = ArrayEntry(40, "ana", 1, 0.0, 0, None, 0.0, 0, size=6, cap=2, made=4, live=2)
+    w = dependency_wait([(40, "ok", JobState.PENDING), (41, "any", JobState.RUNNING)], {40: e})
+    assert w.reasons[0].text == "dependency: waits for array 40 (2 of 6 tasks ended) to succeed, job 41 (RUNNING) to end"
+    assert dependency_wait([(41, "ok", JobState.RUNNING)]).reasons[0].text == "dependency: waits for job 41 (RUNNING) to succeed"

@@ -649,7 +649,8 @@ def _schedule(snap: Snapshot) -> Decision:
                             r
                             for nid in (cnode.info.id, *cmore)
                             for r in p.running_by_node.get(nid, ())
-                            if r.id in p.stopping_for or r.stop_deadline is not None
+                            # What it waits for: a stopping job that frees no GPU is not.
+                            if r.gpus > 0 and (r.id in p.stopping_for or r.stop_deadline is not None)
                         ),
                         key=lambda r: r.id,
                     )

@@ -372,6 +372,20 @@ def test_a_victims_job_already_stopping_counts_against_what_it_may_lose() -> Non
     assert [(x.job_id, x.for_job) for x in schedule(later).preemptions] == [(3, 11)]
 
 
+def test_a_claim_waits_for_gpu_jobs_not_for_a_cpu_only_one_stopping_beside_them() -> None:
+    # A CPU-only job being cancelled on the node (its deadline +25 s) was named in the
+    # reason and set the ETA, though it frees no GPU. Found by a review.
+    s = snap(
+        [pend(10, "a", gpus=4, age=600)],
+        [run(1, "b", "n0", gpus=4, age=H), run(2, "b", "n0", gpus=4, age=2 * H),
+         run(3, "z", "n0", gpus=0, stop_deadline=NOW + 25)],
+        node_sizes=(8,), quotas=book(a={"guaranteed_gpus": 4}), grace_period=10,
+    )  # fmt: skip
+    d = schedule(s)
+    assert [(x.job_id, x.for_job) for x in d.preemptions] == [(1, 10)]
+    assert "waiting for job 1 (b) to stop" in texts(d, 10)[0] and d.waiting[10].eta == NOW + 10
+
+
 def test_preemption_can_be_turned_off() -> None:
     q = book(carol={"guaranteed_gpus": 2})
     running = [run(i, "alice", "n0") for i in range(1, 5)]

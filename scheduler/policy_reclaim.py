@@ -14,6 +14,13 @@ from scheduler.policy_types import PendingJob, RunningJob
 # checks it picks what the whole scan picks.
 _READY_FIRST = True
 
+# What a claim on a node costs: (GPU-seconds lost of regular jobs, of scavengers). Compared
+# as a tuple, so the cheapest node is the one that stops the least regular work, and a
+# scavenger's work only decides between nodes that lose the same: "guarantee reclaims
+# take scavengers before anyone's borrowed job" across nodes as within one.
+Cost = tuple[float, float]
+NO_COST: Cost = (0.0, 0.0)
+
 
 class Reclaimer(PassCore):
     # Owned by Pass (policy_pass.py), which sets all of them up.
@@ -75,7 +82,7 @@ class Reclaimer(PassCore):
         return j.nodes is None and j.gpus >= self.no_reclaim.get(self._borrowed_key(j, multi), 1 << 30)
 
     def _reclaim(self, j: PendingJob, scavengers_only: bool) -> tuple[list[RunningJob], NodeState] | None:
-        best: tuple[float, str, list[RunningJob]] | None = None
+        best: tuple[Cost, str, list[RunningJob]] | None = None
         slack = {} if scavengers_only else self.slack(j.user)
         if _READY_FIRST and j.gpus > 0:
             # A job whose GPUs are already on their way out (claimed in an earlier pass,
@@ -106,7 +113,7 @@ class Reclaimer(PassCore):
                 continue
             if not victims:
                 # Enough is already on its way out; wait for it rather than preempt more.
-                best = (0.0, nid, [])
+                best = (NO_COST, nid, [])
                 break
             if best is None or (lost, nid) < (best[0], best[1]):
                 best = (lost, nid, victims)
@@ -148,7 +155,7 @@ class Reclaimer(PassCore):
         self, j: PendingJob, scavengers_only: bool
     ) -> tuple[list[RunningJob], NodeState, tuple[str, ...]] | None:
         whole, rest = self.split(j.gpus)
-        costs: list[tuple[float, str, list[RunningJob]]] = []
+        costs: list[tuple[Cost, str, list[RunningJob]]] = []
         slack = {} if scavengers_only else self.slack(j.user)
         for nid, node in self.nodes.items():
             if node.info.gpus == self.max_per_node and can_hold(node, j, 0):
@@ -163,7 +170,7 @@ class Reclaimer(PassCore):
         parts = [(nid, self.nodes[nid].info.gpus) for _, nid, _ in chosen]
         victims = [r for _, _, vs in chosen for r in vs]
         if rest:
-            best: tuple[float, str, list[RunningJob]] | None = None
+            best: tuple[Cost, str, list[RunningJob]] | None = None
             for nid, node in self.nodes.items():
                 if nid in taken or not can_hold(node, j, rest):
                     continue
@@ -226,8 +233,8 @@ class Reclaimer(PassCore):
         need: int,
         scavengers_only: bool,
         slack: dict[str, int],
-    ) -> tuple[float, list[RunningJob]] | None:
-        """(GPU-seconds lost, victims) that give `need` GPUs on `node`; None if it cannot.
+    ) -> tuple[Cost, list[RunningJob]] | None:
+        """(the work lost (Cost), victims) that give `need` GPUs on `node`; None if it cannot.
         Scavengers go first, whoever owns them and however young; then (unless
         `scavengers_only`) borrowed GPUs of other researchers, least work lost first.
         `slack`: self.slack(j.user) ({} for scavengers only), once per reclaim."""
@@ -250,13 +257,13 @@ class Reclaimer(PassCore):
                 candidates.append(r)
                 offered += r.gpus
         if available >= need:
-            return 0.0, []
+            return NO_COST, []
         if available + offered < need:
             return None  # most nodes, on a busy pool: no sort
         candidates.sort(key=lambda r: (not r.preemptible, r.gpus * (now - r.start_time), r.id))
         victims: list[RunningJob] = []
         taken: dict[str, int] = {}
-        lost = 0.0
+        lost = scav_lost = 0.0
         for r in candidates:
             if available >= need:
                 break
@@ -268,8 +275,11 @@ class Reclaimer(PassCore):
                 taken[r.user] = t
             victims.append(r)
             available += r.gpus
-            lost += r.gpus * (now - r.start_time)
-        return (lost, victims) if available >= need else None
+            if r.preemptible:
+                scav_lost += r.gpus * (now - r.start_time)
+            else:
+                lost += r.gpus * (now - r.start_time)
+        return ((lost, scav_lost), victims) if available >= need else None
 
     def stop(self, r: RunningJob) -> None:
         """`r` is asked to stop in this pass: its GPUs are on their way out."""

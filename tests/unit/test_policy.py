@@ -386,6 +386,21 @@ def test_a_claim_waits_for_gpu_jobs_not_for_a_cpu_only_one_stopping_beside_them(
     assert "waiting for job 1 (b) to stop" in texts(d, 10)[0] and d.waiting[10].eta == NOW + 10
 
 
+def test_a_reclaim_takes_a_scavenger_and_less_regular_work_over_a_cheaper_regular_job() -> None:
+    # n0: an old scavenger and a 1-hour borrowed job; n1: a 2-hour borrowed job. Counting
+    # all work alike, n1 was cheaper (8 GPU-hours against 22), and a regular job was
+    # stopped while a scavenger ran on: scavengers go first across nodes too.
+    s = snap(
+        [pend(10, "a", gpus=4)],
+        [run(1, "s", "n0", gpus=2, age=10 * H, preemptible=True, time_limit=48 * H),
+         run(2, "b", "n0", gpus=2, age=H), run(3, "b", "n1", gpus=4, age=2 * H)],
+        node_sizes=(4, 4), quotas=book(a={"guaranteed_gpus": 4}),
+    )  # fmt: skip
+    for explain in (True, False):
+        d = schedule(replace(s, config=replace(s.config, explain=explain)))
+        assert sorted(x.job_id for x in d.preemptions) == [1, 2], explain
+
+
 def test_preemption_can_be_turned_off() -> None:
     q = book(carol={"guaranteed_gpus": 2})
     running = [run(i, "alice", "n0") for i in range(1, 5)]

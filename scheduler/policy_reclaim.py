@@ -97,7 +97,7 @@ class Reclaimer(PassCore):
                 if not can_hold(node, j):
                     continue
                 found = self._clear(node, j, j.gpus, scavengers_only, slack)
-                if found is not None and not found[1] and (not scavengers_only or self._fits_after(node, j, [])):
+                if found is not None and not found[1] and self._usable(node, j, [], scavengers_only):
                     self._claim(j, [(nid, j.gpus)], [])
                     return [], node
         for nid, node in self.nodes.items():
@@ -107,9 +107,7 @@ class Reclaimer(PassCore):
             if found is None:
                 continue
             lost, victims = found
-            if scavengers_only and not self._fits_after(node, j, victims):
-                # Evicting for a job that still could not start (a reservation, its CPUs)
-                # would only let the scavenger back in next pass, and evict it again.
+            if not self._usable(node, j, victims, scavengers_only):
                 continue
             if not victims:
                 # Enough is already on its way out; wait for it rather than preempt more.
@@ -123,18 +121,38 @@ class Reclaimer(PassCore):
         self._claim(j, [(nid, j.gpus)], victims)
         return victims, self.nodes[nid]
 
+    def _usable(self, node: NodeState, j: PendingJob, victims: list[RunningJob], scavengers_only: bool) -> bool:
+        """Is a claim on `node` worth making? Its CPUs and memory must be there once the
+        victims are gone: preempting a borrower (or waiting on free GPUs) where `j` could
+        still not start took work for nothing and waited for ever (a review). An eviction of
+        scavengers must also delay no reservation: else the scavenger would come straight
+        back next pass, and be evicted again. (A guarantee claim makes its own reservation.)"""
+        if scavengers_only:
+            return self._fits_after(node, j, victims)
+        if not j.cpus and not j.memory:
+            return True
+        return self._room_after(node, j, self._going(node, victims))
+
+    def _going(self, node: NodeState, victims: list[RunningJob]) -> list[RunningJob]:
+        """The jobs on `node` on their way out once `victims` are told to stop."""
+        return [
+            r
+            for r in self.running_by_node.get(node.info.id, ())
+            if r.stop_deadline is not None or r.id in self.stopping_for or r in victims
+        ]
+
+    @staticmethod
+    def _room_after(node: NodeState, j: PendingJob, going: list[RunningJob]) -> bool:
+        return (
+            node.cpus + sum(r.cpus for r in going) >= j.cpus
+            and node.memory + sum(r.memory for r in going) >= j.memory
+        )
+
     def _fits_after(self, node: NodeState, j: PendingJob, victims: list[RunningJob]) -> bool:
         """Could `j` start on `node` once `victims` and the jobs already stopping there are
         gone: its CPUs and memory, and no reservation it would delay?"""
-        nid = node.info.id
-        going = [
-            r
-            for r in self.running_by_node.get(nid, ())
-            if r.stop_deadline is not None or r.id in self.stopping_for or r in victims
-        ]
-        if node.cpus + sum(r.cpus for r in going) < j.cpus or node.memory + sum(r.memory for r in going) < j.memory:
-            return False
-        return self.conflicts(node, j, j.gpus, tuple(going)) is None
+        going = self._going(node, victims)
+        return self._room_after(node, j, going) and self.conflicts(node, j, j.gpus, tuple(going)) is None
 
     def reclaim_multi(
         self, j: PendingJob, scavengers_only: bool = False
@@ -160,7 +178,9 @@ class Reclaimer(PassCore):
         for nid, node in self.nodes.items():
             if node.info.gpus == self.max_per_node and can_hold(node, j, 0):
                 found = self._clear(node, j, node.info.gpus, scavengers_only, slack)
-                if found is not None:
+                # Each rank asks its node for the job's CPUs and memory (the reservation
+                # check of an eviction is below, for all the nodes at once).
+                if found is not None and self._usable(node, j, found[1], False):
                     costs.append((found[0], nid, found[1]))
         costs.sort(key=lambda c: (c[0], c[1]))
         if len(costs) < whole:
@@ -175,7 +195,9 @@ class Reclaimer(PassCore):
                 if nid in taken or not can_hold(node, j, rest):
                     continue
                 found = self._clear(node, j, rest, scavengers_only, slack)
-                if found is not None and (best is None or (found[0], nid) < (best[0], best[1])):
+                if found is None or not self._usable(node, j, found[1], False):
+                    continue
+                if best is None or (found[0], nid) < (best[0], best[1]):
                     best = (found[0], nid, found[1])
             if best is None:
                 return None

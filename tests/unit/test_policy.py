@@ -401,6 +401,29 @@ def test_a_reclaim_takes_a_scavenger_and_less_regular_work_over_a_cheaper_regula
         assert sorted(x.job_id for x in d.preemptions) == [1, 2], explain
 
 
+def test_a_claim_goes_where_the_jobs_cpus_will_be_and_preempts_nobody_for_nothing() -> None:
+    # Found by a review: a guarantee claim counted GPUs alone. (a) It waited for ever on
+    # n0's free GPUs, whose CPUs c holds, and left b's borrowed job on n1 alone; (b) it
+    # preempted b's job on a node where c's CPUs still kept it from starting.
+    a_and_c = book(a={"guaranteed_gpus": 4}, c={"guaranteed_gpus": 4})
+    s = _cpu_nodes(
+        snap([pend(10, "a", gpus=2, cpus=8)], [run(1, "c", "n0", gpus=2, cpus=16), run(2, "b", "n1", gpus=4, cpus=1)],
+             quotas=a_and_c),
+        4, 4,
+    )  # fmt: skip
+    for explain in (True, False):
+        d = schedule(replace(s, config=replace(s.config, explain=explain)))
+        assert [(x.job_id, x.for_job) for x in d.preemptions] == [(2, 10)], explain
+    s = _cpu_nodes(
+        snap([pend(10, "a", gpus=4, cpus=4)], [run(1, "c", "n0", gpus=4, cpus=15), run(2, "b", "n0", gpus=4, cpus=1)],
+             quotas=a_and_c),
+        8,
+    )  # fmt: skip
+    for explain in (True, False):
+        d = schedule(replace(s, config=replace(s.config, explain=explain)))
+        assert d.preemptions == () and started(d) == [], explain
+
+
 def test_preemption_can_be_turned_off() -> None:
     q = book(carol={"guaranteed_gpus": 2})
     running = [run(i, "alice", "n0") for i in range(1, 5)]

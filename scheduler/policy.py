@@ -226,24 +226,33 @@ def _schedule(snap: Snapshot) -> Decision:
         return etas[key]
 
     type_held: dict[str, Counter[str]] = {}  # GPUs held per GPU type, for those with per-type caps
+    type_scav: dict[str, Counter[str]] = {}  # of those, held by running scavengers (shed() may stop them)
     sizes = _Sizes()  # node -> GPUs, filled when first needed (per-type caps only)
 
     def held_of_type(u: str) -> Counter[str]:
         got = type_held.get(u)
         if got is None:
             got = type_held[u] = Counter()
+            scav = type_scav[u] = Counter()
             sizes.update((nid, n.info.gpus) for nid, n in p.nodes.items())
             for r in snap.running:
                 if r.user == u:
                     for nid, g in placement(Start(r.id, r.node, r.more_nodes), r.gpus, sizes):
                         if nid in p.nodes:
                             got[p.nodes[nid].info.gpu_type] += g
+                            if r.preemptible:
+                                scav[p.nodes[nid].info.gpu_type] += g
         return got
 
-    def type_capped(u: str, j: PendingJob, caps: tuple[tuple[str, int], ...]) -> tuple[PendingJob, Reason | None]:
+    def type_capped(
+        u: str, j: PendingJob, caps: tuple[tuple[str, int], ...], scavenger: bool = False
+    ) -> tuple[PendingJob, Reason | None]:
         """A quota with per-type caps (`max_gpus: {h100: 4}`): `j` may not go to nodes of
-        a type its owner would exceed; if no node is left, the cap is why it waits."""
+        a type its owner would exceed; if no node is left, the cap is why it waits. As
+        with max_gpus, a regular job does not count its owner's scavengers (shed())."""
         held = held_of_type(u)
+        if not scavenger:
+            held = held - type_scav[u]
         over = [(t, cap) for t, cap in caps if held[t] + j.gpus > cap]
         if not over:
             return j, None
@@ -300,10 +309,26 @@ def _schedule(snap: Snapshot) -> Decision:
         """After `u`'s regular job `j` starts: `u`'s own scavengers (youngest first) give
         back what now puts `u` over their caps."""
         q = p.quota(u)
-        if q.max_gpus is None and q.max_jobs is None:
+        if q.max_gpus is None and q.max_jobs is None and not q.max_gpus_per_type:
             return
         scavs = [r for rs in p.running_by_node.values() for r in rs if r.user == u and r.preemptible]
         going = [r for r in scavs if r.stop_deadline is not None or r.id in p.stopping_for]
+        if q.max_gpus_per_type:
+            # Per GPU type: the youngest scavengers on nodes of a type now over its cap.
+            held = held_of_type(u)
+            kind = {r.id: p.nodes[r.node].info.gpu_type if r.node in p.nodes else "" for r in scavs}
+            for t, cap in q.max_gpus_per_type:
+                over_t = held[t] - sum(r.gpus for r in going if kind[r.id] == t) - cap
+                for r in sorted((r for r in scavs if r not in going and kind[r.id] == t), key=lambda r: (-r.start_time, r.id)):
+                    if over_t <= 0:
+                        break
+                    p.preemptions.append(Preempt(r.id, j.id, f"{u}'s own job {j.id} needs its room under {u}'s {t} cap"))
+                    p.stop(r)
+                    p.scav_free -= r.gpus
+                    going.append(r)
+                    over_t -= r.gpus
+            if q.max_gpus is None and q.max_jobs is None:
+                return
         over_g = p.held[u] - sum(r.gpus for r in going) - q.max_gpus if q.max_gpus is not None else 0
         over_j = p.jobs_held[u] - len(going) - q.max_jobs if q.max_jobs is not None else 0
         if over_g <= 0 and over_j <= 0:
@@ -794,7 +819,7 @@ def _schedule(snap: Snapshot) -> Decision:
             heapq.heappush(heap, rank(u))
 
     if scavengers:
-        scavenge(p, scavengers, order, wait, quota_reasons, type_capped, type_held)
+        scavenge(p, scavengers, order, wait, quota_reasons, type_capped, type_held, type_scav)
 
     shares = {
         u: UserShare(

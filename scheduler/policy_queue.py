@@ -144,6 +144,7 @@ def scavenge(
     quota_reasons: Any,
     type_capped: Any,
     type_held: dict[str, Counter[str]],
+    type_scav: dict[str, Counter[str]],
 ) -> None:
     """Place scavengers after everyone else: oldest first, on GPUs that are free now,
     best fit, never on a node where GPUs are being claimed (they would be taken back
@@ -160,7 +161,7 @@ def scavenge(
             caps = [r for r in quota_reasons(u, j, scavenger=True) if r.kind != "budget"]
             typed = j
             if not caps and p.quota(u).max_gpus_per_type:
-                typed, capped = type_capped(u, j, p.quota(u).max_gpus_per_type)
+                typed, capped = type_capped(u, j, p.quota(u).max_gpus_per_type, scavenger=True)
                 caps = [capped] if capped is not None else []
             if caps:
                 break
@@ -171,6 +172,7 @@ def scavenge(
             p.starts.append(Start(j.id, node.info.id, (), preemptible=True))
             if u in type_held:
                 type_held[u][node.info.gpu_type] += j.gpus
+                type_scav[u][node.info.gpu_type] += j.gpus
             p.held[u] += j.gpus
             p.scav[u] = p.scav.get(u, 0) + j.gpus
             p.scav_jobs[u] = p.scav_jobs.get(u, 0) + 1

@@ -424,6 +424,22 @@ def test_a_claim_goes_where_the_jobs_cpus_will_be_and_preempts_nobody_for_nothin
         assert d.preemptions == () and started(d) == [], explain
 
 
+def test_a_per_type_cap_does_not_count_the_owners_scavengers_and_sheds_them() -> None:
+    # As max_gpus: u's regular job starts, and u's own scavenger gives back what puts u
+    # over the h100 cap. It waited on "u holds 4/4 h100 GPUs" instead. Found by a review.
+    s = snap([pend(10, "u", gpus=4)], [run(1, "u", "n0", gpus=4, preemptible=True)],
+             quotas=book(u={"max_gpus_per_type": (("h100", 4),)}))  # fmt: skip
+    s = replace(s, nodes=(NodeInfo("n0", 8, "node-0", gpu_type="h100"),))
+    for explain in (True, False):
+        d = schedule(replace(s, config=replace(s.config, explain=explain)))
+        assert started(d) == [10] and [(x.job_id, x.for_job) for x in d.preemptions] == [(1, 10)], explain
+    assert "h100 cap" in schedule(s).preemptions[0].reason
+    # A scavenger of u's own still counts its scavengers: it waits on the cap.
+    s2 = replace(s, pending=(pend(11, "u", gpus=4, preemptible=True),))
+    d = schedule(s2)
+    assert started(d) == [] and "quota: u holds 4/4 h100 GPUs" in texts(d, 11)[0]
+
+
 def test_preemption_can_be_turned_off() -> None:
     q = book(carol={"guaranteed_gpus": 2})
     running = [run(i, "alice", "n0") for i in range(1, 5)]

@@ -39,6 +39,15 @@ def resource_reason(p: Pass, j: PendingJob) -> Reason:
         return Reason("drained", "resources: no schedulable node (all drained, unhealthy or gone)")
     data: tuple[tuple[str, Any], ...] = (("gpus", j.gpus), ("largest_node", biggest))
     if j.gpus > biggest:
+        if j.gpus <= p.max_per_node:
+            # A node that big exists but takes no job now (a job fits on one node or
+            # spans whole nodes of the largest size, so this one waits for it).
+            return Reason(
+                "resources",
+                f"resources: needs {j.gpus} GPUs on one node; the nodes that big are drained, unhealthy or"
+                f" gone (the largest open one has {biggest})",
+                data,
+            )
         if p.cfg.multi_node:
             whole, rest = p.split(j.gpus)
             full = len(p.buckets[p.max_per_node])

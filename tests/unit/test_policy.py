@@ -440,6 +440,17 @@ def test_a_per_type_cap_does_not_count_the_owners_scavengers_and_sheds_them() ->
     assert started(d) == [] and "quota: u holds 4/4 h100 GPUs" in texts(d, 11)[0]
 
 
+def test_a_job_that_needs_the_drained_big_node_says_so() -> None:
+    # It read "needs 0 whole free 8-GPU nodes and 6 GPUs on another, 0 are free" (a review).
+    s = snap([pend(10, "a", gpus=6)], node_sizes=(4, 4, 8), multi_node=True)
+    s = replace(s, nodes=(*s.nodes[:2], replace(s.nodes[2], schedulable=False)))
+    d = schedule(s)
+    assert texts(d, 10)[0] == (
+        "resources: needs 6 GPUs on one node; the nodes that big are drained, unhealthy or gone"
+        " (the largest open one has 4)"
+    )
+
+
 def test_preemption_can_be_turned_off() -> None:
     q = book(carol={"guaranteed_gpus": 2})
     running = [run(i, "alice", "n0") for i in range(1, 5)]

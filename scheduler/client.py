@@ -193,6 +193,9 @@ class Client:
         self.remote = remote
         self.socket_path = socket_path or client_socket()
         self.where = remote.url if remote else str(self.socket_path)
+        # Found by looking in the usual places (no --socket, no LABQ_SOCKET): a daemon
+        # started with its own socket (`make demo`'s) is elsewhere, and the hint says so.
+        self.guessed = remote is None and socket_path is None and not os.environ.get("LABQ_SOCKET")
         self.timeout = timeout
         self._conn: _Connection | None = None
 
@@ -229,6 +232,8 @@ class Client:
             except (FileNotFoundError, ConnectionRefusedError):
                 self.close()
                 hint = "is its `listen` on?" if self.remote else "start one with `labq up`"
+                if self.guessed:
+                    hint += " (one started with LABQ_SOCKET set, as by `make demo`, needs the same LABQ_SOCKET here)"
                 raise NoDaemon(f"no labq daemon at {self.where}: {hint}") from None
             except (BrokenPipeError, ConnectionResetError):
                 # A kept-alive connection the daemon closed: one fresh try.

@@ -76,6 +76,19 @@ def test_no_daemon_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untype
     assert out.stderr.strip() == (
         f"labq: no labq daemon at {tmp_path / 'none.sock'}: start one with `labq up`"
     )
+    # Found in the usual places (no LABQ_SOCKET): a daemon started with its own socket,
+    # as `make demo`'s, is not there, and the hint says how to reach it (a newcomer
+    # nearly started a second daemon on "start one with `labq up`").
+    from scheduler.paths import ROOT_SOCKET
+
+    if ROOT_SOCKET.exists():
+        pytest.skip(f"{ROOT_SOCKET} exists: a client without LABQ_SOCKET would reach it")
+    env = {k: v for k, v in env.items() if k != "LABQ_SOCKET"} | {"XDG_RUNTIME_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "scheduler.cli", "queue"], env=env, capture_output=True, text=True)
+    assert out.returncode == 3 and out.stderr.strip() == (
+        f"labq: no labq daemon at {tmp_path / 'labq' / 'labq.sock'}: start one with `labq up`"
+        " (one started with LABQ_SOCKET set, as by `make demo`, needs the same LABQ_SOCKET here)"
+    )
 
 
 def test_second_daemon_on_same_state_dir_is_refused(labq4: Labq) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.cli_logs import cmd_logs
-from scheduler.cli_spec import apply_job_options, build_spec, placeholder_warning
+from scheduler.cli_spec import apply_job_options, build_spec
 from scheduler.client import Client, ClientError, NoDaemon, Remote
 from scheduler.cliparse import build_parser, command_of
 from scheduler.console import UsageError, die, emit_json, say
@@ -27,6 +27,7 @@ from scheduler.present import (
     max_gpus_text,
     parse_env,
     pct,
+    placeholder_warning,
     preview_lines,
     queue_cells,
     stamp,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -132,29 +131,3 @@ def build_spec(
         spec["workdir"] = os.path.join(_cwd(), spec["workdir"])
     return spec, job_file, lines
 
-
-# `{name}` as an array's or sweep's task sees it: not `${name}` (a shell variable).
-_PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def placeholder_warning(spec: dict[str, Any]) -> str | None:
-    """A `{name}` in the command or --env that no task will replace (a typo: `{lrr}` for
-    `{lr}`), or `{index}` in a job that is not an array. Such braces are passed as
-    written (JobSpec.task_spec leaves other braces alone, for `${HOME}` or JSON), so
-    the submission goes ahead: this only says so, before a whole sweep runs with them."""
-    texts = [str(a) for a in spec.get("command") or []] + [str(v) for v in (spec.get("env") or {}).values()]
-    found = dict.fromkeys(m for t in texts for m in _PLACEHOLDER.findall(t))
-    if not found:
-        return None
-    sweep = list(spec.get("sweep") or {})
-    if not spec.get("array") and not sweep:
-        tasky = [n for n in found if n in ("index", "array_id")]
-        if tasky:
-            return f"{{{tasky[0]}}} is replaced only in an array or a sweep (--array, --sweep): this job gets it as written"
-        return None
-    known = ("index", "array_id", *sweep)
-    unknown = [n for n in found if n not in known]
-    if not unknown:
-        return None
-    names = ", ".join(f"{{{n}}}" for n in known)
-    return f"{', '.join(f'{{{n}}}' for n in unknown)} is not one of {names}: each task gets it as written"

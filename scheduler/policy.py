@@ -27,11 +27,11 @@ from __future__ import annotations
 import gc
 import heapq
 from collections import Counter
-from collections.abc import Mapping
 from itertools import islice
 from operator import attrgetter, itemgetter
 from typing import Any
 
+from scheduler.policy_caps import Caps, placement
 from scheduler.policy_pass import Pass
 from scheduler.policy_queue import queues, scavenge
 from scheduler.policy_reasons import NO_REASON, format_ahead, resource_reason, short
@@ -85,24 +85,6 @@ _FIT_FIELDS = ("gpus", "cpus", "memory", "nodes", "time_limit", "expected")
 _fit_key = itemgetter(*(PendingJob._fields.index(f) for f in _FIT_FIELDS))
 # ... and what its reasons say besides (`where` is in a placement reason's text).
 _told_key = itemgetter(*(PendingJob._fields.index(f) for f in _FIT_FIELDS + ("where",)))
-
-
-def placement(start: Start, gpus: int, node_gpus: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
-    """Where a started job's `gpus` are, as (node, GPUs there), rank 0 first: its one
-    node; or for a job over several nodes, the remainder on `start.node` and all of
-    each whole node in `more_nodes` (`node_gpus`: each node's GPUs, as in the Snapshot).
-    The daemon and the simulator both turn a Start into ranks through this."""
-    if not start.more_nodes:
-        return ((start.node, gpus),)
-    whole = tuple((n, node_gpus[n]) for n in start.more_nodes)
-    return ((start.node, gpus - sum(g for _, g in whole)), *whole)
-
-
-class _Sizes(dict[str, int]):
-    """Node sizes for placement() of a running job, 0 for a node that left."""
-
-    def __missing__(self, key: str) -> int:
-        return 0
 
 
 def schedule(snap: Snapshot) -> Decision:
@@ -225,123 +207,7 @@ def _schedule(snap: Snapshot) -> Decision:
         etas[key] = None if best == INF else best
         return etas[key]
 
-    type_held: dict[str, Counter[str]] = {}  # GPUs held per GPU type, for those with per-type caps
-    type_scav: dict[str, Counter[str]] = {}  # of those, held by running scavengers (shed() may stop them)
-    sizes = _Sizes()  # node -> GPUs, filled when first needed (per-type caps only)
-
-    def held_of_type(u: str) -> Counter[str]:
-        got = type_held.get(u)
-        if got is None:
-            got = type_held[u] = Counter()
-            scav = type_scav[u] = Counter()
-            sizes.update((nid, n.info.gpus) for nid, n in p.nodes.items())
-            for r in snap.running:
-                if r.user == u:
-                    for nid, g in placement(Start(r.id, r.node, r.more_nodes), r.gpus, sizes):
-                        if nid in p.nodes:
-                            got[p.nodes[nid].info.gpu_type] += g
-                            if r.preemptible:
-                                scav[p.nodes[nid].info.gpu_type] += g
-        return got
-
-    def type_capped(
-        u: str, j: PendingJob, caps: tuple[tuple[str, int], ...], scavenger: bool = False
-    ) -> tuple[PendingJob, Reason | None]:
-        """A quota with per-type caps (`max_gpus: {h100: 4}`): `j` may not go to nodes of
-        a type its owner would exceed; if no node is left, the cap is why it waits. As
-        with max_gpus, a regular job does not count its owner's scavengers (shed())."""
-        held = held_of_type(u)
-        if not scavenger:
-            held = held - type_scav[u]
-        over = [(t, cap) for t, cap in caps if held[t] + j.gpus > cap]
-        if not over:
-            return j, None
-        banned = {t for t, _ in over}
-        ok = frozenset(nid for nid, n in p.nodes.items() if n.info.gpu_type not in banned)
-        if j.nodes is not None:
-            ok &= j.nodes
-        if ok:
-            note = f"not on {', '.join(sorted(banned))} GPUs: {u}'s cap"
-            return j._replace(nodes=ok, where=f"{j.where}; {note}" if j.where else note), None
-        t, cap = over[0]
-        text = f"quota: {u} holds {held[t]}/{cap} {t} GPUs, this job needs {j.gpus} more"
-        return j, Reason("quota", text, (("gpu_type", t), ("held_gpus", held[t]), ("max_gpus", cap), ("gpus", j.gpus)))
-
-    def quota_reasons(u: str, j: PendingJob, scavenger: bool = False) -> list[Reason]:
-        """Why `u`'s quota or budget holds `j` back now (empty: it does not). A regular
-        job does not count its owner's scavengers: they give way to it (shed())."""
-        q = p.quota(u)
-        blocked: list[Reason] = []
-        jobs = p.jobs_held[u] - (0 if scavenger else p.scav_jobs.get(u, 0))
-        held = p.held[u] - (0 if scavenger else p.scav.get(u, 0))
-        if q.max_jobs is not None and jobs >= q.max_jobs:
-            blocked.append(
-                Reason(
-                    "quota",
-                    f"quota: {u} runs {jobs}/{q.max_jobs} jobs",
-                    (("running_jobs", jobs), ("max_jobs", q.max_jobs)),
-                )
-            )
-        if q.max_gpus is not None and held + j.gpus > q.max_gpus:
-            blocked.append(
-                Reason(
-                    "quota",
-                    f"quota: {u} holds {held}/{q.max_gpus} GPUs, this job needs {j.gpus} more"
-                    if held
-                    else f"quota: needs {j.gpus} GPUs, {u}'s limit is {q.max_gpus}",
-                    (("held_gpus", held), ("max_gpus", q.max_gpus), ("gpus", j.gpus)),
-                )
-            )
-        if q.gpu_hours_per_week is not None:
-            used_h = snap.week_usage.get(u, 0.0) / 3600.0
-            if used_h >= q.gpu_hours_per_week:
-                blocked.append(
-                    Reason(
-                        "budget",
-                        f"budget: {used_h:.1f}/{q.gpu_hours_per_week:g} GPU-hours used this week",
-                        (("used_gpu_hours", round(used_h, 3)), ("gpu_hours_per_week", q.gpu_hours_per_week)),
-                    )
-                )
-
-        return blocked
-
-    def shed(u: str, j: PendingJob) -> None:
-        """After `u`'s regular job `j` starts: `u`'s own scavengers (youngest first) give
-        back what now puts `u` over their caps."""
-        q = p.quota(u)
-        if q.max_gpus is None and q.max_jobs is None and not q.max_gpus_per_type:
-            return
-        scavs = [r for rs in p.running_by_node.values() for r in rs if r.user == u and r.preemptible]
-        going = [r for r in scavs if r.stop_deadline is not None or r.id in p.stopping_for]
-        if q.max_gpus_per_type:
-            # Per GPU type: the youngest scavengers on nodes of a type now over its cap.
-            held = held_of_type(u)
-            kind = {r.id: p.nodes[r.node].info.gpu_type if r.node in p.nodes else "" for r in scavs}
-            for t, cap in q.max_gpus_per_type:
-                over_t = held[t] - sum(r.gpus for r in going if kind[r.id] == t) - cap
-                for r in sorted((r for r in scavs if r not in going and kind[r.id] == t), key=lambda r: (-r.start_time, r.id)):
-                    if over_t <= 0:
-                        break
-                    p.preemptions.append(Preempt(r.id, j.id, f"{u}'s own job {j.id} needs its room under {u}'s {t} cap"))
-                    p.stop(r)
-                    p.scav_free -= r.gpus
-                    going.append(r)
-                    over_t -= r.gpus
-            if q.max_gpus is None and q.max_jobs is None:
-                return
-        over_g = p.held[u] - sum(r.gpus for r in going) - q.max_gpus if q.max_gpus is not None else 0
-        over_j = p.jobs_held[u] - len(going) - q.max_jobs if q.max_jobs is not None else 0
-        if over_g <= 0 and over_j <= 0:
-            return
-        mine = sorted((r for r in scavs if r not in going), key=lambda r: (-r.start_time, r.id))
-        for r in mine:
-            if over_g <= 0 and over_j <= 0:
-                break
-            p.preemptions.append(Preempt(r.id, j.id, f"{u}'s own job {j.id} needs its room under {u}'s caps"))
-            p.stop(r)
-            p.scav_free -= r.gpus
-            over_g -= r.gpus
-            over_j -= 1
+    caps = Caps(p, snap)  # quotas and caps, and the scavengers they shed (policy_caps.py)
 
     def scavenges(u: str, blocked: list[Reason]) -> bool:
         """Over budget and nothing else in the way: the quota may let it scavenge."""
@@ -420,7 +286,7 @@ def _schedule(snap: Snapshot) -> Decision:
             hk = (j.user, j.gpus)
             blocked = held_back.get(hk)
             if blocked is None:
-                blocked = held_back[hk] = quota_reasons(j.user, j)
+                blocked = held_back[hk] = caps.reasons(j.user, j)
             if blocked:
                 return blocked
             key = (j.gpus, j.cpus, j.memory, j.nodes, j.where)
@@ -433,7 +299,7 @@ def _schedule(snap: Snapshot) -> Decision:
         if any(p.quota(u).scavenge for u in by_user):
             kept = []
             for j in rest:
-                b = quota_reasons(j.user, j) if p.quota(j.user).scavenge else None
+                b = caps.reasons(j.user, j) if p.quota(j.user).scavenge else None
                 if b and scavenges(j.user, b):
                     scavengers.append((j, b))
                 else:
@@ -495,7 +361,7 @@ def _schedule(snap: Snapshot) -> Decision:
             return i
         multi_from = p.max_per_node if cfg.multi_node and p.max_per_node > 0 else 1 << 30
         # Per researcher: jobs of up to `claim` GPUs may claim (or, with type caps or
-        # scavenging, none is taken here), so those go to consider(); and quota_reasons()
+        # scavenging, none is taken here), so those go to consider(); and caps.reasons()
         # by GPUs asked (nothing starts within the stretch, so they hold).
         users: dict[str, tuple[int, dict[int, tuple[Reason, ...]]]] = {}
         waiting, make, n, start = p.waiting, tuple.__new__, n_ahead, i
@@ -535,7 +401,7 @@ def _schedule(snap: Snapshot) -> Decision:
                 deep_told[tk] = told
             blocked = known[1].get(g)
             if blocked is None:
-                blocked = known[1][g] = tuple(quota_reasons(u, j))
+                blocked = known[1][g] = tuple(caps.reasons(u, j))
             if blocked:
                 told = blocked, None, False
             by_user[u].pop()
@@ -555,9 +421,9 @@ def _schedule(snap: Snapshot) -> Decision:
         nonlocal total_usage, eta_budget
         q = p.quota(u)
 
-        blocked = quota_reasons(u, j)
+        blocked = caps.reasons(u, j)
         if q.max_gpus_per_type and not blocked:
-            j, capped = type_capped(u, j, q.max_gpus_per_type)
+            j, capped = caps.capped(u, j, q.max_gpus_per_type)
             if capped is not None:
                 blocked = [capped]
         if blocked and scavenges(u, blocked):
@@ -604,13 +470,11 @@ def _schedule(snap: Snapshot) -> Decision:
                     p.take(p.nodes[nid], j, p.nodes[nid].free)
                 p.take(node, j, rest)
                 p.starts.append(Start(j.id, node.info.id, more))
-                if u in type_held:
-                    for nid, g in placement(p.starts[-1], j.gpus, sizes):
-                        type_held[u][p.nodes[nid].info.gpu_type] += g
+                caps.took(u, p.starts[-1], j.gpus)
                 p.held[u] += j.gpus
                 p.jobs_held[u] += 1
                 if p.scav_jobs.get(u):
-                    shed(u, j)
+                    caps.shed(u, j)
                 added = j.gpus * p._dur(j)
                 eff_usage[u] += added
                 total_usage += added
@@ -819,7 +683,7 @@ def _schedule(snap: Snapshot) -> Decision:
             heapq.heappush(heap, rank(u))
 
     if scavengers:
-        scavenge(p, scavengers, order, wait, quota_reasons, type_capped, type_held, type_scav)
+        scavenge(p, scavengers, order, wait, caps)
 
     shares = {
         u: UserShare(

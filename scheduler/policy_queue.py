@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from operator import attrgetter
 from typing import Any
 
+from scheduler.policy_caps import Caps
 from scheduler.policy_pass import Pass
 from scheduler.policy_reasons import resource_reason
 from scheduler.policy_types import INF, PendingJob, Snapshot, Start
@@ -141,10 +142,7 @@ def scavenge(
     jobs: list[tuple[PendingJob, list[Reason]]],
     order: list[int],
     wait: Any,
-    quota_reasons: Any,
-    type_capped: Any,
-    type_held: dict[str, Counter[str]],
-    type_scav: dict[str, Counter[str]],
+    caps: Caps,
 ) -> None:
     """Place scavengers after everyone else: oldest first, on GPUs that are free now,
     best fit, never on a node where GPUs are being claimed (they would be taken back
@@ -155,24 +153,22 @@ def scavenge(
         u = j.user
         order.append(j.id)
         left = j.count
-        caps: list[Reason] = []
+        held_back: list[Reason] = []
         while left:
             # Caps still hold (a scavenger is over its budget, not over its caps).
-            caps = [r for r in quota_reasons(u, j, scavenger=True) if r.kind != "budget"]
+            held_back = [r for r in caps.reasons(u, j, scavenger=True) if r.kind != "budget"]
             typed = j
-            if not caps and p.quota(u).max_gpus_per_type:
-                typed, capped = type_capped(u, j, p.quota(u).max_gpus_per_type, scavenger=True)
-                caps = [capped] if capped is not None else []
-            if caps:
+            if not held_back and p.quota(u).max_gpus_per_type:
+                typed, capped = caps.capped(u, j, p.quota(u).max_gpus_per_type, scavenger=True)
+                held_back = [capped] if capped is not None else []
+            if held_back:
                 break
             node = p.best_fit(typed, skip=claimed) if j.gpus <= p.max_per_node else None
             if node is None:
                 break
             p.take(node, j)
             p.starts.append(Start(j.id, node.info.id, (), preemptible=True))
-            if u in type_held:
-                type_held[u][node.info.gpu_type] += j.gpus
-                type_scav[u][node.info.gpu_type] += j.gpus
+            caps.took_scavenger(u, node.info.gpu_type, j.gpus)
             p.held[u] += j.gpus
             p.scav[u] = p.scav.get(u, 0) + j.gpus
             p.scav_jobs[u] = p.scav_jobs.get(u, 0) + 1
@@ -181,8 +177,8 @@ def scavenge(
         if not left:
             continue
         rest = j if left == j.count else j._replace(count=left)
-        if caps:
-            wait(rest, [*caps, *budget], None)
+        if held_back:
+            wait(rest, [*held_back, *budget], None)
         elif j.gpus <= p.max_per_node and p.best_fit(j) is not None:
             why = Reason(
                 "reclaim",

@@ -8,6 +8,7 @@ would otherwise drive the terminal of whoever lists the queue, an admin included
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 import unicodedata
@@ -361,3 +362,30 @@ def max_gpus_text(q: Mapping[str, Any]) -> str:
     parts = [] if q.get("max_gpus") is None else [f"{q['max_gpus']:g}"]
     parts += [f"{t}:{n}" for t, n in q.get("max_gpus_per_type") or ()]
     return " ".join(parts) or "-"
+
+
+# `{name}` as an array's or sweep's task sees it: not `${name}` (a shell variable).
+_PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def placeholder_warning(spec: dict[str, Any]) -> str | None:
+    """A `{name}` in the command or --env that no task will replace (a typo: `{lrr}` for
+    `{lr}`), or `{index}` in a job that is not an array. Such braces are passed as
+    written (JobSpec.task_spec leaves other braces alone, for `${HOME}` or JSON), so
+    the submission goes ahead: this only says so, before a whole sweep runs with them."""
+    texts = [str(a) for a in spec.get("command") or []] + [str(v) for v in (spec.get("env") or {}).values()]
+    found = dict.fromkeys(m for t in texts for m in _PLACEHOLDER.findall(t))
+    if not found:
+        return None
+    sweep = list(spec.get("sweep") or {})
+    if not spec.get("array") and not sweep:
+        tasky = [n for n in found if n in ("index", "array_id")]
+        if tasky:
+            return f"{{{tasky[0]}}} is replaced only in an array or a sweep (--array, --sweep): this job gets it as written"
+        return None
+    known = ("index", "array_id", *sweep)
+    unknown = [n for n in found if n not in known]
+    if not unknown:
+        return None
+    names = ", ".join(f"{{{n}}}" for n in known)
+    return f"{', '.join(f'{{{n}}}' for n in unknown)} is not one of {names}: each task gets it as written"

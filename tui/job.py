@@ -27,6 +27,15 @@ WINDOW = 256 * 1024
 MAX_LOG_LINES = 100_000
 FOLLOW_READ = 4 * 1024 * 1024  # at most this much new output is read per refresh
 READING_EARLIER = "reading earlier lines…"
+EARLIER = "\\[ loads earlier"  # the bar's hint (markup: `[` escaped)
+
+
+def wrapped(lines: list[str], width: int) -> list[str]:
+    """`lines` cut to `width` columns (an empty line stays one line)."""
+    out: list[str] = []
+    for line in lines:
+        out += [line[i : i + width] for i in range(0, max(1, len(line)), width)] or [""]
+    return out
 
 
 def job_details(j: dict[str, Any], now: float) -> str:
@@ -319,13 +328,7 @@ class JobScreen(DataScreen):
 
     def _shown(self, lines: list[str]) -> list[str]:
         """Lines as drawn: cut to the view's width when wrapping."""
-        if not self.wrap:
-            return lines
-        width = max(20, self.view.size.width - 2)
-        out: list[str] = []
-        for line in lines:
-            out += [line[i : i + width] for i in range(0, max(1, len(line)), width)] or [""]
-        return out
+        return wrapped(lines, max(20, self.view.size.width - 2)) if self.wrap else lines
 
     def redraw(self, keep_top: int = 0) -> None:
         view = self.view
@@ -344,13 +347,9 @@ class JobScreen(DataScreen):
         ranks = len((self.job or {}).get("ranks") or ())
         whose = f"rank {self.rank} of {ranks} (o: next)" if ranks else "log"
         parts = [f"{'stderr only (e: both)' if self.stderr else whose} · {len(self.lines):,} lines"]
-        if self.start > 0 and self.full:
-            parts.append(
-                f"{self.start / 2**20:.1f} MiB before them not shown"
-                f" (the window holds {MAX_LOG_LINES:,} lines: `labq logs {self.job_id}` prints them)"
-            )
-        elif self.start > 0:
-            parts.append(f"{self.start / 2**20:.1f} MiB before them not shown (\\[ loads earlier)")
+        if self.start > 0:
+            full = f"the window holds {MAX_LOG_LINES:,} lines: `labq logs {self.job_id}` prints them"
+            parts.append(f"{self.start / 2**20:.1f} MiB before them not shown ({full if self.full else EARLIER})")
         elif self.start < 0:
             parts.append(f"the first lines were dropped (the window holds {MAX_LOG_LINES:,})")
         parts.append("following" if self.follow else "paused")

@@ -17,7 +17,7 @@ from textual.widgets import Button, Input, Label, Static
 
 from scheduler.jobfile import JobFileError, load_job_file
 from scheduler.paths import INHERITED_ENV
-from scheduler.present import parse_env, preview_lines
+from scheduler.present import parse_env, placeholder_warning, preview_lines
 from scheduler.units import UnitError, parse_array, parse_job_ids, parse_size, parse_sweep, parse_time_limit
 from tui.api import BackendError
 from tui.base import Modal
@@ -304,6 +304,9 @@ class SubmitScreen(Modal):
         try:
             out = self.lapp.backend.preview(spec)
             text = _preview_text(out)
+            typo = placeholder_warning(spec)  # as `labq submit` warns
+            if typo:
+                text += f"\n[b]warning:[/b] {escape(typo)}"
         except BackendError as e:
             text = f"[b]would be refused:[/b] {escape(str(e))}"
         self.later(self.query_one("#preview", Static).update, text)

@@ -80,7 +80,7 @@ def test_array_and_sweep_options_build_the_spec_and_refuse_both() -> None:
 def test_a_placeholder_no_task_replaces_gets_a_warning_and_the_job_goes_ahead() -> None:
     # `{lrr}` for `{lr}` ran a whole sweep with the literal text, silently (a newcomer).
     from scheduler.cli import build_spec
-    from scheduler.cli_spec import placeholder_warning
+    from scheduler.present import placeholder_warning
 
     def warn(*argv: str) -> str | None:
         return placeholder_warning(build_spec(build_parser("submit").parse_args(["submit", *argv]), remote=True)[0])

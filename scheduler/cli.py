@@ -222,7 +222,7 @@ def cmd_wait(c: Client, args: argparse.Namespace) -> int:
         if not left:
             break
         if deadline is not None and time.monotonic() >= deadline:
-            say(f"labq: still waiting for {', '.join(f'job {i}' for i in left)} after {args.timeout}", file=sys.stderr)
+            say(f"labq: still waiting for {', '.join(f'job {i}' for i in left)} after {format_duration(limit or 0)}", file=sys.stderr)
             return 124
         time.sleep(delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic())))
         delay = min(2.0, delay * 1.5)

@@ -80,7 +80,7 @@ def _resource_options(s: Any, time_help: str, grace_help: str) -> None:
     """What any job asks for: resources, time, where, env, name, priority, grace."""
     s.add_argument(
         "--gpus", type=int,
-        help="GPUs in all; more than one node has: spread over whole nodes (a multiple of the node size, e.g. "
+        help="GPUs in all (default 1); more than one node has: spread over whole nodes (a multiple of the node size, e.g. "
         "--gpus 16 on 8-GPU nodes is 2 nodes), as --nodes 2 --gpus-per-node 8 says explicitly",
     )
     s.add_argument("--cpus", type=float)
@@ -191,13 +191,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     up.add_argument("--state-dir", help="where the database and logs live")
     up.add_argument("--config", help="daemon config YAML (see configs/labq.yaml)")
-    up.add_argument("--timeout", type=float, default=120.0)
+    up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the daemon to answer")
 
     down = sub.add_parser("down", help="stop the daemon")
     g = down.add_mutually_exclusive_group()
     g.add_argument("--drain", action="store_true", help="start nothing new, wait for running jobs")
     g.add_argument("--kill", action="store_true", help="cancel running jobs (SIGTERM, grace, SIGKILL)")
-    down.add_argument("--timeout", type=float, default=600.0)
+    down.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for it to stop")
 
     s = sub.add_parser("submit", help="queue a job: labq submit [opts] -- CMD... | labq submit job.yaml")
     s.add_argument(

@@ -59,7 +59,7 @@ def test_wait_times_out_with_124_and_dependencies_are_checked_at_submit(labq4: L
     long = labq4.submit("--", "sleep", "300")
     try:
         t0 = time.monotonic()
-        out = labq4.run("wait", str(long), "--timeout", "2s", check=False)
+        out = labq4.run("wait", str(long), "--timeout", "2", check=False)  # seconds; said with a unit
         assert out.returncode == 124 and time.monotonic() - t0 < 10
         assert out.stderr.strip() == f"labq: still waiting for job {long} after 2s"
         for args, msg in (

@@ -11,6 +11,7 @@ from typing import Any
 from scheduler.client import Client
 from scheduler.console import UsageError
 from scheduler.present import clean_log
+from scheduler.shapes import WAITING_NAMES
 
 
 def cmd_logs(c: Client, args: argparse.Namespace) -> int:
@@ -48,6 +49,8 @@ def cmd_logs(c: Client, args: argparse.Namespace) -> int:
             # One more read after the end: the last bytes may land just after the state flips.
             if args.follow:
                 write(c.log(args.job_id, offset, stderr=args.stderr, rank=rank))
+            elif offset == 0:
+                _say_why_empty(c, args.job_id)
             return 0
         time.sleep(0.3)
 
@@ -90,3 +93,11 @@ def _tail(c: Client, job_id: str, lines: int, write: Any, stderr: bool = False, 
                 write({**chunk, "data": "".join(have[-lines:])})
             return int(chunk["offset"])
         want *= 2
+
+
+def _say_why_empty(c: Client, job_id: str) -> None:
+    """An empty log of a job that has not started says so (on stderr: stdout stays the
+    log's), where it printed nothing at all."""
+    state = c.job(job_id).get("state")
+    if state in WAITING_NAMES:
+        print(f"labq: job {job_id} has not started yet ({state}): `labq logs -f {job_id}` waits for its output", file=sys.stderr)

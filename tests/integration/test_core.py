@@ -211,6 +211,11 @@ def test_down_drain_waits_for_running_jobs_and_keeps_the_queue() -> None:
         running = lq.submit("--", "sh", "-c", "sleep 3; echo finished")
         waiting = lq.submit("--", "sh", "-c", "echo later")
         lq.wait(running, ("RUNNING",))
+        # Its empty log says why on stderr (it printed nothing at all; a newcomer).
+        out = lq.run("logs", str(waiting))
+        assert out.stdout == "" and out.stderr.strip() == (
+            f"labq: job {waiting} has not started yet (PENDING): `labq logs -f {waiting}` waits for its output"
+        )
         t0 = time.monotonic()
         out = lq.run("down", "--drain", "--timeout", "60")
         assert "labq daemon stopped" in out.stdout

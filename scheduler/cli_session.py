@@ -73,7 +73,7 @@ def _wait_started(c: Client, job_id: int, what: str) -> dict[str, Any]:
 def _need_terminal(verb: str) -> None:
     if not (os.isatty(0) and os.isatty(1)):
         raise UsageError(
-            f"labq {verb} needs a terminal (stdin and stdout are not one): for a script, use labq submit"
+            f"`labq {verb}` needs a terminal (stdin and stdout are not one): for a script, use `labq submit`"
         )
 
 

@@ -187,7 +187,7 @@ def test_cancelling_a_session_hangs_it_up_at_once_saying_so(labq4: Labq) -> None
         term.close()
     r = labq4.run("shell", check=False, user=bob, cwd="/tmp")  # no terminal: nothing queued
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
-        "labq: labq shell needs a terminal (stdin and stdout are not one): for a script, use labq submit"
+        "labq: `labq shell` needs a terminal (stdin and stdout are not one): for a script, use `labq submit`"
     ], r.stderr
 
 

@@ -108,7 +108,12 @@ class Reclaimer(PassCore):
                 continue
             lost, victims = found
             if not self._usable(node, j, victims, scavengers_only):
-                continue
+                more = self._scavengers_for_room(node, j, victims) if scavengers_only else None
+                if more is None:
+                    continue
+                # The GPUs were there; the node's CPUs or memory were a scavenger's.
+                lost = (0.0, sum(r.gpus * (self.now - r.start_time) for r in more))
+                victims = more
             if not victims:
                 # Enough is already on its way out; wait for it rather than preempt more.
                 best = (NO_COST, nid, [])
@@ -132,6 +137,28 @@ class Reclaimer(PassCore):
         if not j.cpus and not j.memory:
             return True
         return self._room_after(node, j, self._going(node, victims))
+
+    def _scavengers_for_room(self, node: NodeState, j: PendingJob, victims: list[RunningJob]) -> list[RunningJob] | None:
+        """`victims` and more scavengers on `node`, least work lost first, until `j` fits
+        there (its CPUs and memory, no reservation delayed); None if even all do not do.
+        A scavenger holding a node's CPUs kept a regular job off its free GPUs for ever
+        (a review): scavengers yield whatever another job needs, not only GPUs."""
+        if not j.cpus and not j.memory:
+            return None  # what stands in the way is a reservation, which more evictions do not move
+        now, out = self.now, list(victims)
+        rest = sorted(
+            (
+                r
+                for r in self.running_by_node.get(node.info.id, ())
+                if r.preemptible and r.stop_deadline is None and r.id not in self.stopping_for and r not in victims
+            ),
+            key=lambda r: (r.gpus * (now - r.start_time), r.id),
+        )
+        for r in rest:
+            out.append(r)
+            if self._fits_after(node, j, out):
+                return out
+        return None
 
     def _going(self, node: NodeState, victims: list[RunningJob]) -> list[RunningJob]:
         """The jobs on `node` on their way out once `victims` are told to stop."""

@@ -451,6 +451,18 @@ def test_a_job_that_needs_the_drained_big_node_says_so() -> None:
     )
 
 
+def test_a_scavenger_holding_the_nodes_cpus_yields_them_to_a_regular_job() -> None:
+    # Its GPU was the only one taken: the regular job had GPUs but not the CPUs, and no
+    # eviction was ever made for CPUs (it waited with "ETA now" every pass; a review).
+    s = _cpu_nodes(snap([pend(10, "a", gpus=2, cpus=4)], [run(1, "s", "n0", gpus=1, cpus=16, preemptible=True)]), 4)
+    for explain in (True, False):
+        d = schedule(replace(s, config=replace(s.config, explain=explain)))
+        assert [(x.job_id, x.for_job) for x in d.preemptions] == [(1, 10)], explain
+    # A job that asks for no CPU or memory is not blocked by them: nothing to evict for.
+    s = _cpu_nodes(snap([pend(10, "a", gpus=2)], [run(1, "s", "n0", gpus=1, cpus=16, preemptible=True)]), 4)
+    assert started(schedule(s)) == [10] and schedule(s).preemptions == ()
+
+
 def test_preemption_can_be_turned_off() -> None:
     q = book(carol={"guaranteed_gpus": 2})
     running = [run(i, "alice", "n0") for i in range(1, 5)]

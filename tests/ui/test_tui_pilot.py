@@ -380,6 +380,27 @@ def test_submit_checks_as_you_type_previews_and_submits() -> None:
     assert "PATH" in spec["env"]  # inherited like `labq submit` does
 
 
+def test_the_submit_preview_warns_of_a_placeholder_no_task_replaces() -> None:
+    # As `labq submit` does (present.placeholder_warning): `{lrr}` for `{lr}`.
+    fake = FakeBackend()
+
+    async def body(app: LabqApp, pilot: Pilot[None]) -> None:
+        await pilot.press("n", *"python train.py --lr {lrr}")
+        screen = app.screen
+        assert isinstance(screen, SubmitScreen)
+        screen.query_one("#f-sweep", Input).value = "lr=1e-3,3e-4"
+        await pilot.pause(0.6)
+        await settle(pilot)
+        preview = str(screen.query_one("#preview", Static).render())
+        assert "warning: {lrr} is not one of {index}, {array_id}, {lr}" in preview, preview
+        screen.query_one("#f-command", Input).value = "python train.py --lr {lr}"
+        await pilot.pause(0.6)
+        await settle(pilot)
+        assert "warning" not in str(screen.query_one("#preview", Static).render())
+
+    run(fake, body)
+
+
 def test_a_refused_submission_keeps_the_form_and_says_why() -> None:
     fake = FakeBackend()
 

@@ -214,25 +214,26 @@ def _schedule(snap: Snapshot) -> Decision:
         return p.quota(u).scavenge and all(r.kind == "budget" for r in blocked)
 
     least_of: dict[str, int] = {}
-    cpu_only: set[str] | None = None
 
-    def waits_cpu_only(u: str | None = None) -> bool:
-        """Does `u` (None: anyone) wait with a job that holds no GPU? It may start where
-        no GPU is free, so "no GPU free: nothing more starts" does not hold for it. Taken
-        once per pass: one that started since still counts (safe, only slower)."""
-        nonlocal cpu_only
-        if cpu_only is None:
-            cpu_only = {v for v, q in by_user.items() if q and min(map(_gpus, q)) == 0}
-        return bool(cpu_only) if u is None else u in cpu_only
-
-    def may_reclaim(u: str) -> bool:
-        # Someone whose smallest waiting job fits under their guarantee may still
-        # reclaim GPUs when none is free. The smallest is taken once per pass: of what
-        # is left then, so never above the smallest of what is left later (safe).
+    def least(u: str) -> int:
+        """`u`'s smallest waiting job, in GPUs, taken once per pass: of what is left then,
+        so never above the smallest of what is left later (safe for both uses below)."""
         smallest = least_of.get(u)
         if smallest is None:
             smallest = least_of[u] = min(map(_gpus, by_user[u]))
-        return p.own(u) + p.claimed[u] + smallest <= p.quota(u).guaranteed_gpus
+        return smallest
+
+    def waits_cpu_only(u: str | None = None) -> bool:
+        """Does `u` (None: anyone) wait with a job that holds no GPU? It may start where
+        no GPU is free, so "no GPU free: nothing more starts" does not hold for it."""
+        if u is not None:
+            return least(u) == 0
+        return any(least(v) == 0 for v in by_user if by_user[v])
+
+    def may_reclaim(u: str) -> bool:
+        # Someone whose smallest waiting job fits under their guarantee may still
+        # reclaim GPUs when none is free.
+        return p.own(u) + p.claimed[u] + least(u) <= p.quota(u).guaranteed_gpus
 
     def merged() -> list[PendingJob]:
         """Every waiting job in the order the heap would pop them while no rank moves.

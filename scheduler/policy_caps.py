@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Mapping
 
 from scheduler.policy_pass import Pass
-from scheduler.policy_types import PendingJob, Preempt, Snapshot, Start
+from scheduler.policy_types import PendingJob, Preempt, RunningJob, Snapshot, Start
 from scheduler.shapes import Reason
 
 
@@ -135,39 +135,40 @@ class Caps:
 
     def shed(self, u: str, j: PendingJob) -> None:
         """After `u`'s regular job `j` starts: `u`'s own scavengers (youngest first) give
-        back what now puts `u` over their caps."""
+        back what now puts `u` over their caps: per GPU type, then max_gpus and max_jobs."""
         p = self.p
         q = p.quota(u)
         if q.max_gpus is None and q.max_jobs is None and not q.max_gpus_per_type:
             return
-        scavs = [r for rs in p.running_by_node.values() for r in rs if r.user == u and r.preemptible]
+        scavs = sorted(
+            (r for rs in p.running_by_node.values() for r in rs if r.user == u and r.preemptible),
+            key=lambda r: (-r.start_time, r.id),
+        )
         going = [r for r in scavs if r.stop_deadline is not None or r.id in p.stopping_for]
+
+        def give_back(r: RunningJob, cap: str) -> None:
+            p.preemptions.append(Preempt(r.id, j.id, f"{u}'s own job {j.id} needs its room under {u}'s {cap}"))
+            p.stop(r)
+            p.scav_free -= r.gpus
+            going.append(r)
+
         if q.max_gpus_per_type:
-            # Per GPU type: the youngest scavengers on nodes of a type now over its cap.
             held = self.of_type(u)
             kind = {r.id: p.nodes[r.node].info.gpu_type if r.node in p.nodes else "" for r in scavs}
             for t, cap in q.max_gpus_per_type:
                 over_t = held[t] - sum(r.gpus for r in going if kind[r.id] == t) - cap
-                for r in sorted((r for r in scavs if r not in going and kind[r.id] == t), key=lambda r: (-r.start_time, r.id)):
+                for r in scavs:
                     if over_t <= 0:
                         break
-                    p.preemptions.append(Preempt(r.id, j.id, f"{u}'s own job {j.id} needs its room under {u}'s {t} cap"))
-                    p.stop(r)
-                    p.scav_free -= r.gpus
-                    going.append(r)
-                    over_t -= r.gpus
-            if q.max_gpus is None and q.max_jobs is None:
-                return
+                    if kind[r.id] == t and r not in going:
+                        give_back(r, f"{t} cap")
+                        over_t -= r.gpus
         over_g = p.held[u] - sum(r.gpus for r in going) - q.max_gpus if q.max_gpus is not None else 0
         over_j = p.jobs_held[u] - len(going) - q.max_jobs if q.max_jobs is not None else 0
-        if over_g <= 0 and over_j <= 0:
-            return
-        mine = sorted((r for r in scavs if r not in going), key=lambda r: (-r.start_time, r.id))
-        for r in mine:
+        for r in scavs:
             if over_g <= 0 and over_j <= 0:
                 break
-            p.preemptions.append(Preempt(r.id, j.id, f"{u}'s own job {j.id} needs its room under {u}'s caps"))
-            p.stop(r)
-            p.scav_free -= r.gpus
-            over_g -= r.gpus
-            over_j -= 1
+            if r not in going:
+                give_back(r, "caps")
+                over_g -= r.gpus
+                over_j -= 1

@@ -188,9 +188,7 @@ class RunningIndex:
                 self.scav_free -= g
         else:
             if stop is not None and g:
-                self.going[u] -= g
-                if not self.going[u]:
-                    del self.going[u]
+                _less(self.going, u, g)
             if not keep_order:
                 ends = self.ends[u]
                 del ends[job_id]
@@ -209,11 +207,18 @@ class RunningIndex:
                     del self.parts[nid], self.used[nid]
         if not more and nid0 in self._size:
             if stop is not None:
-                self.stopping[nid0] -= 1
-                if not self.stopping[nid0]:
-                    del self.stopping[nid0]
+                _less(self.stopping, nid0, 1)
             if not keep_order:
                 single = self.single[nid0]
                 del single[job_id]
                 if not single:
                     del self.single[nid0]
+
+
+def _less(counts: dict[str, int], key: str, n: int) -> None:
+    """Take `n` off `counts[key]`; a count at 0 goes (readers look keys up with .get)."""
+    left = counts[key] - n
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]

@@ -146,7 +146,7 @@ class Scheduler:
         ]
         active = self.store.jobs(states=ACTIVE, with_spec=False)
         decayed, week = self.ledger.usage(now, active)
-        self.usage_seen = dict(decayed)
+        self.usage_seen = decayed  # a fresh dict from the ledger each pass; nobody changes it
         held = held_gpus(active)
         closed = self._closed()
         nodes = tuple(

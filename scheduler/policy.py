@@ -535,13 +535,13 @@ def _schedule(snap: Snapshot) -> Decision:
                         )
                     # By id: the snapshot's order of running jobs must not change the text.
                     stopping = sorted(
-                        (
-                            r
+                        {
+                            r.id: r
                             for nid in (cnode.info.id, *cmore)
-                            for r in p.running_by_node.get(nid, ())
+                            for r in p.on_node(nid)
                             # What it waits for: a stopping job that frees no GPU is not.
                             if r.gpus > 0 and (r.id in p.stopping_for or r.stop_deadline is not None)
-                        ),
+                        }.values(),
                         key=lambda r: r.id,
                     )
                     ends = [r.stop_deadline or deadline for r in stopping] or [snap.now]

@@ -28,7 +28,9 @@ class PassBase:
     and building every node's state each pass was a sixth of it. A pass copies the
     containers, and a NodeState before it takes GPUs there (Pass.take())."""
 
-    __slots__ = ("nodes", "running_by_node", "stop_nodes", "buckets", "max_per_node", "biggest_node", "gpus")
+    __slots__ = (
+        "nodes", "running_by_node", "multi_by_node", "stop_nodes", "buckets", "max_per_node", "biggest_node", "gpus",
+    )  # fmt: skip
 
     def __init__(self, idx: RunningIndex) -> None:
         by_id = idx.by_id
@@ -38,6 +40,7 @@ class PassBase:
         self.gpus = sum(schedulable)
         self.nodes: dict[str, NodeState] = {n.id: _state(idx, n) for n in by_id}
         self.running_by_node: dict[str, tuple[RunningJob, ...]] = {}
+        self.multi_by_node: dict[str, tuple[RunningJob, ...]] = {}
         self.stop_nodes: set[str] = set()
         for n in by_id:
             self._jobs(idx, n)
@@ -65,12 +68,15 @@ class PassBase:
         nid = n.id
         if v is not None and v[5]:
             self.running_by_node[nid] = v[5]
-            if v[6]:
-                self.stop_nodes.add(nid)
-            else:
-                self.stop_nodes.discard(nid)
         else:
             self.running_by_node.pop(nid, None)
+        if v is not None and v[7]:
+            self.multi_by_node[nid] = v[7]
+        else:
+            self.multi_by_node.pop(nid, None)
+        if v is not None and v[6]:
+            self.stop_nodes.add(nid)
+        else:
             self.stop_nodes.discard(nid)
 
     def _bucket(self) -> None:
@@ -88,7 +94,7 @@ def _state(idx: RunningIndex, n: NodeInfo) -> NodeState:
     v = idx.node_parts(n)
     if v is None:
         return NodeState(n, n.gpus, n.cpus, n.memory, ())
-    free, c, m, ends, first, _, _ = v
+    free, c, m, ends, first, *_ = v
     return NodeState(n, free, c, m, ends, first_predicted=first)
 
 
@@ -114,6 +120,7 @@ class Pass(Reclaimer):
         self.nodes = dict(base.nodes)
         self._own: set[str] = set()  # nodes whose NodeState is this pass's own copy
         self.running_by_node = base.running_by_node  # read only
+        self.multi_by_node = base.multi_by_node  # read only
         self.stop_nodes = set(base.stop_nodes)
         self.buckets = [dict(b) for b in base.buckets]
         self.max_per_node = base.max_per_node

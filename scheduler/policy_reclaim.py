@@ -25,6 +25,7 @@ NO_COST: Cost = (0.0, 0.0)
 class Reclaimer(PassCore):
     # Owned by Pass (policy_pass.py), which sets all of them up.
     running_by_node: dict[str, tuple[RunningJob, ...]]
+    multi_by_node: dict[str, tuple[RunningJob, ...]]
     held: Counter[str]
     scav: dict[str, int]
     going: dict[str, int]
@@ -160,19 +161,29 @@ class Reclaimer(PassCore):
                 return out
         return None
 
+    def on_node(self, nid: str) -> tuple[RunningJob, ...]:
+        """Every running job with GPUs or CPUs on node `nid`: those there alone, then
+        those over several nodes with a part there."""
+        over = self.multi_by_node.get(nid)
+        alone = self.running_by_node.get(nid, ())
+        return alone if over is None else alone + over
+
     def _going(self, node: NodeState, victims: list[RunningJob]) -> list[RunningJob]:
         """The jobs on `node` on their way out once `victims` are told to stop."""
         return [
             r
-            for r in self.running_by_node.get(node.info.id, ())
+            for r in self.on_node(node.info.id)
             if r.stop_deadline is not None or r.id in self.stopping_for or r in victims
         ]
 
     @staticmethod
     def _room_after(node: NodeState, j: PendingJob, going: list[RunningJob]) -> bool:
+        # A job over several nodes holds CPUs and memory on its main node only, as
+        # RunningIndex counts them.
+        nid = node.info.id
         return (
-            node.cpus + sum(r.cpus for r in going) >= j.cpus
-            and node.memory + sum(r.memory for r in going) >= j.memory
+            node.cpus + sum(r.cpus for r in going if r.node == nid) >= j.cpus
+            and node.memory + sum(r.memory for r in going if r.node == nid) >= j.memory
         )
 
     def _fits_after(self, node: NodeState, j: PendingJob, victims: list[RunningJob]) -> bool:
@@ -212,27 +223,56 @@ class Reclaimer(PassCore):
         costs.sort(key=lambda c: (c[0], c[1]))
         if len(costs) < whole:
             return None
-        chosen = costs[:whole]
+        # Each node was costed alone: taken together the victims must still leave every
+        # owner their own guarantee. The cheapest nodes that do, not the cheapest nodes
+        # or nothing: a claim used to give up when those broke a guarantee while the
+        # next ones would not (a review).
+        keeps: dict[str, int] = {}
+        taken_from: dict[int, RunningJob] = {}
+
+        def agree(victims: list[RunningJob]) -> bool:
+            """Take `victims` too, if every owner keeps their guarantee; else take none."""
+            more: Counter[str] = Counter()
+            for r in victims:
+                if not r.preemptible and r.id not in taken_from:
+                    more[r.user] += r.gpus
+            for u, g in more.items():
+                if u not in keeps:
+                    keeps[u] = self.keeps(u)
+                if keeps[u] - g < self.quota(u).guaranteed_gpus:
+                    return False
+            for u, g in more.items():
+                keeps[u] -= g
+            taken_from.update((r.id, r) for r in victims)
+            return True
+
+        chosen = []
+        for c in costs:
+            if agree(c[2]):
+                chosen.append(c)
+                if len(chosen) == whole:
+                    break
+        if len(chosen) < whole:
+            return None
         taken = {nid for _, nid, _ in chosen}
         parts = [(nid, self.nodes[nid].info.gpus) for _, nid, _ in chosen]
-        victims = [r for _, _, vs in chosen for r in vs]
         if rest:
-            best: tuple[Cost, str, list[RunningJob]] | None = None
+            others: list[tuple[Cost, str, list[RunningJob]]] = []
             for nid, node in self.nodes.items():
                 if nid in taken or not can_hold(node, j, rest):
                     continue
                 found = self._clear(node, j, rest, scavengers_only, slack)
-                if found is None or not self._usable(node, j, found[1], False):
-                    continue
-                if best is None or (found[0], nid) < (best[0], best[1]):
-                    best = (found[0], nid, found[1])
-            if best is None:
+                if found is not None and self._usable(node, j, found[1], False):
+                    others.append((found[0], nid, found[1]))
+            others.sort(key=lambda c: (c[0], c[1]))
+            main = next((nid for _, nid, vs in others if agree(vs)), None)
+            if main is None:
                 return None
-            parts.append((best[1], rest))
-            victims += best[2]
-            main = best[1]
+            parts.append((main, rest))
         else:
             main = parts[-1][0]
+        # By id: a job over several of the chosen nodes is a victim on each, stopped once.
+        victims = list(taken_from.values())
         if scavengers_only:
             end = self.now + self._dur(j)
             chosen_ids = {nid for nid, _ in parts}
@@ -241,15 +281,6 @@ class Reclaimer(PassCore):
                 for res in self.reservations
             ):
                 return None  # it could not start there anyway: no eviction (no ping-pong)
-        # Each node was costed alone: taken together the victims must still leave every
-        # owner their own guarantee, or this claim is not made at all.
-        left = Counter({u: self.keeps(u) for u in {r.user for r in victims}})
-        for r in victims:
-            if r.preemptible:
-                continue
-            left[r.user] -= r.gpus
-            if left[r.user] < self.quota(r.user).guaranteed_gpus:
-                return None
         self._claim(j, parts, victims)
         return victims, self.nodes[main], tuple(nid for nid, _ in parts if nid != main)
 
@@ -292,7 +323,11 @@ class Reclaimer(PassCore):
         # One loop over the node's jobs, the hottest of a reclaim: what is already on its
         # way out counts as available; the rest that may go are the candidates.
         now, min_runtime, stopping = self.now, self.cfg.min_runtime, self.stopping_for
-        candidates: list[RunningJob] = []
+        # (job, the GPUs it frees here): a job over several nodes frees its part here,
+        # though its owner loses, and the pass counts as reclaimed, all of its GPUs. Such a
+        # job was never a victim once (a review): a borrower's job over two nodes kept a
+        # researcher under their guarantee waiting for its whole 72-h limit.
+        candidates: list[tuple[RunningJob, int]] = []
         offered = 0
         for r in self.running_by_node.get(nid, ()):
             if r.stop_deadline is not None or r.id in stopping:
@@ -303,17 +338,28 @@ class Reclaimer(PassCore):
                 # A job holding no GPU frees nothing a claim counts, whoever owns it:
                 # a borrower's CPU-only job beside their GPU jobs stays (it once sorted
                 # first among the victims, losing "no work").
-                candidates.append(r)
+                candidates.append((r, r.gpus))
                 offered += r.gpus
+        over = self.multi_by_node.get(nid)
+        if over is not None:
+            for r in over:
+                g = self.here(r, nid)
+                if r.stop_deadline is not None or r.id in stopping:
+                    available += g
+                elif g > 0 and (
+                    r.preemptible or (r.gpus <= slack.get(r.user, -1) and now - r.start_time >= min_runtime)
+                ):
+                    candidates.append((r, g))
+                    offered += g
         if available >= need:
             return NO_COST, []
         if available + offered < need:
             return None  # most nodes, on a busy pool: no sort
-        candidates.sort(key=lambda r: (not r.preemptible, r.gpus * (now - r.start_time), r.id))
+        candidates.sort(key=lambda c: (not c[0].preemptible, c[0].gpus * (now - c[0].start_time), c[0].id))
         victims: list[RunningJob] = []
         taken: dict[str, int] = {}
         lost = scav_lost = 0.0
-        for r in candidates:
+        for r, g in candidates:
             if available >= need:
                 break
             if not r.preemptible:
@@ -323,7 +369,7 @@ class Reclaimer(PassCore):
                     continue
                 taken[r.user] = t
             victims.append(r)
-            available += r.gpus
+            available += g
             if r.preemptible:
                 scav_lost += r.gpus * (now - r.start_time)
             else:
@@ -334,6 +380,7 @@ class Reclaimer(PassCore):
         """`r` is asked to stop in this pass: its GPUs are on their way out."""
         self.stopping_for.add(r.id)
         self.stop_nodes.add(r.node)
+        self.stop_nodes.update(r.more_nodes)
 
     def _claim(self, j: PendingJob, parts: list[tuple[str, int]], victims: list[RunningJob]) -> None:
         for nid, g in parts:

@@ -23,8 +23,11 @@ from scheduler.policy_types import INF, NodeInfo, RunningJob
 Part = tuple[float, int, bool, float, float]
 # A node as a pass starts from it (RunningIndex.node_parts()): (GPUs free, CPUs free,
 # memory free, (end, GPUs) of each part in order, the earliest predicted end, the jobs
-# on that node alone, whether one of those was asked to stop).
-NodeParts = tuple[int, float, float, tuple[tuple[float, int], ...], float, tuple[RunningJob, ...], bool]
+# on that node alone, whether one of those or of the next was asked to stop, the jobs
+# over several nodes with a part here).
+NodeParts = tuple[
+    int, float, float, tuple[tuple[float, int], ...], float, tuple[RunningJob, ...], bool, tuple[RunningJob, ...]
+]
 
 
 def running_end(r: RunningJob, default_limit: float) -> tuple[float, bool]:
@@ -60,6 +63,7 @@ class RunningIndex:
         self.states: dict[str, NodeParts] = {}
         self.by_id = tuple(sorted(nodes, key=lambda n: n.id))  # a pass's order of nodes
         self.single: dict[str, dict[int, RunningJob]] = {}  # node -> jobs on that node alone
+        self.multi: dict[str, dict[int, RunningJob]] = {}  # node -> jobs over several nodes, a part here
         self.stopping: dict[str, int] = {}  # node -> jobs on it alone that were asked to stop
         self.held: dict[str, int] = {}
         self.jobs_held: dict[str, int] = {}
@@ -131,6 +135,8 @@ class RunningIndex:
                 self._part(nid, job_id, (end, gpus, predicted, cpus, memory))
             else:
                 self._part(nid, job_id, (end, gpus, predicted, 0.0, 0.0))
+            if len(on) > 1:
+                self.multi.setdefault(nid, {})[job_id] = r
         if not main:
             return
         if not more:
@@ -159,9 +165,13 @@ class RunningIndex:
                 if memory:
                     m -= memory
             on = self.single.get(n.id)
+            over = self.multi.get(n.id)
+            spread = () if over is None else tuple(over.values())
             got = self.states[n.id] = (
                 n.gpus - self.used[n.id], c, m, tuple(ends), first,
-                () if on is None else tuple(on.values()), n.id in self.stopping,
+                () if on is None else tuple(on.values()),
+                n.id in self.stopping or any(r.stop_deadline is not None for r in spread),
+                spread,
             )  # fmt: skip
         return got
 
@@ -205,6 +215,9 @@ class RunningIndex:
                 del parts[job_id]
                 if not parts:
                     del self.parts[nid], self.used[nid]
+                over = self.multi.get(nid)
+                if over is not None and over.pop(job_id, None) is not None and not over:
+                    del self.multi[nid]
         if not more and nid0 in self._size:
             if stop is not None:
                 _less(self.stopping, nid0, 1)

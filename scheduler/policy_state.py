@@ -96,6 +96,18 @@ class PassCore:
             q = self.quota_cache[user] = self.snap.quotas.for_user(user)
         return q
 
+    def here(self, r: RunningJob, nid: str) -> int:
+        """The GPUs running job `r` holds on node `nid`: all of them, but for a job over
+        several nodes (whole nodes in more_nodes, the rest on its main node; as
+        RunningIndex counts them)."""
+        if not r.more_nodes:
+            return r.gpus if r.node == nid else 0
+        nodes = self.nodes
+        on = sum(nodes[m].info.gpus for m in r.more_nodes if m == nid and m in nodes)
+        if r.node == nid:
+            on += r.gpus - sum(nodes[m].info.gpus for m in r.more_nodes if m in nodes)
+        return on
+
     def split(self, gpus: int) -> tuple[int, int]:
         """(whole nodes, remainder on one more node) for a job larger than a node."""
         whole, rest = divmod(gpus, self.max_per_node)
@@ -109,7 +121,7 @@ class PassCore:
         end = self.now + self._dur(j)
         need = j.gpus if gpus is None else gpus
         nid = node.info.id
-        back = sum(r.gpus for r in going)
+        back = sum(self.here(r, nid) for r in going)
         for res in self.reservations:
             if end <= res.at:
                 continue
@@ -125,7 +137,7 @@ class PassCore:
             # than now (a stop deadline passed), none; after, all of them.
             later = sum(g for e, g in node.releases if e <= res.at) if res.at >= self.now else 0
             if going:
-                later -= sum(r.gpus for r in going if self._end(r) <= res.at)
+                later -= sum(self.here(r, nid) for r in going if self._end(r) <= res.at)
             if node.free + back - need + later < wanted:
                 return res
         return None

@@ -253,6 +253,58 @@ def test_reclaim_for_a_job_over_a_node_clears_the_cheapest_whole_nodes() -> None
     assert not schedule(over).preemptions
 
 
+def test_a_borrowers_job_over_several_nodes_is_reclaimed_like_any_other() -> None:
+    # bob borrows both 4-GPU nodes for one 8-GPU job of a 72-h limit; carol, guaranteed
+    # 4, waited for all of it: only jobs on one node were ever victims (a review).
+    q = book(carol={"guaranteed_gpus": 4})
+    big = run(1, "bob", "n1", gpus=8, more_nodes=("n0",), time_limit=72 * H)
+    s = snap([pend(10, "carol", gpus=4)], [big], node_sizes=(4, 4), quotas=q, multi_node=True)
+    for explain in (True, False):
+        d = schedule(replace(s, config=replace(s.config, explain=explain)))
+        assert [(p.job_id, p.for_job) for p in d.preemptions] == [(1, 10)], explain
+    w = schedule(s).waiting[10]
+    assert "waiting for job 1 (bob) to stop on node-0" in w.reasons[0].text, w.reasons[0].text
+    assert w.eta == NOW + PolicyConfig().grace_period
+    # The next pass, while it stops: its GPUs are on their way, on either node; no more
+    # preemptions, and the claim waits for it.
+    stopping = big._replace(stop_deadline=NOW + 20)
+    d = schedule(replace(s, running=(stopping,)))
+    assert not d.preemptions and "waiting for job 1 (bob)" in d.waiting[10].reasons[0].text
+    assert d.waiting[10].eta == NOW + 20
+    # Never below the borrower's own guarantee: the whole job stops, not its borrowed part.
+    kept = book(carol={"guaranteed_gpus": 4}, bob={"guaranteed_gpus": 4})
+    assert not schedule(replace(s, quotas=kept)).preemptions
+
+
+def test_a_job_over_several_nodes_frees_its_part_of_each_node() -> None:
+    # bob's 6-GPU job holds all of n0 and 2 of n1, beside dave's 2 there. A 4-GPU claim
+    # that may use n1 only needs both jobs (bob's frees 2 there, not 6); on n0, bob's alone.
+    q = book(carol={"guaranteed_gpus": 4})
+    big = run(1, "bob", "n1", gpus=6, more_nodes=("n0",), age=H)
+    small = run(2, "dave", "n1", gpus=2, age=5 * H)
+    for only, victims in (("n1", [1, 2]), ("n0", [1])):
+        want = pend(10, "carol", gpus=4, nodes=frozenset({only}), where="needs /data")
+        s = snap([want], [big, small], node_sizes=(4, 4), quotas=q, multi_node=True)
+        assert sorted(p.job_id for p in schedule(s).preemptions) == victims, only
+
+
+def test_a_reclaim_over_several_nodes_takes_the_next_nodes_when_the_cheapest_break_a_guarantee() -> None:
+    # carol (guaranteed 8) needs two whole 4-GPU nodes. The cheapest two are bob's, but
+    # bob is guaranteed 2 of his 8: taking both leaves him none. It used to give up (a
+    # review); now it takes one of bob's and dave's older one.
+    q = book(carol={"guaranteed_gpus": 8}, bob={"guaranteed_gpus": 2})
+    running = [run(1, "bob", "n0", gpus=4, age=H), run(2, "bob", "n1", gpus=4, age=H), run(3, "dave", "n2", gpus=4, age=5 * H)]
+    s = snap([pend(10, "carol", gpus=8)], running, node_sizes=(4, 4, 4), quotas=q, multi_node=True)
+    for explain in (True, False):
+        d = schedule(replace(s, config=replace(s.config, explain=explain)))
+        assert sorted(p.job_id for p in d.preemptions) == [1, 3], explain
+    # A remainder (on a third node) obeys the same: 10 GPUs = two whole nodes and 2 more.
+    running.append(run(4, "bob", "n3", gpus=2, age=60 * 60))
+    s = snap([pend(10, "carol", gpus=10)], running, node_sizes=(4, 4, 4, 4), quotas=book(
+        carol={"guaranteed_gpus": 10}, bob={"guaranteed_gpus": 6}), multi_node=True)  # fmt: skip
+    assert not schedule(s).preemptions  # bob keeps 6: only 4 of his 10 may go
+
+
 def test_reclaim_respects_min_runtime_and_victims_guarantee() -> None:
     q = book(carol={"guaranteed_gpus": 2}, alice={"guaranteed_gpus": 2})
     running = [
@@ -893,8 +945,20 @@ def _deep_queue(seed: int) -> Snapshot:
     users = USERS[: rng.randint(1, len(USERS))]
     running: list[RunningJob] = []
     jid = 0
+    # Sometimes a job over two nodes runs on the first two (its own generator: the rest
+    # of the draws stay what they were).
+    other = random.Random(-1 - seed)
+    held: dict[str, int] = {}
+    if len(ns) >= 3 and other.random() < 0.5:
+        part = other.randint(1, per)
+        running.append(RunningJob(
+            100_000 + seed, other.choice(users), per + part, ns[1].id, NOW - other.uniform(0, 5 * H),
+            time_limit=other.choice([H, None]), more_nodes=(ns[0].id,),
+            stop_deadline=other.choice([None, None, NOW + 10]), preemptible=other.random() < 0.15,
+        ))  # fmt: skip
+        held = {ns[0].id: per, ns[1].id: part}
     for n in ns:
-        free = per
+        free = per - held.get(n.id, 0)
         while free > 0 and rng.random() < 0.8:
             g = rng.randint(1, free)
             jid += 1

@@ -209,7 +209,7 @@ def test_what_a_pass_starts_from_on_each_node_follows_every_start_stop_and_stop_
 
 def _base(b: PassBase) -> tuple[object, ...]:
     states = {nid: (n.free, n.cpus, n.memory, n.releases, n.first_predicted) for nid, n in b.nodes.items()}
-    return states, b.running_by_node, b.stop_nodes, [list(k) for k in b.buckets], b.max_per_node, b.gpus
+    return states, b.running_by_node, b.multi_by_node, b.stop_nodes, [list(k) for k in b.buckets], b.max_per_node, b.gpus
 
 
 @pytest.mark.parametrize("seed", range(100))

@@ -41,6 +41,25 @@ class _Parser(argparse.ArgumentParser):
         kw.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kw)
 
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        """As argparse's, but an option the command does not know is reported by that
+        command's parser ("labq submit: error: ..." with its usage), not by labq's, whose
+        usage lists no option of any command (a newcomer's `labq submit --gpu-count 2`)."""
+        ns: argparse.Namespace
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self._innermost(ns).error("unrecognized arguments: " + " ".join(extra))
+        return ns
+
+    def _innermost(self, ns: argparse.Namespace) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self
+        while True:
+            sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+            child = sub.choices.get(getattr(ns, sub.dest, None) or "") if sub is not None else None
+            if child is None:
+                return parser
+            parser = child
+
 
 # -- parser --------------------------------------------------------------------------------------------
 class _Unbuilt:

@@ -143,7 +143,7 @@ def _schedule(snap: Snapshot) -> Decision:
     order: list[int] = []
     # Free space changes only when a job starts, so the same request gets the same text.
     resource_reasons: dict[tuple[int, float, int, frozenset[str] | None, str], Reason] = {}
-    etas: dict[tuple[int, frozenset[str] | None], float | None] = {}
+    etas: dict[tuple[int, frozenset[str] | None, float, float], float | None] = {}
     ahead: Counter[str] = Counter()  # waiting jobs ranked ahead, by owner
     n_ahead = 0
     eta_budget = cfg.eta_depth
@@ -197,13 +197,13 @@ def _schedule(snap: Snapshot) -> Decision:
         if eta_budget <= 0 or not explain:
             return None
         eta_budget -= 1
-        key = (j.gpus, j.nodes)
+        key = (j.gpus, j.nodes, j.cpus, j.memory)
         if key in etas:
             return etas[key]
         best = INF
         for node in p.nodes.values():
             if p.can_hold(node, j):
-                best = min(best, p.earliest(node, j.gpus))
+                best = min(best, p.room_at(node, j, p.earliest(node, j.gpus)))
         etas[key] = None if best == INF else best
         return etas[key]
 
@@ -449,6 +449,9 @@ def _schedule(snap: Snapshot) -> Decision:
                     conflict = p.conflicts(node, j, rest) if node is not None else None
                     for nid in more:
                         conflict = conflict or p.conflicts(p.nodes[nid], j, p.nodes[nid].free)
+                    if conflict is not None and (elsewhere := p.multi_fit(j, clear=True)) is not None:
+                        node, more = elsewhere
+                        rest, conflict = j.gpus - len(more) * p.max_per_node, None
                 else:
                     rest = j.gpus
                     node, conflict = p.best_fit(j), None
@@ -565,7 +568,10 @@ def _schedule(snap: Snapshot) -> Decision:
                         ),
                     )
                     p.reservations.append(
-                        Reservation(j.id, cnode.info.id, eta, j.gpus, cmore, end=eta + p._dur(j))
+                        Reservation(
+                            j.id, cnode.info.id, eta, j.gpus, cmore, end=eta + p._dur(j),
+                            cpus=j.cpus, memory=j.memory,
+                        )  # fmt: skip
                     )
                     wait(j, reasons, eta)
                     return True

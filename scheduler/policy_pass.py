@@ -192,8 +192,11 @@ class Pass(Reclaimer):
                     return node
         return None
 
-    def multi_fit(self, j: PendingJob) -> tuple[NodeState, tuple[str, ...]] | None:
-        """Whole free nodes plus a best-fit node for the remainder; None if it does not fit now."""
+    def multi_fit(self, j: PendingJob, clear: bool = False) -> tuple[NodeState, tuple[str, ...]] | None:
+        """Whole free nodes plus a best-fit node for the remainder; None if it does not fit now.
+        `clear`: only nodes where starting it delays no reservation (as a job on one node
+        tries the next node: a job over several once waited for a reservation on its
+        remainder's node while another node had room and none, a review)."""
         whole, rest = self.split(j.gpus)
         nodes = self.nodes
         full = [
@@ -204,14 +207,19 @@ class Pass(Reclaimer):
             # Each rank asks its node for the job's CPUs and memory (per node).
             and nodes[nid].cpus >= j.cpus
             and nodes[nid].memory >= j.memory
+            and not (clear and self.conflicts(nodes[nid], j, nodes[nid].free))
         ]
         if len(full) < whole:
             return None
         if rest == 0:
             return self.nodes[full[whole - 1]], tuple(full[: whole - 1])
         taken = tuple(full[:whole])
-        node = self.best_fit(j, rest, skip=taken)
-        return None if node is None else (node, taken)
+        skip = set(taken)
+        while (node := self.best_fit(j, rest, skip=skip)) is not None:
+            if not clear or self.conflicts(node, j, rest) is None:
+                return node, taken
+            skip.add(node.info.id)
+        return None
 
     def largest_free(self) -> int:
         if self._largest is None:
@@ -234,6 +242,8 @@ class Pass(Reclaimer):
         node.memory -= j.memory
         end = self.now + self._dur(j)
         node.releases = (*node.releases, (end, need))
+        if j.cpus or j.memory:
+            node.started = (*node.started, (end, j.cpus, j.memory))
         if (
             j.expected is not None
             and end < node.first_predicted
@@ -275,15 +285,20 @@ class Pass(Reclaimer):
         if self.cfg.multi_node and 0 < self.max_per_node < j.gpus:
             return self._reserve_multi(j)
         best: tuple[float, str] | None = None
+        room = j.cpus or j.memory
         for nid, node in self.nodes.items():
             if not self.can_hold(node, j):
                 continue
             t = self.earliest(node, j.gpus)
+            if room:
+                t = self.room_at(node, j, t)
             if t < INF and (best is None or (t, nid) < best):
                 best = (t, nid)
         if best is None:
             return None
-        res = Reservation(j.id, best[1], best[0], j.gpus, end=best[0] + self._dur(j))
+        res = Reservation(
+            j.id, best[1], best[0], j.gpus, end=best[0] + self._dur(j), cpus=j.cpus, memory=j.memory
+        )
         self.reservations.append(res)
         return res
 

@@ -24,8 +24,6 @@ NO_COST: Cost = (0.0, 0.0)
 
 class Reclaimer(PassCore):
     # Owned by Pass (policy_pass.py), which sets all of them up.
-    running_by_node: dict[str, tuple[RunningJob, ...]]
-    multi_by_node: dict[str, tuple[RunningJob, ...]]
     held: Counter[str]
     scav: dict[str, int]
     going: dict[str, int]
@@ -160,13 +158,6 @@ class Reclaimer(PassCore):
             if self._fits_after(node, j, out):
                 return out
         return None
-
-    def on_node(self, nid: str) -> tuple[RunningJob, ...]:
-        """Every running job with GPUs or CPUs on node `nid`: those there alone, then
-        those over several nodes with a part there."""
-        over = self.multi_by_node.get(nid)
-        alone = self.running_by_node.get(nid, ())
-        return alone if over is None else alone + over
 
     def _going(self, node: NodeState, victims: list[RunningJob]) -> list[RunningJob]:
         """The jobs on `node` on their way out once `victims` are told to stop."""

@@ -29,6 +29,9 @@ class NodeState:
     # or after it is a prediction ("predicted" in the views). Possibly before the
     # pass's now (an end past), which counts as now.
     first_predicted: float = INF
+    # (end, CPUs, memory) of the jobs started here in this pass that ask for CPUs or
+    # memory: with the running jobs there (PassCore.room_at()), when those come back.
+    started: tuple[tuple[float, float, float], ...] = ()
 
 
 @dataclass
@@ -41,6 +44,11 @@ class Reservation:
     # When the reserved job ends if it uses its whole limit: a job held back so as not to
     # delay it can expect to start then at the latest, as far as that reservation goes.
     end: float = INF
+    # What it asks of its (main) node beside GPUs: a job started before it must leave
+    # those too, or the reservation is not kept (a review: a backfilled job took the
+    # reserved job's CPUs, which then waited the backfilled job's whole limit).
+    cpus: float = 0.0
+    memory: float = 0.0
 
 
 def can_hold(node: NodeState, j: PendingJob, gpus: int | None = None) -> bool:
@@ -66,6 +74,9 @@ class PassCore:
     cfg: PolicyConfig
     now: float
     nodes: dict[str, NodeState]
+    running_by_node: dict[str, tuple[RunningJob, ...]]
+    multi_by_node: dict[str, tuple[RunningJob, ...]]
+    stopping_for: set[int]  # asked to stop in this pass (a claim's victims)
     max_per_node: int
     reservations: list[Reservation]
     quota_cache: dict[str, Quota]
@@ -108,6 +119,61 @@ class PassCore:
             on += r.gpus - sum(nodes[m].info.gpus for m in r.more_nodes if m in nodes)
         return on
 
+    def on_node(self, nid: str) -> tuple[RunningJob, ...]:
+        """Every running job with GPUs or CPUs on node `nid`: those there alone, then
+        those over several nodes with a part there."""
+        over = self.multi_by_node.get(nid)
+        alone = self.running_by_node.get(nid, ())
+        return alone if over is None else alone + over
+
+    def back_by(
+        self, node: NodeState, at: float, going: tuple[RunningJob, ...] = ()
+    ) -> tuple[float, float]:
+        """(CPUs, memory) that come back on `node` by time `at`: the running jobs there
+        that end by then (a job over several nodes holds them on its main node, as
+        RunningIndex counts them), those started in this pass, and `going` (stopping
+        now) whatever their end."""
+        nid = node.info.id
+        cpus = memory = 0.0
+        for r in self.on_node(nid):
+            if r.node == nid and (r in going or self._gone_at(r) <= at):
+                cpus += r.cpus
+                memory += r.memory
+        for end, c, m in node.started:
+            if end <= at:
+                cpus += c
+                memory += m
+        return cpus, memory
+
+    def _gone_at(self, r: RunningJob) -> float:
+        """When running job `r` is gone: its end (PassCore._end), or the end of the grace
+        period of a stop asked in this pass, if sooner."""
+        end = self._end(r)
+        if r.id in self.stopping_for:
+            deadline = self.now + self.cfg.grace_period
+            return deadline if deadline < end else end
+        return end
+
+    def room_at(self, node: NodeState, j: PendingJob, t: float) -> float:
+        """The first time at or after `t` (when its GPUs are free on `node`) that `j`'s
+        CPUs and memory are free there too, if every job runs to its limit; INF if never.
+        EASY reservations and ETAs counted GPUs only: one made "at now" for a job whose
+        CPUs another held for a day kept GPUs idle all that day (a review)."""
+        if t == INF or (node.cpus >= j.cpus and node.memory >= j.memory):
+            return t
+        nid, now = node.info.id, self.now
+        ends: list[tuple[float, float, float]] = [
+            (self._gone_at(r), r.cpus, r.memory) for r in self.on_node(nid) if r.node == nid
+        ]
+        ends += [(e if e > now else now, c, m) for e, c, m in node.started]
+        cpus, memory = node.cpus, node.memory
+        for end, c, m in sorted(ends):
+            cpus += c
+            memory += m
+            if cpus >= j.cpus and memory >= j.memory:
+                return end if end > t else t
+        return INF
+
     def split(self, gpus: int) -> tuple[int, int]:
         """(whole nodes, remainder on one more node) for a job larger than a node."""
         whole, rest = divmod(gpus, self.max_per_node)
@@ -140,4 +206,9 @@ class PassCore:
                 later -= sum(self.here(r, nid) for r in going if self._end(r) <= res.at)
             if node.free + back - need + later < wanted:
                 return res
+            if (res.cpus or res.memory) and res.node == nid:
+                # As for GPUs: before a reservation made for earlier than now, only `going`.
+                cpus, memory = self.back_by(node, res.at if res.at >= self.now else -INF, going)
+                if node.cpus + cpus - j.cpus < res.cpus or node.memory + memory - j.memory < res.memory:
+                    return res
         return None

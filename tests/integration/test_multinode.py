@@ -11,7 +11,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import Labq, cleanup, make_labq, wait_for
+from tests.conftest import Labq, cleanup, make_labq, unix_user, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -213,6 +213,24 @@ def test_a_job_over_two_nodes_meets_fails_as_one_and_is_requeued_whole(cluster: 
         lq.run("cancel", str(gone))
         lq.wait(gone, ("CANCELLED",), timeout=30)
         wait_for("every rank stopped", lambda: not any(psutil.pid_exists(p) for p in pids), 15)
+
+        # A borrowed gang is reclaimed for a researcher under her guarantee: every rank
+        # stops within the grace, the gang is back in the queue, her job runs (a job
+        # over several nodes was never a victim, and she waited for its whole limit).
+        if os.geteuid() == 0:
+            carol = unix_user("labqtest-carol")
+            lq.run("quota", "set", "labqtest-carol", "--guaranteed-gpus", "2")
+            borrowed = lq.submit("--nodes", "2", "--gpus-per-node", "2", "--", *BUSY)
+            lq.wait(borrowed, ("RUNNING",), timeout=90)
+            pids = [r["pid"] for r in lq.job(borrowed)["ranks"]]
+            mine = lq.submit("--gpus", "2", "--", "sleep", "300", user=carol, cwd="/tmp")
+            lq.wait(mine, ("RUNNING",), timeout=60)
+            wait_for("every rank of the reclaimed gang stopped", lambda: not any(psutil.pid_exists(p) for p in pids), 15)
+            j = lq.job(borrowed)
+            assert j["state"] == "PENDING" and "PREEMPTED" in [e["new_state"] for e in j["events"]], j["events"]
+            lq.run("cancel", "--now", str(borrowed), str(mine))
+            lq.wait(mine, ("CANCELLED",), timeout=30)
+            lq.run("quota", "set", "labqtest-carol", "--guaranteed-gpus", "0")
 
         # Behind one-node jobs a gang waits with a reservation on both nodes; a short job
         # backfills around it, a long one does not; it starts once its nodes are free.

@@ -39,6 +39,26 @@ def test_parsing_with_only_the_command_built_is_the_same(argv: list[str]) -> Non
     assert build_parser(command_of(argv)).parse_args(argv) == build_parser().parse_args(argv)
 
 
+@pytest.mark.parametrize(
+    "argv, prog",
+    [
+        (["submit", "--gpu-count", "2", "--", "true"], "labq submit"),
+        (["queue", "--bogus"], "labq queue"),
+        (["quota", "set", "ana", "--gpus", "4"], "labq quota set"),
+        (["--socket", "/tmp/x.sock", "logs", "7", "--since", "1h"], "labq logs"),
+    ],
+)
+def test_an_option_the_command_does_not_know_is_reported_by_that_command(
+    argv: list[str], prog: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for parser in (build_parser(command_of(argv)), build_parser()):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"usage: {prog} ") and f"\n{prog}: error: unrecognized arguments: " in err, err
+
+
 @pytest.mark.parametrize("argv", [[], ["--help"], ["-x", "queue"], ["qeueu"], ["--socket"]])
 def test_anything_else_gets_the_whole_parser(argv: list[str]) -> None:
     assert command_of(argv) is None

@@ -305,6 +305,40 @@ def test_a_reclaim_over_several_nodes_takes_the_next_nodes_when_the_cheapest_bre
     assert not schedule(s).preemptions  # bob keeps 6: only 4 of his 10 may go
 
 
+def test_a_backfilled_job_leaves_the_reserved_job_its_cpus_and_memory() -> None:
+    # alice's job (4 GPUs, 14 CPUs) is reserved for when x's job ends in an hour. bob's
+    # 2-GPU job fits the GPUs meanwhile, but its 4 CPUs for 24 h would leave her 12 then:
+    # it used to start, and she waited its whole day (a review). 2 CPUs leave her 14.
+    x = run(1, "x", "n0", gpus=6, cpus=12, age=0, time_limit=H)
+    for cpus, memory, goes in ((4.0, 0.0, False), (2.0, 0.0, True), (2.0, 40.0, False)):
+        s = snap(
+            [pend(10, "alice", gpus=4, cpus=14, memory=100, age=600, time_limit=H),
+             pend(11, "bob", gpus=2, cpus=cpus, memory=memory, time_limit=24 * H)],
+            [x._replace(memory=50.0)], usage={"bob": 100 * H},
+        )  # fmt: skip
+        s = replace(s, nodes=(NodeInfo("n0", 8, "node-0", cpus=16, memory=128),))
+        for explain in (True, False):
+            d = schedule(replace(s, config=replace(s.config, explain=explain)))
+            assert (11 in started(d)) is goes, (cpus, memory, explain)
+        if not goes:
+            assert schedule(s).waiting[11].reasons[0].kind == "backfill"
+
+
+def test_a_job_whose_cpus_are_taken_is_reserved_when_they_come_back_not_now() -> None:
+    # alice's 4 GPUs are free but y's CPU-only job holds every CPU for a day. Her
+    # reservation was "now" (GPUs only), so a 1-h job of x's could not use the idle GPUs
+    # for that whole day (a review); her ETA read "now" too.
+    y = run(1, "y", "n0", gpus=0, cpus=16, age=0, time_limit=24 * H)
+    s = snap(
+        [pend(10, "alice", gpus=4, cpus=8, age=600), pend(11, "x", gpus=2, time_limit=H)],
+        [y], usage={"x": 10 * H},
+    )  # fmt: skip
+    s = replace(s, nodes=(NodeInfo("n0", 4, "node-0", cpus=16),))
+    d = schedule(s)
+    assert started(d) == [11]
+    assert d.waiting[10].eta == NOW + 24 * H
+
+
 def test_reclaim_respects_min_runtime_and_victims_guarantee() -> None:
     q = book(carol={"guaranteed_gpus": 2}, alice={"guaranteed_gpus": 2})
     running = [
@@ -1078,6 +1112,25 @@ def test_a_job_backfills_on_a_node_where_it_delays_no_reservation() -> None:
     d = schedule(snap(pending, running, node_sizes=(4, 4)))
     assert d.starts and d.starts[0].job_id == 4 and d.starts[0].node == "n1"
     assert d.waiting[3].reasons[0].kind == "resources"
+
+
+def test_a_job_over_several_nodes_backfills_on_nodes_where_it_delays_no_reservation() -> None:
+    # alice's job may use n0 only (its data is there) and is reserved there for the hour
+    # y's job has left. bob's 6-GPU job (a whole node and 2 more) put its remainder on
+    # n0, the tightest fit, and waited a day (a review); n2 and n3 are free and reserved
+    # for nobody. Where every free node would delay her, it still waits.
+    running = [run(1, "y", "n0", gpus=2, age=0, time_limit=H), run(2, "y", "n1", gpus=4, age=0, time_limit=H)]
+    pending = [
+        pend(10, "alice", gpus=4, age=600, nodes=frozenset({"n0"}), where="needs /data"),
+        pend(11, "bob", gpus=6, time_limit=24 * H),
+    ]
+    s = snap(pending, running, node_sizes=(4, 4, 4, 4), multi_node=True, usage={"bob": 10 * H})
+    for explain in (True, False):
+        d = schedule(replace(s, config=replace(s.config, explain=explain)))
+        assert [(x.job_id, x.node, x.more_nodes) for x in d.starts] == [(11, "n3", ("n2",))], explain
+    few = snap(pending, running, node_sizes=(4, 4, 4), multi_node=True, usage={"bob": 10 * H})
+    d = schedule(few)
+    assert not d.starts and d.waiting[11].reasons[0].kind == "backfill"
 
 
 def test_reclaim_looking_first_where_gpus_are_on_hand_picks_what_the_whole_scan_picks(monkeypatch: Any) -> None:

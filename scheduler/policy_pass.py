@@ -121,6 +121,7 @@ class Pass(Reclaimer):
         self._own: set[str] = set()  # nodes whose NodeState is this pass's own copy
         self.running_by_node = base.running_by_node  # read only
         self.multi_by_node = base.multi_by_node  # read only
+        self.parts = idx.parts  # read only
         self.stop_nodes = set(base.stop_nodes)
         self.buckets = [dict(b) for b in base.buckets]
         self.max_per_node = base.max_per_node

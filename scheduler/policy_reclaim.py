@@ -320,28 +320,18 @@ class Reclaimer(PassCore):
         # researcher under their guarantee waiting for its whole 72-h limit.
         candidates: list[tuple[RunningJob, int]] = []
         offered = 0
-        for r in self.running_by_node.get(nid, ()):
+        for r in self.on_node(nid):
+            g = self.here(r, nid) if r.more_nodes else r.gpus
             if r.stop_deadline is not None or r.id in stopping:
-                available += r.gpus
-            elif r.gpus > 0 and (
+                available += g
+            elif g > 0 and (
                 r.preemptible or (r.gpus <= slack.get(r.user, -1) and now - r.start_time >= min_runtime)
             ):
                 # A job holding no GPU frees nothing a claim counts, whoever owns it:
                 # a borrower's CPU-only job beside their GPU jobs stays (it once sorted
                 # first among the victims, losing "no work").
-                candidates.append((r, r.gpus))
-                offered += r.gpus
-        over = self.multi_by_node.get(nid)
-        if over is not None:
-            for r in over:
-                g = self.here(r, nid)
-                if r.stop_deadline is not None or r.id in stopping:
-                    available += g
-                elif g > 0 and (
-                    r.preemptible or (r.gpus <= slack.get(r.user, -1) and now - r.start_time >= min_runtime)
-                ):
-                    candidates.append((r, g))
-                    offered += g
+                candidates.append((r, g))
+                offered += g
         if available >= need:
             return NO_COST, []
         if available + offered < need:

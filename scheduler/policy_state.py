@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scheduler.policy_running import running_end
+from scheduler.policy_running import Part, running_end
 from scheduler.policy_types import INF, NodeInfo, PendingJob, PolicyConfig, RunningJob, Snapshot
 from scheduler.quota import Quota
 
@@ -77,6 +77,7 @@ class PassCore:
     running_by_node: dict[str, tuple[RunningJob, ...]]
     multi_by_node: dict[str, tuple[RunningJob, ...]]
     stopping_for: set[int]  # asked to stop in this pass (a claim's victims)
+    parts: dict[str, dict[int, Part]]  # RunningIndex.parts: each running job's part of each node
     max_per_node: int
     reservations: list[Reservation]
     quota_cache: dict[str, Quota]
@@ -108,16 +109,12 @@ class PassCore:
         return q
 
     def here(self, r: RunningJob, nid: str) -> int:
-        """The GPUs running job `r` holds on node `nid`: all of them, but for a job over
-        several nodes (whole nodes in more_nodes, the rest on its main node; as
-        RunningIndex counts them)."""
+        """The GPUs running job `r` holds on node `nid`: its part there, as RunningIndex
+        split it (whole nodes in more_nodes, the rest on its main node)."""
         if not r.more_nodes:
             return r.gpus if r.node == nid else 0
-        nodes = self.nodes
-        on = sum(nodes[m].info.gpus for m in r.more_nodes if m == nid and m in nodes)
-        if r.node == nid:
-            on += r.gpus - sum(nodes[m].info.gpus for m in r.more_nodes if m in nodes)
-        return on
+        part = self.parts.get(nid, {}).get(r.id)
+        return 0 if part is None else part[1]
 
     def on_node(self, nid: str) -> tuple[RunningJob, ...]:
         """Every running job with GPUs or CPUs on node `nid`: those there alone, then
@@ -133,17 +130,23 @@ class PassCore:
         that end by then (a job over several nodes holds them on its main node, as
         RunningIndex counts them), those started in this pass, and `going` (stopping
         now) whatever their end."""
-        nid = node.info.id
         cpus = memory = 0.0
-        for r in self.on_node(nid):
-            if r.node == nid and (r in going or self._gone_at(r) <= at):
-                cpus += r.cpus
-                memory += r.memory
-        for end, c, m in node.started:
+        for end, c, m in self._room_ends(node, going):
             if end <= at:
                 cpus += c
                 memory += m
         return cpus, memory
+
+    def _room_ends(self, node: NodeState, going: tuple[RunningJob, ...] = ()) -> list[tuple[float, float, float]]:
+        """(when, CPUs, memory) each job on `node` gives back, at or after now: the running
+        jobs there (on its main node for a job over several, as RunningIndex counts them;
+        `going` ones at -INF: whatever their end), and those started in this pass."""
+        nid, now = node.info.id, self.now
+        ends: list[tuple[float, float, float]] = [
+            (-INF if r in going else self._gone_at(r), r.cpus, r.memory) for r in self.on_node(nid) if r.node == nid
+        ]
+        ends += [(e if e > now else now, c, m) for e, c, m in node.started]
+        return ends
 
     def _gone_at(self, r: RunningJob) -> float:
         """When running job `r` is gone: its end (PassCore._end), or the end of the grace
@@ -161,13 +164,8 @@ class PassCore:
         CPUs another held for a day kept GPUs idle all that day (a review)."""
         if t == INF or (node.cpus >= j.cpus and node.memory >= j.memory):
             return t
-        nid, now = node.info.id, self.now
-        ends: list[tuple[float, float, float]] = [
-            (self._gone_at(r), r.cpus, r.memory) for r in self.on_node(nid) if r.node == nid
-        ]
-        ends += [(e if e > now else now, c, m) for e, c, m in node.started]
         cpus, memory = node.cpus, node.memory
-        for end, c, m in sorted(ends):
+        for end, c, m in sorted(self._room_ends(node)):
             cpus += c
             memory += m
             if cpus >= j.cpus and memory >= j.memory:

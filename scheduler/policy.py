@@ -606,6 +606,8 @@ def _schedule(snap: Snapshot) -> Decision:
         GPUs, scavengers and a researcher's room under their guarantee only shrink."""
         if explain or p.scav_free > 0 or p.largest_free() > 0 or waits_cpu_only(u):
             return False
+        if cfg.backfill and not p.easy_reserved and waits_cpu_only():
+            return False  # its reservation holds CPUs and memory back from a CPU-only job
         return not cfg.preemption or p.quota(u).guaranteed_gpus <= 0 or not may_reclaim(u)
 
     def futile(u: str, j: PendingJob) -> bool:
@@ -617,15 +619,19 @@ def _schedule(snap: Snapshot) -> Decision:
         record that it waits. Free blocks, scavengers and room only shrink in a pass.
         Skipping consider() also skips two things that cannot matter then: a job over its
         budget joining the scavengers (scavenge() needs a free block it does not have),
-        and the EASY reservation when no GPU is free (reservations only hold back starts
-        and evictions of scavengers, and neither can happen any more)."""
+        and the EASY reservation when no GPU is free and no CPU-only job waits
+        (reservations only hold back starts and evictions of scavengers, and neither can
+        happen any more)."""
         if explain or p.scav_free > 0:
             return False
         free = p.largest_free()
         multi = cfg.multi_node and 0 < p.max_per_node < j.gpus
         if free >= (p.max_per_node if multi else j.gpus):
             return False
-        if free > 0 and cfg.backfill and not p.easy_reserved:
+        if (free > 0 or waits_cpu_only()) and cfg.backfill and not p.easy_reserved:
+            # The EASY reservation it would make holds back later jobs: those on free
+            # GPUs, and CPU-only ones even with none free (it keeps the CPUs and memory
+            # it will need: Reservation.cpus).
             return False
         if not cfg.preemption:
             return True
